@@ -1,0 +1,46 @@
+"""Partitions and metadata helpers shared by the asset modules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from medtrinity_assets import render
+
+SOURCES = dg.DynamicPartitionsDefinition(name="sources")
+"""One partition per registered source; the key is the registry file's ``name``."""
+
+GROUP_INGEST = "ingest"
+GROUP_ROIS = "rois"
+GROUP_KNOWLEDGE = "knowledge"
+GROUP_CAPTIONS = "captions"
+
+
+def table_metadata(df: pl.DataFrame, path: Path, preview_columns: Sequence[str] | None = None) -> dict:
+    """Row count, location and a Markdown preview of a table."""
+    return {
+        "dagster/row_count": dg.MetadataValue.int(df.height),
+        "path": dg.MetadataValue.path(str(path)),
+        "preview": dg.MetadataValue.md(render.table_preview(df, preview_columns)),
+    }
+
+
+def counts_metadata(label: str, counts: dict[str, int]) -> dict:
+    """Counts as JSON plus a bar chart picture."""
+    clean = {str(k): int(v) for k, v in counts.items()}
+    meta = {label: dg.MetadataValue.json(clean)}
+    if clean:
+        meta[f"{label}_chart"] = dg.MetadataValue.md(render.markdown_image(render.bar_chart(clean), label))
+    return meta
+
+
+def image_sheet(out: Path, paths: Sequence[str], captions: Sequence[str] | None = None) -> dg.MetadataValue:
+    images = [render.load_png(out / p) for p in paths]
+    return dg.MetadataValue.md(render.contact_sheet_markdown(images, captions))
+
+
+class StepFailure(dg.Failure):
+    """A partition failed for a reason the user can act on (one line)."""

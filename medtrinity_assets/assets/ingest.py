@@ -1,0 +1,91 @@
+"""Stage 1 assets: the source manifest and the preprocessed 2D images of one source."""
+
+import dagster as dg
+
+from medtrinity_assets.assets.common import (
+    GROUP_INGEST,
+    SOURCES,
+    counts_metadata,
+    image_sheet,
+    table_metadata,
+)
+from medtrinity_assets.resources import ComputeResource, PipelineStorage
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "source_manifest",
+            description="Every file (or kept volume slice) of a source, with status ok | quarantined | "
+            "duplicate and a reason; no patient identifiers.",
+            group_name=GROUP_INGEST,
+            kinds={"parquet", "polars"},
+            partitions_def=SOURCES,
+        ),
+        dg.AssetSpec(
+            "preprocessed_images",
+            description="2D images ready for models (sliced, windowed, resized), content-addressed PNGs, "
+            "duplicates removed; masks aligned.",
+            group_name=GROUP_INGEST,
+            kinds={"parquet", "png"},
+            partitions_def=SOURCES,
+            deps=["source_manifest"],
+        ),
+    ],
+    partitions_def=SOURCES,
+    can_subset=False,
+)
+def ingest_source_assets(
+    context: dg.AssetExecutionContext, storage: PipelineStorage, compute: ComputeResource
+):
+    from medtrinity_assets.imaging import SourceRootMissing
+    from medtrinity_assets.preprocess import ingest_source
+    from medtrinity_assets.storage import table_path
+
+    name = context.partition_key
+    spec = storage.source(name)
+    out = storage.out()
+    last = {"done": -1}
+
+    def progress(done: int, total: int) -> None:
+        step = max(1, total // 10)
+        if done == total or done - last["done"] >= step:
+            last["done"] = done
+            context.log.info(f"{name}: {done}/{total} files read")
+
+    try:
+        result = ingest_source(spec, out, workers=compute.workers, progress=progress)
+    except SourceRootMissing as exc:
+        raise dg.Failure(description=f"source '{name}': {exc}") from None
+
+    manifest, images = result.manifest, result.images
+    status_counts = dict(manifest.group_by("status").len().iter_rows()) if manifest.height else {}
+    sample = images.head(12)
+    yield dg.MaterializeResult(
+        asset_key="source_manifest",
+        metadata={
+            **table_metadata(
+                manifest,
+                table_path(out, "source_manifest", name),
+                ["relpath", "status", "reason", "modality", "organ", "slice_index", "width", "height"],
+            ),
+            **counts_metadata("status_counts", status_counts),
+            **counts_metadata("quarantined_by_reason", result.quarantine_counts),
+            "registry_fingerprint": spec.fingerprint(),
+            "synthetic": spec.synthetic,
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="preprocessed_images",
+        metadata={
+            **table_metadata(
+                images,
+                table_path(out, "preprocessed_images", name),
+                ["record_id", "image_path", "width", "height", "window", "mask_path"],
+            ),
+            "contact_sheet": image_sheet(
+                out, sample["image_path"].to_list(), [r[:8] for r in sample["record_id"].to_list()]
+            ),
+            "with_masks": int(images["mask_path"].is_not_null().sum()) if images.height else 0,
+        },
+    )
