@@ -1,0 +1,37 @@
+"""Shared fixtures: one Dagster instance for the whole session, demo data staged once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def dagster_instance(tmp_path_factory):
+    """One instance for every materialize()/build_asset_context() call (fast direct calls)."""
+    import dagster as dg
+
+    home = tmp_path_factory.mktemp("dagster_home")
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    """The embedded demo sources, staged from installed packages (idempotent)."""
+    from medtrinity_assets.demo_data import DEFAULT_DEMO_DIR, stage_demo_data
+
+    stage_demo_data(DEFAULT_DEMO_DIR)
+    return DEFAULT_DEMO_DIR
+
+
+@pytest.fixture(scope="session")
+def demo_registry(demo_dir) -> Path:
+    return REPO_ROOT / "data" / "sources"
