@@ -1,0 +1,193 @@
+"""Benchmark of the ROI stage.
+
+1. ROIs-with-attributes per second of ``build_roi_set`` (scipy/numpy/skimage, per-ROI crops)
+   against a straightforward pure-Python per-pixel baseline that computes only a subset of
+   the attributes (flood-fill component labelling, bbox, area, centroid, ROI mean, ring mean
+   by repeated one-pixel dilation) on the same images, in the same run.
+2. Expert-model inference (the default U-Net config) in images per second on ``--device``.
+
+    python benchmarks/rois.py                 # CPU
+    python benchmarks/rois.py --device cuda   # the same on a GPU
+
+Prints one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from medtrinity_assets.expert_models import ExpertConfig, ExpertPredictor, build_network, generate_phantoms
+from medtrinity_assets.registry import SourceSpec
+from medtrinity_assets.roi_attributes import default_config
+from medtrinity_assets.rois import build_roi_set
+
+
+def make_source(out: Path, n: int, size: int, seed: int, args_blobs: int = 8) -> pl.DataFrame:
+    """Phantom images with label maps: two label values, many components per image."""
+    rows = []
+    phantoms = generate_phantoms(n, size, seed, bias=0.3)
+    rng = np.random.default_rng(seed)
+    for i, (img, mask) in enumerate(phantoms):
+        lm = mask.astype(np.uint8)
+        yy, xx = np.mgrid[0:size, 0:size]
+        for _ in range(args_blobs):  # extra lesion-sized discs of label 2 (radius size/48 .. size/16 px)
+            y, x = rng.integers(16, size - 16, 2)
+            r = int(rng.integers(size // 48, size // 16))
+            lm[(yy - y) ** 2 + (xx - x) ** 2 < r * r] = 2
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        (out / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(out / "images" / f"{i}.png")
+        Image.fromarray(lm).save(out / "masks" / f"{i}.png")
+        rows.append(
+            {
+                "record_id": f"b{i}",
+                "source": "bench",
+                "image_path": f"images/{i}.png",
+                "width": size,
+                "height": size,
+                "original_spacing": [0.8, 0.8],
+                "display_right": "L",
+                "display_down": "P",
+                "mask_path": f"masks/{i}.png",
+                "boxes": None,
+                "box_labels": None,
+                "box_clipped": None,
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+def baseline_rois(image: list[list[int]], label_map: list[list[int]], ring_width: int) -> list[dict]:
+    """Pure-Python per-pixel ROI measurement (the baseline)."""
+    h, w = len(label_map), len(label_map[0])
+    seen = [[False] * w for _ in range(h)]
+    out = []
+    for y in range(h):
+        for x in range(w):
+            v = label_map[y][x]
+            if v == 0 or seen[y][x]:
+                continue
+            stack, pixels = [(y, x)], []
+            seen[y][x] = True
+            while stack:
+                cy, cx = stack.pop()
+                pixels.append((cy, cx))
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        ny, nx = cy + dy, cx + dx
+                        if 0 <= ny < h and 0 <= nx < w and not seen[ny][nx] and label_map[ny][nx] == v:
+                            seen[ny][nx] = True
+                            stack.append((ny, nx))
+            ys = [p[0] for p in pixels]
+            xs = [p[1] for p in pixels]
+            x0, x1, y0, y1 = min(xs), max(xs) + 1, min(ys), max(ys) + 1
+            inside = set(pixels)
+            total = 0
+            for py, px in pixels:
+                total += image[py][px]
+            region, ring = set(inside), set()
+            for _ in range(ring_width):
+                grown = set()
+                for py, px in region:
+                    for dy in (-1, 0, 1):
+                        for dx in (-1, 0, 1):
+                            q = (py + dy, px + dx)
+                            if 0 <= q[0] < h and 0 <= q[1] < w and q not in region:
+                                grown.add(q)
+                region |= grown
+                ring |= grown
+            ring_total = sum(image[py][px] for py, px in ring)
+            out.append(
+                {
+                    "label": v,
+                    "bbox": [x0, y0, x1, y1],
+                    "area": len(pixels),
+                    "centroid": [sum(xs) / len(xs) / w, sum(ys) / len(ys) / h],
+                    "roi_mean": total / len(pixels),
+                    "ring_mean": ring_total / len(ring) if ring else None,
+                }
+            )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--baseline-images", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--expert-images", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    cfg = default_config()
+    spec = SourceSpec(
+        name="bench",
+        layout="image_folder",
+        root=".",
+        modality="CT",
+        organ="phantom",
+        labels={1: "lesion", 2: "speck"},
+        license="synthetic",
+    )
+    result: dict = {"images": args.images, "size": args.size, "device": args.device}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        df = make_source(out, args.images, args.size, args.seed)
+        build_roi_set(df.head(2), spec, out)  # warm-up (imports, caches)
+        t0 = time.perf_counter()
+        res = build_roi_set(df, spec, out)
+        dt = time.perf_counter() - t0
+        n_rois = res.rois.height
+        result.update(rois=n_rois, vectorised_s=round(dt, 3), vectorised_rois_per_s=round(n_rois / dt, 1))
+
+        base_rois, t_base = 0, 0.0
+        for rel_img, rel_mask in df.head(args.baseline_images).select("image_path", "mask_path").iter_rows():
+            img = np.asarray(Image.open(out / rel_img, formats=["PNG"])).tolist()
+            lm = np.asarray(Image.open(out / rel_mask, formats=["PNG"])).tolist()
+            t0 = time.perf_counter()
+            base_rois += len(baseline_rois(img, lm, cfg.ring_width_px))
+            t_base += time.perf_counter() - t0
+        result.update(
+            baseline_images=args.baseline_images,
+            baseline_rois=base_rois,
+            baseline_s=round(t_base, 3),
+            baseline_rois_per_s=round(base_rois / t_base, 1),
+        )
+        result["speedup"] = round(result["vectorised_rois_per_s"] / result["baseline_rois_per_s"], 1)
+
+    import torch
+
+    econf = ExpertConfig()
+    torch.manual_seed(args.seed)
+    pred = ExpertPredictor(
+        build_network(econf), name="bench", modality="ct", image_size=econf.image_size, device=args.device
+    )
+    imgs = [im for im, _ in generate_phantoms(args.expert_images, args.size, args.seed + 1)]
+    pred.predict(imgs[: args.batch_size], batch_size=args.batch_size)  # warm-up
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    pred.predict(imgs, batch_size=args.batch_size)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    result.update(
+        expert_images=len(imgs),
+        expert_input=f"{args.size}x{args.size} -> {econf.image_size}x{econf.image_size}",
+        expert_images_per_s=round(len(imgs) / dt, 1),
+    )
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""ROI stage: geometry, RLE, flagged input, and measured attributes with known answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+from skimage.draw import disk, ellipse
+
+from medtrinity_assets.registry import SourceSpec
+from medtrinity_assets.roi_attributes import RoiConfig, measure_roi
+from medtrinity_assets.rois import (
+    ROI_SCHEMA,
+    build_roi_set,
+    draw_roi_overlay,
+    rle_decode,
+    rle_encode,
+)
+
+H, W = 90, 120
+
+
+def _spec(modality: str = "CT", labels: dict[int, str] | None = None) -> SourceSpec:
+    return SourceSpec(
+        name="t",
+        layout="image_folder",
+        root=".",
+        modality=modality,
+        organ="abdomen",
+        labels=labels if labels is not None else {1: "lesion"},
+        license="test",
+    )
+
+
+def _write_png(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format="PNG")
+
+
+def _table(out: Path, items: list[dict]) -> pl.DataFrame:
+    """items: dicts with image (array) and optional mask, boxes, box_labels, spacing, orientation."""
+    rows = []
+    for i, it in enumerate(items):
+        img_rel = f"images/img{i}.png"
+        _write_png(out / img_rel, it["image"])
+        mask_rel = None
+        if it.get("mask") is not None:
+            mask_rel = f"masks/m{i}.png"
+            _write_png(out / mask_rel, it["mask"])
+        rows.append(
+            {
+                "record_id": f"rec{i}",
+                "source": "t",
+                "image_path": img_rel,
+                "sha256": "0" * 64,
+                "width": it["image"].shape[1],
+                "height": it["image"].shape[0],
+                "channels": 1 if it["image"].ndim == 2 else 3,
+                "original_spacing": it.get("spacing"),
+                "display_right": it.get("display_right"),
+                "display_down": it.get("display_down"),
+                "mask_path": mask_rel,
+                "mask_labels": None,
+                "boxes": it.get("boxes"),
+                "box_labels": it.get("box_labels"),
+                "box_clipped": it.get("box_clipped"),
+            }
+        )
+    schema = {
+        "record_id": pl.Utf8,
+        "source": pl.Utf8,
+        "image_path": pl.Utf8,
+        "sha256": pl.Utf8,
+        "width": pl.Int64,
+        "height": pl.Int64,
+        "channels": pl.Int64,
+        "original_spacing": pl.List(pl.Float64),
+        "display_right": pl.Utf8,
+        "display_down": pl.Utf8,
+        "mask_path": pl.Utf8,
+        "mask_labels": pl.List(pl.Int64),
+        "boxes": pl.List(pl.List(pl.Float64)),
+        "box_labels": pl.List(pl.Utf8),
+        "box_clipped": pl.List(pl.Boolean),
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _disc(r0: int = 20, c0: int = 100, radius: int = 10, bright: int = 200, bg: int = 50):
+    img = np.full((H, W), bg, np.uint8)
+    mask = np.zeros((H, W), np.uint8)
+    rr, cc = disk((r0, c0), radius, shape=(H, W))
+    img[rr, cc] = bright
+    mask[rr, cc] = 1
+    return img, mask
+
+
+def test_disc_known_answers(tmp_path):
+    img, mask = _disc()
+    df = _table(tmp_path, [{"image": img, "mask": mask, "spacing": [0.5, 0.5]}])
+    res = build_roi_set(df, _spec(), tmp_path)
+    assert list(res.rois.columns) == list(ROI_SCHEMA)
+    assert res.rois.height == 1
+    r = res.rois.row(0, named=True)
+    assert r["origin"] == "mask" and r["label"] == "lesion" and r["status"] == "ok"
+    assert r["roi_id"] == "rec0:0"
+    assert r["bbox_xyxy"] == [91.0, 11.0, 110.0, 30.0]
+    assert r["bbox_norm"] == pytest.approx([91 / W, 11 / H, 110 / W, 30 / H])
+    assert r["area_px"] == int(mask.sum())
+    assert r["area_fraction"] == pytest.approx(mask.sum() / (H * W))
+    assert r["centroid_norm"] == pytest.approx([100.5 / W, 20.5 / H])
+    assert (r["horizontal"], r["vertical"]) == ("right", "upper")
+    assert r["circularity"] == pytest.approx(1.0, abs=0.05)
+    assert r["shape_word"] == "round"
+    assert r["longest_diameter_px"] == pytest.approx(20.0, abs=1.0)
+    assert r["longest_diameter_mm"] == pytest.approx(r["longest_diameter_px"] * 0.5)
+    assert r["roi_mean"] == pytest.approx(200.0) and r["ring_mean"] == pytest.approx(50.0)
+    assert r["intensity_contrast"] == pytest.approx(150 / 250)
+    assert r["intensity_word"] == "hyperdense"
+    assert r["texture_homogeneity_word"] == "homogeneous" and r["texture_smoothness_word"] == "smooth"
+    assert r["patient_lr"] is None  # orientation unknown
+    assert np.array_equal(rle_decode(r["mask_rle"]), mask.astype(bool))
+
+
+def test_laterality_follows_display_orientation():
+    img, mask = _disc(r0=20, c0=100)
+    m = mask.astype(bool)
+    left = measure_roi(img, m, display_right="L", display_down="P", modality="CT", spacing=None)
+    right = measure_roi(img, m, display_right="R", display_down="P", modality="CT", spacing=None)
+    assert left["horizontal"] == right["horizontal"] == "right"
+    assert left["patient_lr"] == "left" and right["patient_lr"] == "right"
+    assert left["patient_side"] == "left"
+    # +y points posterior and the disc is in the upper third -> anterior
+    assert left["patient_ap"] == "anterior" and left["patient_si"] is None
+    img2, mask2 = _disc(r0=45, c0=60)
+    mid = measure_roi(img2, mask2.astype(bool), display_right="L", display_down="I")
+    assert mid["patient_lr"] == "midline" and mid["patient_si"] == "central"
+    unknown = measure_roi(img, m)
+    assert unknown["patient_lr"] is None and unknown["patient_ap"] is None
+
+
+def _naive_rle(mask: np.ndarray) -> list[int]:
+    flat = mask.T.ravel().astype(int).tolist()
+    counts, cur, run = [], 0, 0
+    for v in flat:
+        if v == cur:
+            run += 1
+        else:
+            counts.append(run)
+            cur, run = v, 1
+    counts.append(run)
+    return counts
+
+
+def test_rle_round_trip_and_coco_layout():
+    assert rle_encode(np.array([[0, 1], [1, 1]], bool)) == {"size": [2, 2], "counts": [1, 3]}
+    assert rle_encode(np.array([[1, 0], [0, 0]], bool))["counts"] == [0, 1, 3]
+    rng = np.random.default_rng(0)
+    cases = [
+        np.zeros((7, 5), bool),
+        np.ones((4, 9), bool),
+        rng.random((33, 17)) > 0.5,
+        rng.random((1, 40)) > 0.3,
+    ]
+    edge = np.zeros((6, 6), bool)
+    edge[0, 0] = edge[-1, -1] = True
+    cases.append(edge)
+    for m in cases:
+        rle = rle_encode(m)
+        assert sum(rle["counts"]) == m.size
+        assert rle["counts"] == _naive_rle(m)
+        assert np.array_equal(rle_decode(json.dumps(rle)), m)
+
+
+def test_many_components_no_cap(tmp_path):
+    img = np.full((H, W), 40, np.uint8)
+    mask = np.zeros((H, W), np.uint8)
+    n = 0
+    for y in range(2, H - 6, 8):
+        for x in range(2, W - 6, 8):
+            mask[y : y + 4, x : x + 4] = 1
+            n += 1
+    mask[H - 1, W - 1] = 1  # a 1-pixel speck below min_area_px
+    img[mask > 0] = 180
+    df = _table(tmp_path, [{"image": img, "mask": mask}])
+    res = build_roi_set(df, _spec(), tmp_path)
+    assert n > 100
+    assert res.rois.height == n
+    assert set(res.rois["origin"]) == {"mask"} and set(res.rois["status"]) == {"ok"}
+    assert res.rois["roi_count"].to_list() == [n] * n
+    assert res.dropped_counts == {"below_min_area:lesion": 1}
+    assert res.rois["roi_id"].n_unique() == n
+    rel = json.loads(res.rois["relations"][0])
+    assert 0 < len(rel) <= 5 and {"other", "relation", "distance_norm"} <= set(rel[0])
+
+
+def test_empty_mask_and_unknown_label_are_flagged(tmp_path):
+    img, mask = _disc()
+    unknown = mask * 7
+    df = _table(tmp_path, [{"image": img, "mask": np.zeros_like(mask)}, {"image": img, "mask": unknown}])
+    res = build_roi_set(df, _spec(), tmp_path)
+    a = res.rois.filter(pl.col("record_id") == "rec0").to_dicts()
+    assert [(r["status"], r["origin"]) for r in a] == [("flagged", "mask"), ("ok", "whole_image")]
+    assert a[0]["reason"].startswith("empty_mask")
+    b = res.rois.filter(pl.col("record_id") == "rec1").to_dicts()
+    assert b[0]["status"] == "flagged" and b[0]["reason"].startswith("unknown_label_value")
+    assert b[0]["label"] == "unknown_7" and b[0]["bbox_xyxy"] == [91.0, 11.0, 110.0, 30.0]
+    assert b[-1]["origin"] == "whole_image" and b[-1]["status"] == "ok"
+    assert res.flagged_counts == {"empty_mask": 1, "unknown_label_value": 1}
+
+
+def test_boxes_clipped_degenerate_and_outside(tmp_path):
+    img, _ = _disc()
+    boxes = [
+        [-10.0, 5.0, 30.0, 40.0],
+        [50.0, 50.0, 50.0, 70.0],
+        [500.0, 500.0, 600.0, 600.0],
+        [60.0, 10.0, 80.0, 20.0],
+    ]
+    df = _table(
+        tmp_path,
+        [
+            {
+                "image": img,
+                "boxes": boxes,
+                "box_labels": ["a", "b", "c", "d"],
+                "box_clipped": [False, False, False, True],
+            }
+        ],
+    )
+    res = build_roi_set(df, _spec(), tmp_path)
+    rows = res.rois.to_dicts()
+    assert [r["label"] for r in rows] == ["a", "b", "c", "d"]
+    assert rows[0]["status"] == "ok" and rows[0]["bbox_xyxy"] == [0.0, 5.0, 30.0, 40.0]
+    assert rows[0]["reason"].startswith("box_clipped") and rows[0]["mask_rle"] is None
+    assert rows[0]["area_px"] == 30 * 35
+    assert rows[1]["status"] == "flagged" and rows[1]["reason"].startswith("degenerate_box")
+    assert rows[2]["status"] == "flagged" and rows[2]["reason"].startswith("box_outside_image")
+    assert rows[3]["status"] == "ok" and "box_clipped_upstream" in rows[3]["reason"]
+    assert rows[0]["roi_count"] == 2
+
+
+def test_fallbacks_whole_image_classical_expert_and_unreadable(tmp_path):
+    img, _ = _disc()
+    df = _table(tmp_path, [{"image": img}])
+    ct = build_roi_set(df, _spec("CT"), tmp_path)
+    assert ct.rois["origin"].to_list() == ["whole_image"]
+    w = ct.rois.row(0, named=True)
+    assert w["bbox_xyxy"] == [0.0, 0.0, float(W), float(H)] and w["area_fraction"] == 1.0
+    assert w["intensity_word"] is None and w["shape_word"] is None
+    micro = build_roi_set(df, _spec("Microscopy"), tmp_path)
+    assert micro.rois["origin"].to_list() == ["classical"]
+    assert micro.rois["bbox_xyxy"][0].to_list() == [91.0, 11.0, 110.0, 30.0]
+
+    class Fake:
+        name = "fake"
+
+        def predict(self, images):
+            out = []
+            for im in images:
+                m = np.zeros(im.shape[:2], bool)
+                m[60:80, 10:40] = True
+                out.append(m)
+            return out
+
+    ex = build_roi_set(df, _spec("CT"), tmp_path, expert=Fake())
+    assert ex.rois["origin"].to_list() == ["expert:fake"]
+    assert ex.rois["bbox_xyxy"][0].to_list() == [10.0, 60.0, 40.0, 80.0]
+    (tmp_path / "images" / "img0.png").write_bytes(b"not a png")
+    bad = build_roi_set(df, _spec("CT"), tmp_path)
+    assert bad.rois.height == 1 and bad.rois["status"][0] == "flagged"
+    assert bad.rois["reason"][0].startswith("image_unreadable")
+
+
+def test_relations_and_inside_label(tmp_path):
+    img = np.full((H, W), 60, np.uint8)
+    lm = np.zeros((H, W), np.uint8)
+    rr, cc = disk((45, 30), 20, shape=(H, W))
+    lm[rr, cc] = 1
+    rr, cc = disk((45, 30), 5, shape=(H, W))
+    lm[rr, cc] = 2
+    rr, cc = disk((45, 100), 8, shape=(H, W))
+    lm[rr, cc] = 2
+    img[lm == 1] = 120
+    img[lm == 2] = 30
+    spec = _spec("MRI", {1: "liver", 2: "tumour"})
+    res = build_roi_set(_table(tmp_path, [{"image": img, "mask": lm}]), spec, tmp_path)
+    rows = {(r["label"], r["bbox_xyxy"][0]): r for r in res.rois.to_dicts()}
+    inner = rows[("tumour", 26.0)]
+    outer = rows[("tumour", 93.0)]
+    assert inner["inside_label"] == "liver" and outer["inside_label"] is None
+    assert rows[("liver", 11.0)]["inside_label"] is None
+    assert inner["intensity_word"] == "hypointense"
+    rel = {x["other"]: x for x in json.loads(inner["relations"])}
+    assert rel[outer["roi_id"]]["relation"] == "left of"
+    assert rel[outer["roi_id"]]["distance_norm"] == pytest.approx(70 / W, abs=0.01)
+
+
+def test_shape_and_intensity_words():
+    img = np.full((H, W), 100, np.uint8)
+    m = np.zeros((H, W), bool)
+    rr, cc = ellipse(45, 60, 10, 30, shape=(H, W))
+    m[rr, cc] = True
+    img[m] = 40
+    r = measure_roi(img, m, modality="US")
+    assert r["shape_word"] == "oval" and r["intensity_word"] == "hypoechoic"
+    cross = np.zeros((H, W), bool)
+    cross[40:44, 20:100] = True
+    cross[10:80, 58:62] = True
+    assert measure_roi(img, cross)["shape_word"] == "irregular"
+    assert measure_roi(np.full((H, W), 100, np.uint8), m, modality="x-ray")["intensity_word"] == "isodense"
+    noisy = np.random.default_rng(0).integers(0, 256, (H, W)).astype(np.uint8)
+    t = measure_roi(noisy, m, modality="MRI")
+    assert t["texture_homogeneity_word"] == "heterogeneous" and t["texture_smoothness_word"] == "coarse"
+    rgb = np.stack([img, img, img], -1)
+    assert measure_roi(rgb, m)["intensity_word"] == "darker"
+
+
+def test_config_is_documented_and_overridable(tmp_path):
+    cfg = RoiConfig.load()
+    assert cfg.intensity_words["ct"] == ["hyperdense", "hypodense", "isodense"]
+    img, mask = _disc()
+    relaxed = RoiConfig.load(iso_contrast_max=0.9)
+    assert measure_roi(img, mask.astype(bool), modality="CT", config=relaxed)["intensity_word"] == "isodense"
+    with pytest.raises(ValueError):
+        RoiConfig.load(no_such_field=1)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("intensity:\n  ring: 3\n")
+    with pytest.raises(ValueError, match="intensity.ring"):
+        RoiConfig.load(bad)
+
+
+def test_overlay_draws_on_a_copy(tmp_path):
+    img, mask = _disc()
+    df = _table(
+        tmp_path, [{"image": img, "mask": mask, "boxes": [[5.0, 5.0, 40.0, 30.0]], "box_labels": ["b"]}]
+    )
+    rows = build_roi_set(df, _spec(), tmp_path).rois.to_dicts()
+    before = img.copy()
+    over = draw_roi_overlay(img, rows)
+    assert over.dtype == np.uint8 and over.shape == (H, W, 3)
+    assert np.array_equal(img, before)
+    coloured = (over[..., 0] != over[..., 1]) | (over[..., 1] != over[..., 2])
+    assert coloured[11:30, 91:110].any() and coloured[5, 5:40].any()
+    assert not coloured[50:60, 50:60].any()
