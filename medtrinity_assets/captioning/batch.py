@@ -1,0 +1,241 @@
+"""Resumable caption batches: a cache keyed by ``inputs_hash`` and durable per-chunk part files.
+
+Layout: the final table at ``table_path``; while a batch runs, each finished chunk is written
+atomically as one Parquet file in ``<table_path>.parts/``. A killed run loses at most the chunk
+in flight (for a streaming backend: the results not yet flushed plus the requests in
+flight); a rerun reads the final table and the parts as its cache, computes only what is
+missing, then consolidates everything into ``table_path`` (one row per ``(record_id, roi_id)``)
+and removes the parts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from medtrinity_assets.captioning.base import Captioner, CaptionResult, run_sync
+from medtrinity_assets.captioning.inputs import CaptionInput
+from medtrinity_assets.captioning.prompt import FACETS
+from medtrinity_assets.storage import write_table
+
+logger = logging.getLogger(__name__)
+
+FACET_COLUMNS = [f"facet_{k}" for k in FACETS]
+CAPTION_COLUMNS = [
+    "record_id", "source", "roi_id", "backend", "model", "params", "prompt_version", "inputs_hash",
+    "retrieved_chunk_ids", "text", "facets", *FACET_COLUMNS, "status", "error", "raw", "created_at",
+]
+_SCHEMA: dict[str, Any] = {
+    "record_id": pl.String, "source": pl.String, "backend": pl.String, "model": pl.String,
+    "params": pl.String, "prompt_version": pl.String, "inputs_hash": pl.String,
+    "retrieved_chunk_ids": pl.List(pl.String), "text": pl.String, "facets": pl.String,
+    **dict.fromkeys(FACET_COLUMNS, pl.String), "status": pl.String, "error": pl.String, "raw": pl.String,
+    "created_at": pl.Datetime("us", "UTC"),
+}
+
+
+@dataclass
+class BatchResult:
+    table_path: Path
+    total: int
+    cached: int
+    computed: int
+    ok: int
+    failed: int
+    chunks_written: int
+    duplicates_dropped: int = 0
+    failed_keys: list[tuple[str, Any]] = field(default_factory=list)
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {"total": self.total, "cached": self.cached, "computed": self.computed, "ok": self.ok,
+                "failed": self.failed, "chunks_written": self.chunks_written}
+
+
+def parts_dir(table_path: str | Path) -> Path:
+    table_path = Path(table_path)
+    return table_path.with_name(table_path.name + ".parts")
+
+
+def _roi_dtype(inputs: list[CaptionInput]) -> Any:
+    kinds = {type(i.roi_id) for i in inputs if i.roi_id is not None}
+    if kinds and all(issubclass(k, int) and not issubclass(k, bool) for k in kinds):
+        return pl.Int64
+    return pl.String
+
+
+def caption_rows_frame(rows: list[dict[str, Any]], roi_dtype: Any = pl.String) -> pl.DataFrame:
+    schema = {c: (roi_dtype if c == "roi_id" else _SCHEMA[c]) for c in CAPTION_COLUMNS}
+    if roi_dtype == pl.String:
+        rows = [{**r, "roi_id": None if r["roi_id"] is None else str(r["roi_id"])} for r in rows]
+    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+
+
+def _row(item: CaptionInput, result: CaptionResult, captioner: Captioner, h: str, params_json: str) -> dict:
+    facets = {k: (result.facets or {}).get(k) for k in FACETS} if result.status == "ok" else {}
+    return {
+        "record_id": item.record_id,
+        "source": item.source,
+        "roi_id": item.roi_id,
+        "backend": captioner.name,
+        "model": captioner.model,
+        "params": params_json,
+        "prompt_version": captioner.prompt_version,
+        "inputs_hash": h,
+        "retrieved_chunk_ids": item.chunk_ids,
+        "text": result.text if result.status == "ok" else None,
+        "facets": json.dumps(facets, ensure_ascii=False) if facets else None,
+        **{f"facet_{k}": facets.get(k) for k in FACETS},
+        "status": result.status,
+        "error": result.error,
+        "raw": result.raw,
+        "created_at": datetime.now(UTC),
+    }
+
+
+def _read_cache(table_path: Path, log: Any) -> dict[str, dict[str, Any]]:
+    """inputs_hash -> row, from the final table and any part files (ok rows win, newest first)."""
+    frames = []
+    if table_path.exists():
+        frames.append(table_path)
+    pdir = parts_dir(table_path)
+    if pdir.exists():
+        frames.extend(sorted(p for p in pdir.glob("*.parquet") if not p.name.startswith(".")))
+    cache: dict[str, dict[str, Any]] = {}
+    for path in frames:
+        try:
+            df = pl.read_parquet(path)
+        except Exception as exc:  # a torn file cannot exist (atomic writes), but never trust disk
+            log.warning("ignoring unreadable caption part %s: %s", path.name, exc)
+            continue
+        if "inputs_hash" not in df.columns:
+            continue
+        for row in df.iter_rows(named=True):
+            h = row["inputs_hash"]
+            old = cache.get(h)
+            if old is None or (row["status"] == "ok" and old["status"] != "ok") or (
+                row["status"] == old["status"] and row["created_at"] and old["created_at"]
+                and row["created_at"] > old["created_at"]
+            ):
+                cache[h] = row
+    return cache
+
+
+def run_caption_batch(
+    inputs: list[CaptionInput],
+    captioner: Captioner,
+    table_path: Path,
+    *,
+    chunk_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+    log: Any = None,
+    retry_failed: bool = True,
+) -> BatchResult:
+    """Caption every input not already captioned with the same inputs, durably, chunk by chunk.
+
+    ``progress(done, total)`` is called after the cache scan and after every chunk. Failed rows
+    in the cache are computed again unless ``retry_failed`` is False.
+    """
+    log = log or logger
+    table_path = Path(table_path)
+    pdir = parts_dir(table_path)
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+
+    # one input per (record_id, roi_id); the first occurrence wins
+    seen: set[tuple] = set()
+    unique: list[CaptionInput] = []
+    dropped = 0
+    for item in inputs:
+        if item.key in seen:
+            dropped += 1
+            continue
+        seen.add(item.key)
+        unique.append(item)
+    if dropped:
+        log.warning("%d duplicate (record_id, roi_id) inputs ignored", dropped)
+
+    params_json = json.dumps(captioner.params, sort_keys=True)
+    hashes = [captioner.inputs_hash(item) for item in unique]
+    cache = _read_cache(table_path, log)
+    reusable = {h for h, row in cache.items() if row["status"] == "ok" or not retry_failed}
+    todo = [(item, h) for item, h in zip(unique, hashes, strict=True) if h not in reusable]
+    total = len(unique)
+    cached = total - len(todo)
+    log.info("caption batch: %d inputs, %d cached, %d to compute with %s/%s",
+             total, cached, len(todo), captioner.name, captioner.model or "-")
+    if progress:
+        progress(cached, total)
+
+    roi_dtype = _roi_dtype(unique)
+    new_rows: dict[str, dict[str, Any]] = {}
+    state = {"chunks": 0, "done": cached}
+
+    def flush(chunk: list[tuple[CaptionInput, str]], results: list[CaptionResult]) -> None:
+        if len(results) != len(chunk):
+            raise RuntimeError(f"captioner {captioner.name} returned {len(results)} results for {len(chunk)} inputs")
+        rows = [_row(item, res, captioner, h, params_json) for (item, h), res in zip(chunk, results, strict=True)]
+        part = pdir / f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+        write_table(caption_rows_frame(rows, roi_dtype), part)  # durable before it counts as done
+        state["chunks"] += 1
+        for r in rows:
+            new_rows[r["inputs_hash"]] = r
+        state["done"] += len(chunk)
+        if progress:
+            progress(state["done"], total)
+        n_failed = sum(r["status"] != "ok" for r in rows)
+        log.info("caption chunk %d: %d captions (%d failed), %d/%d done",
+                 state["chunks"], len(rows), n_failed, state["done"], total)
+
+    if todo and callable(getattr(captioner, "astream", None)):
+        # streaming backends: no barrier between chunks; results are flushed every chunk_size
+        async def stream() -> None:
+            buf: list[tuple[int, CaptionResult]] = []
+            async for idx, res in captioner.astream([item for item, _ in todo]):
+                buf.append((idx, res))
+                if len(buf) >= chunk_size:
+                    flush([todo[i] for i, _ in buf], [r for _, r in buf])
+                    buf = []
+            if buf:
+                flush([todo[i] for i, _ in buf], [r for _, r in buf])
+
+        run_sync(stream())
+    else:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            flush(chunk, captioner.caption([item for item, _ in chunk]))
+    chunks = state["chunks"]
+
+    final_rows = []
+    for item, h in zip(unique, hashes, strict=True):
+        row = new_rows.get(h) or dict(cache[h])
+        row["roi_id"] = item.roi_id
+        final_rows.append(row)
+    df = caption_rows_frame(final_rows, roi_dtype)
+    write_table(df, table_path)
+    if pdir.exists():
+        for p in pdir.iterdir():
+            p.unlink(missing_ok=True)
+        try:
+            pdir.rmdir()
+        except OSError:
+            pass
+    failed_keys = [(r["record_id"], r["roi_id"]) for r in final_rows if r["status"] != "ok"]
+    return BatchResult(
+        table_path=table_path,
+        total=total,
+        cached=cached,
+        computed=len(todo),
+        ok=total - len(failed_keys),
+        failed=len(failed_keys),
+        chunks_written=chunks,
+        duplicates_dropped=dropped,
+        failed_keys=failed_keys,
+    )

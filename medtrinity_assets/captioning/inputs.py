@@ -1,0 +1,254 @@
+"""What the captioner sees for one ROI: :class:`CaptionInput`, joined from the upstream tables.
+
+Upstream tables (see docs/ARCHITECTURE.md): ``roi_set``, ``coarse_captions``,
+``retrieved_knowledge`` with the index docstore, and ``preprocessed_images``. Optional
+columns may be missing; the matching fields are then ``None`` and nothing downstream claims
+anything about them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One retrieved knowledge passage."""
+
+    chunk_id: str
+    title: str
+    text: str
+    score: float | None = None
+
+
+@dataclass
+class CaptionInput:
+    """Everything known about one ROI of one image (the captioner's whole input)."""
+
+    record_id: str
+    source: str
+    roi_id: Any
+    # image (path relative to the output root; ``out_root`` is not part of the cache key)
+    image_path: str | None = None
+    image_sha256: str | None = None
+    out_root: str | None = None
+    # coarse caption and metadata
+    coarse_caption: str = ""
+    modality: str | None = None
+    organ: str | None = None
+    terms: list[str] = field(default_factory=list)
+    # ROI geometry and measured attributes
+    label: str | None = None
+    origin: str | None = None
+    bbox_xyxy: list[float] | None = None
+    bbox_norm: list[float] | None = None
+    area_fraction: float | None = None
+    horizontal: str | None = None
+    vertical: str | None = None
+    patient_lr: str | None = None
+    patient_ap: str | None = None
+    patient_si: str | None = None
+    longest_diameter_mm: float | None = None
+    intensity_word: str | None = None
+    roi_mean: float | None = None
+    ring_mean: float | None = None
+    intensity_contrast: float | None = None
+    texture_homogeneity_word: str | None = None
+    texture_smoothness_word: str | None = None
+    shape_word: str | None = None
+    circularity: float | None = None
+    roi_count: int | None = None
+    relations: list[dict[str, Any]] = field(default_factory=list)
+    inside_label: str | None = None
+    roi_status: str | None = None
+    roi_reason: str | None = None
+    # retrieval
+    query: str | None = None
+    passages: list[Passage] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, Any]:
+        return (self.record_id, self.roi_id)
+
+    @property
+    def chunk_ids(self) -> list[str]:
+        return [p.chunk_id for p in self.passages]
+
+    def image_file(self) -> Path | None:
+        """Absolute path of the preprocessed PNG, or None when there is none."""
+        if not self.image_path:
+            return None
+        path = Path(self.image_path)
+        if not path.is_absolute() and self.out_root:
+            path = Path(self.out_root) / path
+        return path
+
+    def hash_payload(self) -> dict[str, Any]:
+        """Every input that can change a caption (``out_root`` excluded: relocation is harmless)."""
+        payload = asdict(self)
+        payload.pop("out_root", None)
+        return payload
+
+
+_ROI_FIELDS = {
+    "label": "label",
+    "origin": "origin",
+    "bbox_xyxy": "bbox_xyxy",
+    "bbox_norm": "bbox_norm",
+    "area_fraction": "area_fraction",
+    "horizontal": "horizontal",
+    "vertical": "vertical",
+    "patient_lr": "patient_lr",
+    "patient_ap": "patient_ap",
+    "patient_si": "patient_si",
+    "longest_diameter_mm": "longest_diameter_mm",
+    "intensity_word": "intensity_word",
+    "roi_mean": "roi_mean",
+    "ring_mean": "ring_mean",
+    "intensity_contrast": "intensity_contrast",
+    "texture_homogeneity_word": "texture_homogeneity_word",
+    "texture_smoothness_word": "texture_smoothness_word",
+    "shape_word": "shape_word",
+    "circularity": "circularity",
+    "roi_count": "roi_count",
+    "inside_label": "inside_label",
+    "status": "roi_status",
+    "reason": "roi_reason",
+}
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return [value]
+        return parsed if isinstance(parsed, list) else [parsed]
+    if isinstance(value, pl.Series):
+        return value.to_list()
+    return list(value)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    if isinstance(value, pl.Series):
+        return value.to_list()
+    return value
+
+
+def parse_relations(value: Any) -> list[dict[str, Any]]:
+    """``relations`` arrives as a JSON string list (or a list of structs); keep well-formed items."""
+    out = []
+    for item in _as_list(value):
+        if isinstance(item, dict) and item.get("other") is not None and item.get("relation"):
+            out.append(
+                {
+                    "other": str(item["other"]),
+                    "relation": str(item["relation"]),
+                    "distance_norm": _clean(item.get("distance_norm")),
+                }
+            )
+    return out
+
+
+def build_caption_inputs(
+    roi_set: pl.DataFrame,
+    coarse_captions: pl.DataFrame | None = None,
+    retrieved_knowledge: pl.DataFrame | None = None,
+    docstore: pl.DataFrame | None = None,
+    preprocessed_images: pl.DataFrame | None = None,
+    *,
+    out_root: str | Path | None = None,
+    include_flagged: bool = True,
+) -> list[CaptionInput]:
+    """Join the upstream tables into one :class:`CaptionInput` per ROI row of ``roi_set``.
+
+    Retrieval rows are matched on ``(record_id, roi_id)``, falling back to an image-level row
+    (``roi_id`` null). Rows of ``roi_set`` with ``status == "flagged"`` are kept unless
+    ``include_flagged`` is False.
+    """
+    coarse: dict[str, dict] = {}
+    if coarse_captions is not None:
+        for row in coarse_captions.iter_rows(named=True):
+            coarse[row["record_id"]] = row
+    images: dict[str, dict] = {}
+    if preprocessed_images is not None:
+        for row in preprocessed_images.iter_rows(named=True):
+            images[row["record_id"]] = row
+    docs: dict[str, dict] = {}
+    if docstore is not None:
+        for row in docstore.iter_rows(named=True):
+            docs[str(row["chunk_id"])] = row
+    retrieved: dict[tuple, dict] = {}
+    if retrieved_knowledge is not None:
+        for row in retrieved_knowledge.iter_rows(named=True):
+            retrieved[(row["record_id"], row.get("roi_id"))] = row
+
+    out: list[CaptionInput] = []
+    root = str(out_root) if out_root is not None else None
+    for row in roi_set.iter_rows(named=True):
+        if not include_flagged and row.get("status") == "flagged":
+            continue
+        rid = row["record_id"]
+        roi_id = row["roi_id"]
+        kw: dict[str, Any] = {}
+        for col, attr in _ROI_FIELDS.items():
+            if col in row:
+                kw[attr] = _clean(row[col])
+        for box in ("bbox_xyxy", "bbox_norm"):
+            if kw.get(box) is not None:
+                kw[box] = [float(v) for v in _as_list(kw[box])]
+        if kw.get("patient_lr") is None and row.get("patient_side") in ("left", "right"):
+            kw["patient_lr"] = row["patient_side"]  # docs/ARCHITECTURE.md names it patient_side
+        if kw.get("roi_count") is not None:
+            kw["roi_count"] = int(kw["roi_count"])
+        relations = parse_relations(row.get("relations"))
+        cc = coarse.get(rid, {})
+        img = images.get(rid, {})
+        ret = retrieved.get((rid, roi_id)) or retrieved.get((rid, None)) or {}
+        passages = []
+        scores = _as_list(ret.get("scores"))
+        for i, cid in enumerate(_as_list(ret.get("chunk_ids"))):
+            doc = docs.get(str(cid))
+            if doc is None:
+                log.warning("chunk %s retrieved for %s/%s is not in the docstore", cid, rid, roi_id)
+                continue
+            score = scores[i] if i < len(scores) else None
+            passages.append(
+                Passage(
+                    chunk_id=str(cid),
+                    title=str(doc.get("title") or ""),
+                    text=str(doc.get("text") or ""),
+                    score=None if score is None else float(score),
+                )
+            )
+        out.append(
+            CaptionInput(
+                record_id=rid,
+                source=row.get("source") or cc.get("source") or img.get("source") or "",
+                roi_id=roi_id,
+                image_path=img.get("image_path"),
+                image_sha256=img.get("sha256"),
+                out_root=root,
+                coarse_caption=cc.get("caption") or "",
+                modality=cc.get("modality"),
+                organ=cc.get("organ"),
+                terms=[str(t) for t in _as_list(cc.get("terms"))],
+                relations=relations,
+                query=ret.get("query"),
+                passages=passages,
+                **kw,
+            )
+        )
+    return out

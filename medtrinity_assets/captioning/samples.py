@@ -1,0 +1,133 @@
+"""Realistic synthetic caption inputs (the shapes the upstream stages produce) for tests,
+benchmarks and demos of the captioning stage without running the whole graph."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from medtrinity_assets.captioning.inputs import CaptionInput, Passage
+
+_CASES = [
+    # modality, organ, labels, intensity words, oriented?, has spacing?
+    ("CT", "head", ["haemorrhage", "ventricle", "skull"], ["hyperdense", "hypodense"], True, True),
+    ("CT", "pancreas", ["pancreas", "pancreatic lesion"], ["hypodense", "isodense"], True, True),
+    ("MRI", "brain", ["grey matter", "white matter", "Precentral_L", "Hippocampus_R"], ["hyperintense", "hypointense"], True, True),
+    ("MRI", "liver", ["liver lesion", "liver"], ["hypointense", "hyperintense"], True, True),
+    ("MRI", "shoulder", ["humeral head", "joint effusion"], ["hyperintense"], False, True),
+    ("X-ray", "chest", ["left lung", "right lung", "heart", "opacity"], ["brighter", "darker"], True, True),
+    ("X-ray", "tibia", ["fracture", "tibia"], ["brighter"], False, False),
+    ("Ultrasound", "unspecified", ["hypoechoic area"], ["hyperechoic", "hypoechoic"], False, False),
+    ("Nuclear medicine", "whole body", ["uptake focus"], ["brighter"], False, False),
+    ("Histopathology", "colon", ["gland", "nuclei cluster"], ["darker", "brighter"], False, False),
+    ("Microscopy", "cell culture", ["cell"], ["brighter"], False, False),
+    ("Fundus", "retina", ["optic disc", "microaneurysm"], ["brighter", "darker"], False, False),
+    (None, None, ["region"], [None], False, False),
+]
+
+_PASSAGES = [
+    ("Intracranial haemorrhage", "Acute intracranial haemorrhage appears hyperdense on non-contrast CT. "
+     "Blood products become isodense and then hypodense over one to two weeks."),
+    ("Pneumonia", "Pneumonia is an infection of the lung parenchyma. On a chest radiograph it appears as an "
+     "area of increased opacity, often in the right lower lobe in aspiration."),
+    ("Liver lesions", "Focal liver lesions include cysts, haemangiomas and metastases. Most metastases are "
+     "hypointense on T1-weighted MRI and moderately hyperintense on T2-weighted images."),
+    ("Grey and white matter", "The cerebral cortex is grey matter; myelinated axons form the white matter. "
+     "On T1-weighted MRI white matter is brighter than grey matter."),
+    ("Diabetic retinopathy", "Microaneurysms are the earliest visible sign of diabetic retinopathy, seen on "
+     "fundus photographs as small red dots near retinal vessels."),
+    ("Colonic glands", "Normal colonic mucosa shows regular crypts lined by goblet cells. Dysplastic glands "
+     "show crowded, hyperchromatic nuclei."),
+    ("Fractures", "A fracture is a break in the continuity of bone. Radiographs show a lucent line and "
+     "possibly displacement of the fragments."),
+]
+
+
+_CASE_PASSAGE = [0, 2, 3, 2, 6, 1, 6, 2, 6, 5, 5, 4, 0]
+
+
+def realistic_inputs(n: int, seed: int = 0, *, with_passages: bool = True) -> list[CaptionInput]:
+    """``n`` varied inputs: every modality of the demo, oriented and unoriented images, measured
+    and unmeasured sizes, one or several ROIs, relations, labels with laterality."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        modality, organ, labels, iwords, oriented, spacing = _CASES[i % len(_CASES)]
+        label = rng.choice(labels)
+        x0, y0 = rng.uniform(0, 0.7), rng.uniform(0, 0.7)
+        x1, y1 = x0 + rng.uniform(0.05, 0.3), y0 + rng.uniform(0.05, 0.3)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        horizontal = "left" if cx < 1 / 3 else "centre" if cx < 2 / 3 else "right"
+        vertical = "upper" if cy < 1 / 3 else "middle" if cy < 2 / 3 else "lower"
+        patient_lr = None
+        if oriented:
+            # radiological convention: image left is patient right
+            patient_lr = {"left": "right", "right": "left"}.get(horizontal)
+            if "_L" in label or label.startswith("left"):
+                patient_lr = "left"
+            elif "_R" in label or label.startswith("right"):
+                patient_lr = "right"
+        roi_count = rng.choice([1, 1, 2, 3, 5])
+        relations = []
+        if roi_count > 1:
+            for j in range(min(roi_count - 1, 2)):
+                relations.append({"other": f"r{j + 1}", "relation": rng.choice(["adjacent to", "above", "left of", "overlaps", "right of"]),
+                                  "distance_norm": round(rng.uniform(0, 0.5), 3)})
+        w = h = 512
+        origin = rng.choice(["mask", "box", "expert:lung_unet", "classical"]) if i % 17 else "whole_image"
+        if origin == "whole_image":
+            x0, y0, x1, y1 = 0.0, 0.0, 1.0, 1.0
+            horizontal, vertical = "centre", "middle"
+            roi_count, relations = 1, []
+        passages = []
+        if with_passages and i % 11:
+            first = _CASE_PASSAGE[i % len(_CASES)]
+            for k in range(3):
+                title, text = _PASSAGES[(first + k) % len(_PASSAGES)]
+                passages.append(Passage(chunk_id=f"{(i * 7 + k) % 997:04d}c{rng.getrandbits(40):010x}"[:24],
+                                        title=title, text=text, score=round(1 - 0.1 * k, 3)))
+        iw = rng.choice(iwords)
+        measured = iw is not None
+        out.append(
+            CaptionInput(
+                record_id=f"rec{i:06d}",
+                source=(modality or "unknown").lower().replace(" ", "_"),
+                roi_id=f"r{i % 3}",
+                image_path=None,
+                coarse_caption=f"{modality or 'Image'} of the {organ or 'body'}, {label}.",
+                modality=modality,
+                organ=organ,
+                terms=[t for t in (modality, organ, label) if t],
+                label=label,
+                origin=origin,
+                bbox_xyxy=[x0 * w, y0 * h, x1 * w, y1 * h],
+                bbox_norm=[x0, y0, x1, y1],
+                area_fraction=(x1 - x0) * (y1 - y0),
+                horizontal=horizontal,
+                vertical=vertical,
+                patient_lr=patient_lr,
+                patient_ap=rng.choice([None, "anterior", "posterior"]) if oriented else None,
+                patient_si=None,
+                longest_diameter_mm=round(rng.uniform(3, 80), 1) if spacing else None,
+                intensity_word=iw,
+                roi_mean=round(rng.uniform(0.3, 0.9), 3) if measured else None,
+                ring_mean=round(rng.uniform(0.1, 0.6), 3) if measured else None,
+                intensity_contrast=(round(rng.uniform(0.05, 0.5), 3) * (-1 if iw and (iw.startswith("hypo") or iw == "darker") else 1)
+                                    if measured else None),
+                texture_homogeneity_word=rng.choice(["homogeneous", "heterogeneous"]) if measured else None,
+                texture_smoothness_word=rng.choice(["smooth", "coarse"]) if measured else None,
+                shape_word=rng.choice(["round", "oval", "irregular", "lobulated"]) if measured else None,
+                circularity=round(rng.uniform(0.3, 1.0), 2) if measured else None,
+                roi_count=roi_count,
+                relations=relations,
+                inside_label=rng.choice([None, organ]) if organ and organ not in ("unspecified", "whole body") else None,
+                roi_status="ok",
+                query=" ".join(t for t in (label, organ, modality) if t),
+                passages=passages,
+            )
+        )
+    return out
+
+
+def relations_json(item: CaptionInput) -> str:
+    return json.dumps(item.relations)

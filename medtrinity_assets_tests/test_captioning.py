@@ -1,0 +1,468 @@
+"""Prompt, embedded captioner, caption batches, quality checks and the local-VLM backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from medtrinity_assets.captioning import (
+    CAPTION_COLUMNS,
+    FACETS,
+    PROMPT_VERSION,
+    CaptionerConfigError,
+    CaptionInput,
+    CaptionResult,
+    EmbeddedCaptioner,
+    build_caption_inputs,
+    build_messages,
+    build_user_text,
+    check_captions,
+    inputs_hash,
+    make_captioner,
+    parse_reply,
+    render_overlay,
+    run_caption_batch,
+)
+from medtrinity_assets.captioning.base import Captioner
+from medtrinity_assets.captioning.batch import parts_dir
+from medtrinity_assets.captioning.prompt import FacetParseError, image_data_url
+from medtrinity_assets.captioning.quality import check_caption, position_claims, scan_phi
+from medtrinity_assets.captioning.samples import realistic_inputs
+from medtrinity_assets.storage import sha256_file
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+
+def _tables(tmp_path):
+    img = np.zeros((64, 96), dtype=np.uint8)
+    img[20:40, 10:30] = 200
+    (tmp_path / "images").mkdir(exist_ok=True)
+    Image.fromarray(img).save(tmp_path / "images" / "a.png")
+    roi = pl.DataFrame({
+        "record_id": ["rec1", "rec1"], "source": ["demo", "demo"], "roi_id": [0, 1],
+        "label": ["liver lesion", "liver"], "origin": ["mask", "mask"],
+        "bbox_xyxy": [[10.0, 20.0, 30.0, 40.0], [0.0, 0.0, 96.0, 64.0]],
+        "bbox_norm": [[10 / 96, 20 / 64, 30 / 96, 40 / 64], [0.0, 0.0, 1.0, 1.0]],
+        "area_fraction": [0.065, 0.9], "horizontal": ["left", "centre"], "vertical": ["middle", "middle"],
+        "patient_lr": [None, None], "longest_diameter_mm": [None, None],
+        "intensity_word": ["hyperintense", None],
+        "relations": [json.dumps([{"other": "liver", "relation": "inside", "distance_norm": 0.0}]), "[]"],
+        "roi_count": [2, 2], "inside_label": ["liver", None], "status": ["ok", "flagged"], "reason": [None, "big"],
+    })  # no texture/shape/ring columns: optional
+    coarse = pl.DataFrame({"record_id": ["rec1"], "caption": ["MRI of the liver with a liver lesion."],
+                           "modality": ["MRI"], "organ": ["liver"], "terms": [["MRI", "liver", "liver lesion"]]})
+    retrieved = pl.DataFrame({"record_id": ["rec1", "rec1"], "roi_id": [0, None], "query": ["q0", "qimg"],
+                              "chunk_ids": [["c2", "c1", "missing"], ["c1"]], "scores": [[0.9, 0.8, 0.1], [0.5]]})
+    docstore = pl.DataFrame({"chunk_id": ["c1", "c2"], "title": ["Liver", "Lesions"],
+                             "text": ["The liver is the largest solid organ.", "Metastases are often multiple."]})
+    images = pl.DataFrame({"record_id": ["rec1"], "image_path": ["images/a.png"], "sha256": ["ab" * 32]})
+    return roi, coarse, retrieved, docstore, images
+
+
+def test_build_caption_inputs_joins_and_tolerates_missing_columns(tmp_path):
+    items = build_caption_inputs(*_tables(tmp_path), out_root=tmp_path)
+    assert [i.roi_id for i in items] == [0, 1]
+    a, b = items
+    assert a.modality == "MRI" and a.organ == "liver" and a.coarse_caption.startswith("MRI")
+    assert a.relations == [{"other": "liver", "relation": "inside", "distance_norm": 0.0}]
+    assert [p.chunk_id for p in a.passages] == ["c2", "c1"]  # unknown chunk skipped, order kept
+    assert a.passages[0].text == "Metastases are often multiple." and a.passages[0].score == 0.9
+    assert b.query == "qimg" and b.chunk_ids == ["c1"]  # image-level retrieval as fallback
+    assert a.texture_homogeneity_word is None and a.ring_mean is None
+    assert a.image_file() == tmp_path / "images" / "a.png"
+    assert len(build_caption_inputs(*_tables(tmp_path), include_flagged=False)) == 1
+
+
+# -- prompt ---------------------------------------------------------------------------------------
+
+
+def test_prompt_carries_every_input(tmp_path):
+    item = build_caption_inputs(*_tables(tmp_path), out_root=tmp_path)[0]
+    text = build_user_text(item)
+    assert PROMPT_VERSION == "mtri-v1"
+    assert "MRI of the liver with a liver lesion." in text
+    assert "[0.104, 0.312, 0.312, 0.625]" in text and "[10, 20, 30, 40]" in text
+    assert "[1] (chunk c2) Lesions: Metastases" in text and "[2] (chunk c1) Liver:" in text
+    assert "hyperintense" in text and "do not state patient left/right" in text and "do not state sizes in mm" in text
+    for key in FACETS:
+        assert f'"{key}"' in text
+    msgs = build_messages(item, image_data_url(item))
+    assert msgs[0]["role"] == "system" and msgs[1]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_overlay_outlines_roi_on_a_copy(tmp_path):
+    item = build_caption_inputs(*_tables(tmp_path), out_root=tmp_path)[0]
+    path = item.image_file()
+    before = sha256_file(path)
+    img = np.asarray(render_overlay(item))
+    assert sha256_file(path) == before  # original untouched
+    assert img.shape == (64, 96, 3)
+    assert tuple(img[20, 15]) == (255, 0, 0) and tuple(img[30, 10]) == (255, 0, 0)  # box edges
+    assert tuple(img[30, 20]) == (200, 200, 200)  # inside unchanged
+    assert tuple(img[5, 60]) == (0, 0, 0)
+
+
+def test_inputs_hash_covers_every_input():
+    item = realistic_inputs(2)[1]
+    assert item.passages and item.horizontal != "right"
+    base = inputs_hash(item, "b", "m", {"t": 0.1}, PROMPT_VERSION)
+    assert base == inputs_hash(dataclasses.replace(item), "b", "m", {"t": 0.1}, PROMPT_VERSION)
+    assert base == inputs_hash(dataclasses.replace(item, out_root="/elsewhere"), "b", "m", {"t": 0.1})
+    changed = [
+        inputs_hash(dataclasses.replace(item, label="other"), "b", "m", {"t": 0.1}),
+        inputs_hash(dataclasses.replace(item, passages=item.passages[:1]), "b", "m", {"t": 0.1}),
+        inputs_hash(dataclasses.replace(item, image_sha256="00"), "b", "m", {"t": 0.1}),
+        inputs_hash(dataclasses.replace(item, horizontal="right"), "b", "m", {"t": 0.1}),
+        inputs_hash(item, "b2", "m", {"t": 0.1}),
+        inputs_hash(item, "b", "m2", {"t": 0.1}),
+        inputs_hash(item, "b", "m", {"t": 0.2}),
+        inputs_hash(item, "b", "m", {"t": 0.1}, "mtri-v2"),
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)
+    assert re.fullmatch(r"[0-9a-f]{64}", base)
+
+
+def test_parse_reply_variants():
+    facets = {k: f"{k} text here" for k in FACETS}
+    para, got = parse_reply("A paragraph about the image and its ROI.\n```json\n" + json.dumps(facets) + "\n```")
+    assert got == facets and para == "A paragraph about the image and its ROI."
+    para, got = parse_reply(json.dumps(facets))
+    assert para.startswith("modality text here") and got == facets
+    with pytest.raises(FacetParseError):
+        parse_reply('Text {"modality": "x"} and {broken')
+    with pytest.raises(FacetParseError):
+        parse_reply(json.dumps({**facets, "organ": ""}))
+
+
+# -- embedded captioner ---------------------------------------------------------------------------
+
+
+def test_embedded_is_deterministic_grounded_and_varied():
+    items = realistic_inputs(260, seed=11)
+    cap = EmbeddedCaptioner()
+    a, b = cap.caption(items), EmbeddedCaptioner().caption(items)
+    assert [r.text for r in a] == [r.text for r in b]
+    assert all(r.status == "ok" and set(r.facets) == set(FACETS) for r in a)
+    openings = {r.facets["roi_location"].split(" ")[0] for r in a} | {r.facets["modality"].split(" ")[0] for r in a}
+    assert len(openings) >= 4  # several templates in use
+    for item, res in zip(items, a, strict=True):
+        if item.patient_lr is None or item.origin == "whole_image":
+            assert "patient's left" not in res.text and "patient's right" not in res.text
+        else:
+            assert f"patient's {item.patient_lr}" in res.text
+        assert (" mm" in res.text) == (item.longest_diameter_mm is not None)
+        if item.passages:
+            assert f"[{item.passages[0].chunk_id}]" in res.facets["relationship"]
+        else:
+            assert "No reference passage" in res.facets["relationship"]
+        if item.intensity_word:
+            assert item.intensity_word in res.facets["roi_texture"]
+        else:
+            assert "not measured" in res.facets["roi_texture"]
+
+
+def test_embedded_says_nothing_it_did_not_measure():
+    item = CaptionInput(record_id="x", source="s", roi_id=0, coarse_caption="", modality=None, organ=None)
+    [res] = EmbeddedCaptioner().caption([item])
+    assert res.status == "ok"
+    assert "not recorded" in res.facets["modality"] and "not measured" in res.facets["roi_texture"]
+    assert not re.search(r"\b(left|right|mm|CT|MRI|upper|lower)\b", res.text)
+
+
+def test_embedded_throughput_one_core():
+    items = realistic_inputs(2000, seed=3)
+    cap = EmbeddedCaptioner()
+    t = time.perf_counter()
+    cap.caption(items)
+    rate = len(items) / (time.perf_counter() - t)
+    assert rate >= 500, rate
+
+
+# -- quality --------------------------------------------------------------------------------------
+
+
+def _frame(items, results, captioner=None) -> pl.DataFrame:
+    rows = []
+    for item, r in zip(items, results, strict=True):
+        rows.append({"record_id": item.record_id, "roi_id": item.roi_id, "backend": "test", "status": r.status,
+                     "error": r.error, "text": r.text, "retrieved_chunk_ids": item.chunk_ids,
+                     "facets": json.dumps(r.facets), **{f"facet_{k}": r.facets.get(k) for k in FACETS}})
+    return pl.DataFrame(rows)
+
+
+def test_embedded_passes_every_check_on_realistic_inputs():
+    items = realistic_inputs(390, seed=21)
+    results = EmbeddedCaptioner().caption(items)
+    q = check_captions(_frame(items, results), {i.key: i for i in items})
+    bad = q.filter(~pl.col("passed"))
+    assert bad.height == 0, bad.select("record_id", "issues").head(5).to_dicts()
+    assert q["consistent"].all() and not q["phi_found"].any()
+    assert {"facets_present", "position_ok", "laterality_ok", "modality_ok", "organ_ok", "issues",
+            "judge_modality"} <= set(q.columns)
+
+
+def _one(**changes) -> CaptionInput:
+    base = realistic_inputs(30, seed=5)
+    item = next(i for i in base if i.modality == "MRI" and i.organ == "liver" and i.origin != "whole_image")
+    return dataclasses.replace(item, **changes)
+
+
+def _check(item: CaptionInput, edit=None, drop=None, **kw) -> dict:
+    [res] = EmbeddedCaptioner().caption([item])
+    text = edit(res.text) if edit else res.text
+    facets = {k: (edit(v) if edit else v) for k, v in res.facets.items() if k != drop}
+    row = {"record_id": item.record_id, "roi_id": item.roi_id, "status": "ok", "text": text,
+           "retrieved_chunk_ids": item.chunk_ids, **{f"facet_{k}": v for k, v in facets.items()}}
+    return check_caption(row, item, **kw)
+
+
+def test_claims_are_read_from_the_text_and_contradictions_flagged():
+    item = _one(horizontal="left", vertical="upper", patient_lr=None, patient_ap=None, intensity_word="hyperintense",
+                texture_homogeneity_word="homogeneous", longest_diameter_mm=None)
+    assert _check(item)["consistent"]
+    # image position read from free text, in several phrasings
+    assert not _check(item, lambda t: t.replace("left third", "right third"))["position_ok"]
+    assert not _check(item, lambda t: t + " It sits in the lower half of the image.")["position_ok"]
+    assert not _check(item, lambda t: t + " Seen in the bottom-right corner of the image.")["position_ok"]
+    assert _check(item, lambda t: t + " It is in the upper-left quadrant of the image.")["position_ok"]
+    # patient laterality without known orientation, and against a measured side
+    r = _check(item, lambda t: t + " The lesion is in the left lobe.")
+    assert not r["laterality_ok"] and any("patient side unknown" in i for i in r["issues"])
+    known = dataclasses.replace(item, patient_lr="right")
+    assert _check(known, lambda t: t + " It lies in the right lobe.")["laterality_ok"]
+    assert not _check(known, lambda t: t + " It lies in the left lobe.")["laterality_ok"]
+    assert not _check(dataclasses.replace(item, patient_ap="anterior"), lambda t: t + " It is posterior.")["laterality_ok"]
+    # relational image-frame words are not patient laterality
+    assert _check(item, lambda t: t + " In the image it lies left of the kidney.")["laterality_ok"]
+    # modality and organ
+    assert not _check(item, lambda t: t + " This CT slice shows it well.")["modality_ok"]
+    assert not _check(item, lambda t: t.replace("magnetic resonance (MR) image", "ultrasound image"))["modality_ok"]
+    assert not _check(item, lambda t: t + " It abuts the cerebellum.")["organ_ok"]
+    other = dataclasses.replace(item, label="focal lesion", inside_label=None)
+    assert _check(other)["organ_ok"]
+    assert not _check(other, lambda t: t.replace("The liver", "The spleen").replace("the liver", "the spleen"))["organ_ok"]
+    # texture and size
+    assert not _check(item, lambda t: t + " It is hypointense.")["texture_ok"]
+    assert not _check(item, lambda t: t + " It looks heterogeneous.")["texture_ok"]
+    assert not _check(item, lambda t: t + " It measures 12 mm.")["size_ok"]
+    sized = dataclasses.replace(item, longest_diameter_mm=20.0)
+    assert _check(sized, lambda t: t + " Its short axis is 12 mm.")["size_ok"]
+    assert not _check(sized, lambda t: t + " It spans 3.5 cm.")["size_ok"]
+    # citations are knowledge, not claims about this image
+    cid = item.passages[0].chunk_id
+    assert _check(item, lambda t: t + f' Background: "CT shows the left lung as hypodense" [{cid}].')["consistent"]
+    # facets and length
+    r = _check(item, lambda t: "Too short.")
+    assert not r["length_ok"] and not r["consistent"]
+    r = _check(item, drop="roi_texture")
+    assert not r["facet_roi_texture_present"] and not r["facets_present"] and r["facet_modality_present"]
+
+
+def test_phi_scan():
+    assert scan_phi("Patient DOE^JOHN was imaged.") == ["dicom_name"]
+    assert scan_phi("Seen on 2023-04-05.") == ["date"]
+    assert scan_phi("Seen on 5 March 2021.") == ["date"]
+    assert scan_phi("Record 123456789 shows") == ["identifier"]
+    assert scan_phi("MRN: 0012345") == ["identifier"]
+    assert scan_phi("Mr. Smith's liver") == ["titled_name"]
+    assert scan_phi("it spans 0.13-0.34 of the width, contrast 0.147, 4.4% area, 43.4 mm") == []
+    assert scan_phi("cited [0a1b2c3d4e5f601234567890]", chunk_ids=["0a1b2c3d4e5f601234567890"]) == []
+    assert scan_phi("The Springfield clinic", phi_values={"springfield"}) == ["listed_value"]
+    item = _one()
+    r = _check(item, lambda t: t + " Imaged 2019-02-03.")
+    assert r["phi_found"] and r["consistent"]
+    q = check_captions(_frame([item], EmbeddedCaptioner().caption([item])), {item.key: item},
+                       phi_values={item.label})
+    assert q["phi_found"].to_list() == [True] and q["passed"].to_list() == [False]
+
+
+def test_position_claim_parser():
+    claims, rest = position_claims("Positioned horizontally at the left-centre and vertically in the lower third.")
+    assert ("h", "left") in claims and ("v", "lower") in claims and "left" not in rest
+
+
+def test_failed_and_unmatched_captions_are_reported():
+    item = _one()
+    df = pl.DataFrame([
+        {"record_id": item.record_id, "roi_id": item.roi_id, "status": "failed", "error": "HTTP 500",
+         "text": None, "retrieved_chunk_ids": [], **{f"facet_{k}": None for k in FACETS}},
+        {"record_id": "nope", "roi_id": item.roi_id, "status": "ok", "error": None, "text": "x" * 100,
+         "retrieved_chunk_ids": [], **{f"facet_{k}": "present facet" for k in FACETS}},
+    ])
+    q = check_captions(df, {item.key: item})
+    assert q["consistent"].to_list() == [False, False]
+    assert "caption failed: HTTP 500" in q["issues"][0].to_list()
+    assert "no input found for this caption" in q["issues"][1].to_list()
+
+
+# -- batches --------------------------------------------------------------------------------------
+
+
+class Counting(EmbeddedCaptioner):
+    def __init__(self, fail_ids=()):
+        super().__init__()
+        self.seen: list[str] = []
+        self.fail_ids = set(fail_ids)
+
+    def caption(self, items):
+        self.seen.extend(i.record_id for i in items)
+        out = super().caption(items)
+        return [CaptionResult.failed("boom", raw="r") if i.record_id in self.fail_ids else r
+                for i, r in zip(items, out, strict=True)]
+
+
+def test_batch_caches_resumes_and_writes_contract_columns(tmp_path):
+    items = realistic_inputs(70, seed=8)
+    path = tmp_path / "caption_batch" / "demo.parquet"
+    progress = []
+    cap = Counting(fail_ids={items[3].record_id})
+    res = run_caption_batch(items + items[:5], cap, path, chunk_size=16, progress=lambda d, t: progress.append((d, t)))
+    assert (res.total, res.computed, res.cached, res.failed, res.duplicates_dropped) == (70, 70, 0, 1, 5)
+    assert res.chunks_written == 5 and progress[0] == (0, 70) and progress[-1] == (70, 70)
+    assert not parts_dir(path).exists()
+    df = pl.read_parquet(path)
+    assert df.columns == CAPTION_COLUMNS
+    assert df.height == 70 and df.select("record_id", "roi_id").n_unique() == 70
+    row = df.filter(pl.col("record_id") == items[0].record_id).row(0, named=True)
+    assert row["backend"] == "embedded" and row["prompt_version"] == PROMPT_VERSION
+    assert json.loads(row["facets"])["modality"] == row["facet_modality"]
+    assert row["retrieved_chunk_ids"] == items[0].chunk_ids and row["created_at"] is not None
+    assert row["inputs_hash"] == cap.inputs_hash(items[0])
+    failed = df.filter(pl.col("status") == "failed").row(0, named=True)
+    assert failed["error"] == "boom" and failed["raw"] == "r" and failed["text"] is None
+
+    # rerun: only the failed one is retried
+    cap2 = Counting()
+    res2 = run_caption_batch(items, cap2, path, chunk_size=16)
+    assert cap2.seen == [items[3].record_id] and res2.failed == 0 and res2.cached == 69
+    # a changed input (new passage text) recomputes just that ROI; the rest comes from the cache
+    changed = list(items)
+    changed[10] = dataclasses.replace(items[10], coarse_caption="changed")
+    cap3 = Counting()
+    run_caption_batch(changed, cap3, path, chunk_size=16)
+    assert cap3.seen == [items[10].record_id]
+    assert pl.read_parquet(path).height == 70
+    # leftover parts from a killed run are picked up, duplicates merged
+    cap4 = Counting()
+    run_caption_batch(changed, cap4, path)
+    assert cap4.seen == []
+
+
+def test_batch_keeps_integer_roi_ids_and_handles_empty(tmp_path):
+    items = [dataclasses.replace(i, roi_id=k) for k, i in enumerate(realistic_inputs(5))]
+    run_caption_batch(items, EmbeddedCaptioner(), tmp_path / "a.parquet")
+    assert pl.read_parquet(tmp_path / "a.parquet")["roi_id"].dtype == pl.Int64
+    res = run_caption_batch([], EmbeddedCaptioner(), tmp_path / "b.parquet")
+    assert res.total == 0 and pl.read_parquet(tmp_path / "b.parquet").columns == CAPTION_COLUMNS
+
+
+# -- local VLM backend ----------------------------------------------------------------------------
+
+
+def test_transformers_local_refuses_missing_or_bad_paths(tmp_path):
+    from medtrinity_assets.captioning.transformers_local import TransformersLocalCaptioner
+
+    with pytest.raises(CaptionerConfigError, match="model_path"):
+        make_captioner({"backend": "transformers_local", "model_path": None})
+    with pytest.raises(CaptionerConfigError, match="not a local folder"):
+        TransformersLocalCaptioner(tmp_path / "absent")
+    with pytest.raises(CaptionerConfigError, match="not a local folder"):
+        TransformersLocalCaptioner("someorg/some-vlm")  # a hub id is never downloaded
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CaptionerConfigError, match="config.json"):
+        TransformersLocalCaptioner(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "no-such-vlm"}))
+    with pytest.raises(CaptionerConfigError, match="local files only"):
+        TransformersLocalCaptioner(bad).load()
+
+
+class _FakeBatch(dict):
+    def to(self, device):
+        return self
+
+
+class _FakeProcessor:
+    def __init__(self, replies):
+        self.replies = replies
+        self.calls = []
+        self.tokenizer = type("T", (), {"padding_side": "right"})()
+
+    def apply_chat_template(self, convs, **kw):
+        import torch
+
+        self.calls.append((convs, kw))
+        return _FakeBatch(input_ids=torch.zeros((len(convs), 3), dtype=torch.long))
+
+    def batch_decode(self, ids, skip_special_tokens):
+        return [self.replies.pop(0) for _ in range(ids.shape[0])]
+
+
+class _FakeModel:
+    def __init__(self):
+        self.kwargs = []
+
+    def generate(self, **kw):
+        import torch
+
+        self.kwargs.append(kw)
+        return torch.zeros((kw["input_ids"].shape[0], 5), dtype=torch.long)
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+
+def test_transformers_local_loads_local_only_and_generates_in_batches(tmp_path, monkeypatch):
+    import transformers
+
+
+    path = tmp_path / "vlm"
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    good = json.dumps({k: f"{k} facet text" for k in FACETS})
+    proc = _FakeProcessor([good, "no json here", good, "still no json"])
+    model = _FakeModel()
+    seen = {}
+
+    def fake_proc(p, **kw):
+        seen["processor"] = (p, kw)
+        return proc
+
+    def fake_model(p, **kw):
+        seen["model"] = (p, kw)
+        return model
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", fake_proc)
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", fake_model)
+    cap = make_captioner({"backend": "transformers_local", "model_path": str(path), "device": "cpu"})
+    assert isinstance(cap, Captioner) and cap.params["temperature"] == 0.1 and cap.params["max_new_tokens"] == 1024
+    fp = cap.params["weights"]
+    (path / "model.safetensors").write_bytes(b"x" * 10)
+    assert make_captioner({"backend": "transformers_local", "model_path": str(path)}).params["weights"] != fp
+    items = realistic_inputs(3)
+    res = cap.caption(items)
+    for key in ("processor", "model"):
+        assert seen[key][1]["local_files_only"] is True and seen[key][1]["trust_remote_code"] is False
+    assert [r.status for r in res] == ["ok", "failed", "ok"]
+    assert "after one repair" in res[1].error and "still no json" in res[1].raw
+    assert len(proc.calls[0][0]) == 3 and proc.tokenizer.padding_side == "left"
+    assert model.kwargs[0]["max_new_tokens"] == 1024 and model.kwargs[0]["temperature"] == 0.1
+    assert len(proc.calls) == 2 and len(proc.calls[1][0]) == 1  # one repair round, only for the failure
+
+
+def test_digest_is_stable_across_processes():
+    item = realistic_inputs(1)[0]
+    h = EmbeddedCaptioner().inputs_hash(item)
+    assert h == hashlib.sha256(b"").hexdigest() or len(h) == 64
