@@ -40,6 +40,12 @@ class PipelineStorage(dg.ConfigurableResource):
 
         return find_source(self.registry_dir, name)
 
+    def local_source(self, name: str):
+        """The spec of a source with a remote (fsspec) root mirrored under the output root."""
+        from medtrinity_assets.remote import mirror_remote_root
+
+        return mirror_remote_root(self.source(name), self.out() / "_remote_cache")
+
     def sources(self):
         from medtrinity_assets.registry import load_registry
 

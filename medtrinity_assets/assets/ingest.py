@@ -43,7 +43,7 @@ def ingest_source_assets(
     from medtrinity_assets.storage import table_path
 
     name = context.partition_key
-    spec = storage.source(name)
+    declared = storage.source(name)
     out = storage.out()
     last = {"done": -1}
 
@@ -54,6 +54,7 @@ def ingest_source_assets(
             context.log.info(f"{name}: {done}/{total} files read")
 
     try:
+        spec = storage.local_source(name)
         result = ingest_source(spec, out, workers=compute.workers, progress=progress)
     except SourceRootMissing as exc:
         raise dg.Failure(description=f"source '{name}': {exc}") from None
@@ -71,8 +72,8 @@ def ingest_source_assets(
             ),
             **counts_metadata("status_counts", status_counts),
             **counts_metadata("quarantined_by_reason", result.quarantine_counts),
-            "registry_fingerprint": spec.fingerprint(),
-            "synthetic": spec.synthetic,
+            "registry_fingerprint": declared.fingerprint(),
+            "synthetic": declared.synthetic,
         },
     )
     yield dg.MaterializeResult(
