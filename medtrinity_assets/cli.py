@@ -146,6 +146,9 @@ def run_build(
     resources["compute"] = ComputeResource(workers=workers)
     phases = plan_phases(assets, until)
     total = sum(len(names) if kind == "per_source" else 1 for kind, _ in phases)
+    # Dagster's console logger would drown the progress bar: warnings and errors only here;
+    # every event is still recorded in the instance and shown by the UI.
+    run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     failures: dict[str, str] = {}
     started = time.time()
     if not quiet:
@@ -161,6 +164,7 @@ def run_build(
                 instance=instance,
                 resources=resources,
                 raise_on_error=False,
+                run_config=run_config,
             )
             if not result.success:
                 failures["<global>"] = _failure_reason(result)
@@ -173,11 +177,12 @@ def run_build(
                 continue
             result = dg.materialize(
                 [*assets, *checks],
-                selection=selection | dg.AssetSelection.checks_for_assets(selection),
+                selection=selection | dg.AssetSelection.checks_for_assets(*keys),
                 partition_key=name,
                 instance=instance,
                 resources=resources,
                 raise_on_error=False,
+                run_config=run_config,
                 tags={"medtrinity/source": name},
             )
             if not result.success:

@@ -463,15 +463,19 @@ def _direction(dx: float, dy: float, cfg: RoiConfig) -> str:
 
 
 def relations(
-    roi_ids: list[str], centroids: np.ndarray, bboxes: np.ndarray, config: RoiConfig | None = None
+    roi_ids: list[str],
+    centroids: np.ndarray,
+    bboxes: np.ndarray,
+    config: RoiConfig | None = None,
+    labels: list[str] | None = None,
 ) -> list[str]:
     """For each ROI a JSON list of its relations to its nearest other ROIs.
 
     ``centroids``: ``(n, 2)`` normalised (x, y); ``bboxes``: ``(n, 4)`` normalised xyxy.
     Each item: ``{"other": roi_id, "relation": "left of" | "above" | "above and left of" |
     ... | "overlapping", "distance_norm": centroid distance in image widths/heights,
-    "overlaps": bool (bounding boxes intersect)}``. The relation reads "this ROI is <relation>
-    the other".
+    "overlaps": bool (bounding boxes intersect), "other_label": the other ROI's label when
+    ``labels`` is given}``. The relation reads "this ROI is <relation> the other".
     """
     cfg = config or default_config()
     n = len(roi_ids)
@@ -493,14 +497,15 @@ def relations(
     for i in range(n):
         items = []
         for j in nearest[i]:
-            items.append(
-                {
-                    "other": roi_ids[j],
-                    "relation": _direction(float(d[i, j, 0]), float(d[i, j, 1]), cfg),
-                    "distance_norm": round(float(dist[i, j]), 4),
-                    "overlaps": bool(overlap[i, j]),
-                }
-            )
+            item = {
+                "other": roi_ids[j],
+                "relation": _direction(float(d[i, j, 0]), float(d[i, j, 1]), cfg),
+                "distance_norm": round(float(dist[i, j]), 4),
+                "overlaps": bool(overlap[i, j]),
+            }
+            if labels is not None:
+                item["other_label"] = labels[j]
+            items.append(item)
         out.append(json.dumps(items))
     return out
 

@@ -419,6 +419,7 @@ def _rows_for_image(
             np.array([records[i]["centroid_norm"] for i in geo]),
             np.array([records[i]["bbox_norm"] for i in geo]),
             cfg,
+            labels=[records[i]["label"] for i in geo],
         )
         for i, js in zip(geo, rel, strict=True):
             records[i]["relations"] = js

@@ -23,7 +23,7 @@ from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.prompt import FACETS
 from medtrinity_assets.captioning.vocab import label_text, modality_family
 
-PHRASES_VERSION = "1"
+PHRASES_VERSION = "2"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
 
 _MODALITY_LONG = {
     "ct": "a computed tomography (CT) image",
@@ -93,6 +93,19 @@ def _article(word: str) -> str:
 
 def _fmt_num(v: float) -> str:
     return f"{v:.3g}"
+
+
+def _other_region(rel: dict) -> str:
+    """How a caption names the other ROI of a relation: by its label and number, never by id."""
+    other = str(rel.get("other", ""))
+    number = other.rsplit(":", 1)[-1]
+    tag = f" #{int(number) + 1}" if number.isdigit() else ""
+    label = label_text(rel.get("other_label"))
+    if label and label not in ("region", "whole image"):
+        return f"another {label} region{tag}"
+    if tag:
+        return f"region{tag}"
+    return f"ROI {label_text(other)}"
 
 
 class EmbeddedCaptioner(Captioner):
@@ -202,8 +215,8 @@ class EmbeddedCaptioner(Captioner):
             pieces.append(s)
         tex = [w for w in (item.texture_homogeneity_word, item.texture_smoothness_word) if w]
         if tex:
-            t = _pick(ph["texture"], seed, 4).format(texture=" and ".join(tex))
-            pieces.append(t if pieces else "It shows " + t.removeprefix("and its ").removeprefix("with "))
+            key = "texture" if pieces else "texture_alone"
+            pieces.append(_pick(ph[key], seed, 4).format(texture=" and ".join(tex)))
         if not pieces:
             return _pick(ph["none"], seed, 3)
         return ", ".join(pieces) + "."
@@ -218,9 +231,7 @@ class EmbeddedCaptioner(Captioner):
             first.append(f"it lies within the {label_text(item.inside_label)}")
         rels = []
         for rel in item.relations[: self.max_relations]:
-            other = label_text(rel["other"])
-            if re.fullmatch(r"[\w\-]{1,12}", other) and any(c.isdigit() for c in other):
-                other = f"ROI {other}"
+            other = _other_region(rel)
             dist = rel.get("distance_norm")
             d = f" (normalised distance {dist:.2f})" if isinstance(dist, int | float) else ""
             relation = rel["relation"].strip()

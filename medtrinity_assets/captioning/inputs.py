@@ -157,6 +157,7 @@ def parse_relations(value: Any) -> list[dict[str, Any]]:
                     "other": str(item["other"]),
                     "relation": str(item["relation"]),
                     "distance_norm": _clean(item.get("distance_norm")),
+                    **({"other_label": str(item["other_label"])} if item.get("other_label") else {}),
                 }
             )
     return out
