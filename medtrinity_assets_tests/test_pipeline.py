@@ -1,0 +1,153 @@
+"""The whole asset graph on real demo partitions, materialized into one shared test instance."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from medtrinity_assets.definitions import build_definitions
+from medtrinity_assets.resources import PipelineStorage, default_resources
+
+# Real DICOM (JPEG 2000 X-ray with a diagnosis in its description; multi-frame head MR), a
+# colour micrograph through the classical fallback, a table source with a box, synthetic masks.
+SOURCES = ["xray_tibia", "mr_head_multiframe", "histology_ihc", "microscopy_cells", "synthetic_phantoms"]
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, dagster_instance, demo_registry):
+    out = tmp_path_factory.mktemp("pipeline_out")
+    resources = default_resources()
+    resources["storage"] = PipelineStorage(out_dir=str(out), registry_dir=str(demo_registry))
+    dagster_instance.add_dynamic_partitions("sources", SOURCES)
+    defs = build_definitions()
+    assets = [*defs.assets, *defs.asset_checks]
+    results: dict[str, dict[str, dg.ExecuteInProcessResult]] = {"early": {}, "late": {}}
+
+    early = dg.AssetSelection.assets("source_manifest", "preprocessed_images", "coarse_captions")
+    for name in SOURCES:
+        results["early"][name] = dg.materialize(
+            assets,
+            selection=early,
+            partition_key=name,
+            instance=dagster_instance,
+            resources=resources,
+            run_config=QUIET,
+        )
+    results["global"] = dg.materialize(
+        assets,
+        selection=dg.AssetSelection.assets("expert_models", "knowledge_corpus", "knowledge_index"),
+        instance=dagster_instance,
+        resources=resources,
+        run_config={
+            **QUIET,
+            "ops": {
+                "expert_models": {
+                    "config": {"epochs": 3, "image_size": 64, "min_samples": 8, "max_samples": 60}
+                }
+            },
+        },
+    )
+    late = dg.AssetSelection.assets("roi_set", "retrieved_knowledge", "caption_batch", "caption_quality")
+    for name in SOURCES:
+        results["late"][name] = dg.materialize(
+            assets,
+            selection=late | dg.AssetSelection.checks_for_assets("caption_quality"),
+            partition_key=name,
+            instance=dagster_instance,
+            resources=resources,
+            run_config=QUIET,
+        )
+    return out, results
+
+
+def _table(out, asset: str, name: str) -> pl.DataFrame:
+    return pl.read_parquet(out / asset / f"{name}.parquet")
+
+
+def test_every_run_succeeded(pipeline):
+    _, results = pipeline
+    assert results["global"].success
+    for phase in ("early", "late"):
+        for name, result in results[phase].items():
+            assert result.success, (phase, name)
+
+
+def test_ingest_metadata_has_counts_preview_and_contact_sheet(pipeline):
+    _, results = pipeline
+    mats = results["early"]["xray_tibia"].asset_materializations_for_node("ingest_source_assets")
+    by_key = {m.asset_key.to_user_string(): m.metadata for m in mats}
+    assert by_key["source_manifest"]["dagster/row_count"].value == 1
+    assert "data:image/png;base64," in by_key["preprocessed_images"]["contact_sheet"].value
+    assert "|" in by_key["source_manifest"]["preview"].value
+
+
+def test_every_image_has_rois_and_every_roi_a_checked_caption(pipeline):
+    out, _ = pipeline
+    for name in SOURCES:
+        images = _table(out, "preprocessed_images", name)
+        rois = _table(out, "roi_set", name)
+        captions = _table(out, "caption_batch", name)
+        quality = _table(out, "caption_quality", name)
+        assert images.height > 0, name
+        assert set(images["record_id"]) <= set(rois["record_id"]), name
+        ok = rois.filter(pl.col("status") == "ok")
+        assert set(zip(ok["record_id"], ok["roi_id"], strict=True)) <= set(
+            zip(captions["record_id"], captions["roi_id"], strict=True)
+        ), name
+        assert (captions["status"] == "ok").all(), name
+        assert quality["consistent"].all() and not quality["phi_found"].any(), name
+
+
+def test_roi_origins_cover_mask_box_expert_and_classical(pipeline):
+    out, _ = pipeline
+    origins = set()
+    for name in SOURCES:
+        origins |= set(_table(out, "roi_set", name)["origin"])
+    assert {"mask", "box", "classical"} <= origins
+    assert any(o.startswith("expert:") for o in origins), origins
+    # The multi-frame head MR has no annotation: the MRI expert trained on the phantoms grounds it.
+    assert _table(out, "roi_set", "mr_head_multiframe")["origin"].str.starts_with("expert:").all()
+
+
+def test_blocking_quality_checks_pass(pipeline):
+    _, results = pipeline
+    for name in SOURCES:
+        evals = {e.check_name: e for e in results["late"][name].get_asset_check_evaluations()}
+        assert evals["claims_consistent"].passed and evals["no_phi"].passed, name
+
+
+def test_caption_rerun_is_cached(pipeline, dagster_instance):
+    out, _ = pipeline
+    before = _table(out, "caption_batch", "xray_tibia")
+    defs = build_definitions()
+    resources = default_resources()
+    resources["storage"] = PipelineStorage(out_dir=str(out), registry_dir=str(pipeline_registry()))
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets("caption_batch"),
+        partition_key="xray_tibia",
+        instance=dagster_instance,
+        resources=resources,
+        run_config=QUIET,
+    )
+    (mat,) = result.asset_materializations_for_node("caption_batch")
+    batch = mat.metadata["batch"].value
+    assert batch["computed"] == 0 and batch["cached"] == before.height
+    after = _table(out, "caption_batch", "xray_tibia")
+    assert after.sort("roi_id").equals(before.sort("roi_id"))
+
+
+def test_retrieved_knowledge_grounds_the_tibia_lesion(pipeline):
+    out, _ = pipeline
+    hits = _table(out, "retrieved_knowledge", "xray_tibia")
+    docstore = pl.read_parquet(out / "knowledge_index" / "docstore.parquet")
+    texts = docstore.filter(pl.col("chunk_id").is_in(hits["chunk_ids"].explode().to_list()))["text"].to_list()
+    assert any("fibroma" in t.lower() for t in texts)
+
+
+def pipeline_registry():
+    from medtrinity_assets.demo_data import DEFAULT_REGISTRY_DIR
+
+    return DEFAULT_REGISTRY_DIR
