@@ -1,22 +1,30 @@
-"""Retrieval benchmark: exact vs approximate Faiss indexes, and real-embedding recall.
+"""Retrieval benchmark: exact vs approximate Faiss indexes, real-embedding recall, 1M-chunk RAM.
 
-Synthetic part: N random unit vectors (default 200,000 x 384) and Q random unit queries.
-Random vectors are the hardest case for approximate search (no cluster structure), so the
-recall figures here are a lower bound for real embeddings.
+Synthetic part: N unit vectors (default 200,000 x 384) and Q queries, of three kinds:
+``random`` (uniform, no neighbour structure: the hardest case), ``clustered`` (around
+``--centres`` random centres) and ``real_anchored`` (around MiniLM embeddings of the default
+corpus's sentences, so the geometry IVF partitions is that of real text).
 
-- build time and batched query rate of ``IndexFlatIP`` (exact) and of the approximate index
-  (HNSW by default, IVF with ``--approx ivf``, both with ``--approx both``), sweeping efSearch /
-  nprobe; recall@10 of each against the exact result;
-- measured resident-memory growth of each index, and the memory of a 1M-chunk index computed
-  from the per-vector cost of each layout (float32 flat, HNSW flat / fp16 / SQ8, IVF-PQ).
+- build rate and batched query rate of ``IndexFlatIP`` (exact) and of the approximate index
+  (IVF by default, HNSW with ``--approx hnsw``, both with ``--approx both``), sweeping nprobe /
+  efSearch; the row flagged ``default`` is the library's own default (``NPROBE_RULE``);
+  recall@10 of each against the exact result; resident-memory growth of each index.
 
-Real part (``--corpus``, on by default): ingest the embedded default corpus, build the index
-with the default embedder, report recall@5 and MRR of dense, lexical and hybrid retrieval on
-``medtrinity_assets_tests/data/retrieval_eval.jsonl`` when present, and recall@10 of HNSW vs
-exact on the real chunk embeddings.
+Real sentences (on by default): the default corpus split into sentences, embedded with the
+default MiniLM embedder; eval queries + held-out sentences against them; recall@10 of the
+default IVF (flat and SQ8, forced with ``exact_max=0``) against exact.
+
+``--million``: builds a 1M-chunk index (random unit vectors made batch by batch by a stand-in
+embedder, a ~450-character docstore text per chunk) with ``build_index`` defaults in a child
+process, then loads and queries it in another, and reports each child's peak RSS.
+
+Real corpus part (``--corpus``, on by default): ingest the default corpus, build the index with
+the default embedder, recall@5 / MRR of dense, lexical and hybrid retrieval on
+``medtrinity_assets_tests/data/retrieval_eval.jsonl``.
 
     python benchmarks/retrieval.py                 # full run (200k)
     python benchmarks/retrieval.py --quick         # 20k vectors, 500 queries
+    python benchmarks/retrieval.py --million-only  # 1M-chunk peak RSS only
     python benchmarks/retrieval.py --n 50000 --approx both --no-corpus
 """
 
@@ -77,6 +85,163 @@ def clustered(n: int, d: int, seed: int, centres: int = 2000, spread: float = 1.
     return out
 
 
+_SENTENCE_CACHE: dict = {}
+
+
+def corpus_sentences() -> list[str]:
+    """Sentences of the default corpus passages (titles included), deduplicated, >= 4 words."""
+    import re
+
+    from medtrinity_assets.knowledge.corpus import DEFAULT_CORPUS_PATH
+
+    seen: dict[str, None] = {}
+    for line in DEFAULT_CORPUS_PATH.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        seen.setdefault(row["title"].strip(), None)
+        for sent in re.split(r"(?<=[.;:!?])\s+", row["text"]):
+            if len(sent.split()) >= 4:
+                seen.setdefault(sent.strip(), None)
+    return list(seen)
+
+
+def real_sentence_vectors(args) -> tuple[np.ndarray, np.ndarray]:
+    """(database, queries): MiniLM embeddings of the corpus sentences and of the eval queries."""
+    if "v" not in _SENTENCE_CACHE:
+        from medtrinity_assets.knowledge.embedder import SentenceTransformerEmbedder
+
+        emb = SentenceTransformerEmbedder()
+        sents = corpus_sentences()
+        t = time.perf_counter()
+        xb = emb.encode(sents)
+        rate = len(sents) / (time.perf_counter() - t)
+        eval_path = Path(args.eval)
+        rows = [json.loads(x) for x in eval_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        xq = emb.encode([r["query"] for r in rows])
+        print(
+            f"[real sentences] {len(sents)} sentences embedded at {rate:.0f}/s, {len(xq)} queries", flush=True
+        )
+        _SENTENCE_CACHE["v"] = (xb, xq)
+    return _SENTENCE_CACHE["v"]
+
+
+def anchored(anchors: np.ndarray, n: int, seed: int, spread: float = 1.0) -> np.ndarray:
+    """Like :func:`clustered`, but the centres are real MiniLM sentence embeddings (which are
+    anisotropic and topic-clustered), so the cell structure IVF sees is that of real text."""
+    rng = np.random.default_rng(seed)
+    d = anchors.shape[1]
+    out = np.empty((n, d), dtype=np.float32)
+    for s in range(0, n, 50_000):
+        m = min(50_000, n - s)
+        block = anchors[rng.integers(0, len(anchors), m)] + spread * rng.standard_normal(
+            (m, d), dtype=np.float32
+        ) / np.sqrt(d)
+        out[s : s + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def real_sentences(args) -> dict:
+    """Approximate vs exact on real MiniLM vectors: corpus sentences as the database, eval
+    queries + 300 held-out sentences as queries; default IVF parameters, forced (exact_max=0)."""
+    from medtrinity_assets.knowledge.index import IndexConfig, make_faiss_index
+
+    xb, xq_eval = real_sentence_vectors(args)
+    rng = np.random.default_rng(3)
+    held = rng.choice(len(xb), min(300, len(xb) // 5), replace=False)
+    keep = np.setdiff1d(np.arange(len(xb)), held)
+    db, xq = xb[keep], np.vstack([xq_eval, xb[held]])
+    exact, _, _ = make_faiss_index(db, IndexConfig(exact_max=len(db)))
+    _, gt = exact.search(xq, 10)
+    out: dict = {"database": len(db), "queries": len(xq)}
+    for storage in ("flat", "sq8"):
+        index, itype, params = make_faiss_index(db, IndexConfig(exact_max=0, ivf_storage=storage))
+        _, ids = index.search(xq, 10)
+        out[itype] = {"params": params, "recall@10": round(recall_at(ids, gt, 10), 4)}
+    print(f"[real sentences approximate vs exact] {out}", flush=True)
+    return out
+
+
+_MILLION_CHILD = r"""
+import json, resource, sys, time
+import numpy as np, polars as pl
+sys.path.insert(0, {repo!r})
+from medtrinity_assets.knowledge.index import IndexConfig, build_index, load_index
+
+mode, out_dir, n, d = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+nlist = int(sys.argv[5]) or None
+
+class RandomEmbedder:
+    # random unit vectors, seeded by the first chunk number of each batch (no model, fast)
+    name, dim = "random-unit", d
+    def encode(self, texts):
+        seed = int(texts[0].split(" ", 2)[1]) if texts else 0
+        x = np.random.default_rng(seed).standard_normal((len(texts), self.dim), dtype=np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+def peak_gib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+
+res = {{"mode": mode, "n": n, "peak_rss_before_gib": round(peak_gib(), 3)}}
+t = time.perf_counter()
+if mode == "build":
+    filler = ("lorem ipsum dolor sit amet consectetur " * 12)[:440]
+    chunks = pl.select(pl.int_range(n, dtype=pl.Int64).alias("i")).select(
+        pl.format("c{{}}", "i").alias("chunk_id"),
+        pl.format("chunk {{}} {{}}", "i", pl.lit(filler)).alias("text"),
+        pl.format("h{{}}", "i").alias("content_hash"),
+    )
+    res["docstore_mib"] = round(chunks.estimated_size() / 2**20, 1)
+    res["peak_rss_after_docstore_gib"] = round(peak_gib(), 3)
+    built = build_index(chunks, RandomEmbedder(), out_dir, config=IndexConfig(ivf_nlist=nlist))
+    res.update(index_type=built.index_type, params=built.params, timings=built.timings,
+               build_rate_per_s=round(n / built.seconds))
+else:
+    ki = load_index(out_dir)
+    res["load_s"] = round(time.perf_counter() - t, 2)
+    q = RandomEmbedder().encode(["q 7 x"] * 1000)
+    t = time.perf_counter()
+    ki.search(q, 10)
+    res.update(index_type=ki.index_type, query_qps=round(1000 / (time.perf_counter() - t), 1))
+res["seconds"] = round(time.perf_counter() - t, 1)
+res["peak_rss_gib"] = round(peak_gib(), 3)
+print("RESULT " + json.dumps(res), flush=True)
+"""
+
+
+def million(args) -> dict:
+    """Build, then load + query, a ``--million-n``-chunk index in child processes; report each
+    child's peak RSS (its own ru_maxrss, and the parent's RUSAGE_CHILDREN high-water mark)."""
+    import resource
+    import subprocess
+
+    code = _MILLION_CHILD.format(repo=str(REPO))
+    out: dict = {"n": args.million_n, "limit_gib": 4.0}
+    with tempfile.TemporaryDirectory(dir=args.million_dir) as tmp:
+        for mode in ("build", "query"):
+            cmd = [sys.executable, "-c", code, mode, tmp, str(args.million_n), str(args.dim)]
+            cmd.append(str(args.million_nlist or 0))
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                raise RuntimeError(f"{mode} child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+            res = json.loads(line[len("RESULT ") :])
+            res["wall_s"] = round(time.perf_counter() - t, 1)
+            res["rusage_children_maxrss_gib"] = round(
+                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / GIB, 3
+            )
+            out[mode] = res
+            print(f"[million:{mode}] {res}", flush=True)
+        out["files_mib"] = {
+            f.name: round(f.stat().st_size / 2**20, 1) for f in Path(tmp).iterdir() if f.is_file()
+        }
+    peak = max(out["build"]["peak_rss_gib"], out["query"]["peak_rss_gib"])
+    out["peak_rss_gib"] = peak
+    out["under_limit"] = peak < 4.0
+    return out
+
+
 def timed_search(index, q: np.ndarray, k: int, repeats: int = 1) -> tuple[np.ndarray, float]:
     best = float("inf")
     ids = None
@@ -115,9 +280,13 @@ def synthetic(args) -> dict:
         f"[synthetic:{args.data}] n={n} dim={d} queries={nq} threads={faiss.omp_get_max_threads()}",
         flush=True,
     )
-    gen = unit if args.data == "random" else clustered
-    xb = gen(n, d, 1)
-    xq = gen(nq, d, 2)
+    if args.data == "random":
+        xb, xq = unit(n, d, 1), unit(nq, d, 2)
+    elif args.data == "clustered":
+        xb, xq = clustered(n, d, 1, centres=args.centres), clustered(nq, d, 2, centres=args.centres)
+    else:  # real_anchored
+        anchors = real_sentence_vectors(args)[0]
+        xb, xq = anchored(anchors, n, 1), anchored(anchors, nq, 2)
     out: dict = {"data": args.data, "n": n, "dim": d, "queries": nq, "threads": faiss.omp_get_max_threads()}
 
     m0 = rss()
@@ -141,6 +310,7 @@ def synthetic(args) -> dict:
         cfg = IndexConfig(
             exact_max=0,
             approximate=kind,
+            ivf_storage=args.ivf_storage,
             hnsw_m=args.hnsw_m,
             hnsw_ef_construction=args.ef_construction,
             hnsw_storage=args.hnsw_storage,
@@ -158,7 +328,10 @@ def synthetic(args) -> dict:
             flush=True,
         )
         sweep = []
-        values = args.ef_search if kind == "hnsw" else args.nprobe
+        values = list(args.ef_search if kind == "hnsw" else args.nprobe)
+        default_value = params.get("efSearch" if kind == "hnsw" else "nprobe")
+        if default_value not in values:
+            values.append(default_value)
         for v in values:
             if kind == "hnsw":
                 index.hnsw.efSearch = v
@@ -173,6 +346,7 @@ def synthetic(args) -> dict:
                 "recall@10": round(r, 4),
                 "qps": round(qps, 1),
                 "speedup_vs_exact": round(qps / exact_qps, 2),
+                "default": v == default_value,
             }
             sweep.append(row)
             print(f"   {row}", flush=True)
@@ -180,6 +354,7 @@ def synthetic(args) -> dict:
         best = max(ok, key=lambda s: s["qps"]) if ok else None
         out["approximate"].append(
             {
+                "default_params": next(s for s in sweep if s["default"]),
                 "index_type": itype,
                 "params": params,
                 "build_s": round(build, 1),
@@ -199,9 +374,9 @@ def synthetic(args) -> dict:
         k: round(v, 2) for k, v in memory_model(1_000_000, d, args.hnsw_m, pq_m, nlist_1m).items()
     }
     out["memory_note"] = (
-        "index memory only; +docstore text (~1 KB/chunk, ~1 GB at 1M) and, during a build, the float32 "
-        "embedding matrix (1.43 GiB at 1M, memory-mapped with np.load(mmap_mode='r') when reused). "
-        f"HNSW-SQ8 (M={args.hnsw_m}) or IVF{nlist_1m}-PQ{pq_m} keep the index well under 4 GB."
+        "index memory only (model); builds stream the float32 matrix through embeddings.npy in "
+        "batches, so a build holds the index + docstore + a few batches; --million measures it. "
+        f"The default above 500k vectors is IVF{nlist_1m}-SQ8 (~0.37 GiB at 1M)."
     )
     return out
 
@@ -274,18 +449,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="20k vectors, 500 queries")
     p.add_argument(
         "--data",
-        choices=["random", "clustered"],
+        choices=["random", "clustered", "real_anchored"],
         nargs="+",
-        default=["random", "clustered"],
-        help="uniform random unit vectors (hardest case) and/or clustered ones",
+        default=["random", "clustered", "real_anchored"],
+        help="uniform random unit vectors (hardest case), clustered ones (random centres), and/or "
+        "real_anchored (centres = MiniLM embeddings of the corpus sentences)",
     )
-    p.add_argument("--approx", choices=["hnsw", "ivf", "both"], default="hnsw")
+    p.add_argument("--centres", type=int, default=2000, help="clusters of --data clustered")
+    p.add_argument("--ivf-storage", choices=["auto", "flat", "fp16", "sq8"], default="auto")
+    p.add_argument("--no-real-sentences", action="store_true", help="skip the real-sentence recall")
+    p.add_argument("--million", action="store_true", help="measure peak RSS of a 1M-chunk build + query")
+    p.add_argument("--million-only", action="store_true", help="only the --million measurement")
+    p.add_argument("--million-n", type=int, default=1_000_000)
+    p.add_argument("--million-nlist", type=int, default=None, help="default: 4*sqrt(n)")
+    p.add_argument("--million-dir", default=None, help="where the 1M index is written (temp dir)")
+    p.add_argument("--approx", choices=["hnsw", "ivf", "both"], default="ivf")
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-construction", type=int, default=128)
     p.add_argument("--hnsw-storage", choices=["flat", "fp16", "sq8"], default="flat")
     p.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128, 256, 512])
     p.add_argument("--nlist", type=int, default=None)
-    p.add_argument("--nprobe", type=int, nargs="+", default=[16, 64, 128, 256])
+    p.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     p.add_argument("--train-max", type=int, default=100_000)
     p.add_argument("--no-synthetic", action="store_true")
     p.add_argument("--corpus-path", nargs="*", default=[], help="extra corpus folders/files/URLs")
@@ -298,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.queries = 20_000, 500
     sys.path.insert(0, str(REPO))
     report: dict = {}
+    if args.million_only:
+        args.no_synthetic = args.no_corpus = args.no_real_sentences = True
+        args.million = True
+    if not args.no_real_sentences:
+        report["real_sentences"] = real_sentences(args)
     if not args.no_synthetic:
         data = list(args.data)
         for kind in data:
@@ -305,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
             report[f"synthetic_{kind}"] = synthetic(args)
     if not args.no_corpus:
         report["real"] = real_corpus(args)
+    if args.million:
+        report["million"] = million(args)
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:

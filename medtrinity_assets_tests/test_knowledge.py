@@ -294,3 +294,59 @@ def test_recall_on_default_corpus(tmp_path: Path, embedder):
     dense, lexical, hybrid = (scores[m]["recall@k"] for m in ("dense", "lexical", "hybrid"))
     assert hybrid >= max(dense, lexical)
     assert hybrid >= 0.6
+
+
+@pytest.mark.parametrize("storage", ["sq8", "fp16"])
+def test_ivf_scalar_quantised_storage(tmp_path: Path, storage: str):
+    texts = {f"d{i}": f"document number {i}" for i in range(400)}
+    cfg = IndexConfig(exact_max=100, approximate="ivf", ivf_storage=storage, ivf_nprobe=16, build_batch=64)
+    built = build_index(_chunks(texts), _HashEmbedder(), tmp_path, config=cfg)
+    assert built.index_type == f"ivf_{storage}_ip" and built.params["storage"] == storage
+    ki = load_index(tmp_path)
+    assert ki.index_type == built.index_type and ki.faiss_index.nprobe == 16
+    q = _HashEmbedder().encode(["document number 7", "document number 311"])
+    _, ids = ki.search(q, 3)
+    assert ids[0][0] == 7 and ids[1][0] == 311
+    # the embeddings file written in batches is exactly what the embedder returns
+    assert np.allclose(ki.embeddings(), _HashEmbedder().encode(list(texts.values())), atol=1e-6)
+
+
+def test_ivf_auto_storage_and_default_nprobe_rule(tmp_path: Path):
+    from medtrinity_assets.knowledge.index import NPROBE_RULE, default_nprobe
+
+    texts = {f"d{i}": f"document number {i}" for i in range(300)}
+    auto = IndexConfig(exact_max=100, ivf_nlist=20, ivf_flat_max=250)
+    built = build_index(_chunks(texts), _HashEmbedder(), tmp_path / "a", config=auto)
+    assert built.index_type == "ivf_sq8_ip"  # above ivf_flat_max
+    assert built.params["nprobe"] == default_nprobe(20) == 8 and built.params["nprobe_rule"] == NPROBE_RULE
+    flat = IndexConfig(exact_max=100, ivf_nlist=20)
+    assert (
+        build_index(_chunks(texts), _HashEmbedder(), tmp_path / "f", config=flat).index_type == "ivf_flat_ip"
+    )
+    assert default_nprobe(1789) == 8 and default_nprobe(4000) == 16 and default_nprobe(5) == 5
+
+
+def test_streaming_build_reuses_across_batches_and_duplicates(tmp_path: Path):
+    """Batches smaller than the table: reuse by content hash and repeated texts stay correct."""
+    emb = _HashEmbedder()
+    texts = {f"d{i}": f"document number {i % 40}" for i in range(100)}  # each text 2-3 times
+    cfg = IndexConfig(build_batch=7)
+    first = build_index(_chunks(texts), emb, tmp_path / "v1", config=cfg)
+    assert (first.count, first.reused, first.embedded) == (100, 0, 100)
+    expected = emb.encode(list(texts.values()))
+    assert np.allclose(load_index(tmp_path / "v1").embeddings(), expected, atol=1e-6)
+
+    texts2 = {f"e{i}": f"document number {(i * 7) % 60}" for i in range(90)}  # reordered, 20 new texts
+    calls: list[int] = []
+
+    class Counting(_HashEmbedder):
+        def encode(self, t):
+            calls.append(len(t))
+            return super().encode(t)
+
+    again = build_index(
+        _chunks(texts2), Counting(), tmp_path / "v1", previous_dir=tmp_path / "v1", config=cfg
+    )
+    assert again.reused == sum(1 for t in texts2.values() if int(t.split()[-1]) < 40)
+    assert sum(calls) == 20  # each new text embedded once, even when repeated across batches
+    assert np.allclose(load_index(tmp_path / "v1").embeddings(), emb.encode(list(texts2.values())), atol=1e-6)
