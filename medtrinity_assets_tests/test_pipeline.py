@@ -151,3 +151,46 @@ def pipeline_registry():
     from medtrinity_assets.demo_data import DEFAULT_REGISTRY_DIR
 
     return DEFAULT_REGISTRY_DIR
+
+
+def test_openai_backend_is_configuration_only_and_blocking_checks_catch_bad_claims(
+    pipeline, dagster_instance, tmp_path, monkeypatch
+):
+    """Same graph, captioner switched by configuration to an OpenAI-compatible server (a real
+    socket). The server's canned replies describe a head CT in the left third: for the synthetic
+    MRI phantoms those claims are wrong, and the blocking consistency check must fail."""
+    import shutil
+
+    from medtrinity_assets.resources import CaptionerResource
+    from medtrinity_assets_tests.chat_server import ChatServer
+
+    out, _ = pipeline
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    monkeypatch.setenv("TEST_VLM_KEY", "sk-test-secret")
+    defs = build_definitions()
+    with ChatServer(latency_s=0.01) as server:
+        resources = default_resources()
+        resources["storage"] = PipelineStorage(out_dir=str(copy), registry_dir=str(pipeline_registry()))
+        resources["captioner"] = CaptionerResource(
+            backend="openai_compatible", base_urls=[server.base_url], model="test-vlm", api_key_env="TEST_VLM_KEY"
+        )
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=dg.AssetSelection.assets("caption_batch", "caption_quality")
+            | dg.AssetSelection.checks_for_assets("caption_quality"),
+            partition_key="synthetic_phantoms",
+            instance=dagster_instance,
+            resources=resources,
+            run_config=QUIET,
+            raise_on_error=False,
+        )
+        assert server.stats.requests > 0
+    captions = _table(copy, "caption_batch", "synthetic_phantoms")
+    assert set(captions["backend"]) == {"openai_compatible"} and set(captions["model"]) == {"test-vlm"}
+    assert (captions["status"] == "ok").all()
+    assert not captions["text"].str.contains("sk-test-secret").any()
+    evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not evals["claims_consistent"].passed
+    quality = _table(copy, "caption_quality", "synthetic_phantoms")
+    assert (~quality["consistent"]).sum() > 0
