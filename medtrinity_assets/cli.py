@@ -92,6 +92,28 @@ def plan_phases(assets: Sequence, until: str | None) -> list[tuple[str, list]]:
     return phases
 
 
+def load_resource_overrides(path: str | None) -> dict[str, dict]:
+    """Resource settings from a YAML file: ``{resource key: {field: value}}``.
+
+    For example ``captioner: {backend: openai_compatible, base_urls: [...], model: ...}``
+    switches the captioner without touching code; ``storage`` is set by ``--out``/``--sources``.
+    """
+    if not path:
+        return {}
+    import yaml
+
+    from medtrinity_assets.resources import default_resources
+
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"medtrinity: {path}: expected a mapping of resource name -> settings")
+    known = set(default_resources()) - {"storage"}
+    unknown = set(data) - known
+    if unknown:
+        raise SystemExit(f"medtrinity: {path}: unknown resource(s) {sorted(unknown)}; known: {sorted(known)}")
+    return {k: dict(v or {}) for k, v in data.items()}
+
+
 def run_build(
     sources_dir: str,
     out_dir: str,
@@ -99,6 +121,7 @@ def run_build(
     only: Sequence[str] = (),
     workers: int = 2,
     quiet: bool = False,
+    config: str | None = None,
 ) -> int:
     home = _prepare_dagster_home()
     os.environ["MEDTRINITY_OUT"] = str(Path(out_dir).resolve())
@@ -144,6 +167,12 @@ def run_build(
         out_dir=str(Path(out_dir).resolve()), registry_dir=str(Path(sources_dir).resolve())
     )
     resources["compute"] = ComputeResource(workers=workers)
+    for key, settings in load_resource_overrides(config).items():
+        try:
+            resources[key] = type(resources[key])(**{**resources[key].model_dump(), **settings})
+        except Exception as exc:  # pydantic validation: one line naming the resource
+            print(f"medtrinity: {config}: resource '{key}': {_one_line(str(exc))}", file=sys.stderr)
+            return 2
     phases = plan_phases(assets, until)
     total = sum(len(names) if kind == "per_source" else 1 for kind, _ in phases)
     # Dagster's console logger would drown the progress bar: warnings and errors only here;
@@ -214,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--until", default=None, help="stop after this asset (and its upstream)")
     demo.add_argument("--workers", type=int, default=2)
     demo.add_argument("--only", nargs="*", default=[], help="restrict to these source names")
+    demo.add_argument("--config", default=None, help="YAML of resource settings (captioner, embedder, ...)")
 
     build = sub.add_parser("build", help="register the sources of DIR and materialize every partition")
     build.add_argument("--sources", required=True, help="registry folder of source YAML files")
@@ -221,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--until", default=None, help="stop after this asset (and its upstream)")
     build.add_argument("--workers", type=int, default=2)
     build.add_argument("--only", nargs="*", default=[], help="restrict to these source names")
+    build.add_argument("--config", default=None, help="YAML of resource settings (captioner, embedder, ...)")
 
     check = sub.add_parser("sources", help="validate a registry folder and list its sources")
     check.add_argument("--sources", default=str(REPO_ROOT / "data" / "sources"))
@@ -231,9 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         staged = stage_demo_data()
         print(f"medtrinity: staged {len(staged)} demo sources from installed packages")
-        return run_build(str(DEFAULT_REGISTRY_DIR), args.out, args.until, args.only, args.workers)
+        return run_build(
+            str(DEFAULT_REGISTRY_DIR), args.out, args.until, args.only, args.workers, config=args.config
+        )
     if args.command == "build":
-        return run_build(args.sources, args.out, args.until, args.only, args.workers)
+        return run_build(args.sources, args.out, args.until, args.only, args.workers, config=args.config)
     if args.command == "sources":
         from medtrinity_assets.registry import RegistryError, load_registry
 

@@ -107,3 +107,17 @@ def test_cli_plan_orders_phases(until):
     full = plan_phases(list(defs.assets), None)
     kinds = [k for k, _ in full]
     assert kinds[0] == "per_source"
+
+
+def test_cli_resource_overrides(tmp_path):
+    from medtrinity_assets.cli import load_resource_overrides
+    from medtrinity_assets.resources import CaptionerResource
+
+    example = Path(__file__).parent.parent / "docs" / "examples" / "openai_captioner.yaml"
+    cfg = load_resource_overrides(str(example))
+    cap = CaptionerResource(**cfg["captioner"])
+    assert cap.backend == "openai_compatible" and len(cap.base_urls) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("captionr: {backend: embedded}\n")
+    with pytest.raises(SystemExit, match="unknown resource"):
+        load_resource_overrides(str(bad))
