@@ -172,11 +172,12 @@ def test_images_exist_and_are_content_addressed(built):
             assert p.exists() and p.stem == sha
 
 
-def test_runs_recorded_in_instance(built):
+def test_runs_recorded_in_instance(built, monkeypatch):
     import dagster as dg
 
     _, _, home = built
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
         records = instance.get_run_records()
         assert len(records) >= 4
         parts = set(instance.get_dynamic_partitions("sources"))

@@ -1,0 +1,336 @@
+"""Benchmark of stage 1 (preprocessing): slices/s of ``ingest_source`` with a process pool
+against a plain single-process loop doing the same decode, window, resize and PNG write.
+
+Two sets, side by side in one run:
+
+- ``demo``: pydicom/pydicom-data DICOM files (CT, MR, multi-frame MR, JPEG-LS/RLE/JPEG 2000,
+  US colour, NM) and scikit-image photographs, copied ``--demo-copies`` times;
+- ``nifti``: generated 3D NIfTI volumes in an MSD layout (default 50 x 256x256x100 int16,
+  a smooth phantom with noise and a labelled sphere), sliced axially with stride 1.
+
+Usage::
+
+    python benchmarks/preprocess.py            # full size
+    python benchmarks/preprocess.py --small    # 8 x 128x128x40, quick
+
+Prints slices/s for the plain loop, ``ingest_source(workers=1)`` and ``ingest_source(workers=N)``,
+the speed-up ratios, and peak RSS (this process, its largest child, and the sampled total of
+the process tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class PeakRSS:
+    """Samples the process tree (psutil) every 50 ms: peak summed RSS and CPU seconds per pid.
+
+    CPU of pool workers (grandchildren under the forkserver) is invisible to getrusage, so it is
+    taken from the last sample of each pid; :meth:`cpu` is the tree's CPU seconds so far.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.proc = psutil.Process()
+        self.peak = 0
+        self._cpu: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        import psutil
+
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    total += p.memory_info().rss
+                    t = p.cpu_times()
+                with self._lock:
+                    self._cpu[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
+
+    def cpu(self) -> float:
+        self.sample()
+        with self._lock:
+            return sum(self._cpu.values())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> PeakRSS:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def make_demo_set(root: Path, copies: int) -> tuple[Path, Path]:
+    import skimage
+    from pydicom.data import get_testdata_file
+
+    dicom_dir = root / "demo_dicom"
+    img_dir = root / "demo_folder" / "images"
+    dicom_dir.mkdir(parents=True)
+    img_dir.mkdir(parents=True)
+    names = [
+        "CT_small.dcm",
+        "MR_small.dcm",
+        "emri_small.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_RLE.dcm",
+        "US1_J2KR.dcm",
+        "JPEG-LL.dcm",
+        "MR2_J2KR.dcm",
+        "RG3_J2KR.dcm",
+    ]
+    sk = Path(skimage.__file__).parent / "data"
+    for c in range(copies):
+        for n in names:
+            p = get_testdata_file(n)
+            if p:
+                shutil.copy(p, dicom_dir / f"c{c:02d}_{n}")
+        for n in ("retina.jpg", "ihc.png", "cell.png", "microaneurysms.png"):
+            shutil.copy(sk / n, img_dir / f"c{c:02d}_{n}")
+    return dicom_dir, img_dir.parent
+
+
+def make_nifti_set(root: Path, n: int, shape: tuple[int, int, int]) -> Path:
+    import nibabel as nib
+
+    msd = root / "nifti"
+    (msd / "imagesTr").mkdir(parents=True)
+    (msd / "labelsTr").mkdir()
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, s, dtype=np.float32) for s in shape), indexing="ij")
+    body = (x**2 + y**2 < 0.8).astype(np.float32)
+    rng = np.random.default_rng(0)
+    affine = np.diag([0.8, 0.8, 2.0, 1.0])
+    for i in range(n):
+        cx, cy, cz = rng.uniform(-0.4, 0.4, 3)
+        sphere = (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 < 0.04
+        vol = body * (400 + 200 * np.sin(3 * x + i) * np.cos(2 * y)) + sphere * 300
+        vol += rng.normal(0, 20, shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol.astype(np.int16), affine), msd / "imagesTr" / f"vol_{i:03d}.nii")
+        nib.save(nib.Nifti1Image(sphere.astype(np.uint8), affine), msd / "labelsTr" / f"vol_{i:03d}.nii")
+    return msd
+
+
+# ---------------------------------------------------------------------------------------
+# the plain single-process loop
+
+
+def _save(arr: np.ndarray, out: Path, max_side: int) -> None:
+    import hashlib
+
+    from PIL import Image
+
+    im = Image.fromarray(arr)
+    s = min(1.0, max_side / max(im.size))
+    if s < 1.0:
+        im = im.resize(
+            (max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.Resampling.LANCZOS
+        )
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=6)
+    data = buf.getvalue()
+    sha = hashlib.sha256(data).hexdigest()
+    path = out / sha[:2] / f"{sha}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _percentile_u8(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    n = np.clip((a.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
+    return (np.nan_to_num(n) * 255 + 0.5).astype(np.uint8)
+
+
+def plain_loop_dicom(files: list[Path], out: Path, max_side: int) -> int:
+    import pydicom
+
+    count = 0
+    for f in files:
+        ds = pydicom.dcmread(f, force=False)
+        arr = ds.pixel_array
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        arr = arr[None] if frames == 1 else arr
+        if arr.ndim == 4:
+            arr = arr.mean(axis=3)
+        phys = arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+        if ds.get("Modality") == "CT":
+            lo, hi = -160.0, 240.0
+        else:
+            lo, hi = (float(v) for v in np.percentile(phys, [0.5, 99.5]))
+        for k in range(phys.shape[0]):
+            _save(_percentile_u8(phys[k], lo, hi), out, max_side)
+            count += 1
+    return count
+
+
+def plain_loop_images(files: list[Path], out: Path, max_side: int) -> int:
+    from PIL import Image
+
+    for f in files:
+        with Image.open(f, formats=["PNG", "JPEG", "TIFF"]) as im:
+            arr = np.asarray(im.convert("RGB"))
+        _save(arr, out, max_side)
+    return len(files)
+
+
+def plain_loop_nifti(files: list[Path], out: Path, max_side: int) -> int:
+    import nibabel as nib
+
+    count = 0
+    for f in files:
+        data = np.asarray(nib.load(f).dataobj)
+        lo, hi = (float(v) for v in np.percentile(data[::3, ::3, ::3], [0.5, 99.5]))
+        for k in range(data.shape[2]):
+            sl = _percentile_u8(data[:, :, k], lo, hi)
+            if sl.std() / 255.0 < 0.02:
+                continue
+            _save(np.ascontiguousarray(np.rot90(sl)), out, max_side)
+            count += 1
+    return count
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def run_ingest(spec, out: Path, workers: int) -> tuple[float, int, dict]:
+    from medtrinity_assets.preprocess import ingest_source
+
+    t = time.perf_counter()
+    res = ingest_source(spec, out, workers=workers)
+    dt = time.perf_counter() - t
+    slices = res.counts.get("ok", 0) + res.counts.get("duplicate", 0)
+    return dt, slices, res.counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--small", action="store_true", help="8 volumes of 128x128x40 and 2 demo copies")
+    ap.add_argument("--volumes", type=int, default=50)
+    ap.add_argument("--shape", type=int, nargs=3, default=[256, 256, 100])
+    ap.add_argument("--demo-copies", type=int, default=6)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workdir", default=None, help="keep generated data here (default: a temp folder)")
+    args = ap.parse_args()
+    if args.small:
+        args.volumes, args.shape, args.demo_copies = 8, [128, 128, 40], 2
+
+    from medtrinity_assets.registry import SourceSpec
+
+    tmp = Path(args.workdir or tempfile.mkdtemp(prefix="bench_preprocess_"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    dicom_dir, folder_dir = make_demo_set(tmp / "data", args.demo_copies)
+    nifti_dir = make_nifti_set(tmp / "data", args.volumes, tuple(args.shape))
+    print(f"generated data in {time.perf_counter() - t:.1f}s under {tmp}")
+
+    common = {"license": "bench", "registry_file": str(tmp / "registry" / "x.yaml")}
+    specs = {
+        "demo": [
+            SourceSpec(
+                name="b_dicom",
+                layout="dicom",
+                root=str(dicom_dir),
+                modality="CT",
+                organ="abdomen",
+                slicing={"stride": 1},
+                **common,
+            ),
+            SourceSpec(
+                name="b_folder",
+                layout="image_folder",
+                root=str(folder_dir),
+                modality="Fundus",
+                organ="retina",
+                **common,
+            ),
+        ],
+        "nifti": [
+            SourceSpec(
+                name="b_nifti",
+                layout="nifti_msd",
+                root=str(nifti_dir),
+                modality="MRI",
+                organ="brain",
+                slicing={"axis": "axial", "stride": 1},
+                **common,
+            ),
+        ],
+    }
+    rows = []
+    with PeakRSS() as rss:
+        for set_name, set_specs in specs.items():
+            out_plain = tmp / f"out_plain_{set_name}"
+            c0 = rss.cpu()
+            t = time.perf_counter()
+            if set_name == "demo":
+                n_plain = plain_loop_dicom(sorted(dicom_dir.iterdir()), out_plain, 512)
+                n_plain += plain_loop_images(sorted((folder_dir / "images").iterdir()), out_plain, 512)
+            else:
+                n_plain = plain_loop_nifti(sorted((nifti_dir / "imagesTr").iterdir()), out_plain, 512)
+            t_plain = time.perf_counter() - t
+            cpu_plain = rss.cpu() - c0
+            res = {}
+            for w in (1, args.workers):
+                dt_total, n_total = 0.0, 0
+                c0 = rss.cpu()
+                for spec in set_specs:
+                    dt, n, _ = run_ingest(spec, tmp / f"out_{set_name}_w{w}", w)
+                    dt_total += dt
+                    n_total += n
+                res[w] = (dt_total, n_total, rss.cpu() - c0)
+            rows.append((set_name, n_plain, t_plain, cpu_plain, res))
+    self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+    print(
+        f"\n{'set':6} {'runner':22} {'slices':>7} {'wall s':>8} {'slices/s':>9} {'CPU s':>7} {'CPU/wall':>8}"
+    )
+    for set_name, n_plain, t_plain, cpu_plain, res in rows:
+        plain_rate = n_plain / t_plain
+        print(
+            f"{set_name:6} {'plain loop (1 proc)':22} {n_plain:7d} {t_plain:8.2f} {plain_rate:9.1f} "
+            f"{cpu_plain:7.2f} {cpu_plain / t_plain:8.2f}"
+        )
+        for w, (dt, n, cpu) in res.items():
+            print(
+                f"{set_name:6} {f'ingest_source w={w}':22} {n:7d} {dt:8.2f} {n / dt:9.1f} {cpu:7.2f} {cpu / dt:8.2f}"
+            )
+        w = args.workers
+        rate_w = res[w][1] / res[w][0]
+        rate_1 = res[1][1] / res[1][0]
+        print(
+            f"{set_name:6} ratio w={w} / plain loop: {rate_w / plain_rate:.2f}x ; w={w} / w=1: {rate_w / rate_1:.2f}x"
+        )
+    print(f"\nload average during the run (other users of the machine count too): {os.getloadavg()}")
+    print(
+        f"\npeak RSS: main {self_peak:.0f} MiB, largest child {child_peak:.0f} MiB, "
+        f"sampled process-tree total {rss.peak / 2**20:.0f} MiB"
+    )
+    if not args.workdir:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

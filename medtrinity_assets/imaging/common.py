@@ -1,0 +1,265 @@
+"""Shared pieces of the imaging readers: errors, safe paths, safe 2D decode, orientation letters.
+
+Nothing here imports Dagster. Every reader turns one *task* (a file, a DICOM series, a NIfTI
+volume, a CSV row) into a :class:`Volume`, or raises :class:`InputRejected` whose ``reason`` is a
+machine-readable ``<prefix>: <detail>`` string that becomes one quarantined manifest row.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Reason prefixes of quarantined rows (the text before the first ``:``).
+REASONS = (
+    "truncated",
+    "not_dicom",
+    "unsupported_transfer_syntax",
+    "seg_without_source",
+    "mask_shape_mismatch",
+    "constant_volume",
+    "nan_volume",
+    "too_many_pixels",
+    "path_escapes_root",
+    "bad_csv_row",
+    "undecodable",
+)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+PIL_FORMATS = ("PNG", "JPEG", "TIFF")
+
+
+class SourceRootMissing(FileNotFoundError):
+    """The root folder of a source does not exist."""
+
+    def __init__(self, name: str, root: str | Path):
+        super().__init__(f"source '{name}': root {root} does not exist or is not a folder")
+        self.filename = str(root)
+
+
+class InputRejected(Exception):
+    """One input (file, series, row) is bad; ``reason`` is ``<prefix>: <detail>``."""
+
+    def __init__(self, prefix: str, detail: str = ""):
+        if prefix not in REASONS:
+            raise ValueError(f"unknown reason prefix {prefix!r}")
+        self.prefix = prefix
+        self.detail = scrub_text(detail)[:200]
+        super().__init__(self.reason)
+
+    @property
+    def reason(self) -> str:
+        return f"{self.prefix}: {self.detail}" if self.detail else f"{self.prefix}:"
+
+
+# --------------------------------------------------------------------------------------
+# PHI scrub of free text
+
+_DATE_RES = (
+    re.compile(r"\b\d{4}[-./]\d{1,2}[-./]\d{1,2}\b"),
+    re.compile(r"\b\d{1,2}[-./]\d{1,2}[-./]\d{2,4}\b"),
+    re.compile(r"\b(?:19|20)\d{6}\b"),
+    re.compile(
+        r"\b\d{1,2}[ -]?(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?[ -]?\d{2,4}\b", re.I
+    ),
+)
+_LONG_DIGITS = re.compile(r"\d{5,}")
+_PERSON_NAME = re.compile(r"[^\s,;]*\^[^\s,;]*")
+
+
+def scrub_text(text: str | None, identifiers: Iterable[str] = ()) -> str:
+    """Remove what looks like a date, a long digit run, a DICOM person name or a known identifier."""
+    if not text:
+        return ""
+    out = str(text)
+    for value in sorted({v for v in identifiers if v and len(v.strip()) >= 2}, key=len, reverse=True):
+        out = re.sub(re.escape(value.strip()), " ", out, flags=re.I)
+    out = _PERSON_NAME.sub(" ", out)
+    for rx in _DATE_RES:
+        out = rx.sub(" ", out)
+    out = _LONG_DIGITS.sub(" ", out)
+    out = re.sub(r"[\x00-\x1f]", " ", out)
+    return re.sub(r"\s+", " ", out).strip(" ,;:-_")
+
+
+# --------------------------------------------------------------------------------------
+# paths
+
+
+def check_root(name: str, root: str) -> Path:
+    if "://" in root:
+        raise NotImplementedError(
+            f"source '{name}': remote roots ({root}) are not read by the imaging stage yet"
+        )
+    path = Path(root)
+    if not path.is_dir():
+        raise SourceRootMissing(name, root)
+    return path.resolve()
+
+
+def resolve_inside(root: Path, relpath: str) -> Path:
+    """Absolute path of ``relpath`` under ``root``; raises ``path_escapes_root`` when it leaves it."""
+    rel = relpath.replace("\\", "/").strip()
+    if not rel or rel.startswith("/") or re.match(r"^[A-Za-z]:", rel):
+        raise InputRejected("path_escapes_root", "absolute or empty path")
+    candidate = root / rel
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise InputRejected("path_escapes_root", f"cannot resolve: {type(exc).__name__}") from None
+    if resolved != root and root not in resolved.parents:
+        raise InputRejected("path_escapes_root", "resolves outside the source root")
+    return resolved
+
+
+def _matches(relpath: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(relpath, p) or Path(relpath).match(p) for p in patterns)
+
+
+@dataclass
+class FoundFile:
+    relpath: str
+    path: Path | None
+    reason: str | None = None
+
+
+def list_files(
+    root: Path, include: Sequence[str] = (), under: str = "", suffixes: Sequence[str] | None = None
+) -> list[FoundFile]:
+    """Files under ``root/under`` (sorted, hidden ones skipped), honouring ``include`` globs.
+
+    Symlinks whose target leaves the root are returned with a ``path_escapes_root`` reason;
+    directory symlinks are not followed.
+    """
+    base = root / under if under else root
+    if not base.is_dir():
+        return []
+    found: list[FoundFile] = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fname in sorted(filenames):
+            if fname.startswith("."):
+                continue
+            full = Path(dirpath) / fname
+            rel = full.relative_to(root).as_posix()
+            if suffixes is not None and not fname.lower().endswith(tuple(suffixes)):
+                continue
+            if include and not _matches(rel, include):
+                continue
+            try:
+                found.append(FoundFile(rel, resolve_inside(root, rel)))
+            except InputRejected as exc:
+                found.append(FoundFile(rel, None, exc.reason))
+    found.sort(key=lambda f: f.relpath)
+    return found
+
+
+# --------------------------------------------------------------------------------------
+# the unit handed to preprocessing
+
+
+@dataclass
+class Volume:
+    """Pixels of one input, as ``(n, rows, cols)`` or ``(n, rows, cols, 3)`` in the stored dtype.
+
+    ``slope``/``intercept`` (per native slice) map stored values to physical ones (HU for CT).
+    ``axes_lps`` rows are the patient-space (DICOM LPS) unit directions of array axes 0, 1, 2
+    (None when unknown); ``spacing`` the mm per step along each axis (None entries unknown).
+    ``kind``: ``image`` (one 2D image), ``volume`` (spatial stack) or ``frames`` (non-spatial).
+    """
+
+    relpath: str
+    data: np.ndarray
+    modality: str
+    kind: str = "image"
+    slope: np.ndarray | None = None
+    intercept: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    axes_lps: np.ndarray | None = None
+    spacing: tuple[float | None, float | None, float | None] = (None, None, None)
+    native_axis: int = 0
+    reorient: bool = False
+    slice_relpaths: list[str] | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
+    projection_xray: bool = False
+    colour: bool = False
+    frame_key: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    boxes: list[list[float]] = field(default_factory=list)
+    box_labels: list[str] = field(default_factory=list)
+    extra_rejections: list[tuple[str, str]] = field(default_factory=list)
+
+
+def direction_letter(vec: Sequence[float] | np.ndarray) -> str | None:
+    """Patient direction letter (DICOM LPS) that a unit vector mostly points to."""
+    v = np.asarray(vec, dtype=float)
+    if v.shape != (3,) or not np.all(np.isfinite(v)) or not np.any(v):
+        return None
+    k = int(np.argmax(np.abs(v)))
+    return ("L", "P", "S")[k] if v[k] > 0 else ("R", "A", "I")[k]
+
+
+# --------------------------------------------------------------------------------------
+# safe 2D decode with PIL
+
+
+def read_pil(path: Path, max_pixels: int, formats: Sequence[str] = PIL_FORMATS) -> np.ndarray:
+    """Decode a PNG/JPEG/TIFF safely: format whitelist, pixel limit checked before decoding.
+
+    Returns ``(h, w)`` (grey, uint8/uint16/float32) or ``(h, w, 3)`` uint8.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(path, formats=list(formats))
+    except Image.DecompressionBombError as exc:
+        raise InputRejected("too_many_pixels", str(exc)[:120]) from None
+    except UnidentifiedImageError:
+        raise InputRejected("undecodable", f"not a {'/'.join(formats)} image") from None
+    except OSError as exc:
+        raise InputRejected("undecodable", type(exc).__name__) from None
+    with im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise InputRejected("too_many_pixels", f"{w}x{h} > max_pixels {max_pixels}")
+        try:
+            im.load()
+        except Image.DecompressionBombError as exc:
+            raise InputRejected("too_many_pixels", str(exc)[:120]) from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            msg = str(exc).lower()
+            prefix = "truncated" if "truncated" in msg or "broken" in msg else "undecodable"
+            raise InputRejected(prefix, f"{type(exc).__name__}: {msg[:80]}") from None
+        mode = im.mode
+        if mode in ("L", "I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(im)
+            if mode == "I":
+                arr = arr.astype(np.float32)
+        elif mode == "1":
+            arr = np.asarray(im.convert("L"))
+        elif mode == "LA":
+            arr = np.asarray(im.convert("L"))
+        else:
+            arr = np.asarray(im.convert("RGB"))
+    return np.ascontiguousarray(arr)
+
+
+def read_label_image(path: Path, max_pixels: int, formats: Sequence[str] = PIL_FORMATS) -> np.ndarray:
+    """A mask image as an integer label map; a 0/255 binary mask becomes 0/1."""
+    arr = read_pil(path, max_pixels, formats)
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr).astype(np.int64)
+    arr = arr.astype(np.int64, copy=False)
+    values = np.unique(arr)
+    if len(values) <= 2 and values.max(initial=0) in (255, 65535):
+        arr = (arr > 0).astype(np.int64)
+    return arr

@@ -1,0 +1,202 @@
+"""NIfTI volumes in the Medical Segmentation Decathlon layout (``imagesTr/ labelsTr/ imagesTs/``).
+
+``dataset.json`` (optional) gives label names and the modality. Orientation comes from the
+affine (nibabel, RAS) and is carried as DICOM LPS axis directions. The voxel budget is checked
+from the header shape before any data is read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medtrinity_assets.imaging.common import InputRejected, Volume, list_files, resolve_inside, scrub_text
+from medtrinity_assets.registry import canonical_modality
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class NiftiTask:
+    relpath: str
+    path: str
+    label_relpath: str | None
+    label_path: str | None
+    split: str
+
+
+def read_dataset_json(root: Path) -> dict:
+    """``dataset.json`` of an MSD folder (``{}`` when absent or unreadable)."""
+    path = root / "dataset.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def msd_label_names(meta: dict) -> dict[int, str]:
+    out: dict[int, str] = {}
+    labels = meta.get("labels") or {}
+    if isinstance(labels, dict):
+        for k, v in labels.items():
+            # MSD: {"0": "background", "1": "x"}; nnU-Net v2: {"background": 0, "x": 1}
+            key, name = (k, v) if str(k).strip().lstrip("-").isdigit() else (v, k)
+            try:
+                ikey = int(key)
+            except (TypeError, ValueError):
+                continue
+            if ikey > 0:
+                out[ikey] = scrub_text(str(name))
+    return out
+
+
+def msd_modality(meta: dict) -> str | None:
+    mod = meta.get("modality") or meta.get("channel_names") or {}
+    if isinstance(mod, dict) and mod:
+        first = mod.get("0", next(iter(mod.values())))
+        return str(first)
+    return str(mod) if isinstance(mod, str) and mod else None
+
+
+def _stem(name: str) -> str:
+    for suf in NIFTI_SUFFIXES[::-1]:
+        if name.endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def list_msd(root: Path, include: list[str]) -> tuple[list[NiftiTask], list[tuple[str, str]]]:
+    tasks: list[NiftiTask] = []
+    rejected: list[tuple[str, str]] = []
+    labels = {_stem(Path(f.relpath).name): f for f in list_files(root, (), "labelsTr", NIFTI_SUFFIXES)}
+    for under, split in (("imagesTr", "train"), ("imagesTs", "test")):
+        for f in list_files(root, include, under, NIFTI_SUFFIXES):
+            if f.path is None:
+                rejected.append((f.relpath, f.reason or "path_escapes_root:"))
+                continue
+            lab = None
+            if split == "train":
+                stem = _stem(Path(f.relpath).name)
+                lab = labels.get(stem) or labels.get(re.sub(r"_\d{4}$", "", stem))
+            if lab is not None and lab.path is None:
+                rejected.append((f.relpath, lab.reason or "path_escapes_root: label"))
+                continue
+            tasks.append(
+                NiftiTask(
+                    f.relpath,
+                    str(f.path),
+                    lab.relpath if lab else None,
+                    str(lab.path) if lab else None,
+                    split,
+                )
+            )
+    return tasks, rejected
+
+
+def _lps_axes(affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    m = np.asarray(affine, float)[:3, :3]
+    norms = np.linalg.norm(m, axis=0)
+    norms = np.where(norms > 0, norms, 1.0)
+    dirs = (m / norms).T.copy()  # row k: RAS direction of array axis k
+    dirs[:, :2] *= -1  # RAS -> LPS
+    return dirs, (float(norms[0]), float(norms[1]), float(norms[2]))
+
+
+def _load(path: str, max_pixels: int):
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types on bad headers
+        raise InputRejected("undecodable", f"not a readable NIfTI ({type(exc).__name__})") from None
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) < 2:
+        raise InputRejected("undecodable", f"{len(shape)}D image")
+    if int(np.prod(shape, dtype=np.int64)) > max_pixels:
+        raise InputRejected("too_many_pixels", f"shape {shape} > max_pixels {max_pixels}")
+    return img, shape
+
+
+def _data(img, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        proxy = img.dataobj
+        if len(shape) > 3:
+            arr = np.asarray(
+                proxy.get_unscaled()[..., 0] if hasattr(proxy, "get_unscaled") else proxy[..., 0]
+            )
+            while arr.ndim > 3:
+                arr = arr[..., 0]
+        else:
+            arr = np.asarray(proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else proxy)
+    except (EOFError, OSError, ValueError, Exception) as exc:  # noqa: BLE001
+        msg = str(exc).lower()
+        prefix = (
+            "truncated"
+            if isinstance(exc, EOFError) or "expected" in msg or "compressed file ended" in msg
+            else "undecodable"
+        )
+        raise InputRejected(prefix, f"voxel data unreadable ({type(exc).__name__})") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr
+
+
+def load_task(
+    task: NiftiTask, root: Path, max_pixels: int, spec_modality: str, label_names: dict[int, str]
+) -> Volume:
+    resolve_inside(root, task.relpath)
+    img, shape = _load(task.path, max_pixels)
+    meta = read_dataset_json(root)
+    names = dict(label_names)
+    for k, v in msd_label_names(meta).items():
+        names.setdefault(k, v)
+    mod = msd_modality(meta)
+    canon = canonical_modality(mod) if mod else ""
+    modality = canon if canon in {"ct", "mri", "pet", "ultrasound"} else canonical_modality(spec_modality)
+    axes, spacing = _lps_axes(img.affine)
+    data = _data(img, shape)
+    proxy = img.dataobj
+    slope = float(getattr(proxy, "slope", 1.0) or 1.0)
+    inter = float(getattr(proxy, "inter", 0.0) or 0.0)
+    slope = 1.0 if not np.isfinite(slope) or slope == 0 else slope
+    inter = 0.0 if not np.isfinite(inter) else inter
+    mask = None
+    if task.label_path:
+        limg, lshape = _load(task.label_path, max_pixels)
+        if tuple(lshape[:3]) != tuple(data.shape) and not (len(shape) == 2 and lshape[:2] == shape[:2]):
+            raise InputRejected("mask_shape_mismatch", f"label {lshape} vs image {tuple(data.shape)}")
+        try:
+            lab = np.asarray(limg.dataobj)
+        except Exception as exc:  # noqa: BLE001
+            raise InputRejected("undecodable", f"label unreadable ({type(exc).__name__})") from None
+        while lab.ndim > 3:
+            lab = lab[..., 0]
+        if lab.ndim == 2:
+            lab = lab[:, :, None]
+        if lab.dtype.kind == "f":
+            lab = np.rint(np.nan_to_num(lab))
+        lab = np.clip(lab, 0, 65535).astype(np.uint16 if lab.max(initial=0) > 255 else np.uint8)
+        mask = lab if lab.any() else None
+    native = int(np.argmax(np.abs(axes[:, 2])))  # the voxel axis closest to S-I (axial)
+    return Volume(
+        relpath=task.relpath,
+        data=data,
+        modality=modality,
+        kind="volume" if data.shape[2] > 1 else "image",
+        slope=np.array([slope]),
+        intercept=np.array([inter]),
+        mask=mask,
+        axes_lps=axes,
+        spacing=spacing,
+        native_axis=native,
+        reorient=True,
+        label_names=names,
+        meta={"split": task.split, "description": "", "body_part": ""},
+    )

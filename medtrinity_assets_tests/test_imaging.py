@@ -1,0 +1,170 @@
+"""Imaging readers: safe decode, reason prefixes, PHI helpers (no ingest pipeline here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from medtrinity_assets.imaging import (
+    REASONS,
+    InputRejected,
+    dicom_identifier_values,
+    direction_letter,
+    read_pil,
+    resolve_inside,
+    scrub_text,
+)
+from medtrinity_assets.imaging import dicom as dcm
+from medtrinity_assets.imaging.common import list_files
+from medtrinity_assets.preprocess import hamming, output_size, phash, resize_mask
+from medtrinity_assets_tests.sources_builders import SKIMAGE_DATA, pydicom_file, truncated_copy
+
+
+def _decode(path: Path) -> np.ndarray:
+    return dcm.decode_pixels(dcm._read(path, header_only=False))
+
+
+def test_identifier_values_cover_names_ids_dates():
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"), stop_before_pixels=True)
+    values = dicom_identifier_values(ds)
+    assert str(ds.PatientName) in values and str(ds.PatientID) in values
+    assert str(ds.InstitutionName) in values and str(ds.StudyDate) in values
+    assert "CompressedSamples" in values  # a component of the ^-separated person name
+    assert "CT1" not in values  # codes with digits are not name components
+
+
+def test_scrub_text_removes_dates_digit_runs_person_names():
+    text = "CT ABDOMEN Doe^Jane 2021-03-04 acc 12345678 on 03/04/2021 / John Smith"
+    out = scrub_text(text, {"John Smith"})
+    assert "Doe" not in out and "Jane" not in out and "2021" not in out and "12345678" not in out
+    assert "John" not in out and out.startswith("CT ABDOMEN")
+
+
+@pytest.mark.parametrize(
+    "compressed", ["MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+)
+def test_compressed_transfer_syntaxes_decode_like_the_original(compressed):
+    ref = _decode(pydicom_file("MR_small.dcm"))
+    got = _decode(pydicom_file(compressed))
+    assert got.shape == ref.shape == (1, 64, 64)
+    assert np.array_equal(got, ref)
+
+
+def test_jpeg2000_ultrasound_and_multiframe_decode():
+    us = _decode(pydicom_file("US1_J2KR.dcm"))
+    assert us.shape == (1, 480, 640, 3)
+    mf = _decode(pydicom_file("emri_small.dcm"))
+    assert mf.shape == (10, 64, 64)
+
+
+def test_garbage_is_not_dicom(tmp_path):
+    p = tmp_path / "junk.dcm"
+    p.write_bytes(os.urandom(4096))
+    h = dcm.scan_header("junk.dcm", str(p), 10**9)
+    assert h.reason.startswith("not_dicom:")
+
+
+def test_truncated_header_reads_but_pixels_do_not(tmp_path):
+    p = truncated_copy(pydicom_file("CT_small.dcm"), tmp_path / "t.dcm")
+    h = dcm.scan_header("t.dcm", str(p), 10**9)
+    assert h.reason is None  # the header alone looks fine
+    with pytest.raises(InputRejected) as exc:
+        _decode(p)
+    assert exc.value.reason.startswith("truncated:")
+
+
+def test_unsupported_transfer_syntax(tmp_path):
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder
+    ds.PixelData = encapsulate([ds.PixelData])
+    ds["PixelData"].VR = "OB"
+    p = tmp_path / "mpeg.dcm"
+    ds.save_as(p, enforce_file_format=True)
+    with pytest.raises(InputRejected) as exc:
+        _decode(p)
+    assert exc.value.prefix == "unsupported_transfer_syntax"
+
+
+def test_pixel_budget_checked_from_header():
+    h = dcm.scan_header("CT_small.dcm", str(pydicom_file("CT_small.dcm")), 100)
+    assert h.reason.startswith("too_many_pixels:")
+
+
+def test_seg_without_its_images_is_quarantined():
+    headers = [dcm.scan_header("liver.dcm", str(pydicom_file("liver.dcm")), 10**9)]
+    assert headers[0].is_seg and headers[0].seg_refs
+    tasks, rejected = dcm.group_headers(headers, 10**9)
+    assert not tasks
+    assert rejected[0][1].startswith("seg_without_source:")
+
+
+def test_resolve_inside_rejects_escapes(tmp_path):
+    root = (tmp_path / "root").resolve()
+    root.mkdir()
+    (root / "a.png").write_bytes(b"x")
+    assert resolve_inside(root, "a.png") == root / "a.png"
+    for bad in ("../x.png", "/etc/passwd", "sub/../../x.png"):
+        with pytest.raises(InputRejected) as exc:
+            resolve_inside(root, bad)
+        assert exc.value.prefix == "path_escapes_root"
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"x")
+    (root / "link.png").symlink_to(outside)
+    found = {f.relpath: f for f in list_files(root)}
+    assert found["link.png"].path is None and found["link.png"].reason.startswith("path_escapes_root:")
+    assert found["a.png"].path is not None
+
+
+def test_read_pil_limits_and_format_whitelist(tmp_path):
+    with pytest.raises(InputRejected) as exc:
+        read_pil(SKIMAGE_DATA / "retina.jpg", 1000)
+    assert exc.value.prefix == "too_many_pixels"
+    bmp = tmp_path / "fake.png"
+    Image.new("L", (8, 8)).save(bmp, format="BMP")
+    with pytest.raises(InputRejected) as exc:
+        read_pil(bmp, 10**6)
+    assert exc.value.prefix == "undecodable"
+    trunc = truncated_copy(SKIMAGE_DATA / "ihc.png", tmp_path / "t.png", 0.5)
+    with pytest.raises(InputRejected) as exc:
+        read_pil(trunc, 10**8)
+    assert exc.value.prefix in ("truncated", "undecodable")
+    rgb = read_pil(SKIMAGE_DATA / "retina.jpg", 10**8)
+    assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8
+
+
+def test_phash_is_stable_and_discriminates():
+    img = np.asarray(Image.open(SKIMAGE_DATA / "camera.png"))
+    h1 = phash(img)
+    assert 0 <= h1 < 2**64
+    assert hamming(h1, phash(img.copy())) == 0
+    small = np.asarray(Image.fromarray(img).resize((256, 256)))
+    assert hamming(h1, phash(small)) <= 4  # resizing keeps the perceptual hash
+    other = np.asarray(Image.open(SKIMAGE_DATA / "ihc.png").convert("L"))
+    assert hamming(h1, phash(other)) > 10
+    assert hamming(f"{h1:016x}", h1) == 0
+
+
+def test_geometry_helpers():
+    assert direction_letter([1, 0, 0]) == "L" and direction_letter([0, -1, 0]) == "A"
+    assert direction_letter([0, 0.1, -0.9]) == "I" and direction_letter([0, 0, 0]) is None
+    oh, ow, sp = output_size(100, 200, 2.0, 1.0, 512)  # anisotropic pixels become square
+    assert (oh, ow) == (200, 200) and sp == [1.0, 1.0]
+    oh, ow, sp = output_size(1000, 500, None, None, 512)
+    assert (oh, ow, sp) == (512, 256, None)
+    m = np.zeros((10, 10), np.uint8)
+    m[2:4, 6:8] = 3
+    r = resize_mask(m, 5, 5)
+    assert set(np.unique(r)) == {0, 3} and r[1, 3] == 3
+
+
+def test_reason_vocabulary_is_closed():
+    with pytest.raises(ValueError):
+        InputRejected("made_up_reason", "x")
+    assert {"truncated", "not_dicom", "path_escapes_root", "too_many_pixels"} <= set(REASONS)
