@@ -3,6 +3,8 @@ quarantined with their reason, a missing root failing only its own source."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 from pathlib import Path
 
@@ -108,29 +110,32 @@ def built(foreign_registry, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     mp = pytest.MonkeyPatch()
     mp.setenv("DAGSTER_HOME", str(home))
+    stderr = io.StringIO()
     try:
-        code = main(
-            ["build", "--sources", str(foreign_registry), "--out", str(out), "--until", "preprocessed_images"]
-        )
+        with contextlib.redirect_stderr(stderr):
+            code = main(
+                ["build", "--sources", str(foreign_registry), "--out", str(out), "--until", "preprocessed_images"]
+            )
     finally:
         mp.undo()
-    return code, out, home
+    return code, out, home, stderr.getvalue()
 
 
 def _manifest(out: Path, name: str) -> pl.DataFrame:
     return pl.read_parquet(out / "source_manifest" / f"{name}.parquet")
 
 
-def test_missing_root_fails_only_its_source(built, capsys):
-    code, out, _ = built
+def test_missing_root_fails_only_its_source(built):
+    code, out, _, err = built
     assert code == 1
+    assert "FAILED f_missing: source 'f_missing': root" in err and "does not exist" in err
     assert not (out / "source_manifest" / "f_missing.parquet").exists()
     for name in ("f_dicom", "f_msd", "f_folder", "f_table"):
         assert (out / "preprocessed_images" / f"{name}.parquet").exists(), name
 
 
 def test_every_valid_file_ingested_and_bad_ones_quarantined(built):
-    _, out, _ = built
+    _, out, _, _ = built
     reasons = {}
     for name in ("f_dicom", "f_msd", "f_folder", "f_table"):
         man = _manifest(out, name)
@@ -163,7 +168,7 @@ def test_every_valid_file_ingested_and_bad_ones_quarantined(built):
 
 
 def test_images_exist_and_are_content_addressed(built):
-    _, out, _ = built
+    _, out, _, _ = built
     for name in ("f_dicom", "f_msd", "f_folder", "f_table"):
         images = pl.read_parquet(out / "preprocessed_images" / f"{name}.parquet")
         assert images.height > 0
@@ -175,7 +180,7 @@ def test_images_exist_and_are_content_addressed(built):
 def test_runs_recorded_in_instance(built, monkeypatch):
     import dagster as dg
 
-    _, _, home = built
+    _, _, home, _ = built
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
         records = instance.get_run_records()

@@ -173,7 +173,10 @@ def test_openai_backend_is_configuration_only_and_blocking_checks_catch_bad_clai
         resources = default_resources()
         resources["storage"] = PipelineStorage(out_dir=str(copy), registry_dir=str(pipeline_registry()))
         resources["captioner"] = CaptionerResource(
-            backend="openai_compatible", base_urls=[server.base_url], model="test-vlm", api_key_env="TEST_VLM_KEY"
+            backend="openai_compatible",
+            base_urls=[server.base_url],
+            model="test-vlm",
+            api_key_env="TEST_VLM_KEY",
         )
         result = dg.materialize(
             [*defs.assets, *defs.asset_checks],
@@ -194,3 +197,52 @@ def test_openai_backend_is_configuration_only_and_blocking_checks_catch_bad_clai
     assert not evals["claims_consistent"].passed
     quality = _table(copy, "caption_quality", "synthetic_phantoms")
     assert (~quality["consistent"]).sum() > 0
+
+
+def test_user_corpus_rebuild_embeds_only_new_chunks(pipeline, dagster_instance, tmp_path):
+    """A user points the knowledge base at their own JSONL folder: only its chunks are embedded."""
+    import json
+    import shutil
+
+    from medtrinity_assets.resources import KnowledgeConfig
+
+    out, results = pipeline
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    corpus = tmp_path / "my_corpus"
+    corpus.mkdir()
+    docs = [
+        {
+            "id": "u1",
+            "title": "Osteoid osteoma",
+            "text": "Osteoid osteoma is a small benign bone tumour "
+            "with a lucent nidus surrounded by dense reactive sclerosis, typically causing night pain.",
+        },
+        {
+            "id": "u2",
+            "title": "Pneumatosis intestinalis",
+            "text": "Gas within the bowel wall appears as "
+            "linear or bubbly lucencies along the intestine on radiographs and computed tomography.",
+        },
+    ]
+    (corpus / "mine.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n{not json\n")
+    resources = default_resources()
+    resources["storage"] = PipelineStorage(out_dir=str(copy), registry_dir=str(pipeline_registry()))
+    resources["knowledge"] = KnowledgeConfig(corpus_paths=[str(corpus)])
+    defs = build_definitions()
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets("knowledge_corpus", "knowledge_index"),
+        instance=dagster_instance,
+        resources=resources,
+        run_config=QUIET,
+    )
+    meta = {
+        node: result.asset_materializations_for_node(node)[0].metadata
+        for node in ("knowledge_corpus", "knowledge_index")
+    }
+    assert meta["knowledge_index"]["embedded"].value == 2
+    assert meta["knowledge_index"]["reused"].value >= 300
+    assert meta["knowledge_corpus"]["quarantined_by_reason"].value  # the malformed line
+    docstore = pl.read_parquet(copy / "knowledge_index" / "docstore.parquet")
+    assert {"u1", "u2"} <= set(docstore["doc_id"])

@@ -57,7 +57,7 @@ def ingest_source_assets(
         spec = storage.local_source(name)
         result = ingest_source(spec, out, workers=compute.workers, progress=progress)
     except SourceRootMissing as exc:
-        raise dg.Failure(description=f"source '{name}': {exc}") from None
+        raise dg.Failure(description=str(exc)) from None
 
     manifest, images = result.manifest, result.images
     status_counts = dict(manifest.group_by("status").len().iter_rows()) if manifest.height else {}

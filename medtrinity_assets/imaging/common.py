@@ -40,8 +40,12 @@ class SourceRootMissing(FileNotFoundError):
     """The root folder of a source does not exist."""
 
     def __init__(self, name: str, root: str | Path):
-        super().__init__(f"source '{name}': root {root} does not exist or is not a folder")
+        self.message = f"source '{name}': root {root} does not exist or is not a folder"
+        super().__init__(self.message)
         self.filename = str(root)
+
+    def __str__(self) -> str:  # OSError would print "[Errno None] None: <filename>" instead
+        return self.message
 
 
 class InputRejected(Exception):
