@@ -488,13 +488,14 @@ def load_expert_for(
     spec: SourceSpec, experts_dir: str | Path, *, device: str = "cpu"
 ) -> ExpertPredictor | None:
     """The expert a source should use: its declared ``expert_model`` (path relative to the
-    registry file), else the trained expert of its modality under ``experts_dir``, else None."""
+    registry file; refused unless it matches ``expert_model_sha256`` when that is declared), else
+    the trained expert of its modality under ``experts_dir`` (checked against its card), else None."""
     mod = canonical_modality(spec.modality)
     if spec.expert_model:
         p = Path(spec.expert_model).expanduser()
         if not p.is_absolute() and spec.registry_file:
             p = Path(spec.registry_file).parent / p
-        return load_expert(p, device=device, modality=mod)
+        return load_expert(p, spec.expert_model_sha256, device=device, modality=mod)
     card = Path(experts_dir) / modality_slug(mod) / CARD_NAME
     if card.exists():
         return load_expert(card, device=device, modality=mod)

@@ -66,6 +66,9 @@ class SourceSpec(BaseModel):
     colour: bool | None = Field(None, description="keep RGB; default depends on modality")
     split: str = "train"
     expert_model: str | None = Field(None, description="path to user weights (safetensors/TorchScript)")
+    expert_model_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$", description="refuse the weights unless their sha256 matches"
+    )
     shard_size: int = Field(10_000, ge=1)
 
     # Set by the loader, not by the user.

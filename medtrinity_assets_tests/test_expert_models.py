@@ -130,6 +130,10 @@ def test_user_weights_safetensors_and_torchscript(tmp_path):
     assert mask[20, 20] and not mask[50, 50]
     with pytest.raises(ExpertIntegrityError):
         load_expert(tmp_path / "ts_model.pt", expected_sha256="f" * 64)
+    # A registry that pins the weights' hash refuses a changed file.
+    pinned = spec.model_copy(update={"expert_model_sha256": "0" * 64})
+    with pytest.raises(ExpertIntegrityError):
+        load_expert_for(pinned, tmp_path / "experts")
     with pytest.raises(ExpertLoadError):
         load_expert(tmp_path / "missing.safetensors")
 
