@@ -439,8 +439,10 @@ def slice_volume(vol: Volume, spec: SourceSpec) -> tuple[list[Candidate], int]:
             ):
                 flip_r, drow = True, -drow
         right, down = direction_letter(dcol), direction_letter(drow)
+    elif vol.patient_orientation is not None:
+        right, down = vol.patient_orientation
     elif vol.projection_xray:
-        right, down = "L", "I"
+        right, down = "L", "I"  # radiological display convention when the header says nothing
 
     def orient(a: np.ndarray) -> np.ndarray:
         if transpose:

@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 from medtrinity_assets.imaging import (
     REASONS,
@@ -168,3 +169,36 @@ def test_reason_vocabulary_is_closed():
     with pytest.raises(ValueError):
         InputRejected("made_up_reason", "x")
     assert {"truncated", "not_dicom", "path_escapes_root", "too_many_pixels"} <= set(REASONS)
+
+
+def test_overlay_outline_becomes_a_filled_region_and_annotations_are_dropped():
+    from medtrinity_assets.imaging.dicom import _overlay_mask, closed_outline_regions
+
+    plane = np.zeros((60, 60), bool)
+    plane[10:30, 10] = plane[10:30, 29] = plane[10, 10:30] = plane[29, 10:30] = True  # closed outline
+    plane[40:50, 45] = True  # an open stroke (text, arrow)
+    assert closed_outline_regions(plane).sum() == 400
+    boxed_letter = plane.copy()
+    boxed_letter[15:25, 15] = True  # something drawn inside the box: a label, not a region
+    assert closed_outline_regions(boxed_letter).sum() == 0
+    # The real abdominal MR: its overlay circles one liver lesion beside text and a boxed "F".
+    ds = pydicom.dcmread(get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    mask = _overlay_mask(ds, (ds.Rows, ds.Columns), 1)[0]
+    from scipy import ndimage
+
+    _, n = ndimage.label(mask)
+    assert n == 1 and 500 < mask.sum() < 2000
+    assert mask[:, : ds.Columns // 3].sum() == mask.sum()  # left third of the image
+
+
+def test_projection_radiograph_orientation_comes_from_patient_orientation():
+    from medtrinity_assets.imaging.dicom import patient_orientation
+
+    tibia = pydicom.dcmread(get_testdata_file("RG3_J2KR.dcm"), stop_before_pixels=True)
+    chest = pydicom.dcmread(get_testdata_file("RG1_J2KR.dcm"), stop_before_pixels=True)
+    assert patient_orientation(tibia) == ("R", "I")  # header: R\F
+    assert patient_orientation(chest) == ("L", "I")  # header: L\F
+    tibia.PatientOrientation = ["AR", "H"]
+    assert patient_orientation(tibia) == ("A", "S")
+    del tibia.PatientOrientation
+    assert patient_orientation(tibia) is None

@@ -193,6 +193,8 @@ class Volume:
     slice_relpaths: list[str] | None = None
     label_names: dict[int, str] = field(default_factory=dict)
     projection_xray: bool = False
+    # Patient directions of +column and +row from DICOM PatientOrientation (projection images).
+    patient_orientation: tuple[str, str] | None = None
     colour: bool = False
     frame_key: str = ""
     meta: dict[str, Any] = field(default_factory=dict)

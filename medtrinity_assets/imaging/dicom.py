@@ -208,6 +208,28 @@ def _orientation(ds: Any) -> tuple[float, ...] | None:
     return iop
 
 
+_PO_LETTERS = {"L": "L", "R": "R", "A": "A", "P": "P", "H": "S", "F": "I"}
+
+
+def patient_orientation(ds: Any) -> tuple[str, str] | None:
+    """PatientOrientation (0020,0020) as our direction letters for +column and +row.
+
+    Projection radiographs carry it instead of ImageOrientationPatient (e.g. ``R\\F``: image
+    right points to the patient's right, image down to the feet). A compound value (``AR``)
+    is reduced to its first, dominant letter; anything else unreadable gives None.
+    """
+    value = ds.get("PatientOrientation")
+    if value is None or isinstance(value, str) or len(value) != 2:
+        return None
+    out = []
+    for v in value:
+        letter = _PO_LETTERS.get(str(v).strip().upper()[:1])
+        if letter is None:
+            return None
+        out.append(letter)
+    return out[0], out[1]
+
+
 def _seg_references(ds: Any) -> list[str]:
     refs: list[str] = []
     for item in ds.get("PerFrameFunctionalGroupsSequence", []) or []:
@@ -537,6 +559,7 @@ def load_task(task: DicomTask, spec_modality: str, label_names: dict[int, str], 
         slice_relpaths=[f[0] for f in kept_files] if len(kept_files) > 1 else None,
         label_names=names,
         projection_xray=(iop is None and modality == "x-ray"),
+        patient_orientation=patient_orientation(first) if iop is None else None,
         colour=data.ndim == 4,
         meta=meta,
         extra_rejections=rejections,
@@ -599,10 +622,39 @@ def list_dicom(files: list[FoundFile]) -> list[FoundFile]:
     return [f for f in files if f.path is None or not f.relpath.upper().endswith("DICOMDIR")]
 
 
+def closed_outline_regions(plane: np.ndarray, min_fill_ratio: float = 2.0, min_area: int = 64) -> np.ndarray:
+    """The regions enclosed by the closed curves of a graphics plane, filled.
+
+    Overlays mark a region by drawing its outline, beside annotation graphics. A drawn
+    component is kept, filled, when it encloses an area of at least ``min_area`` pixels and
+    ``min_fill_ratio`` times its own stroke area, and nothing else is drawn inside it: open
+    strokes (text, arrows), small loops of letters and boxed labels (an orientation letter in a
+    square) are annotations, not regions.
+    """
+    from scipy import ndimage
+
+    plane = np.asarray(plane, bool)
+    # Outlines are drawn with diagonal steps: strokes are 8-connected (holes 4-connected).
+    labels, _ = ndimage.label(plane, structure=np.ones((3, 3), bool))
+    keep = np.zeros(plane.shape, bool)
+    for comp, sl in enumerate(ndimage.find_objects(labels), start=1):
+        stroke = labels[sl] == comp
+        filled = ndimage.binary_fill_holes(stroke)
+        interior = filled & ~stroke
+        area = int(filled.sum())
+        if area < min_area or area < min_fill_ratio * int(stroke.sum()):
+            continue
+        if plane[sl][interior].any():
+            continue
+        keep[sl] |= filled
+    return keep
+
+
 def _overlay_mask(ds: Any, shape: tuple[int, int], value: int) -> np.ndarray | None:
     """A single-frame image's overlay planes (60xx) as a label map of ``value`` (None if none).
 
-    Used only when the registry declares label names: an overlay then marks the labelled ROI.
+    Used only when the registry declares label names: an overlay then marks the labelled ROI
+    by its outline, which is filled; annotation text and other open strokes are left out.
     """
     out = np.zeros((1, *shape), np.uint8 if value <= 255 else np.uint16)
     for group in range(0x6000, 0x6020, 2):
@@ -621,5 +673,5 @@ def _overlay_mask(ds: Any, shape: tuple[int, int], value: int) -> np.ndarray | N
         r0, c0 = max(r0, 0), max(c0, 0)
         h, w = min(ov.shape[0], shape[0] - r0), min(ov.shape[1], shape[1] - c0)
         if h > 0 and w > 0:
-            out[0, r0 : r0 + h, c0 : c0 + w][ov[:h, :w]] = value
+            out[0, r0 : r0 + h, c0 : c0 + w][closed_outline_regions(ov[:h, :w])] = value
     return out if out.any() else None
