@@ -778,6 +778,12 @@ def ingest_source(
     images = (
         pl.DataFrame(image_rows, schema=IMAGES_SCHEMA) if image_rows else pl.DataFrame(schema=IMAGES_SCHEMA)
     )
+    if spec.layout == "dicom" and manifest.height:
+        # A folder or file named after the patient (or a UID) must not reach the tables either.
+        renamed = dicom_reader.redact_manifest_paths(manifest["relpath"].drop_nulls().to_list(), root)
+        if renamed:
+            manifest = manifest.with_columns(pl.col("relpath").replace(renamed))
+            counts["relpaths_redacted"] = len(renamed)
     ids = manifest["record_id"]
     if ids.n_unique() != manifest.height:
         dupes = manifest.filter(ids.is_duplicated())["relpath"].unique().to_list()[:5]

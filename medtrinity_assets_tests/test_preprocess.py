@@ -451,3 +451,25 @@ def test_monochrome1_is_inverted_for_display(tmp_path):
     a = _png(out, paths["MR_small.dcm"]).astype(int)
     b = _png(out, paths["inv.dcm"]).astype(int)
     assert np.abs((255 - a) - b).max() <= 1
+
+
+def test_folders_and_files_named_after_the_patient_are_redacted(tmp_path):
+    from medtrinity_assets.imaging.dicom import redact_identifying_path
+
+    assert redact_identifying_path("DOE_JANE/ct/1.dcm", {"Doe^Jane", "Doe", "Jane"}).startswith("~")
+    assert redact_identifying_path("scans/ct/1.dcm", {"Doe^Jane"}) == "scans/ct/1.dcm"
+
+    root = tmp_path / "src"
+    (root / "DOE_JANE").mkdir(parents=True)
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    ds.PatientName = "Doe^Jane"
+    ds.save_as(root / "DOE_JANE" / f"{ds.SOPInstanceUID}.dcm")
+    ds.save_as(root / "plain.dcm")
+    spec = make_spec(tmp_path, "named", "dicom", root, modality="CT", organ="abdomen")
+    res = ingest_source(spec, tmp_path / "out", workers=1)
+    rels = res.manifest["relpath"].to_list()
+    assert "plain.dcm" in rels  # nothing identifying in that name
+    assert all("doe" not in r.lower() and ds.SOPInstanceUID not in r for r in rels), rels
+    assert res.counts["relpaths_redacted"] == 1
+    again = ingest_source(spec, tmp_path / "out", workers=1)
+    assert again.manifest.equals(res.manifest)  # stable redaction: reruns are identical

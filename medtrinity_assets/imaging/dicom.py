@@ -9,7 +9,10 @@ memory for grouping and SEG matching only.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +131,48 @@ def dicom_identifier_values(ds: Any) -> set[str]:
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         walk(meta)
+    return out
+
+
+def _letters(text: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", text.lower())
+
+
+def redact_identifying_path(relpath: str, values: Iterable[str]) -> str:
+    """``relpath`` with every component that contains an identifying value replaced by a hash.
+
+    Collections are often foldered by patient name or ID and files named by SOP Instance UID;
+    such a component becomes ``~<sha1[:12]>`` (stable, so the file can still be matched by
+    whoever holds the source). Comparison ignores case and punctuation (``Doe^Jane`` matches
+    ``DOE_JANE``); values shorter than 3 characters are ignored.
+    """
+    needles = {_letters(v) for v in values}
+    needles = {n for n in needles if len(n) >= 3}
+    if not needles:
+        return relpath
+    parts = []
+    for part in relpath.split("/"):
+        flat = _letters(part)
+        if any(n in flat for n in needles):
+            parts.append("~" + hashlib.sha1(part.encode("utf-8")).hexdigest()[:12])
+        else:
+            parts.append(part)
+    return "/".join(parts)
+
+
+def redact_manifest_paths(relpaths: Iterable[str], root: Path) -> dict[str, str]:
+    """Map each relpath whose file header identifies someone to its redacted form."""
+    out: dict[str, str] = {}
+    for rel in set(relpaths):
+        if not rel:
+            continue
+        try:
+            ds = _read(root / rel, header_only=True)
+        except (InputRejected, OSError):  # not a readable DICOM header: nothing to compare with
+            continue
+        red = redact_identifying_path(rel, dicom_identifier_values(ds))
+        if red != rel:
+            out[rel] = red
     return out
 
 
