@@ -8,6 +8,7 @@ from medtrinity_assets.assets.common import (
     GROUP_CAPTIONS,
     SOURCES,
     counts_metadata,
+    progress_logger,
     table_metadata,
 )
 from medtrinity_assets.resources import CaptionerResource, JudgeResource, PipelineStorage
@@ -60,7 +61,7 @@ def _triplet_markdown(inputs, captions, n: int = SAMPLE_TRIPLETS) -> str:
 )
 def caption_batch(context: dg.AssetExecutionContext, storage: PipelineStorage, captioner: CaptionerResource):
     from medtrinity_assets.captioning import run_caption_batch
-    from medtrinity_assets.storage import table_path
+    from medtrinity_assets.storage import read_table, table_path
 
     out = storage.out()
     backend = captioner.get()
@@ -69,18 +70,14 @@ def caption_batch(context: dg.AssetExecutionContext, storage: PipelineStorage, c
         for name in context.partition_keys:
             inputs = _caption_inputs(out, name)
             path = table_path(out, "caption_batch", name)
-            last = {"done": -1}
-
-            def progress(done: int, total: int, _name: str = name, _last: dict = last) -> None:
-                if done == total or done - _last["done"] >= max(1, total // 10):
-                    _last["done"] = done
-                    context.log.info(f"{_name}: {done}/{total} captions")
-
             result = run_caption_batch(
-                inputs, backend, path, chunk_size=captioner.chunk_size, progress=progress, log=context.log
+                inputs,
+                backend,
+                path,
+                chunk_size=captioner.chunk_size,
+                progress=progress_logger(context.log, name, "captions"),
+                log=context.log,
             )
-            from medtrinity_assets.storage import read_table
-
             table = read_table(path)
             metadata = {
                 **table_metadata(table, path, ["roi_id", "backend", "status", "text"]),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -42,5 +42,13 @@ def image_sheet(out: Path, paths: Sequence[str], captions: Sequence[str] | None 
     return dg.MetadataValue.md(render.contact_sheet_markdown(images, captions))
 
 
-class StepFailure(dg.Failure):
-    """A partition failed for a reason the user can act on (one line)."""
+def progress_logger(log, label: str, unit: str) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that logs about every tenth of the work."""
+    last = {"done": -1}
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done - last["done"] >= max(1, total // 10):
+            last["done"] = done
+            log.info(f"{label}: {done}/{total} {unit}")
+
+    return progress

@@ -7,6 +7,7 @@ from medtrinity_assets.assets.common import (
     SOURCES,
     counts_metadata,
     image_sheet,
+    progress_logger,
     table_metadata,
 )
 from medtrinity_assets.resources import ComputeResource, PipelineStorage
@@ -45,17 +46,11 @@ def ingest_source_assets(
     name = context.partition_key
     declared = storage.source(name)
     out = storage.out()
-    last = {"done": -1}
-
-    def progress(done: int, total: int) -> None:
-        step = max(1, total // 10)
-        if done == total or done - last["done"] >= step:
-            last["done"] = done
-            context.log.info(f"{name}: {done}/{total} files read")
-
     try:
         spec = storage.local_source(name)
-        result = ingest_source(spec, out, workers=compute.workers, progress=progress)
+        result = ingest_source(
+            spec, out, workers=compute.workers, progress=progress_logger(context.log, name, "files read")
+        )
     except SourceRootMissing as exc:
         raise dg.Failure(description=str(exc)) from None
 
