@@ -69,7 +69,6 @@ class SourceSpec(BaseModel):
     expert_model_sha256: str | None = Field(
         None, pattern=r"^[0-9a-fA-F]{64}$", description="refuse the weights unless their sha256 matches"
     )
-    shard_size: int = Field(10_000, ge=1)
 
     # Set by the loader, not by the user.
     registry_file: str = ""
