@@ -69,6 +69,8 @@ def ingest_source_assets(
             **counts_metadata("quarantined_by_reason", result.quarantine_counts),
             "registry_fingerprint": declared.fingerprint(),
             "synthetic": declared.synthetic,
+            "license": declared.license,
+            "origin": declared.origin or declared.root,
         },
     )
     yield dg.MaterializeResult(
