@@ -29,8 +29,6 @@ import numpy as np
 import yaml
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
-from skimage.feature import graycomatrix, graycoprops
-from skimage.measure import regionprops
 
 from medtrinity_assets.registry import canonical_modality
 
@@ -221,6 +219,70 @@ def patient_terms(
     return out
 
 
+def _boundary(m: np.ndarray) -> np.ndarray:
+    """ROI pixels with a 4-neighbour outside the ROI (pixels beyond the array count as outside):
+    ``m & ~binary_erosion(m)`` with the cross structure, by slicing."""
+    p = np.zeros((m.shape[0] + 2, m.shape[1] + 2), bool)
+    p[1:-1, 1:-1] = m
+    inner = p[:-2, 1:-1] & p[2:, 1:-1]
+    inner &= p[1:-1, :-2]
+    inner &= p[1:-1, 2:]
+    return m & ~inner
+
+
+def _dilate_cross(m: np.ndarray, iterations: int) -> np.ndarray:
+    """``ndimage.binary_dilation(m, iterations=n)`` (cross structure, zero border) by slicing."""
+    d = m
+    for _ in range(iterations):
+        g = d.copy()
+        g[1:] |= d[:-1]
+        g[:-1] |= d[1:]
+        g[:, 1:] |= d[:, :-1]
+        g[:, :-1] |= d[:, 1:]
+        d = g
+    return d
+
+
+def _hull(pts: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Convex hull vertices of ``pts`` (counter-clockwise) and whether Qhull succeeded; for
+    collinear (or single) points all of them are returned with ``False``."""
+    if len(pts) < 3:
+        return pts, False
+    try:
+        return pts[ConvexHull(pts).vertices], True
+    except (QhullError, ValueError):  # collinear points: use them all
+        return pts, False
+
+
+def _feret(hull: np.ndarray, sr: float | None, sc: float | None) -> tuple[float, float | None]:
+    """Max Feret diameter (px, mm) from the hull of the ROI's pixel centres (see ``max_feret``)."""
+    if len(hull) == 1:
+        return 1.0, (None if sr is None else (sr + sc) / 2.0)
+    hr, hc = hull[:, 0], hull[:, 1]
+    dr = hr[:, None] - hr[None, :]
+    dc = hc[:, None] - hc[None, :]
+    d2 = dr * dr + dc * dc  # integers: the largest d2 is the largest distance
+    k = int(np.argmax(d2))
+    px = math.sqrt(d2.flat[k]) + 1.0
+    if sr is None:
+        return px, None
+    dmm = np.sqrt((dr * sr) ** 2 + (dc * sc) ** 2)
+    k = int(np.argmax(dmm))
+    dist = math.sqrt(d2.flat[k])
+    ur, uc = dr.flat[k] / max(dist, 1e-12), dc.flat[k] / max(dist, 1e-12)
+    step_mm = math.hypot(ur * sr, uc * sc)
+    return px, float(dmm.flat[k]) + step_mm
+
+
+def _valid_spacing(spacing: Any) -> tuple[float | None, float | None]:
+    if spacing is None:
+        return None, None
+    sr, sc = float(spacing[0]), float(spacing[1])
+    if not (sr > 0 and sc > 0 and math.isfinite(sr) and math.isfinite(sc)):
+        return None, None
+    return sr, sc
+
+
 def max_feret(mask: np.ndarray, spacing: tuple[float, float] | None = None) -> tuple[float, float | None]:
     """Maximum Feret diameter (px, mm): the largest distance between the centres of two ROI
     pixels (from the convex hull of the boundary pixels) plus one pixel's length along that
@@ -228,31 +290,109 @@ def max_feret(mask: np.ndarray, spacing: tuple[float, float] | None = None) -> t
     m = np.asarray(mask, bool)
     if not m.any():
         return 0.0, None
-    sr = sc = None
-    if spacing is not None:
-        sr, sc = float(spacing[0]), float(spacing[1])
-        if not (sr > 0 and sc > 0 and math.isfinite(sr) and math.isfinite(sc)):
-            sr = sc = None
-    boundary = m & ~ndimage.binary_erosion(m)
-    pts = np.stack(np.nonzero(boundary), 1).astype(np.float64)  # (row, col)
-    if len(pts) == 1:
-        return 1.0, (None if sr is None else (sr + sc) / 2.0)
-    try:
-        hull = pts[ConvexHull(pts).vertices]
-    except (QhullError, ValueError):  # collinear points: use them all
-        hull = pts
-    diff = hull[:, None, :] - hull[None, :, :]
-    dist = np.sqrt((diff**2).sum(-1))
-    i, j = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    px = float(dist[i, j]) + 1.0
-    if sr is None:
-        return px, None
-    scaled = diff * np.array([sr, sc])
-    dmm = np.sqrt((scaled**2).sum(-1))
-    i, j = np.unravel_index(int(np.argmax(dmm)), dmm.shape)
-    u = diff[i, j] / max(float(dist[i, j]), 1e-12)
-    step_mm = math.hypot(u[0] * sr, u[1] * sc)
-    return px, float(dmm[i, j]) + step_mm
+    sr, sc = _valid_spacing(spacing)
+    pts = np.stack(np.nonzero(_boundary(m)), 1).astype(np.float64)  # (row, col)
+    return _feret(_hull(pts)[0], sr, sc)
+
+
+_DIAMOND_NORMALS = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+
+
+def convex_area(hull: np.ndarray, hull_ok: bool) -> int:
+    """Number of pixels whose centre lies in (or on) the convex hull of the ROI's pixels, each
+    pixel taken as the diamond of its four edge midpoints (what ``regionprops``'
+    ``area_convex`` counts), from the hull of the pixel centres alone.
+
+    ``hull``: the ``(row, col)`` pixel centres on the hull, counter-clockwise when ``hull_ok``
+    (Qhull's order), else just points on one line (or one point). The hull with the pixel
+    diamonds is the Minkowski sum ``P + D`` of the centre hull ``P`` with the diamond
+    ``D = {|dr| + |dc| <= 1/2}``: a point ``x`` is in it iff ``n.x <= h_P(n) + h_D(n)`` for
+    every edge normal ``n`` of ``P`` and of ``D``, with the support functions
+    ``h_P(n) = max_v n.v`` and ``h_D(n) = max(|n_r|, |n_c|) / 2``. Centres and normals are
+    integers, so the test is exact; the count runs row by row.
+    """
+    v = np.asarray(hull, np.float64)
+    vr, vc = v[:, 0], v[:, 1]
+    if hull_ok:
+        e = np.empty_like(v)
+        e[:-1] = v[1:] - v[:-1]
+        e[-1] = v[0] - v[-1]
+        sign = 1.0 if float(vr @ e[:, 1] - vc @ e[:, 0]) >= 0 else -1.0  # counter-clockwise
+        normals = np.empty((len(v) + 4, 2))
+        normals[:-4, 0] = sign * e[:, 1]  # outward normals of the edges: h_P at the edge's start
+        normals[:-4, 1] = -sign * e[:, 0]
+        normals[-4:] = _DIAMOND_NORMALS
+        support = np.empty(len(normals))
+        support[:-4] = normals[:-4, 0] * vr + normals[:-4, 1] * vc
+        support[-4:] = (v @ _DIAMOND_NORMALS.T).max(axis=0)
+    else:
+        normals = _DIAMOND_NORMALS
+        if len(v) >= 2:
+            d = v[-1] - v[0]
+            normals = np.concatenate([[[d[1], -d[0]], [-d[1], d[0]]], normals])
+        support = (v @ normals.T).max(axis=0)
+    a, b = normals[:, 0], normals[:, 1]
+    # 2 (a r + b c) <= 2 h_P + max(|a|, |b|)  ->  2 b c <= t(r)
+    bound = 2.0 * support + np.maximum(np.abs(a), np.abs(b))
+    r = np.arange(vr.min(), vr.max() + 1.0)
+    t = bound - np.multiply.outer(r, 2.0 * a)
+    pos, neg = b > 0, b < 0
+    hi = np.floor((t[:, pos] / (2.0 * b[pos])).min(axis=1, initial=vc.max()))
+    lo = np.ceil((t[:, neg] / (2.0 * b[neg])).max(axis=1, initial=vc.min()))
+    count = np.maximum(hi - lo + 1.0, 0.0)
+    flat = b == 0
+    if flat.any():
+        count *= (t[:, flat] >= 0).all(axis=1)
+    return int(count.sum())
+
+
+def axis_lengths(rr: np.ndarray, cc: np.ndarray) -> tuple[float, float]:
+    """Major and minor axis lengths (``4 * sqrt(eigenvalue)`` of the inertia tensor, as
+    regionprops' ``axis_major_length`` / ``axis_minor_length``) of the pixels ``(rr, cc)``."""
+    n = rr.size
+    dr = rr - rr.sum() / n
+    dc = cc - cc.sum() / n
+    a = float(dc @ dc) / n  # inertia about the row axis: mu_cc / mu_00
+    c = float(dr @ dr) / n
+    b = float(dr @ dc) / n
+    half = (a + c) / 2.0
+    rad = math.hypot((a - c) / 2.0, b)
+    return 4 * math.sqrt(max(half + rad, 0.0)), 4 * math.sqrt(max(half - rad, 0.0))
+
+
+# Crofton perimeter with 4 directions (weights per 2x2 configuration code
+# p[i, j] + 2 p[i-1, j] + 4 p[i, j-1] + 8 p[i-1, j-1]), as in skimage.measure.perimeter_crofton.
+_S2 = np.sqrt(2)
+_CROFTON_WEIGHTS = np.array(
+    [
+        0,
+        np.pi / 4 * (1 + 1 / _S2),
+        np.pi / (4 * _S2),
+        np.pi / (2 * _S2),
+        0,
+        np.pi / 4 * (1 + 1 / _S2),
+        0,
+        np.pi / (4 * _S2),
+        np.pi / 4,
+        np.pi / 2,
+        np.pi / (4 * _S2),
+        np.pi / (4 * _S2),
+        np.pi / 4,
+        np.pi / 2,
+        0,
+        0,
+    ]
+)
+
+
+def crofton_perimeter(m: np.ndarray) -> float:
+    """Crofton perimeter (4 directions) of the pixels of ``m``, equal to
+    ``skimage.measure.perimeter_crofton(m, 4)``."""
+    p = np.zeros((m.shape[0] + 3, m.shape[1] + 3), np.uint8)
+    p[2:-1, 2:-1] = m
+    code = p[1:, 1:] + 2 * p[:-1, 1:] + 4 * p[1:, :-1] + 8 * p[:-1, :-1]
+    hist = np.bincount(code.ravel(), minlength=16)
+    return float(_CROFTON_WEIGHTS @ hist)
 
 
 def quantise(grey: np.ndarray, lo: float, hi: float, levels: int) -> np.ndarray:
@@ -262,32 +402,65 @@ def quantise(grey: np.ndarray, lo: float, hi: float, levels: int) -> np.ndarray:
     return np.clip(q, 0, levels - 1).astype(np.int32)
 
 
+def _glcm_offsets(distance: int) -> list[tuple[int, int]]:
+    """(row, col) pixel-pair offsets of the 0, 45, 90 and 135 degree GLCMs (as graycomatrix
+    rounds them); the sign of an offset does not matter for a symmetric GLCM."""
+    return [
+        (int(round(math.sin(a) * distance)), int(round(math.cos(a) * distance)))
+        for a in (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+    ]
+
+
 def texture_stats(
     q: np.ndarray, mask: np.ndarray, cfg: RoiConfig
 ) -> tuple[float | None, float | None, float | None]:
     """Masked GLCM contrast and homogeneity, and Shannon entropy (bits) of quantised ``q``.
 
-    Pixels outside the mask get a reserved level 0 (ROI levels are shifted to 1..L), and the
-    GLCM rows/columns of level 0 are dropped, so only pairs with both pixels in the ROI count.
+    Only pixel pairs with both pixels in the ROI count. The contrast / homogeneity of one
+    normalised symmetric GLCM is the mean of ``(i - j)**2`` / ``1 / (1 + (i - j)**2)`` over
+    its pixel pairs, so it is computed from the pairs directly (same values as
+    ``graycomatrix`` + ``graycoprops``, without building the level x level matrices); the
+    angles with at least one pair are averaged.
     """
+    rr, cc = np.nonzero(mask)
+    return _texture_of_pixels(q[rr, cc], rr, cc, q.shape, cfg)
+
+
+def _texture_of_pixels(
+    vals: np.ndarray, rr: np.ndarray, cc: np.ndarray, shape: tuple[int, int], cfg: RoiConfig
+) -> tuple[float | None, float | None, float | None]:
+    """:func:`texture_stats` from the quantised levels ``vals`` of the ROI's pixels ``(rr, cc)``
+    (row-major order) in a crop of ``shape``."""
     levels = cfg.texture_levels
-    vals = q[mask]
     if vals.size == 0:
         return None, None, None
     hist = np.bincount(vals, minlength=levels).astype(np.float64)
     p = hist[hist > 0] / vals.size
     entropy = float(-(p * np.log2(p)).sum())
-    shifted = np.where(mask, q + 1, 0).astype(np.uint8 if levels < 255 else np.uint16)
-    angles = [0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4]
-    glcm = graycomatrix(shifted, [cfg.glcm_distance], angles, levels=levels + 1, symmetric=True, normed=False)
-    glcm = glcm[1:, 1:, :, :].astype(np.float64)
-    totals = glcm.sum(axis=(0, 1))
-    if not (totals > 0).any():
+    # Pairs (r, c) -> (r + dr, c + dc) for the four offsets at once, from the ROI's pixels:
+    # the levels in a padded copy where pixels outside the ROI (or the crop) are -1.
+    offsets = _glcm_offsets(cfg.glcm_distance)
+    pad = max(max(abs(dr), abs(dc)) for dr, dc in offsets)
+    h, w = shape
+    wp = w + 2 * pad
+    qp = np.full((h + 2 * pad, wp), -1, np.int16 if levels < 1 << 14 else np.int64)
+    qp[pad : pad + h, pad : pad + w][rr, cc] = vals
+    base = (rr + pad) * wp + (cc + pad)
+    steps = np.array([dr * wp + dc for dr, dc in offsets])
+    other = qp.ravel()[base[None, :] + steps[:, None]]  # (angles, pixels)
+    valid = other >= 0
+    n_pairs = valid.sum(axis=1)
+    if not n_pairs.any():
         return None, None, entropy
-    keep = totals[0] > 0
-    glcm = glcm[:, :, :, keep]
-    contrast = float(graycoprops(glcm, "contrast").mean())
-    homogeneity = float(graycoprops(glcm, "homogeneity").mean())
+    # Histogram of |level difference| per angle (differences are < levels).
+    absdiff = np.abs(other - vals.astype(other.dtype))
+    code = absdiff + (np.arange(len(offsets)) * levels)[:, None]
+    counts = np.bincount(code[valid], minlength=len(offsets) * levels).reshape(len(offsets), levels)
+    k2 = np.arange(levels, dtype=np.float64) ** 2
+    keep = n_pairs > 0
+    n_keep = int(keep.sum())
+    contrast = float(((counts @ k2)[keep] / n_pairs[keep]).sum() / n_keep)
+    homogeneity = float(((counts @ (1.0 / (1.0 + k2)))[keep] / n_pairs[keep]).sum() / n_keep)
     return contrast, homogeneity, entropy
 
 
@@ -393,8 +566,9 @@ def measure_roi(
 
     rr, cc = np.nonzero(mc)
     area = int(rr.size)
-    cy = (rr.mean() + r0 + 0.5) / h
-    cx = (cc.mean() + c0 + 0.5) / w
+    # (sum / n is what ndarray.mean computes, without its per-call overhead)
+    cy = (rr.sum() / area + r0 + 0.5) / h
+    cx = (cc.sum() / area + c0 + 0.5) / w
     out["centroid_norm"] = [float(cx), float(cy)]
     out["horizontal"] = _third(cx, cfg, ("left", "centre", "right"))
     out["vertical"] = _third(cy, cfg, ("upper", "middle", "lower"))
@@ -404,17 +578,22 @@ def measure_roi(
     out["area_fraction"] = area / float(h * w)
 
     sp = tuple(spacing) if spacing is not None and len(spacing) >= 2 else None
-    feret_px, feret_mm = max_feret(mc, sp)
-    out["longest_diameter_px"] = feret_px
-    out["longest_diameter_mm"] = feret_mm
+    sr, sc = _valid_spacing(sp)
+    # One hull of the pixel centres (from the boundary pixels) serves the Feret diameter and
+    # the convex area of the solidity.
+    br, bcol = np.nonzero(_boundary(mc))
+    hull, hull_ok = _hull(np.stack((br, bcol), 1).astype(np.float64))
+    out["longest_diameter_px"], out["longest_diameter_mm"] = _feret(hull, sr, sc)
 
     vals = gc[mc]
-    roi_mean = float(vals.mean())
+    roi_mean = float(vals.sum() / vals.size)
     out["roi_mean"] = roi_mean
     if not whole_image:
-        ring = ndimage.binary_dilation(mc, iterations=cfg.ring_width_px) & ~mc
-        if ring.any():
-            ring_mean = float(gc[ring].mean())
+        ring = _dilate_cross(mc, cfg.ring_width_px)
+        ring &= ~mc
+        ring_vals = gc[ring]
+        if ring_vals.size:
+            ring_mean = float(ring_vals.sum() / ring_vals.size)
             out["ring_mean"] = ring_mean
             denom = roi_mean + ring_mean
             contrast = (roi_mean - ring_mean) / denom if denom > 1e-9 else 0.0
@@ -423,8 +602,8 @@ def measure_roi(
 
     if area >= cfg.texture_min_area_px:
         lo, hi = _range if _range is not None else (float(grey.min()), float(grey.max()))
-        q = quantise(gc, lo, hi, cfg.texture_levels)
-        g_contrast, g_hom, entropy = texture_stats(q, mc, cfg)
+        q = quantise(vals, lo, hi, cfg.texture_levels)  # the ROI's pixels, as rr, cc
+        g_contrast, g_hom, entropy = _texture_of_pixels(q, rr, cc, mc.shape, cfg)
         out["glcm_contrast"], out["glcm_homogeneity"], out["entropy"] = g_contrast, g_hom, entropy
         if g_hom is not None and entropy is not None:
             homogeneous = g_hom >= cfg.homogeneity_min and entropy <= cfg.entropy_max_homogeneous
@@ -435,12 +614,13 @@ def measure_roi(
         out["entropy"] = 0.0 if np.ptp(vals) == 0 else None
 
     if not whole_image and area >= cfg.shape_min_area_px:
-        props = regionprops(mc.astype(np.uint8))[0]
-        perim = float(props.perimeter_crofton)
+        # What regionprops gives for the single region of ``mc``: Crofton perimeter, solidity
+        # (area over the convex area) and the axis lengths of the inertia ellipse.
+        perim = crofton_perimeter(mc)
         circ = min(1.0, 4 * math.pi * area / perim**2) if perim > 0 else None
-        solidity = float(props.solidity)
-        major = float(props.axis_major_length)
-        ratio = float(props.axis_minor_length) / major if major > 0 else None
+        solidity = area / convex_area(hull, hull_ok)
+        major, minor = axis_lengths(rr, cc)
+        ratio = minor / major if major > 0 else None
         out["circularity"], out["solidity"], out["axis_ratio"] = circ, solidity, ratio
         out["shape_word"] = shape_word(circ, solidity, ratio, cfg)
     return out
@@ -522,24 +702,59 @@ def inside_labels(
     ``roi_masks`` are ``(crop_mask, (r0, r1, c0, c1))`` pairs. Only computed when the label
     map holds at least two label values; holes are filled so that a lesion labelled inside an
     organ (whose own pixels carry the lesion's value) counts as inside that organ.
+
+    The hole-filled mask of a value is ``ndimage.binary_fill_holes(label_map == value)``,
+    computed only for values whose bounding box meets some ROI, and only over that bounding
+    box: a hole lies inside the box, and background that touches the box's edge touches the
+    image's edge (through the outside of the box), so the result is the same. The holes are
+    the 4-connected background components that do not touch the box's edge.
     """
     cfg = config or default_config()
     n = len(roi_masks)
     if label_map is None or n == 0:
         return [None] * n
-    values = [int(v) for v in np.unique(label_map) if v != 0]
-    if len(values) < 2:
+    lm = np.asarray(label_map)
+    boxes: dict[int, tuple[int, int, int, int]] = {}
+    if lm.size and np.issubdtype(lm.dtype, np.integer) and lm.min() >= 0 and lm.max() <= 1 << 20:
+        for i, sl in enumerate(ndimage.find_objects(lm.astype(np.intp, copy=False))):
+            if sl is not None:
+                boxes[i + 1] = (sl[0].start, sl[0].stop, sl[1].start, sl[1].stop)
+    else:
+        h, w = lm.shape
+        boxes = {int(v): (0, h, 0, w) for v in np.unique(lm) if v != 0}
+    if len(boxes) < 2:
         return [None] * n
-    filled = {v: ndimage.binary_fill_holes(label_map == v) for v in values}
+    cross = ndimage.generate_binary_structure(2, 1)
+    filled: dict[int, np.ndarray] = {}
+
+    def filled_in_box(v: int) -> np.ndarray:
+        if v not in filled:
+            b0, b1, b2, b3 = boxes[v]
+            lab, k = ndimage.label(lm[b0:b1, b2:b3] != v, structure=cross)
+            fill = np.ones(k + 1, bool)  # label 0 is the value's own pixels
+            for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+                fill[edge] = False
+            fill[0] = True
+            filled[v] = fill[lab]
+        return filled[v]
+
     out: list[str | None] = []
     for (crop, (r0, r1, c0, c1)), own in zip(roi_masks, roi_label_values, strict=True):
         area = int(crop.sum())
         best, best_frac = None, 0.0
         if area:
-            for v in values:
+            for v, (b0, b1, b2, b3) in boxes.items():
                 if v == own:
                     continue
-                frac = float((filled[v][r0:r1, c0:c1] & crop).sum()) / area
+                o0, o1, o2, o3 = max(r0, b0), min(r1, b1), max(c0, b2), min(c1, b3)
+                if o0 >= o1 or o2 >= o3:
+                    continue  # no overlap: frac would be 0
+                sub = crop[o0 - r0 : o1 - r0, o2 - c0 : o3 - c0]
+                if float(np.count_nonzero(sub)) / area < cfg.inside_fraction:
+                    continue  # even all of the ROI within the box would be too little
+                f = filled_in_box(v)[o0 - b0 : o1 - b0, o2 - b2 : o3 - b2]
+                hit = int(np.count_nonzero(f & sub))
+                frac = float(hit) / area
                 if frac >= cfg.inside_fraction and frac > best_frac:
                     best, best_frac = v, frac
         out.append(label_names.get(best, f"label_{best}") if best is not None else None)

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 from PIL import Image
-from skimage.draw import disk, ellipse
+from skimage.draw import disk, ellipse, polygon
 
 from medtrinity_assets.registry import SourceSpec
 from medtrinity_assets.roi_attributes import RoiConfig, measure_roi
@@ -347,3 +347,121 @@ def test_overlay_draws_on_a_copy(tmp_path):
     coloured = (over[..., 0] != over[..., 1]) | (over[..., 1] != over[..., 2])
     assert coloured[11:30, 91:110].any() and coloured[5, 5:40].any()
     assert not coloured[50:60, 50:60].any()
+
+
+# --------------------------------------------------------------------------------------
+# The per-ROI measurements were rewritten for speed (shape without regionprops, GLCM from
+# pixel pairs, ring/boundary by slicing, one hull for Feret and solidity). These pin the
+# values to those of the previous implementation and to scikit-image's own measurements.
+
+
+def _regression_scene():
+    rng = np.random.default_rng(7)
+    h, w = 96, 128
+    _, xx = np.mgrid[0:h, 0:w]
+    img = (60 + 0.5 * xx + rng.normal(0, 12, (h, w))).clip(0, 255)
+    masks = []
+    m = np.zeros((h, w), bool)
+    m[disk((30, 35), 11, shape=(h, w))] = True
+    masks.append(m)
+    m = np.zeros((h, w), bool)
+    m[ellipse(62, 90, 9, 22, rotation=0.6, shape=(h, w))] = True
+    masks.append(m)
+    m = np.zeros((h, w), bool)
+    m[polygon([70, 92, 92, 80, 95], [10, 8, 40, 25, 45], shape=(h, w))] = True
+    masks.append(m)
+    m = np.zeros((h, w), bool)
+    m[5:9, 60:120] = True
+    m[0:40, 100:104] = True
+    masks.append(m)
+    for k, mk in enumerate(masks):
+        img[mk] += 40 * (k % 2 * 2 - 1)
+    return img.clip(0, 255).astype(np.uint8), masks
+
+
+# Values measured with the regionprops / graycomatrix implementation (spacing 0.7 x 1.1 mm).
+_REGRESSION = [
+    (373, "round", [22.633307652783937, 23.755434418183878, 76.88888888888889, 8.748180821371612,
+                    0.32326329206048887, 3.1081763498082604, 1.0, 0.979002624671916, 1.0]),
+    (621, "oval", [44.266615305567875, 44.01049001995311, 103.87959183673469, 8.528253033989335,
+                   0.341926091177673, 3.153193161489221, 0.7694379425984668, 0.971830985915493,
+                   0.40865740971176656]),
+    (388, "lobulated", [44.01162633521314, 43.273898801865364, 69.725, 9.171287867109397,
+                        0.3145301487608676, 3.1497192186556684, 0.5136195140708567,
+                        0.8202959830866807, 0.5277600039255772]),
+    (384, "irregular", [60.07622195096772, 66.0331221644429, 105.74787234042553, 9.063411407923603,
+                        0.3291837724642286, 3.3171003829004033, 0.13906245754261506,
+                        0.2809070958302853, 0.6038211414690454]),
+]  # fmt: skip
+_REGRESSION_KEYS = [
+    "longest_diameter_px",
+    "longest_diameter_mm",
+    "ring_mean",
+    "glcm_contrast",
+    "glcm_homogeneity",
+    "entropy",
+    "circularity",
+    "solidity",
+    "axis_ratio",
+]
+
+
+def test_attribute_values_unchanged_by_the_fast_path():
+    img, masks = _regression_scene()
+    for m, (area, word, expected) in zip(masks, _REGRESSION, strict=True):
+        r = measure_roi(img, m, spacing=(0.7, 1.1), modality="CT")
+        assert r["area_px"] == area and r["shape_word"] == word
+        assert [r[k] for k in _REGRESSION_KEYS] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_shape_and_texture_match_skimage_on_random_masks():
+    from skimage.feature import graycomatrix, graycoprops
+    from skimage.measure import regionprops
+
+    from medtrinity_assets.roi_attributes import quantise, texture_stats
+
+    cfg = RoiConfig.load()
+    rng = np.random.default_rng(11)
+    checked = 0
+    for trial in range(60):
+        h, w = (int(x) for x in rng.integers(6, 60, 2))
+        m = np.zeros((h, w), bool)
+        if trial % 3 == 0:
+            m = rng.random((h, w)) > rng.uniform(0.3, 0.8)
+        elif trial % 3 == 1:
+            m[
+                ellipse(
+                    h / 2,
+                    w / 2,
+                    rng.uniform(2, h),
+                    rng.uniform(2, w),
+                    rotation=rng.uniform(0, 3),
+                    shape=(h, w),
+                )
+            ] = True
+        else:
+            k = int(rng.integers(3, 7))
+            m[polygon(rng.integers(0, h, k), rng.integers(0, w, k), shape=(h, w))] = True
+        area = int(m.sum())
+        if area < cfg.shape_min_area_px:
+            continue
+        img = rng.integers(0, 256, (h, w)).astype(np.uint8)
+        r = measure_roi(img, m, config=cfg)
+        p = regionprops(m.astype(np.uint8))[0]
+        perim = float(p.perimeter_crofton)
+        assert r["solidity"] == pytest.approx(float(p.solidity), rel=1e-12)
+        assert r["circularity"] == pytest.approx(min(1.0, 4 * np.pi * area / perim**2), rel=1e-12)
+        assert r["axis_ratio"] == pytest.approx(
+            p.axis_minor_length / p.axis_major_length, rel=1e-9, abs=1e-12
+        )
+        q = quantise(img.astype(np.float64), 0.0, 255.0, cfg.texture_levels)
+        shifted = np.where(m, q + 1, 0).astype(np.uint8)
+        angles = [0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4]
+        glcm = graycomatrix(shifted, [1], angles, levels=cfg.texture_levels + 1, symmetric=True)
+        glcm = glcm[1:, 1:].astype(np.float64)
+        glcm = glcm[:, :, :, glcm.sum(axis=(0, 1))[0] > 0]
+        con, hom, _ = texture_stats(q, m, cfg)
+        assert con == pytest.approx(float(graycoprops(glcm, "contrast").mean()), rel=1e-12)
+        assert hom == pytest.approx(float(graycoprops(glcm, "homogeneity").mean()), rel=1e-12)
+        checked += 1
+    assert checked > 30
