@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 from PIL import Image
-from scipy.fft import dctn
 
 from medtrinity_assets import storage
 from medtrinity_assets.imaging import dicom as dicom_reader
@@ -157,8 +156,22 @@ def _grey32(image: np.ndarray) -> np.ndarray:
     return np.asarray(im.resize((32, 32), Image.Resampling.BOX), np.float64)
 
 
+def _dct_rows(n: int, keep: int) -> np.ndarray:
+    """The first ``keep`` rows of the orthonormal DCT-II matrix of size ``n``: ``D @ x`` equals
+    ``scipy.fft.dct(x, norm="ortho")[:keep]`` (kept in numpy so that pool workers need no scipy)."""
+    k = np.arange(keep)[:, None]
+    i = np.arange(n)[None, :]
+    d = np.sqrt(2.0 / n) * np.cos(np.pi * k * (2 * i + 1) / (2 * n))
+    d[0] /= np.sqrt(2.0)
+    return d
+
+
+_DCT_32_8 = _dct_rows(32, 8)
+
+
 def _phash_bits(grey32: np.ndarray) -> int:
-    coeffs = dctn(grey32, norm="ortho")[:8, :8].ravel()
+    # the 8x8 lowest 2D DCT-II frequencies; rounding drops float noise (a flat image has AC 0)
+    coeffs = np.round((_DCT_32_8 @ grey32 @ _DCT_32_8.T).ravel(), 6)
     med = np.partition(coeffs[1:], 31)[31:33].mean()  # median of the 63 AC coefficients
     value = 0
     for b in (coeffs > med).tolist():
@@ -601,8 +614,14 @@ def process_task(task: Any, spec: SourceSpec | None = None, root: Path | None = 
     return res
 
 
-def _scan_dicom(item: tuple[str, str]) -> dicom_reader.DicomHeader:
-    return dicom_reader.scan_header(item[0], item[1], _WORKER["spec"].max_pixels)
+def _scan_dicom(items: list[tuple[str, str]]) -> list[dicom_reader.DicomHeader]:
+    """Header reads of a chunk of files (one round trip to a worker per chunk: a header read
+    takes about a millisecond, about what sending one task to a worker costs)."""
+    mp_ = _WORKER["spec"].max_pixels
+    return [dicom_reader.scan_header(rel, path, mp_) for rel, path in items]
+
+
+HEADER_CHUNK = 32
 
 
 def _ordered(
@@ -633,7 +652,8 @@ def list_tasks(spec: SourceSpec, root: Path, pool: ProcessPoolExecutor | None) -
         if pool is None:
             headers = [dicom_reader.scan_header(r, p, spec.max_pixels) for r, p in items]
         else:
-            headers = list(_ordered(_scan_dicom, items, pool, 64))
+            chunks = [items[i : i + HEADER_CHUNK] for i in range(0, len(items), HEADER_CHUNK)]
+            headers = [h for chunk in _ordered(_scan_dicom, chunks, pool, 8) for h in chunk]
         tasks, rej = dicom_reader.group_headers(headers, spec.max_pixels)
         rejected += rej
     elif spec.layout == "nifti_msd":
@@ -666,7 +686,7 @@ def _pool(workers: int, spec: SourceSpec, root: Path) -> ProcessPoolExecutor | N
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
     if "forkserver" in methods:
-        ctx.set_forkserver_preload(["medtrinity_assets.preprocess"])
+        ctx.set_forkserver_preload(["medtrinity_assets.preprocess", "medtrinity_assets.imaging.preload"])
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=ctx,

@@ -152,6 +152,24 @@ def test_phash_is_stable_and_discriminates():
     assert hamming(f"{h1:016x}", h1) == 0
 
 
+def test_phash_uses_the_orthonormal_dct():
+    """The numpy DCT matrix gives the same bits as scipy's 2D DCT-II (the textbook pHash)."""
+    from scipy.fft import dctn
+
+    from medtrinity_assets.preprocess import _grey32, _phash_bits
+
+    rng = np.random.default_rng(3)
+    images = [np.asarray(Image.open(SKIMAGE_DATA / n)) for n in ("camera.png", "ihc.png", "retina.jpg")]
+    images += [rng.integers(0, 256, (48, 40), dtype=np.uint8) for _ in range(20)]
+    for img in images:
+        g = _grey32(img)
+        c = dctn(g, norm="ortho")[:8, :8].ravel()
+        med = np.median(c[1:])
+        expected = int("".join("1" if v > med else "0" for v in c), 2)
+        assert _phash_bits(g) == expected
+    assert _phash_bits(_grey32(np.full((40, 40), 7, np.uint8))) == 1 << 63  # flat: only the DC bit
+
+
 def test_geometry_helpers():
     assert direction_letter([1, 0, 0]) == "L" and direction_letter([0, -1, 0]) == "A"
     assert direction_letter([0, 0.1, -0.9]) == "I" and direction_letter([0, 0, 0]) is None
