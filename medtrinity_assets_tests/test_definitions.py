@@ -122,3 +122,21 @@ def test_cli_resource_overrides(tmp_path):
     bad.write_text("captionr: {backend: embedded}\n")
     with pytest.raises(SystemExit, match="unknown resource"):
         load_resource_overrides(str(bad))
+
+
+def test_instance_config_is_sqlite_with_gpu_pool_and_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The repository's dagster.yaml gives SQLite storage under the instance home, one step at a
+    time per pool, and run retries; it loads without DAGSTER_HOME set (as `dagster dev` from the
+    repository root does)."""
+    from dagster._core.storage.runs import SqliteRunStorage
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    shutil.copy(Path(__file__).resolve().parent.parent / "dagster.yaml", tmp_path / "dagster.yaml")
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    try:
+        assert isinstance(instance.run_storage, SqliteRunStorage)
+        assert (tmp_path / "history" / "runs.db").exists()
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+    finally:
+        instance.dispose()
