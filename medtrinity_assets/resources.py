@@ -104,8 +104,9 @@ class CaptionerResource(dg.ConfigurableResource):
     max_retries: int = 5
     temperature: float = 0.1
     max_tokens: int = 1024
-    model_path: str | None = None
+    model_path: str | None = Field(None, description="transformers_local: local model folder (safetensors)")
     device: Literal["cpu", "cuda"] = "cpu"
+    batch_size: int = Field(4, ge=1, description="transformers_local: conversations per generate call")
     chunk_size: int = 64
 
     def get(self) -> Any:

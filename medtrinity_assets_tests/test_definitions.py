@@ -118,6 +118,9 @@ def test_cli_resource_overrides(tmp_path):
     cfg = load_resource_overrides(str(example))
     cap = CaptionerResource(**cfg["captioner"])
     assert cap.backend == "openai_compatible" and len(cap.base_urls) == 2
+    local = load_resource_overrides(str(example.with_name("local_vlm_captioner.yaml")))
+    cap = CaptionerResource(**local["captioner"])
+    assert cap.backend == "transformers_local" and cap.batch_size == 8 and cap.model_path
     bad = tmp_path / "bad.yaml"
     bad.write_text("captionr: {backend: embedded}\n")
     with pytest.raises(SystemExit, match="unknown resource"):

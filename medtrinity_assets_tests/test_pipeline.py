@@ -199,6 +199,49 @@ def test_openai_backend_is_configuration_only_and_blocking_checks_catch_bad_clai
     assert (~quality["consistent"]).sum() > 0
 
 
+def test_local_vlm_backend_is_configuration_only(pipeline, dagster_instance, tmp_path):
+    """Same graph, captioner switched by configuration to a local transformers model (a tiny,
+    randomly initialised LLaVA saved as safetensors): every ROI gets a row from that backend,
+    and word salad never passes the blocking checks."""
+    import json
+    import shutil
+
+    from medtrinity_assets.resources import CaptionerResource
+    from medtrinity_assets_tests.tiny_vlm import write_tiny_llava
+
+    out, _ = pipeline
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    model_dir = write_tiny_llava(tmp_path / "tiny-llava")
+    resources = default_resources()
+    resources["storage"] = PipelineStorage(out_dir=str(copy), registry_dir=str(pipeline_registry()))
+    resources["captioner"] = CaptionerResource(
+        backend="transformers_local", model_path=str(model_dir), max_tokens=16, batch_size=2
+    )
+    defs = build_definitions()
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets("caption_batch", "caption_quality")
+        | dg.AssetSelection.checks_for_assets("caption_quality"),
+        partition_key="xray_tibia",
+        instance=dagster_instance,
+        resources=resources,
+        run_config=QUIET,
+        raise_on_error=False,
+    )
+    captions = _table(copy, "caption_batch", "xray_tibia")
+    assert captions.height == _table(copy, "roi_set", "xray_tibia").height
+    assert set(captions["backend"]) == {"transformers_local"} and set(captions["model"]) == {"tiny-llava"}
+    params = json.loads(captions["params"][0])
+    assert params["max_new_tokens"] == 16 and params["temperature"] == 0.1
+    assert captions["raw"].is_not_null().all()  # what the model wrote is kept
+    evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    # random weights write no facet JSON: the rows are failed with their error, and the blocking
+    # consistency check stops the batch
+    assert (captions["status"] == "failed").all() and captions["error"].str.contains("facet JSON").all()
+    assert not evals["claims_consistent"].passed and not evals["facets_complete"].passed
+
+
 def test_user_corpus_rebuild_embeds_only_new_chunks(pipeline, dagster_instance, tmp_path):
     """A user points the knowledge base at their own JSONL folder: only its chunks are embedded."""
     import json

@@ -127,7 +127,7 @@ def render_overlay(item: CaptionInput, colour: tuple[int, int, int] = (255, 0, 0
     path = item.image_file()
     if path is None:
         return None
-    with Image.open(path) as im:
+    with Image.open(path, formats=["PNG"]) as im:  # preprocessed images are PNG, nothing else is opened
         im.load()
         img = im.convert("RGB")  # always a new image
     box = item.bbox_xyxy

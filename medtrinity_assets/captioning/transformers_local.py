@@ -8,6 +8,7 @@ by default. Replies are parsed like the API backend's, with one batched repair r
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,20 @@ class TransformersLocalCaptioner(Captioner):
             return
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        if not any(self.path.glob("*.safetensors")):
+            pickled = sorted(f.name for f in self.path.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            raise CaptionerConfigError(
+                f"no safetensors weights in {str(self.path)!r} (local files only)"
+                + (f"; {', '.join(pickled)} would have to be unpickled, which is refused: convert the "
+                   "checkpoint to safetensors" if pickled else "")
+            )
         kw = {"local_files_only": True, "trust_remote_code": False}
         try:
             self._processor = AutoProcessor.from_pretrained(str(self.path), **kw)
-            self._model = AutoModelForImageTextToText.from_pretrained(str(self.path), dtype=self.dtype, **kw)
+            # safetensors only: a pickled checkpoint (.bin / .pt) is refused, never unpickled
+            self._model = AutoModelForImageTextToText.from_pretrained(
+                str(self.path), dtype=self.dtype, use_safetensors=True, **kw
+            )
         except (OSError, ValueError, KeyError) as exc:
             raise CaptionerConfigError(
                 f"could not load a vision-language model from {str(self.path)!r} (local files only): {exc}"
@@ -121,9 +132,12 @@ class TransformersLocalCaptioner(Captioner):
     def _generate(self, conversations: list[list[dict]]) -> list[str]:
         import torch
 
+        template_kw: dict[str, Any] = {"padding": True}
+        if "processor_kwargs" in inspect.signature(self._processor.apply_chat_template).parameters:
+            template_kw = {"processor_kwargs": template_kw}  # newer transformers want them there
         inputs = self._processor.apply_chat_template(
             conversations, add_generation_prompt=True, tokenize=True, return_dict=True,
-            return_tensors="pt", padding=True,
+            return_tensors="pt", **template_kw,
         )
         inputs = inputs.to(self.device)
         gen_kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
