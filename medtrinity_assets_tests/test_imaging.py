@@ -63,6 +63,19 @@ def test_jpeg2000_ultrasound_and_multiframe_decode():
     assert mf.shape == (10, 64, 64)
 
 
+@pytest.mark.parametrize("name", ["OBXXXX1A.dcm", "OBXXXX1A_rle_2frame.dcm"])
+def test_palette_colour_becomes_the_lookup_tables_rgb(name):
+    """PALETTE COLOR pixels are indices: the decoded image is what the red/green/blue tables say."""
+    from pydicom.pixels import apply_color_lut
+
+    ds = pydicom.dcmread(pydicom_file(name))
+    got = _decode(pydicom_file(name))
+    ref = apply_color_lut(ds.pixel_array, ds)  # 16-bit table entries
+    assert got.dtype == np.uint8 and got.shape == (int(ds.get("NumberOfFrames", 1) or 1), 600, 800, 3)
+    assert np.array_equal(got, (ref >> 8).astype(np.uint8).reshape(got.shape))
+    assert not np.array_equal(got[..., 0], got[..., 2])  # real colour, not grey indices
+
+
 def test_garbage_is_not_dicom(tmp_path):
     p = tmp_path / "junk.dcm"
     p.write_bytes(os.urandom(4096))

@@ -110,6 +110,29 @@ def test_ct_is_windowed_in_hounsfield_units_with_orientation(dicom_run):
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("colour", [True, False])
+def test_palette_colour_ultrasound_is_ingested_as_its_displayed_image(tmp_path, colour):
+    from pydicom.pixels import apply_color_lut
+
+    from medtrinity_assets.preprocess import resize_image
+
+    root = copy_dicoms(tmp_path / "src", ["OBXXXX1A.dcm"])
+    spec = make_spec(tmp_path, "us_palette", "dicom", root, modality="US", organ="fetus", colour=colour)
+    out = tmp_path / "out"
+    res = ingest_source(spec, out, workers=1)
+    assert res.counts["ok"] == 1
+    img_row = storage.read_table(out / "preprocessed_images" / "us_palette.parquet").row(0, named=True)
+    png = _png(out, img_row["image_path"])
+    ds = pydicom.dcmread(pydicom_file("OBXXXX1A.dcm"))
+    rgb = resize_image((apply_color_lut(ds.pixel_array, ds) >> 8).astype(np.uint8), 384, 512)
+    if colour:
+        assert img_row["channels"] == 3 and np.array_equal(png, rgb)
+    else:  # a grey modality keeps the luminance of the displayed colours, not the palette indices
+        assert img_row["channels"] == 1 and png.ndim == 2
+        lum = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        assert np.corrcoef(png.ravel(), lum.ravel())[0, 1] > 0.95
+
+
 def test_no_dicom_identifier_reaches_the_tables(tmp_path):
     root = copy_dicoms(tmp_path / "src", ["CT_small.dcm", "MR_small.dcm", "US1_J2KR.dcm", "JPEG-LL.dcm"])
     ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))

@@ -436,6 +436,9 @@ def decode_pixels(ds: Any) -> np.ndarray:
             raise InputRejected("undecodable", f"{type(exc).__name__} while decoding pixels") from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples == 1 and str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+        arr = _palette_to_rgb(arr, ds)
+        samples = 3
     if frames == 1:
         arr = arr[None]
     if samples == 1 and arr.ndim == 4:
@@ -443,6 +446,20 @@ def decode_pixels(ds: Any) -> np.ndarray:
     if samples not in (1, 3) or arr.ndim not in (3, 4):
         raise InputRejected("undecodable", f"unsupported pixel layout {samples} samples")
     return arr
+
+
+def _palette_to_rgb(arr: np.ndarray, ds: Any) -> np.ndarray:
+    """PALETTE COLOR pixels are indices into the file's red/green/blue lookup tables: the image is
+    what the tables give (8-bit RGB; 16-bit table entries keep their top byte), never the indices."""
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        rgb = apply_color_lut(arr, ds)
+    except Exception as exc:  # noqa: BLE001 - malformed or missing tables
+        raise InputRejected("undecodable", f"palette colour lookup tables unusable ({type(exc).__name__})") from None
+    if rgb.dtype != np.uint8:
+        rgb = (rgb >> 8).astype(np.uint8) if rgb.dtype == np.uint16 else np.clip(rgb, 0, 255).astype(np.uint8)
+    return rgb
 
 
 def _rescale(ds: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
