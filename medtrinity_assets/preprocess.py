@@ -657,7 +657,7 @@ def list_tasks(spec: SourceSpec, root: Path, pool: ProcessPoolExecutor | None) -
         tasks, rej = dicom_reader.group_headers(headers, spec.max_pixels)
         rejected += rej
     elif spec.layout == "nifti_msd":
-        tasks, rej = nifti_reader.list_msd(root, include)
+        tasks, rej = nifti_reader.list_msd(root, include, spec.channels)
         rejected += rej
     elif spec.layout == "image_folder":
         tasks, rej = folder_reader.list_folder(root, include)
@@ -712,8 +712,8 @@ def ingest_source(
     Deterministic and idempotent: rows come in task order (sorted relative paths, then slices),
     PNGs are named by content. ``near_duplicate_distance``: largest pHash Hamming distance (with
     a thumbnail check) at which an image from another file/volume is a near duplicate; ``None``
-    keeps only exact-duplicate removal. Slices of one volume are never near duplicates of each
-    other (only exact ones).
+    keeps only exact-duplicate removal. Slices, frames or channels of one file are never near
+    duplicates of each other (only exact ones).
     """
     out = Path(out)
     root = check_root(spec.name, spec.resolved_root())
@@ -739,7 +739,12 @@ def ingest_source(
         if progress:
             progress(0, total)
         window = 4 * workers  # tasks in flight: load balance vs results waiting in memory
-        for done, (group, res) in enumerate(enumerate(_ordered(process_task, units, pool, window)), start=1):
+        # Near-duplicate groups are files: the slices, frames or channels of one file are never
+        # near duplicates of each other (only exact ones), e.g. T1 and T1gd of one 4D volume.
+        file_group: dict[str, int] = {}
+        for done, (i, res) in enumerate(enumerate(_ordered(process_task, units, pool, window)), start=1):
+            unit = units[i]
+            group = file_group.setdefault(unit[1] if isinstance(unit, tuple) else unit.relpath, len(file_group))
             manifest_rows.extend(res.quarantined)
             counts["slices_skipped"] += res.skipped
             for cand in res.candidates:

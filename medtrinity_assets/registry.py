@@ -64,6 +64,11 @@ class SourceSpec(BaseModel):
     max_side: int = Field(512, ge=16, le=4096)
     max_pixels: int = Field(200_000_000, ge=1, description="decompression-bomb limit per image/volume")
     colour: bool | None = Field(None, description="keep RGB; default depends on modality")
+    channels: list[int] | None = Field(
+        None,
+        description="4D NIfTI: which channels (MSD 'modality' indices, e.g. MRI sequences) become "
+        "images; default every channel",
+    )
     split: str = "train"
     expert_model: str | None = Field(None, description="path to user weights (safetensors/TorchScript)")
     expert_model_sha256: str | None = Field(
@@ -127,7 +132,9 @@ class SourceSpec(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of the declaration: a change means the source's outputs are stale."""
-        payload = self.model_dump(exclude={"registry_file"})
+        # fields left at their defaults are omitted, so a new optional field does not make every
+        # existing declaration look changed
+        payload = self.model_dump(exclude={"registry_file"}, exclude_defaults=True)
         return hashlib.sha256(yaml.safe_dump(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -262,6 +262,49 @@ def test_msd_nifti_layout(tmp_path):
     assert train.filter(pl.col("status") == "duplicate").height == 0
 
 
+def _four_channel_msd(root: Path) -> Path:
+    """An MSD image with three channels (like BraTS sequences) and one label for all of them."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    data, lab, affine = phantom_volume()
+    t2 = np.abs(data - np.median(data)) * np.linspace(0.5, 1.5, data.shape[1])[None, :, None]
+    channels = np.stack([data, data.max() - data, t2], axis=-1)  # three different contrasts
+    nib.save(nib.Nifti1Image(channels.astype(np.float32), affine), root / "imagesTr" / "case_001.nii.gz")
+    nib.save(nib.Nifti1Image(lab, affine), root / "labelsTr" / "case_001.nii.gz")
+    meta = {"modality": {"0": "FLAIR", "1": "T1w", "2": "T2w"}, "labels": {"0": "background", "1": "tumour"}}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_4d_nifti_every_channel_is_its_own_image_with_the_shared_label(tmp_path):
+    root = _four_channel_msd(tmp_path / "msd")
+    spec = make_spec(tmp_path, "brats", "nifti_msd", root, slicing={"axis": "axial", "stride": 100})
+    out = tmp_path / "out"
+    res = ingest_source(spec, out, workers=1)
+    ok = res.manifest.filter(pl.col("status") == "ok")
+    assert res.quarantine_counts == {}
+    by_seq = {seq: g for (seq,), g in ok.group_by("description")}
+    assert set(by_seq) == {"FLAIR", "T1w", "T2w"}
+    # the same slices (those with the label) from each channel, each with the label's mask
+    slices = {seq: sorted(g["slice_index"].to_list()) for seq, g in by_seq.items()}
+    assert slices["FLAIR"] == slices["T1w"] == slices["T2w"] == [0, *range(10, 20)]  # stride + label
+    assert ok["record_id"].n_unique() == ok.height
+    imgs = res.images.join(ok.select("record_id", "description", "slice_index"), on="record_id")
+    labelled = imgs.filter(pl.col("slice_index") >= 10)
+    assert labelled["mask_path"].is_not_null().all() and labelled.height == 30
+    flair = imgs.filter((pl.col("description") == "FLAIR") & (pl.col("slice_index") == 15)).row(0, named=True)
+    t1 = imgs.filter((pl.col("description") == "T1w") & (pl.col("slice_index") == 15)).row(0, named=True)
+    assert flair["mask_path"] == t1["mask_path"]  # one label, aligned with every channel
+    a, b = _png(out, flair["image_path"]).astype(float), _png(out, t1["image_path"]).astype(float)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] < -0.5  # channel 1 is the inverted contrast
+
+    only = make_spec(tmp_path, "brats_t1", "nifti_msd", root, channels=[1, 7], slicing={"axis": "axial", "stride": 100})
+    res = ingest_source(only, tmp_path / "out_t1", workers=1)
+    ok = res.manifest.filter(pl.col("status") == "ok")
+    assert set(ok["description"]) == {"T1w"} and ok.height == 11
+    assert res.quarantine_counts == {"undecodable": 1}  # channel 7 does not exist, said once
+
+
 @pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
 def test_nifti_orientation_and_mask_alignment(tmp_path, axis):
     root = tmp_path / "msd"

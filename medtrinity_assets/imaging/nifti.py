@@ -27,6 +27,12 @@ class NiftiTask:
     label_relpath: str | None
     label_path: str | None
     split: str
+    channel: int | None = None  # 4D images: the channel (MSD modality index) this task reads
+
+    @property
+    def row_key(self) -> str:
+        """Part of the record id: channels of one 4D file are different images."""
+        return "" if self.channel is None else f"channel{self.channel}"
 
 
 def read_dataset_json(root: Path) -> dict:
@@ -57,12 +63,28 @@ def msd_label_names(meta: dict) -> dict[int, str]:
     return out
 
 
-def msd_modality(meta: dict) -> str | None:
+def msd_modality(meta: dict, channel: int | None = None) -> str | None:
+    """The modality (or sequence) name of ``channel`` (default: the first) from dataset.json."""
     mod = meta.get("modality") or meta.get("channel_names") or {}
     if isinstance(mod, dict) and mod:
-        first = mod.get("0", next(iter(mod.values())))
-        return str(first)
+        key = str(channel or 0)
+        value = mod.get(key, mod.get(int(key)) if key.isdigit() else None)
+        if value is None:
+            value = mod.get("0", next(iter(mod.values())))
+        return str(value)
     return str(mod) if isinstance(mod, str) and mod else None
+
+
+def _channel_count(path: str) -> int:
+    """Channels of a 4D (x, y, z, c) image from its header (1 for 2D/3D or an unreadable header:
+    the decode then reports the problem)."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(path).shape
+    except Exception:  # noqa: BLE001 - a bad header is quarantined when the task runs
+        return 1
+    return int(shape[3]) if len(shape) >= 4 else 1
 
 
 def _stem(name: str) -> str:
@@ -72,7 +94,10 @@ def _stem(name: str) -> str:
     return name
 
 
-def list_msd(root: Path, include: list[str]) -> tuple[list[NiftiTask], list[tuple[str, str]]]:
+def list_msd(
+    root: Path, include: list[str], channels: list[int] | None = None
+) -> tuple[list[NiftiTask], list[tuple[str, str]]]:
+    """One task per image (per channel for 4D images: ``channels`` selects them, default all)."""
     tasks: list[NiftiTask] = []
     rejected: list[tuple[str, str]] = []
     labels = {_stem(Path(f.relpath).name): f for f in list_files(root, (), "labelsTr", NIFTI_SUFFIXES)}
@@ -88,15 +113,24 @@ def list_msd(root: Path, include: list[str]) -> tuple[list[NiftiTask], list[tupl
             if lab is not None and lab.path is None:
                 rejected.append((f.relpath, lab.reason or "path_escapes_root: label"))
                 continue
-            tasks.append(
-                NiftiTask(
-                    f.relpath,
-                    str(f.path),
-                    lab.relpath if lab else None,
-                    str(lab.path) if lab else None,
-                    split,
+            n_channels = _channel_count(str(f.path))
+            wanted: list[int | None] = [None]
+            if n_channels > 1:
+                wanted = [c for c in range(n_channels) if channels is None or c in channels]
+                missing = sorted(set(channels or ()) - set(range(n_channels)))
+                if missing:
+                    rejected.append((f.relpath, f"undecodable: channels {missing} not in a {n_channels}-channel image"))
+            for c in wanted:
+                tasks.append(
+                    NiftiTask(
+                        f.relpath,
+                        str(f.path),
+                        lab.relpath if lab else None,
+                        str(lab.path) if lab else None,
+                        split,
+                        c,
+                    )
                 )
-            )
     return tasks, rejected
 
 
@@ -124,17 +158,23 @@ def _load(path: str, max_pixels: int):
     return img, shape
 
 
-def _data(img, shape: tuple[int, ...]) -> np.ndarray:
+def _data(img, shape: tuple[int, ...], channel: int | None = None) -> tuple[np.ndarray, bool]:
+    """Voxels as 3D and whether they are already scaled. 2D/3D: the stored values (slope and
+    intercept are applied per slice later). 4D: only ``channel`` (default 0) is read, through the
+    proxy (which then applies the scaling), so the other channels never occupy memory."""
+    scaled = False
     try:
         proxy = img.dataobj
         if len(shape) > 3:
-            arr = np.asarray(
-                proxy.get_unscaled()[..., 0] if hasattr(proxy, "get_unscaled") else proxy[..., 0]
-            )
-            while arr.ndim > 3:
-                arr = arr[..., 0]
+            c = channel or 0
+            if c >= shape[3]:
+                raise InputRejected("undecodable", f"channel {c} not in a {shape[3]}-channel image")
+            arr = np.asarray(proxy[(slice(None),) * 3 + (c,) + (0,) * (len(shape) - 4)])
+            scaled = True
         else:
             arr = np.asarray(proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else proxy)
+    except InputRejected:
+        raise
     except (EOFError, OSError, ValueError, Exception) as exc:  # noqa: BLE001
         msg = str(exc).lower()
         prefix = (
@@ -145,7 +185,7 @@ def _data(img, shape: tuple[int, ...]) -> np.ndarray:
         raise InputRejected(prefix, f"voxel data unreadable ({type(exc).__name__})") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return arr
+    return arr, scaled
 
 
 def load_task(
@@ -157,14 +197,14 @@ def load_task(
     names = dict(label_names)
     for k, v in msd_label_names(meta).items():
         names.setdefault(k, v)
-    mod = msd_modality(meta)
+    mod = msd_modality(meta, task.channel)
     canon = canonical_modality(mod) if mod else ""
     modality = canon if canon in {"ct", "mri", "pet", "ultrasound"} else canonical_modality(spec_modality)
     axes, spacing = _lps_axes(img.affine)
-    data = _data(img, shape)
+    data, scaled = _data(img, shape, task.channel)
     proxy = img.dataobj
-    slope = float(getattr(proxy, "slope", 1.0) or 1.0)
-    inter = float(getattr(proxy, "inter", 0.0) or 0.0)
+    slope = 1.0 if scaled else float(getattr(proxy, "slope", 1.0) or 1.0)
+    inter = 0.0 if scaled else float(getattr(proxy, "inter", 0.0) or 0.0)
     slope = 1.0 if not np.isfinite(slope) or slope == 0 else slope
     inter = 0.0 if not np.isfinite(inter) else inter
     mask = None
@@ -198,5 +238,8 @@ def load_task(
         native_axis=native,
         reorient=True,
         label_names=names,
-        meta={"split": task.split, "description": "", "body_part": ""},
+        # a 4D image's channel is named by dataset.json (e.g. the MRI sequence: FLAIR, T1gd, ADC)
+        meta={"split": task.split, "description": scrub_text(mod) if task.channel is not None and mod else "",
+              "body_part": ""},
+        frame_key=task.row_key,
     )
