@@ -99,9 +99,11 @@ def _label_names(row: dict, image_row: dict | None, spec: SourceSpec) -> list[st
     names: list[str] = []
     names += _as_list(row.get("labels"))
     if image_row is not None:
-        for value in _as_list(image_row.get("mask_labels")):
+        carried = list(image_row.get("mask_label_names") or [])  # aligned with mask_labels
+        for i, value in enumerate(_as_list(image_row.get("mask_labels"))):
+            own = carried[i] if i < len(carried) else None
             try:
-                names.append(spec.labels.get(int(value), ""))
+                names.append(own or spec.labels.get(int(value), ""))
             except ValueError:
                 continue
         names += _as_list(image_row.get("box_labels"))

@@ -119,6 +119,7 @@ IMAGES_SCHEMA: dict[str, Any] = {
     "display_down": pl.Utf8,
     "mask_path": pl.Utf8,
     "mask_labels": pl.List(pl.Int32),
+    "mask_label_names": pl.List(pl.Utf8),
     "boxes": pl.List(pl.List(pl.Float64)),
     "box_labels": pl.List(pl.Utf8),
     "box_clipped": pl.List(pl.Boolean),
@@ -506,7 +507,10 @@ def slice_volume(vol: Volume, spec: SourceSpec) -> tuple[list[Candidate], int]:
                 c = [max(0.0, b[0]), max(0.0, b[1]), min(float(ow), b[2]), min(float(oh), b[3])]
                 boxes.append([round(v, 3) for v in c])
                 box_clipped.append(c != b)
-        names = [vol.label_names.get(v, str(v)) for v in mask_labels]
+        # names from the registry, dataset.json or the SEG's segment labels; an unnamed value
+        # stays null here (roi_set flags it) and is left out of the record's labels
+        mask_names = [vol.label_names.get(v) for v in mask_labels]
+        names = [n for n in mask_names if n]
         for lab in vol.box_labels:
             if lab and lab not in names:
                 names.append(lab)
@@ -548,6 +552,7 @@ def slice_volume(vol: Volume, spec: SourceSpec) -> tuple[list[Candidate], int]:
             "display_right": right,
             "display_down": down,
             "mask_labels": mask_labels,
+            "mask_label_names": mask_names,
             "boxes": boxes,
             "box_labels": list(vol.box_labels),
             "box_clipped": box_clipped,

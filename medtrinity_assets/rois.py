@@ -11,8 +11,8 @@ Order of sources for one image of ``preprocessed_images``:
    segmentation (origin ``classical``);
 4. when nothing usable remains: one ``whole_image`` region.
 
-Bad input never crashes the stage: empty masks, mask values not named in ``spec.labels``,
-degenerate or out-of-image boxes, unreadable files and mask/image size mismatches are recorded
+Bad input never crashes the stage: empty masks, mask values named neither in ``spec.labels``
+nor by the source, degenerate or out-of-image boxes, unreadable files and mask/image size mismatches are recorded
 as rows with ``status='flagged'`` and a ``reason`` (``<code>: <detail>``), and an image that is
 left without an ``ok`` ROI gets a ``whole_image`` row, so no image is silently dropped.
 
@@ -211,7 +211,21 @@ def components(
     return out, dropped
 
 
-def _mask_rois(label_map: np.ndarray, spec: SourceSpec, cfg: RoiConfig, dropped: Counter) -> list[_Roi]:
+def label_names_of(row: dict[str, Any], spec: SourceSpec) -> dict[int, str]:
+    """Mask value -> name for one image: the registry's ``labels``, overridden by the names the
+    source itself carried for this image (``dataset.json`` labels, a SEG's segment labels)."""
+    names = dict(spec.labels)
+    values = row.get("mask_labels") or []
+    carried = row.get("mask_label_names") or []
+    for value, name in zip(values, carried, strict=False):
+        if value is not None and name:
+            names[int(value)] = str(name)
+    return names
+
+
+def _mask_rois(
+    label_map: np.ndarray, names: dict[int, str], cfg: RoiConfig, dropped: Counter
+) -> list[_Roi]:
     out: list[_Roi] = []
     if label_map.max() <= 0:
         if label_map.min() < 0:
@@ -224,7 +238,7 @@ def _mask_rois(label_map: np.ndarray, spec: SourceSpec, cfg: RoiConfig, dropped:
         value = value_minus_1 + 1
         crop_binary = label_map[sl] == value
         comps, n_dropped = components(crop_binary, cfg.min_area_px, cfg, (sl[0].start, sl[1].start))
-        name = spec.labels.get(value)
+        name = names.get(value)
         if n_dropped:
             dropped[f"below_min_area:{name or value}"] += n_dropped
         for crop, win in comps:
@@ -429,7 +443,7 @@ def _rows_for_image(
             [(rois[i].crop, rois[i].window) for i in with_mask],
             [rois[i].label_value for i in with_mask],
             label_map,
-            spec.labels,
+            label_names_of(row, spec),
             cfg,
         )
         for i, name in zip(with_mask, names, strict=True):
@@ -510,7 +524,7 @@ def build_roi_set(
                             )
                         else:
                             label_map = lm
-                            rois.extend(_mask_rois(lm, spec, cfg, dropped))
+                            rois.extend(_mask_rois(lm, label_names_of(row, spec), cfg, dropped))
                     except Exception as exc:
                         rois.append(
                             _Roi(

@@ -254,6 +254,14 @@ def test_msd_nifti_layout(tmp_path):
     assert set(masked["slice_index"]) == roi_slices
     for row in masked.to_dicts():
         assert _png(out, row["mask_path"]).shape == (row["height"], row["width"])
+        assert row["mask_label_names"] == ["bright tissue"]  # dataset.json's name travels on
+    # ... and names the mask ROIs, although the registry declares no labels
+    from medtrinity_assets.rois import build_roi_set
+
+    rois = build_roi_set(res.images.filter(pl.col("record_id").is_in(masked["record_id"])), spec, out).rois
+    mask_rois = rois.filter(pl.col("origin") == "mask")
+    assert mask_rois.height and set(mask_rois["label"]) == {"bright tissue"}
+    assert set(mask_rois["status"]) == {"ok"}
     # the test copy is pixel-identical to the training volume: its slices are exact duplicates
     ts = m.filter(pl.col("relpath") == "imagesTs/anat_101.nii.gz")
     assert ts.height and set(ts["status"]) <= {"duplicate", "ok"}

@@ -64,7 +64,8 @@ def _table(out: Path, items: list[dict]) -> pl.DataFrame:
                 "display_right": it.get("display_right"),
                 "display_down": it.get("display_down"),
                 "mask_path": mask_rel,
-                "mask_labels": None,
+                "mask_labels": it.get("mask_labels"),
+                "mask_label_names": it.get("mask_label_names"),
                 "boxes": it.get("boxes"),
                 "box_labels": it.get("box_labels"),
                 "box_clipped": it.get("box_clipped"),
@@ -83,6 +84,7 @@ def _table(out: Path, items: list[dict]) -> pl.DataFrame:
         "display_down": pl.Utf8,
         "mask_path": pl.Utf8,
         "mask_labels": pl.List(pl.Int64),
+        "mask_label_names": pl.List(pl.Utf8),
         "boxes": pl.List(pl.List(pl.Float64)),
         "box_labels": pl.List(pl.Utf8),
         "box_clipped": pl.List(pl.Boolean),
@@ -211,6 +213,24 @@ def test_empty_mask_and_unknown_label_are_flagged(tmp_path):
     assert b[0]["label"] == "unknown_7" and b[0]["bbox_xyxy"] == [91.0, 11.0, 110.0, 30.0]
     assert b[-1]["origin"] == "whole_image" and b[-1]["status"] == "ok"
     assert res.flagged_counts == {"empty_mask": 1, "unknown_label_value": 1}
+
+
+def test_label_names_carried_by_the_source_name_mask_rois(tmp_path):
+    """dataset.json / SEG names travel with the image: a value the registry does not name is
+    not 'unknown' when the source itself named it, and the source's name wins."""
+    img, mask = _disc()
+    two = mask.copy()
+    two[60:80, 10:30] = 7
+    df = _table(
+        tmp_path,
+        [{"image": img, "mask": two, "mask_labels": [1, 7], "mask_label_names": [None, "metastasis"]}],
+    )
+    res = build_roi_set(df, _spec(labels={1: "lesion"}), tmp_path)
+    rows = res.rois.sort("label").to_dicts()
+    assert [(r["label"], r["status"]) for r in rows] == [("lesion", "ok"), ("metastasis", "ok")]
+    assert res.flagged_counts == {}
+    df = _table(tmp_path, [{"image": img, "mask": mask, "mask_labels": [1], "mask_label_names": ["liver"]}])
+    assert build_roi_set(df, _spec(labels={1: "lesion"}), tmp_path).rois["label"].to_list() == ["liver"]
 
 
 def test_boxes_clipped_degenerate_and_outside(tmp_path):
