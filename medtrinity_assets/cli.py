@@ -51,6 +51,10 @@ def plan_phases(assets: Sequence, until: str | None) -> list[tuple[str, list]]:
 
     Per-source assets whose ancestors are all per-source run first, then global assets
     (which may read every source), then the per-source assets that need a global one.
+    ``until`` selects that asset and its ancestors. An asset produced by a multi-asset that
+    cannot be subset (``source_manifest`` and ``preprocessed_images`` come from one op) brings
+    its sibling keys, and their ancestors, into the selection and into the same phase:
+    materializing only part of such a multi-asset fails.
     """
     import dagster as dg
 
@@ -58,6 +62,7 @@ def plan_phases(assets: Sequence, until: str | None) -> list[tuple[str, list]]:
 
     parents: dict = {}
     partitioned: set = set()
+    together: dict = {}  # key -> every key of its non-subsettable multi-asset
     for a in assets:
         if not isinstance(a, dg.AssetsDefinition):
             continue
@@ -65,6 +70,9 @@ def plan_phases(assets: Sequence, until: str | None) -> list[tuple[str, list]]:
             parents[spec.key] = {d.asset_key for d in spec.deps}
             if spec.partitions_def == SOURCES:
                 partitioned.add(spec.key)
+        if len(a.keys) > 1 and not a.can_subset:
+            for key in a.keys:
+                together[key] = frozenset(a.keys)
 
     def ancestors(key) -> set:
         seen, stack = set(), list(parents.get(key, ()))
@@ -75,16 +83,39 @@ def plan_phases(assets: Sequence, until: str | None) -> list[tuple[str, list]]:
                 stack.extend(parents.get(k, ()))
         return seen
 
+    def closure(selected: set) -> set:
+        """``selected`` plus the siblings of their multi-assets and everything upstream."""
+        out, stack = set(), list(selected)
+        while stack:
+            k = stack.pop()
+            if k in out or k not in parents:
+                continue
+            out.add(k)
+            stack.extend(together.get(k, ()))
+            stack.extend(ancestors(k))
+        return out
+
     keys = set(parents)
     if until:
         target = dg.AssetKey(until)
         if target not in keys:
             known = ", ".join(sorted(k.to_user_string() for k in keys))
             raise SystemExit(f"medtrinity: unknown asset '{until}'; known: {known}")
-        keys = {target} | (ancestors(target) & keys)
+        keys = closure({target})
     global_keys = keys - partitioned
-    early = sorted(k for k in keys & partitioned if not (ancestors(k) & global_keys))
-    late = sorted(k for k in keys & partitioned if k not in early)
+
+    # A per-source key runs late when it needs a global asset or a late key; a multi-asset runs
+    # in one phase, so one late key makes all its keys late (and, in turn, their descendants).
+    late_set: set = set()
+    changed = True
+    while changed:
+        changed = False
+        for k in keys & partitioned - late_set:
+            if any(ancestors(m) & (global_keys | late_set) for m in together.get(k, {k})):
+                late_set |= {k} | (set(together.get(k, ())) & keys)
+                changed = True
+    early = sorted(keys & partitioned - late_set)
+    late = sorted(keys & partitioned & late_set)
     phases: list[tuple[str, list]] = []
     for kind, ks in (("per_source", early), ("global", sorted(global_keys)), ("per_source", late)):
         if ks:
