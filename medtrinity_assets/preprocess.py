@@ -662,10 +662,10 @@ def list_tasks(spec: SourceSpec, root: Path, pool: ProcessPoolExecutor | None) -
         tasks, rej = dicom_reader.group_headers(headers, spec.max_pixels)
         rejected += rej
     elif spec.layout == "nifti_msd":
-        tasks, rej = nifti_reader.list_msd(root, include, spec.channels)
+        tasks, rej = nifti_reader.list_msd(root, include, spec.channels, name=spec.name)
         rejected += rej
     elif spec.layout == "image_folder":
-        tasks, rej = folder_reader.list_folder(root, include)
+        tasks, rej = folder_reader.list_folder(root, include, name=spec.name)
         rejected += rej
     elif spec.layout == "table":
         tasks, rej = table_reader.list_table(root, include)

@@ -1,4 +1,10 @@
-"""2D image folders: ``images/`` with optional ``masks/`` of the same file stem."""
+"""2D image folders: ``images/`` with optional ``masks/`` at the same relative path.
+
+``masks/a/x.png`` is the mask of ``images/a/x.jpg`` (the path under ``masks/`` without its suffix
+equals the path under ``images/`` without its suffix; the suffixes may differ). When several mask
+files share that key (``masks/x.png`` and ``masks/x.jpg``) the pick is deterministic: a readable
+one first, then lossless before lossy (PNG, then TIFF, then JPEG), then the smallest path.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ import numpy as np
 from medtrinity_assets.imaging.common import (
     IMAGE_SUFFIXES,
     PIL_FORMATS,
+    FoundFile,
     InputRejected,
+    SourceLayoutMissing,
     Volume,
     list_files,
     read_label_image,
@@ -28,12 +36,35 @@ class ImageTask:
     mask_reason: str | None = None
 
 
-def list_folder(root: Path, include: list[str]) -> tuple[list[ImageTask], list[tuple[str, str]]]:
+#: Preference among mask files of one key: lossless formats before lossy ones.
+_MASK_SUFFIX_RANK = {".png": 0, ".tif": 1, ".tiff": 1, ".jpg": 2, ".jpeg": 2}
+
+
+def _key(relpath: str, under: str) -> str:
+    """``a/x`` for ``<under>/a/x.png``: the path under ``under`` without its suffix."""
+    return Path(relpath).relative_to(under).with_suffix("").as_posix()
+
+
+def _mask_rank(f: FoundFile) -> tuple[bool, int, str]:
+    return (f.path is None, _MASK_SUFFIX_RANK.get(Path(f.relpath).suffix.lower(), 9), f.relpath)
+
+
+def list_folder(
+    root: Path, include: list[str], name: str = ""
+) -> tuple[list[ImageTask], list[tuple[str, str]]]:
+    """One task per file under ``images/``, with its mask from ``masks/`` (see the module doc).
+
+    Raises :class:`SourceLayoutMissing` when ``root`` has no ``images/`` folder.
+    """
+    if not (root / "images").is_dir():
+        raise SourceLayoutMissing(name, root, "images", "image_folder", "images/ and optional masks/")
     rejected: list[tuple[str, str]] = []
-    masks: dict[str, object] = {}
+    masks: dict[str, FoundFile] = {}
     for f in list_files(root, (), "masks"):
         if f.relpath.lower().endswith(IMAGE_SUFFIXES):
-            masks.setdefault(Path(f.relpath).stem, f)
+            key = _key(f.relpath, "masks")
+            if key not in masks or _mask_rank(f) < _mask_rank(masks[key]):
+                masks[key] = f
     tasks: list[ImageTask] = []
     for f in list_files(root, include, "images"):
         if f.path is None:
@@ -42,12 +73,12 @@ def list_folder(root: Path, include: list[str]) -> tuple[list[ImageTask], list[t
         if not f.relpath.lower().endswith(IMAGE_SUFFIXES):
             rejected.append((f.relpath, "undecodable: not a PNG/JPEG/TIFF file name"))
             continue
-        m = masks.get(Path(f.relpath).stem)
+        m = masks.get(_key(f.relpath, "images"))
         task = ImageTask(f.relpath, str(f.path))
         if m is not None:
-            task.mask_relpath = m.relpath  # type: ignore[attr-defined]
-            task.mask_path = str(m.path) if m.path else None  # type: ignore[attr-defined]
-            task.mask_reason = m.reason  # type: ignore[attr-defined]
+            task.mask_relpath = m.relpath
+            task.mask_path = str(m.path) if m.path else None
+            task.mask_reason = m.reason
         tasks.append(task)
     return tasks, rejected
 

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medtrinity_assets.imaging.common import InputRejected, Volume, list_files, resolve_inside, scrub_text
+from medtrinity_assets.imaging.common import (
+    InputRejected,
+    SourceLayoutMissing,
+    Volume,
+    list_files,
+    resolve_inside,
+    scrub_text,
+)
 from medtrinity_assets.registry import canonical_modality
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -95,9 +102,17 @@ def _stem(name: str) -> str:
 
 
 def list_msd(
-    root: Path, include: list[str], channels: list[int] | None = None
+    root: Path, include: list[str], channels: list[int] | None = None, name: str = ""
 ) -> tuple[list[NiftiTask], list[tuple[str, str]]]:
-    """One task per image (per channel for 4D images: ``channels`` selects them, default all)."""
+    """One task per image (per channel for 4D images: ``channels`` selects them, default all).
+
+    Raises :class:`SourceLayoutMissing` when ``root`` has no ``imagesTr/`` folder (a test-only
+    source with just ``imagesTs/`` is accepted).
+    """
+    if not (root / "imagesTr").is_dir() and not (root / "imagesTs").is_dir():
+        raise SourceLayoutMissing(
+            name, root, "imagesTr", "nifti_msd", "imagesTr/ with optional labelsTr/ and imagesTs/"
+        )
     tasks: list[NiftiTask] = []
     rejected: list[tuple[str, str]] = []
     labels = {_stem(Path(f.relpath).name): f for f in list_files(root, (), "labelsTr", NIFTI_SUFFIXES)}

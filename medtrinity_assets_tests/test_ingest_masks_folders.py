@@ -1,0 +1,233 @@
+"""Folder masks: palette and lossy (JPEG) masks, masks paired by relative path, missing layout folders."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtrinity_assets.imaging import InputRejected, SourceRootMissing, read_pil
+from medtrinity_assets.imaging.common import read_label_image
+from medtrinity_assets.imaging.folder import list_folder
+from medtrinity_assets.imaging.nifti import list_msd
+from medtrinity_assets.preprocess import ingest_source
+from medtrinity_assets_tests.sources_builders import SKIMAGE_DATA, make_spec, msd_source
+
+SIZE = 96
+MAX_PIXELS = 10_000_000
+
+
+def _grey(name: str, y0: int = 100, x0: int = 100) -> np.ndarray:
+    """A textured SIZE x SIZE crop of a scikit-image picture (distinct crops: no duplicates)."""
+    arr = np.asarray(Image.open(SKIMAGE_DATA / name).convert("L"))
+    return np.ascontiguousarray(arr[y0 : y0 + SIZE, x0 : x0 + SIZE])
+
+
+def _write_image(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def _disc(cy: int = 48, cx: int = 48, r: int = 25) -> np.ndarray:
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+
+
+def _palette_mask(path: Path, labels: np.ndarray) -> Path:
+    """A mode-P PNG whose indices are ``labels``; the palette colours differ from the indices."""
+    im = Image.fromarray(labels.astype(np.uint8), mode="P")
+    palette = [0, 0, 0] * 256
+    palette[3 * 3 : 3 * 3 + 3] = [10, 200, 30]  # index 3: green
+    palette[7 * 3 : 7 * 3 + 3] = [250, 0, 0]  # index 7: red
+    im.putpalette(palette)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+    return path
+
+
+def _jpeg(path: Path, arr: np.ndarray, quality: int = 75, mode: str = "L") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.astype(np.uint8)).convert(mode).save(path, "JPEG", quality=quality)
+    return path
+
+
+def _two_labels() -> np.ndarray:
+    labels = np.zeros((SIZE, SIZE), np.uint8)
+    labels[10:40, 10:40] = 3
+    labels[50:90, 45:85] = 7
+    return labels
+
+
+def _ingest(tmp_path: Path, root: Path, name: str = "fold"):
+    spec = make_spec(tmp_path, name, "image_folder", root, modality="Microscopy", organ="cell culture")
+    res = ingest_source(spec, tmp_path / f"out_{name}", workers=1)
+    rows = {r["relpath"]: r for r in res.manifest.to_dicts()}
+    images = {r["record_id"]: r for r in res.images.to_dicts()}
+    return rows, images
+
+
+# --------------------------------------------------------------------------------------
+# palette (mode P) masks
+
+
+def test_palette_mask_gives_its_indices_as_labels(tmp_path):
+    labels = _two_labels()
+    path = _palette_mask(tmp_path / "m.png", labels)
+    with Image.open(path) as im:
+        assert im.mode == "P"
+    got = read_label_image(path, MAX_PIXELS)
+    assert got.dtype.kind == "i" and got.shape == labels.shape
+    assert np.array_equal(got, labels)  # indices 3 and 7, not the colours' 200 and 250
+    # an ordinary palette image is still read as its colours
+    rgb = read_pil(path, MAX_PIXELS)
+    assert rgb.shape == (SIZE, SIZE, 3) and tuple(rgb[60, 60]) == (250, 0, 0)
+
+
+def test_palette_mask_labels_reach_the_images_table(tmp_path):
+    root = tmp_path / "src"
+    _write_image(root / "images" / "x.png", _grey("camera.png"))
+    _palette_mask(root / "masks" / "x.png", _two_labels())
+    rows, images = _ingest(tmp_path, root)
+    assert rows["images/x.png"]["status"] == "ok"
+    assert images[rows["images/x.png"]["record_id"]]["mask_labels"] == [3, 7]
+
+
+def test_lossless_grey_label_map_is_unchanged(tmp_path):
+    labels = np.zeros((SIZE, SIZE), np.uint8)
+    labels[:, 30:60], labels[:, 60:] = 85, 170
+    got = read_label_image(_write_image(tmp_path / "m.png", labels), MAX_PIXELS)
+    assert np.array_equal(got, labels)
+
+
+# --------------------------------------------------------------------------------------
+# lossy (JPEG) masks
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("quality", [30, 75, 95])
+def test_jpeg_binary_mask_is_binarised(tmp_path, mode, quality):
+    disc = _disc()
+    path = _jpeg(tmp_path / "m.jpg", disc * 255, quality, mode)
+    assert len(np.unique(np.asarray(Image.open(path)))) > 2  # compression noise is there
+    got = read_label_image(path, MAX_PIXELS)
+    assert set(np.unique(got)) == {0, 1}
+    assert (got.astype(bool) == disc).mean() > 0.995
+
+
+def test_jpeg_blank_mask_is_empty(tmp_path):
+    got = read_label_image(_jpeg(tmp_path / "m.jpg", np.zeros((SIZE, SIZE))), MAX_PIXELS)
+    assert not got.any()
+
+
+def test_jpeg_multilabel_mask_is_rejected(tmp_path):
+    labels = np.zeros((SIZE, SIZE), np.uint8)
+    labels[:, 24:48], labels[:, 48:72], labels[:, 72:] = 85, 170, 255
+    with pytest.raises(InputRejected) as exc:
+        read_label_image(_jpeg(tmp_path / "m.jpg", labels, 95), MAX_PIXELS)
+    assert exc.value.prefix == "lossy_mask" and "lossy" in exc.value.detail
+
+
+def test_jpeg_colour_coded_mask_is_rejected(tmp_path):
+    """Red and green regions would both become 255 (one label) if the channels were merged."""
+    rgb = np.zeros((SIZE, SIZE, 3), np.uint8)
+    rgb[10:40, 10:40] = (255, 0, 0)
+    rgb[50:90, 45:85] = (0, 255, 0)
+    with pytest.raises(InputRejected) as exc:
+        read_label_image(_jpeg(tmp_path / "m.jpg", rgb, 95, "RGB"), MAX_PIXELS)
+    assert exc.value.prefix == "lossy_mask"
+
+
+def test_jpeg_masks_in_an_image_folder(tmp_path):
+    root = tmp_path / "src"
+    _write_image(root / "images" / "bin.png", _grey("camera.png"))
+    _jpeg(root / "masks" / "bin.jpg", _disc() * 255, 60)
+    _write_image(root / "images" / "multi.png", _grey("moon.png"))
+    multi = np.zeros((SIZE, SIZE), np.uint8)
+    multi[:, 30:60], multi[:, 60:] = 100, 200
+    _jpeg(root / "masks" / "multi.jpg", multi, 95)
+    rows, images = _ingest(tmp_path, root)
+    assert rows["images/bin.png"]["status"] == "ok"
+    assert images[rows["images/bin.png"]["record_id"]]["mask_labels"] == [1]  # not dozens
+    assert rows["images/multi.png"]["status"] == "quarantined"
+    assert rows["images/multi.png"]["reason"].startswith("lossy_mask: mask: ")
+
+
+# --------------------------------------------------------------------------------------
+# masks/ paired with images/ by relative path
+
+
+def test_nested_masks_pair_by_relative_path(tmp_path):
+    root = tmp_path / "src"
+    _write_image(root / "images" / "a" / "x.png", _grey("camera.png"))
+    _write_image(root / "images" / "b" / "x.png", _grey("moon.png"))
+    _write_image(root / "images" / "c" / "x.png", _grey("coins.png", 50, 50))
+    _write_image(root / "masks" / "a" / "x.png", _disc().astype(np.uint8))  # label 1
+    _write_image(root / "masks" / "b" / "x.png", _disc(30, 60, 15).astype(np.uint8) * 2)  # label 2
+    tasks, rejected = list_folder(root, [])
+    assert rejected == []
+    pairs = {t.relpath: t.mask_relpath for t in tasks}
+    assert pairs == {
+        "images/a/x.png": "masks/a/x.png",
+        "images/b/x.png": "masks/b/x.png",
+        "images/c/x.png": None,
+    }
+    rows, images = _ingest(tmp_path, root)
+    labels = {rel: images[r["record_id"]]["mask_labels"] for rel, r in rows.items()}
+    assert labels == {"images/a/x.png": [1], "images/b/x.png": [2], "images/c/x.png": []}
+
+
+def test_flat_masks_and_ambiguous_mask_files(tmp_path):
+    root = tmp_path / "src"
+    for n in ("x", "y", "z"):
+        _write_image(root / "images" / f"{n}.png", _grey("camera.png"))
+    _write_image(root / "masks" / "x.png", _disc().astype(np.uint8))
+    _jpeg(root / "masks" / "x.jpg", _disc() * 255)  # same key as masks/x.png: PNG (lossless) wins
+    _jpeg(root / "masks" / "y.jpg", _disc() * 255)  # suffixes may differ from the image's
+    _write_image(root / "masks" / "sub" / "z.png", _disc().astype(np.uint8))  # not masks/z.*
+    tasks, _ = list_folder(root, [])
+    pairs = {t.relpath: t.mask_relpath for t in tasks}
+    assert pairs == {"images/x.png": "masks/x.png", "images/y.png": "masks/y.jpg", "images/z.png": None}
+
+
+# --------------------------------------------------------------------------------------
+# missing layout folders fail the source
+
+
+def test_missing_images_folder_fails_the_source(tmp_path):
+    root = tmp_path / "src"
+    _write_image(root / "masks" / "x.png", _disc().astype(np.uint8))
+    _write_image(root / "x.png", _grey("camera.png"))  # at the root: not read by image_folder
+    spec = make_spec(tmp_path, "flat", "image_folder", root)
+    with pytest.raises(SourceRootMissing) as exc:
+        ingest_source(spec, tmp_path / "out", workers=1)
+    assert isinstance(exc.value, FileNotFoundError)
+    msg = str(exc.value)
+    assert msg.startswith("source 'flat': no images/ folder") and str(root.resolve()) in msg
+    assert "image_folder" in msg
+    with pytest.raises(SourceRootMissing, match=r"source 'flat': no images/ folder under .*expects images/"):
+        list_folder(root, [], "flat")
+
+
+def test_missing_imagesTr_folder_fails_the_source(tmp_path):
+    root = msd_source(tmp_path / "msd")
+    shutil.rmtree(root / "imagesTr")  # labelsTr/ and dataset.json only
+    spec = make_spec(tmp_path, "msd", "nifti_msd", root)
+    with pytest.raises(SourceRootMissing) as exc:
+        ingest_source(spec, tmp_path / "out", workers=1)
+    assert str(exc.value).startswith("source 'msd': no imagesTr/ folder") and "nifti_msd" in str(exc.value)
+    with pytest.raises(SourceRootMissing, match="source 'msd': no imagesTr/"):
+        list_msd(root, [], name="msd")
+
+
+def test_test_only_msd_source_is_accepted(tmp_path):
+    root = tmp_path / "msd"
+    (root / "imagesTs").mkdir(parents=True)
+    data = np.random.default_rng(0).normal(size=(8, 8, 4)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), root / "imagesTs" / "case_001.nii.gz")
+    tasks, rejected = list_msd(root, [])
+    assert rejected == [] and [(t.relpath, t.split) for t in tasks] == [("imagesTs/case_001.nii.gz", "test")]
