@@ -230,14 +230,22 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
 
 
 def _fg(ds: Any, seq: str, inner: str, attr: str, frame: int | None = None) -> Any:
-    """An attribute from the per-frame (if ``frame``) or shared functional groups."""
-    groups = []
-    if frame is not None and "PerFrameFunctionalGroupsSequence" in ds:
-        pf = ds.PerFrameFunctionalGroupsSequence
-        if frame < len(pf):
-            groups.append(pf[frame])
+    """An attribute from the functional groups of an enhanced (multi-frame) object.
+
+    With ``frame``: that frame's per-frame group, then the shared group. Without: the shared
+    group, then the first frame's per-frame group (Enhanced CT/MR often keep orientation and
+    pixel measures per frame only, even when every frame has the same values).
+    """
+    shared = []
     if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
-        groups.append(ds.SharedFunctionalGroupsSequence[0])
+        shared.append(ds.SharedFunctionalGroupsSequence[0])
+    per_frame = []
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        pf = ds.PerFrameFunctionalGroupsSequence
+        i = 0 if frame is None else frame
+        if 0 <= i < len(pf):
+            per_frame.append(pf[i])
+    groups = shared + per_frame if frame is None else per_frame + shared
     for g in groups:
         if inner in g and len(g[inner].value):
             item = g[inner].value[0]
@@ -246,11 +254,20 @@ def _fg(ds: Any, seq: str, inner: str, attr: str, frame: int | None = None) -> A
     return None
 
 
-def _orientation(ds: Any) -> tuple[float, ...] | None:
+def _orientation(ds: Any, frame: int | None = None) -> tuple[float, ...] | None:
+    """ImageOrientationPatient: top level, else functional groups (see :func:`_fg`)."""
     iop = _floats(ds.get("ImageOrientationPatient"), 6)
     if iop is None:
-        iop = _floats(_fg(ds, "", "PlaneOrientationSequence", "ImageOrientationPatient") or (), 6)
+        iop = _floats(_fg(ds, "", "PlaneOrientationSequence", "ImageOrientationPatient", frame) or (), 6)
     return iop
+
+
+def _position(ds: Any, frame: int | None = None) -> tuple[float, ...] | None:
+    """ImagePositionPatient: top level, else functional groups (see :func:`_fg`)."""
+    ipp = _floats(ds.get("ImagePositionPatient"), 3)
+    if ipp is None:
+        ipp = _floats(_fg(ds, "", "PlanePositionSequence", "ImagePositionPatient", frame) or (), 3)
+    return ipp
 
 
 _PO_LETTERS = {"L": "L", "R": "R", "A": "A", "P": "P", "H": "S", "F": "I"}
@@ -309,7 +326,7 @@ def scan_header(relpath: str, path: str, max_pixels: int) -> DicomHeader:
         if h.rows * h.cols * h.frames > max_pixels:
             raise InputRejected("too_many_pixels", f"{h.rows}x{h.cols}x{h.frames} > max_pixels {max_pixels}")
         h.iop = _orientation(ds)
-        h.ipp = _floats(ds.get("ImagePositionPatient"), 3)  # type: ignore[assignment]
+        h.ipp = _position(ds)  # type: ignore[assignment]
         try:
             h.instance_number = int(ds.get("InstanceNumber", 0) or 0)
         except (TypeError, ValueError):
@@ -484,12 +501,29 @@ def _rescale(ds: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _spacing(ds: Any) -> tuple[float | None, float | None]:
+    """(row, column) pixel spacing in mm: top level, else PixelMeasuresSequence (shared, then
+    the first frame's), else ImagerPixelSpacing."""
     ps = _floats(ds.get("PixelSpacing") or _fg(ds, "", "PixelMeasuresSequence", "PixelSpacing") or (), 2)
     if ps is None:
         ps = _floats(ds.get("ImagerPixelSpacing") or (), 2)
     if ps is None or min(ps) <= 0:
         return None, None
     return ps[0], ps[1]
+
+
+def _declared_slice_mm(ds: Any) -> float | None:
+    """SpacingBetweenSlices, else SliceThickness: top level, else PixelMeasuresSequence."""
+    for attr in ("SpacingBetweenSlices", "SliceThickness"):
+        value = ds.get(attr)
+        if value in (None, ""):
+            value = _fg(ds, "", "PixelMeasuresSequence", attr)
+        try:
+            mm = abs(float(value)) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            mm = None
+        if mm is not None and np.isfinite(mm) and mm > 0:
+            return mm
+    return None
 
 
 def describe(ds: Any) -> dict[str, str]:
@@ -563,11 +597,16 @@ def load_task(task: DicomTask, spec_modality: str, label_names: dict[int, str], 
         if len(kept_files) > 1:
             kind = "volume"
         elif n > 1:
+            # Enhanced objects: one position per frame (per-frame groups); frames whose planes
+            # differ (a localizer) are not one volume.
             positions = [
                 _floats(_fg(first, "", "PlanePositionSequence", "ImagePositionPatient", i) or (), 3)
                 for i in range(n)
             ]
-            if all(p is not None for p in positions):
+            same_plane = all(
+                (o := _orientation(first, i)) is not None and np.allclose(o, iop, atol=1e-3) for i in range(n)
+            )
+            if same_plane and all(p is not None for p in positions):
                 proj = np.array([float(np.dot(normal, p)) for p in positions])
                 order = np.argsort(proj, kind="stable")
                 if len(np.unique(np.round(proj, 3))) == n:
@@ -588,11 +627,7 @@ def load_task(task: DicomTask, spec_modality: str, label_names: dict[int, str], 
         d = np.diff(np.asarray(projs))
         slice_mm = float(np.nanmedian(np.abs(d))) if len(d) and np.any(np.isfinite(d)) else None
     if slice_mm is None and kind == "volume":
-        sbs = first.get("SpacingBetweenSlices") or first.get("SliceThickness")
-        try:
-            slice_mm = float(sbs) if sbs else None
-        except (TypeError, ValueError):
-            slice_mm = None
+        slice_mm = _declared_slice_mm(first)
     if not np.array_equal(order, np.arange(n)):
         data = data[order]
     slope = np.concatenate(slopes)[order]
