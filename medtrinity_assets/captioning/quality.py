@@ -46,6 +46,7 @@ from medtrinity_assets.captioning.vocab import (
     organ_terms,
     regions_in,
 )
+from medtrinity_assets.imaging.identifiers import IdentifierMatcher, matcher_for
 
 CHECKS = (
     "facets_present", "position_ok", "laterality_ok", "modality_ok", "organ_ok", "texture_ok", "size_ok",
@@ -163,8 +164,14 @@ def _facets_of(row: dict[str, Any]) -> dict[str, str | None]:
     return facets
 
 
-def scan_phi(text: str, phi_values: Iterable[str] = (), chunk_ids: Iterable[str] = ()) -> list[str]:
-    """PHI-like findings (kinds, never the values themselves)."""
+def scan_phi(
+    text: str, phi_values: Iterable[str] | IdentifierMatcher = (), chunk_ids: Iterable[str] = ()
+) -> list[str]:
+    """PHI-like findings (kinds, never the values themselves).
+
+    ``phi_values`` are matched as whole words, a person name by each of its name tokens in
+    any order ("Li^Na" is found in "Na Li"); pass a prebuilt matcher for a whole batch.
+    """
     for cid in chunk_ids:
         if cid:
             text = text.replace(cid, " ")
@@ -172,11 +179,9 @@ def scan_phi(text: str, phi_values: Iterable[str] = (), chunk_ids: Iterable[str]
     for kind, rx in _PHI_PATTERNS:
         if rx.search(text):
             found.append(kind)
-    for value in phi_values:
-        v = str(value).strip()
-        if len(v) >= 2 and re.search(r"(?<!\w)" + re.escape(v) + r"(?!\w)", text, re.I):
-            found.append("listed_value")
-            break
+    matcher = phi_values if isinstance(phi_values, IdentifierMatcher) else matcher_for(phi_values)
+    if matcher.search(text):
+        found.append("listed_value")
     return sorted(set(found))
 
 
@@ -184,7 +189,7 @@ def check_caption(
     row: dict[str, Any],
     item: CaptionInput | None,
     *,
-    phi_values: Iterable[str] = (),
+    phi_values: Iterable[str] | IdentifierMatcher = (),
     min_chars: int = 80,
     max_chars: int = 6000,
 ) -> dict[str, Any]:
@@ -345,8 +350,9 @@ def check_captions(
     rows_in = list(captions.iter_rows(named=True))
     items = [by_key.get((r["record_id"], str(r["roi_id"]))) for r in rows_in]
     out = []
+    phi_matcher = matcher_for(phi_values)  # compiled once for the batch
     for row, item in zip(rows_in, items, strict=True):
-        res = check_caption(row, item, phi_values=phi_values, min_chars=min_chars, max_chars=max_chars)
+        res = check_caption(row, item, phi_values=phi_matcher, min_chars=min_chars, max_chars=max_chars)
         out.append({"record_id": row["record_id"], "roi_id": row["roi_id"], "backend": row.get("backend"),
                     "inputs_hash": row.get("inputs_hash"), **res})
     scores: list[dict[str, float] | None] = [None] * len(out)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from medtrinity_assets.imaging.identifiers import IdentifierMatcher, matcher_for
+
 #: Reason prefixes of quarantined rows (the text before the first ``:``).
 REASONS = (
     "truncated",
@@ -80,13 +82,16 @@ _LONG_DIGITS = re.compile(r"\d{5,}")
 _PERSON_NAME = re.compile(r"[^\s,;]*\^[^\s,;]*")
 
 
-def scrub_text(text: str | None, identifiers: Iterable[str] = ()) -> str:
-    """Remove what looks like a date, a long digit run, a DICOM person name or a known identifier."""
+def scrub_text(text: str | None, identifiers: Iterable[str] | IdentifierMatcher = ()) -> str:
+    """Remove what looks like a date, a long digit run, a DICOM person name or a known identifier.
+
+    ``identifiers`` are matched as whole words in any order and case (a name "Li^Na" also
+    removes "Na Li"), see :mod:`medtrinity_assets.imaging.identifiers`.
+    """
     if not text:
         return ""
-    out = str(text)
-    for value in sorted({v for v in identifiers if v and len(v.strip()) >= 2}, key=len, reverse=True):
-        out = re.sub(re.escape(value.strip()), " ", out, flags=re.I)
+    matcher = identifiers if isinstance(identifiers, IdentifierMatcher) else matcher_for(identifiers)
+    out = matcher.sub(str(text))
     out = _PERSON_NAME.sub(" ", out)
     for rx in _DATE_RES:
         out = rx.sub(" ", out)

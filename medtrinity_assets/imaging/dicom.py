@@ -9,8 +9,7 @@ memory for grouping and SEG matching only.
 
 from __future__ import annotations
 
-import hashlib
-import re
+import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from medtrinity_assets.imaging.common import FoundFile, InputRejected, Volume, scrub_text
+from medtrinity_assets.imaging.identifiers import expand_person_name, matcher_for
 from medtrinity_assets.registry import canonical_modality
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -92,28 +92,27 @@ _IDENTIFYING_VRS = {"PN", "DA", "DT"}
 def dicom_identifier_values(ds: Any) -> set[str]:
     """Every identifying value of a dataset (recursing into sequences), as non-empty strings.
 
-    Covers :data:`IDENTIFYING_KEYWORDS`, every person name (VR PN) and every date (DA/DT);
-    person names also contribute their ``^``-separated components of 3+ characters without
-    digits (so "Doe^Jane" adds "Doe" and "Jane"; a code such as "CT1" is not a name).
+    Covers :data:`IDENTIFYING_KEYWORDS`, every person name (VR PN) and every date (DA/DT).
+    A person name also contributes its name tokens whatever their length ("Li^Na" adds "Li"
+    and "Na"; a code such as "CT1" is not a name), see
+    :func:`~medtrinity_assets.imaging.identifiers.expand_person_name`.
     """
     out: set[str] = set()
 
-    def add(value: Any) -> None:
+    def add(value: Any, is_name: bool) -> None:
         if value is None:
             return
         if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
             for v in value:
-                add(v)
+                add(v, is_name)
             return
         text = str(value).strip()
-        if sum(ch.isalnum() for ch in text) < 2:
+        if sum(ch.isalnum() for ch in text) < 1:
             return
-        out.add(text)
-        if "^" in text:
-            # name components (family, given...) that look like names: 3+ letters, no digits
-            out.update(
-                p.strip() for p in text.split("^") if len(p.strip()) >= 3 and not any(c.isdigit() for c in p)
-            )
+        if is_name:
+            out.update(t for t in expand_person_name(text) if t.strip())
+        elif sum(ch.isalnum() for ch in text) >= 2:
+            out.add(text)
 
     def walk(d: Any) -> None:
         for elem in d:
@@ -123,7 +122,7 @@ def dicom_identifier_values(ds: Any) -> set[str]:
                 continue
             if elem.keyword in IDENTIFYING_KEYWORDS or elem.VR in _IDENTIFYING_VRS:
                 try:
-                    add(elem.value)
+                    add(elem.value, elem.VR == "PN")
                 except Exception:  # noqa: BLE001 - a malformed value is simply skipped
                     continue
 
@@ -134,43 +133,35 @@ def dicom_identifier_values(ds: Any) -> set[str]:
     return out
 
 
-def _letters(text: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", text.lower())
-
-
 def redact_identifying_path(relpath: str, values: Iterable[str]) -> str:
-    """``relpath`` with every component that contains an identifying value replaced by a hash.
+    """``relpath`` with every component that carries an identifying value replaced by a hash.
 
     Collections are often foldered by patient name or ID and files named by SOP Instance UID;
     such a component becomes ``~<sha1[:12]>`` (stable, so the file can still be matched by
-    whoever holds the source). Comparison ignores case and punctuation (``Doe^Jane`` matches
-    ``DOE_JANE``); values shorter than 3 characters are ignored.
+    whoever holds the source). See :meth:`IdentifierMatcher.in_path_component`.
     """
-    needles = {_letters(v) for v in values}
-    needles = {n for n in needles if len(n) >= 3}
-    if not needles:
-        return relpath
-    parts = []
-    for part in relpath.split("/"):
-        flat = _letters(part)
-        if any(n in flat for n in needles):
-            parts.append("~" + hashlib.sha1(part.encode("utf-8")).hexdigest()[:12])
-        else:
-            parts.append(part)
-    return "/".join(parts)
+    return matcher_for(values).redact_path(relpath)
 
 
 def redact_manifest_paths(relpaths: Iterable[str], root: Path) -> dict[str, str]:
-    """Map each relpath whose file header identifies someone to its redacted form."""
-    out: dict[str, str] = {}
-    for rel in set(relpaths):
-        if not rel:
-            continue
+    """Map each relpath that carries an identifying value of the source to its redacted form.
+
+    The values are gathered from every readable header among ``relpaths`` and applied to all
+    of them: a non-DICOM or corrupt file in a folder named after the patient has no header of
+    its own, but its path still carries the name.
+    """
+    rels = sorted({r for r in relpaths if r})
+    values: set[str] = set()
+    for rel in rels:
         try:
             ds = _read(root / rel, header_only=True)
-        except (InputRejected, OSError):  # not a readable DICOM header: nothing to compare with
+        except (InputRejected, OSError):  # not a readable DICOM header: nothing to learn from
             continue
-        red = redact_identifying_path(rel, dicom_identifier_values(ds))
+        values |= dicom_identifier_values(ds)
+    matcher = matcher_for(values)
+    out: dict[str, str] = {}
+    for rel in rels:
+        red = matcher.redact_path(rel)
         if red != rel:
             out[rel] = red
     return out
@@ -195,6 +186,7 @@ class DicomHeader:
     ipp: tuple[float, float, float] | None = None
     instance_number: int = 0
     seg_refs: list[str] = field(default_factory=list)
+    size: int = 0  # bytes on disk: of two copies of one instance, the larger is the complete one
 
 
 def _read(path: str | Path, header_only: bool):
@@ -312,6 +304,7 @@ def scan_header(relpath: str, path: str, max_pixels: int) -> DicomHeader:
     """Cheap header read for grouping; bad files come back with ``reason`` set."""
     h = DicomHeader(relpath, path)
     try:
+        h.size = os.path.getsize(path)
         ds = _read(path, header_only=True)
         h.sop_uid = str(ds.get("SOPInstanceUID", "") or "")
         h.series_uid = str(ds.get("SeriesInstanceUID", "") or "")
@@ -376,17 +369,31 @@ def group_headers(
         iop = np.asarray(group[0].iop)
         normal = np.cross(iop[:3], iop[3:])
         pos = [float(np.dot(normal, h.ipp)) for h in group]  # type: ignore[arg-type]
-        order = sorted(range(len(group)), key=lambda i: (pos[i], group[i].instance_number, group[i].relpath))
+        order = sorted(
+            range(len(group)),
+            key=lambda i: (pos[i], group[i].instance_number, -group[i].size, group[i].relpath),
+        )
         # Distinct positions only; repeated positions (several acquisitions) become single images.
-        seen: set[float] = set()
+        # A second copy of the same instance (same SOP Instance UID) is not another acquisition:
+        # the larger copy is used (a truncated copy is smaller) and the other is set aside.
+        seen: dict[float, DicomHeader] = {}
         series: list[DicomHeader] = []
         for i in order:
             key = round(pos[i], 3)
-            if key in seen:
-                members.append([group[i]])
-            else:
-                seen.add(key)
+            kept = seen.get(key)
+            if kept is None:
+                seen[key] = group[i]
                 series.append(group[i])
+            elif group[i].sop_uid and group[i].sop_uid == kept.sop_uid:
+                rejected.append(
+                    (
+                        group[i].relpath,
+                        "duplicate_instance: another file holds the same SOP instance"
+                        " (the larger copy is used)",
+                    )
+                )
+            else:
+                members.append([group[i]])
         members.append(series)
 
     tasks: list[DicomTask] = []
