@@ -173,7 +173,7 @@ def test_ingest_keeps_orientation_and_spacing(tmp_path, iop, right, down, axis):
 
 def test_a_truncated_copy_of_a_series_slice_does_not_replace_the_good_one(tmp_path):
     """Two files of one SOP instance (an interrupted re-copy): the complete one joins the
-    series, the other is quarantined as a duplicate instance; the volume has no gap."""
+    series, the truncated one is quarantined on its own; the volume has no gap."""
     from medtrinity_assets_tests.sources_builders import ct_series, make_spec, truncated_copy
 
     root = tmp_path / "src"
@@ -184,8 +184,7 @@ def test_a_truncated_copy_of_a_series_slice_does_not_replace_the_good_one(tmp_pa
     res = ingest_source(spec, tmp_path / "out", workers=1)
     m = res.manifest
     q = m.filter(pl.col("status") == "quarantined")
-    assert q["reason"].to_list() == [
-        "duplicate_instance: another file holds the same SOP instance (the larger copy is used)"
-    ]
+    assert q["relpath"].to_list() == ["series/a_copy.dcm"] and q["reason"][0].startswith("truncated")
     series = m.filter(pl.col("status") == "ok")
     assert sorted(series["slice_index"].to_list()) == [0, 1, 2, 3] and set(series["depth"]) == {4}
+    assert sorted(series["relpath"]) == [f"series/slice_{k:02d}.dcm" for k in range(4)]

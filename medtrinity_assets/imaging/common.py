@@ -33,7 +33,6 @@ REASONS = (
     "bad_csv_row",
     "undecodable",
     "lossy_mask",
-    "duplicate_instance",
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

@@ -373,27 +373,18 @@ def group_headers(
             range(len(group)),
             key=lambda i: (pos[i], group[i].instance_number, -group[i].size, group[i].relpath),
         )
-        # Distinct positions only; repeated positions (several acquisitions) become single images.
-        # A second copy of the same instance (same SOP Instance UID) is not another acquisition:
-        # the larger copy is used (a truncated copy is smaller) and the other is set aside.
-        seen: dict[float, DicomHeader] = {}
+        # Distinct positions only; repeated positions (several acquisitions, or a second copy of
+        # one instance) become single images. Of files at one position the larger joins the
+        # series, so a truncated copy never displaces a complete one (and is quarantined alone).
+        seen: set[float] = set()
         series: list[DicomHeader] = []
         for i in order:
             key = round(pos[i], 3)
-            kept = seen.get(key)
-            if kept is None:
-                seen[key] = group[i]
-                series.append(group[i])
-            elif group[i].sop_uid and group[i].sop_uid == kept.sop_uid:
-                rejected.append(
-                    (
-                        group[i].relpath,
-                        "duplicate_instance: another file holds the same SOP instance"
-                        " (the larger copy is used)",
-                    )
-                )
-            else:
+            if key in seen:
                 members.append([group[i]])
+            else:
+                seen.add(key)
+                series.append(group[i])
         members.append(series)
 
     tasks: list[DicomTask] = []
