@@ -2,14 +2,33 @@
 
 Columns: ``image`` (required), optional ``label``, ``bbox`` (``x0,y0,x1,y1`` in pixels of the
 original image; several boxes separated by ``;``), ``report``, ``question``, ``answer``.
-The CSV is ``<root>/index.csv`` when present, else every ``<root>/*.csv`` in name order.
+Header names are matched case-insensitively and without surrounding whitespace; the delimiter
+(``,``, ``;`` or tab) is sniffed, comma when that fails. A CSV without an ``image`` column fails
+the source. The CSV is ``<root>/index.csv`` when present, else every ``<root>/*.csv`` in name
+order.
+
+Several rows may name the same image (detection datasets list one row per box or finding):
+rows are grouped by the resolved image path, across CSVs, into one task whose record carries
+every box (``box_labels`` aligned with them; a repeated identical box+label is kept once), the
+distinct labels (``label`` joins them with ``"; "``), the distinct non-empty reports joined by a
+space, and the question/answer pair of the first row that has one (the pair stays together; a
+record holds one pair, later pairs are not carried). A bad row (empty or escaping path, missing
+file, malformed box, box outside the image) is quarantined with its own reason; the good rows
+of the same image still make the record.
+
+Row keys are ``<csv>:<line>`` (the physical line where the row starts): a record's ``frame``
+is the key of its image's first good row, a quarantined row's ``frame`` its own key. A row whose
+path is empty, absolute or leaves the root gets the neutral relpath ``<csv>:row<line>`` so a
+directory outside the root (which may carry a patient's name) never reaches the manifest.
 """
 
 from __future__ import annotations
 
 import csv
 import fnmatch
+import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,16 +43,30 @@ from medtrinity_assets.imaging.common import (
 from medtrinity_assets.imaging.folder import image_volume
 
 TEXT_COLUMNS = ("label", "report", "question", "answer")
+DELIMITERS = ",;\t"
+SNIFF_CHARS = 64 * 1024
+
+
+@dataclass
+class TableRow:
+    """The good content of one CSV row (its boxes already parsed)."""
+
+    key: str
+    boxes: list[list[float]] = field(default_factory=list)
+    box_labels: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class TableTask:
+    """One image with its good rows, or (``reason`` set) one quarantined row."""
+
     relpath: str
     path: str | None
     row_key: str
     reason: str | None = None
-    boxes: list[list[float]] = field(default_factory=list)
-    texts: dict[str, str] = field(default_factory=dict)
+    rows: list[TableRow] = field(default_factory=list)
 
 
 def parse_bbox(text: str) -> list[list[float]]:
@@ -62,8 +95,71 @@ def table_files(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("*.csv") if p.is_file() and not p.name.startswith("."))
 
 
+def _header(sample: str, delimiter: str) -> list[str]:
+    first = next(csv.reader(io.StringIO(sample), delimiter=delimiter), [])
+    return [c.strip().lower() for c in first]
+
+
+def _delimiter(sample: str) -> str:
+    """The sniffed delimiter among ``,``/``;``/tab (comma when sniffing fails); one whose header
+    has no ``image`` column gives way to another that has one."""
+    try:
+        sniffed = csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        sniffed = ","
+    for d in (sniffed, *(d for d in DELIMITERS if d != sniffed)):
+        if "image" in _header(sample, d):
+            return d
+    return sniffed
+
+
+def read_rows(csv_path: Path, fh: io.TextIOBase) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line, {column: stripped value})`` per non-blank row of an open CSV.
+
+    Raises ValueError (the source fails) when the header has no ``image`` column; csv.Error or
+    UnicodeDecodeError propagate from the row where they occur.
+    """
+    sample = fh.read(SNIFF_CHARS)
+    if len(sample) == SNIFF_CHARS and "\n" in sample:
+        sample = sample[: sample.rindex("\n") + 1]  # no half line for the sniffer
+    fh.seek(0)
+    delimiter = _delimiter(sample)
+    reader = csv.reader(fh, delimiter=delimiter)
+    header = [c.strip().lower() for c in next(reader, [])]
+    if "image" not in header:
+        found = [c for c in header if c]
+        raise ValueError(
+            f"table CSV {csv_path} has no 'image' column (columns found: {found}, "
+            f"delimiter {delimiter!r}); header names are matched case-insensitively"
+        )
+    index: dict[str, int] = {}
+    for i, name in enumerate(header):
+        index.setdefault(name, i)
+    last = reader.line_num
+    for rec in reader:
+        start, last = last + 1, reader.line_num
+        if not rec:
+            continue
+        yield start, {name: (rec[i].strip() if i < len(rec) else "") for name, i in index.items()}
+
+
+def _row_content(key: str, boxes: list[list[float]], row: dict[str, str]) -> TableRow:
+    label = row.get("label", "")
+    parts = [p.strip() for p in label.split(";")] if ";" in label else []
+    if boxes and len(parts) == len(boxes):
+        box_labels, labels = parts, [p for p in parts if p]
+    elif boxes:
+        box_labels, labels = [label] * len(boxes), [label] if label else []
+    else:  # no box: "a;b" is two labels of the image
+        box_labels, labels = [], ([p for p in parts if p] if parts else [label] if label else [])
+    texts = {c: row.get(c, "") for c in TEXT_COLUMNS if c != "label"}
+    return TableRow(key, boxes, box_labels, labels, texts)
+
+
 def list_table(root: Path, include: list[str]) -> tuple[list[TableTask], list[tuple[str, str]]]:
+    """One task per image (its good rows grouped) plus one per bad row; unreadable CSVs rejected."""
     tasks: list[TableTask] = []
+    groups: dict[str, TableTask] = {}
     rejected: list[tuple[str, str]] = []
     for csv_path in table_files(root):
         try:
@@ -72,33 +168,42 @@ def list_table(root: Path, include: list[str]) -> tuple[list[TableTask], list[tu
             rejected.append((csv_path.name, f"bad_csv_row: cannot open ({type(exc).__name__})"))
             continue
         with fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or "image" not in [c.strip() for c in reader.fieldnames]:
-                rejected.append((csv_path.name, "bad_csv_row: no 'image' column"))
-                continue
             try:
-                for lineno, row in enumerate(reader, start=2):
-                    row = {(k or "").strip(): (v if isinstance(v, str) else "") for k, v in row.items()}
+                for lineno, row in read_rows(csv_path, fh):
                     key = f"{csv_path.name}:{lineno}"
-                    rel = (row.get("image") or "").strip()
+                    placeholder = f"{csv_path.name}:row{lineno}"
+                    rel = row.get("image", "")
                     if include and rel and not any(fnmatch.fnmatchcase(rel, p) for p in include):
                         continue
-                    task = TableTask(rel or key, None, key)
-                    task.texts = {c: (row.get(c) or "").strip() for c in TEXT_COLUMNS}
+                    if not rel:
+                        tasks.append(TableTask(placeholder, None, key, "bad_csv_row: empty image path"))
+                        continue
                     try:
-                        if not rel:
-                            raise InputRejected("bad_csv_row", "empty image path")
                         path = resolve_inside(root, rel)
-                        if not path.is_file():
-                            raise InputRejected("bad_csv_row", "image file not found")
-                        task.path = str(path)
-                        task.boxes = parse_bbox(row.get("bbox") or "")
+                    except InputRejected as exc:  # never echo a path outside the root
+                        tasks.append(TableTask(placeholder, None, key, exc.reason))
+                        continue
+                    if not path.is_file():
+                        tasks.append(TableTask(rel, None, key, "bad_csv_row: image file not found"))
+                        continue
+                    relpath = path.relative_to(root).as_posix()
+                    try:
+                        boxes = parse_bbox(row.get("bbox", ""))
                     except InputRejected as exc:
-                        task.reason = exc.reason
-                    tasks.append(task)
+                        tasks.append(TableTask(relpath, None, key, exc.reason))
+                        continue
+                    group = groups.get(str(path))
+                    if group is None:
+                        group = groups[str(path)] = TableTask(relpath, str(path), key)
+                        tasks.append(group)
+                    group.rows.append(_row_content(key, boxes, row))
             except (csv.Error, UnicodeDecodeError) as exc:
                 rejected.append((csv_path.name, f"bad_csv_row: unreadable CSV ({type(exc).__name__})"))
     return tasks, rejected
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(i for i in items if i))
 
 
 def load_task(task: TableTask, max_pixels: int, modality: str, label_names: dict[int, str]) -> Volume:
@@ -108,19 +213,36 @@ def load_task(task: TableTask, max_pixels: int, modality: str, label_names: dict
     assert task.path is not None
     arr = read_pil(Path(task.path), max_pixels, PIL_FORMATS)
     h, w = arr.shape[:2]
-    for box in task.boxes:
-        if box[0] >= w or box[1] >= h or box[2] <= 0 or box[3] <= 0:
-            raise InputRejected("bad_csv_row", f"bbox {box} lies outside the {w}x{h} image")
+    rows, outside = [], []
+    for row in task.rows:
+        bad = [b for b in row.boxes if b[0] >= w or b[1] >= h or b[2] <= 0 or b[3] <= 0]
+        if bad:
+            outside.append(f"{bad[0]} (row {row.key})")
+        else:
+            rows.append(row)
+    if outside:
+        why = InputRejected("bad_csv_row", f"bbox lies outside the {w}x{h} image: {', '.join(outside)}")
+        if not rows:
+            raise why
     vol = image_volume(task.relpath, arr, modality)
     vol.label_names = dict(label_names)
     vol.frame_key = task.row_key
-    vol.boxes = [list(b) for b in task.boxes]
-    label = task.texts.get("label", "")
-    parts = [p.strip() for p in label.split(";")] if ";" in label else []
-    vol.box_labels = parts if len(parts) == len(task.boxes) else [label] * len(task.boxes)
+    if outside:  # frame "" here, the record's is its first row's key: distinct record ids
+        vol.extra_rejections.append((task.relpath, why.reason))
+    seen: set[tuple[tuple[float, ...], str]] = set()
+    for row in rows:
+        for box, lab in zip(row.boxes, row.box_labels, strict=True):
+            if (tuple(box), lab) not in seen:
+                seen.add((tuple(box), lab))
+                vol.boxes.append(list(box))
+                vol.box_labels.append(lab)
+    qa = next((r.texts for r in rows if r.texts.get("question") or r.texts.get("answer")), {})
     vol.meta = {
         "description": "",
         "body_part": "",
-        **{k: scrub_text(v) if k == "report" else v for k, v in task.texts.items()},
+        "label": "; ".join(_unique([lab for r in rows for lab in r.labels])),
+        "report": scrub_text(" ".join(_unique([r.texts.get("report", "") for r in rows]))),
+        "question": qa.get("question", ""),
+        "answer": qa.get("answer", ""),
     }
     return vol
