@@ -231,3 +231,26 @@ def test_test_only_msd_source_is_accepted(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), root / "imagesTs" / "case_001.nii.gz")
     tasks, rejected = list_msd(root, [])
     assert rejected == [] and [(t.relpath, t.split) for t in tasks] == [("imagesTs/case_001.nii.gz", "test")]
+
+
+def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
+    """A photo stored sideways with EXIF Orientation=6 (rotate 90° clockwise to view) is read
+    upright, and its mask with the same tag stays aligned with it."""
+    from PIL import Image
+
+    from medtrinity_assets.imaging.common import read_label_image, read_pil
+
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[:10, :20] = (255, 0, 0)  # a red block in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", format="JPEG", quality=95, exif=exif)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[:10, :20] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png", format="PNG", exif=exif)
+    img = read_pil(tmp_path / "photo.jpg", 10**6)
+    lab = read_label_image(tmp_path / "mask.png", 10**6)
+    assert img.shape == (60, 40, 3) and lab.shape == (60, 40)
+    # rotated 90° clockwise: the stored top-left corner is now the top-right corner
+    assert img[:20, -10:, 0].mean() > 200 and img[-20:, :10, 0].mean() < 50
+    assert lab[:20, -10:].all() and lab.sum() == 200

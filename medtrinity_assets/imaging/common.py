@@ -249,10 +249,21 @@ def _open_checked(path: Path, max_pixels: int, formats: Sequence[str]):
             msg = str(exc).lower()
             prefix = "truncated" if "truncated" in msg or "broken" in msg else "undecodable"
             raise InputRejected(prefix, f"{type(exc).__name__}: {msg[:80]}") from None
+        # Camera JPEGs (dermoscopy, endoscopy photos) are often stored sideways with an EXIF
+        # Orientation tag that every viewer applies: apply it too, to images and masks alike.
+        if im.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None):
+            from PIL import ImageOps
+
+            upright = ImageOps.exif_transpose(im)
+            im.close()
+            im = upright
     except BaseException:
         im.close()
         raise
     return im
+
+
+_EXIF_ORIENTATION = 0x0112
 
 
 def _pil_array(im) -> np.ndarray:
