@@ -107,7 +107,7 @@ def _label_names(row: dict, image_row: dict | None, spec: SourceSpec) -> list[st
             except ValueError:
                 continue
         names += _as_list(image_row.get("box_labels"))
-    names += _as_list(row.get("label"))
+    names += [p.strip() for v in _as_list(row.get("label")) for p in v.split(";") if p.strip()]
     names = [n.replace("_", " ") for n in names]
     return [n for n in _unique(names) if n.lower() not in NON_FINDING_LABELS]
 

@@ -511,7 +511,9 @@ def slice_volume(vol: Volume, spec: SourceSpec) -> tuple[list[Candidate], int]:
         # stays null here (roi_set flags it) and is left out of the record's labels
         mask_names = [vol.label_names.get(v) for v in mask_labels]
         names = [n for n in mask_names if n]
-        for lab in vol.box_labels:
+        # box labels, then a table row's own labels ("a; b" when several rows named the image)
+        for lab in [*vol.box_labels, *str(vol.meta.get("label") or "").split(";")]:
+            lab = lab.strip()
             if lab and lab not in names:
                 names.append(lab)
         relpath = rel_of[k] if rel_of else vol.relpath

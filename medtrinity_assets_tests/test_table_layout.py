@@ -53,7 +53,9 @@ def test_rows_of_one_image_become_one_record_with_all_boxes(tmp_path):
     assert sorted(ok["relpath"].to_list()) == ["images/a.png", "images/b.png"]
     a = ok.filter(pl.col("relpath") == "images/a.png").row(0, named=True)
     assert a["label"] == "lesion; nodule; effusion"
-    assert a["labels"] == ["lesion", "nodule"]  # the record's box labels
+    assert a["labels"] == ["lesion", "nodule", "effusion"]  # box labels, then the rows' own
+    b = ok.filter(pl.col("relpath") == "images/b.png").row(0, named=True)
+    assert b["labels"] == ["normal"]  # a label without a box is still one of the record's labels
     assert a["report"] == "Two findings. Small effusion."
     assert (a["question"], a["answer"]) == ("Is there a lesion?", "yes")  # first pair, kept together
     # the record id is keyed by the image's first good row, as before for one-row images
