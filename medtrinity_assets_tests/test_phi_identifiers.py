@@ -22,7 +22,11 @@ def test_short_and_cjk_name_tokens_are_names():
     assert person_name_tokens("山田^太郎=ヤマダ^タロウ") == {"山田", "太郎", "ヤマダ", "タロウ"}
     assert person_name_tokens("李^娜") == {"李", "娜"}
     assert person_name_tokens("CompressedSamples^CT1") == {"CompressedSamples"}
-    assert person_name_tokens("O'Brien^J") == {"Brien"}  # single Latin letters are initials
+    # pseudonyms and placeholders of public datasets are codes, not names to hunt in captions
+    assert person_name_tokens("PANCREAS_0001") == set() and person_name_tokens("Anonymized^Patient") == set()
+    assert not matcher_for(["PANCREAS_0001"]).search("It shows the pancreas.")
+    assert person_name_tokens("O'Brien^J") == {"O'Brien"}  # single Latin letters are initials
+    assert matcher_for(["O'Brien^J"]).search("seen by O'BRIEN today")
 
 
 def test_names_match_as_words_in_any_order_and_case():
@@ -97,3 +101,21 @@ def test_a_patient_named_folder_is_redacted_for_every_file_in_it(tmp_path):
         assert not any(n in f.name.lower().split("_") for n in needles), f
     assert ingest_source(spec, out, workers=1).manifest.equals(m)  # stable across reruns
     assert m.filter(pl.col("status") == "quarantined")["reason"].str.contains("not_dicom|truncated").all()
+
+
+def test_demo_identifiers_do_not_flag_the_demo_vocabulary(demo_registry):
+    """Header values of the demo DICOM sources (pseudonyms such as PANCREAS_0001) must not
+    make the PHI scan flag the words a description of them has to use."""
+    from medtrinity_assets.coarse_captions import MODALITY_PHRASES
+    from medtrinity_assets.phi import source_identifier_values
+    from medtrinity_assets.registry import load_registry
+
+    specs, _ = load_registry(demo_registry)
+    dicom = [s for s in specs if s.layout == "dicom"]
+    assert len(dicom) >= 4
+    for spec in dicom:
+        values = source_identifier_values(spec, pl.DataFrame({"record_id": ["x"]}))
+        assert values, spec.name
+        words = [spec.organ, spec.modality, *spec.labels.values(), *MODALITY_PHRASES.values()]
+        text = "This is an image. " + ". ".join(words)
+        assert scan_phi(text, values) == [], (spec.name, text)

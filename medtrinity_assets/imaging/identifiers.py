@@ -21,7 +21,14 @@ from itertools import permutations
 
 # scripts without spaces between words: a name in them is matched without word boundaries
 _UNSPACED = re.compile(r"[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-_TOKEN_SPLIT = re.compile(r"[\s,.;:/\\()\[\]'\"_\-]+")
+# name parts are separated by spaces and punctuation; "_" and "-" join one token (a pseudonym
+# such as PANCREAS_0001 or CASE-12 is one code, not a name "PANCREAS")
+_TOKEN_SPLIT = re.compile(r"[\s,.;:/\\()\[\]\"]+")
+#: Placeholders that anonymisation tools and public datasets put in name fields: not names.
+PLACEHOLDER_NAMES = frozenset(
+    {"anonymous", "anonymized", "anonymised", "anon", "patient", "unknown", "test", "phantom",
+     "case", "subject", "study", "series", "research", "none", "null", "removed", "deidentified"}
+)
 
 
 def is_unspaced(text: str) -> bool:
@@ -40,7 +47,7 @@ def person_name_tokens(value: str) -> set[str]:
         for component in group.split("^")[:3]:
             for token in _TOKEN_SPLIT.split(component):
                 token = token.strip()
-                if not token or any(c.isdigit() for c in token):
+                if not token or any(c.isdigit() for c in token) or token.casefold() in PLACEHOLDER_NAMES:
                     continue
                 letters = sum(c.isalpha() for c in token)
                 if letters >= 2 or (letters >= 1 and is_unspaced(token)):
