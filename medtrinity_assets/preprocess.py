@@ -275,6 +275,7 @@ class TaskResult:
     candidates: list[Candidate] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
+    warnings: list[str] = field(default_factory=list)  # non-fatal findings, counted in metadata
 
 
 def _base_row(spec: SourceSpec, relpath: str) -> dict[str, Any]:
@@ -608,6 +609,7 @@ def process_task(task: Any, spec: SourceSpec | None = None, root: Path | None = 
         for rel, reason in vol.extra_rejections:
             res.quarantined.append(quarantine_row(spec, rel, reason))
         res.candidates, res.skipped = slice_volume(vol, spec)
+        res.warnings = list(vol.warnings)
     except InputRejected as exc:
         res.quarantined.append(quarantine_row(spec, relpath, exc.reason, _frame_key(task)))
     except MemoryError:
@@ -754,6 +756,8 @@ def ingest_source(
             group = file_group.setdefault(unit[1] if isinstance(unit, tuple) else unit.relpath, len(file_group))
             manifest_rows.extend(res.quarantined)
             counts["slices_skipped"] += res.skipped
+            for warning in res.warnings:
+                counts[f"warning:{warning}"] += 1
             for cand in res.candidates:
                 img = cand.image
                 dup_of, why = sha_kept.get(img["sha256"]), "exact_duplicate: identical pixels"

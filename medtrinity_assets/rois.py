@@ -212,8 +212,9 @@ def components(
 
 
 def label_names_of(row: dict[str, Any], spec: SourceSpec) -> dict[int, str]:
-    """Mask value -> name for one image: the registry's ``labels``, overridden by the names the
-    source itself carried for this image (``dataset.json`` labels, a SEG's segment labels)."""
+    """Mask value -> name for one image: the names stage 1 resolved for it (``mask_label_names``:
+    the registry's, else ``dataset.json``'s or the SEG's segment label), then ``spec.labels``
+    for tables written before that column existed."""
     names = dict(spec.labels)
     values = row.get("mask_labels") or []
     carried = row.get("mask_label_names") or []

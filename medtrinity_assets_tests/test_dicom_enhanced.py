@@ -188,3 +188,21 @@ def test_a_truncated_copy_of_a_series_slice_does_not_replace_the_good_one(tmp_pa
     series = m.filter(pl.col("status") == "ok")
     assert sorted(series["slice_index"].to_list()) == [0, 1, 2, 3] and set(series["depth"]) == {4}
     assert sorted(series["relpath"]) == [f"series/slice_{k:02d}.dcm" for k in range(4)]
+
+
+def test_a_series_with_a_missing_slice_is_kept_and_its_gap_counted(tmp_path):
+    from medtrinity_assets_tests.sources_builders import ct_series, make_spec
+
+    root = tmp_path / "src"
+    ct_series(root / "series", n=4, shuffle=False)
+    spec = make_spec(tmp_path, "gap", "dicom", root, modality="CT", organ="abdomen", slicing={"stride": 1})
+    whole = ingest_source(spec, tmp_path / "out", workers=1)
+    assert not any(k.startswith("warning:") for k in whole.counts)
+    (root / "series" / "slice_02.dcm").unlink()  # positions 0, 5, 15 mm: one slice missing
+    res = ingest_source(spec, tmp_path / "out2", workers=1)
+    assert res.counts["warning:series_gap"] == 1
+    ok = res.manifest.filter(pl.col("status") == "ok")
+    assert ok.height == 3 and set(ok["depth"]) == {3}
+    assert {tuple(s) for s in res.images["original_spacing"].to_list()} == {
+        tuple(s) for s in whole.images["original_spacing"].to_list()
+    }

@@ -55,6 +55,10 @@ def ingest_source_assets(
         raise dg.Failure(description=str(exc)) from None
 
     manifest, images = result.manifest, result.images
+    warnings = {k.split(":", 1)[1]: v for k, v in result.counts.items() if k.startswith("warning:")}
+    if warnings:
+        context.log.warning(f"source '{name}': non-fatal findings {warnings} (series_gap: a DICOM "
+                            "series with missing positions, kept as a volume with its median spacing)")
     status_counts = dict(manifest.group_by("status").len().iter_rows()) if manifest.height else {}
     sample = images.head(12)
     yield dg.MaterializeResult(
@@ -67,6 +71,7 @@ def ingest_source_assets(
             ),
             **counts_metadata("status_counts", status_counts),
             **counts_metadata("quarantined_by_reason", result.quarantine_counts),
+            "warnings": dg.MetadataValue.json(warnings),
             "registry_fingerprint": declared.fingerprint(),
             "synthetic": declared.synthetic,
             "license": declared.license,

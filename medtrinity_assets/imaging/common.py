@@ -198,6 +198,8 @@ class Volume:
     reorient: bool = False
     slice_relpaths: list[str] | None = None
     label_names: dict[int, str] = field(default_factory=dict)
+    #: non-fatal findings (codes such as ``series_gap``), counted in the asset metadata
+    warnings: list[str] = field(default_factory=list)
     projection_xray: bool = False
     # Patient directions of +column and +row from DICOM PatientOrientation (projection images).
     patient_orientation: tuple[str, str] | None = None

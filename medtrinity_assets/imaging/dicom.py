@@ -344,6 +344,10 @@ class DicomTask:
         return self.files[0][0]
 
 
+#: A series step larger than this multiple of its smallest step counts as a gap.
+SERIES_GAP_FACTOR = 1.5
+
+
 def group_headers(
     headers: list[DicomHeader], max_pixels: int
 ) -> tuple[list[DicomTask], list[tuple[str, str]]]:
@@ -587,6 +591,7 @@ def load_task(task: DicomTask, spec_modality: str, label_names: dict[int, str], 
     axes = None
     kind = "image" if n == 1 else "frames"
     slice_mm = None
+    series_gap = False
     order = np.arange(n)
     if iop is not None:
         r, c = np.asarray(iop[:3]), np.asarray(iop[3:])
@@ -624,6 +629,11 @@ def load_task(task: DicomTask, spec_modality: str, label_names: dict[int, str], 
             projs.append(float(np.dot(axes[0], ipp)) if ipp is not None else np.nan)
         d = np.diff(np.asarray(projs))
         slice_mm = float(np.nanmedian(np.abs(d))) if len(d) and np.any(np.isfinite(d)) else None
+        steps = np.abs(d[np.isfinite(d)])
+        steps = steps[steps > 1e-6]
+        if len(steps) > 1 and steps.max() > SERIES_GAP_FACTOR * steps.min():
+            # missing slices (a file absent or set aside): the volume is kept, its gap counted
+            series_gap = True
     if slice_mm is None and kind == "volume":
         slice_mm = _declared_slice_mm(first)
     if not np.array_equal(order, np.arange(n)):
@@ -658,6 +668,7 @@ def load_task(task: DicomTask, spec_modality: str, label_names: dict[int, str], 
         colour=data.ndim == 4,
         meta=meta,
         extra_rejections=rejections,
+        warnings=["series_gap"] if series_gap else [],
     )
 
 
