@@ -275,9 +275,7 @@ def _pil_array(im) -> np.ndarray:
         arr = np.asarray(im)
         if mode == "I":
             arr = arr.astype(np.float32)
-    elif mode == "1":
-        arr = np.asarray(im.convert("L"))
-    elif mode == "LA":
+    elif mode in ("1", "LA"):
         arr = np.asarray(im.convert("L"))
     else:
         arr = np.asarray(im.convert("RGB"))

@@ -107,11 +107,10 @@ def dicom_identifier_values(ds: Any) -> set[str]:
                 add(v, is_name)
             return
         text = str(value).strip()
-        if sum(ch.isalnum() for ch in text) < 1:
-            return
-        if is_name:
+        alnum = sum(ch.isalnum() for ch in text)
+        if is_name and alnum >= 1:
             out.update(t for t in expand_person_name(text) if t.strip())
-        elif sum(ch.isalnum() for ch in text) >= 2:
+        elif alnum >= 2:
             out.add(text)
 
     def walk(d: Any) -> None:
@@ -530,7 +529,7 @@ def _declared_slice_mm(ds: Any) -> float | None:
 
 def describe(ds: Any) -> dict[str, str]:
     """Non-identifying descriptive text (scrubbed) and the canonical modality of a dataset."""
-    ids = dicom_identifier_values(ds)
+    ids = matcher_for(dicom_identifier_values(ds))  # compiled once for the three fields
     parts = [scrub_text(str(ds.get(k, "") or ""), ids) for k in ("StudyDescription", "SeriesDescription")]
     parts = [p for i, p in enumerate(parts) if p and p not in parts[:i]]
     return {
@@ -688,7 +687,7 @@ def _seg_mask(
     names: dict[int, str] = {}
     for relpath, path in task.segs:
         seg = _read(path, header_only=False)
-        ids = dicom_identifier_values(seg)
+        ids = matcher_for(dicom_identifier_values(seg))  # compiled once for all segments
         for item in seg.get("SegmentSequence", []) or []:
             num = int(item.get("SegmentNumber", 0) or 0)
             label = scrub_text(str(item.get("SegmentLabel", "") or ""), ids)

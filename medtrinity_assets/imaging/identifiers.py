@@ -71,15 +71,13 @@ def _trie_pattern(words: Iterable[str]) -> str:
         node[""] = {}
 
     def emit(node: dict) -> str:
-        ends = "" in node
         branches = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
         if not branches:
             return ""
-        body = branches[0] if len(branches) == 1 and not ends else "(?:" + "|".join(branches) + ")"
-        if ends:
-            body = body if body.startswith("(?:") and len(branches) > 1 else "(?:" + body + ")"
-            return body + "?"
-        return body
+        group = "(?:" + "|".join(branches) + ")"
+        if "" in node:  # a word ends here: what follows is optional
+            return group + "?"
+        return branches[0] if len(branches) == 1 else group
 
     return emit(trie)
 
@@ -117,9 +115,6 @@ class IdentifierMatcher:
             parts.append(_trie_pattern(sorted(unspaced)))
         self._rx = re.compile("|".join(parts), re.IGNORECASE) if parts else None
         self._lengths = sorted({len(n) for n in self._flat_needles})
-
-    def __bool__(self) -> bool:
-        return self._rx is not None
 
     def search(self, text: str | None) -> bool:
         """Whether ``text`` contains one of the values."""
