@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from medtrinity_assets.registry import SourceSpec, canonical_modality
+from medtrinity_assets.rois import label_names_of
 
 COARSE_SCHEMA = {
     "record_id": pl.String,
@@ -99,11 +100,10 @@ def _label_names(row: dict, image_row: dict | None, spec: SourceSpec) -> list[st
     names: list[str] = []
     names += _as_list(row.get("labels"))
     if image_row is not None:
-        carried = list(image_row.get("mask_label_names") or [])  # aligned with mask_labels
-        for i, value in enumerate(_as_list(image_row.get("mask_labels"))):
-            own = carried[i] if i < len(carried) else None
+        by_value = label_names_of(image_row, spec)
+        for value in _as_list(image_row.get("mask_labels")):
             try:
-                names.append(own or spec.labels.get(int(value), ""))
+                names.append(by_value.get(int(value), ""))
             except ValueError:
                 continue
         names += _as_list(image_row.get("box_labels"))

@@ -12,8 +12,8 @@ Order of sources for one image of ``preprocessed_images``:
 4. when nothing usable remains: one ``whole_image`` region.
 
 Bad input never crashes the stage: empty masks, mask values named neither in ``spec.labels``
-nor by the source, degenerate or out-of-image boxes, unreadable files and mask/image size mismatches are recorded
-as rows with ``status='flagged'`` and a ``reason`` (``<code>: <detail>``), and an image that is
+nor by the source, degenerate or out-of-image boxes, unreadable files and mask/image size
+mismatches are recorded as rows with ``status='flagged'`` and a ``reason`` (``<code>: <detail>``), and an image that is
 left without an ``ok`` ROI gets a ``whole_image`` row, so no image is silently dropped.
 
 Coordinates: ``bbox_xyxy`` is in pixels of the preprocessed image with pixel ``(r, c)``
@@ -363,6 +363,7 @@ def _rows_for_image(
     image: np.ndarray | None,
     rois: list[_Roi],
     label_map: np.ndarray | None,
+    label_names: dict[int, str],
     spec: SourceSpec,
     cfg: RoiConfig,
     h: int,
@@ -444,7 +445,7 @@ def _rows_for_image(
             [(rois[i].crop, rois[i].window) for i in with_mask],
             [rois[i].label_value for i in with_mask],
             label_map,
-            label_names_of(row, spec),
+            label_names,
             cfg,
         )
         for i, name in zip(with_mask, names, strict=True):
@@ -507,6 +508,7 @@ def build_roi_set(
                 h, w = int(row.get("height") or 0), int(row.get("width") or 0)
             rois: list[_Roi] = []
             label_map = None
+            label_names = label_names_of(row, spec)
             if image_error:
                 bbox = [0.0, 0.0, float(w), float(h)] if h > 0 and w > 0 else None
                 rois.append(_Roi(None, "whole_image", "flagged", image_error, bbox=bbox))
@@ -525,7 +527,7 @@ def build_roi_set(
                             )
                         else:
                             label_map = lm
-                            rois.extend(_mask_rois(lm, label_names_of(row, spec), cfg, dropped))
+                            rois.extend(_mask_rois(lm, label_names, cfg, dropped))
                     except Exception as exc:
                         rois.append(
                             _Roi(
@@ -564,7 +566,7 @@ def build_roi_set(
                 rois.append(_whole(h, w, reason))
             elif not rois:
                 rois.append(_Roi(None, "whole_image", "flagged", "no_size: image size unknown"))
-            records.extend(_rows_for_image(row, image, rois, label_map, spec, cfg, h, w))
+            records.extend(_rows_for_image(row, image, rois, label_map, label_names, spec, cfg, h, w))
             if progress is not None:
                 progress(start + i + 1, total)
 
