@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from medtrinity_assets.captioning import EmbeddedCaptioner, check_captions, run_caption_batch  # noqa: E402
-from medtrinity_assets.captioning.openai_compatible import OpenAICompatibleCaptioner  # noqa: E402
+from medtrinity_assets.captioning.backends.openai_compatible import OpenAICompatibleCaptioner  # noqa: E402
 from medtrinity_assets.captioning.samples import realistic_inputs  # noqa: E402
 
 

@@ -217,7 +217,7 @@ def plain_loop_nifti(files: list[Path], out: Path, max_side: int) -> int:
 
 
 def run_ingest(spec, out: Path, workers: int) -> tuple[float, int, dict]:
-    from medtrinity_assets.preprocess import ingest_source
+    from medtrinity_assets.ingest.pipeline import ingest_source
 
     t = time.perf_counter()
     res = ingest_source(spec, out, workers=workers)
@@ -238,7 +238,7 @@ def main() -> None:
     if args.small:
         args.volumes, args.shape, args.demo_copies = 8, [128, 128, 40], 2
 
-    from medtrinity_assets.registry import SourceSpec
+    from medtrinity_assets.ingest.registry import SourceSpec
 
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="bench_preprocess_"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -283,7 +283,7 @@ def main() -> None:
     # One-time cost of a process: the first pool starts the forkserver, which imports the
     # preprocessing module once for all workers. Measured apart so that the rates below are
     # steady-state throughput; the ratios are also printed with this cost included.
-    from medtrinity_assets.preprocess import _pool
+    from medtrinity_assets.ingest.pipeline import _pool
 
     t = time.perf_counter()
     pool = _pool(args.workers, specs["demo"][0], dicom_dir)

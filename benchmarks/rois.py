@@ -32,10 +32,10 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from medtrinity_assets.expert_models import ExpertConfig, ExpertPredictor, build_network, generate_phantoms
-from medtrinity_assets.registry import SourceSpec
-from medtrinity_assets.roi_attributes import default_config
-from medtrinity_assets.rois import build_roi_set
+from medtrinity_assets.ingest.registry import SourceSpec
+from medtrinity_assets.rois.attributes import default_config
+from medtrinity_assets.rois.build import build_roi_set
+from medtrinity_assets.segmentation import ExpertConfig, ExpertPredictor, build_network, generate_phantoms
 
 
 def make_source(out: Path, n: int, size: int, seed: int, args_blobs: int = 8) -> pl.DataFrame:

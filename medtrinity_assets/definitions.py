@@ -1,52 +1,40 @@
-"""The ``medtrinity_assets`` code location."""
+"""The ``medtrinity_assets`` code location: every asset module of ``defs/``, found without a list,
+with the run plan's jobs, the schedule, the registry sensor and the resources."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
-from medtrinity_assets.assets import captions, ingest, knowledge, rois
-from medtrinity_assets.assets.common import SOURCES
-from medtrinity_assets.resources import default_resources
-from medtrinity_assets.sensors import build_registry_sensor
+from medtrinity_assets import defs as defs_package
+from medtrinity_assets.defs.jobs import build_jobs
+from medtrinity_assets.defs.plan import RunPlan
+from medtrinity_assets.defs.resources import default_resources
+from medtrinity_assets.defs.schedules import build_schedules
+from medtrinity_assets.defs.sensors import build_registry_sensor
 
-ASSET_MODULES = [ingest, rois, knowledge, captions]
+
+def load_assets() -> tuple[list, list]:
+    """Every asset and asset check defined in a module of ``medtrinity_assets.defs``."""
+    assets = dg.load_assets_from_package_module(defs_package)
+    checks = dg.load_asset_checks_from_package_module(defs_package)
+    return list(assets), list(checks)
 
 
-def build_definitions() -> dg.Definitions:
-    assets = dg.load_assets_from_modules(ASSET_MODULES)
-    checks = dg.load_asset_checks_from_modules(ASSET_MODULES)
-    per_source = [a for a in assets if isinstance(a, dg.AssetsDefinition) and a.partitions_def == SOURCES]
-    global_assets = [a for a in assets if isinstance(a, dg.AssetsDefinition) and a.partitions_def is None]
-    source_job = dg.define_asset_job(
-        "source_pipeline_job",
-        selection=dg.AssetSelection.assets(*per_source),
-        partitions_def=SOURCES,
-        description="Every per-source asset of one source partition, in lineage order.",
-    )
-    knowledge_job = dg.define_asset_job(
-        "knowledge_job",
-        selection=dg.AssetSelection.assets(knowledge.knowledge_corpus, knowledge.knowledge_index),
-        description="Re-ingest the corpora and rebuild the knowledge index (incremental embeddings).",
-    )
-    global_job = dg.define_asset_job(
-        "global_assets_job",
-        selection=dg.AssetSelection.assets(*global_assets),
-        description="Knowledge base, index and expert grounding models (all sources).",
-    )
-    knowledge_schedule = dg.ScheduleDefinition(
-        name="weekly_knowledge_refresh",
-        job=knowledge_job,
-        cron_schedule="0 3 * * 0",
-        default_status=dg.DefaultScheduleStatus.STOPPED,
-        description="Pick up changes in the configured corpora every week (only new chunks are embedded).",
-    )
+def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions:
+    """The code location (``resources`` replace the defaults, e.g. the CLI's output root)."""
+    assets, checks = load_assets()
+    plan = RunPlan.from_assets(assets)
+    jobs = build_jobs(plan)
+    phase_jobs = [j for j in jobs if j.name in {p.job_name for p in plan.phases}]
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[source_job, knowledge_job, global_job],
-        schedules=[knowledge_schedule],
-        sensors=[build_registry_sensor(source_job)],
-        resources=default_resources(),
+        jobs=jobs,
+        schedules=build_schedules(),
+        sensors=[build_registry_sensor(plan, phase_jobs)],
+        resources=resources or default_resources(),
     )
 
 

@@ -26,7 +26,7 @@ def dagster_instance(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_dir() -> Path:
     """The embedded demo sources, staged from installed packages (idempotent)."""
-    from medtrinity_assets.demo_data import DEFAULT_DEMO_DIR, stage_demo_data
+    from medtrinity_assets.demo.staging import DEFAULT_DEMO_DIR, stage_demo_data
 
     stage_demo_data(DEFAULT_DEMO_DIR)
     return DEFAULT_DEMO_DIR

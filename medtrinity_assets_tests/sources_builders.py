@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medtrinity_assets.registry import SourceSpec
+from medtrinity_assets.ingest.registry import SourceSpec
 
 SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
 NIBABEL_ANAT = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"

@@ -24,7 +24,7 @@ SCRIPT = """
 import sys
 from pathlib import Path
 from medtrinity_assets.captioning import run_caption_batch
-from medtrinity_assets.captioning.embedded import SlowEmbeddedCaptioner
+from medtrinity_assets.captioning.backends.embedded import SlowEmbeddedCaptioner
 from medtrinity_assets.captioning.samples import realistic_inputs
 items = realistic_inputs(int(sys.argv[2]), seed=99)
 print("started", flush=True)
@@ -101,7 +101,7 @@ HTTP_SCRIPT = """
 import sys
 from pathlib import Path
 from medtrinity_assets.captioning import run_caption_batch
-from medtrinity_assets.captioning.openai_compatible import OpenAICompatibleCaptioner
+from medtrinity_assets.captioning.backends.openai_compatible import OpenAICompatibleCaptioner
 from medtrinity_assets.captioning.samples import realistic_inputs
 items = realistic_inputs(int(sys.argv[2]), seed=98)
 cap = OpenAICompatibleCaptioner([sys.argv[3]], "crash-vlm", api_key_env=None, max_in_flight=8)
@@ -110,7 +110,7 @@ run_caption_batch(items, cap, Path(sys.argv[1]), chunk_size=8)
 
 
 def test_sigkill_streaming_http_batch_then_resume(tmp_path):
-    from medtrinity_assets.captioning.openai_compatible import OpenAICompatibleCaptioner
+    from medtrinity_assets.captioning.backends.openai_compatible import OpenAICompatibleCaptioner
     from medtrinity_assets_tests.chat_server import ChatServer
 
     n = 160

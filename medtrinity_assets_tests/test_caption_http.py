@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from medtrinity_assets.captioning import check_captions, make_captioner, make_judge, run_caption_batch
-from medtrinity_assets.captioning.base import Captioner, CaptionerConfigError
-from medtrinity_assets.captioning.openai_compatible import ChatClient, OpenAICompatibleCaptioner
+from medtrinity_assets.captioning.backends.base import Captioner, CaptionerConfigError
+from medtrinity_assets.captioning.backends.openai_compatible import ChatClient, OpenAICompatibleCaptioner
 from medtrinity_assets.captioning.prompt import build_user_text
 from medtrinity_assets.captioning.samples import realistic_inputs
 from medtrinity_assets_tests.chat_server import ChatServer, tag_for

@@ -31,12 +31,12 @@ from medtrinity_assets.captioning import (
     render_overlay,
     run_caption_batch,
 )
-from medtrinity_assets.captioning.base import Captioner
+from medtrinity_assets.captioning.backends.base import Captioner
 from medtrinity_assets.captioning.batch import parts_dir
 from medtrinity_assets.captioning.prompt import FacetParseError, image_data_url
 from medtrinity_assets.captioning.quality import check_caption, position_claims, scan_phi
 from medtrinity_assets.captioning.samples import realistic_inputs
-from medtrinity_assets.storage import sha256_file
+from medtrinity_assets.core.storage import sha256_file
 
 # -- inputs ---------------------------------------------------------------------------------------
 
@@ -356,10 +356,12 @@ def test_batch_caches_resumes_and_writes_contract_columns(tmp_path):
     assert cap4.seen == []
 
 
-def test_batch_keeps_integer_roi_ids_and_handles_empty(tmp_path):
+def test_batch_writes_its_contract_and_handles_empty(tmp_path):
+    """Integer roi ids are written as the contract's strings (as roi_set writes them)."""
     items = [dataclasses.replace(i, roi_id=k) for k, i in enumerate(realistic_inputs(5))]
     run_caption_batch(items, EmbeddedCaptioner(), tmp_path / "a.parquet")
-    assert pl.read_parquet(tmp_path / "a.parquet")["roi_id"].dtype == pl.Int64
+    table = pl.read_parquet(tmp_path / "a.parquet")
+    assert table["roi_id"].dtype == pl.String and table["roi_id"].to_list() == ["0", "1", "2", "3", "4"]
     res = run_caption_batch([], EmbeddedCaptioner(), tmp_path / "b.parquet")
     assert res.total == 0 and pl.read_parquet(tmp_path / "b.parquet").columns == CAPTION_COLUMNS
 
@@ -368,7 +370,7 @@ def test_batch_keeps_integer_roi_ids_and_handles_empty(tmp_path):
 
 
 def test_transformers_local_refuses_missing_or_bad_paths(tmp_path):
-    from medtrinity_assets.captioning.transformers_local import TransformersLocalCaptioner
+    from medtrinity_assets.captioning.backends.transformers_local import TransformersLocalCaptioner
 
     with pytest.raises(CaptionerConfigError, match="model_path"):
         make_captioner({"backend": "transformers_local", "model_path": None})

@@ -128,7 +128,9 @@ def _manifest(out: Path, name: str) -> pl.DataFrame:
 def test_missing_root_fails_only_its_source(built):
     code, out, _, err = built
     assert code == 1
-    assert "FAILED f_missing: source 'f_missing': root" in err and "does not exist" in err
+    assert "FAILED f_missing (ingest): source 'f_missing': root" in err and "does not exist" in err
+    assert "Traceback" not in err  # one line per failure; the trace is in the run's log
+    assert "exit code 1: 1 run(s) failed" in err
     assert not (out / "source_manifest" / "f_missing.parquet").exists()
     for name in ("f_dicom", "f_msd", "f_folder", "f_table"):
         assert (out / "preprocessed_images" / f"{name}.parquet").exists(), name
@@ -185,5 +187,25 @@ def test_runs_recorded_in_instance(built, monkeypatch):
     with dg.DagsterInstance.get() as instance:
         records = instance.get_run_records()
         assert len(records) >= 4
+        assert {r.dagster_run.job_name for r in records} == {"ingest_job"}  # --until preprocessed_images
         parts = set(instance.get_dynamic_partitions("sources"))
         assert {"f_dicom", "f_msd", "f_folder", "f_table", "f_missing"} <= parts
+
+
+def test_sensor_preview_after_a_build_requests_nothing(built, foreign_registry):
+    """`dagster sensor preview` on the instance a build wrote (the README's next step) finds
+    every source built and current: no run request, even with an empty cursor. The source whose
+    root is missing failed in the build with this declaration: it is not retried either."""
+    import os
+    import subprocess
+    import sys
+
+    _, out, home, _ = built
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    cmd = [sys.executable, "-m", "dagster", "sensor", "preview", "source_registry_sensor", "-w", str(repo / "workspace.yaml")]
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout + proc.stderr
+    assert "every declared source is built and current" in text, text[-2000:]
+    assert "returning run requests" not in text, text[-2000:]

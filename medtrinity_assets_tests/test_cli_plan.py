@@ -1,4 +1,4 @@
-"""``plan_phases``: ``--until`` on an asset of a multi-asset that cannot be subset brings its siblings.
+"""The run plan: ``--until`` on an asset of a multi-asset that cannot be subset brings its siblings.
 
 ``source_manifest`` and ``preprocessed_images`` are written by one op (``can_subset=False``):
 ``medtrinity build --until source_manifest`` used to select ``source_manifest`` alone and the run
@@ -17,13 +17,18 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from medtrinity_assets.assets.common import SOURCES
-from medtrinity_assets.cli import main, plan_phases
+from medtrinity_assets.cli import main
 from medtrinity_assets.definitions import build_definitions
+from medtrinity_assets.defs.partitions import SOURCES
+from medtrinity_assets.defs.plan import RunPlan
+
+
+def plan_phases(assets, until):
+    return RunPlan.from_assets(assets, until).phases
 
 
 def _names(phases) -> list[tuple[str, list[str]]]:
-    return [(kind, [k.to_user_string() for k in keys]) for kind, keys in phases]
+    return [(p.name, p.key_names()) for p in phases]
 
 
 @pytest.fixture(scope="module")
@@ -39,25 +44,26 @@ def test_ingest_is_one_multi_asset_that_cannot_be_subset(assets):
 
 @pytest.mark.parametrize("until", ["source_manifest", "preprocessed_images"])
 def test_until_an_ingest_asset_plans_the_whole_multi_asset(assets, until):
-    assert _names(plan_phases(assets, until)) == [("per_source", ["preprocessed_images", "source_manifest"])]
+    assert _names(plan_phases(assets, until)) == [("ingest", ["preprocessed_images", "source_manifest"])]
 
 
 def test_until_downstream_and_full_plan_unchanged(assets):
     assert _names(plan_phases(assets, "roi_set")) == [
-        ("per_source", ["preprocessed_images", "source_manifest"]),
-        ("global", ["expert_models"]),
-        ("per_source", ["roi_set"]),
+        ("ingest", ["preprocessed_images", "source_manifest"]),
+        ("shared_models", ["expert_models"]),
+        ("enrichment", ["roi_set"]),
     ]
     full = plan_phases(assets, None)
-    planned = [k for _, keys in full for k in keys]
+    planned = [k for p in full for k in p.keys]
     assert sorted(planned) == sorted(k for a in assets for k in a.keys)  # every asset exactly once
     ingest = {dg.AssetKey("source_manifest"), dg.AssetKey("preprocessed_images")}
-    assert [kind for kind, keys in full if ingest & set(keys)] == ["per_source"]
-    assert ingest <= set(full[0][1])
+    assert [p.name for p in full if ingest & set(p.keys)] == ["ingest"]
+    assert ingest <= set(full[0].keys)
+    assert [p.job_name for p in full] == ["ingest_job", "shared_models_job", "enrichment_job"]
 
 
 def test_unknown_asset_is_reported(assets):
-    with pytest.raises(SystemExit, match="unknown asset 'nope'"):
+    with pytest.raises(ValueError, match="unknown asset 'nope'"):
         plan_phases(assets, "nope")
 
 
@@ -87,17 +93,17 @@ def _toy_graph(can_subset: bool) -> list:
 def test_siblings_are_planned_in_one_phase_with_their_upstream():
     # --until a: b comes along, and b needs the global g: the whole multi-asset runs after g
     assert _names(plan_phases(_toy_graph(can_subset=False), "a")) == [
-        ("global", ["g"]),
-        ("per_source", ["a", "b"]),
+        ("shared_models", ["g"]),
+        ("enrichment", ["a", "b"]),
     ]
     assert _names(plan_phases(_toy_graph(can_subset=False), "c")) == [
-        ("global", ["g"]),
-        ("per_source", ["a", "b", "c"]),
+        ("shared_models", ["g"]),
+        ("enrichment", ["a", "b", "c"]),
     ]
 
 
 def test_subsettable_multi_asset_is_not_widened():
-    assert _names(plan_phases(_toy_graph(can_subset=True), "a")) == [("per_source", ["a"])]
+    assert _names(plan_phases(_toy_graph(can_subset=True), "a")) == [("ingest", ["a"])]
 
 
 def test_build_until_source_manifest_end_to_end(tmp_path, monkeypatch):

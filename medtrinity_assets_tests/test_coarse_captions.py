@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import polars as pl
 
-from medtrinity_assets.coarse_captions import (
-    COARSE_SCHEMA,
-    RETRIEVED_SCHEMA,
-    build_coarse_captions,
-    build_queries,
-    retrieve_for_records,
-)
+from medtrinity_assets.core.tables import COARSE_CAPTIONS, RETRIEVED_KNOWLEDGE
+from medtrinity_assets.ingest.registry import SourceSpec
+from medtrinity_assets.knowledge.queries import build_queries, retrieve_for_records
 from medtrinity_assets.knowledge.retrieval import Hit
-from medtrinity_assets.registry import SourceSpec
+from medtrinity_assets.metadata.coarse_captions import build_coarse_captions
+
+COARSE_SCHEMA = dict(COARSE_CAPTIONS.schema)
+RETRIEVED_SCHEMA = dict(RETRIEVED_KNOWLEDGE.schema)
 
 MANIFEST_COLUMNS = {
     "record_id": pl.String,

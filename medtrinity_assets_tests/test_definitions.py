@@ -49,82 +49,110 @@ def test_definitions_validate():
     from medtrinity_assets.definitions import defs
 
     dg.Definitions.validate_loadable(defs)
-    assert defs.resolve_job_def("source_pipeline_job") is not None
+    for job in ("ingest_job", "shared_models_job", "enrichment_job", "knowledge_job"):
+        assert defs.resolve_job_def(job) is not None
     assert defs.resolve_sensor_def("source_registry_sensor") is not None
 
 
-def test_registry_sensor_adds_partitions_and_requests_runs(tmp_path, dagster_instance, demo_registry):
-    from medtrinity_assets.definitions import defs
-    from medtrinity_assets.resources import PipelineStorage
-
+def _registry_copy(tmp_path: Path, demo_registry: Path, names: list[str], prefix: str = "sensor_") -> Path:
     reg = tmp_path / "registry"
-    reg.mkdir()
-    for name in ("xray_tibia", "fundus_retina"):
-        text = (
-            (demo_registry / f"{name}.yaml")
-            .read_text()
-            .replace("root: ../demo/", f"root: {demo_registry.parent}/demo/")
-        )
-        (reg / f"{name}.yaml").write_text(text.replace(f"name: {name}", f"name: sensor_{name}"))
+    reg.mkdir(exist_ok=True)
+    for name in names:
+        text = (demo_registry / f"{name}.yaml").read_text().replace("root: ../demo/", f"root: {demo_registry.parent}/demo/")
+        (reg / f"{name}.yaml").write_text(text.replace(f"name: {name}", f"name: {prefix}{name}"))
+    return reg
+
+
+def test_registry_sensor_adds_partitions_and_requests_ingest_runs(tmp_path, dagster_instance, demo_registry):
+    from medtrinity_assets.definitions import defs
+    from medtrinity_assets.defs.resources import SourceRegistry
+
+    reg = _registry_copy(tmp_path, demo_registry, ["xray_tibia", "fundus_retina"])
     (reg / "broken.yaml").write_text("name: Bad Name\n")
     sensor = defs.resolve_sensor_def("source_registry_sensor")
-    storage = PipelineStorage(out_dir=str(tmp_path / "out"), registry_dir=str(reg))
+    resources = {"registry": SourceRegistry(registry_dir=str(reg))}
 
-    ctx = dg.build_sensor_context(instance=dagster_instance, resources={"storage": storage})
-    result = sensor(ctx)
-    assert sorted(r.partition_key for r in result.run_requests) == [
-        "sensor_fundus_retina",
-        "sensor_xray_tibia",
+    result = sensor(dg.build_sensor_context(instance=dagster_instance, resources=resources))
+    assert sorted((r.job_name, r.partition_key) for r in result.run_requests) == [
+        ("ingest_job", "sensor_fundus_retina"),
+        ("ingest_job", "sensor_xray_tibia"),
     ]
     (add,) = result.dynamic_partitions_requests
     assert sorted(add.partition_keys) == ["sensor_fundus_retina", "sensor_xray_tibia"]
 
     dagster_instance.add_dynamic_partitions("sources", list(add.partition_keys))
-    ctx2 = dg.build_sensor_context(
-        instance=dagster_instance, cursor=result.cursor, resources={"storage": storage}
-    )
-    again = sensor(ctx2)
-    assert not again.run_requests and not again.dynamic_partitions_requests
+    again = sensor(dg.build_sensor_context(instance=dagster_instance, cursor=result.cursor, resources=resources))
+    assert not again.run_requests and not again.dynamic_partitions_requests  # requested, not yet run
 
-    shutil.copy(reg / "xray_tibia.yaml", reg / "xray_tibia.yaml.bak")
-    (reg / "xray_tibia.yaml").write_text(
-        (reg / "xray_tibia.yaml").read_text().replace("organ: tibia", "organ: leg")
-    )
-    ctx3 = dg.build_sensor_context(
-        instance=dagster_instance, cursor=again.cursor, resources={"storage": storage}
-    )
-    changed = sensor(ctx3)
-    assert [r.partition_key for r in changed.run_requests] == ["sensor_xray_tibia"]
+    (reg / "xray_tibia.yaml").write_text((reg / "xray_tibia.yaml").read_text().replace("organ: tibia", "organ: leg"))
+    changed = sensor(dg.build_sensor_context(instance=dagster_instance, cursor=again.cursor, resources=resources))
+    assert [(r.job_name, r.partition_key) for r in changed.run_requests] == [("ingest_job", "sensor_xray_tibia")]
+
+
+def test_plan_sensor_orders_ingest_shared_models_enrichment():
+    """A changed source goes through the phases in order, one tick each, never enrichment first."""
+    from medtrinity_assets.definitions import defs
+    from medtrinity_assets.defs.plan import RunPlan
+    from medtrinity_assets.defs.sensors import InstanceState, next_requests
+
+    plan = RunPlan.from_assets(defs.assets)
+    declared = {"a": "fp1", "b": "fp2"}
+    built = InstanceState(fingerprints={"b": "fp2"}, ingest_ids={"b": 5})
+    reqs, pending = next_requests(plan, declared, built, {})
+    assert [(r.job_name, r.partition_key) for r in reqs] == [("ingest_job", "a")] and pending == {"a": "fp1"}
+    running = InstanceState(fingerprints={"b": "fp2"}, ingest_ids={"b": 5}, in_flight=True)
+    assert next_requests(plan, declared, running, pending)[0] == []
+    stale = [dg.AssetKey("expert_models")]
+    ingested = InstanceState(fingerprints={"a": "fp1", "b": "fp2"}, ingest_ids={"a": 9, "b": 5}, stale_shared=stale)
+    reqs, pending = next_requests(plan, declared, ingested, pending)
+    assert [(r.job_name, list(r.asset_selection)) for r in reqs] == [("shared_models_job", stale)]
+    fresh = InstanceState(fingerprints={"a": "fp1", "b": "fp2"}, ingest_ids={"a": 9, "b": 5})
+    reqs, pending = next_requests(plan, declared, fresh, pending)
+    assert [(r.job_name, r.partition_key) for r in reqs] == [("enrichment_job", "a")] and pending == {}
+    assert next_requests(plan, declared, fresh, pending)[0] == []  # built and current: nothing
 
 
 @pytest.mark.parametrize("until", ["preprocessed_images"])
 def test_cli_plan_orders_phases(until):
-    from medtrinity_assets.cli import plan_phases
     from medtrinity_assets.definitions import defs
+    from medtrinity_assets.defs.plan import RunPlan
 
-    phases = plan_phases(list(defs.assets), until)
-    assert phases[0][0] == "per_source"
-    assert [k.to_user_string() for k in phases[0][1]] == ["preprocessed_images", "source_manifest"]
-    full = plan_phases(list(defs.assets), None)
-    kinds = [k for k, _ in full]
-    assert kinds[0] == "per_source"
+    phases = RunPlan.from_assets(list(defs.assets), until).phases
+    assert phases[0].name == "ingest"
+    assert phases[0].key_names() == ["preprocessed_images", "source_manifest"]
+    full = RunPlan.from_assets(list(defs.assets)).phases
+    assert [p.name for p in full] == ["ingest", "shared_models", "enrichment"]
 
 
 def test_cli_resource_overrides(tmp_path):
-    from medtrinity_assets.cli import load_resource_overrides
-    from medtrinity_assets.resources import CaptionerResource
+    from medtrinity_assets.cli import load_overrides
+    from medtrinity_assets.defs.resources import (
+        OpenAICompatibleCaptionerResource,
+        TransformersLocalCaptionerResource,
+        default_resources,
+        resources_with_overrides,
+    )
 
     example = Path(__file__).parent.parent / "docs" / "examples" / "openai_captioner.yaml"
-    cfg = load_resource_overrides(str(example))
-    cap = CaptionerResource(**cfg["captioner"])
-    assert cap.backend == "openai_compatible" and len(cap.base_urls) == 2
-    local = load_resource_overrides(str(example.with_name("local_vlm_captioner.yaml")))
-    cap = CaptionerResource(**local["captioner"])
-    assert cap.backend == "transformers_local" and cap.batch_size == 8 and cap.model_path
+    cap = resources_with_overrides(default_resources(), load_overrides(str(example)))["captioner"]
+    assert isinstance(cap, OpenAICompatibleCaptionerResource) and len(cap.base_urls) == 2
+    local = load_overrides(str(example.with_name("local_vlm_captioner.yaml")))
+    cap = resources_with_overrides(default_resources(), local)["captioner"]
+    assert isinstance(cap, TransformersLocalCaptionerResource) and cap.batch_size == 8 and cap.model_path
+    assert "base_urls" not in type(cap).model_fields  # a backend's resource carries only its own fields
     bad = tmp_path / "bad.yaml"
     bad.write_text("captionr: {backend: embedded}\n")
-    with pytest.raises(SystemExit, match="unknown resource"):
-        load_resource_overrides(str(bad))
+    with pytest.raises(ValueError, match="unknown resource 'captionr'"):
+        resources_with_overrides(default_resources(), load_overrides(str(bad)))
+    with pytest.raises(ValueError, match="resource 'captioner'"):
+        resources_with_overrides(default_resources(), {"captioner": {"backend": "openai_compatible", "nope": 1}})
+
+
+def test_captioner_resources_and_backends_share_their_names():
+    from medtrinity_assets.captioning.backends import BACKENDS
+    from medtrinity_assets.defs.resources import CAPTIONER_RESOURCES
+
+    assert set(BACKENDS) == set(CAPTIONER_RESOURCES)
 
 
 def test_instance_config_is_sqlite_with_gpu_pool_and_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medtrinity_assets.imaging import dicom as dcm
-from medtrinity_assets.preprocess import ingest_source
+from medtrinity_assets.ingest.pipeline import ingest_source
+from medtrinity_assets.ingest.readers import dicom as dcm
 from medtrinity_assets_tests.sources_builders import make_spec
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -109,9 +109,10 @@ def enhanced_ct(
 def _load(path: Path) -> dcm.Volume:
     (h,) = [dcm.scan_header(path.name, str(path), 10**9)]
     assert h.reason is None
-    tasks, rejected = dcm.group_headers([h], 10**9)
-    assert not rejected and len(tasks) == 1
-    return dcm.load_task(tasks[0], "CT", {}, keeps_colour=False)
+    (task,) = dcm.group_headers([h], 10**9)
+    assert isinstance(task, dcm.DicomTask)
+    (vol,) = dcm.load_series(task, "CT", {})
+    return vol
 
 
 def test_fixture_has_geometry_only_per_frame(tmp_path):
@@ -119,8 +120,8 @@ def test_fixture_has_geometry_only_per_frame(tmp_path):
     assert "ImageOrientationPatient" not in ds and "PixelSpacing" not in ds
     assert "PlaneOrientationSequence" not in ds.SharedFunctionalGroupsSequence[0]
     assert "PixelMeasuresSequence" not in ds.SharedFunctionalGroupsSequence[0]
-    assert dcm._orientation(ds) == pytest.approx(AXIAL)
-    assert dcm._spacing(ds) == pytest.approx(PIXEL_SPACING)
+    assert dcm.image_orientation(ds) == pytest.approx(AXIAL)
+    assert dcm.pixel_spacing(ds) == pytest.approx(PIXEL_SPACING)
 
 
 def test_per_frame_geometry_gives_a_sorted_volume_with_spacing(tmp_path):

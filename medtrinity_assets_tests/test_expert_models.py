@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from medtrinity_assets.expert_models import (
+from medtrinity_assets.ingest.registry import SourceSpec
+from medtrinity_assets.segmentation import (
     ExpertConfig,
     ExpertIntegrityError,
     ExpertLoadError,
@@ -24,7 +25,6 @@ from medtrinity_assets.expert_models import (
     save_expert,
     train_expert,
 )
-from medtrinity_assets.registry import SourceSpec
 
 TINY = ExpertConfig(image_size=64, epochs=10, batch_size=8, learning_rate=2e-2, channels=(16, 32, 64))
 

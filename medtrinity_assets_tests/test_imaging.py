@@ -11,23 +11,22 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from medtrinity_assets.imaging import (
+from medtrinity_assets.ingest.dedup import hamming, phash
+from medtrinity_assets.ingest.readers import (
     REASONS,
     InputRejected,
-    dicom_identifier_values,
     direction_letter,
-    read_pil,
-    resolve_inside,
-    scrub_text,
 )
-from medtrinity_assets.imaging import dicom as dcm
-from medtrinity_assets.imaging.common import list_files
-from medtrinity_assets.preprocess import hamming, output_size, phash, resize_mask
+from medtrinity_assets.ingest.readers import dicom as dcm
+from medtrinity_assets.ingest.readers.files import list_files, resolve_inside
+from medtrinity_assets.ingest.readers.pil import read_pil
+from medtrinity_assets.ingest.slicing import output_size, resize_mask
+from medtrinity_assets.privacy import dicom_identifier_values, scrub_text
 from medtrinity_assets_tests.sources_builders import SKIMAGE_DATA, pydicom_file, truncated_copy
 
 
 def _decode(path: Path) -> np.ndarray:
-    return dcm.decode_pixels(dcm._read(path, header_only=False))
+    return dcm.decode_pixels(dcm.read_dataset(path, header_only=False))
 
 
 def test_identifier_values_cover_names_ids_dates():
@@ -114,9 +113,8 @@ def test_pixel_budget_checked_from_header():
 def test_seg_without_its_images_is_quarantined():
     headers = [dcm.scan_header("liver.dcm", str(pydicom_file("liver.dcm")), 10**9)]
     assert headers[0].is_seg and headers[0].seg_refs
-    tasks, rejected = dcm.group_headers(headers, 10**9)
-    assert not tasks
-    assert rejected[0][1].startswith("seg_without_source:")
+    (rejected,) = dcm.group_headers(headers, 10**9)
+    assert isinstance(rejected, dcm.Rejected) and rejected.reason.startswith("seg_without_source:")
 
 
 def test_resolve_inside_rejects_escapes(tmp_path):
@@ -169,7 +167,8 @@ def test_phash_uses_the_orthonormal_dct():
     """The numpy DCT matrix gives the same bits as scipy's 2D DCT-II (the textbook pHash)."""
     from scipy.fft import dctn
 
-    from medtrinity_assets.preprocess import _grey32, _phash_bits
+    from medtrinity_assets.ingest.dedup import grey32 as _grey32
+    from medtrinity_assets.ingest.dedup import phash_bits as _phash_bits
 
     rng = np.random.default_rng(3)
     images = [np.asarray(Image.open(SKIMAGE_DATA / n)) for n in ("camera.png", "ihc.png", "retina.jpg")]
@@ -203,7 +202,8 @@ def test_reason_vocabulary_is_closed():
 
 
 def test_overlay_outline_becomes_a_filled_region_and_annotations_are_dropped():
-    from medtrinity_assets.imaging.dicom import _overlay_mask, closed_outline_regions
+    from medtrinity_assets.ingest.readers.dicom_masks import closed_outline_regions
+    from medtrinity_assets.ingest.readers.dicom_masks import overlay_mask as _overlay_mask
 
     plane = np.zeros((60, 60), bool)
     plane[10:30, 10] = plane[10:30, 29] = plane[10, 10:30] = plane[29, 10:30] = True  # closed outline
@@ -223,7 +223,7 @@ def test_overlay_outline_becomes_a_filled_region_and_annotations_are_dropped():
 
 
 def test_projection_radiograph_orientation_comes_from_patient_orientation():
-    from medtrinity_assets.imaging.dicom import patient_orientation
+    from medtrinity_assets.ingest.readers.dicom_headers import patient_orientation
 
     tibia = pydicom.dcmread(get_testdata_file("RG3_J2KR.dcm"), stop_before_pixels=True)
     chest = pydicom.dcmread(get_testdata_file("RG1_J2KR.dcm"), stop_before_pixels=True)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medtrinity_assets.imaging import InputRejected, SourceRootMissing, read_pil
-from medtrinity_assets.imaging.common import read_label_image
-from medtrinity_assets.imaging.folder import list_folder
-from medtrinity_assets.imaging.nifti import list_msd
-from medtrinity_assets.preprocess import ingest_source
+from medtrinity_assets.ingest.pipeline import ingest_source
+from medtrinity_assets.ingest.readers import InputRejected, Rejected, SourceRootMissing
+from medtrinity_assets.ingest.readers.image_folder import list_folder
+from medtrinity_assets.ingest.readers.nifti import list_msd
+from medtrinity_assets.ingest.readers.pil import read_label_image, read_pil
 from medtrinity_assets_tests.sources_builders import SKIMAGE_DATA, make_spec, msd_source
 
 SIZE = 96
@@ -168,8 +168,8 @@ def test_nested_masks_pair_by_relative_path(tmp_path):
     _write_image(root / "images" / "c" / "x.png", _grey("coins.png", 50, 50))
     _write_image(root / "masks" / "a" / "x.png", _disc().astype(np.uint8))  # label 1
     _write_image(root / "masks" / "b" / "x.png", _disc(30, 60, 15).astype(np.uint8) * 2)  # label 2
-    tasks, rejected = list_folder(root, [])
-    assert rejected == []
+    tasks = list_folder(root, [])
+    assert not [t for t in tasks if isinstance(t, Rejected)]
     pairs = {t.relpath: t.mask_relpath for t in tasks}
     assert pairs == {
         "images/a/x.png": "masks/a/x.png",
@@ -189,7 +189,7 @@ def test_flat_masks_and_ambiguous_mask_files(tmp_path):
     _jpeg(root / "masks" / "x.jpg", _disc() * 255)  # same key as masks/x.png: PNG (lossless) wins
     _jpeg(root / "masks" / "y.jpg", _disc() * 255)  # suffixes may differ from the image's
     _write_image(root / "masks" / "sub" / "z.png", _disc().astype(np.uint8))  # not masks/z.*
-    tasks, _ = list_folder(root, [])
+    tasks = list_folder(root, [])
     pairs = {t.relpath: t.mask_relpath for t in tasks}
     assert pairs == {"images/x.png": "masks/x.png", "images/y.png": "masks/y.jpg", "images/z.png": None}
 
@@ -229,8 +229,8 @@ def test_test_only_msd_source_is_accepted(tmp_path):
     (root / "imagesTs").mkdir(parents=True)
     data = np.random.default_rng(0).normal(size=(8, 8, 4)).astype(np.float32)
     nib.save(nib.Nifti1Image(data, np.eye(4)), root / "imagesTs" / "case_001.nii.gz")
-    tasks, rejected = list_msd(root, [])
-    assert rejected == [] and [(t.relpath, t.split) for t in tasks] == [("imagesTs/case_001.nii.gz", "test")]
+    tasks = list_msd(root, [])
+    assert [(t.relpath, t.split) for t in tasks] == [("imagesTs/case_001.nii.gz", "test")]
 
 
 def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
@@ -238,7 +238,7 @@ def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
     upright, and its mask with the same tag stays aligned with it."""
     from PIL import Image
 
-    from medtrinity_assets.imaging.common import read_label_image, read_pil
+    from medtrinity_assets.ingest.readers.pil import read_label_image, read_pil
 
     stored = np.zeros((40, 60, 3), np.uint8)
     stored[:10, :20] = (255, 0, 0)  # a red block in the stored top-left corner

@@ -9,10 +9,9 @@ import polars as pl
 import pydicom
 
 from medtrinity_assets.captioning.quality import scan_phi
-from medtrinity_assets.imaging.common import scrub_text
-from medtrinity_assets.imaging.dicom import dicom_identifier_values
-from medtrinity_assets.imaging.identifiers import IdentifierMatcher, matcher_for, person_name_tokens
-from medtrinity_assets.preprocess import ingest_source
+from medtrinity_assets.ingest.pipeline import ingest_source
+from medtrinity_assets.privacy import dicom_identifier_values, scrub_text
+from medtrinity_assets.privacy.identifiers import IdentifierMatcher, matcher_for, person_name_tokens
 from medtrinity_assets_tests.sources_builders import make_spec, pydicom_file, truncated_copy
 
 
@@ -103,19 +102,26 @@ def test_a_patient_named_folder_is_redacted_for_every_file_in_it(tmp_path):
     assert m.filter(pl.col("status") == "quarantined")["reason"].str.contains("not_dicom|truncated").all()
 
 
-def test_demo_identifiers_do_not_flag_the_demo_vocabulary(demo_registry):
+def test_demo_identifiers_do_not_flag_the_demo_vocabulary(demo_registry, tmp_path):
     """Header values of the demo DICOM sources (pseudonyms such as PANCREAS_0001) must not
     make the PHI scan flag the words a description of them has to use."""
-    from medtrinity_assets.coarse_captions import MODALITY_PHRASES
-    from medtrinity_assets.phi import source_identifier_values
-    from medtrinity_assets.registry import load_registry
+    from pathlib import Path
 
+    from medtrinity_assets.core.vocabulary import vocabulary
+    from medtrinity_assets.ingest.readers import reader_for
+    from medtrinity_assets.ingest.registry import load_registry
+    from medtrinity_assets.privacy import identifier_store
+
+    phrases = [m.phrase for m in vocabulary().modalities] + [m.caption for m in vocabulary().modalities]
     specs, _ = load_registry(demo_registry)
     dicom = [s for s in specs if s.layout == "dicom"]
     assert len(dicom) >= 4
+    store = identifier_store(tmp_path)
     for spec in dicom:
-        values = source_identifier_values(spec, pl.DataFrame({"record_id": ["x"]}))
-        assert values, spec.name
-        words = [spec.organ, spec.modality, *spec.labels.values(), *MODALITY_PHRASES.values()]
+        scan = reader_for("dicom").scan(spec, Path(spec.resolved_root()), lambda fn, items: map(fn, items))
+        assert scan.identifiers, spec.name
+        store.save(spec.name, scan.identifiers)
+        words = [spec.organ, spec.modality, *spec.labels.values(), *phrases]
         text = "This is an image. " + ". ".join(words)
-        assert scan_phi(text, values) == [], (spec.name, text)
+        assert scan_phi(text, scan.identifiers) == [], (spec.name, text)
+        assert scan_phi(text, store.matcher(spec.name)) == [], (spec.name, text)

@@ -7,58 +7,51 @@ import polars as pl
 import pytest
 
 from medtrinity_assets.definitions import build_definitions
-from medtrinity_assets.resources import PipelineStorage, default_resources
+from medtrinity_assets.defs.plan import RunPlan
+from medtrinity_assets.defs.resources import (
+    OpenAICompatibleCaptionerResource,
+    OutputStorage,
+    SourceRegistry,
+    TransformersLocalCaptionerResource,
+    default_resources,
+)
+from medtrinity_assets.defs.runner import run_plan
 
 # Real DICOM (JPEG 2000 X-ray with a diagnosis in its description; multi-frame head MR), a
 # colour micrograph through the classical fallback, a table source with a box, synthetic masks.
 SOURCES = ["xray_tibia", "mr_head_multiframe", "histology_ihc", "microscopy_cells", "synthetic_phantoms"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+FAST_EXPERTS = {"ops": {"expert_models": {"config": {"epochs": 3, "image_size": 64, "min_samples": 8, "max_samples": 60}}}}
+
+
+def pipeline_registry():
+    from medtrinity_assets.core.paths import DEFAULT_REGISTRY_DIR
+
+    return DEFAULT_REGISTRY_DIR
+
+
+def make_resources(out, **overrides) -> dict:
+    resources = default_resources()
+    resources["storage"] = OutputStorage(out_dir=str(out))
+    resources["registry"] = SourceRegistry(registry_dir=str(pipeline_registry()))
+    resources.update(overrides)
+    return resources
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, dagster_instance, demo_registry):
+    """The run plan (the CLI's): ingest per source, shared models, enrichment per source."""
     out = tmp_path_factory.mktemp("pipeline_out")
-    resources = default_resources()
-    resources["storage"] = PipelineStorage(out_dir=str(out), registry_dir=str(demo_registry))
     dagster_instance.add_dynamic_partitions("sources", SOURCES)
-    defs = build_definitions()
-    assets = [*defs.assets, *defs.asset_checks]
-    results: dict[str, dict[str, dg.ExecuteInProcessResult]] = {"early": {}, "late": {}}
-
-    early = dg.AssetSelection.assets("source_manifest", "preprocessed_images", "coarse_captions")
-    for name in SOURCES:
-        results["early"][name] = dg.materialize(
-            assets,
-            selection=early,
-            partition_key=name,
-            instance=dagster_instance,
-            resources=resources,
-            run_config=QUIET,
-        )
-    results["global"] = dg.materialize(
-        assets,
-        selection=dg.AssetSelection.assets("expert_models", "knowledge_corpus", "knowledge_index"),
-        instance=dagster_instance,
-        resources=resources,
-        run_config={
-            **QUIET,
-            "ops": {
-                "expert_models": {
-                    "config": {"epochs": 3, "image_size": 64, "min_samples": 8, "max_samples": 60}
-                }
-            },
-        },
-    )
-    late = dg.AssetSelection.assets("roi_set", "retrieved_knowledge", "caption_batch", "caption_quality")
-    for name in SOURCES:
-        results["late"][name] = dg.materialize(
-            assets,
-            selection=late | dg.AssetSelection.checks_for_assets("caption_quality"),
-            partition_key=name,
-            instance=dagster_instance,
-            resources=resources,
-            run_config=QUIET,
-        )
+    defs = build_definitions(make_resources(out))
+    plan = RunPlan.from_assets(defs.assets)
+    reports = run_plan(defs, plan, SOURCES, dagster_instance, run_config=FAST_EXPERTS)
+    results: dict = {"early": {}, "late": {}}
+    for r in reports:
+        if r.phase == "shared_models":
+            results["global"] = r.result
+        else:
+            results["early" if r.phase == "ingest" else "late"][r.source] = r.result
     return out, results
 
 
@@ -122,8 +115,7 @@ def test_caption_rerun_is_cached(pipeline, dagster_instance):
     out, _ = pipeline
     before = _table(out, "caption_batch", "xray_tibia")
     defs = build_definitions()
-    resources = default_resources()
-    resources["storage"] = PipelineStorage(out_dir=str(out), registry_dir=str(pipeline_registry()))
+    resources = make_resources(out)
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
         selection=dg.AssetSelection.assets("caption_batch"),
@@ -147,12 +139,6 @@ def test_retrieved_knowledge_grounds_the_tibia_lesion(pipeline):
     assert any("fibroma" in t.lower() for t in texts)
 
 
-def pipeline_registry():
-    from medtrinity_assets.demo_data import DEFAULT_REGISTRY_DIR
-
-    return DEFAULT_REGISTRY_DIR
-
-
 def test_openai_backend_is_configuration_only_and_blocking_checks_catch_bad_claims(
     pipeline, dagster_instance, tmp_path, monkeypatch
 ):
@@ -161,7 +147,6 @@ def test_openai_backend_is_configuration_only_and_blocking_checks_catch_bad_clai
     MRI phantoms those claims are wrong, and the blocking consistency check must fail."""
     import shutil
 
-    from medtrinity_assets.resources import CaptionerResource
     from medtrinity_assets_tests.chat_server import ChatServer
 
     out, _ = pipeline
@@ -170,14 +155,10 @@ def test_openai_backend_is_configuration_only_and_blocking_checks_catch_bad_clai
     monkeypatch.setenv("TEST_VLM_KEY", "sk-test-secret")
     defs = build_definitions()
     with ChatServer(latency_s=0.01) as server:
-        resources = default_resources()
-        resources["storage"] = PipelineStorage(out_dir=str(copy), registry_dir=str(pipeline_registry()))
-        resources["captioner"] = CaptionerResource(
-            backend="openai_compatible",
-            base_urls=[server.base_url],
-            model="test-vlm",
-            api_key_env="TEST_VLM_KEY",
+        captioner = OpenAICompatibleCaptionerResource(
+            base_urls=[server.base_url], model="test-vlm", api_key_env="TEST_VLM_KEY"
         )
+        resources = make_resources(copy, captioner=captioner)
         result = dg.materialize(
             [*defs.assets, *defs.asset_checks],
             selection=dg.AssetSelection.assets("caption_batch", "caption_quality")
@@ -206,18 +187,14 @@ def test_local_vlm_backend_is_configuration_only(pipeline, dagster_instance, tmp
     import json
     import shutil
 
-    from medtrinity_assets.resources import CaptionerResource
     from medtrinity_assets_tests.tiny_vlm import write_tiny_llava
 
     out, _ = pipeline
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     model_dir = write_tiny_llava(tmp_path / "tiny-llava")
-    resources = default_resources()
-    resources["storage"] = PipelineStorage(out_dir=str(copy), registry_dir=str(pipeline_registry()))
-    resources["captioner"] = CaptionerResource(
-        backend="transformers_local", model_path=str(model_dir), max_tokens=16, batch_size=2
-    )
+    captioner = TransformersLocalCaptionerResource(model_path=str(model_dir), max_tokens=16, batch_size=2)
+    resources = make_resources(copy, captioner=captioner)
     defs = build_definitions()
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
@@ -247,7 +224,7 @@ def test_user_corpus_rebuild_embeds_only_new_chunks(pipeline, dagster_instance, 
     import json
     import shutil
 
-    from medtrinity_assets.resources import KnowledgeConfig
+    from medtrinity_assets.defs.resources import KnowledgeConfig
 
     out, results = pipeline
     copy = tmp_path / "out"
@@ -269,9 +246,7 @@ def test_user_corpus_rebuild_embeds_only_new_chunks(pipeline, dagster_instance, 
         },
     ]
     (corpus / "mine.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n{not json\n")
-    resources = default_resources()
-    resources["storage"] = PipelineStorage(out_dir=str(copy), registry_dir=str(pipeline_registry()))
-    resources["knowledge"] = KnowledgeConfig(corpus_paths=[str(corpus)])
+    resources = make_resources(copy, knowledge=KnowledgeConfig(corpus_paths=[str(corpus)]))
     defs = build_definitions()
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],

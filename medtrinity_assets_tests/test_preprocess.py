@@ -15,10 +15,12 @@ import pydicom
 import pytest
 from PIL import Image
 
-from medtrinity_assets import storage
-from medtrinity_assets.imaging import SourceRootMissing, dicom_identifier_values
-from medtrinity_assets.preprocess import IMAGES_SCHEMA, MANIFEST_SCHEMA, ingest_source
-from medtrinity_assets.registry import SliceConfig, WindowConfig
+from medtrinity_assets.core import storage
+from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, SOURCE_MANIFEST
+from medtrinity_assets.ingest.pipeline import ingest_source
+from medtrinity_assets.ingest.readers import SourceRootMissing
+from medtrinity_assets.ingest.registry import SliceConfig, WindowConfig
+from medtrinity_assets.privacy import dicom_identifier_values
 from medtrinity_assets_tests.sources_builders import (
     SKIMAGE_DATA,
     copy_dicoms,
@@ -31,6 +33,9 @@ from medtrinity_assets_tests.sources_builders import (
     truncated_copy,
     write_seg,
 )
+
+MANIFEST_SCHEMA = SOURCE_MANIFEST.schema
+IMAGES_SCHEMA = PREPROCESSED_IMAGES.schema
 
 DEMO_DICOMS = [
     "CT_small.dcm",
@@ -71,8 +76,8 @@ def test_dicom_tables_and_files(dicom_run):
     spec, out, res, calls = dicom_run
     assert list(res.manifest.columns) == list(MANIFEST_SCHEMA)
     assert list(res.images.columns) == list(IMAGES_SCHEMA)
-    assert storage.read_table(storage.table_path(out, "source_manifest", spec.name)).equals(res.manifest)
-    assert storage.read_table(storage.table_path(out, "preprocessed_images", spec.name)).equals(res.images)
+    assert SOURCE_MANIFEST.read(out, spec.name).equals(res.manifest)
+    assert PREPROCESSED_IMAGES.read(out, spec.name).equals(res.images)
     assert res.quarantine_counts == {}
     assert calls[-1] == (len(DEMO_DICOMS), len(DEMO_DICOMS))
     rows = _by_rel(res.manifest)
@@ -114,14 +119,14 @@ def test_ct_is_windowed_in_hounsfield_units_with_orientation(dicom_run):
 def test_palette_colour_ultrasound_is_ingested_as_its_displayed_image(tmp_path, colour):
     from pydicom.pixels import apply_color_lut
 
-    from medtrinity_assets.preprocess import resize_image
+    from medtrinity_assets.ingest.slicing import resize_image
 
     root = copy_dicoms(tmp_path / "src", ["OBXXXX1A.dcm"])
     spec = make_spec(tmp_path, "us_palette", "dicom", root, modality="US", organ="fetus", colour=colour)
     out = tmp_path / "out"
     res = ingest_source(spec, out, workers=1)
     assert res.counts["ok"] == 1
-    img_row = storage.read_table(out / "preprocessed_images" / "us_palette.parquet").row(0, named=True)
+    img_row = PREPROCESSED_IMAGES.read(out, "us_palette").row(0, named=True)
     png = _png(out, img_row["image_path"])
     ds = pydicom.dcmread(pydicom_file("OBXXXX1A.dcm"))
     rgb = resize_image((apply_color_lut(ds.pixel_array, ds) >> 8).astype(np.uint8), 384, 512)
@@ -256,7 +261,7 @@ def test_msd_nifti_layout(tmp_path):
         assert _png(out, row["mask_path"]).shape == (row["height"], row["width"])
         assert row["mask_label_names"] == ["bright tissue"]  # dataset.json's name travels on
     # ... and names the mask ROIs, although the registry declares no labels
-    from medtrinity_assets.rois import build_roi_set
+    from medtrinity_assets.rois.build import build_roi_set
 
     rois = build_roi_set(res.images.filter(pl.col("record_id").is_in(masked["record_id"])), spec, out).rois
     mask_rois = rois.filter(pl.col("origin") == "mask")
@@ -506,7 +511,7 @@ def test_empty_source_writes_empty_tables(tmp_path):
     res = ingest_source(spec, tmp_path / "out", workers=2, progress=lambda d, t: calls.append((d, t)))
     assert res.manifest.height == 0 and res.images.height == 0 and calls == [(0, 0)]
     assert list(res.manifest.columns) == list(MANIFEST_SCHEMA)
-    assert storage.table_path(tmp_path / "out", "preprocessed_images", "empty").exists()
+    assert PREPROCESSED_IMAGES.path(tmp_path / "out", "empty").exists()
 
 
 def test_monochrome1_is_inverted_for_display(tmp_path):
@@ -528,7 +533,10 @@ def test_monochrome1_is_inverted_for_display(tmp_path):
 
 
 def test_folders_and_files_named_after_the_patient_are_redacted(tmp_path):
-    from medtrinity_assets.imaging.dicom import redact_identifying_path
+    from medtrinity_assets.privacy import matcher_for
+
+    def redact_identifying_path(relpath, values):
+        return matcher_for(values).redact_path(relpath)
 
     assert redact_identifying_path("DOE_JANE/ct/1.dcm", {"Doe^Jane", "Doe", "Jane"}).startswith("~")
     assert redact_identifying_path("scans/ct/1.dcm", {"Doe^Jane"}) == "scans/ct/1.dcm"

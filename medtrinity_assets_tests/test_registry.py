@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from medtrinity_assets.registry import (
+from medtrinity_assets.core.vocabulary import canonical_modality
+from medtrinity_assets.ingest.registry import (
     RegistryError,
-    canonical_modality,
     find_source,
     load_registry,
     load_source_file,

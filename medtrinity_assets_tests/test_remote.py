@@ -8,10 +8,10 @@ import fsspec
 import polars as pl
 import pytest
 
-from medtrinity_assets.imaging import SourceRootMissing
-from medtrinity_assets.preprocess import ingest_source
-from medtrinity_assets.registry import SourceSpec
-from medtrinity_assets.remote import mirror_remote_root
+from medtrinity_assets.ingest.pipeline import ingest_source
+from medtrinity_assets.ingest.readers import SourceRootMissing
+from medtrinity_assets.ingest.registry import SourceSpec
+from medtrinity_assets.ingest.remote import mirror_remote_root
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from skimage.draw import disk, ellipse, polygon
 
-from medtrinity_assets.registry import SourceSpec
-from medtrinity_assets.roi_attributes import RoiConfig, measure_roi
-from medtrinity_assets.rois import (
+from medtrinity_assets.ingest.registry import SourceSpec
+from medtrinity_assets.rois.attributes import RoiConfig, measure_roi
+from medtrinity_assets.rois.build import (
     ROI_SCHEMA,
     build_roi_set,
     draw_roi_overlay,
@@ -341,8 +341,10 @@ def test_shape_and_intensity_words():
 
 
 def test_config_is_documented_and_overridable(tmp_path):
-    cfg = RoiConfig.load()
-    assert cfg.intensity_words["ct"] == ["hyperdense", "hypodense", "isodense"]
+    from medtrinity_assets.core.vocabulary import intensity_words
+
+    assert intensity_words("CT") == ("hyperdense", "hypodense", "isodense")
+    assert RoiConfig.load(intensity_words={"ct": ["a", "b", "c"]}).intensity_words["ct"] == ["a", "b", "c"]
     img, mask = _disc()
     relaxed = RoiConfig.load(iso_contrast_max=0.9)
     assert measure_roi(img, mask.astype(bool), modality="CT", config=relaxed)["intensity_word"] == "isodense"
@@ -438,7 +440,7 @@ def test_shape_and_texture_match_skimage_on_random_masks():
     from skimage.feature import graycomatrix, graycoprops
     from skimage.measure import regionprops
 
-    from medtrinity_assets.roi_attributes import quantise, texture_stats
+    from medtrinity_assets.rois.attributes import quantise, texture_stats
 
     cfg = RoiConfig.load()
     rng = np.random.default_rng(11)

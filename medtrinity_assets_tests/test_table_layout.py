@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from medtrinity_assets import storage
-from medtrinity_assets.preprocess import ingest_source
+from medtrinity_assets.core import storage
+from medtrinity_assets.ingest.pipeline import ingest_source
 from medtrinity_assets_tests.sources_builders import make_spec
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from medtrinity_assets.captioning import make_captioner
-from medtrinity_assets.captioning.base import CaptionerConfigError
+from medtrinity_assets.captioning.backends.base import CaptionerConfigError
 from medtrinity_assets.captioning.samples import realistic_inputs
 from medtrinity_assets_tests.sources_builders import SKIMAGE_DATA
 from medtrinity_assets_tests.tiny_vlm import write_tiny_llava

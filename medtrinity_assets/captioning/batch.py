@@ -21,27 +21,16 @@ from typing import Any
 
 import polars as pl
 
-from medtrinity_assets.captioning.base import Captioner, CaptionResult, run_sync
+from medtrinity_assets.captioning.backends.base import Captioner, CaptionResult, run_sync
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.prompt import FACETS
-from medtrinity_assets.storage import write_table
+from medtrinity_assets.core.storage import write_parquet_atomic
+from medtrinity_assets.core.tables import CAPTION_BATCH
 
 logger = logging.getLogger(__name__)
 
 FACET_COLUMNS = [f"facet_{k}" for k in FACETS]
-CAPTION_COLUMNS = [
-    "record_id", "source", "roi_id", "backend", "model", "params", "prompt_version", "inputs_hash",
-    "retrieved_chunk_ids", "text", "facets", *FACET_COLUMNS, "status", "error", "raw", "created_at",
-]
-_SCHEMA: dict[str, Any] = {
-    "record_id": pl.String, "source": pl.String, "backend": pl.String, "model": pl.String,
-    "params": pl.String, "prompt_version": pl.String, "inputs_hash": pl.String,
-    "retrieved_chunk_ids": pl.List(pl.String), "text": pl.String, "facets": pl.String,
-    **dict.fromkeys(FACET_COLUMNS, pl.String), "status": pl.String, "error": pl.String, "raw": pl.String,
-    "created_at": pl.Datetime("us", "UTC"),
-}
-
-
+CAPTION_COLUMNS = CAPTION_BATCH.columns
 @dataclass
 class BatchResult:
     table_path: Path
@@ -64,18 +53,10 @@ def parts_dir(table_path: str | Path) -> Path:
     return table_path.with_name(table_path.name + ".parts")
 
 
-def _roi_dtype(inputs: list[CaptionInput]) -> Any:
-    kinds = {type(i.roi_id) for i in inputs if i.roi_id is not None}
-    if kinds and all(issubclass(k, int) and not issubclass(k, bool) for k in kinds):
-        return pl.Int64
-    return pl.String
-
-
-def caption_rows_frame(rows: list[dict[str, Any]], roi_dtype: Any = pl.String) -> pl.DataFrame:
-    schema = {c: (roi_dtype if c == "roi_id" else _SCHEMA[c]) for c in CAPTION_COLUMNS}
-    if roi_dtype == pl.String:
-        rows = [{**r, "roi_id": None if r["roi_id"] is None else str(r["roi_id"])} for r in rows]
-    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+def caption_rows_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Caption rows as a frame of the ``caption_batch`` contract (roi ids as strings)."""
+    rows = [{**r, "roi_id": None if r["roi_id"] is None else str(r["roi_id"])} for r in rows]
+    return CAPTION_BATCH.frame(rows)
 
 
 def _row(item: CaptionInput, result: CaptionResult, captioner: Captioner, h: str, params_json: str) -> dict:
@@ -174,7 +155,6 @@ def run_caption_batch(
     if progress:
         progress(cached, total)
 
-    roi_dtype = _roi_dtype(unique)
     new_rows: dict[str, dict[str, Any]] = {}
     state = {"chunks": 0, "done": cached}
 
@@ -183,7 +163,7 @@ def run_caption_batch(
             raise RuntimeError(f"captioner {captioner.name} returned {len(results)} results for {len(chunk)} inputs")
         rows = [_row(item, res, captioner, h, params_json) for (item, h), res in zip(chunk, results, strict=True)]
         part = pdir / f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-        write_table(caption_rows_frame(rows, roi_dtype), part)  # durable before it counts as done
+        write_parquet_atomic(caption_rows_frame(rows), part)  # durable before it counts as done
         state["chunks"] += 1
         for r in rows:
             new_rows[r["inputs_hash"]] = r
@@ -194,7 +174,7 @@ def run_caption_batch(
         log.info("caption chunk %d: %d captions (%d failed), %d/%d done",
                  state["chunks"], len(rows), n_failed, state["done"], total)
 
-    if todo and callable(getattr(captioner, "astream", None)):
+    if todo and captioner.supports_streaming:
         # streaming backends: no barrier between chunks; results are flushed every chunk_size
         async def stream() -> None:
             buf: list[tuple[int, CaptionResult]] = []
@@ -218,8 +198,7 @@ def run_caption_batch(
         row = new_rows.get(h) or dict(cache[h])
         row["roi_id"] = item.roi_id
         final_rows.append(row)
-    df = caption_rows_frame(final_rows, roi_dtype)
-    write_table(df, table_path)
+    write_parquet_atomic(caption_rows_frame(final_rows), table_path)
     if pdir.exists():
         for p in pdir.iterdir():
             p.unlink(missing_ok=True)

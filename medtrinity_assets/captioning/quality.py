@@ -30,28 +30,28 @@ from typing import Any
 
 import polars as pl
 
-from medtrinity_assets.captioning.base import run_sync
+from medtrinity_assets.captioning.backends.base import run_sync
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.prompt import FACETS, build_reference_text
-from medtrinity_assets.captioning.vocab import (
-    COMPATIBLE_REGIONS,
-    MODALITY_COMPATIBLE,
+from medtrinity_assets.captioning.wording import (
     homogeneity_mentions,
     intensity_polarities,
     intensity_polarity,
     label_text,
-    modality_family,
+)
+from medtrinity_assets.core.tables import CAPTION_QUALITY, QUALITY_CHECKS
+from medtrinity_assets.core.vocabulary import (
+    allowed_modalities,
+    compatible_regions,
     modality_mentions,
+    modality_of,
     organ_region,
     organ_terms,
     regions_in,
 )
-from medtrinity_assets.imaging.identifiers import IdentifierMatcher, matcher_for
+from medtrinity_assets.privacy import find_phi, matcher_for
 
-CHECKS = (
-    "facets_present", "position_ok", "laterality_ok", "modality_ok", "organ_ok", "texture_ok", "size_ok",
-    "length_ok",
-)
+CHECKS = QUALITY_CHECKS
 MIN_FACET_CHARS = 8
 
 _FRAME = r"(?:image|frame|picture|field of view|view|slice)"
@@ -78,19 +78,6 @@ _RELATIONAL = re.compile(r"\b(left|right)(?:\s+of|ward)\b", re.I)
 _SIDE = re.compile(r"\b(left|right)\b", re.I)
 _AP = re.compile(r"\b(anterior|posterior|superior|inferior)\b", re.I)
 _SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?(mm|millimet(?:re|er)s?|cm|centimet(?:re|er)s?)\b", re.I)
-
-_PHI_PATTERNS: list[tuple[str, re.Pattern]] = [
-    ("dicom_name", re.compile(r"\b[A-Z][A-Za-z'\-]+\^[A-Za-z][A-Za-z'\-]*")),
-    ("titled_name", re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Mx)\.?\s+[A-Z][a-z]{1,}")),
-    ("labelled_name", re.compile(r"(?i:\b(?:patient(?:'s)?\s+name|name)\s*[:=]\s*)[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?")),
-    ("identifier", re.compile(r"(?<![\w.])\d{7,}(?!\.?\w)")),
-    ("identifier", re.compile(r"\b(?:MRN|ID|Acc|Accession)[:#\s-]*\d{5,}\b", re.I)),
-    ("date", re.compile(r"(?<![\d.])(?:19|20)\d{2}([-/.])\d{1,2}\1\d{1,2}(?!\.?\d)")),
-    ("date", re.compile(r"(?<![\d.])\d{1,2}([-/.])\d{1,2}\1(?:19|20)?\d{2}(?!\.?\d)")),
-    ("date", re.compile(r"\b\d{1,2}\s+(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?,?\s+\d{4}\b")),
-    ("date", re.compile(r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?\s+\d{1,2},?\s+\d{4}\b")),
-]
-
 
 _CITE = re.compile(r"\[(?:chunk\s*)?([\w.:\-]+)\]")
 _QUOTE_CITE = re.compile(r"[\"“]([^\"”]*)[\"”]\s*,?\s*\[(?:chunk\s*)?([\w.:\-]+)\]")
@@ -164,32 +151,21 @@ def _facets_of(row: dict[str, Any]) -> dict[str, str | None]:
     return facets
 
 
-def scan_phi(
-    text: str, phi_values: Iterable[str] | IdentifierMatcher = (), chunk_ids: Iterable[str] = ()
-) -> list[str]:
-    """PHI-like findings (kinds, never the values themselves).
-
-    ``phi_values`` are matched as whole words, a person name by each of its name tokens in
-    any order ("Li^Na" is found in "Na Li"); pass a prebuilt matcher for a whole batch.
-    """
+def scan_phi(text: str, phi_values: Iterable[str] | Any = (), chunk_ids: Iterable[str] = ()) -> list[str]:
+    """PHI kinds found in a description (never the values): the privacy module's one pattern set
+    and the source's identifying values (a matcher, a hashed store or plain values). Chunk ids
+    are removed first: they are hex strings, not identifiers."""
     for cid in chunk_ids:
         if cid:
             text = text.replace(cid, " ")
-    found = []
-    for kind, rx in _PHI_PATTERNS:
-        if rx.search(text):
-            found.append(kind)
-    matcher = phi_values if isinstance(phi_values, IdentifierMatcher) else matcher_for(phi_values)
-    if matcher.search(text):
-        found.append("listed_value")
-    return sorted(set(found))
+    return find_phi(text, phi_values)
 
 
 def check_caption(
     row: dict[str, Any],
     item: CaptionInput | None,
     *,
-    phi_values: Iterable[str] | IdentifierMatcher = (),
+    phi_values: Iterable[str] | Any = (),
     min_chars: int = 80,
     max_chars: int = 6000,
 ) -> dict[str, Any]:
@@ -266,12 +242,12 @@ def check_caption(
     res["laterality_ok"] = lat_ok
 
     # modality
-    fam = modality_family(item.modality)
+    entry = modality_of(item.modality)
     facet_mod = facets.get("modality") or ""
     mentioned = modality_mentions(masked)
     mod_ok = True
-    if fam is not None:
-        allowed = {fam} | MODALITY_COMPATIBLE.get(fam, set())
+    if entry is not None:
+        allowed = allowed_modalities(entry.key)
         if not (modality_mentions(facet_mod) & allowed):
             mod_ok = False
             issues.append(f"modality facet does not name the recorded modality ({item.modality})")
@@ -293,7 +269,7 @@ def check_caption(
         if region is not None:
             allowed_r = set(region)
             for r in region:
-                allowed_r |= COMPATIBLE_REGIONS.get(r, set())
+                allowed_r |= compatible_regions(r)
             for p in _known_phrases(item):
                 allowed_r |= regions_in(p)
             other_r = regions_in(masked) - allowed_r
@@ -338,7 +314,7 @@ def check_captions(
     captions: pl.DataFrame,
     inputs: dict[tuple[str, Any], CaptionInput],
     *,
-    phi_values: set[str] | frozenset[str] = frozenset(),
+    phi_values: Iterable[str] | Any = frozenset(),
     judge: Judge | None = None,
     min_chars: int = 80,
     max_chars: int = 6000,
@@ -350,7 +326,7 @@ def check_captions(
     rows_in = list(captions.iter_rows(named=True))
     items = [by_key.get((r["record_id"], str(r["roi_id"]))) for r in rows_in]
     out = []
-    phi_matcher = matcher_for(phi_values)  # compiled once for the batch
+    phi_matcher = phi_values if hasattr(phi_values, "search") else matcher_for(phi_values)  # once per batch
     for row, item in zip(rows_in, items, strict=True):
         res = check_caption(row, item, phi_values=phi_matcher, min_chars=min_chars, max_chars=max_chars)
         out.append({"record_id": row["record_id"], "roi_id": row["roi_id"], "backend": row.get("backend"),
@@ -368,17 +344,7 @@ def check_captions(
             res[f"judge_{k}"] = None if s is None else float(s[k])
         res["judge_mean"] = None if s is None else sum(float(s[k]) for k in FACETS) / len(FACETS)
         res["passed"] = bool(res["consistent"] and not res["phi_found"])
-    schema = {
-        "record_id": pl.String, "roi_id": captions.schema.get("roi_id", pl.String), "backend": pl.String,
-        "inputs_hash": pl.String,
-        **dict.fromkeys(CHECKS, pl.Boolean),
-        **{f"facet_{k}_present": pl.Boolean for k in FACETS},
-        "phi_found": pl.Boolean, "consistent": pl.Boolean, "issues": pl.List(pl.String),
-        **{f"judge_{k}": pl.Float64 for k in FACETS}, "judge_mean": pl.Float64, "passed": pl.Boolean,
-    }
-    if not out:
-        return pl.DataFrame(schema=schema)
-    return pl.DataFrame([{c: r.get(c) for c in schema} for r in out], schema=schema)
+    return CAPTION_QUALITY.frame(out)
 
 
 # -- judge ---------------------------------------------------------------------------------------
@@ -425,7 +391,7 @@ class Judge:
             return list(await asyncio.gather(*(self._one(*it) for it in items)))
 
     async def _one(self, item: CaptionInput, text: str, facets: dict[str, Any]) -> dict[str, float] | None:
-        from medtrinity_assets.captioning.openai_compatible import ChatRequestError
+        from medtrinity_assets.captioning.backends.openai_compatible import ChatRequestError
 
         user = (
             "Reference information:\n" + build_reference_text(item)

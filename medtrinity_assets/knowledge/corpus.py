@@ -22,24 +22,15 @@ from typing import Any
 
 import polars as pl
 
+from medtrinity_assets.core.tables import KNOWLEDGE_CORPUS, KNOWLEDGE_QUARANTINE
+
 DEFAULT_CORPUS_PATH = Path(__file__).resolve().parent / "default_corpus.jsonl"
 DEFAULT_CORPUS_NAME = "medtrinity_default"
 SUPPORTED_SUFFIXES = (".jsonl", ".txt", ".md")
 DEFAULT_MAX_DOC_CHARS = 200_000
 CHARS_PER_TOKEN = 4  # approximation used when no tokenizer is available
 
-CHUNK_SCHEMA = {
-    "chunk_id": pl.String,
-    "doc_id": pl.String,
-    "corpus": pl.String,
-    "title": pl.String,
-    "topic": pl.String,
-    "text": pl.String,
-    "char_start": pl.Int64,
-    "char_end": pl.Int64,
-    "content_hash": pl.String,
-    "path": pl.String,
-}
+CHUNK_SCHEMA = dict(KNOWLEDGE_CORPUS.schema)
 DOCUMENT_SCHEMA = {
     "doc_id": pl.String,
     "corpus": pl.String,
@@ -49,12 +40,7 @@ DOCUMENT_SCHEMA = {
     "doc_hash": pl.String,
     "path": pl.String,
 }
-QUARANTINE_SCHEMA = {
-    "path": pl.String,
-    "line": pl.Int64,
-    "reason": pl.String,
-    "corpus": pl.String,
-}
+QUARANTINE_SCHEMA = dict(KNOWLEDGE_QUARANTINE.schema)
 
 
 @dataclass

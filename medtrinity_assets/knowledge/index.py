@@ -53,7 +53,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from medtrinity_assets.storage import sha256_file
+from medtrinity_assets.core.storage import sha256_file
 
 INDEX_FILE = "index.faiss"
 DOCSTORE_FILE = "docstore.parquet"

@@ -1,0 +1,77 @@
+"""Words read back out of a description: intensity polarity, homogeneity, sides, label text.
+
+Modality, organ and region words live in the project's vocabulary
+(:mod:`medtrinity_assets.core.vocabulary`); this module holds the claim words that the quality
+checks look for in any captioner's text and that the embedded captioner writes.
+"""
+
+from __future__ import annotations
+
+import re
+
+# intensity polarity of a word: +1 brighter than surroundings, -1 darker, 0 similar
+_BRIGHT = re.compile(r"\bhyper[- ]?(?:dense|intense|echoic|attenuating|reflective|attenuation|density|intensity)\b|"
+                     r"\bbrighter\b|\bhyperdensity\b|\bhyperintensity\b|\bradio-?opaque\b|\bincreased (?:uptake|density|signal|intensity)\b",
+                     re.IGNORECASE)
+_DARK = re.compile(r"\bhypo[- ]?(?:dense|intense|echoic|attenuating|reflective|attenuation|density|intensity)\b|"
+                   r"\bdarker\b|\bhypodensity\b|\bhypointensity\b|\bradiolucent\b|\ban-?echoic\b|\bdecreased (?:uptake|density|signal|intensity)\b",
+                   re.IGNORECASE)
+_SIMILAR = re.compile(r"\biso[- ]?(?:dense|intense|echoic|attenuating)\b|\bsimilar (?:intensity|brightness|density)\b",
+                      re.IGNORECASE)
+
+
+def intensity_polarities(text: str) -> set[int]:
+    found = set()
+    if _BRIGHT.search(text or ""):
+        found.add(1)
+    if _DARK.search(text or ""):
+        found.add(-1)
+    if _SIMILAR.search(text or ""):
+        found.add(0)
+    return found
+
+
+def intensity_polarity(word: str | None) -> int | None:
+    if not word:
+        return None
+    pols = intensity_polarities(word)
+    if len(pols) == 1:
+        return next(iter(pols))
+    w = word.lower()
+    if w.startswith("hyper") or "bright" in w:
+        return 1
+    if w.startswith("hypo") or "dark" in w:
+        return -1
+    if w.startswith("iso") or "similar" in w:
+        return 0
+    return None
+
+
+_HOMO = re.compile(r"(?<![-\w])homogeneous\b|\buniform(?:ly)?\b", re.IGNORECASE)
+_HETERO = re.compile(r"\bheterogeneous\b|\binhomogeneous\b|\bnon-?homogeneous\b|\bmottled\b", re.IGNORECASE)
+
+
+def homogeneity_mentions(text: str) -> set[str]:
+    found = set()
+    if _HETERO.search(text or ""):
+        found.add("heterogeneous")
+    cleaned = _HETERO.sub(" ", text or "")
+    if _HOMO.search(cleaned):
+        found.add("homogeneous")
+    return found
+
+
+def side_words(text: str) -> set[str]:
+    """Patient-side words (``left``/``right``) in a label or phrase, including ``_L``/``_R`` suffixes."""
+    t = text or ""
+    sides = {m.lower() for m in re.findall(r"\b(left|right)\b", t, re.IGNORECASE)}
+    if re.search(r"(?:_|\b)L\b", t):
+        sides.add("left")
+    if re.search(r"(?:_|\b)R\b", t):
+        sides.add("right")
+    return sides
+
+
+def label_text(label: str | None) -> str:
+    """A label as captions write it (``Precentral_L`` -> ``Precentral L``)."""
+    return re.sub(r"\s+", " ", str(label or "").replace("_", " ")).strip()

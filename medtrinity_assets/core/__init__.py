@@ -1,0 +1,1 @@
+"""Core: default paths, storage, table contracts, the vocabulary, images and pictures."""

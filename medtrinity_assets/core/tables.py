@@ -1,0 +1,394 @@
+"""Table contracts: one object per table with its name, schema, location and validating I/O.
+
+Every Parquet table the pipeline writes is declared here, once: the asset that produces it,
+the stages that read it and the docs (``docs/ARCHITECTURE.md``, tested against this module)
+all use the same :class:`TableContract`. Reading a table checks that every column of the
+contract is there (an older or foreign file fails with the table and the column named,
+instead of being silently padded); writing casts to the declared types and refuses a frame
+with a missing or an undeclared column.
+
+Layout under an output root: ``<out>/<table>/<source>.parquet`` for per-source tables and
+``<out>/<table>/_global.parquet`` for global ones (see :meth:`TableContract.path`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from medtrinity_assets.core.storage import write_parquet_atomic
+
+GLOBAL_PART = "_global"
+FACETS: tuple[str, ...] = ("modality", "organ", "roi_location", "roi_texture", "relationship")
+
+
+class ContractError(ValueError):
+    """A table does not match its contract (a column missing, undeclared or of the wrong type)."""
+
+
+@dataclass(frozen=True)
+class TableContract:
+    """A table: its name (also its folder and, for asset tables, its asset key), schema and scope."""
+
+    name: str
+    schema: Mapping[str, Any]
+    scope: Literal["source", "global"] = "source"
+    description: str = ""
+    folder: str | None = None  # defaults to ``name``
+    file: str | None = None  # global tables: the file name (default ``_global.parquet``)
+    optional: frozenset[str] = field(default_factory=frozenset)  # may be absent in older files
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema)
+
+    def path(self, out: str | Path, source: str | None = None) -> Path:
+        """Where the table of ``source`` (per-source tables) or the global table lives."""
+        folder = Path(out) / (self.folder or self.name)
+        if self.scope == "global":
+            return folder / (self.file or f"{GLOBAL_PART}.parquet")
+        if not source:
+            raise ContractError(f"table '{self.name}' is per source: a source name is required")
+        return folder / f"{source}.parquet"
+
+    def empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=dict(self.schema))
+
+    def frame(self, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+        """A frame of ``rows`` (dicts keyed by column) with exactly the contract's columns."""
+        if not rows:
+            return self.empty()
+        return pl.DataFrame([{c: r.get(c) for c in self.schema} for r in rows], schema=dict(self.schema))
+
+    def validate(self, df: pl.DataFrame, *, where: str = "") -> pl.DataFrame:
+        """``df`` with the contract's columns in order and types; raises :class:`ContractError`."""
+        at = f" ({where})" if where else ""
+        missing = [c for c in self.schema if c not in df.columns and c not in self.optional]
+        if missing:
+            raise ContractError(f"table '{self.name}'{at}: required column(s) missing: {', '.join(missing)}")
+        extra = [c for c in df.columns if c not in self.schema]
+        if extra:
+            raise ContractError(f"table '{self.name}'{at}: column(s) not in its contract: {', '.join(extra)}")
+        cols = []
+        for name, dtype in self.schema.items():
+            if name not in df.columns:
+                cols.append(pl.lit(None, dtype=dtype).alias(name))
+                continue
+            if df.schema[name] == dtype:
+                cols.append(pl.col(name))
+                continue
+            try:
+                cols.append(pl.col(name).cast(dtype, strict=True))
+            except Exception as exc:  # noqa: BLE001 - polars raises several types
+                raise ContractError(f"table '{self.name}'{at}: column '{name}' is not {dtype}: {exc}") from None
+        try:
+            return df.select(cols)
+        except pl.exceptions.PolarsError as exc:
+            raise ContractError(f"table '{self.name}'{at}: cannot cast to its contract: {exc}") from None
+
+    def write(self, df: pl.DataFrame, out: str | Path, source: str | None = None) -> Path:
+        """Validate and write atomically; returns the path."""
+        path = self.path(out, source)
+        write_parquet_atomic(self.validate(df, where=str(path)), path)
+        return path
+
+    def read(self, out: str | Path, source: str | None = None, columns: Iterable[str] | None = None) -> pl.DataFrame:
+        """Read and validate the table (only ``columns`` when given); a missing file or column
+        raises with the table named."""
+        return self.read_path(self.path(out, source), columns)
+
+    def read_path(self, path: str | Path, columns: Iterable[str] | None = None) -> pl.DataFrame:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"table '{self.name}' has not been materialized yet: {path}")
+        wanted = list(columns) if columns is not None else None
+        if wanted is not None:
+            unknown = [c for c in wanted if c not in self.schema]
+            if unknown:
+                raise ContractError(f"table '{self.name}': no column(s) {', '.join(unknown)} in its contract")
+        present = set(pl.read_parquet_schema(path))
+        need = wanted if wanted is not None else list(self.schema)
+        missing = [c for c in need if c not in present and c not in self.optional]
+        if missing:
+            raise ContractError(f"table '{self.name}' ({path}): required column(s) missing: {', '.join(missing)}")
+        df = pl.read_parquet(path, columns=[c for c in need if c in present])
+        sub = TableContract(self.name, {c: self.schema[c] for c in need}, optional=self.optional)
+        return sub.validate(df, where=str(path))
+
+    def exists(self, out: str | Path, source: str | None = None) -> bool:
+        return self.path(out, source).exists()
+
+
+# --------------------------------------------------------------------------------------
+# the tables
+
+SOURCE_MANIFEST = TableContract(
+    "source_manifest",
+    {
+        "record_id": pl.String,
+        "source": pl.String,
+        "relpath": pl.String,
+        "status": pl.String,
+        "reason": pl.String,
+        "duplicate_of": pl.String,
+        "modality": pl.String,
+        "organ": pl.String,
+        "labels": pl.List(pl.String),
+        "split": pl.String,
+        "width": pl.Int32,
+        "height": pl.Int32,
+        "depth": pl.Int32,
+        "slice_axis": pl.String,
+        "slice_index": pl.Int32,
+        "body_part": pl.String,
+        "description": pl.String,
+        "label": pl.String,
+        "report": pl.String,
+        "question": pl.String,
+        "answer": pl.String,
+        "synthetic": pl.Boolean,
+    },
+    description="Every file (or kept volume slice) of a source: ok | quarantined | duplicate, with a reason.",
+)
+
+PREPROCESSED_IMAGES = TableContract(
+    "preprocessed_images",
+    {
+        "record_id": pl.String,
+        "source": pl.String,
+        "image_path": pl.String,
+        "sha256": pl.String,
+        "phash": pl.String,
+        "width": pl.Int32,
+        "height": pl.Int32,
+        "channels": pl.Int8,
+        "window": pl.String,
+        "original_spacing": pl.List(pl.Float64),
+        "display_right": pl.String,
+        "display_down": pl.String,
+        "mask_path": pl.String,
+        "mask_labels": pl.List(pl.Int32),
+        "mask_label_names": pl.List(pl.String),
+        "boxes": pl.List(pl.List(pl.Float64)),
+        "box_labels": pl.List(pl.String),
+        "box_clipped": pl.List(pl.Boolean),
+    },
+    description="Kept 2D images: content-addressed PNGs, window, spacing, orientation, masks and boxes.",
+)
+
+ROI_ATTRIBUTES: dict[str, Any] = {
+    "centroid_norm": pl.List(pl.Float64),
+    "horizontal": pl.String,
+    "vertical": pl.String,
+    "patient_lr": pl.String,
+    "patient_ap": pl.String,
+    "patient_si": pl.String,
+    "patient_side": pl.String,
+    "area_px": pl.Int64,
+    "area_fraction": pl.Float64,
+    "longest_diameter_px": pl.Float64,
+    "longest_diameter_mm": pl.Float64,
+    "roi_mean": pl.Float64,
+    "ring_mean": pl.Float64,
+    "intensity_contrast": pl.Float64,
+    "intensity_word": pl.String,
+    "glcm_contrast": pl.Float64,
+    "glcm_homogeneity": pl.Float64,
+    "entropy": pl.Float64,
+    "texture_homogeneity_word": pl.String,
+    "texture_smoothness_word": pl.String,
+    "circularity": pl.Float64,
+    "solidity": pl.Float64,
+    "axis_ratio": pl.Float64,
+    "shape_word": pl.String,
+}
+"""The measured columns of ``roi_set`` (what :func:`medtrinity_assets.rois.measure.measure_roi` returns)."""
+
+ROI_SET = TableContract(
+    "roi_set",
+    {
+        "record_id": pl.String,
+        "source": pl.String,
+        "roi_id": pl.String,
+        "label": pl.String,
+        "label_value": pl.Int64,
+        "origin": pl.String,
+        "status": pl.String,
+        "reason": pl.String,
+        "image_width": pl.Int64,
+        "image_height": pl.Int64,
+        "bbox_xyxy": pl.List(pl.Float64),
+        "bbox_norm": pl.List(pl.Float64),
+        "mask_rle": pl.String,
+        **ROI_ATTRIBUTES,
+        "roi_count": pl.Int64,
+        "relations": pl.String,
+        "inside_label": pl.String,
+    },
+    description="One row per ROI: geometry (box, COCO RLE) and measured attributes.",
+)
+
+COARSE_CAPTIONS = TableContract(
+    "coarse_captions",
+    {
+        "record_id": pl.String,
+        "source": pl.String,
+        "caption": pl.String,
+        "modality": pl.String,
+        "organ": pl.String,
+        "terms": pl.List(pl.String),
+    },
+    description="One short caption per kept image, from metadata only, and its retrieval terms.",
+)
+
+RETRIEVED_KNOWLEDGE = TableContract(
+    "retrieved_knowledge",
+    {
+        "record_id": pl.String,
+        "roi_id": pl.String,
+        "query": pl.String,
+        "chunk_ids": pl.List(pl.String),
+        "scores": pl.List(pl.Float64),
+        "mode": pl.String,
+    },
+    description="Top-k knowledge passages per ROI (or image), with scores.",
+)
+
+CAPTION_BATCH = TableContract(
+    "caption_batch",
+    {
+        "record_id": pl.String,
+        "source": pl.String,
+        "roi_id": pl.String,
+        "backend": pl.String,
+        "model": pl.String,
+        "params": pl.String,
+        "prompt_version": pl.String,
+        "inputs_hash": pl.String,
+        "retrieved_chunk_ids": pl.List(pl.String),
+        "text": pl.String,
+        "facets": pl.String,
+        **{f"facet_{k}": pl.String for k in FACETS},
+        "status": pl.String,
+        "error": pl.String,
+        "raw": pl.String,
+        "created_at": pl.Datetime("us", "UTC"),
+    },
+    description="One multigranular description per ROI with every input behind it.",
+)
+
+QUALITY_CHECKS: tuple[str, ...] = (
+    "facets_present",
+    "position_ok",
+    "laterality_ok",
+    "modality_ok",
+    "organ_ok",
+    "texture_ok",
+    "size_ok",
+    "length_ok",
+)
+
+CAPTION_QUALITY = TableContract(
+    "caption_quality",
+    {
+        "record_id": pl.String,
+        "roi_id": pl.String,
+        "backend": pl.String,
+        "inputs_hash": pl.String,
+        **dict.fromkeys(QUALITY_CHECKS, pl.Boolean),
+        **{f"facet_{k}_present": pl.Boolean for k in FACETS},
+        "phi_found": pl.Boolean,
+        "consistent": pl.Boolean,
+        "issues": pl.List(pl.String),
+        **{f"judge_{k}": pl.Float64 for k in FACETS},
+        "judge_mean": pl.Float64,
+        "passed": pl.Boolean,
+    },
+    description="Per-description checks, PHI scan and optional judge scores.",
+)
+
+_CHUNK_SCHEMA = {
+    "chunk_id": pl.String,
+    "doc_id": pl.String,
+    "corpus": pl.String,
+    "title": pl.String,
+    "topic": pl.String,
+    "text": pl.String,
+    "char_start": pl.Int64,
+    "char_end": pl.Int64,
+    "content_hash": pl.String,
+    "path": pl.String,
+}
+
+KNOWLEDGE_CORPUS = TableContract(
+    "knowledge_corpus",
+    _CHUNK_SCHEMA,
+    scope="global",
+    description="Knowledge chunks with provenance (corpus, document, offsets, content hash).",
+)
+
+KNOWLEDGE_QUARANTINE = TableContract(
+    "knowledge_quarantine",
+    {"path": pl.String, "line": pl.Int64, "reason": pl.String, "corpus": pl.String},
+    scope="global",
+    folder="knowledge_corpus",
+    file="_quarantine.parquet",
+    description="Corpus inputs that could not be ingested, with the reason.",
+)
+
+KNOWLEDGE_DOCSTORE = TableContract(
+    "knowledge_docstore",
+    _CHUNK_SCHEMA,
+    scope="global",
+    folder="knowledge_index",
+    file="docstore.parquet",
+    description="The indexed chunks; row i is Faiss id i.",
+)
+
+CONTRACTS: dict[str, TableContract] = {
+    c.name: c
+    for c in (
+        SOURCE_MANIFEST,
+        PREPROCESSED_IMAGES,
+        ROI_SET,
+        COARSE_CAPTIONS,
+        RETRIEVED_KNOWLEDGE,
+        CAPTION_BATCH,
+        CAPTION_QUALITY,
+        KNOWLEDGE_CORPUS,
+        KNOWLEDGE_QUARANTINE,
+        KNOWLEDGE_DOCSTORE,
+    )
+}
+
+
+def contract(name: str) -> TableContract:
+    """The contract of a table by name; a KeyError names the known tables."""
+    try:
+        return CONTRACTS[name]
+    except KeyError:
+        raise KeyError(f"no table contract '{name}'; known: {', '.join(sorted(CONTRACTS))}") from None
+
+
+def markdown() -> str:
+    """The contracts as Markdown (the generated section of docs/ARCHITECTURE.md)."""
+    lines = []
+    for c in CONTRACTS.values():
+        name = (c.file or f"{GLOBAL_PART}.parquet") if c.scope == "global" else "<source>.parquet"
+        where = f"<out>/{c.folder or c.name}/{name}"
+        lines.append(f"#### {c.name}")
+        lines.append(f"{c.description} `{where}`")
+        lines.append("")
+        lines.append("| column | type |")
+        lines.append("|---|---|")
+        lines.extend(f"| `{name}` | {dtype} |" for name, dtype in c.schema.items())
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":  # python -m medtrinity_assets.core.tables > contracts.md
+    print(markdown(), end="")

@@ -1,0 +1,245 @@
+"""The one vocabulary of modalities, organs and body regions (data in ``vocabulary.yaml``).
+
+Every stage that names a modality or an organ goes through here: the registry and the readers
+map what a user or a header wrote onto a canonical key (:func:`canonical_modality`,
+:func:`modality_of`), coarse captions and captioners take their phrases from the
+:class:`Modality` entry, and the quality checks read modality and region words back out of a
+description (:func:`modality_mentions`, :func:`regions_in`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One imaging modality (see the field notes in ``vocabulary.yaml``)."""
+
+    key: str
+    aliases: tuple[str, ...]
+    dicom: tuple[str, ...]
+    phrase: str
+    term: str
+    caption: str
+    mentions: re.Pattern
+    fuzzy: re.Pattern
+    compatible: frozenset[str] = frozenset()
+    colour: bool = False
+    header: bool = False
+    intensity: tuple[str, str, str] | None = None
+    classical: str | None = None
+
+    def names_in(self, text: str) -> bool:
+        """Whether ``text`` names this modality."""
+        return bool(self.mentions.search(text or ""))
+
+
+@dataclass(frozen=True)
+class Organ:
+    """One organ: its key, the words that name it, DICOM body-part codes, its regions."""
+
+    key: str
+    synonyms: tuple[str, ...]
+    dicom: tuple[str, ...] = ()
+    regions: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    modalities: tuple[Modality, ...]
+    default_intensity: tuple[str, str, str]
+    region_words: dict[str, tuple[str, ...]]
+    region_compatible: dict[str, frozenset[str]]
+    whole_body: tuple[str, ...]
+    unspecified_organs: frozenset[str]
+    organs: dict[str, Organ] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, Modality] = {}
+        for m in self.modalities:
+            for name in (m.key, *m.aliases, *(c.lower() for c in m.dicom)):
+                by_name.setdefault(name.lower(), m)
+        object.__setattr__(self, "_by_name", by_name)
+        regions = {
+            r: re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+            for r, words in self.region_words.items()
+        }
+        object.__setattr__(self, "_region_re", regions)
+        body_parts = {code.upper(): o for o in self.organs.values() for code in o.dicom}
+        object.__setattr__(self, "_body_parts", body_parts)
+
+
+def _modality(raw: dict[str, Any]) -> Modality:
+    mentions = raw.get("mentions") or ""
+    cs = raw.get("mentions_cs")
+    parts = [f"(?i:{mentions})"] if mentions else []
+    if cs:
+        parts.append(cs)
+    return Modality(
+        key=raw["key"],
+        aliases=tuple(a.lower() for a in raw.get("aliases", ())),
+        dicom=tuple(c.upper() for c in raw.get("dicom", ())),
+        phrase=raw["phrase"],
+        term=raw["term"],
+        caption=raw["caption"],
+        mentions=re.compile("|".join(parts) or r"(?!)"),
+        fuzzy=re.compile(raw.get("fuzzy") or r"(?!)"),
+        compatible=frozenset(raw.get("compatible") or ()),
+        colour=bool(raw.get("colour", False)),
+        header=bool(raw.get("header", False)),
+        intensity=tuple(raw["intensity"]) if raw.get("intensity") else None,
+        classical=raw.get("classical"),
+    )
+
+
+def _organ(raw: dict[str, Any]) -> Organ:
+    key = raw["key"].lower()
+    synonyms = tuple(raw.get("synonyms") or ()) or _own_words(key)
+    regions = frozenset(raw["regions"]) if raw.get("regions") else None
+    return Organ(key, synonyms, tuple(c.upper() for c in raw.get("dicom", ())), regions)
+
+
+def _own_words(organ: str) -> tuple[str, ...]:
+    return (organ, *(w for w in re.findall(r"[a-z][a-z\-]+", organ) if len(w) >= 4))
+
+
+@lru_cache(maxsize=1)
+def vocabulary() -> Vocabulary:
+    """The packaged vocabulary (read once)."""
+    text = resources.files("medtrinity_assets.core").joinpath("vocabulary.yaml").read_text("utf-8")
+    raw = yaml.safe_load(text)
+    regions = raw["regions"]
+    return Vocabulary(
+        modalities=tuple(_modality(m) for m in raw["modalities"]),
+        default_intensity=tuple(raw["default_intensity"]),
+        region_words={r: tuple(v["words"]) for r, v in regions.items()},
+        region_compatible={r: frozenset(v.get("compatible") or ()) for r, v in regions.items()},
+        whole_body=tuple(raw["whole_body"]),
+        unspecified_organs=frozenset(raw["unspecified_organs"]),
+        organs={o.key: o for o in (_organ(r) for r in raw["organs"])},
+    )
+
+
+# --------------------------------------------------------------------------------------
+# modalities
+
+
+def modality_by_key(key: str) -> Modality | None:
+    """The entry whose canonical key, alias or DICOM code is ``key`` (exact, case-insensitive)."""
+    return vocabulary()._by_name.get((key or "").strip().lower())  # type: ignore[attr-defined]
+
+
+def canonical_modality(modality: str) -> str:
+    """Canonical key of a registry or DICOM modality string; an unknown one stays as written
+    (lower-cased), so a user's own modality still groups its sources."""
+    entry = modality_by_key(modality)
+    return entry.key if entry else (modality or "").strip().lower()
+
+
+def modality_of(value: str | None) -> Modality | None:
+    """The modality a free-form string names: exact alias or code first, else the first entry
+    (in vocabulary order) whose ``fuzzy`` expression matches."""
+    if not value:
+        return None
+    exact = modality_by_key(value)
+    if exact is not None:
+        return exact
+    v = value.strip().lower()
+    return next((m for m in vocabulary().modalities if m.fuzzy.search(v)), None)
+
+
+def header_modality(code: str, fallback: str) -> str:
+    """The modality a DICOM/NIfTI header states, when it is one a header may assert (CT, MR,
+    X-ray, US, NM, PET); else the registry's."""
+    entry = modality_by_key(code) if code else None
+    return entry.key if entry is not None and entry.header else canonical_modality(fallback)
+
+
+def modality_mentions(text: str) -> set[str]:
+    """Canonical keys of the modalities that ``text`` names."""
+    return {m.key for m in vocabulary().modalities if m.names_in(text)}
+
+
+def allowed_modalities(key: str) -> set[str]:
+    """A modality and those a text may name with it."""
+    entry = modality_by_key(key)
+    return {entry.key, *entry.compatible} if entry else {key}
+
+
+def keeps_colour(modality: str) -> bool:
+    entry = modality_by_key(modality)
+    return bool(entry and entry.colour)
+
+
+def intensity_words(modality: str | None) -> tuple[str, str, str]:
+    """[brighter, darker, similar] words for a modality."""
+    entry = modality_by_key(modality or "")
+    return entry.intensity if entry and entry.intensity else vocabulary().default_intensity
+
+
+def modality_phrase(modality: str) -> str:
+    """How a coarse caption opens for ``modality`` ("CT image")."""
+    entry = modality_by_key(modality)
+    return entry.phrase if entry else f"{modality.strip() or 'Medical'} image"
+
+
+def modality_term(modality: str) -> str:
+    """The retrieval query term of a canonical modality ("CT", "X-ray")."""
+    entry = modality_by_key(modality)
+    return entry.term if entry else modality
+
+
+def modality_slug(modality: str) -> str:
+    """A file-system name for a modality (``nuclear_medicine``)."""
+    return canonical_modality(modality).replace(" ", "_").replace("/", "_")
+
+
+# --------------------------------------------------------------------------------------
+# organs and regions
+
+
+def regions_in(text: str) -> set[str]:
+    """Body regions that ``text`` names."""
+    return {r for r, rx in vocabulary()._region_re.items() if rx.search(text or "")}  # type: ignore[attr-defined]
+
+
+def compatible_regions(region: str) -> frozenset[str]:
+    return vocabulary().region_compatible.get(region, frozenset())
+
+
+def is_unspecified_organ(organ: str | None) -> bool:
+    return not organ or organ.strip().lower() in vocabulary().unspecified_organs - {"phantom"}
+
+
+def organ_region(organ: str | None) -> set[str] | None:
+    """Regions an organ belongs to; None when any region is plausible (unknown, whole body)."""
+    if not organ:
+        return None
+    voc = vocabulary()
+    o = organ.lower().strip()
+    entry = voc.organs.get(o)
+    if entry is not None and entry.regions is not None:
+        return set(entry.regions)
+    if any(w in o for w in voc.whole_body) or o in voc.unspecified_organs:
+        return None
+    return regions_in(o) or None
+
+
+def organ_terms(organ: str) -> tuple[str, ...]:
+    """The words that name an organ in a description."""
+    o = organ.strip().lower()
+    entry = vocabulary().organs.get(o)
+    return entry.synonyms if entry is not None else _own_words(o)
+
+
+def organ_for_body_part(code: str | None) -> str | None:
+    """The organ a DICOM BodyPartExamined code names, if the vocabulary knows it."""
+    entry = vocabulary()._body_parts.get((code or "").strip().upper())  # type: ignore[attr-defined]
+    return entry.key if entry else None

@@ -1,0 +1,140 @@
+"""Stage 5 assets: multigranular descriptions per ROI and their claim-level quality checks."""
+
+
+from pathlib import Path
+
+import dagster as dg
+
+from medtrinity_assets.core.tables import (
+    CAPTION_BATCH,
+    CAPTION_QUALITY,
+    COARSE_CAPTIONS,
+    KNOWLEDGE_DOCSTORE,
+    PREPROCESSED_IMAGES,
+    RETRIEVED_KNOWLEDGE,
+    ROI_SET,
+    SOURCE_MANIFEST,
+)
+from medtrinity_assets.defs.checks import CAPTION_QUALITY_CHECKS, caption_quality_results
+from medtrinity_assets.defs.knowledge import KNOWLEDGE_INDEX
+from medtrinity_assets.defs.partitions import SOURCES
+from medtrinity_assets.defs.reporting import GROUP_CAPTIONS, counts_metadata, progress_logger, table_metadata
+from medtrinity_assets.defs.resources import CaptionerResource, JudgeResource, OutputStorage
+
+SAMPLE_TRIPLETS = 4
+
+
+def _caption_inputs(out: Path, name: str) -> list:
+    """Join the upstream tables of one source into one CaptionInput per ROI."""
+    from medtrinity_assets.captioning import build_caption_inputs
+
+    return build_caption_inputs(
+        ROI_SET.read(out, name),
+        COARSE_CAPTIONS.read(out, name),
+        RETRIEVED_KNOWLEDGE.read(out, name),
+        KNOWLEDGE_DOCSTORE.read(out),
+        PREPROCESSED_IMAGES.read(out, name),
+        out_root=out,
+    )
+
+
+def _triplet_markdown(inputs: list, captions, n: int = SAMPLE_TRIPLETS) -> str:
+    """A few image–ROI–description triplets: the overlay copy and its paragraph."""
+    import numpy as np
+
+    from medtrinity_assets.captioning import render_overlay
+    from medtrinity_assets.core.render import markdown_image
+
+    by_key = {(i.record_id, str(i.roi_id)): i for i in inputs}
+    parts = []
+    for row in captions.filter(captions["status"] == "ok").head(n).iter_rows(named=True):
+        item = by_key.get((row["record_id"], str(row["roi_id"])))
+        overlay = render_overlay(item) if item is not None else None
+        pic = markdown_image(np.asarray(overlay), "roi") if overlay is not None else ""
+        parts.append(f"**{row['roi_id']}**\n\n{pic}\n\n> {row['text']}\n")
+    return "\n".join(parts) or "*no caption yet*"
+
+
+@dg.asset(
+    name=CAPTION_BATCH.name,
+    group_name=GROUP_CAPTIONS,
+    kinds={"parquet", "llm"},
+    partitions_def=SOURCES,
+    deps=[ROI_SET.name, COARSE_CAPTIONS.name, RETRIEVED_KNOWLEDGE.name, PREPROCESSED_IMAGES.name, KNOWLEDGE_INDEX],
+    pool="gpu",
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    description="One multigranular description per ROI (modality, organ, ROI location, texture, "
+    "local–global relationship) with every input behind it; cached by inputs hash, durable in chunks.",
+)
+def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, captioner: CaptionerResource):
+    from medtrinity_assets.captioning import run_caption_batch
+
+    out = storage.out()
+    backend = captioner.get()
+    try:
+        for name in context.partition_keys:
+            inputs = _caption_inputs(out, name)
+            path = CAPTION_BATCH.path(out, name)
+            progress = progress_logger(context.log, name, "captions")
+            result = run_caption_batch(
+                inputs, backend, path, chunk_size=captioner.chunk_size, progress=progress, log=context.log
+            )
+            table = CAPTION_BATCH.read_path(path)
+            metadata = {
+                **table_metadata(table, path, ["roi_id", "backend", "status", "text"]),
+                **counts_metadata("batch", result.as_metadata()),
+                "backend": captioner.backend,
+                "prompt_version": table["prompt_version"][0] if table.height else "",
+                "sample_triplets": dg.MetadataValue.md(_triplet_markdown(inputs, table)),
+            }
+            context.add_asset_metadata(metadata, partition_key=name)
+            if result.failed:
+                context.log.warning(f"{name}: {result.failed} caption(s) failed; rerun retries only those")
+    finally:
+        backend.close()
+    return dg.MaterializeResult()
+
+
+@dg.asset(
+    name=CAPTION_QUALITY.name,
+    group_name=GROUP_CAPTIONS,
+    kinds={"parquet"},
+    partitions_def=SOURCES,
+    deps=[CAPTION_BATCH.name, SOURCE_MANIFEST.name],  # the source's identifiers, stored by ingestion
+    check_specs=CAPTION_QUALITY_CHECKS,
+    description="Per-description checks: facets present, claims consistent with measurements and "
+    "metadata, length bounds, PHI scan, optional judge scores (0–10 per facet).",
+)
+def caption_quality(context: dg.AssetExecutionContext, storage: OutputStorage, judge: JudgeResource):
+    import polars as pl
+
+    from medtrinity_assets.captioning import check_captions
+    from medtrinity_assets.privacy import identifier_store
+
+    name = context.partition_key
+    out = storage.out()
+    inputs = _caption_inputs(out, name)
+    captions = CAPTION_BATCH.read(out, name)
+    identifiers = identifier_store(out).matcher(name)
+    quality = check_captions(
+        captions, {(i.record_id, i.roi_id): i for i in inputs}, phi_values=identifiers, judge=judge.get()
+    )
+    path = CAPTION_QUALITY.write(quality, out, name)
+    n = quality.height
+    issues = (
+        dict(quality["issues"].explode().drop_nulls().str.split(":").list.first().value_counts().iter_rows())
+        if n
+        else {}
+    )
+    inconsistent = int((~quality["consistent"]).sum()) if n else 0
+    yield dg.MaterializeResult(
+        metadata={
+            **table_metadata(quality, path, ["roi_id", "consistent", "phi_found", "passed", "issues"]),
+            **counts_metadata("issues_by_kind", issues),
+            "consistency_rate": float(1 - inconsistent / n) if n else 1.0,
+            "phi_findings": int(quality["phi_found"].sum()) if n else 0,
+            "captions_ok": captions.filter(pl.col("status") == "ok").height,
+            "identifying_values_checked": identifiers.size,
+        }
+    )
+    yield from caption_quality_results(quality)

@@ -1,0 +1,30 @@
+"""Stage 3 asset: one coarse caption per image, from the source's metadata only."""
+
+
+import dagster as dg
+
+from medtrinity_assets.core.tables import COARSE_CAPTIONS, PREPROCESSED_IMAGES, SOURCE_MANIFEST
+from medtrinity_assets.defs.partitions import SOURCES
+from medtrinity_assets.defs.reporting import GROUP_METADATA, table_metadata
+from medtrinity_assets.defs.resources import OutputStorage, SourceRegistry
+
+
+@dg.asset(
+    name=COARSE_CAPTIONS.name,
+    group_name=GROUP_METADATA,
+    kinds={"parquet", "polars"},
+    partitions_def=SOURCES,
+    deps=[SOURCE_MANIFEST.name, PREPROCESSED_IMAGES.name],
+    description="One coarse caption per image from the source's metadata (modality, organ, labels, "
+    "descriptions, reports, QA).",
+)
+def coarse_captions(context: dg.AssetExecutionContext, storage: OutputStorage, registry: SourceRegistry):
+    from medtrinity_assets.metadata.coarse_captions import build_coarse_captions
+
+    name = context.partition_key
+    out = storage.out()
+    manifest = SOURCE_MANIFEST.read(out, name)
+    images = PREPROCESSED_IMAGES.read(out, name)
+    captions = build_coarse_captions(manifest, images, registry.source(name))
+    path = COARSE_CAPTIONS.write(captions, out, name)
+    return dg.MaterializeResult(metadata=table_metadata(captions, path, ["record_id", "caption", "terms"]))

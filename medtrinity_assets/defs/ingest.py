@@ -1,0 +1,93 @@
+"""Stage 1 assets: the source manifest and the preprocessed 2D images of one source."""
+
+
+import dagster as dg
+
+from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, SOURCE_MANIFEST
+from medtrinity_assets.defs.partitions import SOURCES
+from medtrinity_assets.defs.reporting import (
+    GROUP_INGEST,
+    counts_metadata,
+    image_sheet,
+    progress_logger,
+    table_metadata,
+)
+from medtrinity_assets.defs.resources import ComputeResource, OutputStorage, SourceRegistry
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            SOURCE_MANIFEST.name,
+            description="Every file (or kept volume slice) of a source, with status ok | quarantined | "
+            "duplicate and a reason; no patient identifiers.",
+            group_name=GROUP_INGEST,
+            kinds={"parquet", "polars"},
+            partitions_def=SOURCES,
+        ),
+        dg.AssetSpec(
+            PREPROCESSED_IMAGES.name,
+            description="2D images ready for models (sliced, windowed, resized), content-addressed PNGs, "
+            "duplicates removed; masks aligned.",
+            group_name=GROUP_INGEST,
+            kinds={"parquet", "png"},
+            partitions_def=SOURCES,
+            deps=[SOURCE_MANIFEST.name],
+        ),
+    ],
+    partitions_def=SOURCES,
+    can_subset=False,
+)
+def ingest_source_assets(
+    context: dg.AssetExecutionContext, storage: OutputStorage, registry: SourceRegistry, compute: ComputeResource
+):
+    from medtrinity_assets.ingest import SourceRootMissing, ingest_source
+
+    name = context.partition_key
+    out = storage.out()
+    declared = registry.source(name)
+    try:
+        spec = registry.local_source(name, out)
+        result = ingest_source(
+            spec, out, workers=compute.workers, progress=progress_logger(context.log, name, "files read")
+        )
+    except SourceRootMissing as exc:
+        raise dg.Failure(description=str(exc)) from None
+    if result.warnings:
+        context.log.warning(
+            f"source '{name}': non-fatal findings {result.warnings} (series_gap: a DICOM series with "
+            "missing positions, kept as a volume with its median spacing)"
+        )
+    yield dg.MaterializeResult(
+        asset_key=SOURCE_MANIFEST.name,
+        metadata={
+            **table_metadata(
+                result.manifest,
+                SOURCE_MANIFEST.path(out, name),
+                ["relpath", "status", "reason", "modality", "organ", "slice_index", "width", "height"],
+            ),
+            **counts_metadata("status_counts", result.status_counts),
+            **counts_metadata("quarantined_by_reason", result.quarantine_counts),
+            "warnings": dg.MetadataValue.json(result.warnings),
+            "registry_fingerprint": declared.fingerprint(),
+            "synthetic": declared.synthetic,
+            "license": declared.license,
+            "origin": declared.origin or declared.root,
+        },
+    )
+    images = result.images
+    sample = images.head(12)
+    yield dg.MaterializeResult(
+        asset_key=PREPROCESSED_IMAGES.name,
+        metadata={
+            **table_metadata(
+                images,
+                PREPROCESSED_IMAGES.path(out, name),
+                ["record_id", "image_path", "width", "height", "window", "mask_path"],
+            ),
+            "contact_sheet": image_sheet(
+                out, sample["image_path"].to_list(), [r[:8] for r in sample["record_id"].to_list()]
+            ),
+            "with_masks": int(images["mask_path"].is_not_null().sum()) if images.height else 0,
+        },
+    )

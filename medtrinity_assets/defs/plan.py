@@ -1,0 +1,165 @@
+"""The run plan: the order in which the asset graph is built, and the named jobs it defines.
+
+Three phases, derived from the asset graph (a new asset lands in its phase by its deps):
+
+1. ``ingest`` (per source) — the per-source assets that need nothing shared (ingestion, coarse
+   captions); job ``ingest_job``;
+2. ``shared_models`` (global) — the unpartitioned assets every source uses (expert models, the
+   knowledge corpus and index); job ``shared_models_job``;
+3. ``enrichment`` (per source) — the per-source assets that need a shared one (ROIs, retrieval,
+   descriptions, their quality); job ``enrichment_job``.
+
+The CLI, the registry sensor and the tests all run this plan, so late per-source assets never
+run before the shared models they read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from medtrinity_assets.defs.partitions import SOURCES
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    per_source: bool
+    keys: tuple[dg.AssetKey, ...]
+    description: str
+
+    @property
+    def job_name(self) -> str:
+        return f"{self.name}_job"
+
+    def key_names(self) -> list[str]:
+        return [k.to_user_string() for k in self.keys]
+
+
+PHASE_TEXT = {
+    "ingest": "Per-source assets that need nothing shared: ingestion and coarse captions.",
+    "shared_models": "Global assets every source uses: expert grounding models, the knowledge corpus and index.",
+    "enrichment": "Per-source assets that read a shared model: ROIs, retrieval, descriptions and their quality.",
+}
+
+
+@dataclass
+class _Graph:
+    """The dependency structure the plan is derived from."""
+
+    parents: dict[dg.AssetKey, set[dg.AssetKey]] = field(default_factory=dict)
+    partitioned: set[dg.AssetKey] = field(default_factory=set)
+    together: dict[dg.AssetKey, frozenset[dg.AssetKey]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, assets: Iterable[object]) -> _Graph:
+        g = cls()
+        for a in assets:
+            if not isinstance(a, dg.AssetsDefinition):
+                continue
+            for spec in a.specs:
+                g.parents[spec.key] = {d.asset_key for d in spec.deps}
+                if spec.partitions_def == SOURCES:
+                    g.partitioned.add(spec.key)
+            if len(a.keys) > 1 and not a.can_subset:  # a multi-asset that runs whole
+                for key in a.keys:
+                    g.together[key] = frozenset(a.keys)
+        return g
+
+    def ancestors(self, key: dg.AssetKey) -> set[dg.AssetKey]:
+        seen: set[dg.AssetKey] = set()
+        stack = list(self.parents.get(key, ()))
+        while stack:
+            k = stack.pop()
+            if k not in seen:
+                seen.add(k)
+                stack.extend(self.parents.get(k, ()))
+        return seen
+
+    def closure(self, selected: set[dg.AssetKey]) -> set[dg.AssetKey]:
+        """``selected`` plus the siblings of their multi-assets and everything upstream."""
+        out: set[dg.AssetKey] = set()
+        stack = list(selected)
+        while stack:
+            k = stack.pop()
+            if k in out or k not in self.parents:
+                continue
+            out.add(k)
+            stack.extend(self.together.get(k, ()))
+            stack.extend(self.ancestors(k))
+        return out
+
+    def late_keys(self, keys: set[dg.AssetKey]) -> set[dg.AssetKey]:
+        """Per-source keys that need a global asset, directly or through another late key (a
+        multi-asset runs in one phase, so one late key makes all its keys late)."""
+        global_keys = keys - self.partitioned
+        late: set[dg.AssetKey] = set()
+        changed = True
+        while changed:
+            changed = False
+            for k in keys & self.partitioned - late:
+                if any(self.ancestors(m) & (global_keys | late) for m in self.together.get(k, {k})):
+                    late |= {k} | (set(self.together.get(k, ())) & keys)
+                    changed = True
+        return late
+
+
+class RunPlan:
+    """The phases of the asset graph, in order (see the module docstring)."""
+
+    def __init__(self, phases: Sequence[Phase], graph: _Graph) -> None:
+        self.phases = list(phases)
+        self._graph = graph
+
+    @classmethod
+    def from_assets(cls, assets: Iterable[object], until: str | None = None) -> RunPlan:
+        """The plan of ``assets``; with ``until``, only that asset and what it needs."""
+        graph = _Graph.of(assets)
+        keys = set(graph.parents)
+        if until:
+            target = dg.AssetKey(until)
+            if target not in keys:
+                known = ", ".join(sorted(k.to_user_string() for k in keys))
+                raise ValueError(f"unknown asset '{until}'; known: {known}")
+            keys = graph.closure({target})
+        late = graph.late_keys(keys)
+        early = sorted(keys & graph.partitioned - late)
+        shared = sorted(keys - graph.partitioned)
+        phases = [
+            Phase(name, per_source, tuple(ks), PHASE_TEXT[name])
+            for name, per_source, ks in (
+                ("ingest", True, early),
+                ("shared_models", False, shared),
+                ("enrichment", True, sorted(keys & graph.partitioned & late)),
+            )
+            if ks
+        ]
+        return cls(phases, graph)
+
+    def phase(self, name: str) -> Phase:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise KeyError(f"no phase '{name}' in this plan ({', '.join(p.name for p in self.phases)})")
+
+    def has(self, name: str) -> bool:
+        return any(p.name == name for p in self.phases)
+
+    def per_source_upstream(self, key: dg.AssetKey) -> set[dg.AssetKey]:
+        """The per-source assets a shared asset reads (its staleness follows theirs)."""
+        return self._graph.ancestors(key) & self._graph.partitioned
+
+    def jobs(self) -> list[dg.UnresolvedAssetJobDefinition]:
+        """One asset job per phase, named ``<phase>_job``."""
+        return [
+            dg.define_asset_job(
+                p.job_name,
+                selection=dg.AssetSelection.assets(*p.keys),
+                partitions_def=SOURCES if p.per_source else None,
+                description=p.description,
+                tags={"medtrinity/phase": p.name},
+            )
+            for p in self.phases
+        ]

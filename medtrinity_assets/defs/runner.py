@@ -1,0 +1,137 @@
+"""Running the plan's named jobs in process, into an instance (what ``medtrinity build`` does).
+
+Each phase runs as its job: per-source phases once per source (``partition_key``), the shared
+phase once. Runs are recorded under the job names, so the UI's job pages and timeline show them.
+A failing source is skipped in later phases; its reason is the innermost cause of the failure
+(the full traceback stays in the run's log in the instance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from medtrinity_assets.defs.plan import Phase, RunPlan
+from medtrinity_assets.defs.sensors import FINGERPRINT_TAG, SOURCE_TAG
+
+#: Dagster's console logger stays quiet: every event still goes to the instance (the UI shows
+#: it); the CLI prints one line per failure and the warnings of each run itself.
+QUIET_RUN_CONFIG: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+GLOBAL = "<shared>"
+
+
+@dataclass
+class StepReport:
+    phase: str
+    source: str | None
+    run_id: str
+    success: bool
+    reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+    result: dg.ExecuteInProcessResult | None = field(default=None, repr=False)
+
+
+def _one_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0][:300] if lines else "unknown error"
+
+
+def innermost_reason(result: dg.ExecuteInProcessResult) -> str:
+    """The first step failure's own description (``dg.Failure``) or its innermost cause, as
+    ``ErrorType: message``."""
+    for event in result.all_events:
+        if not event.is_step_failure:
+            continue
+        data = event.step_failure_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            return _one_line(data.user_failure_data.description)
+        err = data.error
+        while err is not None and (err.cause is not None or err.context is not None):
+            err = err.cause or err.context
+        if err is not None:
+            message = _one_line(err.message)
+            return message if message.startswith(err.cls_name or "\0") else f"{err.cls_name}: {message}"
+    return "run failed (see its log in the instance)"
+
+
+def run_warnings(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """The warnings the assets of a run logged (not Dagster's own events)."""
+    import logging
+
+    out = []
+    for entry in instance.all_logs(run_id):
+        if entry.is_dagster_event or entry.level < logging.WARNING:
+            continue
+        out.append(_one_line(entry.user_message))
+    return out
+
+
+def _config_for(job: dg.JobDefinition, run_config: dict[str, Any]) -> dict[str, Any]:
+    """``run_config`` with only the op settings of ops this job has (one config serves all phases)."""
+    ops = run_config.get("ops")
+    if not ops:
+        return run_config
+    names = {node.name for node in job.graph.nodes}
+    return {**run_config, "ops": {k: v for k, v in ops.items() if k in names}}
+
+
+def _execute(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    phase: Phase,
+    source: str | None,
+    run_config: dict[str, Any],
+    tags: dict[str, str],
+) -> StepReport:
+    result = job.execute_in_process(
+        run_config=_config_for(job, run_config),
+        instance=instance,
+        partition_key=source,
+        raise_on_error=False,
+        asset_selection=list(phase.keys),
+        tags=tags or None,
+    )
+    report = StepReport(phase.name, source, result.run_id, result.success, result=result)
+    if not result.success:
+        report.reason = innermost_reason(result)
+    report.warnings = run_warnings(instance, result.run_id)
+    return report
+
+
+def run_plan(
+    definitions: dg.Definitions,
+    plan: RunPlan,
+    sources: Sequence[str] | dict[str, str],
+    instance: dg.DagsterInstance,
+    *,
+    run_config: dict[str, Any] | None = None,
+    on_start: Callable[[Phase, str | None], None] | None = None,
+    on_done: Callable[[StepReport], None] | None = None,
+) -> list[StepReport]:
+    """Every phase of ``plan`` in order; returns one report per run (skipped sources have none).
+
+    ``sources`` may map each name to its declaration's fingerprint, recorded on its runs (the
+    registry sensor then knows the declaration was attempted)."""
+    fingerprints = dict(sources) if isinstance(sources, dict) else {}
+    config = {**QUIET_RUN_CONFIG, **(run_config or {})}
+    failed: set[str] = set()
+    reports: list[StepReport] = []
+    for phase in plan.phases:
+        job = definitions.resolve_job_def(phase.job_name)
+        targets: list[str | None] = [s for s in sources if s not in failed] if phase.per_source else [None]
+        for source in targets:
+            if on_start:
+                on_start(phase, source)
+            tags = {SOURCE_TAG: source, **({FINGERPRINT_TAG: fingerprints[source]} if source in fingerprints else {})}
+            report = _execute(job, instance, phase, source, config, tags if source else {})
+            reports.append(report)
+            if not report.success:
+                failed.add(source or GLOBAL)
+            if on_done:
+                on_done(report)
+        if GLOBAL in failed:
+            break
+    return reports

@@ -1,0 +1,178 @@
+"""Stage 1: ingest one source into ``source_manifest`` and ``preprocessed_images``.
+
+1. The source's reader (chosen by its layout, :mod:`medtrinity_assets.ingest.readers`) scans the
+   root into tasks, spreading header reads over a process pool where that pays, and gathers the
+   identifying values it meets (kept in memory; stored only as salted hashes).
+2. A second pool, whose workers know those values, reads each task, cuts volumes into slices,
+   maps intensities, orients, resizes and encodes PNGs (:mod:`.worker`, :mod:`.slicing`), and
+   builds the rows with their free text scrubbed and their paths redacted (:mod:`.records`).
+3. The parent removes exact and near duplicates in task order (:mod:`.dedup`), writes the
+   content-addressed PNGs and masks, and the two tables.
+
+Bad input never stops a source: it becomes a ``quarantined`` manifest row whose ``reason``
+starts with a prefix of :data:`medtrinity_assets.ingest.readers.REASONS`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from medtrinity_assets.core import storage
+from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, SOURCE_MANIFEST
+from medtrinity_assets.ingest.dedup import NearDuplicateIndex
+from medtrinity_assets.ingest.readers import reader_for
+from medtrinity_assets.ingest.readers.files import check_root
+from medtrinity_assets.ingest.records import Candidate, TaskResult
+from medtrinity_assets.ingest.registry import SourceSpec
+from medtrinity_assets.ingest.worker import WorkerPool
+from medtrinity_assets.privacy import identifier_store
+
+MAX_PENDING_WRITES = 64  # PNG bytes waiting for the disk
+
+
+@dataclass
+class IngestResult:
+    manifest: pl.DataFrame
+    images: pl.DataFrame
+    quarantine_counts: dict[str, int]
+    counts: dict[str, int]
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        return dict(self.manifest.group_by("status").len().iter_rows()) if self.manifest.height else {}
+
+    @property
+    def warnings(self) -> dict[str, int]:
+        """Non-fatal findings by code (``series_gap``...)."""
+        return {k.split(":", 1)[1]: v for k, v in self.counts.items() if k.startswith("warning:")}
+
+
+@dataclass
+class _Collector:
+    """Rows in task order, duplicates removed, files written by a few I/O threads."""
+
+    out: Path
+    index: NearDuplicateIndex
+    manifest: list[dict[str, Any]] = field(default_factory=list)
+    images: list[dict[str, Any]] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    groups: dict[str, int] = field(default_factory=dict)
+    redacted: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="png-writer")
+        self._writes: deque = deque()
+
+    def add(self, relpath: str, res: TaskResult) -> None:
+        # near-duplicate groups are files: slices, frames or channels of one file are never near
+        # duplicates of each other (only exact ones), e.g. T1 and T1gd of one 4D volume
+        group = self.groups.setdefault(relpath, len(self.groups))
+        self.manifest.extend(res.quarantined)
+        self.redacted |= res.redacted
+        self.counts["slices_skipped"] += res.skipped
+        for warning in res.warnings:
+            self.counts[f"warning:{warning}"] += 1
+        for cand in res.candidates:
+            self._candidate(cand, group)
+
+    def _candidate(self, cand: Candidate, group: int) -> None:
+        img, row = cand.image, cand.manifest
+        dup_of, why = self.index.find(img["sha256"], cand.phash, group, cand.thumb)
+        if dup_of is not None:
+            row.update(status="duplicate", duplicate_of=dup_of, reason=why)
+            self.manifest.append(row)
+            return
+        img["image_path"] = self._write("images", cand.png)
+        img["mask_path"] = self._write("masks", cand.mask_png) if cand.mask_png is not None else None
+        self.counts["masks"] += cand.mask_png is not None
+        self.manifest.append(row)
+        self.images.append(img)
+        self.index.add(row["record_id"], img["sha256"], cand.phash, group, cand.thumb)
+
+    def _write(self, kind: str, data: bytes) -> str:
+        rel = storage.content_path("", kind, storage.sha256_bytes(data)).as_posix()
+        self._writes.append(self._writer.submit(storage.write_content_file, self.out / rel, data))
+        while len(self._writes) > MAX_PENDING_WRITES:
+            self.counts["files_written"] += int(self._writes.popleft().result())
+        return rel
+
+    def finish(self) -> None:
+        try:
+            while self._writes:
+                self.counts["files_written"] += int(self._writes.popleft().result())
+        finally:
+            self._writer.shutdown(wait=True)
+
+
+def _tables(spec: SourceSpec, col: _Collector) -> tuple[pl.DataFrame, pl.DataFrame]:
+    manifest = SOURCE_MANIFEST.frame(col.manifest)
+    images = PREPROCESSED_IMAGES.frame(col.images)
+    ids = manifest["record_id"]
+    if ids.n_unique() != manifest.height:
+        dupes = manifest.filter(ids.is_duplicated())["relpath"].unique().to_list()[:5]
+        raise RuntimeError(f"source '{spec.name}': record_id collision for {dupes}")
+    return manifest, images
+
+
+def _counts(manifest: pl.DataFrame, images: pl.DataFrame, counts: Counter) -> tuple[dict[str, int], dict[str, int]]:
+    statuses = manifest["status"]
+    quarantined = manifest.filter(pl.col("status") == "quarantined")["reason"].to_list()
+    by_reason = Counter(r.split(":", 1)[0] for r in quarantined)
+    counts.update(
+        records=manifest.height,
+        ok=int((statuses == "ok").sum()),
+        quarantined=len(quarantined),
+        images=images.height,
+        duplicate=int((statuses == "duplicate").sum()),
+    )
+    return dict(sorted(by_reason.items())), dict(counts)
+
+
+def ingest_source(
+    spec: SourceSpec,
+    out: str | Path,
+    *,
+    workers: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+    near_duplicate_distance: int | None = 4,
+) -> IngestResult:
+    """Read one source, preprocess it and write its ``source_manifest`` and ``preprocessed_images``.
+
+    Deterministic and idempotent: rows come in task order (sorted relative paths, then keys),
+    PNGs are named by content. ``near_duplicate_distance``: largest pHash Hamming distance (with
+    a thumbnail check) at which an image from another file is a near duplicate; ``None`` keeps
+    only exact-duplicate removal.
+    """
+    out = Path(out)
+    root = check_root(spec.name, spec.resolved_root())
+    workers = max(1, int(workers))
+    with WorkerPool(workers, spec, root) as pool:
+        scan = reader_for(spec.layout).scan(spec, root, pool.map_ordered)
+    tasks = sorted(scan.tasks, key=lambda t: t.sort_key)
+    col = _Collector(out, NearDuplicateIndex(near_duplicate_distance))
+    col.counts["tasks"] = len(tasks)
+    col.counts["identifying_values"] = identifier_store(out).save(spec.name, scan.identifiers)
+    if progress:
+        progress(0, len(tasks))
+    try:
+        with WorkerPool(workers, spec, root, scan.identifiers) as pool:
+            for done, (task, res) in enumerate(zip(tasks, pool.process(tasks), strict=True), start=1):
+                col.add(task.relpath, res)
+                if progress:
+                    progress(done, len(tasks))
+    finally:
+        col.finish()
+    manifest, images = _tables(spec, col)
+    SOURCE_MANIFEST.write(manifest, out, spec.name)
+    PREPROCESSED_IMAGES.write(images, out, spec.name)
+    if col.redacted:
+        col.counts["relpaths_redacted"] = len(col.redacted)
+    by_reason, counts = _counts(manifest, images, col.counts)
+    return IngestResult(manifest, images, by_reason, counts)

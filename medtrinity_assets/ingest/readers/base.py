@@ -1,0 +1,186 @@
+"""The reader protocol: what every layout implements, and the records it hands to preprocessing.
+
+A reader turns a source root into :class:`Task` items (:meth:`Reader.scan`: a file, a DICOM
+series, a NIfTI channel, a table row...) and each task into :class:`Volume` items
+(:meth:`Reader.read`: one or many per task, e.g. the frames, tiles or pyramid levels of one
+file). Bad input is never an exception that escapes: a task that cannot be read becomes a
+:class:`Rejected` item (or :class:`InputRejected` raised from ``read``), i.e. one quarantined
+manifest row whose ``reason`` is ``<prefix>: <detail>`` with a prefix from :data:`REASONS`.
+
+Readers are registered by layout name (:mod:`medtrinity_assets.ingest.readers`); preprocessing
+only ever talks to this protocol. Nothing here imports Dagster.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medtrinity_assets.ingest.registry import SourceSpec
+
+#: Reason prefixes of quarantined rows (the text before the first ``:``).
+REASONS = (
+    "truncated",
+    "not_dicom",
+    "unsupported_transfer_syntax",
+    "seg_without_source",
+    "mask_shape_mismatch",
+    "constant_volume",
+    "nan_volume",
+    "too_many_pixels",
+    "path_escapes_root",
+    "bad_csv_row",
+    "undecodable",
+    "lossy_mask",
+)
+
+class SourceRootMissing(FileNotFoundError):
+    """The root folder of a source does not exist."""
+
+    def __init__(self, name: str, root: str | Path):
+        self.message = f"source '{name}': root {root} does not exist or is not a folder"
+        super().__init__(self.message)
+        self.filename = str(root)
+
+    def __str__(self) -> str:  # OSError would print "[Errno None] None: <filename>" instead
+        return self.message
+
+
+class InputRejected(Exception):
+    """One input (file, series, row) is bad; ``reason`` is ``<prefix>: <detail>``."""
+
+    def __init__(self, prefix: str, detail: str = ""):
+        if prefix not in REASONS:
+            raise ValueError(f"unknown reason prefix {prefix!r}")
+        self.prefix = prefix
+        # the detail keeps its numbers and the decoder's message; identifying values are
+        # removed when the row is built (medtrinity_assets.privacy.text.scrub_reason)
+        self.detail = " ".join(str(detail).split())[:300]
+        super().__init__(self.reason)
+
+    @property
+    def reason(self) -> str:
+        return f"{self.prefix}: {self.detail}" if self.detail else f"{self.prefix}:"
+
+
+class SourceLayoutMissing(SourceRootMissing):
+    """The root of a source exists but lacks the folder its layout reads (e.g. ``images/``)."""
+
+    def __init__(self, name: str, root: str | Path, folder: str, layout: str, expects: str):
+        super().__init__(name, root)
+        who = f"source '{name}'" if name else "source"
+        self.message = f"{who}: no {folder}/ folder under {root} (layout {layout} expects {expects})"
+        self.args = (self.message,)
+
+
+# --------------------------------------------------------------------------------------
+# tasks and records
+
+
+@dataclass
+class Task:
+    """One unit of read work. ``key`` tells apart several tasks of one file (a channel, a CSV
+    row); it is part of the record id of what the task yields."""
+
+    relpath: str
+    key: str = ""
+
+    @property
+    def sort_key(self) -> tuple[str, str]:
+        return (self.relpath, self.key)
+
+
+@dataclass
+class Rejected(Task):
+    """An input that cannot be read, with its reason (one quarantined manifest row)."""
+
+    reason: str = ""
+
+
+@dataclass
+class ScanResult:
+    """What a reader found under a root: its tasks (rejected inputs included) and the
+    identifying values it read on the way (e.g. from DICOM headers), kept in memory only."""
+
+    tasks: list[Task]
+    identifiers: set[str] = field(default_factory=set)
+
+
+#: ``map_ordered(fn, items)``: a worker pool's ordered map (or a plain loop), for readers whose
+#: scan is worth spreading over processes (DICOM header reads).
+MapOrdered = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
+
+
+@dataclass
+class Volume:
+    """Pixels of one input, as ``(n, rows, cols)`` or ``(n, rows, cols, 3)`` in the stored dtype.
+
+    ``slope``/``intercept`` (per native slice) map stored values to physical ones (HU for CT).
+    ``axes_lps`` rows are the patient-space (DICOM LPS) unit directions of array axes 0, 1, 2
+    (None when unknown); ``spacing`` the mm per step along each axis (None entries unknown).
+    ``kind``: ``image`` (one 2D image), ``volume`` (spatial stack) or ``frames`` (non-spatial).
+    """
+
+    relpath: str
+    data: np.ndarray
+    modality: str
+    kind: str = "image"
+    slope: np.ndarray | None = None
+    intercept: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    axes_lps: np.ndarray | None = None
+    spacing: tuple[float | None, float | None, float | None] = (None, None, None)
+    native_axis: int = 0
+    reorient: bool = False
+    slice_relpaths: list[str] | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
+    #: non-fatal findings (codes such as ``series_gap``), counted in the asset metadata
+    warnings: list[str] = field(default_factory=list)
+    projection_xray: bool = False
+    # Patient directions of +column and +row from DICOM PatientOrientation (projection images).
+    patient_orientation: tuple[str, str] | None = None
+    colour: bool = False
+    frame_key: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    boxes: list[list[float]] = field(default_factory=list)
+    box_labels: list[str] = field(default_factory=list)
+
+
+def direction_letter(vec: Sequence[float] | np.ndarray) -> str | None:
+    """Patient direction letter (DICOM LPS) that a unit vector mostly points to."""
+    v = np.asarray(vec, dtype=float)
+    if v.shape != (3,) or not np.all(np.isfinite(v)) or not np.any(v):
+        return None
+    k = int(np.argmax(np.abs(v)))
+    return ("L", "P", "S")[k] if v[k] > 0 else ("R", "A", "I")[k]
+
+
+
+
+class Reader(ABC):
+    """A layout: how to find the tasks of a source and how to read one task."""
+
+    #: the name users write in a registry file (``layout: <name>``)
+    layout: ClassVar[str] = ""
+    #: one line for ``medtrinity sources`` and the docs
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def scan(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered) -> ScanResult:
+        """Every task of the source (in any order; preprocessing sorts by :attr:`Task.sort_key`).
+
+        Raise :class:`SourceLayoutMissing` when the root lacks the folder the layout reads.
+        """
+
+    @abstractmethod
+    def read(self, task: Task, spec: SourceSpec, root: Path) -> Iterator[Volume | Rejected]:
+        """The volumes of one task (one or many), and rejected parts of it as :class:`Rejected`.
+
+        Raise :class:`InputRejected` when the whole task is bad.
+        """

@@ -1,0 +1,80 @@
+"""Safe paths under a source root: listing, containment, the root check."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from medtrinity_assets.ingest.readers.base import InputRejected, SourceRootMissing
+
+
+def check_root(name: str, root: str) -> Path:
+    if "://" in root:
+        raise NotImplementedError(
+            f"source '{name}': remote roots ({root}) are not read by the imaging stage yet"
+        )
+    path = Path(root)
+    if not path.is_dir():
+        raise SourceRootMissing(name, root)
+    return path.resolve()
+
+
+def resolve_inside(root: Path, relpath: str) -> Path:
+    """Absolute path of ``relpath`` under ``root``; raises ``path_escapes_root`` when it leaves it."""
+    rel = relpath.replace("\\", "/").strip()
+    if not rel or rel.startswith("/") or re.match(r"^[A-Za-z]:", rel):
+        raise InputRejected("path_escapes_root", "absolute or empty path")
+    candidate = root / rel
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise InputRejected("path_escapes_root", f"cannot resolve: {type(exc).__name__}") from None
+    if resolved != root and root not in resolved.parents:
+        raise InputRejected("path_escapes_root", "resolves outside the source root")
+    return resolved
+
+
+def _matches(relpath: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(relpath, p) or Path(relpath).match(p) for p in patterns)
+
+
+@dataclass
+class FoundFile:
+    relpath: str
+    path: Path | None
+    reason: str | None = None
+
+
+def list_files(
+    root: Path, include: Sequence[str] = (), under: str = "", suffixes: Sequence[str] | None = None
+) -> list[FoundFile]:
+    """Files under ``root/under`` (sorted, hidden ones skipped), honouring ``include`` globs.
+
+    Symlinks whose target leaves the root are returned with a ``path_escapes_root`` reason;
+    directory symlinks are not followed.
+    """
+    base = root / under if under else root
+    if not base.is_dir():
+        return []
+    found: list[FoundFile] = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fname in sorted(filenames):
+            if fname.startswith("."):
+                continue
+            full = Path(dirpath) / fname
+            rel = full.relative_to(root).as_posix()
+            if suffixes is not None and not fname.lower().endswith(tuple(suffixes)):
+                continue
+            if include and not _matches(rel, include):
+                continue
+            try:
+                found.append(FoundFile(rel, resolve_inside(root, rel)))
+            except InputRejected as exc:
+                found.append(FoundFile(rel, None, exc.reason))
+    found.sort(key=lambda f: f.relpath)
+    return found

@@ -1,0 +1,244 @@
+"""Cutting a volume into 2D slices ready for models: which slices, oriented how, at what size.
+
+A volume is cut along its native axis (or the registry's plane); every slice with a labelled
+ROI is kept, plus every ``stride``-th informative one (normalised std above ``min_std``).
+Slices are turned to the display convention where the patient axes are known (axial: right=L,
+down=P; coronal: L, I; sagittal: P, I), resampled to square pixels, and fitted in ``max_side``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from medtrinity_assets.ingest.intensity import Intensity
+from medtrinity_assets.ingest.readers.base import InputRejected, Volume, direction_letter
+from medtrinity_assets.ingest.registry import SourceSpec
+
+PLANE_DISPLAY = {"axial": ("L", "P"), "coronal": ("L", "I"), "sagittal": ("P", "I")}
+_GROUP = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def output_size(
+    h: int, w: int, row_mm: float | None, col_mm: float | None, max_side: int
+) -> tuple[int, int, list[float] | None]:
+    """Output (h, w) with square pixels (when spacing is known) and longest side <= max_side."""
+    ph, pw = float(h), float(w)
+    if row_mm and col_mm and abs(row_mm / col_mm - 1.0) > 0.01:
+        p = min(row_mm, col_mm)
+        ph, pw = h * row_mm / p, w * col_mm / p
+    s = min(1.0, max_side / max(ph, pw))
+    oh, ow = max(1, int(round(ph * s))), max(1, int(round(pw * s)))
+    spacing = [h * row_mm / oh, w * col_mm / ow] if row_mm and col_mm else None
+    return oh, ow, spacing
+
+
+def resize_image(arr: np.ndarray, oh: int, ow: int) -> np.ndarray:
+    if arr.shape[:2] == (oh, ow):
+        return arr
+    shrink = oh <= arr.shape[0] and ow <= arr.shape[1]
+    method = Image.Resampling.LANCZOS if shrink else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(arr).resize((ow, oh), method))
+
+
+def resize_mask(mask: np.ndarray, oh: int, ow: int) -> np.ndarray:
+    """Nearest-neighbour resize by pixel-centre sampling (labels never blend)."""
+    h, w = mask.shape
+    if (h, w) == (oh, ow):
+        return mask
+    ri = np.minimum(((np.arange(oh) + 0.5) * h / oh).astype(np.int64), h - 1)
+    ci = np.minimum(((np.arange(ow) + 0.5) * w / ow).astype(np.int64), w - 1)
+    return mask[ri][:, ci]
+
+
+def choose_axis(vol: Volume, axis_cfg: str) -> int:
+    """The array axis to cut along: ``auto`` keeps the native one; a named plane picks its normal."""
+    if vol.axes_lps is None or axis_cfg == "auto" or vol.data.ndim != 3:
+        return vol.native_axis
+    target = {"sagittal": 0, "coronal": 1, "axial": 2}[axis_cfg]
+    return int(np.argmax(np.abs(vol.axes_lps[:, target])))
+
+
+def slice_axis_name(vol: Volume, axis: int) -> str | None:
+    """``axial|coronal|sagittal`` for a spatial volume, ``frame`` for frames, None for a 2D image."""
+    if vol.kind == "volume":
+        if vol.axes_lps is None:
+            return "frame"
+        return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(vol.axes_lps[axis])))]
+    return "frame" if vol.kind == "frames" else None
+
+
+# --------------------------------------------------------------------------------------
+# orientation
+
+
+@dataclass
+class Orientation:
+    """How stored slices are turned for display, the patient directions of +x / +y after it,
+    and the (row, column) spacing in mm of the turned slice."""
+
+    transpose: bool = False
+    flip_r: bool = False
+    flip_c: bool = False
+    right: str | None = None
+    down: str | None = None
+    row_mm: float | None = None
+    col_mm: float | None = None
+
+    def apply(self, a: np.ndarray) -> np.ndarray:
+        if self.transpose:
+            a = np.swapaxes(a, 0, 1)
+        if self.flip_r:
+            a = a[::-1]
+        if self.flip_c:
+            a = a[:, ::-1]
+        return a
+
+
+def _group(letter: str | None) -> int:
+    return _GROUP.get(letter or "", -1)
+
+
+def _align(o: Orientation, drow: np.ndarray, dcol: np.ndarray, plane: str) -> tuple[np.ndarray, np.ndarray]:
+    """Transpose and flip so that +x and +y point to the plane's display directions."""
+    want_r, want_d = PLANE_DISPLAY[plane]
+    if _group(direction_letter(drow)) == _GROUP[want_r] and _group(direction_letter(dcol)) != _GROUP[want_r]:
+        o.transpose = True
+        drow, dcol = dcol, drow
+        o.row_mm, o.col_mm = o.col_mm, o.row_mm
+    if direction_letter(dcol) != want_r and _group(direction_letter(dcol)) == _GROUP[want_r]:
+        o.flip_c, dcol = True, -dcol
+    if direction_letter(drow) != want_d and _group(direction_letter(drow)) == _GROUP[want_d]:
+        o.flip_r, drow = True, -drow
+    return drow, dcol
+
+
+def plan_orientation(vol: Volume, axis: int, plane: str | None) -> Orientation:
+    """The display orientation of the slices cut along ``axis`` (rows along the first in-plane
+    axis, columns along the second)."""
+    in_plane = [a for a in range(3) if a != axis]
+    o = Orientation(row_mm=vol.spacing[in_plane[0]], col_mm=vol.spacing[in_plane[1]])
+    axes = vol.axes_lps
+    if axes is not None:
+        drow, dcol = axes[in_plane[0]].copy(), axes[in_plane[1]].copy()
+        reorient = vol.kind == "volume" and (vol.reorient or axis != vol.native_axis)
+        if reorient and plane in PLANE_DISPLAY:
+            drow, dcol = _align(o, drow, dcol, plane)
+        o.right, o.down = direction_letter(dcol), direction_letter(drow)
+    elif vol.patient_orientation is not None:
+        o.right, o.down = vol.patient_orientation
+    elif vol.projection_xray:
+        o.right, o.down = "L", "I"  # radiological display convention when the header says nothing
+    return o
+
+
+# --------------------------------------------------------------------------------------
+# slices
+
+
+@dataclass
+class Slice2D:
+    """One kept slice, encoded: the 8-bit image, its PNG, its mask and its boxes."""
+
+    index: int
+    relpath: str
+    height: int  # before resizing
+    width: int
+    image: np.ndarray
+    png: bytes
+    spacing: list[float] | None
+    mask_png: bytes | None = None
+    mask_labels: list[int] = field(default_factory=list)
+    boxes: list[list[float]] = field(default_factory=list)
+    box_clipped: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class SlicePlan:
+    """Everything a volume's slices share: the view cut along the axis, intensity mapping,
+    orientation, plane name, and which file each slice came from."""
+
+    view: np.ndarray
+    mask_view: np.ndarray | None
+    intensity: Intensity
+    orientation: Orientation
+    slice_axis: str | None
+    relpaths: list[str] | None
+    skipped: int = 0
+
+
+def plan_slices(vol: Volume, spec: SourceSpec) -> SlicePlan:
+    axis = choose_axis(vol, spec.slicing.axis)
+    view = np.moveaxis(vol.data, axis, 0) if axis else vol.data
+    mview = None
+    if vol.mask is not None:
+        if vol.mask.shape != vol.data.shape[:3]:
+            raise InputRejected("mask_shape_mismatch", f"mask {vol.mask.shape} vs image {vol.data.shape[:3]}")
+        mview = np.moveaxis(vol.mask, axis, 0) if axis else vol.mask
+    intensity = Intensity(vol, spec, view, axis)
+    intensity.calibrate()
+    plane = slice_axis_name(vol, axis)
+    n = view.shape[0]
+    rels = vol.slice_relpaths if (vol.slice_relpaths and axis == 0 and len(vol.slice_relpaths) == n) else None
+    return SlicePlan(view, mview, intensity, plan_orientation(vol, axis, plane), plane, rels)
+
+
+def _boxes(vol: Volume, h: int, w: int, oh: int, ow: int) -> tuple[list[list[float]], list[bool]]:
+    """The volume's boxes scaled to the output size and clipped to it (clipping recorded)."""
+    boxes, clipped = [], []
+    sx, sy = ow / w, oh / h
+    for x0, y0, x1, y1 in vol.boxes:
+        b = [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
+        c = [max(0.0, b[0]), max(0.0, b[1]), min(float(ow), b[2]), min(float(oh), b[3])]
+        boxes.append([round(v, 3) for v in c])
+        clipped.append(c != b)
+    return boxes, clipped
+
+
+def _encode(plan: SlicePlan, vol: Volume, k: int, norm: np.ndarray, msl: np.ndarray | None, max_side: int) -> Slice2D:
+    o = plan.orientation
+    img = o.apply(plan.intensity.to_u8(k, norm))
+    h, w = img.shape[:2]
+    oh, ow, spacing = output_size(h, w, o.row_mm, o.col_mm, max_side)
+    img = np.ascontiguousarray(resize_image(np.ascontiguousarray(img), oh, ow))
+    relpath = plan.relpaths[k] if plan.relpaths else vol.relpath
+    out = Slice2D(k, relpath, h, w, img, encode_png(img), spacing)
+    if msl is not None:
+        m = resize_mask(np.ascontiguousarray(o.apply(msl)), oh, ow)
+        out.mask_labels = [int(v) for v in np.unique(m) if v > 0]
+        if out.mask_labels:
+            m = m.astype(np.uint16 if max(out.mask_labels) > 255 else np.uint8)
+            out.mask_png = encode_png(np.ascontiguousarray(m))
+    if vol.boxes:
+        out.boxes, out.box_clipped = _boxes(vol, h, w, oh, ow)
+    return out
+
+
+def iter_slices(plan: SlicePlan, vol: Volume, spec: SourceSpec) -> Iterator[Slice2D]:
+    """The kept slices of a planned volume; ``plan.skipped`` counts the others."""
+    cfg = spec.slicing
+    informative = 0
+    for k in range(plan.view.shape[0]):
+        msl = plan.mask_view[k] if plan.mask_view is not None else None
+        has_roi = bool(msl is not None and msl.any())
+        norm = plan.intensity.normalised(k)
+        if vol.kind != "image" and not has_roi:
+            probe = norm[::2, ::2] if norm.ndim == 2 else norm[::2, ::2].mean(axis=2)
+            if float(probe.std()) < cfg.min_std:
+                plan.skipped += 1
+                continue
+            informative += 1
+            if (informative - 1) % cfg.stride:
+                plan.skipped += 1
+                continue
+        yield _encode(plan, vol, k, norm, msl if has_roi else None, spec.max_side)

@@ -1,0 +1,141 @@
+"""The process pool of one source, and the work each worker does on one task.
+
+Workers are forked from a forkserver that has already imported pydicom, its decoder plugins,
+nibabel, Pillow and the readers (``readers/preload.py``), so they start warm. A worker holds the
+source's spec, root, reader and identifying values (set once by the pool's initializer) and turns
+one :class:`~.readers.base.Task` into a :class:`~.records.TaskResult`: encoded candidates and
+quarantined rows. Results come back in task order with a bounded number in flight.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from medtrinity_assets.ingest.readers import Reader, reader_for
+from medtrinity_assets.ingest.readers.base import InputRejected, Rejected, Task, Volume
+from medtrinity_assets.ingest.records import RecordPrivacy, TaskResult, candidate, quarantine_row
+from medtrinity_assets.ingest.registry import SourceSpec
+from medtrinity_assets.ingest.slicing import iter_slices, plan_slices
+
+
+class WorkerState:
+    """What every task of one source needs; one per worker process (and one in the parent)."""
+
+    def __init__(self, spec: SourceSpec, root: Path, identifiers: Iterable[str] = ()) -> None:
+        self.spec = spec
+        self.root = root
+        self.reader: Reader = reader_for(spec.layout)
+        self.privacy = RecordPrivacy(identifiers)
+
+
+_STATE: dict[str, WorkerState] = {}
+
+
+def init_worker(spec_json: str, root: str, identifiers: list[str]) -> None:
+    _STATE["current"] = WorkerState(SourceSpec.model_validate_json(spec_json), Path(root), identifiers)
+
+
+def _volume(state: WorkerState, vol: Volume, res: TaskResult) -> None:
+    """Slice one volume into candidates; a volume without an informative slice is rejected."""
+    plan = plan_slices(vol, state.spec)
+    kept = [candidate(state.spec, vol, plan, sl, state.privacy) for sl in iter_slices(plan, vol, state.spec)]
+    if not kept:
+        n, min_std = plan.view.shape[0], state.spec.slicing.min_std
+        raise InputRejected("constant_volume", f"no informative slice among {n} (min_std {min_std})")
+    res.candidates.extend(kept)
+    res.skipped += plan.skipped
+    res.warnings.extend(vol.warnings)
+
+
+def process_task(task: Task, state: WorkerState | None = None) -> TaskResult:
+    """Read and preprocess one task; bad input becomes quarantined rows, never an exception."""
+    state = state or _STATE["current"]
+    privacy = state.privacy
+    res = TaskResult()
+    try:
+        _read_task(state, task, res)
+    finally:
+        res.redacted, privacy.redacted = set(privacy.redacted), set()
+    return res
+
+
+def _read_task(state: WorkerState, task: Task, res: TaskResult) -> None:
+    spec, privacy = state.spec, state.privacy
+    if isinstance(task, Rejected):
+        res.quarantined.append(quarantine_row(spec, task.relpath, task.reason, task.key, privacy))
+        return
+    try:
+        for item in state.reader.read(task, spec, state.root):
+            if isinstance(item, Rejected):
+                res.quarantined.append(quarantine_row(spec, item.relpath, item.reason, item.key, privacy))
+            else:
+                _volume(state, item, res)
+    except InputRejected as exc:
+        res.quarantined.append(quarantine_row(spec, task.relpath, exc.reason, task.key, privacy))
+    except MemoryError:
+        res.quarantined.append(quarantine_row(spec, task.relpath, "too_many_pixels: out of memory", task.key, privacy))
+    except Exception as exc:  # noqa: BLE001 - one bad file never stops the source
+        why = f"undecodable: {type(exc).__name__}"
+        res.quarantined.append(quarantine_row(spec, task.relpath, why, task.key, privacy))
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+class WorkerPool:
+    """A process pool for one source (or the calling process when ``workers <= 1``)."""
+
+    def __init__(self, workers: int, spec: SourceSpec, root: Path, identifiers: Iterable[str] = ()) -> None:
+        self.window = 4 * max(1, workers)  # tasks in flight: load balance vs results waiting in memory
+        values = sorted(set(identifiers))
+        self.state = WorkerState(spec, root, values)
+        self._pool: ProcessPoolExecutor | None = None
+        if workers > 1 and not mp.current_process().daemon:  # a daemonic process may not have children
+            methods = mp.get_all_start_methods()
+            ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+            if "forkserver" in methods:
+                ctx.set_forkserver_preload(["medtrinity_assets.ingest.worker", "medtrinity_assets.ingest.readers.preload"])
+            self._pool = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=ctx,
+                initializer=init_worker,
+                initargs=(spec.model_dump_json(), str(root), values),
+            )
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def map_ordered(self, fn: Callable[[Any], Any], items: Iterable[Any], window: int | None = None) -> Iterator[Any]:
+        """``map`` in input order with at most ``window`` items in flight (bounded memory)."""
+        if self._pool is None:
+            for item in items:
+                yield fn(item)
+            return
+        pending: deque = deque()
+        for item in items:
+            pending.append(self._pool.submit(fn, item))
+            if len(pending) >= (window or self.window):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def process(self, tasks: list[Task]) -> Iterator[TaskResult]:
+        """:func:`process_task` over ``tasks``, results in task order."""
+        if self._pool is None:
+            return (process_task(t, self.state) for t in tasks)
+        return self.map_ordered(process_task, tasks)

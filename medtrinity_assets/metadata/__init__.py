@@ -1,0 +1,1 @@
+"""Stage 3, metadata integration: one coarse caption per image from what the source states."""

@@ -1,0 +1,138 @@
+"""A source's identifying values, kept between stages as salted hashes, never as values.
+
+Ingestion reads every header of a source once; the identifying values it finds (patient and
+clinician names with their name tokens, IDs, dates, UIDs, places) redact paths and scrub free
+text right there, and are then stored for the final PHI check of the descriptions as keyed
+BLAKE2b hashes of their tokens under ``<out>/_private/`` (folder 0700, files 0600). The key
+is random per output root. A description is checked by hashing its own token n-grams with the
+same key, so the check needs no value in clear and no second pass over the source.
+
+Tokens are runs of word characters (case-folded), and single characters of scripts written
+without spaces (CJK, Thai), so a value matches wherever its tokens appear in a row, whatever
+punctuation separates them: ``Doe^Jane`` matches "Doe Jane", ``1.2.840.1`` matches "1.2.840.1".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+from medtrinity_assets.privacy.identifiers import expand_person_name, is_unspaced
+
+_UNSPACED_CLASS = r"\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_TOKEN = re.compile(rf"[{_UNSPACED_CLASS}]|[^\W{_UNSPACED_CLASS}]+")
+STORE_FORMAT = "medtrinity-identifiers-v1"
+
+
+def tokens(text: str) -> list[str]:
+    """Case-folded tokens of ``text`` (see the module docstring)."""
+    return _TOKEN.findall(str(text).casefold())
+
+
+def _usable(value: str) -> bool:
+    alnum = sum(c.isalnum() for c in value)
+    return alnum >= (1 if is_unspaced(value) else 2)
+
+
+def expand_values(values: Iterable[str]) -> set[str]:
+    """Values with person names (``^`` or ``=`` form) expanded to their tokens and orders."""
+    out: set[str] = set()
+    for v in values:
+        if v is None:
+            continue
+        v = str(v).strip()
+        out |= expand_person_name(v) if ("^" in v or "=" in v) else {v}
+    return {v for v in out if v and _usable(v)}
+
+
+class HashedMatcher:
+    """Finds identifying values in text from their keyed hashes (``search`` only)."""
+
+    def __init__(self, key: bytes, values: set[str], firsts: set[str], max_tokens: int) -> None:
+        self._key = key
+        self._values = values
+        self._firsts = firsts
+        self._max = max_tokens
+
+    @property
+    def size(self) -> int:
+        return len(self._values)
+
+    def _h(self, toks: Iterable[str]) -> str:
+        return hashlib.blake2b("\x1f".join(toks).encode("utf-8"), key=self._key, digest_size=16).hexdigest()
+
+    def search(self, text: str | None) -> bool:
+        if not text or not self._values:
+            return False
+        toks = tokens(text)
+        for i, tok in enumerate(toks):
+            if self._h((tok,)) not in self._firsts:
+                continue
+            for n in range(1, min(self._max, len(toks) - i) + 1):
+                if self._h(toks[i : i + n]) in self._values:
+                    return True
+        return False
+
+
+class IdentifierStore:
+    """Per-source hashed identifier sets under ``<out>/_private/``."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.dir = Path(out) / "_private"
+
+    def _key(self, create: bool) -> bytes | None:
+        path = self.dir / "identifiers.key"
+        if path.exists():
+            return path.read_bytes()
+        if not create:
+            return None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        return key
+
+    def path(self, source: str) -> Path:
+        return self.dir / "identifiers" / f"{source}.json"
+
+    def save(self, source: str, values: Iterable[str]) -> int:
+        """Store the hashes of ``values`` (expanded) for ``source``; returns how many."""
+        from medtrinity_assets.core.storage import atomic_write_bytes
+
+        key = self._key(create=True)
+        assert key is not None
+        matcher = HashedMatcher(key, set(), set(), 0)
+        token_lists = [t for t in (tokens(v) for v in expand_values(values)) if t]
+        payload = {
+            "format": STORE_FORMAT,
+            "values": sorted({matcher._h(t) for t in token_lists}),
+            "firsts": sorted({matcher._h(t[:1]) for t in token_lists}),
+            "max_tokens": max((len(t) for t in token_lists), default=0),
+        }
+        path = self.path(source)
+        atomic_write_bytes(path, json.dumps(payload).encode("utf-8"))
+        os.chmod(path, 0o600)
+        os.chmod(path.parent, 0o700)
+        return len(payload["values"])
+
+    def matcher(self, source: str) -> HashedMatcher:
+        """The matcher of ``source`` (empty when ingestion stored nothing for it)."""
+        key = self._key(create=False)
+        path = self.path(source)
+        if key is None or not path.exists():
+            return HashedMatcher(b"", set(), set(), 0)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != STORE_FORMAT:
+            raise ValueError(f"{path}: not an identifier store (format {data.get('format')!r})")
+        return HashedMatcher(key, set(data["values"]), set(data["firsts"]), int(data["max_tokens"]))
+
+
+def identifier_store(out: str | Path) -> IdentifierStore:
+    return IdentifierStore(out)

@@ -1,0 +1,74 @@
+"""Scrub and detect PHI in free text with one pattern set and a source's identifying values."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Protocol
+
+from medtrinity_assets.privacy.identifiers import IdentifierMatcher, matcher_for
+from medtrinity_assets.privacy.patterns import PHI_PATTERNS
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SPACES = re.compile(r"\s+")
+MAX_PASSES = 4
+
+
+class ValueMatcher(Protocol):
+    """Anything that finds a source's identifying values in text (a regex trie or salted hashes)."""
+
+    def search(self, text: str | None) -> bool: ...
+
+
+def _matcher(identifiers: Iterable[str] | ValueMatcher | None) -> ValueMatcher | None:
+    if identifiers is None:
+        return None
+    if hasattr(identifiers, "search"):
+        return identifiers  # type: ignore[return-value]
+    return matcher_for(identifiers)  # type: ignore[arg-type]
+
+
+def _tidy(text: str) -> str:
+    return _SPACES.sub(" ", _CONTROL.sub(" ", text)).strip(" ,;:-_/")
+
+
+def scrub_text(text: str | None, identifiers: Iterable[str] | IdentifierMatcher | None = ()) -> str:
+    """``text`` without the source's identifying values and anything :data:`PHI_PATTERNS` matches.
+
+    Removal can join pieces into a new match ("12/Mr X/2021"), so passes repeat until nothing
+    changes: the result is a fixed point, which :func:`find_phi` never flags.
+    """
+    if not text:
+        return ""
+    matcher = _matcher(identifiers)
+    out = _tidy(str(text))
+    for _ in range(MAX_PASSES):
+        before = out
+        if isinstance(matcher, IdentifierMatcher):
+            out = matcher.sub(out)
+        for _kind, rx in PHI_PATTERNS:
+            out = rx.sub(" ", out)
+        out = _tidy(out)
+        if out == before:
+            break
+    return out
+
+
+def find_phi(text: str | None, identifiers: Iterable[str] | ValueMatcher | None = ()) -> list[str]:
+    """Kinds of PHI found in ``text`` (``listed_value`` for a source's identifying value); never
+    the values themselves."""
+    if not text:
+        return []
+    found = {kind for kind, rx in PHI_PATTERNS if rx.search(text)}
+    matcher = _matcher(identifiers)
+    if matcher is not None and matcher.search(text):
+        found.add("listed_value")
+    return sorted(found)
+
+
+def scrub_reason(reason: str | None, identifiers: IdentifierMatcher | None = None) -> str | None:
+    """A quarantine reason with the source's identifying values removed. Reasons are the
+    pipeline's own words plus a decoder's message: their numbers (sizes, limits) are kept."""
+    if reason is None or identifiers is None:
+        return reason
+    return _SPACES.sub(" ", identifiers.sub(reason)).strip()

@@ -1,0 +1,17 @@
+"""Stage 2, ROI locating: region geometry per image from masks, boxes, expert models or the whole
+image, COCO RLE, measured attributes (position, size, intensity, texture, shape, relations)
+and overlays."""
+
+from medtrinity_assets.rois.attributes import RoiConfig, default_config, measure_roi
+from medtrinity_assets.rois.build import RoiSetResult, build_roi_set, draw_roi_overlay, rle_decode, rle_encode
+
+__all__ = [
+    "RoiConfig",
+    "RoiSetResult",
+    "build_roi_set",
+    "default_config",
+    "draw_roi_overlay",
+    "measure_roi",
+    "rle_decode",
+    "rle_encode",
+]

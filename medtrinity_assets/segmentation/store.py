@@ -1,0 +1,189 @@
+"""Saving and loading experts: ``model.safetensors`` and ``card.json`` (architecture, training
+sources, metrics, the weights' sha256). Weights are loaded only when their hash matches the card
+(or the hash a registry pins); TorchScript only from a path the user declared."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from medtrinity_assets.core.storage import atomic_write_bytes, sha256_file
+from medtrinity_assets.core.vocabulary import canonical_modality, modality_slug
+from medtrinity_assets.ingest.registry import SourceSpec
+from medtrinity_assets.segmentation.network import ExpertConfig, ExpertPredictor, build_network
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medtrinity_assets.segmentation.training import ExpertTrainResult
+
+CARD_NAME = "card.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_FORMAT = "medtrinity-expert-v1"
+TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript", ".jit"}
+
+
+
+class ExpertLoadError(ValueError):
+    """Expert weights could not be loaded (missing, wrong format, wrong architecture)."""
+
+
+class ExpertIntegrityError(ExpertLoadError):
+    """The weights file's sha256 does not match its card (or the pinned hash)."""
+
+
+def save_expert(result: ExpertTrainResult, directory: str | Path) -> Path:
+    """Write ``model.safetensors`` and ``card.json`` (atomically); returns the card's path."""
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in result.network.state_dict().items()}
+    blob = save(state, metadata={"format": CARD_FORMAT, "modality": result.modality, "name": result.name})
+    weights = directory / WEIGHTS_NAME
+    atomic_write_bytes(weights, blob)
+    card = {
+        "format": CARD_FORMAT,
+        "name": result.name,
+        "modality": result.modality,
+        "architecture": "monai.networks.nets.UNet(spatial_dims=2, in_channels=1, out_channels=1)",
+        "target": "binary foreground (any mask label > 0)",
+        "config": {
+            **asdict(result.config),
+            "channels": list(result.config.channels),
+            "strides": list(result.config.strides),
+        },
+        "seed": result.seed,
+        "training_sources": result.training_sources,
+        "metrics": result.metrics,
+        "loss_history": [round(v, 5) for v in result.history],
+        "weights_file": WEIGHTS_NAME,
+        "weights_sha256": sha256_file(weights),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    card_path = directory / CARD_NAME
+    atomic_write_bytes(card_path, (json.dumps(card, indent=2, default=str) + "\n").encode("utf-8"))
+    return card_path
+
+
+def _check_hash(path: Path, *expected: str | None) -> str:
+    actual = sha256_file(path)
+    for exp in expected:
+        if exp is not None and exp.lower() != actual:
+            raise ExpertIntegrityError(
+                f"refusing {path.name}: sha256 {actual[:16]}... does not match the expected {exp[:16]}..."
+            )
+    return actual
+
+
+def _load_safetensors_into(path: Path, config: ExpertConfig) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    net = build_network(config)
+    try:
+        state = load_file(str(path))
+        net.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise ExpertLoadError(f"{path.name}: weights do not fit the configured U-Net: {exc}") from exc
+    return net
+
+
+def load_expert(
+    path: str | Path,
+    expected_sha256: str | None = None,
+    *,
+    device: str = "cpu",
+    config: ExpertConfig | None = None,
+    modality: str = "",
+) -> ExpertPredictor:
+    """Load an expert from a directory or ``card.json`` (hash-checked against the card), a
+    user's safetensors file (our architecture, ``config`` or the defaults), or a user's
+    TorchScript file (``.pt/.pth/.ts/.torchscript/.jit``; only call this on a path the user
+    declared: TorchScript runs code). ``expected_sha256`` pins the weights' hash in every case.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / CARD_NAME
+    if not p.exists():
+        raise ExpertLoadError(f"expert weights not found: {p}")
+    if p.suffix == ".json":
+        try:
+            card = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ExpertLoadError(f"{p}: unreadable card: {exc}") from exc
+        if card.get("format") != CARD_FORMAT:
+            raise ExpertLoadError(f"{p}: not an expert card (format {card.get('format')!r})")
+        weights = p.parent / Path(str(card["weights_file"])).name
+        if not weights.exists():
+            raise ExpertLoadError(f"{p}: weights file {weights.name} is missing")
+        _check_hash(weights, card.get("weights_sha256"), expected_sha256)
+        cfg = ExpertConfig.from_dict(card.get("config", {}))
+        net = _load_safetensors_into(weights, cfg)
+        return ExpertPredictor(
+            net,
+            name=str(card.get("name") or "unet"),
+            modality=str(card.get("modality") or modality),
+            image_size=cfg.image_size,
+            threshold=cfg.threshold,
+            device=device,
+            card=card,
+        )
+    if p.suffix == ".safetensors":
+        sibling = p.parent / CARD_NAME
+        if sibling.exists():
+            try:
+                card = json.loads(sibling.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                card = {}
+            if card.get("format") == CARD_FORMAT and card.get("weights_file") == p.name:
+                return load_expert(sibling, expected_sha256, device=device, modality=modality)
+        _check_hash(p, expected_sha256)
+        cfg = config or ExpertConfig()
+        net = _load_safetensors_into(p, cfg)
+        return ExpertPredictor(
+            net,
+            name=f"user_{p.stem}",
+            modality=modality,
+            image_size=cfg.image_size,
+            threshold=cfg.threshold,
+            device=device,
+        )
+    if p.suffix.lower() in TORCHSCRIPT_SUFFIXES:
+        _check_hash(p, expected_sha256)
+        try:
+            net = torch.jit.load(str(p), map_location=device)
+        except Exception as exc:
+            raise ExpertLoadError(f"{p.name}: not a loadable TorchScript module: {exc}") from exc
+        cfg = config or ExpertConfig()
+        return ExpertPredictor(
+            net,
+            name=f"user_{p.stem}",
+            modality=modality,
+            image_size=cfg.image_size,
+            threshold=cfg.threshold,
+            device=device,
+        )
+    raise ExpertLoadError(
+        f"{p.name}: unsupported expert format (use a card.json, .safetensors or TorchScript)"
+    )
+
+
+def load_expert_for(
+    spec: SourceSpec, experts_dir: str | Path, *, device: str = "cpu"
+) -> ExpertPredictor | None:
+    """The expert a source should use: its declared ``expert_model`` (path relative to the
+    registry file; refused unless it matches ``expert_model_sha256`` when that is declared), else
+    the trained expert of its modality under ``experts_dir`` (checked against its card), else None."""
+    mod = canonical_modality(spec.modality)
+    if spec.expert_model:
+        p = Path(spec.expert_model).expanduser()
+        if not p.is_absolute() and spec.registry_file:
+            p = Path(spec.registry_file).parent / p
+        return load_expert(p, spec.expert_model_sha256, device=device, modality=mod)
+    card = Path(experts_dir) / modality_slug(mod) / CARD_NAME
+    if card.exists():
+        return load_expert(card, device=device, modality=mod)
+    return None
