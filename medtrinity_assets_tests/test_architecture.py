@@ -102,3 +102,29 @@ def test_functions_and_modules_are_short():
                 if n > MAX_FUNCTION_LINES:
                     long_functions.append((rel, node.name, n))
     assert long_modules == [] and long_functions == []
+
+
+def test_architecture_doc_lists_the_table_contracts():
+    """docs/ARCHITECTURE.md's data contracts are the ones in core/tables.py."""
+    from medtrinity_assets.core.tables import markdown
+
+    doc = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    begin, end = "<!-- contracts:begin -->\n", "<!-- contracts:end -->"
+    assert begin in doc and end in doc
+    assert doc[doc.index(begin) + len(begin) : doc.index(end)] == markdown(), (
+        "regenerate with: python -m medtrinity_assets.core.tables"
+    )
+
+
+def test_missing_required_column_names_table_and_column(tmp_path):
+    import polars as pl
+    import pytest
+
+    from medtrinity_assets.core.tables import ROI_SET, ContractError
+
+    ROI_SET.write(ROI_SET.empty(), tmp_path, "s")
+    pl.DataFrame({"record_id": ["a"]}).write_parquet(ROI_SET.path(tmp_path, "s"))
+    with pytest.raises(ContractError, match="table 'roi_set'.*required column\\(s\\) missing: source, roi_id"):
+        ROI_SET.read(tmp_path, "s")
+    with pytest.raises(ContractError, match="not in its contract: extra"):
+        ROI_SET.write(ROI_SET.empty().with_columns(pl.lit(1).alias("extra")), tmp_path, "s")

@@ -264,3 +264,34 @@ def test_user_corpus_rebuild_embeds_only_new_chunks(pipeline, dagster_instance, 
     assert meta["knowledge_corpus"]["quarantined_by_reason"].value  # the malformed line
     docstore = pl.read_parquet(copy / "knowledge_index" / "docstore.parquet")
     assert {"u1", "u2"} <= set(docstore["doc_id"])
+
+
+def test_single_run_over_two_partitions_reports_each_partition(pipeline, dagster_instance, tmp_path):
+    """A single-run backfill of the GPU-bound assets over two sources: each partition's
+    materialization carries its own row count, preview and pictures, not the last source's."""
+    import shutil
+
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    out, _ = pipeline
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    defs = build_definitions(make_resources(copy))
+    job = defs.resolve_job_def("enrichment_job")
+    pair = ["histology_ihc", "microscopy_cells"]  # neighbours in the instance's partition order
+    result = job.execute_in_process(
+        instance=dagster_instance,
+        asset_selection=[dg.AssetKey("roi_set"), dg.AssetKey("caption_batch")],
+        tags={ASSET_PARTITION_RANGE_START_TAG: pair[0], ASSET_PARTITION_RANGE_END_TAG: pair[1]},
+        run_config=QUIET,
+    )
+    assert result.success
+    for asset in ("roi_set", "caption_batch"):
+        mats = {m.partition: m.metadata for m in result.asset_materializations_for_node(asset)}
+        assert set(mats) == set(pair), asset
+        for name in pair:
+            assert mats[name]["dagster/row_count"].value == _table(copy, asset, name).height, (asset, name)
+        assert mats[pair[0]]["dagster/row_count"].value != mats[pair[1]]["dagster/row_count"].value
+        pictures = "overlays" if asset == "roi_set" else "sample_triplets"
+        assert mats[pair[0]][pictures].value != mats[pair[1]][pictures].value
+        assert mats[pair[0]]["preview"].value != mats[pair[1]]["preview"].value

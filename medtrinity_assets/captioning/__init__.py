@@ -20,6 +20,7 @@ from medtrinity_assets.captioning.backends.base import Captioner, CaptionerConfi
 from medtrinity_assets.captioning.backends.embedded import EmbeddedCaptioner
 from medtrinity_assets.captioning.batch import CAPTION_COLUMNS, BatchResult, run_caption_batch
 from medtrinity_assets.captioning.inputs import CaptionInput, Passage, build_caption_inputs
+from medtrinity_assets.captioning.judge import Judge
 from medtrinity_assets.captioning.prompt import (
     FACETS,
     PROMPT_VERSION,
@@ -29,7 +30,7 @@ from medtrinity_assets.captioning.prompt import (
     parse_reply,
     render_overlay,
 )
-from medtrinity_assets.captioning.quality import Judge, check_captions
+from medtrinity_assets.captioning.quality import check_captions
 
 __all__ = [
     "CAPTION_COLUMNS", "FACETS", "PROMPT_VERSION", "BatchResult", "CaptionInput", "CaptionResult", "Captioner",

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 FACET_COLUMNS = [f"facet_{k}" for k in FACETS]
 CAPTION_COLUMNS = CAPTION_BATCH.columns
+
+
 @dataclass
 class BatchResult:
     table_path: Path
@@ -129,8 +131,44 @@ def run_caption_batch(
     pdir = parts_dir(table_path)
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
+    unique, dropped = _unique_inputs(inputs, log)
 
-    # one input per (record_id, roi_id); the first occurrence wins
+    params_json = json.dumps(captioner.params, sort_keys=True)
+    hashes = [captioner.inputs_hash(item) for item in unique]
+    cache = _read_cache(table_path, log)
+    todo = _to_compute(unique, hashes, cache, retry_failed)
+    total = len(unique)
+    cached = total - len(todo)
+    log.info("caption batch: %d inputs, %d cached, %d to compute with %s/%s",
+             total, cached, len(todo), captioner.name, captioner.model or "-")
+    if progress:
+        progress(cached, total)
+
+    writer = _PartWriter(captioner, pdir, params_json, total=total, done=cached, progress=progress, log=log)
+    if todo and captioner.supports_streaming:
+        run_sync(_stream_in_chunks(captioner, todo, chunk_size, writer.flush))
+    else:
+        _caption_in_chunks(captioner, todo, chunk_size, writer.flush)
+
+    final_rows = _final_rows(unique, hashes, writer.rows, cache)
+    write_parquet_atomic(caption_rows_frame(final_rows), table_path)
+    _remove_parts(pdir)
+    failed_keys = [(r["record_id"], r["roi_id"]) for r in final_rows if r["status"] != "ok"]
+    return BatchResult(
+        table_path=table_path,
+        total=total,
+        cached=cached,
+        computed=len(todo),
+        ok=total - len(failed_keys),
+        failed=len(failed_keys),
+        chunks_written=writer.chunks,
+        duplicates_dropped=dropped,
+        failed_keys=failed_keys,
+    )
+
+
+def _unique_inputs(inputs: list[CaptionInput], log: Any) -> tuple[list[CaptionInput], int]:
+    """One input per ``(record_id, roi_id)``, the first occurrence winning; and how many were dropped."""
     seen: set[tuple] = set()
     unique: list[CaptionInput] = []
     dropped = 0
@@ -142,63 +180,100 @@ def run_caption_batch(
         unique.append(item)
     if dropped:
         log.warning("%d duplicate (record_id, roi_id) inputs ignored", dropped)
+    return unique, dropped
 
-    params_json = json.dumps(captioner.params, sort_keys=True)
-    hashes = [captioner.inputs_hash(item) for item in unique]
-    cache = _read_cache(table_path, log)
+
+def _to_compute(
+    unique: list[CaptionInput], hashes: list[str], cache: dict[str, dict[str, Any]], retry_failed: bool
+) -> list[tuple[CaptionInput, str]]:
+    """(input, inputs_hash) of every input the cache cannot answer (failed rows too, if retried)."""
     reusable = {h for h, row in cache.items() if row["status"] == "ok" or not retry_failed}
-    todo = [(item, h) for item, h in zip(unique, hashes, strict=True) if h not in reusable]
-    total = len(unique)
-    cached = total - len(todo)
-    log.info("caption batch: %d inputs, %d cached, %d to compute with %s/%s",
-             total, cached, len(todo), captioner.name, captioner.model or "-")
-    if progress:
-        progress(cached, total)
+    return [(item, h) for item, h in zip(unique, hashes, strict=True) if h not in reusable]
 
-    new_rows: dict[str, dict[str, Any]] = {}
-    state = {"chunks": 0, "done": cached}
 
-    def flush(chunk: list[tuple[CaptionInput, str]], results: list[CaptionResult]) -> None:
+Flush = Callable[[list[tuple[CaptionInput, str]], list[CaptionResult]], None]
+
+
+class _PartWriter:
+    """Writes each finished chunk as one durable part file, then counts it as done."""
+
+    def __init__(
+        self,
+        captioner: Captioner,
+        pdir: Path,
+        params_json: str,
+        *,
+        total: int,
+        done: int,
+        progress: Callable[[int, int], None] | None,
+        log: Any,
+    ) -> None:
+        self.captioner = captioner
+        self.pdir = pdir
+        self.params_json = params_json
+        self.total = total
+        self.done = done
+        self.progress = progress
+        self.log = log
+        self.rows: dict[str, dict[str, Any]] = {}  # inputs_hash -> row written this run
+        self.chunks = 0
+
+    def flush(self, chunk: list[tuple[CaptionInput, str]], results: list[CaptionResult]) -> None:
+        captioner = self.captioner
         if len(results) != len(chunk):
             raise RuntimeError(f"captioner {captioner.name} returned {len(results)} results for {len(chunk)} inputs")
-        rows = [_row(item, res, captioner, h, params_json) for (item, h), res in zip(chunk, results, strict=True)]
-        part = pdir / f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+        rows = [_row(item, res, captioner, h, self.params_json) for (item, h), res in zip(chunk, results, strict=True)]
+        part = self.pdir / f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
         write_parquet_atomic(caption_rows_frame(rows), part)  # durable before it counts as done
-        state["chunks"] += 1
+        self.chunks += 1
         for r in rows:
-            new_rows[r["inputs_hash"]] = r
-        state["done"] += len(chunk)
-        if progress:
-            progress(state["done"], total)
+            self.rows[r["inputs_hash"]] = r
+        self.done += len(chunk)
+        if self.progress:
+            self.progress(self.done, self.total)
         n_failed = sum(r["status"] != "ok" for r in rows)
-        log.info("caption chunk %d: %d captions (%d failed), %d/%d done",
-                 state["chunks"], len(rows), n_failed, state["done"], total)
+        self.log.info("caption chunk %d: %d captions (%d failed), %d/%d done",
+                      self.chunks, len(rows), n_failed, self.done, self.total)
 
-    if todo and captioner.supports_streaming:
-        # streaming backends: no barrier between chunks; results are flushed every chunk_size
-        async def stream() -> None:
-            buf: list[tuple[int, CaptionResult]] = []
-            async for idx, res in captioner.astream([item for item, _ in todo]):
-                buf.append((idx, res))
-                if len(buf) >= chunk_size:
-                    flush([todo[i] for i, _ in buf], [r for _, r in buf])
-                    buf = []
-            if buf:
-                flush([todo[i] for i, _ in buf], [r for _, r in buf])
 
-        run_sync(stream())
-    else:
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start : start + chunk_size]
-            flush(chunk, captioner.caption([item for item, _ in chunk]))
-    chunks = state["chunks"]
+async def _stream_in_chunks(
+    captioner: Captioner, todo: list[tuple[CaptionInput, str]], chunk_size: int, flush: Flush
+) -> None:
+    """Streaming backends: no barrier between chunks; results are flushed every ``chunk_size``."""
+    buf: list[tuple[int, CaptionResult]] = []
+    async for idx, res in captioner.astream([item for item, _ in todo]):
+        buf.append((idx, res))
+        if len(buf) >= chunk_size:
+            flush([todo[i] for i, _ in buf], [r for _, r in buf])
+            buf = []
+    if buf:
+        flush([todo[i] for i, _ in buf], [r for _, r in buf])
 
+
+def _caption_in_chunks(
+    captioner: Captioner, todo: list[tuple[CaptionInput, str]], chunk_size: int, flush: Flush
+) -> None:
+    """Other backends: one ``caption`` call per chunk of ``chunk_size`` inputs, flushed in turn."""
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start : start + chunk_size]
+        flush(chunk, captioner.caption([item for item, _ in chunk]))
+
+
+def _final_rows(
+    unique: list[CaptionInput], hashes: list[str], new_rows: dict[str, dict[str, Any]],
+    cache: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """One row per input, in input order: computed this run, else cached; with the input's roi id."""
     final_rows = []
     for item, h in zip(unique, hashes, strict=True):
         row = new_rows.get(h) or dict(cache[h])
         row["roi_id"] = item.roi_id
         final_rows.append(row)
-    write_parquet_atomic(caption_rows_frame(final_rows), table_path)
+    return final_rows
+
+
+def _remove_parts(pdir: Path) -> None:
+    """Delete the part files and their folder once the final table holds them."""
     if pdir.exists():
         for p in pdir.iterdir():
             p.unlink(missing_ok=True)
@@ -206,15 +281,3 @@ def run_caption_batch(
             pdir.rmdir()
         except OSError:
             pass
-    failed_keys = [(r["record_id"], r["roi_id"]) for r in final_rows if r["status"] != "ok"]
-    return BatchResult(
-        table_path=table_path,
-        total=total,
-        cached=cached,
-        computed=len(todo),
-        ok=total - len(failed_keys),
-        failed=len(failed_keys),
-        chunks_written=chunks,
-        duplicates_dropped=dropped,
-        failed_keys=failed_keys,
-    )

@@ -1,4 +1,4 @@
-"""Claim-level quality checks of descriptions, PHI scan and an optional MLLM judge.
+"""Claim-level quality checks of descriptions, PHI scan, and the optional MLLM judge's scores.
 
 Claims are read back out of each caption's own words (paragraph and facets), whatever backend
 wrote it, and compared with the measured ROI and the metadata:
@@ -18,26 +18,38 @@ wrote it, and compared with the measured ROI and the metadata:
 Sentences quoting a retrieved passage (a chunk-id citation ``[chunk_id]``) state background
 knowledge, not findings in this image, so they are excluded from the image-claim checks (but
 not from the PHI scan).
+
+The claim readers live in :mod:`medtrinity_assets.captioning.claims`, the judge in
+:mod:`medtrinity_assets.captioning.judge`.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Any
 
 import polars as pl
 
-from medtrinity_assets.captioning.backends.base import run_sync
+from medtrinity_assets.captioning.claims import (
+    caption_facets,
+    horizontal_third,
+    known_phrases,
+    mask_phrases,
+    orientation_claims,
+    patient_side_text,
+    position_claims,
+    side_claims,
+    size_claims_mm,
+    strip_citations,
+    vertical_third,
+)
 from medtrinity_assets.captioning.inputs import CaptionInput
-from medtrinity_assets.captioning.prompt import FACETS, build_reference_text
+from medtrinity_assets.captioning.judge import Judge
+from medtrinity_assets.captioning.prompt import FACETS
 from medtrinity_assets.captioning.wording import (
     homogeneity_mentions,
     intensity_polarities,
     intensity_polarity,
-    label_text,
 )
 from medtrinity_assets.core.tables import CAPTION_QUALITY, QUALITY_CHECKS
 from medtrinity_assets.core.vocabulary import (
@@ -53,102 +65,6 @@ from medtrinity_assets.privacy import find_phi, matcher_for
 
 CHECKS = QUALITY_CHECKS
 MIN_FACET_CHARS = 8
-
-_FRAME = r"(?:image|frame|picture|field of view|view|slice)"
-_H = r"(left|right|central|centre|center|middle)"
-_V = r"(upper|middle|lower|top|bottom|central|centre|center)"
-_PART = r"(?:third|half|side|part|portion|region|aspect|area)"
-_POSITION_PATTERNS: list[tuple[re.Pattern, str]] = [
-    (re.compile(r"\bhorizontal(?:ly)?\b[^.;,]{0,40}?\b" + _H + r"\b", re.I), "h"),
-    (re.compile(r"\b" + _H + r"\s+third\s+horizontally\b", re.I), "h"),
-    (re.compile(r"\bvertical(?:ly)?\b[^.;,]{0,40}?\b" + _V + r"\b", re.I), "v"),
-    (re.compile(r"\b" + _V + r"\s+third\s+vertically\b", re.I), "v"),
-    (re.compile(r"\b(upper|lower|top|bottom)[- ](left|right)\s+(?:quadrant|corner|part|region|area)\s+of\s+the\s+"
-                + _FRAME, re.I), "vh"),
-    (re.compile(r"\b(left|right)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "h"),
-    (re.compile(r"\b(upper|lower|top|bottom)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "v"),
-    (re.compile(r"\b(central|centre|center|middle)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "c"),
-    (re.compile(r"\b(?:image|frame)[- ](left|right)\b", re.I), "h"),
-]
-_H_NORM = {"left": "left", "right": "right", "central": "centre", "centre": "centre", "center": "centre",
-           "middle": "centre"}
-_V_NORM = {"upper": "upper", "top": "upper", "lower": "lower", "bottom": "lower", "middle": "middle",
-           "central": "middle", "centre": "middle", "center": "middle"}
-_RELATIONAL = re.compile(r"\b(left|right)(?:\s+of|ward)\b", re.I)
-_SIDE = re.compile(r"\b(left|right)\b", re.I)
-_AP = re.compile(r"\b(anterior|posterior|superior|inferior)\b", re.I)
-_SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?(mm|millimet(?:re|er)s?|cm|centimet(?:re|er)s?)\b", re.I)
-
-_CITE = re.compile(r"\[(?:chunk\s*)?([\w.:\-]+)\]")
-_QUOTE_CITE = re.compile(r"[\"“]([^\"”]*)[\"”]\s*,?\s*\[(?:chunk\s*)?([\w.:\-]+)\]")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_HEXID = re.compile(r"[0-9a-f]{8,}")
-
-
-def strip_citations(text: str, chunk_ids: Iterable[str]) -> str:
-    """Remove quoted passages cited by chunk id, then any sentence that cites a chunk id.
-
-    Without known chunk ids, any hex-like id of 8+ characters in brackets counts as a citation.
-    """
-    ids = {c for c in chunk_ids if c}
-
-    def is_cite(cid: str) -> bool:
-        return cid in ids if ids else bool(_HEXID.fullmatch(cid))
-
-    text = _QUOTE_CITE.sub(lambda m: " " if is_cite(m.group(2)) else m.group(0), text)
-    return " ".join(
-        s for s in _SENTENCE.split(text) if not any(is_cite(m.group(1)) for m in _CITE.finditer(s))
-    )
-
-
-@lru_cache(maxsize=4096)
-def _phrase_re(phrase: str) -> re.Pattern:
-    return re.compile(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", re.I)
-
-
-def _mask_phrases(text: str, phrases: Iterable[str]) -> str:
-    for p in sorted({p for p in phrases if p and len(p) >= 2}, key=len, reverse=True):
-        text = _phrase_re(p).sub(" ", text)
-    return text
-
-
-def position_claims(text: str) -> tuple[list[tuple[str, str]], str]:
-    """(claims as (axis, value), text with the claims removed)."""
-    claims: list[tuple[str, str]] = []
-    for rx, axis in _POSITION_PATTERNS:
-        def take(m: re.Match, axis: str = axis) -> str:
-            if axis == "vh":
-                claims.append(("v", _V_NORM[m.group(1).lower()]))
-                claims.append(("h", _H_NORM[m.group(2).lower()]))
-            elif axis == "h":
-                claims.append(("h", _H_NORM[m.group(1).lower()]))
-            elif axis == "v":
-                claims.append(("v", _V_NORM[m.group(1).lower()]))
-            else:
-                claims.append(("c", "centre"))
-            return " "
-        text = rx.sub(take, text)
-    return claims, text
-
-
-def _known_phrases(item: CaptionInput) -> list[str]:
-    raw = [item.label, item.inside_label, *(r.get("other") for r in item.relations), *item.terms]
-    out: list[str] = []
-    for p in raw:
-        if p:
-            out.extend({str(p), label_text(p)})
-    return out
-
-
-def _facets_of(row: dict[str, Any]) -> dict[str, str | None]:
-    facets: dict[str, str | None] = {k: row.get(f"facet_{k}") for k in FACETS}
-    if not any(facets.values()) and row.get("facets"):
-        try:
-            parsed = json.loads(row["facets"])
-            facets = {k: parsed.get(k) for k in FACETS}
-        except (json.JSONDecodeError, AttributeError):
-            pass
-    return facets
 
 
 def scan_phi(text: str, phi_values: Iterable[str] | Any = (), chunk_ids: Iterable[str] = ()) -> list[str]:
@@ -170,144 +86,195 @@ def check_caption(
     max_chars: int = 6000,
 ) -> dict[str, Any]:
     """Checks of one caption row against its input; see the module docstring."""
-    issues: list[str] = []
     res: dict[str, Any] = {c: False for c in CHECKS}
-    facets = _facets_of(row)
+    facets = caption_facets(row)
     text = row.get("text") or ""
     chunk_ids = list(row.get("retrieved_chunk_ids") or (item.chunk_ids if item else []))
-    for k in FACETS:
-        ok = bool(facets.get(k) and len(facets[k].strip()) >= MIN_FACET_CHARS)
-        res[f"facet_{k}_present"] = ok
-        if not ok:
-            issues.append(f"facet {k} missing")
+    present, issues = _facet_presence(facets)
+    res.update(present)
     full = " ".join([text, *(v for v in facets.values() if v)])
     phi = scan_phi(full, phi_values, chunk_ids)
     res["phi_found"] = bool(phi)
     issues.extend(f"phi: {k}" for k in phi)
+    unchecked = _why_unchecked(row, item)
+    if unchecked is not None:
+        issues.insert(0, unchecked)
+        res.update(consistent=False, issues=issues)
+        return res
+    res["facets_present"] = all(present.values())
+    for check, found in _claim_issues(text, full, facets, chunk_ids, item, min_chars, max_chars).items():
+        res[check] = not found
+        issues.extend(found)
+    res["consistent"] = all(res[c] for c in CHECKS)
+    res["issues"] = issues
+    return res
+
+
+def _facet_presence(facets: dict[str, str | None]) -> tuple[dict[str, bool], list[str]]:
+    """``facet_<k>_present`` for every facet (at least :data:`MIN_FACET_CHARS` characters), and
+    an issue per missing one."""
+    present: dict[str, bool] = {}
+    issues: list[str] = []
+    for k in FACETS:
+        ok = bool(facets.get(k) and len(facets[k].strip()) >= MIN_FACET_CHARS)
+        present[f"facet_{k}_present"] = ok
+        if not ok:
+            issues.append(f"facet {k} missing")
+    return present, issues
+
+
+def _why_unchecked(row: dict[str, Any], item: CaptionInput | None) -> str | None:
+    """Why a row's claims cannot be checked (a failed caption, no input), or None."""
     if row.get("status") != "ok":
-        issues.insert(0, f"caption failed: {row.get('error') or 'unknown error'}")
-        res.update(consistent=False, issues=issues)
-        return res
+        return f"caption failed: {row.get('error') or 'unknown error'}"
     if item is None:
-        issues.insert(0, "no input found for this caption")
-        res.update(consistent=False, issues=issues)
-        return res
-    res["facets_present"] = all(res[f"facet_{k}_present"] for k in FACETS)
+        return "no input found for this caption"
+    return None
 
-    n = len(text)
-    res["length_ok"] = min_chars <= n <= max_chars
-    if not res["length_ok"]:
-        issues.append(f"length {n} outside [{min_chars}, {max_chars}]")
 
+def _claim_issues(
+    text: str,
+    full: str,
+    facets: dict[str, str | None],
+    chunk_ids: list[str],
+    item: CaptionInput,
+    min_chars: int,
+    max_chars: int,
+) -> dict[str, list[str]]:
+    """Issues per check (none: the check passed), in the order they are reported.
+
+    Claims are read from ``full`` (paragraph and facets) without cited passages and known names.
+    """
     claims_text = strip_citations(full, chunk_ids)
-    masked = _mask_phrases(claims_text, _known_phrases(item))
-
-    # image position
+    masked = mask_phrases(claims_text, known_phrases(item))
     pos, rest = position_claims(masked)
-    h = _H_NORM.get((item.horizontal or "").lower())
-    v = _V_NORM.get((item.vertical or "").lower())
-    pos_ok = True
+    lateral = patient_side_text(rest, claims_text)
+    return {
+        "length_ok": _length_issues(len(text), min_chars, max_chars),
+        "position_ok": _position_issues(pos, item),
+        "laterality_ok": _side_issues(lateral, item) + _orientation_issues(lateral, item),
+        "modality_ok": _modality_issues(masked, facets, item),
+        "organ_ok": _organ_issues(masked, facets, item),
+        "texture_ok": _texture_issues(masked, item),
+        "size_ok": _size_issues(masked, item),
+    }
+
+
+def _length_issues(n: int, min_chars: int, max_chars: int) -> list[str]:
+    """The paragraph's length against its bounds."""
+    if min_chars <= n <= max_chars:
+        return []
+    return [f"length {n} outside [{min_chars}, {max_chars}]"]
+
+
+def _position_issues(pos: list[tuple[str, str]], item: CaptionInput) -> list[str]:
+    """Image-position claims against the measured horizontal/vertical thirds."""
+    h = horizontal_third(item.horizontal)
+    v = vertical_third(item.vertical)
+    issues: list[str] = []
     for axis, val in pos:
         if axis == "h" and h is not None and val != h:
-            pos_ok = False
             issues.append(f"image position: says horizontal {val}, measured {h}")
         elif axis == "v" and v is not None and val != v:
-            pos_ok = False
             issues.append(f"image position: says vertical {val}, measured {v}")
         elif axis == "c" and h is not None and v is not None and h != "centre" and v != "middle":
-            pos_ok = False
             issues.append(f"image position: says central, measured {v}/{h}")
         elif axis in ("h", "v") and (h if axis == "h" else v) is None:
-            pos_ok = False
             issues.append("image position claimed but not measured")
-    res["position_ok"] = pos_ok
+    return issues
 
-    # patient laterality (what is left once image-frame and relational uses are removed)
-    rest = _RELATIONAL.sub(" ", rest) if re.search(r"\bimage\b", claims_text, re.I) else rest
-    sides = {m.lower() for m in _SIDE.findall(rest)}
+
+def _side_issues(text: str, item: CaptionInput) -> list[str]:
+    """Patient left/right claims against ``patient_lr``; any claim fails when it is unknown."""
+    sides = side_claims(text)
     lr = (item.patient_lr or "").lower() or None
-    lat_ok = True
-    if sides:
-        if lr is None:
-            lat_ok = False
-            issues.append(f"laterality claimed ({'/'.join(sorted(sides))}) but patient side unknown")
-        elif sides != {lr}:
-            lat_ok = False
-            issues.append(f"laterality: says {'/'.join(sorted(sides))}, measured {lr}")
-    for word in {m.lower() for m in _AP.findall(rest)}:
+    if not sides:
+        return []
+    if lr is None:
+        return [f"laterality claimed ({'/'.join(sorted(sides))}) but patient side unknown"]
+    if sides != {lr}:
+        return [f"laterality: says {'/'.join(sorted(sides))}, measured {lr}"]
+    return []
+
+
+def _orientation_issues(text: str, item: CaptionInput) -> list[str]:
+    """Anterior/posterior and superior/inferior claims against their measured values, when known."""
+    issues: list[str] = []
+    for word in orientation_claims(text):
         measured = (item.patient_ap if word in ("anterior", "posterior") else item.patient_si) or ""
         if measured.lower() in ("anterior", "posterior", "superior", "inferior") and measured.lower() != word:
-            lat_ok = False
             issues.append(f"orientation: says {word}, measured {measured.lower()}")
-    res["laterality_ok"] = lat_ok
+    return issues
 
-    # modality
+
+def _modality_issues(masked: str, facets: dict[str, str | None], item: CaptionInput) -> list[str]:
+    """The modality facet must name the recorded modality, and the text no other one."""
     entry = modality_of(item.modality)
     facet_mod = facets.get("modality") or ""
     mentioned = modality_mentions(masked)
-    mod_ok = True
-    if entry is not None:
-        allowed = allowed_modalities(entry.key)
-        if not (modality_mentions(facet_mod) & allowed):
-            mod_ok = False
-            issues.append(f"modality facet does not name the recorded modality ({item.modality})")
-        other = mentioned - allowed
-        if other:
-            mod_ok = False
-            issues.append(f"modality: mentions {'/'.join(sorted(other))}, recorded {item.modality}")
-    res["modality_ok"] = mod_ok
+    if entry is None:
+        return []
+    issues: list[str] = []
+    allowed = allowed_modalities(entry.key)
+    if not (modality_mentions(facet_mod) & allowed):
+        issues.append(f"modality facet does not name the recorded modality ({item.modality})")
+    other = mentioned - allowed
+    if other:
+        issues.append(f"modality: mentions {'/'.join(sorted(other))}, recorded {item.modality}")
+    return issues
 
-    # organ / body region
-    organ_ok = True
+
+def _organ_issues(masked: str, facets: dict[str, str | None], item: CaptionInput) -> list[str]:
+    """The organ facet must name the recorded organ, and the text no incompatible body region."""
     organ = (item.organ or "").strip()
-    if organ and organ.lower() not in ("unspecified", "unknown"):
-        facet_org = (facets.get("organ") or "").lower()
-        if not any(t in facet_org for t in organ_terms(organ)):
-            organ_ok = False
-            issues.append(f"organ facet does not name the recorded organ ({organ})")
-        region = organ_region(organ)
-        if region is not None:
-            allowed_r = set(region)
-            for r in region:
-                allowed_r |= compatible_regions(r)
-            for p in _known_phrases(item):
-                allowed_r |= regions_in(p)
-            other_r = regions_in(masked) - allowed_r
-            if other_r:
-                organ_ok = False
-                issues.append(f"organ: mentions {'/'.join(sorted(other_r))} anatomy, recorded {organ}")
-    res["organ_ok"] = organ_ok
+    if not organ or organ.lower() in ("unspecified", "unknown"):
+        return []
+    issues: list[str] = []
+    facet_org = (facets.get("organ") or "").lower()
+    if not any(t in facet_org for t in organ_terms(organ)):
+        issues.append(f"organ facet does not name the recorded organ ({organ})")
+    region = organ_region(organ)
+    if region is not None:
+        other_r = regions_in(masked) - _allowed_regions(region, item)
+        if other_r:
+            issues.append(f"organ: mentions {'/'.join(sorted(other_r))} anatomy, recorded {organ}")
+    return issues
 
-    # texture claims
-    tex_ok = True
+
+def _allowed_regions(region: set[str], item: CaptionInput) -> set[str]:
+    """The organ's regions, those compatible with them, and those its known names mention."""
+    allowed_r = set(region)
+    for r in region:
+        allowed_r |= compatible_regions(r)
+    for p in known_phrases(item):
+        allowed_r |= regions_in(p)
+    return allowed_r
+
+
+def _texture_issues(masked: str, item: CaptionInput) -> list[str]:
+    """Intensity polarity and homogeneity claims against the measured words."""
+    issues: list[str] = []
     pol = intensity_polarity(item.intensity_word)
     said = intensity_polarities(masked)
     if pol is not None and said - {pol}:
-        tex_ok = False
         issues.append(f"intensity: caption contradicts measured '{item.intensity_word}'")
     homo = (item.texture_homogeneity_word or "").lower()
     said_h = homogeneity_mentions(masked)
     if homo in ("homogeneous", "heterogeneous") and said_h - {homo}:
-        tex_ok = False
         issues.append(f"texture: caption contradicts measured '{homo}'")
-    res["texture_ok"] = tex_ok
+    return issues
 
-    # sizes
-    size_ok = True
-    for num, unit in _SIZE.findall(masked):
-        mm = float(num) * (10.0 if unit.lower().startswith(("cm", "centi")) else 1.0)
+
+def _size_issues(masked: str, item: CaptionInput) -> list[str]:
+    """Sizes only when a diameter was measured, and never above it (10% + 0.5 mm slack)."""
+    issues: list[str] = []
+    for mm in size_claims_mm(masked):
         if item.longest_diameter_mm is None:
-            size_ok = False
             issues.append("size in mm claimed but no physical size was measured")
             break
         if mm > item.longest_diameter_mm * 1.1 + 0.5:
-            size_ok = False
             issues.append(f"size: says {mm:g} mm, longest measured diameter {item.longest_diameter_mm:g} mm")
-    res["size_ok"] = size_ok
-
-    res["consistent"] = all(res[c] for c in CHECKS)
-    res["issues"] = issues
-    return res
+    return issues
 
 
 def check_captions(
@@ -334,7 +301,7 @@ def check_captions(
     scores: list[dict[str, float] | None] = [None] * len(out)
     if judge is not None:
         todo = [i for i, (r, it) in enumerate(zip(rows_in, items, strict=True)) if it is not None and r["status"] == "ok"]
-        got = judge.score([(items[i], rows_in[i]["text"] or "", _facets_of(rows_in[i])) for i in todo])
+        got = judge.score([(items[i], rows_in[i]["text"] or "", caption_facets(rows_in[i])) for i in todo])
         for i, s in zip(todo, got, strict=True):
             scores[i] = s
             if s is None:
@@ -345,71 +312,3 @@ def check_captions(
         res["judge_mean"] = None if s is None else sum(float(s[k]) for k in FACETS) / len(FACETS)
         res["passed"] = bool(res["consistent"] and not res["phi_found"])
     return CAPTION_QUALITY.frame(out)
-
-
-# -- judge ---------------------------------------------------------------------------------------
-JUDGE_RUBRIC = (
-    "You are grading a description of a medical image region against reference information (the "
-    "measured attributes and metadata, which are correct). Score each of the five facets from 0 to 10: "
-    "modality (correct imaging modality); organ (correct anatomy/tissue); roi_location (position, size "
-    "and shape agree with the measurements); roi_texture (intensity and texture agree with the "
-    "measurements); relationship (relations to other structures and the disease context are correct "
-    "and grounded). 10 = fully correct and specific, 5 = partly correct or vague, 0 = wrong or missing. "
-    'Reply with ONLY a JSON object: {"modality": n, "organ": n, "roi_location": n, "roi_texture": n, '
-    '"relationship": n}.'
-)
-
-
-def parse_scores(text: str) -> dict[str, float] | None:
-    from medtrinity_assets.captioning.prompt import _json_objects
-
-    for obj, _, _ in _json_objects(text or ""):
-        try:
-            scores = {k: float(obj[k]) for k in FACETS}
-        except (KeyError, TypeError, ValueError):
-            continue
-        if all(0.0 <= v <= 10.0 for v in scores.values()):
-            return scores
-    return None
-
-
-class Judge:
-    """An MLLM judge on any OpenAI-compatible endpoint (the same client as the captioner)."""
-
-    def __init__(self, client: Any, *, temperature: float = 0.0, max_tokens: int = 256) -> None:
-        self.client = client
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-
-    def score(self, items: list[tuple[CaptionInput, str, dict[str, Any]]]) -> list[dict[str, float] | None]:
-        return run_sync(self.ascore(items))
-
-    async def ascore(self, items: list[tuple[CaptionInput, str, dict[str, Any]]]) -> list[dict[str, float] | None]:
-        import asyncio
-
-        async with self.client.session():
-            return list(await asyncio.gather(*(self._one(*it) for it in items)))
-
-    async def _one(self, item: CaptionInput, text: str, facets: dict[str, Any]) -> dict[str, float] | None:
-        from medtrinity_assets.captioning.backends.openai_compatible import ChatRequestError
-
-        user = (
-            "Reference information:\n" + build_reference_text(item)
-            + "\n\nDescription to grade:\n" + text
-            + "\n\nFacets as given:\n" + json.dumps(facets, ensure_ascii=False)
-        )
-        messages = [{"role": "system", "content": JUDGE_RUBRIC}, {"role": "user", "content": user}]
-        params = {"temperature": self.temperature, "max_tokens": self.max_tokens}
-        try:
-            reply = await self.client.chat(messages, **params)
-            scores = parse_scores(reply)
-            if scores is None:
-                reply = await self.client.chat(
-                    [*messages, {"role": "assistant", "content": reply},
-                     {"role": "user", "content": "Return ONLY the JSON object of five scores from 0 to 10."}],
-                    **params,
-                )
-                scores = parse_scores(reply)
-        except ChatRequestError:
-            return None
-        return scores

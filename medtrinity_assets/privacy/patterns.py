@@ -32,7 +32,7 @@ PHI_PATTERNS: list[tuple[str, re.Pattern]] = [
         r"[A-Z]{0,3}\d[\d\-]{3,}\b"
     )),
     ("phone", re.compile(
-        r"(?<![\w.])(?:\+\d{1,3}[\s.\-]?)?(?:\(\d{2,4}\)\s?|\d{2,4}[\s.\-])\d{3,4}[\s.\-]\d{3,4}(?![\w.]|\.\d)"
+        r"(?<![\w.])(?:\+\d{1,3}[\s.\-]?)?(?:\(\d{2,4}\)\s?|\d{2,4}[\s.\-])\d{3,4}[\s.\-]\d{3,4}(?!\w|\.\d)"
     )),
     # dates: ISO and compact forms, day/month/year with one separator, and written months
     ("date", re.compile(r"(?<![\d.])(?:19|20)\d{2}([-/.])\d{1,2}\1\d{1,2}(?!\.?\d)")),

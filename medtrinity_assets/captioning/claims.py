@@ -1,0 +1,151 @@
+"""Claim readers: what a description says about its image, read back out of its own words.
+
+The quality checks (:mod:`medtrinity_assets.captioning.quality`) compare these claims with the
+measured ROI. Readers here only read: image-position phrases, patient-side and orientation
+words, sizes, and the facets of a caption row; they also remove what is not a claim about this
+image (cited knowledge passages, known label names).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+from medtrinity_assets.captioning.inputs import CaptionInput
+from medtrinity_assets.captioning.prompt import FACETS
+from medtrinity_assets.captioning.wording import label_text
+
+_FRAME = r"(?:image|frame|picture|field of view|view|slice)"
+_H = r"(left|right|central|centre|center|middle)"
+_V = r"(upper|middle|lower|top|bottom|central|centre|center)"
+_PART = r"(?:third|half|side|part|portion|region|aspect|area)"
+_POSITION_PATTERNS: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"\bhorizontal(?:ly)?\b[^.;,]{0,40}?\b" + _H + r"\b", re.I), "h"),
+    (re.compile(r"\b" + _H + r"\s+third\s+horizontally\b", re.I), "h"),
+    (re.compile(r"\bvertical(?:ly)?\b[^.;,]{0,40}?\b" + _V + r"\b", re.I), "v"),
+    (re.compile(r"\b" + _V + r"\s+third\s+vertically\b", re.I), "v"),
+    (re.compile(r"\b(upper|lower|top|bottom)[- ](left|right)\s+(?:quadrant|corner|part|region|area)\s+of\s+the\s+"
+                + _FRAME, re.I), "vh"),
+    (re.compile(r"\b(left|right)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "h"),
+    (re.compile(r"\b(upper|lower|top|bottom)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "v"),
+    (re.compile(r"\b(central|centre|center|middle)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "c"),
+    (re.compile(r"\b(?:image|frame)[- ](left|right)\b", re.I), "h"),
+]
+_H_NORM = {"left": "left", "right": "right", "central": "centre", "centre": "centre", "center": "centre",
+           "middle": "centre"}
+_V_NORM = {"upper": "upper", "top": "upper", "lower": "lower", "bottom": "lower", "middle": "middle",
+           "central": "middle", "centre": "middle", "center": "middle"}
+_RELATIONAL = re.compile(r"\b(left|right)(?:\s+of|ward)\b", re.I)
+_SIDE = re.compile(r"\b(left|right)\b", re.I)
+_AP = re.compile(r"\b(anterior|posterior|superior|inferior)\b", re.I)
+_SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?(mm|millimet(?:re|er)s?|cm|centimet(?:re|er)s?)\b", re.I)
+
+_CITE = re.compile(r"\[(?:chunk\s*)?([\w.:\-]+)\]")
+_QUOTE_CITE = re.compile(r"[\"“]([^\"”]*)[\"”]\s*,?\s*\[(?:chunk\s*)?([\w.:\-]+)\]")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_HEXID = re.compile(r"[0-9a-f]{8,}")
+
+
+def strip_citations(text: str, chunk_ids: Iterable[str]) -> str:
+    """Remove quoted passages cited by chunk id, then any sentence that cites a chunk id.
+
+    Without known chunk ids, any hex-like id of 8+ characters in brackets counts as a citation.
+    """
+    ids = {c for c in chunk_ids if c}
+
+    def is_cite(cid: str) -> bool:
+        return cid in ids if ids else bool(_HEXID.fullmatch(cid))
+
+    text = _QUOTE_CITE.sub(lambda m: " " if is_cite(m.group(2)) else m.group(0), text)
+    return " ".join(
+        s for s in _SENTENCE.split(text) if not any(is_cite(m.group(1)) for m in _CITE.finditer(s))
+    )
+
+
+@lru_cache(maxsize=4096)
+def _phrase_re(phrase: str) -> re.Pattern:
+    return re.compile(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", re.I)
+
+
+def mask_phrases(text: str, phrases: Iterable[str]) -> str:
+    """``text`` with every whole-word occurrence of ``phrases`` blanked out, longest first."""
+    for p in sorted({p for p in phrases if p and len(p) >= 2}, key=len, reverse=True):
+        text = _phrase_re(p).sub(" ", text)
+    return text
+
+
+def known_phrases(item: CaptionInput) -> list[str]:
+    """Names the caption may quote without claiming anything: labels, related ROIs, terms."""
+    raw = [item.label, item.inside_label, *(r.get("other") for r in item.relations), *item.terms]
+    out: list[str] = []
+    for p in raw:
+        if p:
+            out.extend({str(p), label_text(p)})
+    return out
+
+
+def position_claims(text: str) -> tuple[list[tuple[str, str]], str]:
+    """(claims as (axis, value), text with the claims removed)."""
+    claims: list[tuple[str, str]] = []
+    for rx, axis in _POSITION_PATTERNS:
+        def take(m: re.Match, axis: str = axis) -> str:
+            if axis == "vh":
+                claims.append(("v", _V_NORM[m.group(1).lower()]))
+                claims.append(("h", _H_NORM[m.group(2).lower()]))
+            elif axis == "h":
+                claims.append(("h", _H_NORM[m.group(1).lower()]))
+            elif axis == "v":
+                claims.append(("v", _V_NORM[m.group(1).lower()]))
+            else:
+                claims.append(("c", "centre"))
+            return " "
+        text = rx.sub(take, text)
+    return claims, text
+
+
+def horizontal_third(word: str | None) -> str | None:
+    """A horizontal-third word in the claims' terms (``left``/``centre``/``right``), or None."""
+    return _H_NORM.get((word or "").lower())
+
+
+def vertical_third(word: str | None) -> str | None:
+    """A vertical-third word in the claims' terms (``upper``/``middle``/``lower``), or None."""
+    return _V_NORM.get((word or "").lower())
+
+
+def patient_side_text(rest: str, claims_text: str) -> str:
+    """``rest`` without relational ``left of``/``rightward`` uses when the caption speaks of the image."""
+    return _RELATIONAL.sub(" ", rest) if re.search(r"\bimage\b", claims_text, re.I) else rest
+
+
+def side_claims(text: str) -> set[str]:
+    """Patient sides (``left``/``right``) named in ``text``."""
+    return {m.lower() for m in _SIDE.findall(text)}
+
+
+def orientation_claims(text: str) -> set[str]:
+    """Anterior/posterior/superior/inferior words named in ``text``."""
+    return {m.lower() for m in _AP.findall(text)}
+
+
+def size_claims_mm(text: str) -> list[float]:
+    """Every size stated in mm or cm, in mm, in order."""
+    return [
+        float(num) * (10.0 if unit.lower().startswith(("cm", "centi")) else 1.0)
+        for num, unit in _SIZE.findall(text)
+    ]
+
+
+def caption_facets(row: dict[str, Any]) -> dict[str, str | None]:
+    """The five facets of a caption row: its ``facet_<k>`` columns, else its ``facets`` JSON."""
+    facets: dict[str, str | None] = {k: row.get(f"facet_{k}") for k in FACETS}
+    if not any(facets.values()) and row.get("facets"):
+        try:
+            parsed = json.loads(row["facets"])
+            facets = {k: parsed.get(k) for k in FACETS}
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    return facets

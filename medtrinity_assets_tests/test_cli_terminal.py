@@ -1,0 +1,86 @@
+"""What a user reads at the terminal: a summary that says what was made and where, one line per
+problem, exit codes explained, and an instance that refuses a second output root."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtrinity_assets.cli import main
+
+
+def _registry(tmp_path: Path, bad_file: bool = False) -> Path:
+    root = tmp_path / "folder" / "images"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 56), dtype=np.uint8)).save(root / f"img{i}.png")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    reg = tmp_path / "registry"
+    reg.mkdir()
+    (reg / "tiny.yaml").write_text(
+        f"name: tiny\nlayout: image_folder\nroot: {root.parent}\nmodality: X-ray\norgan: chest\nlicense: test\n"
+    )
+    if bad_file:
+        (reg / "bad.yaml").write_text("name: tiny2\nlayout: nope\nroot: .\nmodality: CT\norgan: head\nlicense: x\n")
+    return reg
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_summary_says_what_was_made_and_where(tmp_path, home):
+    reg, out = _registry(tmp_path), tmp_path / "out"
+    code, stdout, stderr = _run(["build", "--sources", str(reg), "--out", str(out), "--until", "preprocessed_images"])
+    assert code == 0, stderr
+    assert "1 of 1 source(s) built" in stdout
+    assert "manifest rows: 3 (2 images kept, 0 duplicates, 1 quarantined: undecodable 1)" in stdout
+    assert f"tables: {out.resolve()}" in stdout
+    assert f"DAGSTER_HOME={home.resolve()} dagster dev -w" in stdout and "workspace.yaml" in stdout
+
+
+def test_rejected_registry_file_is_named_and_the_exit_code_explained(tmp_path, home):
+    reg, out = _registry(tmp_path, bad_file=True), tmp_path / "out"
+    code, stdout, stderr = _run(["build", "--sources", str(reg), "--out", str(out), "--until", "preprocessed_images"])
+    assert code == 1
+    assert "rejected registry file: bad.yaml: field 'layout': " in stderr and "unknown layout 'nope'" in stderr
+    assert "exit code 1: 1 registry file(s) rejected; everything else was built" in stderr
+    assert "1 of 1 source(s) built" in stdout
+    assert "Traceback" not in stderr + stdout
+
+
+def test_an_instance_refuses_a_second_output_root(tmp_path, home):
+    reg = _registry(tmp_path)
+    first, second = tmp_path / "out_a", tmp_path / "out_b"
+    assert _run(["build", "--sources", str(reg), "--out", str(first), "--until", "preprocessed_images"])[0] == 0
+    code, stdout, stderr = _run(["build", "--sources", str(reg), "--out", str(second), "--until", "preprocessed_images"])
+    assert code == 2
+    (line,) = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert f"holds the runs of --out {first.resolve()}" in line
+    assert f"DAGSTER_HOME={second.resolve() / '.dagster_home'}" in line
+    assert not second.exists()
+
+
+def test_dagster_dev_reads_the_output_root_the_instance_remembers(tmp_path, home):
+    from medtrinity_assets.defs.resources import default_resources
+
+    reg, out = _registry(tmp_path), tmp_path / "out"
+    assert _run(["build", "--sources", str(reg), "--out", str(out), "--until", "preprocessed_images"])[0] == 0
+    resources = default_resources()  # what the code location loads with DAGSTER_HOME set
+    assert Path(resources["storage"].out_dir) == out.resolve()
+    assert Path(resources["registry"].registry_dir) == reg.resolve()
