@@ -144,7 +144,7 @@ def anchored(anchors: np.ndarray, n: int, seed: int, spread: float = 1.0) -> np.
 def real_sentences(args) -> dict:
     """Approximate vs exact on real MiniLM vectors: corpus sentences as the database, eval
     queries + 300 held-out sentences as queries; default IVF parameters, forced (exact_max=0)."""
-    from medtrinity_assets.knowledge.index import IndexConfig, make_faiss_index
+    from medtrinity_assets.knowledge.faiss_index import IndexConfig, make_faiss_index
 
     xb, xq_eval = real_sentence_vectors(args)
     rng = np.random.default_rng(3)
@@ -273,7 +273,7 @@ def memory_model(n: int, d: int, hnsw_m: int, pq_m: int, nlist: int) -> dict[str
 def synthetic(args) -> dict:
     import faiss
 
-    from medtrinity_assets.knowledge.index import IndexConfig, make_faiss_index
+    from medtrinity_assets.knowledge.faiss_index import IndexConfig, make_faiss_index
 
     n, d, nq, k = args.n, args.dim, args.queries, 10
     print(
@@ -384,7 +384,8 @@ def synthetic(args) -> dict:
 def real_corpus(args) -> dict:
     from medtrinity_assets.knowledge.corpus import ingest_corpora
     from medtrinity_assets.knowledge.embedder import SentenceTransformerEmbedder
-    from medtrinity_assets.knowledge.index import IndexConfig, build_index, load_index, make_faiss_index
+    from medtrinity_assets.knowledge.faiss_index import IndexConfig, make_faiss_index
+    from medtrinity_assets.knowledge.index import build_index, load_index
     from medtrinity_assets.knowledge.retrieval import HybridRetriever, evaluate_retrieval
 
     out: dict = {}

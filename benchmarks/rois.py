@@ -33,8 +33,8 @@ import polars as pl
 from PIL import Image
 
 from medtrinity_assets.ingest.registry import SourceSpec
-from medtrinity_assets.rois.attributes import default_config
 from medtrinity_assets.rois.build import build_roi_set
+from medtrinity_assets.rois.config import default_config
 from medtrinity_assets.segmentation import ExpertConfig, ExpertPredictor, build_network, generate_phantoms
 
 

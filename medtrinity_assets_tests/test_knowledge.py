@@ -312,7 +312,7 @@ def test_ivf_scalar_quantised_storage(tmp_path: Path, storage: str):
 
 
 def test_ivf_auto_storage_and_default_nprobe_rule(tmp_path: Path):
-    from medtrinity_assets.knowledge.index import NPROBE_RULE, default_nprobe
+    from medtrinity_assets.knowledge.faiss_index import NPROBE_RULE, default_nprobe
 
     texts = {f"d{i}": f"document number {i}" for i in range(300)}
     auto = IndexConfig(exact_max=100, ivf_nlist=20, ivf_flat_max=250)

@@ -12,14 +12,11 @@ from PIL import Image
 from skimage.draw import disk, ellipse, polygon
 
 from medtrinity_assets.ingest.registry import SourceSpec
-from medtrinity_assets.rois.attributes import RoiConfig, measure_roi
-from medtrinity_assets.rois.build import (
-    ROI_SCHEMA,
-    build_roi_set,
-    draw_roi_overlay,
-    rle_decode,
-    rle_encode,
-)
+from medtrinity_assets.rois.build import ROI_SCHEMA, build_roi_set
+from medtrinity_assets.rois.config import RoiConfig
+from medtrinity_assets.rois.measure import measure_roi
+from medtrinity_assets.rois.overlay import draw_roi_overlay
+from medtrinity_assets.rois.rle import rle_decode, rle_encode
 
 H, W = 90, 120
 
@@ -440,7 +437,7 @@ def test_shape_and_texture_match_skimage_on_random_masks():
     from skimage.feature import graycomatrix, graycoprops
     from skimage.measure import regionprops
 
-    from medtrinity_assets.rois.attributes import quantise, texture_stats
+    from medtrinity_assets.rois.texture import quantise, texture_stats
 
     cfg = RoiConfig.load()
     rng = np.random.default_rng(11)

@@ -191,7 +191,7 @@ def _to_compute(
     return [(item, h) for item, h in zip(unique, hashes, strict=True) if h not in reusable]
 
 
-Flush = Callable[[list[tuple[CaptionInput, str]], list[CaptionResult]], None]
+_Flush = Callable[[list[tuple[CaptionInput, str]], list[CaptionResult]], None]
 
 
 class _PartWriter:
@@ -237,7 +237,7 @@ class _PartWriter:
 
 
 async def _stream_in_chunks(
-    captioner: Captioner, todo: list[tuple[CaptionInput, str]], chunk_size: int, flush: Flush
+    captioner: Captioner, todo: list[tuple[CaptionInput, str]], chunk_size: int, flush: _Flush
 ) -> None:
     """Streaming backends: no barrier between chunks; results are flushed every ``chunk_size``."""
     buf: list[tuple[int, CaptionResult]] = []
@@ -251,7 +251,7 @@ async def _stream_in_chunks(
 
 
 def _caption_in_chunks(
-    captioner: Captioner, todo: list[tuple[CaptionInput, str]], chunk_size: int, flush: Flush
+    captioner: Captioner, todo: list[tuple[CaptionInput, str]], chunk_size: int, flush: _Flush
 ) -> None:
     """Other backends: one ``caption`` call per chunk of ``chunk_size`` inputs, flushed in turn."""
     for start in range(0, len(todo), chunk_size):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,77 +180,100 @@ def build_caption_inputs(
     (``roi_id`` null). Rows of ``roi_set`` with ``status == "flagged"`` are kept unless
     ``include_flagged`` is False.
     """
-    coarse: dict[str, dict] = {}
-    if coarse_captions is not None:
-        for row in coarse_captions.iter_rows(named=True):
-            coarse[row["record_id"]] = row
-    images: dict[str, dict] = {}
-    if preprocessed_images is not None:
-        for row in preprocessed_images.iter_rows(named=True):
-            images[row["record_id"]] = row
-    docs: dict[str, dict] = {}
-    if docstore is not None:
-        for row in docstore.iter_rows(named=True):
-            docs[str(row["chunk_id"])] = row
-    retrieved: dict[tuple, dict] = {}
-    if retrieved_knowledge is not None:
-        for row in retrieved_knowledge.iter_rows(named=True):
-            retrieved[(row["record_id"], row.get("roi_id"))] = row
-
-    out: list[CaptionInput] = []
+    tables = _Upstream(
+        coarse=_rows_by(coarse_captions, lambda row: row["record_id"]),
+        images=_rows_by(preprocessed_images, lambda row: row["record_id"]),
+        docs=_rows_by(docstore, lambda row: str(row["chunk_id"])),
+        retrieved=_rows_by(retrieved_knowledge, lambda row: (row["record_id"], row.get("roi_id"))),
+    )
     root = str(out_root) if out_root is not None else None
-    for row in roi_set.iter_rows(named=True):
-        if not include_flagged and row.get("status") == "flagged":
+    return [
+        _caption_input(row, tables, root)
+        for row in roi_set.iter_rows(named=True)
+        if include_flagged or row.get("status") != "flagged"
+    ]
+
+
+@dataclass
+class _Upstream:
+    """The upstream rows a ROI row is joined with, by their join key."""
+
+    coarse: dict[str, dict]  # record_id -> coarse_captions row
+    images: dict[str, dict]  # record_id -> preprocessed_images row
+    docs: dict[str, dict]  # chunk_id -> docstore row
+    retrieved: dict[tuple, dict]  # (record_id, roi_id or None) -> retrieved_knowledge row
+
+
+def _rows_by(frame: pl.DataFrame | None, key: Callable[[dict[str, Any]], Any]) -> dict[Any, dict]:
+    """The rows of ``frame`` by ``key(row)`` (the last row wins); empty without a frame."""
+    rows: dict[Any, dict] = {}
+    if frame is not None:
+        for row in frame.iter_rows(named=True):
+            rows[key(row)] = row
+    return rows
+
+
+def _caption_input(row: dict[str, Any], tables: _Upstream, root: str | None) -> CaptionInput:
+    """One ROI row joined with its coarse caption, image and retrieved passages."""
+    rid = row["record_id"]
+    roi_id = row["roi_id"]
+    kw = _roi_attributes(row)
+    relations = parse_relations(row.get("relations"))
+    cc = tables.coarse.get(rid, {})
+    img = tables.images.get(rid, {})
+    ret = tables.retrieved.get((rid, roi_id)) or tables.retrieved.get((rid, None)) or {}
+    passages = _passages(ret, tables.docs, rid, roi_id)
+    return CaptionInput(
+        record_id=rid,
+        source=row.get("source") or cc.get("source") or img.get("source") or "",
+        roi_id=roi_id,
+        image_path=img.get("image_path"),
+        image_sha256=img.get("sha256"),
+        out_root=root,
+        coarse_caption=cc.get("caption") or "",
+        modality=cc.get("modality"),
+        organ=cc.get("organ"),
+        terms=[str(t) for t in _as_list(cc.get("terms"))],
+        relations=relations,
+        query=ret.get("query"),
+        passages=passages,
+        **kw,
+    )
+
+
+def _roi_attributes(row: dict[str, Any]) -> dict[str, Any]:
+    """The ROI geometry and measured attributes of a ``roi_set`` row, as :class:`CaptionInput` fields."""
+    kw: dict[str, Any] = {}
+    for col, attr in _ROI_FIELDS.items():
+        if col in row:
+            kw[attr] = _clean(row[col])
+    for box in ("bbox_xyxy", "bbox_norm"):
+        if kw.get(box) is not None:
+            kw[box] = [float(v) for v in _as_list(kw[box])]
+    if kw.get("patient_lr") is None and row.get("patient_side") in ("left", "right"):
+        kw["patient_lr"] = row["patient_side"]  # docs/ARCHITECTURE.md names it patient_side
+    if kw.get("roi_count") is not None:
+        kw["roi_count"] = int(kw["roi_count"])
+    return kw
+
+
+def _passages(ret: dict[str, Any], docs: dict[str, dict], rid: str, roi_id: Any) -> list[Passage]:
+    """The retrieved passages in retrieval order, with their scores; chunks missing from the
+    docstore are skipped with a warning."""
+    passages = []
+    scores = _as_list(ret.get("scores"))
+    for i, cid in enumerate(_as_list(ret.get("chunk_ids"))):
+        doc = docs.get(str(cid))
+        if doc is None:
+            log.warning("chunk %s retrieved for %s/%s is not in the docstore", cid, rid, roi_id)
             continue
-        rid = row["record_id"]
-        roi_id = row["roi_id"]
-        kw: dict[str, Any] = {}
-        for col, attr in _ROI_FIELDS.items():
-            if col in row:
-                kw[attr] = _clean(row[col])
-        for box in ("bbox_xyxy", "bbox_norm"):
-            if kw.get(box) is not None:
-                kw[box] = [float(v) for v in _as_list(kw[box])]
-        if kw.get("patient_lr") is None and row.get("patient_side") in ("left", "right"):
-            kw["patient_lr"] = row["patient_side"]  # docs/ARCHITECTURE.md names it patient_side
-        if kw.get("roi_count") is not None:
-            kw["roi_count"] = int(kw["roi_count"])
-        relations = parse_relations(row.get("relations"))
-        cc = coarse.get(rid, {})
-        img = images.get(rid, {})
-        ret = retrieved.get((rid, roi_id)) or retrieved.get((rid, None)) or {}
-        passages = []
-        scores = _as_list(ret.get("scores"))
-        for i, cid in enumerate(_as_list(ret.get("chunk_ids"))):
-            doc = docs.get(str(cid))
-            if doc is None:
-                log.warning("chunk %s retrieved for %s/%s is not in the docstore", cid, rid, roi_id)
-                continue
-            score = scores[i] if i < len(scores) else None
-            passages.append(
-                Passage(
-                    chunk_id=str(cid),
-                    title=str(doc.get("title") or ""),
-                    text=str(doc.get("text") or ""),
-                    score=None if score is None else float(score),
-                )
-            )
-        out.append(
-            CaptionInput(
-                record_id=rid,
-                source=row.get("source") or cc.get("source") or img.get("source") or "",
-                roi_id=roi_id,
-                image_path=img.get("image_path"),
-                image_sha256=img.get("sha256"),
-                out_root=root,
-                coarse_caption=cc.get("caption") or "",
-                modality=cc.get("modality"),
-                organ=cc.get("organ"),
-                terms=[str(t) for t in _as_list(cc.get("terms"))],
-                relations=relations,
-                query=ret.get("query"),
-                passages=passages,
-                **kw,
+        score = scores[i] if i < len(scores) else None
+        passages.append(
+            Passage(
+                chunk_id=str(cid),
+                title=str(doc.get("title") or ""),
+                text=str(doc.get("text") or ""),
+                score=None if score is None else float(score),
             )
         )
-    return out
+    return passages

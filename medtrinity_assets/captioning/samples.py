@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 from medtrinity_assets.captioning.inputs import CaptionInput, Passage
 
@@ -50,83 +51,120 @@ def realistic_inputs(n: int, seed: int = 0, *, with_passages: bool = True) -> li
     """``n`` varied inputs: every modality of the demo, oriented and unoriented images, measured
     and unmeasured sizes, one or several ROIs, relations, labels with laterality."""
     rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        modality, organ, labels, iwords, oriented, spacing = _CASES[i % len(_CASES)]
-        label = rng.choice(labels)
-        x0, y0 = rng.uniform(0, 0.7), rng.uniform(0, 0.7)
-        x1, y1 = x0 + rng.uniform(0.05, 0.3), y0 + rng.uniform(0.05, 0.3)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        horizontal = "left" if cx < 1 / 3 else "centre" if cx < 2 / 3 else "right"
-        vertical = "upper" if cy < 1 / 3 else "middle" if cy < 2 / 3 else "lower"
-        patient_lr = None
-        if oriented:
-            # radiological convention: image left is patient right
-            patient_lr = {"left": "right", "right": "left"}.get(horizontal)
-            if "_L" in label or label.startswith("left"):
-                patient_lr = "left"
-            elif "_R" in label or label.startswith("right"):
-                patient_lr = "right"
-        roi_count = rng.choice([1, 1, 2, 3, 5])
-        relations = []
-        if roi_count > 1:
-            for j in range(min(roi_count - 1, 2)):
-                relations.append({"other": f"r{j + 1}", "relation": rng.choice(["adjacent to", "above", "left of", "overlaps", "right of"]),
-                                  "distance_norm": round(rng.uniform(0, 0.5), 3)})
-        w = h = 512
-        origin = rng.choice(["mask", "box", "expert:lung_unet", "classical"]) if i % 17 else "whole_image"
-        if origin == "whole_image":
-            x0, y0, x1, y1 = 0.0, 0.0, 1.0, 1.0
-            horizontal, vertical = "centre", "middle"
-            roi_count, relations = 1, []
-        passages = []
-        if with_passages and i % 11:
-            first = _CASE_PASSAGE[i % len(_CASES)]
-            for k in range(3):
-                title, text = _PASSAGES[(first + k) % len(_PASSAGES)]
-                passages.append(Passage(chunk_id=f"{(i * 7 + k) % 997:04d}c{rng.getrandbits(40):010x}"[:24],
-                                        title=title, text=text, score=round(1 - 0.1 * k, 3)))
-        iw = rng.choice(iwords)
-        measured = iw is not None
-        out.append(
-            CaptionInput(
-                record_id=f"rec{i:06d}",
-                source=(modality or "unknown").lower().replace(" ", "_"),
-                roi_id=f"r{i % 3}",
-                image_path=None,
-                coarse_caption=f"{modality or 'Image'} of the {organ or 'body'}, {label}.",
-                modality=modality,
-                organ=organ,
-                terms=[t for t in (modality, organ, label) if t],
-                label=label,
-                origin=origin,
-                bbox_xyxy=[x0 * w, y0 * h, x1 * w, y1 * h],
-                bbox_norm=[x0, y0, x1, y1],
-                area_fraction=(x1 - x0) * (y1 - y0),
-                horizontal=horizontal,
-                vertical=vertical,
-                patient_lr=patient_lr,
-                patient_ap=rng.choice([None, "anterior", "posterior"]) if oriented else None,
-                patient_si=None,
-                longest_diameter_mm=round(rng.uniform(3, 80), 1) if spacing else None,
-                intensity_word=iw,
-                roi_mean=round(rng.uniform(0.3, 0.9), 3) if measured else None,
-                ring_mean=round(rng.uniform(0.1, 0.6), 3) if measured else None,
-                intensity_contrast=(round(rng.uniform(0.05, 0.5), 3) * (-1 if iw and (iw.startswith("hypo") or iw == "darker") else 1)
-                                    if measured else None),
-                texture_homogeneity_word=rng.choice(["homogeneous", "heterogeneous"]) if measured else None,
-                texture_smoothness_word=rng.choice(["smooth", "coarse"]) if measured else None,
-                shape_word=rng.choice(["round", "oval", "irregular", "lobulated"]) if measured else None,
-                circularity=round(rng.uniform(0.3, 1.0), 2) if measured else None,
-                roi_count=roi_count,
-                relations=relations,
-                inside_label=rng.choice([None, organ]) if organ and organ not in ("unspecified", "whole body") else None,
-                roi_status="ok",
-                query=" ".join(t for t in (label, organ, modality) if t),
-                passages=passages,
-            )
-        )
-    return out
+    return [_realistic_input(i, rng, with_passages) for i in range(n)]
+
+
+# Every helper below draws from the shared ``rng``; the order of the draws fixes the samples.
+
+
+def _realistic_input(i: int, rng: random.Random, with_passages: bool) -> CaptionInput:
+    """The ``i``-th sample (case ``i`` modulo the cases); the draws happen in a fixed order."""
+    modality, organ, labels, iwords, oriented, spacing = _CASES[i % len(_CASES)]
+    label = rng.choice(labels)
+    x0, y0, x1, y1 = _random_box(rng)
+    horizontal, vertical = _thirds(x0, y0, x1, y1)
+    patient_lr = _patient_side(horizontal, label) if oriented else None
+    roi_count = rng.choice([1, 1, 2, 3, 5])
+    relations = _random_relations(rng, roi_count)
+    w = h = 512
+    origin = rng.choice(["mask", "box", "expert:lung_unet", "classical"]) if i % 17 else "whole_image"
+    if origin == "whole_image":
+        x0, y0, x1, y1 = 0.0, 0.0, 1.0, 1.0
+        horizontal, vertical = "centre", "middle"
+        roi_count, relations = 1, []
+    passages = _random_passages(rng, i) if with_passages and i % 11 else []
+    iw = rng.choice(iwords)
+    return CaptionInput(
+        record_id=f"rec{i:06d}",
+        source=(modality or "unknown").lower().replace(" ", "_"),
+        roi_id=f"r{i % 3}",
+        image_path=None,
+        coarse_caption=f"{modality or 'Image'} of the {organ or 'body'}, {label}.",
+        modality=modality,
+        organ=organ,
+        terms=[t for t in (modality, organ, label) if t],
+        label=label,
+        origin=origin,
+        bbox_xyxy=[x0 * w, y0 * h, x1 * w, y1 * h],
+        bbox_norm=[x0, y0, x1, y1],
+        area_fraction=(x1 - x0) * (y1 - y0),
+        horizontal=horizontal,
+        vertical=vertical,
+        patient_lr=patient_lr,
+        **_random_measurements(rng, iw, oriented=oriented, spacing=spacing),
+        roi_count=roi_count,
+        relations=relations,
+        inside_label=rng.choice([None, organ]) if organ and organ not in ("unspecified", "whole body") else None,
+        roi_status="ok",
+        query=" ".join(t for t in (label, organ, modality) if t),
+        passages=passages,
+    )
+
+
+def _random_box(rng: random.Random) -> tuple[float, float, float, float]:
+    """A normalised box (x0, y0, x1, y1) inside the image."""
+    x0, y0 = rng.uniform(0, 0.7), rng.uniform(0, 0.7)
+    x1, y1 = x0 + rng.uniform(0.05, 0.3), y0 + rng.uniform(0.05, 0.3)
+    return x0, y0, x1, y1
+
+
+def _thirds(x0: float, y0: float, x1: float, y1: float) -> tuple[str, str]:
+    """The horizontal and vertical thirds of the box centre."""
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    horizontal = "left" if cx < 1 / 3 else "centre" if cx < 2 / 3 else "right"
+    vertical = "upper" if cy < 1 / 3 else "middle" if cy < 2 / 3 else "lower"
+    return horizontal, vertical
+
+
+def _patient_side(horizontal: str, label: str) -> str | None:
+    """The patient side of an oriented image: a sided label's side, else the radiological
+    convention (image left is patient right)."""
+    patient_lr = {"left": "right", "right": "left"}.get(horizontal)
+    if "_L" in label or label.startswith("left"):
+        patient_lr = "left"
+    elif "_R" in label or label.startswith("right"):
+        patient_lr = "right"
+    return patient_lr
+
+
+def _random_relations(rng: random.Random, roi_count: int) -> list[dict]:
+    """Relations to up to two other ROIs when the image has several."""
+    relations = []
+    if roi_count > 1:
+        for j in range(min(roi_count - 1, 2)):
+            relations.append({"other": f"r{j + 1}", "relation": rng.choice(["adjacent to", "above", "left of", "overlaps", "right of"]),
+                              "distance_norm": round(rng.uniform(0, 0.5), 3)})
+    return relations
+
+
+def _random_passages(rng: random.Random, i: int) -> list[Passage]:
+    """Three passages, starting from the one that suits the case."""
+    passages = []
+    first = _CASE_PASSAGE[i % len(_CASES)]
+    for k in range(3):
+        title, text = _PASSAGES[(first + k) % len(_PASSAGES)]
+        passages.append(Passage(chunk_id=f"{(i * 7 + k) % 997:04d}c{rng.getrandbits(40):010x}"[:24],
+                                title=title, text=text, score=round(1 - 0.1 * k, 3)))
+    return passages
+
+
+def _random_measurements(rng: random.Random, iw: str | None, *, oriented: bool, spacing: bool) -> dict[str, Any]:
+    """Orientation, size and the measured intensity, texture and shape (none without ``iw``)."""
+    measured = iw is not None
+    return {
+        "patient_ap": rng.choice([None, "anterior", "posterior"]) if oriented else None,
+        "patient_si": None,
+        "longest_diameter_mm": round(rng.uniform(3, 80), 1) if spacing else None,
+        "intensity_word": iw,
+        "roi_mean": round(rng.uniform(0.3, 0.9), 3) if measured else None,
+        "ring_mean": round(rng.uniform(0.1, 0.6), 3) if measured else None,
+        "intensity_contrast": (round(rng.uniform(0.05, 0.5), 3) * (-1 if iw and (iw.startswith("hypo") or iw == "darker") else 1)
+                               if measured else None),
+        "texture_homogeneity_word": rng.choice(["homogeneous", "heterogeneous"]) if measured else None,
+        "texture_smoothness_word": rng.choice(["smooth", "coarse"]) if measured else None,
+        "shape_word": rng.choice(["round", "oval", "irregular", "lobulated"]) if measured else None,
+        "circularity": round(rng.uniform(0.3, 1.0), 2) if measured else None,
+    }
 
 
 def relations_json(item: CaptionInput) -> str:

@@ -30,9 +30,9 @@ _WHERE = {
     "ingest_corpora": "corpus",
     "Embedder": "embedder",
     "SentenceTransformerEmbedder": "embedder",
-    "IndexConfig": "index",
+    "IndexConfig": "faiss_index",
     "IndexBuildResult": "index",
-    "IndexIntegrityError": "index",
+    "IndexIntegrityError": "index_files",
     "KnowledgeIndex": "index",
     "build_index": "index",
     "load_index": "index",
@@ -45,14 +45,9 @@ _WHERE = {
 if TYPE_CHECKING:  # pragma: no cover
     from medtrinity_assets.knowledge.corpus import CorpusResult, ingest_corpora
     from medtrinity_assets.knowledge.embedder import Embedder, SentenceTransformerEmbedder
-    from medtrinity_assets.knowledge.index import (
-        IndexBuildResult,
-        IndexConfig,
-        IndexIntegrityError,
-        KnowledgeIndex,
-        build_index,
-        load_index,
-    )
+    from medtrinity_assets.knowledge.faiss_index import IndexConfig
+    from medtrinity_assets.knowledge.index import IndexBuildResult, KnowledgeIndex, build_index, load_index
+    from medtrinity_assets.knowledge.index_files import IndexIntegrityError
     from medtrinity_assets.knowledge.langchain_adapter import KnowledgeRetriever
     from medtrinity_assets.knowledge.retrieval import Hit, HybridRetriever, evaluate_retrieval
 

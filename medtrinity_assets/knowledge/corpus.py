@@ -183,76 +183,65 @@ def _md_title(text: str, fallback: str) -> str:
     return fallback
 
 
+def _quarantine_row(path: str, line: int | None, reason: str, corpus: str) -> dict:
+    """One row of the quarantine table: the input that was not ingested, and why."""
+    return {"path": path, "line": line, "reason": reason, "corpus": corpus}
+
+
+def _jsonl_problem(obj: Any) -> str | None:
+    """Why a parsed JSONL line is not a document (``None``: it is one)."""
+    if not isinstance(obj, dict):
+        return "malformed_jsonl: not an object"
+    doc_id, text = obj.get("id"), obj.get("text")
+    if not isinstance(doc_id, str | int) or isinstance(doc_id, bool) or str(doc_id).strip() == "":
+        return "malformed_jsonl: missing or invalid 'id'"
+    if not isinstance(text, str):
+        return "malformed_jsonl: missing or non-string 'text'"
+    return None
+
+
+def _jsonl_docs(raw: str, shown: str, quarantine: list[dict], corpus: str) -> Iterable[_Doc]:
+    """The documents of a JSONL file, one per non-blank line; bad lines go to ``quarantine``."""
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            quarantine.append(_quarantine_row(shown, lineno, f"malformed_jsonl: {exc.msg}", corpus))
+            continue
+        problem = _jsonl_problem(obj)
+        if problem is not None:
+            quarantine.append(_quarantine_row(shown, lineno, problem, corpus))
+            continue
+        title = obj.get("title")
+        topic = obj.get("topic")
+        yield _Doc(
+            doc_id=str(obj.get("id")).strip(),
+            title=normalise_text(title) if isinstance(title, str) else "",
+            topic=normalise_text(topic) if isinstance(topic, str) else None,
+            text=obj.get("text"),
+            path=shown,
+            line=lineno,
+        )
+
+
 def _read_docs(data: bytes, shown: str, quarantine: list[dict], corpus: str, rel: str) -> Iterable[_Doc]:
+    """The documents of one file: a JSONL file's lines, or a ``.txt``/``.md`` file as one document."""
     try:
         raw = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         quarantine.append(
-            {
-                "path": shown,
-                "line": None,
-                "reason": f"undecodable: {exc.reason} at byte {exc.start}",
-                "corpus": corpus,
-            }
+            _quarantine_row(shown, None, f"undecodable: {exc.reason} at byte {exc.start}", corpus)
         )
         return
     stem = PurePosixPath(shown).stem
     rel_id = str(PurePosixPath(rel).with_suffix(""))
     if shown.endswith(".jsonl"):
-        for lineno, line in enumerate(raw.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                quarantine.append(
-                    {"path": shown, "line": lineno, "reason": f"malformed_jsonl: {exc.msg}", "corpus": corpus}
-                )
-                continue
-            if not isinstance(obj, dict):
-                quarantine.append(
-                    {
-                        "path": shown,
-                        "line": lineno,
-                        "reason": "malformed_jsonl: not an object",
-                        "corpus": corpus,
-                    }
-                )
-                continue
-            doc_id, text = obj.get("id"), obj.get("text")
-            if not isinstance(doc_id, str | int) or isinstance(doc_id, bool) or str(doc_id).strip() == "":
-                quarantine.append(
-                    {
-                        "path": shown,
-                        "line": lineno,
-                        "reason": "malformed_jsonl: missing or invalid 'id'",
-                        "corpus": corpus,
-                    }
-                )
-                continue
-            if not isinstance(text, str):
-                quarantine.append(
-                    {
-                        "path": shown,
-                        "line": lineno,
-                        "reason": "malformed_jsonl: missing or non-string 'text'",
-                        "corpus": corpus,
-                    }
-                )
-                continue
-            title = obj.get("title")
-            topic = obj.get("topic")
-            yield _Doc(
-                doc_id=str(doc_id).strip(),
-                title=normalise_text(title) if isinstance(title, str) else "",
-                topic=normalise_text(topic) if isinstance(topic, str) else None,
-                text=text,
-                path=shown,
-                line=lineno,
-            )
-    else:
-        title = _md_title(normalise_text(raw), stem) if shown.endswith(".md") else stem
-        yield _Doc(doc_id=rel_id, title=title, topic=None, text=raw, path=shown, line=None)
+        yield from _jsonl_docs(raw, shown, quarantine, corpus)
+        return
+    title = _md_title(normalise_text(raw), stem) if shown.endswith(".md") else stem
+    yield _Doc(doc_id=rel_id, title=title, topic=None, text=raw, path=shown, line=None)
 
 
 def _chunk_document(splitter, text: str) -> list[tuple[int, str]]:
@@ -274,6 +263,145 @@ def _chunk_document(splitter, text: str) -> list[tuple[int, str]]:
     return out
 
 
+def _sources(
+    paths: list[str], include_default: bool, corpus_names: dict[str, str] | None
+) -> list[tuple[str, str]]:
+    """(path, corpus name) of every source, the embedded default corpus first."""
+    sources: list[tuple[str, str]] = []
+    if include_default:
+        if DEFAULT_CORPUS_PATH.exists():
+            sources.append((str(DEFAULT_CORPUS_PATH), DEFAULT_CORPUS_NAME))
+    for p in paths:
+        sources.append((str(p), (corpus_names or {}).get(str(p), _corpus_name(str(p)))))
+    return sources
+
+
+class _Ingestion:
+    """The rows and counts of one ingestion, filled source by source, file by file."""
+
+    def __init__(
+        self,
+        splitter: Any,
+        max_doc_chars: int,
+        progress: Callable[[str], None] | None,
+        n_sources: int,
+    ) -> None:
+        self.splitter = splitter
+        self.max_doc_chars = max_doc_chars
+        self.progress = progress
+        self.quarantine: list[dict] = []
+        self.documents: list[dict] = []
+        self.chunks: list[dict] = []
+        self.seen_hash: dict[str, str] = {}
+        self.seen_ids: set[tuple[str, str]] = set()
+        self.counts = {
+            "sources": n_sources,
+            "files": 0,
+            "documents_read": 0,
+            "documents": 0,
+            "duplicate_documents": 0,
+            "quarantined": 0,
+            "chunks": 0,
+        }
+
+    def add_source(self, path: str, corpus: str) -> None:
+        """Every file of a source folder or file; an unreadable source is quarantined whole."""
+        try:
+            fs, files = _list_files(path)
+        except (FileNotFoundError, OSError, ValueError) as exc:
+            self.quarantine.append(_quarantine_row(path, None, f"unreadable_source: {exc}", corpus))
+            return
+        for real, shown in files:
+            self._add_file(fs, real, shown, _relative(real, path), corpus)
+
+    def _add_file(self, fs: Any, real: str, shown: str, rel: str, corpus: str) -> None:
+        """One file's documents; hidden files are skipped, unsupported or unreadable ones quarantined."""
+        name = PurePosixPath(real).name
+        if name.startswith("."):
+            return
+        if not name.endswith(SUPPORTED_SUFFIXES):
+            reason = f"unsupported_type: {PurePosixPath(name).suffix or name}"
+            self.quarantine.append(_quarantine_row(shown, None, reason, corpus))
+            return
+        self.counts["files"] += 1
+        if self.progress:
+            self.progress(shown)
+        try:
+            with fs.open(real, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            self.quarantine.append(_quarantine_row(shown, None, f"unreadable: {exc}", corpus))
+            return
+        for doc in _read_docs(data, shown, self.quarantine, corpus, rel):
+            self._add_document(doc, shown, corpus)
+
+    def _add_document(self, doc: _Doc, shown: str, corpus: str) -> None:
+        """Normalise one document; quarantine it (empty, too long, repeated id) or count it as a
+        duplicate (same normalised text), else keep it with its chunks."""
+        self.counts["documents_read"] += 1
+        text = normalise_text(doc.text)
+        if not text:
+            self.quarantine.append(_quarantine_row(shown, doc.line, "empty_document", corpus))
+            return
+        if len(text) > self.max_doc_chars:
+            reason = f"too_long: {len(text)} chars > {self.max_doc_chars}"
+            self.quarantine.append(_quarantine_row(shown, doc.line, reason, corpus))
+            return
+        doc_hash = sha256_text(text)
+        if doc_hash in self.seen_hash:
+            self.counts["duplicate_documents"] += 1
+            return
+        if (corpus, doc.doc_id) in self.seen_ids:
+            self.quarantine.append(_quarantine_row(shown, doc.line, f"duplicate_id: {doc.doc_id}", corpus))
+            return
+        self.seen_hash[doc_hash] = doc.doc_id
+        self.seen_ids.add((corpus, doc.doc_id))
+        self._keep(doc, text, doc_hash, shown, corpus)
+
+    def _keep(self, doc: _Doc, text: str, doc_hash: str, shown: str, corpus: str) -> None:
+        """Record a document and its chunks (offsets into its normalised ``text``)."""
+        title = doc.title or doc.doc_id
+        self.documents.append(
+            {
+                "doc_id": doc.doc_id,
+                "corpus": corpus,
+                "title": title,
+                "topic": doc.topic,
+                "text": text,
+                "doc_hash": doc_hash,
+                "path": shown,
+            }
+        )
+        for start, chunk in _chunk_document(self.splitter, text):
+            self.chunks.append(
+                {
+                    "chunk_id": chunk_id_for(corpus, doc.doc_id, start, chunk),
+                    "doc_id": doc.doc_id,
+                    "corpus": corpus,
+                    "title": title,
+                    "topic": doc.topic,
+                    "text": chunk,
+                    "char_start": start,
+                    "char_end": start + len(chunk),
+                    "content_hash": sha256_text(chunk),
+                    "path": shown,
+                }
+            )
+
+    def result(self, chunker: str) -> CorpusResult:
+        """The tables and final counts."""
+        self.counts["documents"] = len(self.documents)
+        self.counts["quarantined"] = len(self.quarantine)
+        self.counts["chunks"] = len(self.chunks)
+        return CorpusResult(
+            chunks=pl.DataFrame(self.chunks, schema=CHUNK_SCHEMA),
+            quarantine=pl.DataFrame(self.quarantine, schema=QUARANTINE_SCHEMA),
+            counts=self.counts,
+            documents=pl.DataFrame(self.documents, schema=DOCUMENT_SCHEMA),
+            chunker=chunker,
+        )
+
+
 def ingest_corpora(
     paths: list[str],
     *,
@@ -293,129 +421,8 @@ def ingest_corpora(
     or file name; the embedded corpus is ``medtrinity_default``).
     """
     splitter, chunker = make_splitter(chunk_tokens, overlap_tokens, tokenizer)
-    sources: list[tuple[str, str]] = []
-    if include_default:
-        if DEFAULT_CORPUS_PATH.exists():
-            sources.append((str(DEFAULT_CORPUS_PATH), DEFAULT_CORPUS_NAME))
-    for p in paths:
-        sources.append((str(p), (corpus_names or {}).get(str(p), _corpus_name(str(p)))))
-
-    quarantine: list[dict] = []
-    documents: list[dict] = []
-    chunks: list[dict] = []
-    seen_hash: dict[str, str] = {}
-    seen_ids: set[tuple[str, str]] = set()
-    counts = {
-        "sources": len(sources),
-        "files": 0,
-        "documents_read": 0,
-        "documents": 0,
-        "duplicate_documents": 0,
-        "quarantined": 0,
-        "chunks": 0,
-    }
+    sources = _sources(paths, include_default, corpus_names)
+    ingestion = _Ingestion(splitter, max_doc_chars, progress, len(sources))
     for path, corpus in sources:
-        try:
-            fs, files = _list_files(path)
-        except (FileNotFoundError, OSError, ValueError) as exc:
-            quarantine.append(
-                {"path": path, "line": None, "reason": f"unreadable_source: {exc}", "corpus": corpus}
-            )
-            continue
-        for real, shown in files:
-            rel = _relative(real, path)
-            name = PurePosixPath(real).name
-            if name.startswith("."):
-                continue
-            if not name.endswith(SUPPORTED_SUFFIXES):
-                quarantine.append(
-                    {
-                        "path": shown,
-                        "line": None,
-                        "reason": f"unsupported_type: {PurePosixPath(name).suffix or name}",
-                        "corpus": corpus,
-                    }
-                )
-                continue
-            counts["files"] += 1
-            if progress:
-                progress(shown)
-            try:
-                with fs.open(real, "rb") as fh:
-                    data = fh.read()
-            except OSError as exc:
-                quarantine.append(
-                    {"path": shown, "line": None, "reason": f"unreadable: {exc}", "corpus": corpus}
-                )
-                continue
-            for doc in _read_docs(data, shown, quarantine, corpus, rel):
-                counts["documents_read"] += 1
-                text = normalise_text(doc.text)
-                if not text:
-                    quarantine.append(
-                        {"path": shown, "line": doc.line, "reason": "empty_document", "corpus": corpus}
-                    )
-                    continue
-                if len(text) > max_doc_chars:
-                    quarantine.append(
-                        {
-                            "path": shown,
-                            "line": doc.line,
-                            "reason": f"too_long: {len(text)} chars > {max_doc_chars}",
-                            "corpus": corpus,
-                        }
-                    )
-                    continue
-                doc_hash = sha256_text(text)
-                if doc_hash in seen_hash:
-                    counts["duplicate_documents"] += 1
-                    continue
-                if (corpus, doc.doc_id) in seen_ids:
-                    quarantine.append(
-                        {
-                            "path": shown,
-                            "line": doc.line,
-                            "reason": f"duplicate_id: {doc.doc_id}",
-                            "corpus": corpus,
-                        }
-                    )
-                    continue
-                seen_hash[doc_hash] = doc.doc_id
-                seen_ids.add((corpus, doc.doc_id))
-                title = doc.title or doc.doc_id
-                documents.append(
-                    {
-                        "doc_id": doc.doc_id,
-                        "corpus": corpus,
-                        "title": title,
-                        "topic": doc.topic,
-                        "text": text,
-                        "doc_hash": doc_hash,
-                        "path": shown,
-                    }
-                )
-                for start, chunk in _chunk_document(splitter, text):
-                    chunks.append(
-                        {
-                            "chunk_id": chunk_id_for(corpus, doc.doc_id, start, chunk),
-                            "doc_id": doc.doc_id,
-                            "corpus": corpus,
-                            "title": title,
-                            "topic": doc.topic,
-                            "text": chunk,
-                            "char_start": start,
-                            "char_end": start + len(chunk),
-                            "content_hash": sha256_text(chunk),
-                            "path": shown,
-                        }
-                    )
-    counts["documents"] = len(documents)
-    counts["quarantined"] = len(quarantine)
-    counts["chunks"] = len(chunks)
-    return CorpusResult(
-        chunks=pl.DataFrame(chunks, schema=CHUNK_SCHEMA),
-        quarantine=pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA),
-        counts=counts,
-        documents=pl.DataFrame(documents, schema=DOCUMENT_SCHEMA),
-        chunker=chunker,
-    )
+        ingestion.add_source(path, corpus)
+    return ingestion.result(chunker)

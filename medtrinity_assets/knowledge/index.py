@@ -162,14 +162,14 @@ def _write_meta(out: Path, meta: dict) -> None:
 
 def _index_meta(
     chunks: pl.DataFrame,
-    embedder: tuple[str, int],
+    name: str,
+    dim: int,
     index_type: str,
     params: dict,
     files: dict[str, str],
     reused: int,
 ) -> dict:
     """The ``index.json`` record of a build."""
-    name, dim = embedder
     return {
         "format_version": FORMAT_VERSION,
         "embedder": {"name": name, "dim": dim},
@@ -233,7 +233,7 @@ def build_index(
         if prev is not None:
             prev.close()
     seconds = time.perf_counter() - t0
-    _write_meta(out, _index_meta(chunks, (name, dim), index_type, params, files, plan.reused))
+    _write_meta(out, _index_meta(chunks, name, dim, index_type, params, files, plan.reused))
     return IndexBuildResult(
         out_dir=out,
         count=chunks.height,

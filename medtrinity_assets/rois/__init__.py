@@ -2,8 +2,11 @@
 image, COCO RLE, measured attributes (position, size, intensity, texture, shape, relations)
 and overlays."""
 
-from medtrinity_assets.rois.attributes import RoiConfig, default_config, measure_roi
-from medtrinity_assets.rois.build import RoiSetResult, build_roi_set, draw_roi_overlay, rle_decode, rle_encode
+from medtrinity_assets.rois.build import RoiSetResult, build_roi_set
+from medtrinity_assets.rois.config import RoiConfig, default_config
+from medtrinity_assets.rois.measure import measure_roi
+from medtrinity_assets.rois.overlay import draw_roi_overlay
+from medtrinity_assets.rois.rle import rle_decode, rle_encode
 
 __all__ = [
     "RoiConfig",

@@ -71,6 +71,7 @@ def feret_from_hull(hull: np.ndarray, sr: float | None, sc: float | None) -> tup
 
 
 def valid_spacing(spacing: Any) -> tuple[float | None, float | None]:
+    """``spacing`` as ``(row_mm, col_mm)`` when both are positive and finite, else ``(None, None)``."""
     if spacing is None:
         return None, None
     sr, sc = float(spacing[0]), float(spacing[1])

@@ -49,7 +49,6 @@ _WORD_OF = {"L": "left", "R": "right", "A": "anterior", "P": "posterior", "S": "
 _CENTRE_WORD = {"lr": "midline", "ap": "central", "si": "central"}
 
 
-
 # --------------------------------------------------------------------------------------
 # words
 
@@ -85,6 +84,7 @@ def patient_terms(
 
 
 def intensity_word(contrast: float | None, modality: str | None, cfg: RoiConfig) -> str | None:
+    """The modality's brighter / darker / similar word for an ROI-to-ring contrast."""
     if contrast is None or not math.isfinite(contrast):
         return None
     mod = canonical_modality(modality or "")
@@ -99,6 +99,7 @@ def intensity_word(contrast: float | None, modality: str | None, cfg: RoiConfig)
 def shape_word(
     circularity: float | None, solidity: float | None, axis_ratio: float | None, cfg: RoiConfig
 ) -> str | None:
+    """irregular / lobulated (by solidity), else round / oval (by circularity and axis ratio)."""
     if circularity is None or solidity is None:
         return None
     if solidity < cfg.irregular_solidity_max:
@@ -110,3 +111,179 @@ def shape_word(
     return "oval"
 
 
+
+# --------------------------------------------------------------------------------------
+# per-ROI measurement
+
+
+def measure_roi(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    spacing: tuple[float, float] | list[float] | None = None,
+    display_right: str | None = None,
+    display_down: str | None = None,
+    modality: str | None = None,
+    config: RoiConfig | None = None,
+    whole_image: bool = False,
+    _grey: np.ndarray | None = None,
+    _range: tuple[float, float] | None = None,
+    _window: tuple[int, int, int, int] | None = None,
+) -> dict[str, Any]:
+    """Measure one ROI; returns the columns of :data:`~medtrinity_assets.core.tables.ROI_ATTRIBUTES` (nulls where unknown).
+
+    ``whole_image=True`` skips the ring (there are no surroundings) and the shape words (the
+    frame's shape says nothing). ``_grey``/``_range`` let a caller pass the grey image and its
+    intensity range once for many ROIs; ``_window=(r0, r1, c0, c1)`` says that ``mask`` is
+    only the crop of the image at that window (saves building a full-size mask per ROI).
+    """
+    cfg = config or default_config()
+    grey = _grey if _grey is not None else to_grey(image)
+    out: dict[str, Any] = dict.fromkeys(ROI_ATTRIBUTES)
+    cropped = _padded_crop(np.asarray(mask, bool), _window, grey.shape, cfg.ring_width_px + 1)
+    if cropped is None:
+        out.update(area_px=0, area_fraction=0.0)
+        return out
+    mc, (r0, r1, c0, c1) = cropped
+    gc = grey[r0:r1, c0:c1]
+    rr, cc = np.nonzero(mc)
+    area = int(rr.size)
+    out.update(_position_and_size(rr, cc, (r0, c0), grey.shape, display_right, display_down, cfg))
+
+    # One hull of the pixel centres (from the boundary pixels) serves the Feret diameter and
+    # the convex area of the solidity.
+    br, bcol = np.nonzero(boundary_pixels(mc))
+    hull, hull_ok = convex_hull(np.stack((br, bcol), 1).astype(np.float64))
+    sr, sc = valid_spacing(_spacing_pair(spacing))
+    out["longest_diameter_px"], out["longest_diameter_mm"] = feret_from_hull(hull, sr, sc)
+
+    vals = gc[mc]
+    roi_mean = float(vals.sum() / vals.size)
+    out["roi_mean"] = roi_mean
+    if not whole_image:
+        out.update(_ring_contrast(gc, mc, roi_mean, modality, cfg))
+
+    if area >= cfg.texture_min_area_px:
+        lo, hi = _range if _range is not None else (float(grey.min()), float(grey.max()))
+        out.update(_texture_terms(vals, rr, cc, mc.shape, (lo, hi), cfg))
+    elif area > 0:
+        out["entropy"] = 0.0 if np.ptp(vals) == 0 else None
+
+    if not whole_image and area >= cfg.shape_min_area_px:
+        out.update(_shape_terms(mc, rr, cc, hull, hull_ok, cfg))
+    return out
+
+
+def _padded_crop(
+    m: np.ndarray, window: tuple[int, int, int, int] | None, shape: tuple[int, int], pad: int
+) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """The ROI's bounding box grown by ``pad`` pixels (clipped to the image of ``shape``) as a
+    boolean crop, with its ``(r0, r1, c0, c1)`` in the image; ``None`` for an empty mask.
+
+    ``m`` is the full-size mask, or with ``window=(r0, r1, c0, c1)`` its crop at that window.
+    """
+    h, w = shape
+    wr0, wc0 = (window[0], window[2]) if window is not None else (0, 0)
+    rows = np.flatnonzero(m.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(m.any(axis=0))
+    br0, br1 = int(rows[0]) + wr0, int(rows[-1]) + 1 + wr0
+    bc0, bc1 = int(cols[0]) + wc0, int(cols[-1]) + 1 + wc0
+    r0, r1 = max(br0 - pad, 0), min(br1 + pad, h)
+    c0, c1 = max(bc0 - pad, 0), min(bc1 + pad, w)
+    mc = np.zeros((r1 - r0, c1 - c0), bool)
+    mc[br0 - r0 : br1 - r0, bc0 - c0 : bc1 - c0] = m[br0 - wr0 : br1 - wr0, bc0 - wc0 : bc1 - wc0]
+    return mc, (r0, r1, c0, c1)
+
+
+def _position_and_size(
+    rr: np.ndarray,
+    cc: np.ndarray,
+    origin: tuple[int, int],
+    shape: tuple[int, int],
+    display_right: str | None,
+    display_down: str | None,
+    cfg: RoiConfig,
+) -> dict[str, Any]:
+    """Centroid, image-thirds and patient-axis words, area and area fraction of the ROI pixels
+    ``(rr, cc)`` of a crop whose top-left pixel is ``origin`` in an image of ``shape``."""
+    (r0, c0), (h, w) = origin, shape
+    area = int(rr.size)
+    # (sum / n is what ndarray.mean computes, without its per-call overhead)
+    cy = (rr.sum() / area + r0 + 0.5) / h
+    cx = (cc.sum() / area + c0 + 0.5) / w
+    out: dict[str, Any] = {"centroid_norm": [float(cx), float(cy)]}
+    out["horizontal"] = _third(cx, cfg, ("left", "centre", "right"))
+    out["vertical"] = _third(cy, cfg, ("upper", "middle", "lower"))
+    out.update(patient_terms(cx, cy, display_right, display_down, cfg))
+    out["patient_side"] = out["patient_lr"]
+    out["area_px"] = area
+    out["area_fraction"] = area / float(h * w)
+    return out
+
+
+def _spacing_pair(spacing: tuple[float, float] | list[float] | None) -> tuple[float, ...] | None:
+    """``spacing`` as a tuple when it has at least two entries, else ``None``."""
+    return tuple(spacing) if spacing is not None and len(spacing) >= 2 else None
+
+
+def _ring_contrast(
+    gc: np.ndarray, mc: np.ndarray, roi_mean: float, modality: str | None, cfg: RoiConfig
+) -> dict[str, Any]:
+    """Mean of the ring of ``ring_width_px`` around the ROI, the ROI's contrast to it and its
+    intensity word; nothing when the ring is empty (the ROI fills the image)."""
+    ring = dilate_cross(mc, cfg.ring_width_px)
+    ring &= ~mc
+    ring_vals = gc[ring]
+    if not ring_vals.size:
+        return {}
+    ring_mean = float(ring_vals.sum() / ring_vals.size)
+    denom = roi_mean + ring_mean
+    contrast = (roi_mean - ring_mean) / denom if denom > 1e-9 else 0.0
+    return {
+        "ring_mean": ring_mean,
+        "intensity_contrast": float(contrast),
+        "intensity_word": intensity_word(contrast, modality, cfg),
+    }
+
+
+def _texture_terms(
+    vals: np.ndarray,
+    rr: np.ndarray,
+    cc: np.ndarray,
+    shape: tuple[int, int],
+    value_range: tuple[float, float],
+    cfg: RoiConfig,
+) -> dict[str, Any]:
+    """GLCM contrast and homogeneity, entropy and the texture words of the ROI pixels
+    ``(rr, cc)`` with grey values ``vals``, quantised over the image's ``value_range``."""
+    q = quantise(vals, value_range[0], value_range[1], cfg.texture_levels)  # the ROI's pixels, as rr, cc
+    g_contrast, g_hom, entropy = texture_of_pixels(q, rr, cc, shape, cfg)
+    out: dict[str, Any] = {"glcm_contrast": g_contrast, "glcm_homogeneity": g_hom, "entropy": entropy}
+    if g_hom is not None and entropy is not None:
+        homogeneous = g_hom >= cfg.homogeneity_min and entropy <= cfg.entropy_max_homogeneous
+        out["texture_homogeneity_word"] = "homogeneous" if homogeneous else "heterogeneous"
+    if g_contrast is not None:
+        out["texture_smoothness_word"] = "smooth" if g_contrast <= cfg.contrast_max_smooth else "coarse"
+    return out
+
+
+def _shape_terms(
+    mc: np.ndarray, rr: np.ndarray, cc: np.ndarray, hull: np.ndarray, hull_ok: bool, cfg: RoiConfig
+) -> dict[str, Any]:
+    """Circularity, solidity, axis ratio and shape word of the ROI ``mc`` (pixels ``(rr, cc)``)."""
+    # What regionprops gives for the single region of ``mc``: Crofton perimeter, solidity
+    # (area over the convex area) and the axis lengths of the inertia ellipse.
+    area = int(rr.size)
+    perim = crofton_perimeter(mc)
+    circ = min(1.0, 4 * math.pi * area / perim**2) if perim > 0 else None
+    solidity = area / convex_area(hull, hull_ok)
+    major, minor = axis_lengths(rr, cc)
+    ratio = minor / major if major > 0 else None
+    return {
+        "circularity": circ,
+        "solidity": solidity,
+        "axis_ratio": ratio,
+        "shape_word": shape_word(circ, solidity, ratio, cfg),
+    }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,49 +85,13 @@ def train_expert(
     x = torch.stack([_prepare(samples[i][0], cfg.image_size) for i in train_idx])
     y = torch.stack([_prepare_mask(samples[i][1], cfg.image_size) for i in train_idx])
     net = build_network(cfg).to(dev)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
-    loss_fn = DiceCELoss(sigmoid=True)
-    gen = torch.Generator().manual_seed(seed)
-    history: list[float] = []
-    t0 = time.perf_counter()
-    epochs_run = 0
-    for _epoch in range(cfg.epochs):
-        net.train()
-        perm = torch.randperm(len(train_idx), generator=gen)
-        total, count = 0.0, 0
-        for start in range(0, len(perm), cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
-            xb, yb = x[idx], y[idx]
-            if cfg.augment_flips:
-                flips = torch.rand(2, generator=gen)
-                if flips[0] < 0.5:
-                    xb, yb = xb.flip(-1), yb.flip(-1)
-                if flips[1] < 0.5:
-                    xb, yb = xb.flip(-2), yb.flip(-2)
-            xb, yb = xb.to(dev), yb.to(dev)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xb), yb)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        sched.step()
-        history.append(total / max(count, 1))
-        epochs_run += 1
-        if cfg.max_train_seconds is not None and time.perf_counter() - t0 > cfg.max_train_seconds:
-            break
-    train_seconds = time.perf_counter() - t0
+    history, epochs_run, train_seconds = _fit(net, x, y, cfg, dev, DiceCELoss(sigmoid=True), seed)
     net.eval()
     name = f"unet_{modality_slug(mod)}"
     predictor = ExpertPredictor(
         net, name=name, modality=mod, image_size=cfg.image_size, threshold=cfg.threshold, device=device
     )
-    val_images = [samples[i][0] for i in val_idx]
-    val_masks = [samples[i][1] for i in val_idx]
-    preds = predictor.predict(val_images) if val_images else []
-    expert_d = [dice(p, t) for p, t in zip(preds, val_masks, strict=True)]
-    classical_d = [dice(classical_segment(im, mod), t) for im, t in zip(val_images, val_masks, strict=True)]
+    expert_d, classical_d = _held_out_dice(predictor, [samples[i] for i in val_idx], mod)
     if isinstance(training_sources, list):
         training_sources = {s: None for s in training_sources}
     metrics = {
@@ -150,6 +114,89 @@ def train_expert(
         training_sources=dict(training_sources or {}),
         history=history,
     )
+
+
+def _fit(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: ExpertConfig,
+    device: torch.device,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    seed: int,
+) -> tuple[list[float], int, float]:
+    """Train ``net`` on ``(x, y)`` with Adam and a cosine schedule over ``cfg.epochs``, stopping
+    early past ``cfg.max_train_seconds``: the mean loss of each epoch, the epochs run and the
+    seconds taken."""
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    gen = torch.Generator().manual_seed(seed)
+    history: list[float] = []
+    t0 = time.perf_counter()
+    epochs_run = 0
+    for _epoch in range(cfg.epochs):
+        batches = _batches(x, y, cfg.batch_size, cfg.augment_flips, gen)
+        epoch_loss = _train_epoch(net, batches, opt, loss_fn, device)
+        sched.step()
+        history.append(epoch_loss)
+        epochs_run += 1
+        if cfg.max_train_seconds is not None and time.perf_counter() - t0 > cfg.max_train_seconds:
+            break
+    return history, epochs_run, time.perf_counter() - t0
+
+
+def _batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, flips: bool, gen: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled mini-batches of ``(x, y)``; with ``flips`` each batch is flipped left-right and
+    up-down, each with probability 1/2."""
+    perm = torch.randperm(len(x), generator=gen)
+    for start in range(0, len(perm), batch_size):
+        idx = perm[start : start + batch_size]
+        xb, yb = x[idx], y[idx]
+        if flips:
+            coins = torch.rand(2, generator=gen)
+            if coins[0] < 0.5:
+                xb, yb = xb.flip(-1), yb.flip(-1)
+            if coins[1] < 0.5:
+                xb, yb = xb.flip(-2), yb.flip(-2)
+        yield xb, yb
+
+
+def _train_epoch(
+    net: torch.nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+) -> float:
+    """One pass of optimiser steps over ``batches``; the loss averaged over the samples."""
+    net.train()
+    total, count = 0.0, 0
+    for xb, yb in batches:
+        n = len(xb)
+        xb, yb = xb.to(device), yb.to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(xb), yb)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * n
+        count += n
+    return total / max(count, 1)
+
+
+def _held_out_dice(
+    predictor: ExpertPredictor, held_out: list[tuple[np.ndarray, np.ndarray]], modality: str
+) -> tuple[list[float], list[float]]:
+    """Dice of the expert and of the classical fallback on each held-out (image, label map)."""
+    val_images = [image for image, _ in held_out]
+    val_masks = [mask for _, mask in held_out]
+    preds = predictor.predict(val_images) if val_images else []
+    expert_d = [dice(p, t) for p, t in zip(preds, val_masks, strict=True)]
+    classical_d = [
+        dice(classical_segment(im, modality), t) for im, t in zip(val_images, val_masks, strict=True)
+    ]
+    return expert_d, classical_d
 
 
 def collect_training_samples(
