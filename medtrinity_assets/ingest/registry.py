@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medtrinity_assets.core.vocabulary import keeps_colour
 
-NAME_RE = re.compile(r"^[a-z0-9_]+$")
+NAME_RE = re.compile(r"[a-z0-9_]{1,64}")
 
 
 class RegistryError(ValueError):
@@ -51,15 +51,21 @@ class SourceSpec(BaseModel):
 
     name: str
     layout: str = Field(description="a registered reader: dicom | nifti_msd | image_folder | table | plug-ins")
-    root: str
-    modality: str
-    organ: str
-    labels: dict[int, str] = Field(default_factory=dict)
-    license: str
+    root: str = Field(max_length=4096)
+    modality: str = Field(max_length=100)
+    organ: str = Field(max_length=200)
+    labels: dict[int, str] = Field(default_factory=dict, max_length=10_000)
+    mask_colours: dict[int, tuple[int, int, int]] | None = Field(
+        None,
+        max_length=1_000,
+        description="RGB masks: mask value -> [r, g, b]; each colour is its own label (an RGB mask "
+        "without this map is quarantined, since its colours cannot be told apart as labels)",
+    )
+    license: str = Field(max_length=500)
     synthetic: bool = False
-    description: str = ""
-    origin: str = ""
-    include: list[str] = Field(default_factory=list, description="glob patterns relative to root")
+    description: str = Field("", max_length=4000)
+    origin: str = Field("", max_length=2000)
+    include: list[str] = Field(default_factory=list, max_length=200, description="glob patterns relative to root")
     slicing: SliceConfig = Field(default_factory=SliceConfig)
     window: WindowConfig | None = None
     max_side: int = Field(512, ge=16, le=4096)
@@ -82,8 +88,8 @@ class SourceSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_ok(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("must match [a-z0-9_]+ (it is the partition key)")
+        if not isinstance(v, str) or not NAME_RE.fullmatch(v):
+            raise ValueError("must be 1-64 characters of [a-z0-9_] (it is the partition key and a file name)")
         return v
 
     @field_validator("layout")
@@ -94,6 +100,20 @@ class SourceSpec(BaseModel):
         known = layouts()
         if v not in known:
             raise ValueError(f"unknown layout {v!r}; known: {', '.join(known)}")
+        return v
+
+    @field_validator("mask_colours")
+    @classmethod
+    def _colours_ok(cls, v: dict[int, tuple[int, int, int]] | None) -> dict[int, tuple[int, int, int]] | None:
+        if v is None:
+            return v
+        for value, rgb in v.items():
+            if value <= 0:
+                raise ValueError(f"mask value {value} must be > 0 (black is background)")
+            if not all(0 <= c <= 255 for c in rgb) or not any(rgb):
+                raise ValueError(f"colour of mask value {value} must be three numbers 0-255, not black")
+        if len(set(v.values())) != len(v):
+            raise ValueError("two mask values share one colour")
         return v
 
     @field_validator("modality")
@@ -119,6 +139,8 @@ class SourceSpec(BaseModel):
                 raise ValueError(f"mask value {key!r} is not an integer") from exc
             if ikey <= 0:
                 raise ValueError(f"mask value {ikey} must be > 0 (0 is background)")
+            if not isinstance(name, str | int | float) or isinstance(name, bool) or len(str(name)) > 200:
+                raise ValueError(f"label of mask value {ikey} must be a short text, not {type(name).__name__}")
             out[ikey] = str(name)
         return out
 
@@ -153,19 +175,55 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         field = ".".join(str(x) for x in e["loc"]) or "<file>"
-        parts.append(f"{path.name}: field '{field}': {e['msg']}")
+        parts.append(f"{path.name}: field '{field}': {e['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
+
+
+#: A registry file is a few lines: anything larger is refused before it is parsed.
+MAX_REGISTRY_BYTES = 64 * 1024
+#: Nesting deeper than this is not a source declaration.
+MAX_YAML_DEPTH = 8
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases (an alias can expand a few bytes into gigabytes), and
+    without deep nesting; safe types only."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.constructor.ConstructorError(
+                None, None, "anchors and aliases (&, *) are not allowed in a registry file", event.start_mark
+            )
+        depth = getattr(self, "_depth", 0)
+        if depth > MAX_YAML_DEPTH:
+            raise yaml.constructor.ConstructorError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+        self._depth = depth + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth
+
+
+def _read_yaml(path: Path) -> object:
+    with open(path, "rb") as fh:  # the size is checked on what is read, not on what stat says
+        data = fh.read(MAX_REGISTRY_BYTES + 1)
+    if len(data) > MAX_REGISTRY_BYTES:
+        raise RegistryError(f"{path.name}: larger than {MAX_REGISTRY_BYTES // 1024} KiB: not a source declaration")
+    return yaml.load(data.decode("utf-8"), Loader=_PlainLoader)  # noqa: S506 - _PlainLoader is a SafeLoader
 
 
 def load_source_file(path: str | Path) -> SourceSpec:
     """Read and validate one registry file; errors name the file and the field."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _read_yaml(path)
     except (OSError, UnicodeDecodeError) as exc:
-        raise RegistryError(f"{path.name}: cannot read: {exc}") from exc
+        raise RegistryError(f"{path.name}: cannot read: {type(exc).__name__}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise RegistryError(f"{path.name}: not valid YAML: {exc}") from exc
+        raise RegistryError(f"{path.name}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except (MemoryError, RecursionError) as exc:
+        raise RegistryError(f"{path.name}: {type(exc).__name__} while reading it") from None
     if not isinstance(raw, dict):
         raise RegistryError(f"{path.name}: expected a mapping of fields, got {type(raw).__name__}")
     raw = dict(raw)
