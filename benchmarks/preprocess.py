@@ -283,13 +283,11 @@ def main() -> None:
     # One-time cost of a process: the first pool starts the forkserver, which imports the
     # preprocessing module once for all workers. Measured apart so that the rates below are
     # steady-state throughput; the ratios are also printed with this cost included.
-    from medtrinity_assets.ingest.pipeline import _pool
+    from medtrinity_assets.ingest.worker import WorkerPool
 
     t = time.perf_counter()
-    pool = _pool(args.workers, specs["demo"][0], dicom_dir)
-    if pool is not None:
-        list(pool.map(abs, range(args.workers)))
-        pool.shutdown()
+    with WorkerPool(args.workers, specs["demo"][0], dicom_dir) as pool:
+        list(pool.map_ordered(abs, range(args.workers)))
     t_startup = time.perf_counter() - t
     rows = []
     with PeakRSS() as rss:
