@@ -182,6 +182,11 @@ def run_build(req: BuildRequest) -> int:
     except ValueError as exc:
         _say(str(exc), err=True)
         return EXIT_USAGE
+    from medtrinity_assets.core.storage import sweep_temp_files
+
+    swept = sweep_temp_files(settings.out_dir, before=time.time()) if Path(settings.out_dir).exists() else 0
+    if swept and not req.quiet:
+        _say(f"removed {swept} temporary file(s) an interrupted build left under {settings.out_dir}")
     instance = dg.DagsterInstance.get()
     new = [n for n in names if n not in set(instance.get_dynamic_partitions(SOURCES.name))]
     if new:

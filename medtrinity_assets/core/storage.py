@@ -6,14 +6,23 @@ Layout under an output root ``<out>`` (tables: see :mod:`medtrinity_assets.core.
 - ``<out>/masks/<sha[:2]>/<sha>.png`` — label maps aligned with their image.
 
 Writes go to a temporary file in the same folder and are renamed into place, so a reader
-never sees half a table and a killed run never leaves a truncated one.
+never sees half a table and a killed run never leaves a truncated one. Temporary files are named
+``.<name>.<pid>.<random>.tmp`` (:func:`temp_file`): :func:`sweep_temp_files` removes those of
+processes that are gone (a killed build) without touching a concurrent build's.
+
+Permissions, one policy for every file the pipeline writes (tables, images, masks, mirrors of
+remote roots, models): what the process umask allows of ``0666`` (folders ``0777``), as for any
+file a program creates; set ``umask 027`` or ``077`` to keep outputs from other users. The one
+exception is ``<out>/_private/`` (a source's identifier hashes): always ``0700`` / ``0600``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 
 import polars as pl
@@ -34,11 +43,57 @@ def relative_to_out(out: str | Path, path: str | Path) -> str:
     return Path(path).resolve().relative_to(Path(out).resolve()).as_posix()
 
 
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]{8}\.(?:tmp|part)$")
+_LEGACY_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # written before temp names carried a pid
+
+
+def file_mode() -> int:
+    """The mode new output files get: ``0666`` less the process umask (see the module doc)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def temp_file(path: str | Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """``(fd, name)`` of a new temporary file beside ``path``, named with this process's pid and
+    given the output file mode (mkstemp alone would make it 0600)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=suffix)
+    os.fchmod(fd, file_mode())
+    return fd, tmp
+
+
+def sweep_temp_files(out: str | Path, before: float | None = None) -> int:
+    """Remove temporary files under ``out`` left by processes that no longer run (a build killed
+    mid-write), last modified before ``before`` (default: now); returns how many."""
+    import psutil
+
+    before = time.time() if before is None else before
+    removed = 0
+    for dirpath, _dirnames, filenames in os.walk(out):
+        for name in filenames:
+            if not name.startswith("."):
+                continue
+            m = _TEMP_RE.match(name)
+            if m is not None and psutil.pid_exists(int(m.group(1))):
+                continue  # a running process (maybe a concurrent build) is writing it
+            if m is None and not _LEGACY_TEMP_RE.match(name):
+                continue
+            path = Path(dirpath) / name
+            try:
+                if path.stat().st_mtime < before:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+    return removed
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes durably: temp file in the same folder, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -64,7 +119,7 @@ def write_parquet_atomic(df: pl.DataFrame, path: str | Path) -> Path:
     contract (:mod:`medtrinity_assets.core.tables`), which validates and then calls this."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file(path)
     os.close(fd)
     try:
         df.write_parquet(tmp, compression="zstd", statistics=True)

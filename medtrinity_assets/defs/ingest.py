@@ -42,6 +42,7 @@ def ingest_source_assets(
     context: dg.AssetExecutionContext, storage: OutputStorage, registry: SourceRegistry, compute: ComputeResource
 ):
     from medtrinity_assets.ingest import SourceRootMissing, ingest_source
+    from medtrinity_assets.ingest.remote import CACHE_DIR, RootRefused, discard_mirror
 
     name = context.partition_key
     out = storage.out()
@@ -51,8 +52,12 @@ def ingest_source_assets(
         result = ingest_source(
             spec, out, workers=compute.workers, progress=progress_logger(context.log, name, "files read")
         )
-    except SourceRootMissing as exc:
+    except (SourceRootMissing, RootRefused) as exc:
+        discard_mirror(out / CACHE_DIR, name)
         raise dg.Failure(description=str(exc)) from None
+    except BaseException:
+        discard_mirror(out / CACHE_DIR, name)  # a failed source leaves no copy of its files
+        raise
     if result.warnings:
         context.log.warning(
             f"source '{name}': non-fatal findings {result.warnings} (series_gap: a DICOM series with "

@@ -42,9 +42,18 @@ class OutputStorage(dg.ConfigurableResource):
 
 
 class SourceRegistry(dg.ConfigurableResource):
-    """The folder of source declarations, read once per step."""
+    """The folder of source declarations, read once per step, and what its roots may use.
+
+    A registry file is untrusted input: root URLs work only through the protocols enabled here
+    (default: the installed object-store drivers), and ``file://`` / ``local://`` roots only
+    inside ``local_url_bases`` (default: none; a plain path is read in place, never copied).
+    """
 
     registry_dir: str = Field(default_factory=_default_registry_dir, description="folder of source YAMLs")
+    remote_protocols: list[str] | None = Field(
+        None, description="fsspec protocols a root URL may use (None: the installed object stores s3/gs/az)"
+    )
+    local_url_bases: list[str] = Field(default_factory=list, description="folders file:// roots may point into")
     _loaded: tuple[list, list[str]] | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -72,11 +81,21 @@ class SourceRegistry(dg.ConfigurableResource):
                 return spec
         raise RegistryError(f"source '{name}' is not declared (or not valid) in {self.registry_dir}")
 
-    def local_source(self, name: str, out: Path):
-        """The spec of a source, a remote (fsspec) root mirrored under the output root."""
-        from medtrinity_assets.ingest.remote import mirror_remote_root
+    def root_policy(self):
+        from medtrinity_assets.ingest.remote import RootPolicy
 
-        return mirror_remote_root(self.source(name), out / "_remote_cache")
+        protocols = None if self.remote_protocols is None else frozenset(p.lower() for p in self.remote_protocols)
+        return RootPolicy(protocols, tuple(self.local_url_bases))
+
+    def local_source(self, name: str, out: Path):
+        """The spec of a source with a root the readers can open (a remote root mirrored under
+        the output root, see :mod:`medtrinity_assets.ingest.remote`)."""
+        from medtrinity_assets.ingest.readers import reader_for
+        from medtrinity_assets.ingest.remote import CACHE_DIR, prepare_root
+
+        spec = self.source(name)
+        reader = reader_for(spec.layout)
+        return prepare_root(spec, out / CACHE_DIR, self.root_policy(), reader.requires, reader.reads)
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -239,9 +258,11 @@ def resources_with_overrides(base: dict[str, Any], overrides: dict[str, dict]) -
     """
     out = dict(base)
     for key, values in overrides.items():
-        if key not in out or key in ("storage", "registry"):
-            known = sorted(set(out) - {"storage", "registry"})
+        if key not in out or key == "storage":
+            known = sorted(set(out) - {"storage"})
             raise ValueError(f"unknown resource '{key}'; known: {', '.join(known)}")
+        if key == "registry" and "registry_dir" in values:
+            raise ValueError("resource 'registry': the registry folder is set by --sources, not in a settings file")
         cls = CAPTIONER_RESOURCES.get(values.get("backend", type(out[key]).backend)) if key == "captioner" else type(out[key])
         unknown = sorted(set(values) - set(cls.model_fields if cls else ()) - {"backend"}) if cls else []
         if unknown:

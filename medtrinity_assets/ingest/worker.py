@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -18,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from medtrinity_assets.ingest.readers import Reader, reader_for
-from medtrinity_assets.ingest.readers.base import InputRejected, Rejected, Task, Volume
+from medtrinity_assets.ingest.readers.base import (
+    InputRejected,
+    Rejected,
+    Task,
+    Volume,
+    describe_error,
+    os_reason,
+)
 from medtrinity_assets.ingest.records import RecordPrivacy, TaskResult, candidate, quarantine_row
 from medtrinity_assets.ingest.registry import SourceSpec
 from medtrinity_assets.ingest.slicing import iter_slices, plan_slices
@@ -37,8 +46,34 @@ class WorkerState:
 _STATE: dict[str, WorkerState] = {}
 
 
-def init_worker(spec_json: str, root: str, identifiers: list[str]) -> None:
+def init_worker(spec_json: str, root: str, identifiers: list[str], parent: tuple[int, float] | None = None) -> None:
     _STATE["current"] = WorkerState(SourceSpec.model_validate_json(spec_json), Path(root), identifiers)
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=parent, name="parent-watch", daemon=True).start()
+
+
+PARENT_POLL_S = 0.5
+
+
+def _exit_with_parent(pid: int, create_time: float) -> None:
+    """End this worker as soon as the process that owns the pool is gone (killed with -9, say):
+    a worker must never go on decoding for a build nobody waits for."""
+    import psutil
+
+    while True:
+        time.sleep(PARENT_POLL_S)
+        try:
+            alive = psutil.Process(pid).create_time() == create_time and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            alive = False
+        if not alive:
+            os._exit(3)
+
+
+def _this_process() -> tuple[int, float]:
+    import psutil
+
+    return os.getpid(), psutil.Process().create_time()
 
 
 def _volume(state: WorkerState, vol: Volume, res: TaskResult) -> None:
@@ -79,9 +114,11 @@ def _read_task(state: WorkerState, task: Task, res: TaskResult) -> None:
     except InputRejected as exc:
         res.quarantined.append(quarantine_row(spec, task.relpath, exc.reason, task.key, privacy))
     except MemoryError:
-        res.quarantined.append(quarantine_row(spec, task.relpath, "too_many_pixels: out of memory", task.key, privacy))
+        res.quarantined.append(quarantine_row(spec, task.relpath, "too_many_pixels: MemoryError while decoding", task.key, privacy))
+    except OSError as exc:  # the file vanished or became unreadable after the scan
+        res.quarantined.append(quarantine_row(spec, task.relpath, os_reason(exc), task.key, privacy))
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the source
-        why = f"undecodable: {type(exc).__name__}"
+        why = f"undecodable: {describe_error(exc)}"
         res.quarantined.append(quarantine_row(spec, task.relpath, why, task.key, privacy))
 
 
@@ -106,7 +143,7 @@ class WorkerPool:
                 max_workers=workers,
                 mp_context=ctx,
                 initializer=init_worker,
-                initargs=(spec.model_dump_json(), str(root), values),
+                initargs=(spec.model_dump_json(), str(root), values, _this_process()),
             )
 
     def __enter__(self) -> WorkerPool:

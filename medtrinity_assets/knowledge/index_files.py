@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-from medtrinity_assets.core.storage import sha256_file
+from medtrinity_assets.core.storage import sha256_file, temp_file
 
 INDEX_FILE = "index.faiss"
 DOCSTORE_FILE = "docstore.parquet"
@@ -42,7 +41,7 @@ def commit_file(tmp: str, path: Path) -> str:
 
 def tmp_beside(path: Path) -> str:
     """A new empty temporary file in ``path``'s folder (hidden, named after ``path``)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file(path)
     os.close(fd)
     return tmp
 

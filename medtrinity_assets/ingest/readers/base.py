@@ -38,7 +38,29 @@ REASONS = (
     "bad_csv_row",
     "undecodable",
     "lossy_mask",
+    "colour_mask",
+    "unreadable",
 )
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` of an exception for a quarantine reason: an OS error gives its strerror
+    (never the path it names), other messages lose any absolute path they quote."""
+    import re
+
+    if isinstance(exc, OSError) and exc.strerror:
+        msg = f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else exc.strerror
+    else:
+        msg = re.sub(r"(?<![\w.])/(?:[^\s'\"/]+/)+([^\s'\"/]+)", r"\1", str(exc))
+    msg = " ".join(msg.split())[:200]
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def os_reason(exc: OSError) -> str:
+    """The quarantine reason of a file that could not be opened or read (vanished, dangling link,
+    no permission): ``unreadable: <error>``; other OS errors are ``undecodable``."""
+    gone = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+    return f"{'unreadable' if isinstance(exc, gone) else 'undecodable'}: {describe_error(exc)}"
 
 class SourceRootMissing(FileNotFoundError):
     """The root folder of a source does not exist."""
@@ -170,6 +192,11 @@ class Reader(ABC):
     layout: ClassVar[str] = ""
     #: one line for ``medtrinity sources`` and the docs
     description: ClassVar[str] = ""
+    #: entries of the root (glob patterns) of which one must exist: a remote root is mirrored
+    #: only once it is found there
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: top-level entries of the root the reader reads (None: all); a mirror copies only these
+    reads: ClassVar[tuple[str, ...] | None] = None
 
     @abstractmethod
     def scan(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered) -> ScanResult:

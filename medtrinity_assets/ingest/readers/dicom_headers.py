@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from medtrinity_assets.ingest.readers.base import InputRejected, Rejected, Task
+from medtrinity_assets.ingest.readers.base import InputRejected, Rejected, Task, describe_error, os_reason
 from medtrinity_assets.ingest.readers.files import FoundFile
 from medtrinity_assets.privacy.dicom import dicom_identifier_values
 
@@ -178,6 +178,10 @@ def scan_header(relpath: str, path: str, max_pixels: int) -> DicomHeader:
             h.seg_refs = _seg_references(ds)
     except InputRejected as exc:
         h.reason = exc.reason
+    except OSError as exc:  # vanished or unreadable since the listing: this file only
+        h.reason = os_reason(exc)
+    except Exception as exc:  # noqa: BLE001 - a malformed header fails alone
+        h.reason = f"undecodable: {describe_error(exc)}"
     return h
 
 

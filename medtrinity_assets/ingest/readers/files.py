@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtrinity_assets.ingest.readers.base import InputRejected, SourceRootMissing
+from medtrinity_assets.ingest.readers.base import InputRejected, SourceRootMissing, os_reason
 
 
 def check_root(name: str, root: str) -> Path:
@@ -55,13 +55,21 @@ def list_files(
     """Files under ``root/under`` (sorted, hidden ones skipped), honouring ``include`` globs.
 
     Symlinks whose target leaves the root are returned with a ``path_escapes_root`` reason;
-    directory symlinks are not followed.
+    directory symlinks are not followed. A file that cannot be looked at (a dangling link, one
+    that vanished, no permission) and a folder that cannot be listed come back with an
+    ``unreadable`` reason instead of stopping the scan.
     """
     base = root / under if under else root
     if not base.is_dir():
         return []
     found: list[FoundFile] = []
-    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+
+    def unlisted(exc: OSError) -> None:
+        where = Path(exc.filename) if exc.filename else base
+        rel = where.relative_to(root).as_posix() if root in where.parents else (under or ".")
+        found.append(FoundFile(rel, None, os_reason(exc)))
+
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False, onerror=unlisted):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fname in sorted(filenames):
             if fname.startswith("."):
@@ -73,8 +81,12 @@ def list_files(
             if include and not _matches(rel, include):
                 continue
             try:
-                found.append(FoundFile(rel, resolve_inside(root, rel)))
+                path = resolve_inside(root, rel)
+                os.stat(path)  # a dangling link or a file gone since the listing
+                found.append(FoundFile(rel, path))
             except InputRejected as exc:
                 found.append(FoundFile(rel, None, exc.reason))
+            except OSError as exc:
+                found.append(FoundFile(rel, None, os_reason(exc)))
     found.sort(key=lambda f: f.relpath)
     return found

@@ -27,7 +27,7 @@ from medtrinity_assets.ingest.readers.base import (
     Volume,
 )
 from medtrinity_assets.ingest.readers.files import FoundFile, list_files
-from medtrinity_assets.ingest.readers.pil import IMAGE_SUFFIXES, PIL_FORMATS, read_label_image, read_pil
+from medtrinity_assets.ingest.readers.pil import IMAGE_SUFFIXES, PIL_FORMATS, read_label_image, read_pages
 
 if TYPE_CHECKING:  # pragma: no cover
     from medtrinity_assets.ingest.registry import SourceSpec
@@ -85,37 +85,70 @@ def list_folder(root: Path, include: list[str], name: str = "") -> list[Task]:
     return tasks
 
 
-def image_volume(relpath: str, arr: np.ndarray, modality: str, mask: np.ndarray | None = None) -> Volume:
+def image_volume(
+    relpath: str, arr: np.ndarray, modality: str, mask: np.ndarray | None = None, stacked: bool = False
+) -> Volume:
+    """One 2D image, or (``stacked``) pages ``(n, h, w[, 3])`` with masks ``(n, h, w)`` as frames."""
+    stack = arr if stacked else arr[None]
     return Volume(
         relpath=relpath,
-        data=arr[None],
+        data=stack,
         modality=canonical_modality(modality),
-        kind="image",
-        mask=None if mask is None else mask[None],
-        colour=arr.ndim == 3,
+        kind="frames" if stacked else "image",
+        mask=None if mask is None else (mask if stacked else mask[None]),
+        colour=stack.ndim == 4,
         projection_xray=canonical_modality(modality) == "x-ray",
         meta={"description": "", "body_part": ""},
     )
 
 
-def load_image(task: ImageTask, max_pixels: int, modality: str, label_names: dict[int, str]) -> Volume:
+def _mask(task: ImageTask, spec: SourceSpec, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The label map(s) of an image: one per page, aligned with it; None when empty."""
+    try:
+        if len(shape) == 2:
+            masks = [read_label_image(Path(task.mask_path), spec.max_pixels, PIL_FORMATS, spec.mask_colours)]
+        else:
+            masks = _mask_pages(task, spec, shape[0])
+    except InputRejected as exc:
+        raise InputRejected(exc.prefix, f"mask: {exc.detail}") from None
+    stack = np.stack(masks) if len(masks) > 1 else masks[0]
+    if stack.shape != shape:
+        raise InputRejected("mask_shape_mismatch", f"mask {stack.shape} vs image {shape}")
+    if not stack.any():
+        return None
+    return stack.astype(np.uint16 if stack.max() > 255 else np.uint8)
+
+
+def _mask_pages(task: ImageTask, spec: SourceSpec, n: int) -> list[np.ndarray]:
+    pages = read_pages(Path(task.mask_path), spec.max_pixels, PIL_FORMATS)
+    if len(pages.arrays) != n:
+        raise InputRejected("mask_shape_mismatch", f"{len(pages.arrays)} mask pages for {n} image pages")
+    return [read_page_labels(a, spec) for a in pages.arrays]
+
+
+def read_page_labels(arr: np.ndarray, spec: SourceSpec) -> np.ndarray:
+    """A decoded mask page as labels (colour pages through ``mask_colours``)."""
+    from medtrinity_assets.ingest.readers.pil import colour_labels
+
+    if arr.ndim == 3 and not (arr == arr[..., :1]).all():
+        return colour_labels(arr, spec.mask_colours)
+    arr = (arr[..., 0] if arr.ndim == 3 else arr).astype(np.int64)
+    values = np.unique(arr)
+    return (arr > 0).astype(np.int64) if len(values) <= 2 and values.max(initial=0) in (255, 65535) else arr
+
+
+def load_image(task: ImageTask, spec: SourceSpec) -> Volume:
+    """An image (every page of a multi-page TIFF, as frames) with its aligned mask."""
     if task.mask_reason:
         raise InputRejected("path_escapes_root", "mask " + task.mask_reason.split(":", 1)[-1].strip())
-    arr = read_pil(Path(task.path), max_pixels, PIL_FORMATS)
-    mask = None
-    if task.mask_path:
-        try:
-            mask = read_label_image(Path(task.mask_path), max_pixels, PIL_FORMATS)
-        except InputRejected as exc:
-            raise InputRejected(exc.prefix, f"mask: {exc.detail}") from None
-        if mask.shape != arr.shape[:2]:
-            raise InputRejected("mask_shape_mismatch", f"mask {mask.shape} vs image {arr.shape[:2]}")
-        if not mask.any():
-            mask = None
-        else:
-            mask = mask.astype(np.uint16 if mask.max() > 255 else np.uint8)
-    vol = image_volume(task.relpath, arr, modality, mask)
-    vol.label_names = dict(label_names)
+    pages = read_pages(Path(task.path), spec.max_pixels, PIL_FORMATS)
+    arr = pages.arrays[0] if len(pages.arrays) == 1 else np.stack(pages.arrays)
+    shape = arr.shape[:2] if len(pages.arrays) == 1 else arr.shape[:3]
+    mask = _mask(task, spec, shape) if task.mask_path else None
+    vol = image_volume(task.relpath, arr, spec.modality, mask, stacked=len(pages.arrays) > 1)
+    vol.label_names = dict(spec.labels)
+    if pages.skipped:  # pages of another size: thumbnails, pyramid levels
+        vol.warnings.append("pages_skipped")
     return vol
 
 
@@ -123,10 +156,12 @@ def load_image(task: ImageTask, max_pixels: int, modality: str, label_names: dic
 class ImageFolderReader(Reader):
     layout = "image_folder"
     description = "images/ with optional same-path masks/ (PNG/JPEG/TIFF)"
+    requires = ("images",)
+    reads = ("images", "masks")
 
     def scan(self, spec: SourceSpec, root: Path, map_ordered) -> ScanResult:
         return ScanResult(list_folder(root, list(spec.include), name=spec.name))
 
     def read(self, task: Task, spec: SourceSpec, root: Path) -> Iterator[Volume | Rejected]:
         assert isinstance(task, ImageTask)
-        yield load_image(task, spec.max_pixels, spec.modality, dict(spec.labels))
+        yield load_image(task, spec)

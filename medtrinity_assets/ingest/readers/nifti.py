@@ -271,6 +271,8 @@ def load_volume(
 @register
 class NiftiMsdReader(Reader):
     layout = "nifti_msd"
+    requires = ("imagesTr", "imagesTs")
+    reads = ("imagesTr", "labelsTr", "imagesTs", "dataset.json")
     description = "NIfTI volumes in the Medical Segmentation Decathlon layout (imagesTr/ labelsTr/ dataset.json)"
 
     def scan(self, spec: SourceSpec, root: Path, map_ordered) -> ScanResult:

@@ -5,11 +5,12 @@ or rejected)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medtrinity_assets.ingest.readers.base import InputRejected
+from medtrinity_assets.ingest.readers.base import InputRejected, describe_error, os_reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 PIL_FORMATS = ("PNG", "JPEG", "TIFF")
@@ -25,11 +26,14 @@ def _open_checked(path: Path, max_pixels: int, formats: Sequence[str]):
     try:
         im = Image.open(path, formats=list(formats))
     except Image.DecompressionBombError as exc:
-        raise InputRejected("too_many_pixels", str(exc)[:120]) from None
+        raise InputRejected("too_many_pixels", describe_error(exc)) from None
     except UnidentifiedImageError:
         raise InputRejected("undecodable", f"not a {'/'.join(formats)} image") from None
     except OSError as exc:
-        raise InputRejected("undecodable", type(exc).__name__) from None
+        prefix, _, detail = os_reason(exc).partition(": ")
+        raise InputRejected(prefix, detail) from None
+    except (ValueError, SyntaxError, EOFError) as exc:  # e.g. a text chunk that inflates too far
+        raise InputRejected("undecodable", describe_error(exc)) from None
     try:
         w, h = im.size
         if w * h > max_pixels:
@@ -37,11 +41,11 @@ def _open_checked(path: Path, max_pixels: int, formats: Sequence[str]):
         try:
             im.load()
         except Image.DecompressionBombError as exc:
-            raise InputRejected("too_many_pixels", str(exc)[:120]) from None
-        except (OSError, ValueError, SyntaxError) as exc:
+            raise InputRejected("too_many_pixels", describe_error(exc)) from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
             msg = str(exc).lower()
             prefix = "truncated" if "truncated" in msg or "broken" in msg else "undecodable"
-            raise InputRejected(prefix, f"{type(exc).__name__}: {msg[:80]}") from None
+            raise InputRejected(prefix, describe_error(exc)) from None
         # Camera JPEGs (dermoscopy, endoscopy photos) are often stored sideways with an EXIF
         # Orientation tag that every viewer applies: apply it too, to images and masks alike.
         if im.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None):
@@ -81,6 +85,54 @@ def read_pil(path: Path, max_pixels: int, formats: Sequence[str] = PIL_FORMATS) 
     """
     with _open_checked(path, max_pixels, formats) as im:
         return _pil_array(im)
+
+
+@dataclass
+class Pages:
+    """The pages of an image file that share the first page's size and mode (a multi-page TIFF is
+    a stack of frames); pages of another size (thumbnails, pyramid levels) are counted apart."""
+
+    arrays: list[np.ndarray]
+    total: int
+    skipped: int = 0
+
+
+def _page_sizes(im) -> list[tuple[tuple[int, int], str]]:
+    """Size and mode of every page, read from the page headers only (no pixel decoded)."""
+    out = []
+    for k in range(int(getattr(im, "n_frames", 1) or 1)):
+        im.seek(k)
+        out.append((im.size, im.mode))
+    return out
+
+
+def read_pages(path: Path, max_pixels: int, formats: Sequence[str] = PIL_FORMATS) -> Pages:
+    """Every page of an image file (see :class:`Pages`); the pixel budget covers all pages and is
+    checked from the headers before any page after the first is decoded."""
+    from PIL import Image
+
+    with _open_checked(path, max_pixels, formats) as im:
+        first = _pil_array(im)
+        if int(getattr(im, "n_frames", 1) or 1) == 1:
+            return Pages([first], 1)
+        try:
+            sizes = _page_sizes(im)
+            total_px = sum(w * h for (w, h), _ in sizes)
+            if total_px > max_pixels:
+                raise InputRejected("too_many_pixels", f"{len(sizes)} pages, {total_px} pixels > max_pixels {max_pixels}")
+            pages = Pages([first], len(sizes))
+            for k, (size, mode) in enumerate(sizes[1:], start=1):
+                if (size, mode) != sizes[0]:
+                    pages.skipped += 1
+                    continue
+                im.seek(k)
+                im.load()
+                pages.arrays.append(_pil_array(im))
+        except Image.DecompressionBombError as exc:
+            raise InputRejected("too_many_pixels", describe_error(exc)) from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise InputRejected("truncated" if isinstance(exc, EOFError) else "undecodable", describe_error(exc)) from None
+    return pages
 
 
 def _is_lossy(im) -> bool:
@@ -133,12 +185,48 @@ def _binarise_lossy(arr: np.ndarray) -> np.ndarray:
     return (grey > hi / 2).astype(np.int64)
 
 
-def read_label_image(path: Path, max_pixels: int, formats: Sequence[str] = PIL_FORMATS) -> np.ndarray:
+def colour_labels(rgb: np.ndarray, colours: dict[int, tuple[int, int, int]] | None) -> np.ndarray:
+    """An RGB mask as a label map through the registry's ``mask_colours`` (value -> [r, g, b]).
+
+    Black is background. Without a map, or with pixels of a colour the map does not name, the
+    mask is rejected (``colour_mask``): two colours must never become one label by accident.
+    """
+    key = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    present = [int(c) for c in np.unique(key) if c]
+    if not colours:
+        raise InputRejected(
+            "colour_mask",
+            f"an RGB mask with {len(present)} colour(s): map each to a label with mask_colours in the "
+            "registry (value: [r, g, b])",
+        )
+    lut = {(r << 16) | (g << 8) | b: value for value, (r, g, b) in colours.items()}
+    unmapped = [c for c in present if c not in lut]
+    if unmapped:
+        n = int(np.isin(key, unmapped).sum())
+        shown = ", ".join(f"[{c >> 16}, {(c >> 8) & 255}, {c & 255}]" for c in unmapped[:3])
+        raise InputRejected("colour_mask", f"{n} pixel(s) of colour(s) not in mask_colours: {shown}")
+    out = np.zeros(key.shape, np.int64)
+    for code, value in lut.items():
+        out[key == code] = value
+    return out
+
+
+def _is_grey_rgb(arr: np.ndarray) -> bool:
+    return arr.ndim == 3 and bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
+
+
+def read_label_image(
+    path: Path,
+    max_pixels: int,
+    formats: Sequence[str] = PIL_FORMATS,
+    colours: dict[int, tuple[int, int, int]] | None = None,
+) -> np.ndarray:
     """A mask image as an integer label map; a 0/255 binary mask becomes 0/1.
 
     Palette (``P``) images give their palette indices (the labels, not the colours). Masks from
     lossy formats (JPEG) are thresholded at the midpoint to 0/1 when near-binary, otherwise
-    rejected with ``lossy_mask`` (see :func:`_binarise_lossy`).
+    rejected with ``lossy_mask`` (see :func:`_binarise_lossy`). A colour mask (RGB with channels
+    that differ) needs the registry's ``mask_colours`` (see :func:`colour_labels`).
     """
     with _open_checked(path, max_pixels, formats) as im:
         if im.mode in ("P", "PA"):
@@ -148,10 +236,12 @@ def read_label_image(path: Path, max_pixels: int, formats: Sequence[str] = PIL_F
             return np.ascontiguousarray(idx).astype(np.int64)
         lossy = _is_lossy(im)
         arr = _pil_array(im)
+    if arr.ndim == 3 and not _is_grey_rgb(arr) and (colours or not lossy):
+        return colour_labels(arr, colours)
     if lossy:
         return _binarise_lossy(arr)
     if arr.ndim == 3:
-        arr = arr.max(axis=2)
+        arr = arr[..., 0]
     if arr.dtype.kind == "f":
         arr = np.nan_to_num(arr).astype(np.int64)
     arr = arr.astype(np.int64, copy=False)

@@ -37,7 +37,7 @@ from medtrinity_assets.ingest.readers import register
 from medtrinity_assets.ingest.readers.base import InputRejected, Reader, Rejected, ScanResult, Task, Volume
 from medtrinity_assets.ingest.readers.files import resolve_inside
 from medtrinity_assets.ingest.readers.image_folder import image_volume
-from medtrinity_assets.ingest.readers.pil import PIL_FORMATS, read_pil
+from medtrinity_assets.ingest.readers.pil import PIL_FORMATS, read_pages
 
 if TYPE_CHECKING:  # pragma: no cover
     from medtrinity_assets.ingest.registry import SourceSpec
@@ -205,7 +205,8 @@ def _unique(items: list[str]) -> list[str]:
 def load_row_image(task: TableTask, max_pixels: int, modality: str, label_names: dict[int, str]) -> Iterator[Volume | Rejected]:
     """The image of a task with every box and label of its good rows; rows whose box lies
     outside the image are rejected (with their own record id: key ``""``)."""
-    arr = read_pil(Path(task.path), max_pixels, PIL_FORMATS)
+    pages = read_pages(Path(task.path), max_pixels, PIL_FORMATS)
+    arr = pages.arrays[0]  # boxes refer to the first page
     h, w = arr.shape[:2]
     rows, outside = [], []
     for row in task.rows:
@@ -223,6 +224,8 @@ def load_row_image(task: TableTask, max_pixels: int, modality: str, label_names:
     vol = image_volume(task.relpath, arr, modality)
     vol.label_names = dict(label_names)
     vol.frame_key = task.key
+    if pages.total > 1:
+        vol.warnings.append("first_page_only")
     seen: set[tuple[tuple[float, ...], str]] = set()
     for row in rows:
         for box, lab in zip(row.boxes, row.box_labels, strict=True):
@@ -245,6 +248,7 @@ def load_row_image(task: TableTask, max_pixels: int, modality: str, label_names:
 @register
 class TableReader(Reader):
     layout = "table"
+    requires = ("*.csv",)
     description = "a CSV of image paths with labels, boxes, reports or QA"
 
     def scan(self, spec: SourceSpec, root: Path, map_ordered) -> ScanResult:
