@@ -364,3 +364,26 @@ def test_one_permission_policy_for_tables_images_and_masks(tmp_path):
     assert files and {p.stat().st_mode & 0o777 for p in files} == {file_mode()}
     private = [p for p in (out / "_private").rglob("*") if p.is_file()]
     assert {p.stat().st_mode & 0o777 for p in private} == {0o600}
+
+
+def test_memory_errors_name_what_was_being_done(tmp_path, home, monkeypatch):
+    path = _yaml(tmp_path / "reg1", "h_bomb", "name: h_bomb\nlayout: dicom\nroot: .\nmodality: CT\norgan: head\nlicense: t\n")
+
+    def no_memory(*a, **k):
+        raise MemoryError
+
+    with monkeypatch.context() as m:
+        m.setattr("medtrinity_assets.ingest.registry.yaml.load", no_memory)
+        with pytest.raises(RegistryError, match="h_bomb.yaml: MemoryError while reading it"):
+            load_source_file(path)
+    reg, out = tmp_path / "reg2", tmp_path / "out"
+    _good(reg, tmp_path)
+    monkeypatch.setattr("medtrinity_assets.ingest.pipeline._tables", no_memory)
+    code, _, stderr = _build(reg, out)
+    assert code == 1 and "FAILED good (ingest): MemoryError" in stderr and "DagsterExecution" not in stderr
+
+
+def test_python_object_tags_are_refused(tmp_path):
+    path = _yaml(tmp_path / "reg", "obj", "name: obj\nlayout: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(RegistryError, match="obj.yaml: not valid YAML"):
+        load_source_file(path)
