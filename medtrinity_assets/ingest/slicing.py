@@ -123,20 +123,34 @@ def _align(o: Orientation, drow: np.ndarray, dcol: np.ndarray, plane: str) -> tu
     return drow, dcol
 
 
+def _projection(o: Orientation, right: str, down: str) -> None:
+    """A projection radiograph's PatientOrientation turned to the radiological convention:
+    the patient's left on the viewer's right, the feet down (a lateral view keeps its columns)."""
+    if right == "R":
+        o.flip_c, right = True, "L"
+    if down == "S":
+        o.flip_r, down = True, "I"
+    o.right, o.down = right, down
+
+
 def plan_orientation(vol: Volume, axis: int, plane: str | None) -> Orientation:
     """The display orientation of the slices cut along ``axis`` (rows along the first in-plane
-    axis, columns along the second)."""
+    axis, columns along the second): volume slices and 2D slices with a known plane are turned
+    to the plane's display convention (:data:`PLANE_DISPLAY`), projection radiographs to the
+    radiological one, so every image is shown upright as its header says."""
     in_plane = [a for a in range(3) if a != axis]
     o = Orientation(row_mm=vol.spacing[in_plane[0]], col_mm=vol.spacing[in_plane[1]])
     axes = vol.axes_lps
     if axes is not None:
         drow, dcol = axes[in_plane[0]].copy(), axes[in_plane[1]].copy()
-        reorient = vol.kind == "volume" and (vol.reorient or axis != vol.native_axis)
+        if vol.kind == "image":
+            plane = ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(axes[axis])))]
+        reorient = vol.kind == "image" or (vol.kind == "volume" and (vol.reorient or axis != vol.native_axis))
         if reorient and plane in PLANE_DISPLAY:
             drow, dcol = _align(o, drow, dcol, plane)
         o.right, o.down = direction_letter(dcol), direction_letter(drow)
     elif vol.patient_orientation is not None:
-        o.right, o.down = vol.patient_orientation
+        _projection(o, *vol.patient_orientation)
     elif vol.projection_xray:
         o.right, o.down = "L", "I"  # radiological display convention when the header says nothing
     return o
