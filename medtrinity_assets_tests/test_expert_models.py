@@ -138,12 +138,22 @@ def test_user_weights_safetensors_and_torchscript(tmp_path):
         load_expert(tmp_path / "missing.safetensors")
 
 
-def test_load_expert_for_uses_trained_modality_expert(trained, tmp_path):
-    save_expert(trained, tmp_path / "experts" / "ct")
-    spec = SourceSpec(name="c", layout="dicom", root=".", modality="CT", organ="head", license="x")
-    assert load_expert_for(spec, tmp_path / "experts").name == "unet_ct"
-    mri = spec.model_copy(update={"modality": "MRI"})
-    assert load_expert_for(mri, tmp_path / "experts") is None
+def test_an_expert_is_used_only_on_what_it_was_trained_on(trained, tmp_path):
+    """The card scopes an expert to its modality, organ and label: a CT liver-lesion expert
+    grounds an unannotated CT liver source (its regions named 'liver lesion') and nothing else."""
+    from dataclasses import replace
+
+    from medtrinity_assets.segmentation import ExpertTarget, load_experts_for
+
+    target = ExpertTarget("ct", "liver", "liver lesion")
+    save_expert(replace(trained, target=target, name=target.name), tmp_path / "experts" / target.slug)
+    spec = SourceSpec(name="c", layout="dicom", root=".", modality="CT", organ="Liver", license="x")
+    (expert,) = load_experts_for(spec, tmp_path / "experts")
+    assert expert.name == "unet_ct__liver__liver_lesion" and expert.label == "liver lesion"
+    card = expert.card
+    assert (card["modalities"], card["organs"], card["labels"], card["synthetic"]) == (["ct"], ["liver"], ["liver lesion"], False)
+    for other in ({"modality": "MRI"}, {"organ": "head"}, {"synthetic": True}):
+        assert load_experts_for(spec.model_copy(update=other), tmp_path / "experts") == [], other
 
 
 def test_collect_training_samples(tmp_path):
@@ -158,12 +168,17 @@ def test_collect_training_samples(tmp_path):
                 "record_id": f"r{i}",
                 "image_path": f"images/{i}.png",
                 "mask_path": f"masks/{i}.png" if i < 3 else None,
+                "mask_labels": [1] if i < 3 else [],
+                "mask_label_names": [None] if i < 3 else [],
             }
         )
     (tmp_path / "preprocessed_images").mkdir()
     pl.DataFrame(rows).write_parquet(tmp_path / "preprocessed_images" / "ph.parquet")
-    spec = SourceSpec(name="ph", layout="image_folder", root=".", modality="CT", organ="x", license="x")
+    spec = SourceSpec(name="ph", layout="image_folder", root=".", modality="CT", organ="X", license="x", labels={1: "Cyst"})
     got = collect_training_samples([spec], tmp_path, max_samples=2, seed=0)
-    samples, prov = got["ct"]
+    from medtrinity_assets.segmentation import ExpertTarget
+
+    assert list(got) == [ExpertTarget("ct", "x", "cyst")]  # unnamed values train nothing
+    samples, prov = got[ExpertTarget("ct", "x", "cyst")]
     assert len(samples) == 2 and prov == {"ph": 2}
     assert samples[0][0].shape == (32, 32) and set(np.unique(samples[0][1])) <= {0, 1}

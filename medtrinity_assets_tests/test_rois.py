@@ -21,7 +21,7 @@ from medtrinity_assets.rois.rle import rle_decode, rle_encode
 H, W = 90, 120
 
 
-def _spec(modality: str = "CT", labels: dict[int, str] | None = None) -> SourceSpec:
+def _spec(modality: str = "CT", labels: dict[int, str] | None = None, rois: dict | None = None) -> SourceSpec:
     return SourceSpec(
         name="t",
         layout="image_folder",
@@ -30,6 +30,7 @@ def _spec(modality: str = "CT", labels: dict[int, str] | None = None) -> SourceS
         organ="abdomen",
         labels=labels if labels is not None else {1: "lesion"},
         license="test",
+        rois=rois,
     )
 
 
@@ -175,23 +176,23 @@ def test_rle_round_trip_and_coco_layout():
         assert np.array_equal(rle_decode(json.dumps(rle)), m)
 
 
-def test_many_components_no_cap(tmp_path):
+def test_many_structures_no_cap_and_specks_dropped(tmp_path):
     img = np.full((H, W), 40, np.uint8)
     mask = np.zeros((H, W), np.uint8)
     n = 0
-    for y in range(2, H - 6, 8):
-        for x in range(2, W - 6, 8):
-            mask[y : y + 4, x : x + 4] = 1
+    for y in range(1, H - 6, 7):
+        for x in range(1, W - 6, 7):
+            mask[y : y + 5, x : x + 5] = 1
             n += 1
-    mask[H - 1, W - 1] = 1  # a 1-pixel speck below min_area_px
+    mask[H - 1, W - 1] = 1  # a 1-pixel speck below the floor
     img[mask > 0] = 180
     df = _table(tmp_path, [{"image": img, "mask": mask}])
-    res = build_roi_set(df, _spec(), tmp_path)
+    res = build_roi_set(df, _spec(rois={"min_area_px": 20}), tmp_path)
     assert n > 100
     assert res.rois.height == n
     assert set(res.rois["origin"]) == {"mask"} and set(res.rois["status"]) == {"ok"}
     assert res.rois["roi_count"].to_list() == [n] * n
-    assert res.dropped_counts == {"below_min_area:lesion": 1}
+    assert res.dropped_counts == {"below_floor:lesion": 1}
     assert res.rois["roi_id"].n_unique() == n
     rel = json.loads(res.rois["relations"][0])
     assert 0 < len(rel) <= 5 and {"other", "relation", "distance_norm"} <= set(rel[0])
@@ -360,12 +361,14 @@ def test_overlay_draws_on_a_copy(tmp_path):
     )
     rows = build_roi_set(df, _spec(), tmp_path).rois.to_dicts()
     before = img.copy()
-    over = draw_roi_overlay(img, rows)
+    over = draw_roi_overlay(img, rows, min_side=0)
     assert over.dtype == np.uint8 and over.shape == (H, W, 3)
     assert np.array_equal(img, before)
     coloured = (over[..., 0] != over[..., 1]) | (over[..., 1] != over[..., 2])
     assert coloured[11:30, 91:110].any() and coloured[5, 5:40].any()
     assert not coloured[50:60, 50:60].any()
+    big = draw_roi_overlay(img, rows)  # a reader's size: the shorter side at least 256 px
+    assert min(big.shape[:2]) >= 256 and big.shape[1] / big.shape[0] == pytest.approx(W / H, rel=0.02)
 
 
 # --------------------------------------------------------------------------------------
@@ -484,3 +487,66 @@ def test_shape_and_texture_match_skimage_on_random_masks():
         assert hom == pytest.approx(float(graycoprops(glcm, "homogeneity").mean()), rel=1e-12)
         checked += 1
     assert checked > 30
+
+
+# -- regions that are structures --------------------------------------------------------
+
+
+def test_largest_component_and_those_above_a_share_of_it_are_kept(tmp_path):
+    from skimage.draw import disk
+
+    img = np.full((H, W), 40, np.uint8)
+    mask = np.zeros((H, W), np.uint8)
+    mask[disk((45, 40), 25, shape=mask.shape)] = 1  # the structure (~1960 px)
+    mask[disk((20, 100), 10, shape=mask.shape)] = 1  # a second one, 10%+ of it (~310 px)
+    mask[disk((75, 105), 3, shape=mask.shape)] = 1  # a fragment (~29 px): above the floor, under the share
+    mask[5, 5] = mask[80, 10] = 1  # stray pixels
+    img[mask > 0] = 180
+    res = build_roi_set(_table(tmp_path, [{"image": img, "mask": mask}]), _spec(), tmp_path)
+    ok = res.rois.filter(pl.col("status") == "ok")
+    assert ok.height == 2 and set(ok["label"]) == {"lesion"}
+    assert res.dropped_counts == {"minor_component:lesion": 1, "below_floor:lesion": 2}
+
+
+def test_touching_blobs_are_split_and_one_blob_is_not(tmp_path):
+    from skimage.draw import disk, ellipse
+
+    img = np.full((H, W), 40, np.uint8)
+    two = np.zeros((H, W), np.uint8)
+    two[disk((45, 42), 16, shape=two.shape)] = 1
+    two[disk((45, 70), 14, shape=two.shape)] = 1  # overlapping by a few pixels: a neck
+    one = np.zeros((H, W), np.uint8)
+    one[ellipse(45, 60, 14, 40, shape=one.shape)] = 1  # elongated, but one blob
+    res = build_roi_set(
+        _table(tmp_path, [{"image": img, "mask": two}, {"image": img, "mask": one}]), _spec(), tmp_path
+    )
+    per_image = res.rois.filter(pl.col("status") == "ok").group_by("record_id").len().sort("record_id")
+    assert per_image["len"].to_list() == [2, 1]
+    first = res.rois.filter((pl.col("record_id") == "rec0") & (pl.col("status") == "ok"))
+    areas = sorted(first["area_px"].to_list())
+    assert abs(areas[0] - np.pi * 14**2) < 0.25 * np.pi * 14**2 and abs(areas[1] - np.pi * 16**2) < 0.25 * np.pi * 16**2
+
+
+def test_floors_scale_with_the_image_and_a_source_can_override_them(tmp_path):
+    from medtrinity_assets.rois import default_config
+
+    cfg = default_config()
+    assert cfg.floor(512 * 512, predicted=False) == max(cfg.min_area_px, round(cfg.min_area_fraction * 512 * 512))
+    assert cfg.floor(512 * 512, predicted=True) > cfg.floor(512 * 512, predicted=False)
+    img = np.full((H, W), 40, np.uint8)
+    mask = np.zeros((H, W), np.uint8)
+    mask[10:14, 10:14] = 1  # 16 px: under the default floor, a structure for a source of microaneurysms
+    df = _table(tmp_path, [{"image": img, "mask": mask}])
+    assert build_roi_set(df, _spec(), tmp_path).rois["origin"].to_list()[-1] == "whole_image"
+    small = build_roi_set(df, _spec(rois={"min_area_px": 8}), tmp_path).rois
+    assert small.filter(pl.col("status") == "ok")["origin"].to_list() == ["mask"]
+
+
+def test_classical_specks_leave_the_whole_image_with_a_reason(tmp_path):
+    rng = np.random.default_rng(0)
+    img = (rng.random((H, W)) * 60).astype(np.uint8)
+    for y, x in ((10, 10), (40, 80), (70, 30)):
+        img[y : y + 3, x : x + 3] = 255  # bright specks: nuclear-medicine "uptake" of 9 px each
+    res = build_roi_set(_table(tmp_path, [{"image": img}]), _spec(modality="NM"), tmp_path)
+    (row,) = res.rois.to_dicts()
+    assert row["origin"] == "whole_image" and row["reason"].startswith("nothing_segmented:")

@@ -46,24 +46,26 @@ def markdown_image(image: np.ndarray, alt: str = "image") -> str:
 
 
 def contact_sheet(
-    images: Sequence[np.ndarray], captions: Sequence[str] | None = None, tile: int = 160, columns: int = 6
+    images: Sequence[np.ndarray], captions: Sequence[str] | None = None, tile: int = 256, columns: int = 4
 ) -> np.ndarray:
-    """Tile images (each fitted into ``tile``×``tile``, aspect kept) with short captions."""
+    """Tile images (each fitted into ``tile``×``tile``, aspect kept; small ones scaled up, so a
+    reader can judge them) with short captions."""
     n = max(len(images), 1)
     columns = min(columns, n)
     rows = (n + columns - 1) // columns
-    label_h = 14 if captions else 0
+    label_h = 16 if captions else 0
     sheet = Image.new("RGB", (columns * tile, rows * (tile + label_h)), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
     for i, img in enumerate(images):
         thumb = Image.fromarray(to_rgb(img))
-        thumb.thumbnail((tile - 4, tile - 4))
+        fit = (tile - 4) / max(thumb.width, thumb.height)
+        thumb = thumb.resize((max(1, round(thumb.width * fit)), max(1, round(thumb.height * fit))), Image.Resampling.LANCZOS)
         r, c = divmod(i, columns)
         x0 = c * tile + (tile - thumb.width) // 2
         y0 = r * (tile + label_h) + (tile - thumb.height) // 2
         sheet.paste(thumb, (x0, y0))
         if captions:
-            draw.text((c * tile + 3, r * (tile + label_h) + tile), captions[i][:26], fill=(230, 230, 230))
+            draw.text((c * tile + 3, r * (tile + label_h) + tile), captions[i][:40], fill=(230, 230, 230))
     return np.asarray(sheet)
 
 

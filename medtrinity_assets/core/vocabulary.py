@@ -35,6 +35,7 @@ class Modality:
     header: bool = False
     intensity: tuple[str, str, str] | None = None
     classical: str | None = None
+    classical_label: str = "region"
 
     def names_in(self, text: str) -> bool:
         """Whether ``text`` names this modality."""
@@ -96,6 +97,7 @@ def _modality(raw: dict[str, Any]) -> Modality:
         header=bool(raw.get("header", False)),
         intensity=tuple(raw["intensity"]) if raw.get("intensity") else None,
         classical=raw.get("classical"),
+        classical_label=raw.get("classical_label") or "region",
     )
 
 

@@ -73,6 +73,7 @@ def ingest_source_assets(
             ),
             **counts_metadata("status_counts", result.status_counts),
             **counts_metadata("quarantined_by_reason", result.quarantine_counts),
+            **counts_metadata("slices_skipped_by_reason", result.skipped_counts),
             "warnings": dg.MetadataValue.json(result.warnings),
             "registry_fingerprint": declared.fingerprint(),
             "synthetic": declared.synthetic,
@@ -81,7 +82,7 @@ def ingest_source_assets(
         },
     )
     images = result.images
-    sample = images.head(12)
+    sample = images.gather_every(max(1, images.height // 8)).head(8)
     yield dg.MaterializeResult(
         asset_key=PREPROCESSED_IMAGES.name,
         metadata={

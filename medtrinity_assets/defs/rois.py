@@ -62,16 +62,33 @@ def expert_models(
     )
 
 
+OVERLAYS = 8
+
+
+def _overlay_sample(images, rois):
+    """Up to :data:`OVERLAYS` images spread over the source, those with localised ROIs first."""
+    import polars as pl
+
+    localised = rois.filter((pl.col("status") == "ok") & (pl.col("origin") != "whole_image"))["record_id"].unique()
+    ranked = images.select("record_id", "image_path").with_columns(
+        pl.col("record_id").is_in(localised.implode()).alias("_has")
+    ).sort("_has", "record_id", descending=[True, False])
+    n = ranked.height
+    step = max(1, min(n, int(ranked["_has"].sum()) or n) // OVERLAYS)
+    return ranked.gather_every(step).head(OVERLAYS).select("record_id", "image_path")
+
+
 def _roi_metadata(out, name: str, images, result) -> dict:
     """Row counts, preview, counts and an overlay sheet of one source's ROI set."""
     from medtrinity_assets.core.render import contact_sheet_markdown, load_png
     from medtrinity_assets.rois import draw_roi_overlay
 
     pictures, captions = [], []
-    for rec, img_path in images.head(12).select("record_id", "image_path").iter_rows():
-        rows = result.rois.filter(result.rois["record_id"] == rec).to_dicts()
+    for rec, img_path in _overlay_sample(images, result.rois).iter_rows():
+        rows = result.rois.filter((result.rois["record_id"] == rec) & (result.rois["status"] == "ok")).to_dicts()
         pictures.append(draw_roi_overlay(load_png(out / img_path), rows))
-        captions.append(f"{len(rows)} roi")
+        labels = sorted({str(r["label"]).replace("_", " ") for r in rows})
+        captions.append(f"{len(rows)} ROI: {', '.join(labels)}")
     preview = ["roi_id", "label", "origin", "bbox_xyxy", "horizontal", "vertical", "intensity_word", "shape_word"]
     return {
         **table_metadata(result.rois, ROI_SET.path(out, name), preview),
@@ -97,17 +114,19 @@ def roi_set(
     context: dg.AssetExecutionContext, storage: OutputStorage, registry: SourceRegistry, compute: ComputeResource
 ):
     from medtrinity_assets.rois import build_roi_set
-    from medtrinity_assets.segmentation import load_expert_for
+    from medtrinity_assets.segmentation import load_experts_for
 
     out = storage.out()
     for name in context.partition_keys:
         spec = registry.source(name)
         images = PREPROCESSED_IMAGES.read(out, name)
-        expert = load_expert_for(spec, out / EXPERT_MODELS, device=compute.resolved_device())
-        if expert is not None:
-            context.log.info(f"{name}: expert grounding with {expert.name}")
-        result = build_roi_set(images, spec, out, expert=expert)
+        experts = load_experts_for(spec, out / EXPERT_MODELS, device=compute.resolved_device())
+        if experts:
+            context.log.info(f"{name}: expert grounding with {', '.join(e.name for e in experts)}")
+        result = build_roi_set(images, spec, out, experts=experts)
         ROI_SET.write(result.rois, out, name)
-        metadata = {**_roi_metadata(out, name, images, result), "expert": expert.name if expert else "none"}
+        used = ", ".join(e.name for e in experts) or "none"
+        metadata = {**_roi_metadata(out, name, images, result), "experts": used,
+                    **counts_metadata("dropped_by_reason", result.dropped_counts)}
         context.add_asset_metadata(metadata, partition_key=name)
     return dg.MaterializeResult()

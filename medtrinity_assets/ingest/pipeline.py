@@ -49,6 +49,11 @@ class IngestResult:
         return dict(self.manifest.group_by("status").len().iter_rows()) if self.manifest.height else {}
 
     @property
+    def skipped_counts(self) -> dict[str, int]:
+        """Volume slices left out, by reason (``little_foreground``, ``low_contrast``, ``stride``)."""
+        return {k.split(":", 1)[1]: v for k, v in self.counts.items() if k.startswith("slices_skipped:")}
+
+    @property
     def warnings(self) -> dict[str, int]:
         """Non-fatal findings by code (``series_gap``...)."""
         return {k.split(":", 1)[1]: v for k, v in self.counts.items() if k.startswith("warning:")}
@@ -76,7 +81,9 @@ class _Collector:
         group = self.groups.setdefault(relpath, len(self.groups))
         self.manifest.extend(res.quarantined)
         self.redacted |= res.redacted
-        self.counts["slices_skipped"] += res.skipped
+        for why, n in res.skipped.items():
+            self.counts["slices_skipped"] += n
+            self.counts[f"slices_skipped:{why}"] += n
         for warning in res.warnings:
             self.counts[f"warning:{warning}"] += 1
         for cand in res.candidates:

@@ -3,6 +3,7 @@ path redacted with the source's identifying values (:class:`RecordPrivacy`)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +62,7 @@ class Candidate:
 class TaskResult:
     candidates: list[Candidate] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
-    skipped: int = 0
+    skipped: Counter = field(default_factory=Counter)  # slices left out, by reason
     warnings: list[str] = field(default_factory=list)  # non-fatal findings, counted in metadata
     redacted: set[str] = field(default_factory=set)  # raw paths redacted (in memory only)
 

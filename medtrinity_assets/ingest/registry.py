@@ -32,6 +32,14 @@ class SliceConfig(BaseModel):
     min_std: float = Field(
         0.02, ge=0.0, description="slices whose normalised intensity std is below this are skipped"
     )
+    min_foreground: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="slices of a volume whose foreground (pixels above a tenth of the intensity "
+        "range) is under this share of the fullest slice's are skipped, labelled or not: the edge "
+        "of a volume, where a label is a speck on an empty slice",
+    )
 
 
 class WindowConfig(BaseModel):
@@ -78,6 +86,10 @@ class SourceSpec(BaseModel):
     )
     split: str = "train"
     expert_model: str | None = Field(None, description="path to user weights (safetensors/TorchScript)")
+    expert_label: str | None = Field(None, max_length=200, description="what the user's expert_model segments")
+    rois: dict[str, float | int | bool] | None = Field(
+        None, max_length=20, description="overrides of roi_config.yaml for this source, e.g. {min_area_px: 8}"
+    )
     expert_model_sha256: str | None = Field(
         None, pattern=r"^[0-9a-fA-F]{64}$", description="refuse the weights unless their sha256 matches"
     )

@@ -9,6 +9,7 @@ down=P; coronal: L, I; sagittal: P, I), resampled to square pixels, and fitted i
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -188,7 +189,7 @@ class SlicePlan:
     orientation: Orientation
     slice_axis: str | None
     relpaths: list[str] | None
-    skipped: int = 0
+    skipped: Counter = field(default_factory=Counter)  # slices left out, by reason
 
 
 def plan_slices(vol: Volume, spec: SourceSpec) -> SlicePlan:
@@ -238,21 +239,47 @@ def _encode(plan: SlicePlan, vol: Volume, k: int, norm: np.ndarray, msl: np.ndar
     return out
 
 
+def _probe(norm: np.ndarray) -> np.ndarray:
+    return norm[::2, ::2] if norm.ndim == 2 else norm[::2, ::2].mean(axis=2)
+
+
+def _foreground(plan: SlicePlan, vol: Volume) -> np.ndarray:
+    """Per slice, the share of pixels above a tenth of the intensity range (volumes only)."""
+    if vol.kind == "image":
+        return np.ones(plan.view.shape[0])
+    return np.array([float((_probe(plan.intensity.normalised(k)) > 0.1).mean()) for k in range(plan.view.shape[0])])
+
+
+def _skip_reason(vol: Volume, norm: np.ndarray, has_roi: bool, share: float, cfg) -> str | None:
+    """Why a slice of a volume is left out: its foreground is a small ``share`` of the fullest
+    slice's (the edge of a volume, even with a label on it), or it has no label and too little
+    contrast to show anything."""
+    if vol.kind == "image":
+        return None
+    if share < cfg.min_foreground:
+        return "little_foreground"
+    if not has_roi and float(_probe(norm).std()) < cfg.min_std:
+        return "low_contrast"
+    return None
+
+
 def iter_slices(plan: SlicePlan, vol: Volume, spec: SourceSpec) -> Iterator[Slice2D]:
-    """The kept slices of a planned volume; ``plan.skipped`` counts the others."""
+    """The kept slices of a planned volume; ``plan.skipped`` counts the others by reason."""
     cfg = spec.slicing
     informative = 0
+    foreground = _foreground(plan, vol)
+    fullest = max(float(foreground.max()), 1e-9)
     for k in range(plan.view.shape[0]):
         msl = plan.mask_view[k] if plan.mask_view is not None else None
         has_roi = bool(msl is not None and msl.any())
         norm = plan.intensity.normalised(k)
+        why = _skip_reason(vol, norm, has_roi, float(foreground[k]) / fullest, cfg)
+        if why is not None:
+            plan.skipped[why] += 1
+            continue
         if vol.kind != "image" and not has_roi:
-            probe = norm[::2, ::2] if norm.ndim == 2 else norm[::2, ::2].mean(axis=2)
-            if float(probe.std()) < cfg.min_std:
-                plan.skipped += 1
-                continue
             informative += 1
             if (informative - 1) % cfg.stride:
-                plan.skipped += 1
+                plan.skipped["stride"] += 1
                 continue
         yield _encode(plan, vol, k, norm, msl if has_roi else None, spec.max_side)

@@ -84,7 +84,7 @@ def _volume(state: WorkerState, vol: Volume, res: TaskResult) -> None:
         n, min_std = plan.view.shape[0], state.spec.slicing.min_std
         raise InputRejected("constant_volume", f"no informative slice among {n} (min_std {min_std})")
     res.candidates.extend(kept)
-    res.skipped += plan.skipped
+    res.skipped.update(plan.skipped)
     res.warnings.extend(vol.warnings)
 
 

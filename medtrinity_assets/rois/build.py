@@ -37,7 +37,7 @@ import polars as pl
 
 from medtrinity_assets.core.images import read_label_map, read_png, to_grey
 from medtrinity_assets.core.tables import ROI_SET
-from medtrinity_assets.core.vocabulary import canonical_modality
+from medtrinity_assets.core.vocabulary import canonical_modality, modality_by_key
 from medtrinity_assets.ingest.labels import label_names_of
 from medtrinity_assets.ingest.registry import SourceSpec
 from medtrinity_assets.rois.candidates import (
@@ -78,7 +78,7 @@ class _Run:
     out: Path
     spec: SourceSpec
     cfg: RoiConfig
-    expert: Any | None
+    experts: list[Any]
     modality: str
     use_classical: bool
     dropped: Counter = field(default_factory=Counter)
@@ -86,12 +86,13 @@ class _Run:
 
 @dataclass
 class _BatchPredictions:
-    """The expert's masks for a batch: which images needed one, the masks by index in the
-    batch, and the error when the expert failed on the batch."""
+    """The experts' masks for a batch: which images needed one, ``(expert, mask)`` pairs by index
+    in the batch, and the error when an expert failed on the batch."""
 
     needed: list[int]
-    masks: dict[int, np.ndarray]
+    masks: dict[int, list[tuple[Any, np.ndarray]]]
     error: str | None
+    failed: Any | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -103,6 +104,7 @@ def build_roi_set(
     spec: SourceSpec,
     out: str | Path,
     *,
+    experts: list[Any] | None = None,
     expert: Any | None = None,
     config: RoiConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -110,20 +112,25 @@ def build_roi_set(
 ) -> RoiSetResult:
     """ROI rows with measured attributes for every image of one source's ``preprocessed_images``.
 
-    ``expert`` is an :class:`~medtrinity_assets.segmentation.ExpertPredictor` (anything with
-    ``.name`` and ``.predict(list[np.ndarray]) -> list[np.ndarray]``), used only for images with
-    no mask and no box. ``progress(done, total)`` is called after each image.
+    ``experts`` are :class:`~medtrinity_assets.segmentation.ExpertPredictor` s (anything with
+    ``.name``, ``.label`` and ``.predict(list[np.ndarray]) -> list[np.ndarray]``) whose cards
+    cover the source, used only for images with no mask and no box; each names its regions with
+    its trained label (``expert`` is one of them, for callers with a single one). The source's
+    ``rois`` settings override the configuration. ``progress(done, total)`` is called after
+    each image.
     """
-
     cfg = config or default_config()
+    if spec.rois:
+        cfg = cfg.with_overrides(**spec.rois)
+    models = list(experts or []) + ([expert] if expert is not None else [])
     modality = canonical_modality(spec.modality)
     run = _Run(
         out=Path(out),
         spec=spec,
         cfg=cfg,
-        expert=expert,
+        experts=models,
         modality=modality,
-        use_classical=expert is None and modality in cfg.classical_modalities,
+        use_classical=not models and modality in cfg.classical_modalities,
     )
     records: list[dict[str, Any]] = []
     rows = images.to_dicts()
@@ -131,7 +138,7 @@ def build_roi_set(
     for start in range(0, total, batch_size):
         chunk = rows[start : start + batch_size]
         loaded = _read_images(chunk, run.out)
-        predictions = _predict_batch(chunk, loaded, expert)
+        predictions = _predict_batch(chunk, loaded, models)
         for i, row in enumerate(chunk):
             records.extend(_image_records(run, row, loaded[i], predictions, i))
             if progress is not None:
@@ -150,24 +157,23 @@ def _read_images(chunk: list[dict[str, Any]], out: Path) -> list[LoadedImage]:
     return loaded
 
 
-def _predict_batch(
-    chunk: list[dict[str, Any]], loaded: list[LoadedImage], expert: Any | None
-) -> _BatchPredictions:
-    """The expert's masks, in one call, for the readable images with neither mask nor box."""
-    needs_prediction = [
+def _predict_batch(chunk: list[dict[str, Any]], loaded: list[LoadedImage], experts: list[Any]) -> _BatchPredictions:
+    """Each expert's masks, one call per expert, for the readable images with neither mask nor box."""
+    needed = [
         i
         for i, row in enumerate(chunk)
         if loaded[i][0] is not None and not row.get("mask_path") and not (row.get("boxes") or [])
     ]
-    predicted: dict[int, np.ndarray] = {}
-    predict_error: str | None = None
-    if needs_prediction and expert is not None:
+    batch = _BatchPredictions(needed, {i: [] for i in needed}, None)
+    for model in experts if needed else []:
         try:
-            masks = expert.predict([loaded[i][0] for i in needs_prediction])
-            predicted = dict(zip(needs_prediction, masks, strict=True))
+            masks = model.predict([loaded[i][0] for i in needed])
         except Exception as exc:
-            predict_error = f"expert_failed: {type(exc).__name__}: {exc}"[:300]
-    return _BatchPredictions(needs_prediction, predicted, predict_error)
+            batch.error, batch.failed = f"expert_failed: {type(exc).__name__}: {exc}"[:300], model
+            return batch
+        for i, mask in zip(needed, masks, strict=True):
+            batch.masks[i].append((model, mask))
+    return batch
 
 
 def _image_records(
@@ -189,7 +195,7 @@ def _image_records(
         rois, label_map = _annotated_candidates(run, row, h, w, label_names)
         if i in predictions.needed:
             rois.extend(_segmented_candidates(run, image, predictions, i))
-        has_segmenter = run.expert is not None or run.use_classical
+        has_segmenter = bool(run.experts) or run.use_classical
         segmenter_ran = i in predictions.needed and has_segmenter and not predictions.error
         _add_fallback(rois, h, w, segmenter_ran)
     return _rows_for_image(row, image, rois, label_map, label_names, run.spec, run.cfg, h, w)
@@ -234,13 +240,38 @@ def _segmented_candidates(
 ) -> list[RoiCandidate]:
     """Candidates for an image with neither mask nor box: the expert's mask, the expert's
     error, or (without an expert, for the classical modalities) the classical segmentation."""
-    if i in predictions.masks:
-        return predicted_candidates(predictions.masks[i], f"expert:{run.expert.name}", run.cfg, run.dropped)
     if predictions.error:
-        return [RoiCandidate(None, f"expert:{run.expert.name}", "flagged", predictions.error)]
+        return [RoiCandidate(None, f"expert:{predictions.failed.name}", "flagged", predictions.error)]
+    if predictions.masks.get(i):
+        out: list[RoiCandidate] = []
+        for model, mask in predictions.masks[i]:
+            origin = f"expert:{model.name}"
+            off = _out_of_domain(model, mask)
+            if off:
+                out.append(RoiCandidate(getattr(model, "label", None), origin, "flagged", off))
+                continue
+            out += predicted_candidates(mask, origin, run.cfg, run.dropped, label=getattr(model, "label", "region"))
+        return out
     if run.use_classical:
         return _classical_candidates(run, image)
     return []
+
+
+#: slack around the share of the image an expert's training masks covered
+DOMAIN_SLACK = 2.0
+
+
+def _out_of_domain(model: Any, mask: np.ndarray) -> str | None:
+    """Why an expert's mask is not used (it covers far more or less of the image than any of its
+    training masks did: the image is not what the expert knows), or None."""
+    rng = (getattr(model, "card", None) or {}).get("metrics", {}).get("area_fraction_range")
+    if not rng:
+        return None
+    frac = float(np.asarray(mask, bool).mean())
+    lo, hi = float(rng[0]) / DOMAIN_SLACK, min(1.0, float(rng[1]) * DOMAIN_SLACK)
+    if lo <= frac <= hi or (frac == 0.0 and rng[0] == 0.0):
+        return None
+    return f"expert_out_of_domain: its mask covers {frac:.1%} of the image, its training masks {rng[0]:.1%}-{rng[1]:.1%}"
 
 
 def _classical_candidates(run: _Run, image: np.ndarray) -> list[RoiCandidate]:
@@ -253,7 +284,9 @@ def _classical_candidates(run: _Run, image: np.ndarray) -> list[RoiCandidate]:
             smooth_sigma=cfg.classical_smooth_sigma,
             opening_radius=cfg.classical_opening_radius,
         )
-        return predicted_candidates(mask, "classical", cfg, run.dropped)
+        entry = modality_by_key(run.modality)
+        label = entry.classical_label if entry is not None else "region"
+        return predicted_candidates(mask, "classical", cfg, run.dropped, label=label)
     except Exception as exc:
         return [RoiCandidate(None, "classical", "flagged", f"classical_failed: {type(exc).__name__}: {exc}")]
 
@@ -263,7 +296,7 @@ def _add_fallback(rois: list[RoiCandidate], h: int, w: int, segmenter_ran: bool)
     row when there is no candidate and the image's size is unknown."""
     if not any(r.status == "ok" for r in rois) and h > 0 and w > 0:
         if segmenter_ran:
-            reason = "nothing_segmented: the expert/classical method found no region"
+            reason = "nothing_segmented: the expert/classical method found no region that is a structure"
         elif rois:
             reason = "fallback: no usable annotation (see flagged rows)"
         else:

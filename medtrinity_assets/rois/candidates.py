@@ -40,33 +40,90 @@ def _structure(cfg: RoiConfig) -> np.ndarray:
     return np.ones((3, 3), bool) if cfg.connectivity_8 else ndimage.generate_binary_structure(2, 1)
 
 
-def components(
-    binary: np.ndarray, min_area: int, cfg: RoiConfig, offset: tuple[int, int] = (0, 0)
-) -> tuple[list[tuple[np.ndarray, tuple[int, int, int, int]]], int]:
-    """Connected components of a boolean array as (crop mask, window) pairs, and the count dropped."""
+Component = tuple[np.ndarray, tuple[int, int, int, int]]  # (crop mask, (r0, r1, c0, c1))
+
+
+def _neck_ok(parts: np.ndarray, dist: np.ndarray, peaks: dict[int, float], max_neck: float) -> bool:
+    """Whether every pair of touching parts meets at a neck narrower than ``max_neck`` times the
+    smaller part's core radius (else the parts are one structure with an uneven outline)."""
+    for axis in (0, 1):
+        a = parts.take(range(parts.shape[axis] - 1), axis=axis)
+        b = parts.take(range(1, parts.shape[axis]), axis=axis)
+        d = np.minimum(dist.take(range(dist.shape[axis] - 1), axis=axis), dist.take(range(1, dist.shape[axis]), axis=axis))
+        touching = (a != b) & (a > 0) & (b > 0)
+        for i, j, saddle in zip(a[touching], b[touching], d[touching], strict=True):
+            if saddle >= max_neck * min(peaks[int(i)], peaks[int(j)]):
+                return False
+    return True
+
+
+def split_touching(comp: np.ndarray, cfg: RoiConfig, floor: int) -> list[np.ndarray]:
+    """``comp`` cut into its blobs where the mask supports it (two touching nodules, nuclei),
+    else ``[comp]``: a compact component with two or more distance-transform cores joined by
+    narrow necks, every part at least ``floor`` pixels (see ``roi_config.yaml``)."""
+    from skimage.feature import peak_local_max
+    from skimage.morphology import convex_hull_image
+    from skimage.segmentation import watershed
+
+    area = int(comp.sum())
+    if area < 2 * floor or area / max(int(convex_hull_image(comp).sum()), 1) < cfg.split_min_solidity:
+        return [comp]
+    dist = ndimage.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1]
+    top = float(dist.max())
+    peaks = peak_local_max(dist, min_distance=max(2, int(top / 2)), threshold_abs=0.4 * top, labels=comp.astype(np.int32), exclude_border=False)
+    if len(peaks) < 2:
+        return [comp]
+    markers = np.zeros(comp.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    parts = watershed(-dist, markers, mask=comp)
+    cores = {k + 1: float(dist[tuple(p)]) for k, p in enumerate(peaks)}
+    pieces = [parts == k for k in cores]
+    if min(int(x.sum()) for x in pieces) < floor or not _neck_ok(parts, dist, cores, cfg.split_max_neck):
+        return [comp]
+    return pieces
+
+
+def structures(
+    binary: np.ndarray, floor: int, cfg: RoiConfig, offset: tuple[int, int] = (0, 0)
+) -> tuple[list[Component], Counter]:
+    """The components of one label (or one predicted mask) that are structures: the largest, and
+    the others that reach ``min_component_share`` of it, each at least ``floor`` pixels; touching
+    blobs split (:func:`split_touching`). Returns them and the dropped ones counted by reason."""
     labelled, n = ndimage.label(binary, structure=_structure(cfg))
+    dropped: Counter = Counter()
     if n == 0:
-        return [], 0
+        return [], dropped
     areas = np.bincount(labelled.ravel(), minlength=n + 1)[1:]
-    out = []
-    dropped = 0
+    largest = int(areas.max())
+    out: list[Component] = []
     for i, sl in enumerate(ndimage.find_objects(labelled)):
         if sl is None:
             continue
-        if areas[i] < min_area:
-            dropped += 1
+        if areas[i] < floor:
+            dropped["below_floor"] += 1
             continue
-        crop = labelled[sl] == i + 1
+        if areas[i] < cfg.min_component_share * largest:
+            dropped["minor_component"] += 1
+            continue
         r0, c0 = sl[0].start + offset[0], sl[1].start + offset[1]
-        out.append((crop, (r0, r0 + crop.shape[0], c0, c0 + crop.shape[1])))
+        for crop in split_touching(labelled[sl] == i + 1, cfg, floor):
+            out.append(_tight(crop, r0, c0))
     return out, dropped
+
+
+def _tight(crop: np.ndarray, r0: int, c0: int) -> Component:
+    """A crop trimmed to its pixels, with its window in image coordinates."""
+    rows, cols = np.flatnonzero(crop.any(axis=1)), np.flatnonzero(crop.any(axis=0))
+    t = crop[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    r, c = r0 + int(rows[0]), c0 + int(cols[0])
+    return t, (r, r + t.shape[0], c, c + t.shape[1])
 
 
 def mask_candidates(
     label_map: np.ndarray, names: dict[int, str], cfg: RoiConfig, dropped: Counter
 ) -> list[RoiCandidate]:
-    """One candidate per connected component of each label value (components under
-    ``min_area_px`` are counted in ``dropped``); values not in ``names`` are flagged."""
+    """One candidate per structure of each label value (see :func:`structures`; what is dropped
+    is counted in ``dropped`` by reason and label); values not in ``names`` are flagged."""
     out: list[RoiCandidate] = []
     if label_map.max() <= 0:
         if label_map.min() < 0:
@@ -78,10 +135,11 @@ def mask_candidates(
             continue
         value = value_minus_1 + 1
         crop_binary = label_map[sl] == value
-        comps, n_dropped = components(crop_binary, cfg.min_area_px, cfg, (sl[0].start, sl[1].start))
+        floor = cfg.floor(label_map.size, predicted=False)
+        comps, why = structures(crop_binary, floor, cfg, (sl[0].start, sl[1].start))
         name = names.get(value)
-        if n_dropped:
-            dropped[f"below_min_area:{name or value}"] += n_dropped
+        for reason, n in why.items():
+            dropped[f"{reason}:{name or value}"] += n
         for crop, win in comps:
             r0, r1, c0, c1 = win
             roi = RoiCandidate(
@@ -98,8 +156,10 @@ def mask_candidates(
                 roi.reason = f"unknown_label_value: mask value {value} is not named in the source's labels"
             out.append(roi)
     if not out:
-        reason = f"components_below_min_area: all under {cfg.min_area_px} px"
-        out.append(RoiCandidate(None, "mask", "flagged", reason))
+        floor = cfg.floor(label_map.size, predicted=False)
+        present = [names.get(v) for v in np.unique(label_map) if v > 0]
+        reason = f"no_structure: every labelled component is under {floor} px or a minor fragment"
+        out.append(RoiCandidate(next((n for n in present if n), None), "mask", "flagged", reason))
     return out
 
 
@@ -154,16 +214,17 @@ def _box_candidate(box: Any, label: str, clipped_upstream: Any, h: int, w: int) 
 
 
 def predicted_candidates(
-    mask: np.ndarray, origin: str, cfg: RoiConfig, dropped: Counter
+    mask: np.ndarray, origin: str, cfg: RoiConfig, dropped: Counter, label: str = PREDICTED_LABEL
 ) -> list[RoiCandidate]:
-    """One candidate per connected component of a predicted (expert or classical) mask;
-    components under ``predicted_min_area_px`` are counted in ``dropped``."""
-    comps, n_dropped = components(np.asarray(mask, bool), cfg.predicted_min_area_px, cfg)
-    if n_dropped:
-        dropped[f"below_min_area:{origin}"] += n_dropped
+    """One candidate per structure of a predicted (expert or classical) mask, named ``label``
+    (an expert's trained label); the stricter predicted floors apply (see :func:`structures`)."""
+    binary = np.asarray(mask, bool)
+    comps, why = structures(binary, cfg.floor(binary.size, predicted=True), cfg)
+    for reason, n in why.items():
+        dropped[f"{reason}:{origin}"] += n
     return [
         RoiCandidate(
-            PREDICTED_LABEL,
+            label,
             origin,
             crop=crop,
             window=win,

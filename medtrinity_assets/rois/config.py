@@ -21,9 +21,14 @@ DEFAULT_CONFIG_PATH = Path(__file__).with_name("roi_config.yaml")
 class RoiConfig:
     """Thresholds and parameters of the ROI stage (see ``roi_config.yaml`` for each meaning)."""
 
-    # geometry
-    min_area_px: int = 4
-    predicted_min_area_px: int = 16
+    # geometry: what counts as a structure
+    min_area_px: int = 24
+    min_area_fraction: float = 0.0002
+    predicted_min_area_px: int = 64
+    predicted_min_area_fraction: float = 0.002
+    min_component_share: float = 0.1
+    split_min_solidity: float = 0.75
+    split_max_neck: float = 0.7
     connectivity_8: bool = True
     # position
     lower_third: float = 1 / 3
@@ -65,6 +70,11 @@ class RoiConfig:
     _YAML_MAP = {
         ("geometry", "min_area_px"): "min_area_px",
         ("geometry", "predicted_min_area_px"): "predicted_min_area_px",
+        ("geometry", "min_area_fraction"): "min_area_fraction",
+        ("geometry", "predicted_min_area_fraction"): "predicted_min_area_fraction",
+        ("geometry", "min_component_share"): "min_component_share",
+        ("geometry", "split_min_solidity"): "split_min_solidity",
+        ("geometry", "split_max_neck"): "split_max_neck",
         ("geometry", "connectivity_8"): "connectivity_8",
         ("position", "lower_third"): "lower_third",
         ("position", "upper_third"): "upper_third",
@@ -134,7 +144,17 @@ class RoiConfig:
         return cfg
 
     def with_overrides(self, **overrides: Any) -> RoiConfig:
+        unknown = set(overrides) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"unknown RoiConfig fields: {sorted(unknown)}")
         return replace(self, **overrides)
+
+    def floor(self, image_px: int, predicted: bool) -> int:
+        """The smallest area (pixels) a region of an image of ``image_px`` pixels may have: the
+        absolute floor or the share of the image, whichever is larger."""
+        if predicted:
+            return max(self.predicted_min_area_px, int(round(self.predicted_min_area_fraction * image_px)))
+        return max(self.min_area_px, int(round(self.min_area_fraction * image_px)))
 
 
 _DEFAULT: RoiConfig | None = None

@@ -9,10 +9,12 @@ from medtrinity_assets.segmentation.store import (
     ExpertLoadError,
     load_expert,
     load_expert_for,
+    load_experts_for,
     save_expert,
 )
 from medtrinity_assets.segmentation.training import (
     ExpertsReport,
+    ExpertTarget,
     ExpertTrainResult,
     collect_training_samples,
     train_expert,
@@ -25,6 +27,7 @@ __all__ = [
     "ExpertLoadError",
     "ExpertPredictor",
     "ExpertTrainResult",
+    "ExpertTarget",
     "ExpertsReport",
     "build_network",
     "classical_segment",
@@ -33,6 +36,7 @@ __all__ = [
     "generate_phantoms",
     "load_expert",
     "load_expert_for",
+    "load_experts_for",
     "save_expert",
     "train_expert",
     "train_experts",

@@ -100,8 +100,10 @@ class ExpertPredictor:
         threshold: float = 0.5,
         device: str = "cpu",
         card: dict[str, Any] | None = None,
+        label: str = "region",
     ) -> None:
         self.device = torch.device(device)
+        self.label = label  # what its masks are: the trained label (e.g. "grey matter")
         self.network = network.to(self.device).eval()
         self.name = name
         self.modality = modality

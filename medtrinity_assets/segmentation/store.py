@@ -50,7 +50,7 @@ def save_expert(result: ExpertTrainResult, directory: str | Path) -> Path:
         "name": result.name,
         "modality": result.modality,
         "architecture": "monai.networks.nets.UNet(spatial_dims=2, in_channels=1, out_channels=1)",
-        "target": "binary foreground (any mask label > 0)",
+        **_target_fields(result),
         "config": {
             **asdict(result.config),
             "channels": list(result.config.channels),
@@ -67,6 +67,20 @@ def save_expert(result: ExpertTrainResult, directory: str | Path) -> Path:
     card_path = directory / CARD_NAME
     atomic_write_bytes(card_path, (json.dumps(card, indent=2, default=str) + "\n").encode("utf-8"))
     return card_path
+
+
+def _target_fields(result: ExpertTrainResult) -> dict:
+    """What the expert was trained on (and may be used on): its card's scope."""
+    t = result.target
+    if t is None:
+        return {"target": "binary foreground (any mask label > 0)", "modalities": [result.modality]}
+    return {
+        "target": f"binary mask of '{t.label}'",
+        "modalities": [t.modality],
+        "organs": [t.organ],
+        "labels": [t.label],
+        "synthetic": t.synthetic,
+    }
 
 
 def _check_hash(path: Path, *expected: str | None) -> str:
@@ -98,6 +112,7 @@ def load_expert(
     device: str = "cpu",
     config: ExpertConfig | None = None,
     modality: str = "",
+    label: str | None = None,
 ) -> ExpertPredictor:
     """Load an expert from a directory or ``card.json`` (hash-checked against the card), a
     user's safetensors file (our architecture, ``config`` or the defaults), or a user's
@@ -130,6 +145,7 @@ def load_expert(
             threshold=cfg.threshold,
             device=device,
             card=card,
+            label=(card.get("labels") or [label or "region"])[0],
         )
     if p.suffix == ".safetensors":
         sibling = p.parent / CARD_NAME
@@ -139,7 +155,7 @@ def load_expert(
             except (OSError, json.JSONDecodeError):
                 card = {}
             if card.get("format") == CARD_FORMAT and card.get("weights_file") == p.name:
-                return load_expert(sibling, expected_sha256, device=device, modality=modality)
+                return load_expert(sibling, expected_sha256, device=device, modality=modality, label=label)
         _check_hash(p, expected_sha256)
         cfg = config or ExpertConfig()
         net = _load_safetensors_into(p, cfg)
@@ -150,6 +166,7 @@ def load_expert(
             image_size=cfg.image_size,
             threshold=cfg.threshold,
             device=device,
+            label=label or "region",
         )
     if p.suffix.lower() in TORCHSCRIPT_SUFFIXES:
         _check_hash(p, expected_sha256)
@@ -165,25 +182,55 @@ def load_expert(
             image_size=cfg.image_size,
             threshold=cfg.threshold,
             device=device,
+            label=label or "region",
         )
     raise ExpertLoadError(
         f"{p.name}: unsupported expert format (use a card.json, .safetensors or TorchScript)"
     )
 
 
-def load_expert_for(
-    spec: SourceSpec, experts_dir: str | Path, *, device: str = "cpu"
-) -> ExpertPredictor | None:
-    """The expert a source should use: its declared ``expert_model`` (path relative to the
-    registry file; refused unless it matches ``expert_model_sha256`` when that is declared), else
-    the trained expert of its modality under ``experts_dir`` (checked against its card), else None."""
+#: an expert is used only when its held-out Dice reaches this and beats the classical fallback's
+MIN_EXPERT_DICE = 0.7
+
+
+def _matches(card: dict, spec: SourceSpec) -> bool:
+    """Whether an expert's card covers a source (same modality, organ and synthetic flag) and its
+    held-out Dice says it is worth using."""
+    organ = spec.organ.strip().lower()
+    metrics = card.get("metrics", {})
+    dice, classical = metrics.get("dice") or 0.0, metrics.get("classical_dice") or 0.0
+    return (
+        canonical_modality(spec.modality) in card.get("modalities", [])
+        and organ in card.get("organs", [])
+        and bool(card.get("synthetic", False)) == spec.synthetic
+        and dice >= MIN_EXPERT_DICE
+        and dice > classical
+    )
+
+
+def load_experts_for(spec: SourceSpec, experts_dir: str | Path, *, device: str = "cpu") -> list[ExpertPredictor]:
+    """The experts a source may use: its declared ``expert_model`` (path relative to the registry
+    file; refused unless it matches ``expert_model_sha256`` when that is declared), else every
+    trained expert whose card names the source's modality and organ (checked against its card's
+    hash). An expert trained on other anatomy is never applied."""
     mod = canonical_modality(spec.modality)
     if spec.expert_model:
         p = Path(spec.expert_model).expanduser()
         if not p.is_absolute() and spec.registry_file:
             p = Path(spec.registry_file).parent / p
-        return load_expert(p, spec.expert_model_sha256, device=device, modality=mod)
-    card = Path(experts_dir) / modality_slug(mod) / CARD_NAME
-    if card.exists():
-        return load_expert(card, device=device, modality=mod)
-    return None
+        return [load_expert(p, spec.expert_model_sha256, device=device, modality=mod, label=spec.expert_label)]
+    out = []
+    for card_path in sorted(Path(experts_dir).glob(f"*/{CARD_NAME}")):
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if card.get("format") == CARD_FORMAT and _matches(card, spec):
+            out.append(load_expert(card_path, device=device, modality=mod))
+    return out
+
+
+def load_expert_for(spec: SourceSpec, experts_dir: str | Path, *, device: str = "cpu") -> ExpertPredictor | None:
+    """The first of :func:`load_experts_for`, or None."""
+    found = load_experts_for(spec, experts_dir, device=device)
+    return found[0] if found else None

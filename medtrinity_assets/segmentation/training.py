@@ -5,6 +5,7 @@ fallback's on the same images, so the card says whether the network is worth usi
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,33 @@ from medtrinity_assets.segmentation.network import (
 )
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.strip().lower()).strip("_") or "x"
+
+
+@dataclass(frozen=True)
+class ExpertTarget:
+    """What an expert segments: one named label of one organ in one modality. It is trained only
+    on sources that match all three (and are as synthetic as it is), and used only on them."""
+
+    modality: str
+    organ: str
+    label: str
+    synthetic: bool = False
+
+    @property
+    def slug(self) -> str:
+        return f"{modality_slug(self.modality)}__{_slug(self.organ)}__{_slug(self.label)}"
+
+    @property
+    def name(self) -> str:
+        return f"unet_{self.slug}"
+
+    @classmethod
+    def of(cls, spec: SourceSpec, label: str) -> ExpertTarget:
+        return cls(canonical_modality(spec.modality), spec.organ.strip().lower(), label.strip().lower(), spec.synthetic)
+
+
 @dataclass
 class ExpertTrainResult:
     """A trained expert network with the facts its card records."""
@@ -40,6 +68,7 @@ class ExpertTrainResult:
     metrics: dict[str, Any]
     training_sources: dict[str, Any] = field(default_factory=dict)
     history: list[float] = field(default_factory=list)
+    target: ExpertTarget | None = None
 
     def predictor(self, device: str = "cpu") -> ExpertPredictor:
         return ExpertPredictor(
@@ -66,6 +95,7 @@ def train_expert(
     config: ExpertConfig | None = None,
     seed: int = 0,
     training_sources: dict[str, Any] | list[str] | None = None,
+    target: ExpertTarget | None = None,
 ) -> ExpertTrainResult:
     """Train a 2D U-Net on (image, label map) pairs: binary foreground, seeded, held-out Dice.
 
@@ -87,7 +117,7 @@ def train_expert(
     net = build_network(cfg).to(dev)
     history, epochs_run, train_seconds = _fit(net, x, y, cfg, dev, DiceCELoss(sigmoid=True), seed)
     net.eval()
-    name = f"unet_{modality_slug(mod)}"
+    name = target.name if target is not None else f"unet_{modality_slug(mod)}"
     predictor = ExpertPredictor(
         net, name=name, modality=mod, image_size=cfg.image_size, threshold=cfg.threshold, device=device
     )
@@ -103,6 +133,9 @@ def train_expert(
         "final_train_loss": history[-1] if history else None,
         "train_seconds": round(train_seconds, 2),
         "device": str(device),
+        # the share of the image its training masks cover (5th-95th percentile): a prediction far
+        # outside is out of the expert's domain and is not used
+        "area_fraction_range": _area_range([samples[i][1] for i in train_idx]),
     }
     return ExpertTrainResult(
         network=net.cpu(),
@@ -113,6 +146,7 @@ def train_expert(
         metrics=metrics,
         training_sources=dict(training_sources or {}),
         history=history,
+        target=target,
     )
 
 
@@ -185,6 +219,13 @@ def _train_epoch(
     return total / max(count, 1)
 
 
+def _area_range(masks: list[np.ndarray]) -> list[float]:
+    fractions = [float((np.asarray(m) > 0).mean()) for m in masks]
+    if not fractions:
+        return [0.0, 1.0]
+    return [round(float(np.percentile(fractions, 5)), 6), round(float(np.percentile(fractions, 95)), 6)]
+
+
 def _held_out_dice(
     predictor: ExpertPredictor, held_out: list[tuple[np.ndarray, np.ndarray]], modality: str
 ) -> tuple[list[float], list[float]]:
@@ -199,57 +240,90 @@ def _held_out_dice(
     return expert_d, classical_d
 
 
-def collect_training_samples(
-    specs: list[SourceSpec], out: str | Path, *, max_samples: int = 400, seed: int = 0
-) -> dict[str, tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, int]]]:
-    """(image, label map) pairs per canonical modality from the sources whose
-    ``preprocessed_images`` have masks, with the number of images taken from each source.
-
-    At most ``max_samples`` per modality, chosen deterministically (seeded) across sources.
-    Unreadable files and size mismatches are skipped.
-    """
+def _masked_images(spec: SourceSpec, out: Path) -> list[tuple[str, str, str, dict[int, str]]]:
+    """``(record_id, image_path, mask_path, {value: name})`` of a source's images with masks."""
     import polars as pl
 
     from medtrinity_assets.core.tables import PREPROCESSED_IMAGES
 
-    out = Path(out)
-    candidates: dict[str, list[tuple[str, str, str, str]]] = {}
+    path = PREPROCESSED_IMAGES.path(out, spec.name)
+    if not path.exists():
+        return []
+    cols = ["record_id", "image_path", "mask_path", "mask_labels", "mask_label_names"]
+    try:
+        df = pl.read_parquet(path, columns=cols).filter(pl.col("mask_path").is_not_null()).sort("record_id")
+    except Exception:  # noqa: BLE001 - an unreadable table contributes nothing
+        return []
+    rows = []
+    for rec, img, msk, values, names in df.iter_rows():
+        named = {int(v): str(n) for v, n in zip(values or [], names or [], strict=False) if n}
+        named.update({v: spec.labels[v] for v in (values or []) if v in spec.labels})
+        rows.append((rec, img, msk, named))
+    return rows
+
+
+def needed_scopes(specs: list[SourceSpec], out: str | Path) -> set[tuple[str, str, bool]]:
+    """``(modality, organ, synthetic)`` of the sources that have images with neither mask nor box:
+    only experts for those are worth training (an expert grounds what has no annotation)."""
+    import polars as pl
+
+    from medtrinity_assets.core.tables import PREPROCESSED_IMAGES
+
+    scopes = set()
     for spec in specs:
         path = PREPROCESSED_IMAGES.path(out, spec.name)
         if not path.exists():
             continue
-        try:
-            df = pl.read_parquet(path, columns=["record_id", "image_path", "mask_path"])
-        except Exception:
-            continue
-        df = df.filter(pl.col("mask_path").is_not_null()).sort("record_id")
-        mod = canonical_modality(spec.modality)
-        for rec, img, msk in df.iter_rows():
-            candidates.setdefault(mod, []).append((spec.name, rec, img, msk))
-    result: dict[str, tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, int]]] = {}
-    for mod, items in sorted(candidates.items()):
+        df = pl.read_parquet(path, columns=["mask_path", "boxes"])
+        bare = df.filter(pl.col("mask_path").is_null() & (pl.col("boxes").list.len().fill_null(0) == 0))
+        if bare.height:
+            t = ExpertTarget.of(spec, "")
+            scopes.add((t.modality, t.organ, t.synthetic))
+    return scopes
+
+
+def collect_training_samples(
+    specs: list[SourceSpec], out: str | Path, *, max_samples: int = 400, seed: int = 0
+) -> dict[ExpertTarget, tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, int]]]:
+    """(image, binary mask of the label) pairs per :class:`ExpertTarget` from the sources whose
+    ``preprocessed_images`` have masks, with the number of images taken from each source.
+
+    At most ``max_samples`` per target, chosen deterministically (seeded) across sources.
+    Unreadable files and size mismatches are skipped.
+    """
+    out = Path(out)
+    candidates: dict[ExpertTarget, list[tuple[str, str, str, int]]] = {}
+    for spec in specs:
+        for _rec, img, msk, named in _masked_images(spec, out):
+            for value, name in named.items():
+                candidates.setdefault(ExpertTarget.of(spec, name), []).append((spec.name, img, msk, value))
+    result: dict[ExpertTarget, tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, int]]] = {}
+    for target, items in sorted(candidates.items(), key=lambda kv: kv[0].slug):
         if len(items) > max_samples:
             keep = np.sort(np.random.default_rng(seed).choice(len(items), size=max_samples, replace=False))
             items = [items[i] for i in keep]
-        samples: list[tuple[np.ndarray, np.ndarray]] = []
-        provenance: dict[str, int] = {}
-        for source, _rec, img, msk in items:
-            try:
-                image = read_png(out / img)
-                mask = read_label_map(out / msk)
-            except Exception:
-                continue
-            if mask.shape != image.shape[:2]:
-                continue
-            samples.append((image, mask))
-            provenance[source] = provenance.get(source, 0) + 1
-        result[mod] = (samples, provenance)
+        result[target] = _load_samples(out, items)
     return result
+
+
+def _load_samples(out: Path, items: list[tuple[str, str, str, int]]) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+    samples: list[tuple[np.ndarray, np.ndarray]] = []
+    provenance: dict[str, int] = {}
+    for source, img, msk, value in items:
+        try:
+            image, mask = read_png(out / img), read_label_map(out / msk)
+        except Exception:  # noqa: BLE001 - an unreadable file is skipped
+            continue
+        if mask.shape != image.shape[:2]:
+            continue
+        samples.append((image, (mask == value).astype(np.uint8)))
+        provenance[source] = provenance.get(source, 0) + 1
+    return samples, provenance
 
 
 @dataclass
 class ExpertsReport:
-    """What :func:`train_experts` trained (cards' metrics per modality) and skipped (why)."""
+    """What :func:`train_experts` trained (cards' metrics per target) and skipped (why)."""
 
     directory: Path
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -260,7 +334,7 @@ class ExpertsReport:
             f"| {m} | {s['dice']:.3f} | {s['classical_dice']:.3f} | {s['n_train']} | {s['n_val']} |"
             for m, s in self.summary.items()
         ]
-        return "| modality | expert Dice | classical Dice | train | val |\n|---|---|---|---|---|\n" + "\n".join(rows)
+        return "| expert (modality__organ__label) | expert Dice | classical Dice | train | val |\n|---|---|---|---|---|\n" + "\n".join(rows)
 
 
 def train_experts(
@@ -274,20 +348,45 @@ def train_experts(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> ExpertsReport:
-    """Train and save one expert per modality with at least ``min_samples`` masked images."""
+    """Train and save one expert per :class:`ExpertTarget` (modality, organ, label) with at least
+    ``min_samples`` masked images; older experts of the folder are replaced."""
+    import shutil
+
     from medtrinity_assets.segmentation.store import save_expert
 
     out = Path(out)
     report = ExpertsReport(out / "expert_models")
-    by_modality = collect_training_samples(specs, out, max_samples=max_samples, seed=seed)
-    for modality, (samples, provenance) in sorted(by_modality.items()):
+    staging = out / ".expert_models.new"
+    shutil.rmtree(staging, ignore_errors=True)
+    needed = needed_scopes(specs, out)
+    targets = collect_training_samples(specs, out, max_samples=max_samples, seed=seed)
+    for target, (samples, provenance) in targets.items():
+        if (target.modality, target.organ, target.synthetic) not in needed:
+            report.skipped[target.slug] = "no registered source has unannotated images of this modality and organ"
+            continue
         if len(samples) < min_samples:
-            report.skipped[modality] = f"only {len(samples)} masked images (< {min_samples})"
+            report.skipped[target.slug] = f"only {len(samples)} masked images (< {min_samples})"
             continue
         if log:
-            log(f"training expert for {modality} on {len(samples)} images from {sorted(provenance)}")
-        mod = canonical_modality(modality)
-        result = train_expert(samples, modality=mod, device=device, config=config, seed=seed, training_sources=provenance)
-        save_expert(result, report.directory / modality_slug(mod))
-        report.summary[modality] = {k: result.metrics.get(k) for k in ("dice", "classical_dice", "n_train", "n_val")}
+            log(f"training expert {target.name} on {len(samples)} images from {sorted(provenance)}")
+        result = train_expert(
+            samples, modality=target.modality, device=device, config=config, seed=seed,
+            training_sources=provenance, target=target,
+        )
+        save_expert(result, staging / target.slug)
+        report.summary[target.slug] = {k: result.metrics.get(k) for k in ("dice", "classical_dice", "n_train", "n_val")}
+    _replace_folder(staging, report.directory)  # experts whose training data is gone do not linger
     return report
+
+
+def _replace_folder(new: Path, old: Path) -> None:
+    """Put ``new`` in place of ``old`` (an empty folder when nothing was trained)."""
+    import shutil
+
+    new.mkdir(parents=True, exist_ok=True)
+    retired = old.with_name(f".{old.name}.old")
+    shutil.rmtree(retired, ignore_errors=True)
+    if old.exists():
+        old.rename(retired)
+    new.rename(old)
+    shutil.rmtree(retired, ignore_errors=True)
