@@ -112,7 +112,7 @@ def test_architecture_doc_lists_the_table_contracts():
     begin, end = "<!-- contracts:begin -->\n", "<!-- contracts:end -->"
     assert begin in doc and end in doc
     assert doc[doc.index(begin) + len(begin) : doc.index(end)] == markdown(), (
-        "regenerate with: python -m medtrinity_assets.core.tables"
+        "regenerate with: python -m medtrinity_assets.core.tables --write"
     )
 
 

@@ -81,7 +81,7 @@ def test_tibia_xray_description_row():
         {
             "record_id": "r1",
             "roi_id": None,
-            "query": "X-ray tibia extremity Non-ossifying fibroma of distal tibia",
+            "query": "radiograph (X-ray) tibia extremity Non-ossifying fibroma of distal tibia",
         }
     ]
 
@@ -147,8 +147,8 @@ def test_mask_label_row_and_roi_queries():
     queries = build_queries(coarse, rois).sort("record_id", "roi_id", nulls_last=True)
     assert queries.height == 3
     q = {(r["record_id"], r["roi_id"]): r["query"] for r in queries.to_dicts()}
-    assert q[("m1", "m1_0")] == "MRI brain grey matter white matter hypointense irregular"
-    assert q[("m1", "m1_1")] == "MRI brain grey matter white matter isointense"
+    assert q[("m1", "m1_0")] == "magnetic resonance (MR) image brain grey matter white matter"
+    assert q[("m1", "m1_1")] == "magnetic resonance (MR) image brain grey matter white matter"
     assert ("m2", None) in q
 
 

@@ -28,6 +28,7 @@ class Passage:
     title: str
     text: str
     score: float | None = None
+    topic: str = ""
 
 
 @dataclass
@@ -274,6 +275,7 @@ def _passages(ret: dict[str, Any], docs: dict[str, dict], rid: str, roi_id: Any)
                 title=str(doc.get("title") or ""),
                 text=str(doc.get("text") or ""),
                 score=None if score is None else float(score),
+                topic=str(doc.get("topic") or ""),
             )
         )
     return passages

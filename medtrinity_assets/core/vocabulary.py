@@ -245,3 +245,48 @@ def organ_for_body_part(code: str | None) -> str | None:
     """The organ a DICOM BodyPartExamined code names, if the vocabulary knows it."""
     entry = vocabulary()._body_parts.get((code or "").strip().upper())  # type: ignore[attr-defined]
     return entry.key if entry else None
+
+
+# --------------------------------------------------------------------------------------
+# how an image was acquired: plane, MR sequence, CT window
+
+_SEQUENCES = (  # first match wins: the most specific first
+    (r"\bt1\w*\s*(?:\+\s*c|gd|ce|post|contrast)|\bt1gd\b|\bt1c\b", "contrast-enhanced T1-weighted"),
+    (r"\bflair\b", "FLAIR"),
+    (r"\bdwi\b|diffusion", "diffusion-weighted"),
+    (r"\badc\b", "apparent diffusion coefficient"),
+    (r"\bpd\b|proton[ -]density", "proton-density"),
+    (r"\bt2\*|\bswi\b|susceptib", "susceptibility-weighted"),
+    (r"\bt2\w*\b|t2-weighted", "T2-weighted"),
+    (r"\bt1\w*\b|t1-weighted|mprage", "T1-weighted"),
+)
+_PLANES = {("L", "P"): "axial", ("R", "A"): "axial", ("L", "I"): "coronal", ("R", "S"): "coronal",
+           ("P", "I"): "sagittal", ("A", "S"): "sagittal"}
+#: named CT windows (level, width) in Hounsfield units, as radiologists call them
+CT_WINDOWS = {(40, 80): "brain", (40, 40): "stroke", (60, 160): "liver", (40, 400): "soft-tissue",
+              (50, 350): "mediastinal", (40, 350): "soft-tissue", (-600, 1500): "lung",
+              (400, 1800): "bone", (600, 2800): "temporal-bone"}
+
+
+def mr_sequence(text: str | None) -> str | None:
+    """The MR sequence a description or channel name states ("T2-weighted", "FLAIR"), if any."""
+    low = (text or "").lower()
+    return next((name for rx, name in _SEQUENCES if re.search(rx, low)), None)
+
+
+def plane_of(slice_axis: str | None, right: str | None, down: str | None) -> str | None:
+    """The anatomical plane of a slice: its volume's slice axis, else its display directions."""
+    if slice_axis in ("axial", "coronal", "sagittal"):
+        return slice_axis
+    return _PLANES.get((right or "", down or ""))
+
+
+def window_name(window: str | None) -> str | None:
+    """A CT window as radiologists name it ("brain window (L40/W80)"), from ``ct:<c>/<w>``."""
+    m = re.fullmatch(r"ct:(-?[\d.]+)/([\d.]+)", window or "")
+    if not m:
+        return None
+    level, width = float(m.group(1)), float(m.group(2))
+    name = CT_WINDOWS.get((round(level), round(width)))
+    figures = f"L{level:g}/W{width:g}"
+    return f"{name} window ({figures})" if name else f"window {figures}"

@@ -89,7 +89,7 @@ def knowledge_index(context: dg.AssetExecutionContext, storage: OutputStorage, e
     kinds={"parquet", "faiss"},
     partitions_def=SOURCES,
     deps=[COARSE_CAPTIONS.name, ROI_SET.name, KNOWLEDGE_INDEX],
-    description="Top-k knowledge passages per image/ROI (hybrid dense + BM25 retrieval), with scores.",
+    description="Top-k knowledge passages per image/ROI from concept queries (hybrid dense + BM25 candidates), above a cosine-similarity floor; scores are cosine similarities.",
 )
 def retrieved_knowledge(
     context: dg.AssetExecutionContext,
@@ -106,7 +106,13 @@ def retrieved_knowledge(
     coarse = COARSE_CAPTIONS.read(out, name)
     rois = ROI_SET.read(out, name)
     retriever = HybridRetriever(load_index(out / KNOWLEDGE_INDEX), embedder.get())
-    hits = retrieve_for_records(build_queries(coarse, rois), retriever, knowledge.top_k, mode=knowledge.mode)
+    hits = retrieve_for_records(
+        build_queries(coarse, rois),
+        retriever,
+        knowledge.top_k,
+        mode=knowledge.mode,
+        min_similarity=knowledge.min_similarity,
+    )
     path = RETRIEVED_KNOWLEDGE.write(hits, out, name)
     return dg.MaterializeResult(
         metadata={

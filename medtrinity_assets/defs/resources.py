@@ -135,6 +135,9 @@ class KnowledgeConfig(dg.ConfigurableResource):
     overlap_tokens: int = 30
     top_k: int = 5
     mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    min_similarity: float = Field(
+        0.42, description="cosine similarity below which a passage is not retrieved (nor quoted)"
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -166,8 +166,17 @@ def stage_mni(dest: Path) -> list[str]:
     return ["mni152_brain"]
 
 
+PHANTOM_HELD_OUT = 8  # the last phantoms are staged without their masks: an expert grounds them
+
+
 def stage_phantoms(dest: Path, n: int = 40, size: int = 128, seed: int = 7) -> list[str]:
-    """MONAI-generated 2D phantoms with lesion masks (synthetic, for tests and expert training)."""
+    """MONAI-generated 2D phantoms with lesion masks (synthetic, for tests and expert training).
+
+    The last :data:`PHANTOM_HELD_OUT` are staged without a mask in the source (their masks go to
+    ``synthetic_phantoms_truth/``, outside the source): the source then has unannotated images of
+    the phantom scope, which the expert trained on the annotated ones grounds, and the truth
+    masks score that expert's output.
+    """
     from monai.data.synthetic import create_test_image_2d
 
     rng = np.random.default_rng(seed)
@@ -188,7 +197,11 @@ def stage_phantoms(dest: Path, n: int = 40, size: int = 128, seed: int = 7) -> l
         bias = 0.6 * (xx * rng.uniform(0.5, 1.0) + yy * rng.uniform(0.0, 0.5))
         arr = np.clip((img + bias) / (1.0 + bias.max()), 0, 1)
         _write_if_changed(root / "images" / f"phantom_{i:03d}.png", _png_bytes((arr * 255).astype(np.uint8)))
-        _write_if_changed(root / "masks" / f"phantom_{i:03d}.png", _png_bytes((seg > 0).astype(np.uint8)))
+        held_out = i >= n - PHANTOM_HELD_OUT
+        mask_dir = dest / "synthetic_phantoms_truth" / "masks" if held_out else root / "masks"
+        _write_if_changed(mask_dir / f"phantom_{i:03d}.png", _png_bytes((seg > 0).astype(np.uint8)))
+        if held_out:
+            (root / "masks" / f"phantom_{i:03d}.png").unlink(missing_ok=True)  # staged by an older version
     return ["synthetic_phantoms"]
 
 

@@ -3,6 +3,12 @@
 The BM25 index is rebuilt from the docstore when a retriever is created (a few hundred ms per
 ten thousand chunks), so it can never disagree with the verified Faiss index it sits beside.
 Queries are processed in batches: one embedding call and one Faiss search for all of them.
+
+Every hit also carries its exact dense cosine similarity to the query (``Hit.similarity``),
+whatever the mode ranked it by: the fused reciprocal-rank score says only where a passage
+stands among the others, the cosine says how close it is at all. ``min_similarity`` drops the
+passages at or below a floor; :data:`DEFAULT_MIN_SIMILARITY` is the floor measured on the default
+corpus with the default embedder (see :mod:`medtrinity_assets.knowledge.queries`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,13 @@ from medtrinity_assets.knowledge.index import KnowledgeIndex
 
 Mode = Literal["hybrid", "dense", "lexical"]
 MODES = ("hybrid", "dense", "lexical")
+Order = Literal["rank", "similarity"]
+ORDERS = ("rank", "similarity")
+
+# Dense cosine similarity (all-MiniLM-L6-v2, default corpus) at or below which the pipeline's
+# retrieval returns no passage; measured on 32 demo situations with concept queries
+# (medtrinity_assets_tests/test_knowledge_fit.py); the numbers are in knowledge/queries.py.
+DEFAULT_MIN_SIMILARITY = 0.42
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 STOPWORDS = frozenset(
@@ -50,12 +63,18 @@ def lexical_tokens(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Hit:
+    """One retrieved chunk. ``score`` is what the mode ranked by (reciprocal-rank fusion score,
+    cosine similarity or BM25); ``similarity`` is the exact dense cosine similarity between the
+    query and the chunk (None when the retriever does not compute it)."""
+
     chunk_id: str
     score: float
     rank: int
     text: str
     title: str
     doc_id: str = ""
+    similarity: float | None = None
+    topic: str = ""
 
 
 class LexicalIndex:
@@ -127,18 +146,42 @@ class HybridRetriever:
         self._doc_ids = (
             doc["doc_id"].fill_null("").to_list() if "doc_id" in doc.columns else [""] * doc.height
         )
+        self._topics = doc["topic"].fill_null("").to_list() if "topic" in doc.columns else [""] * doc.height
         self.lexical = LexicalIndex([f"{t}\n{x}" for t, x in zip(self._titles, self._texts, strict=True)])
+        self._vectors: np.ndarray | None = None
 
     # -- single modes -------------------------------------------------------------------
-    def dense_candidates(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+    def encode(self, queries: list[str]) -> np.ndarray:
+        return np.asarray(self.embedder.encode(queries), dtype=np.float32)
+
+    def dense_candidates(
+        self, queries: list[str], k: int, vectors: np.ndarray | None = None
+    ) -> list[list[tuple[int, float]]]:
         if not queries or self.index.count == 0:
             return [[] for _ in queries]
-        vecs = np.asarray(self.embedder.encode(queries), dtype=np.float32)
+        vecs = self.encode(queries) if vectors is None else vectors
         scores, ids = self.index.search(vecs, min(k, self.index.count))
         return [
             [(int(i), float(s)) for i, s in zip(ids[r], scores[r], strict=True) if i >= 0]
             for r in range(len(queries))
         ]
+
+    def chunk_vectors(self, rows: list[int]) -> np.ndarray:
+        """The stored (L2-normalised) embeddings of docstore rows, read from ``embeddings.npy``."""
+        if self._vectors is None:
+            self._vectors = self.index.embeddings(mmap=True)
+        if not rows:
+            return np.zeros((0, self.index.dim), dtype=np.float32)
+        order = np.asarray(rows, dtype=np.int64)
+        return np.asarray(self._vectors[order], dtype=np.float32)
+
+    def similarities(self, vectors: np.ndarray, ranked: list[list[tuple[int, float]]]) -> list[list[float]]:
+        """Exact cosine similarity of each query vector with each of its ranked rows."""
+        out: list[list[float]] = []
+        for r, hits in enumerate(ranked):
+            rows = [row for row, _ in hits]
+            out.append([float(x) for x in self.chunk_vectors(rows) @ vectors[r]] if rows else [])
+        return out
 
     def lexical_candidates(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         return self.lexical.search(queries, k)
@@ -156,36 +199,67 @@ class HybridRetriever:
         return best[:k]
 
     # -- public -------------------------------------------------------------------------
-    def search(self, queries: list[str] | str, k: int = 5, mode: Mode = "hybrid") -> list[list[Hit]]:
+    def search(
+        self,
+        queries: list[str] | str,
+        k: int = 5,
+        mode: Mode = "hybrid",
+        min_similarity: float | None = None,
+        order: Order = "rank",
+    ) -> list[list[Hit]]:
+        """The top ``k`` chunks per query, each with its exact dense cosine ``similarity``.
+
+        With ``min_similarity``, chunks whose similarity is not above it are dropped *before*
+        the top ``k`` are taken (from the mode's top ``max(k, candidates)``), so a query may
+        return fewer than ``k`` hits, or none. ``order="similarity"`` sorts that pool by
+        similarity instead of the mode's own order (``rank``) before the top ``k`` are taken:
+        the mode then decides which chunks are candidates, the cosine which come first."""
         if isinstance(queries, str):
             queries = [queries]
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if k <= 0:
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        if k <= 0 or not queries:
             return [[] for _ in queries]
-        depth = max(k, self.candidates)
+        depth = max(k, self.candidates) if min_similarity is not None or order == "similarity" else k
+        vectors = self.encode(queries) if self.index.count else None
         if mode == "dense":
-            ranked = [r[:k] for r in self.dense_candidates(queries, k)]
+            ranked = [r[:depth] for r in self.dense_candidates(queries, depth, vectors)]
         elif mode == "lexical":
-            ranked = [r[:k] for r in self.lexical_candidates(queries, k)]
+            ranked = [r[:depth] for r in self.lexical_candidates(queries, depth)]
         else:
-            dense = self.dense_candidates(queries, depth)
-            lexical = self.lexical_candidates(queries, depth)
-            ranked = [self.fuse(d, lx, k) for d, lx in zip(dense, lexical, strict=True)]
-        return [
-            [
-                Hit(
-                    chunk_id=self._chunk_ids[row],
-                    score=float(score),
-                    rank=rank,
-                    text=self._texts[row],
-                    title=self._titles[row],
-                    doc_id=self._doc_ids[row],
-                )
-                for rank, (row, score) in enumerate(hits, start=1)
+            pool = max(k, self.candidates)
+            dense = self.dense_candidates(queries, pool, vectors)
+            lexical = self.lexical_candidates(queries, pool)
+            ranked = [self.fuse(d, lx, depth) for d, lx in zip(dense, lexical, strict=True)]
+        sims = self.similarities(vectors, ranked) if vectors is not None else [[] for _ in ranked]
+        out: list[list[Hit]] = []
+        for hits, sim in zip(ranked, sims, strict=True):
+            kept = [
+                (row, score, s)
+                for (row, score), s in zip(hits, sim, strict=True)
+                if min_similarity is None or s > min_similarity
             ]
-            for hits in ranked
-        ]
+            if order == "similarity":
+                kept.sort(key=lambda t: -t[2])  # stable: equal similarities keep the mode's order
+            kept = kept[:k]
+            out.append(
+                [
+                    Hit(
+                        chunk_id=self._chunk_ids[row],
+                        score=float(score),
+                        rank=rank,
+                        text=self._texts[row],
+                        title=self._titles[row],
+                        doc_id=self._doc_ids[row],
+                        similarity=s,
+                        topic=self._topics[row],
+                    )
+                    for rank, (row, score, s) in enumerate(kept, start=1)
+                ]
+            )
+        return out
 
 
 def evaluate_retrieval(

@@ -51,6 +51,7 @@ from medtrinity_assets.rois.config import RoiConfig, default_config
 from medtrinity_assets.rois.measure import measure_roi
 from medtrinity_assets.rois.relations import inside_labels, relations
 from medtrinity_assets.rois.rle import rle_counts_from_crop, rle_json
+from medtrinity_assets.rois.surroundings import Surroundings, nesting
 from medtrinity_assets.segmentation.classical import classical_segment
 
 ROI_SCHEMA = ROI_SET.schema
@@ -336,13 +337,15 @@ def _rows_for_image(
     """One roi_set row per candidate of an image: identity, box, mask, measured attributes,
     and the image's relations and inside labels."""
     measure = _measurer(row, image, spec, cfg)
+    nested = nesting(rois, cfg)
+    surroundings = Surroundings(image, rois, nested, h, w, label_map)
     records: list[dict[str, Any]] = []
     for n, roi in enumerate(rois):
         rec = _identity_and_box(row, spec, n, roi, h, w)
         if roi.crop is not None and roi.window is not None:
-            rec.update(_mask_and_attributes(roi, measure, h, w))
+            rec.update(_mask_and_attributes(roi, measure, h, w, surroundings.of(n)))
         records.append(rec)
-    _set_relations(records, rois, cfg)
+    _set_relations(records, rois, cfg, nested)
     _set_inside_labels(records, rois, label_map, label_names, cfg)
     return records
 
@@ -393,7 +396,11 @@ def _identity_and_box(
 
 
 def _mask_and_attributes(
-    roi: RoiCandidate, measure: Callable[..., dict[str, Any]] | None, h: int, w: int
+    roi: RoiCandidate,
+    measure: Callable[..., dict[str, Any]] | None,
+    h: int,
+    w: int,
+    surround: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The candidate's ``mask_rle`` (mask candidates only) and measured attributes (only the
     area when the image could not be read)."""
@@ -402,7 +409,7 @@ def _mask_and_attributes(
     if roi.has_mask:
         out["mask_rle"] = rle_json({"size": [h, w], "counts": rle_counts_from_crop(roi.crop, r0, c0, h, w)})
     if measure is not None:
-        out.update(measure(roi.crop, whole_image=roi.origin == "whole_image", _window=roi.window))
+        out.update(measure(roi.crop, whole_image=roi.origin == "whole_image", _window=roi.window, surround=surround))
     else:
         area = int(roi.crop.sum())
         out["area_px"] = area
@@ -410,7 +417,9 @@ def _mask_and_attributes(
     return out
 
 
-def _set_relations(records: list[dict[str, Any]], rois: list[RoiCandidate], cfg: RoiConfig) -> None:
+def _set_relations(
+    records: list[dict[str, Any]], rois: list[RoiCandidate], cfg: RoiConfig, nested: dict | None = None
+) -> None:
     """``roi_count`` on every row, and ``relations`` among the ok regions that have geometry
     (``whole_image`` excluded); flagged rows get none."""
     geo = [
@@ -429,6 +438,7 @@ def _set_relations(records: list[dict[str, Any]], rois: list[RoiCandidate], cfg:
             np.array([records[i]["bbox_norm"] for i in geo]),
             cfg,
             labels=[records[i]["label"] for i in geo],
+            nested={(a, b): rel for a, i in enumerate(geo) for b, j in enumerate(geo) if (rel := (nested or {}).get((i, j)))},
         )
         for i, js in zip(geo, rel, strict=True):
             records[i]["relations"] = js

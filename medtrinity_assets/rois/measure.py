@@ -25,6 +25,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from medtrinity_assets.core.images import to_grey
 from medtrinity_assets.core.tables import ROI_ATTRIBUTES
@@ -129,6 +130,7 @@ def measure_roi(
     _grey: np.ndarray | None = None,
     _range: tuple[float, float] | None = None,
     _window: tuple[int, int, int, int] | None = None,
+    surround: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Measure one ROI; returns the columns of :data:`~medtrinity_assets.core.tables.ROI_ATTRIBUTES` (nulls where unknown).
 
@@ -136,6 +138,9 @@ def measure_roi(
     frame's shape says nothing). ``_grey``/``_range`` let a caller pass the grey image and its
     intensity range once for many ROIs; ``_window=(r0, r1, c0, c1)`` says that ``mask`` is
     only the crop of the image at that window (saves building a full-size mask per ROI).
+    ``surround`` (a full-size boolean mask) limits the ring to what may count as the ROI's
+    surroundings: the image's foreground, or the tissue that holds the ROI (see
+    :func:`foreground_mask`); no intensity word is given when too little of the ring is left.
     """
     cfg = config or default_config()
     grey = _grey if _grey is not None else to_grey(image)
@@ -161,7 +166,8 @@ def measure_roi(
     roi_mean = float(vals.sum() / vals.size)
     out["roi_mean"] = roi_mean
     if not whole_image:
-        out.update(_ring_contrast(gc, mc, roi_mean, modality, cfg))
+        allowed = surround[r0:r1, c0:c1] if surround is not None else None
+        out.update(_ring_contrast(gc, mc, roi_mean, modality, cfg, allowed))
 
     if area >= cfg.texture_min_area_px:
         lo, hi = _range if _range is not None else (float(grey.min()), float(grey.max()))
@@ -172,6 +178,24 @@ def measure_roi(
     if not whole_image and area >= cfg.shape_min_area_px:
         out.update(_shape_terms(mc, rr, cc, hull, hull_ok, cfg))
     return out
+
+
+def foreground_mask(grey: np.ndarray) -> np.ndarray:
+    """The image's foreground: every pixel but a flat background that reaches the image's border
+    with about the border's intensity (air around a body, the black outside a fundus or an
+    ultrasound fan, the white of a slide). Tissue touching the border is textured, not flat, so
+    it stays foreground; an image without such a background is all foreground."""
+    h, w = grey.shape
+    span = max(float(grey.max()) - float(grey.min()), 1e-9)
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    level = float(np.median(border))
+    near, _ = ndimage.label(np.abs(grey - level) <= 0.1 * span)
+    edge = np.unique(np.concatenate([near[0], near[-1], near[:, 0], near[:, -1]]))
+    background = np.isin(near, edge[edge > 0])
+    share = float(background.mean())
+    if share < 0.02 or share > 0.98 or float(grey[background].std()) > 0.04 * span:
+        return np.ones((h, w), bool)
+    return ~background
 
 
 def _padded_crop(
@@ -228,15 +252,28 @@ def _spacing_pair(spacing: tuple[float, float] | list[float] | None) -> tuple[fl
     return tuple(spacing) if spacing is not None and len(spacing) >= 2 else None
 
 
+#: a ring restricted to the allowed surroundings must keep this share of its pixels to be used
+MIN_RING_SHARE = 0.25
+
+
 def _ring_contrast(
-    gc: np.ndarray, mc: np.ndarray, roi_mean: float, modality: str | None, cfg: RoiConfig
+    gc: np.ndarray,
+    mc: np.ndarray,
+    roi_mean: float,
+    modality: str | None,
+    cfg: RoiConfig,
+    allowed: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Mean of the ring of ``ring_width_px`` around the ROI, the ROI's contrast to it and its
-    intensity word; nothing when the ring is empty (the ROI fills the image)."""
+    """Mean of the ring of ``ring_width_px`` around the ROI (within the ``allowed`` pixels), the
+    ROI's contrast to it and its intensity word; nothing when the ring is empty (the ROI fills
+    the image) or mostly outside the allowed surroundings (background, other tissue)."""
     ring = dilate_cross(mc, cfg.ring_width_px)
     ring &= ~mc
+    full = int(ring.sum())
+    if allowed is not None:
+        ring &= allowed
     ring_vals = gc[ring]
-    if not ring_vals.size:
+    if not ring_vals.size or ring_vals.size < MIN_RING_SHARE * full:
         return {}
     ring_mean = float(ring_vals.sum() / ring_vals.size)
     denom = roi_mean + ring_mean

@@ -23,12 +23,39 @@ def _direction(dx: float, dy: float, cfg: RoiConfig) -> str:
     return f"{vert} and {horiz}" if ax >= cfg.diagonal_ratio * ay and ax > 0 else vert
 
 
+Crop = tuple[np.ndarray, tuple[int, int, int, int]]  # (mask crop, (r0, r1, c0, c1))
+
+
+def containment(crops: list[Crop | None], config: RoiConfig | None = None) -> dict[tuple[int, int], str]:
+    """Which regions nest: ``{(i, j): "lies within"}`` when at least ``inside_fraction`` of region
+    ``i`` lies inside region ``j``'s outline (its mask with holes filled), and ``{(j, i):
+    "encloses"}`` with it. ``crops[k]`` is None for a region without a mask."""
+    cfg = config or default_config()
+    out: dict[tuple[int, int], str] = {}
+    filled: dict[int, np.ndarray] = {}
+    for i, a in enumerate(crops):
+        for j, b in enumerate(crops):
+            if i == j or a is None or b is None:
+                continue
+            (ca, (a0, a1, a2, a3)), (cb, (b0, b1, b2, b3)) = a, b
+            o0, o1, o2, o3 = max(a0, b0), min(a1, b1), max(a2, b2), min(a3, b3)
+            if o0 >= o1 or o2 >= o3 or ca.sum() >= cb.sum():
+                continue
+            if j not in filled:
+                filled[j] = ndimage.binary_fill_holes(cb)
+            inside = filled[j][o0 - b0 : o1 - b0, o2 - b2 : o3 - b2] & ca[o0 - a0 : o1 - a0, o2 - a2 : o3 - a2]
+            if inside.sum() >= cfg.inside_fraction * ca.sum():
+                out[(i, j)], out[(j, i)] = "lies within", "encloses"
+    return out
+
+
 def relations(
     roi_ids: list[str],
     centroids: np.ndarray,
     bboxes: np.ndarray,
     config: RoiConfig | None = None,
     labels: list[str] | None = None,
+    nested: dict[tuple[int, int], str] | None = None,
 ) -> list[str]:
     """For each ROI a JSON list of its relations to its nearest other ROIs.
 
@@ -36,7 +63,9 @@ def relations(
     Each item: ``{"other": roi_id, "relation": "left of" | "above" | "above and left of" |
     ... | "overlapping", "distance_norm": centroid distance in image widths/heights,
     "overlaps": bool (bounding boxes intersect), "other_label": the other ROI's label when
-    ``labels`` is given}``. The relation reads "this ROI is <relation> the other".
+    ``labels`` is given}``. The relation reads "this ROI is <relation> the other". Pairs in
+    ``nested`` (see :func:`containment`) come first with their relation ("lies within",
+    "encloses") instead of a direction.
     """
     cfg = config or default_config()
     n = len(roi_ids)
@@ -53,14 +82,16 @@ def relations(
     iy1 = np.minimum(b[:, None, 3], b[None, :, 3])
     overlap = (ix1 > ix0) & (iy1 > iy0)
     k = min(cfg.max_relations, n - 1)
-    nearest = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    nested = nested or {}
+    order = np.argsort(dist, axis=1, kind="stable")
     out = []
     for i in range(n):
         items = []
-        for j in nearest[i]:
+        first = [j for j in order[i] if (i, j) in nested]
+        for j in (first + [j for j in order[i] if (i, j) not in nested and j != i])[:k]:
             item = {
                 "other": roi_ids[j],
-                "relation": _direction(float(d[i, j, 0]), float(d[i, j, 1]), cfg),
+                "relation": nested.get((i, j)) or _direction(float(d[i, j, 0]), float(d[i, j, 1]), cfg),
                 "distance_norm": round(float(dist[i, j]), 4),
                 "overlaps": bool(overlap[i, j]),
             }

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from medtrinity_assets.core.storage import atomic_write_bytes, sha256_file
-from medtrinity_assets.core.vocabulary import canonical_modality, modality_slug
+from medtrinity_assets.core.vocabulary import canonical_modality
 from medtrinity_assets.ingest.registry import SourceSpec
 from medtrinity_assets.segmentation.network import ExpertConfig, ExpertPredictor, build_network
 
@@ -125,67 +125,72 @@ def load_expert(
     if not p.exists():
         raise ExpertLoadError(f"expert weights not found: {p}")
     if p.suffix == ".json":
-        try:
-            card = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ExpertLoadError(f"{p}: unreadable card: {exc}") from exc
-        if card.get("format") != CARD_FORMAT:
-            raise ExpertLoadError(f"{p}: not an expert card (format {card.get('format')!r})")
-        weights = p.parent / Path(str(card["weights_file"])).name
-        if not weights.exists():
-            raise ExpertLoadError(f"{p}: weights file {weights.name} is missing")
-        _check_hash(weights, card.get("weights_sha256"), expected_sha256)
-        cfg = ExpertConfig.from_dict(card.get("config", {}))
-        net = _load_safetensors_into(weights, cfg)
-        return ExpertPredictor(
-            net,
-            name=str(card.get("name") or "unet"),
-            modality=str(card.get("modality") or modality),
-            image_size=cfg.image_size,
-            threshold=cfg.threshold,
-            device=device,
-            card=card,
-            label=(card.get("labels") or [label or "region"])[0],
-        )
+        return _from_card(p, expected_sha256, device, modality, label)
     if p.suffix == ".safetensors":
-        sibling = p.parent / CARD_NAME
-        if sibling.exists():
-            try:
-                card = json.loads(sibling.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                card = {}
-            if card.get("format") == CARD_FORMAT and card.get("weights_file") == p.name:
-                return load_expert(sibling, expected_sha256, device=device, modality=modality, label=label)
+        sibling = _sibling_card(p)
+        if sibling is not None:
+            return _from_card(sibling, expected_sha256, device, modality, label)
         _check_hash(p, expected_sha256)
         cfg = config or ExpertConfig()
-        net = _load_safetensors_into(p, cfg)
-        return ExpertPredictor(
-            net,
-            name=f"user_{p.stem}",
-            modality=modality,
-            image_size=cfg.image_size,
-            threshold=cfg.threshold,
-            device=device,
-            label=label or "region",
-        )
+        return _user_predictor(_load_safetensors_into(p, cfg), p, cfg, device, modality, label)
     if p.suffix.lower() in TORCHSCRIPT_SUFFIXES:
         _check_hash(p, expected_sha256)
         try:
             net = torch.jit.load(str(p), map_location=device)
         except Exception as exc:
             raise ExpertLoadError(f"{p.name}: not a loadable TorchScript module: {exc}") from exc
-        cfg = config or ExpertConfig()
-        return ExpertPredictor(
-            net,
-            name=f"user_{p.stem}",
-            modality=modality,
-            image_size=cfg.image_size,
-            threshold=cfg.threshold,
-            device=device,
-            label=label or "region",
-        )
-    raise ExpertLoadError(
-        f"{p.name}: unsupported expert format (use a card.json, .safetensors or TorchScript)"
+        return _user_predictor(net, p, config or ExpertConfig(), device, modality, label)
+    raise ExpertLoadError(f"{p.name}: unsupported expert format (use a card.json, .safetensors or TorchScript)")
+
+
+def _from_card(p: Path, expected_sha256: str | None, device: str, modality: str, label: str | None) -> ExpertPredictor:
+    """An expert from its ``card.json``: the weights beside it, checked against the card's hash."""
+    try:
+        card = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExpertLoadError(f"{p}: unreadable card: {exc}") from exc
+    if card.get("format") != CARD_FORMAT:
+        raise ExpertLoadError(f"{p}: not an expert card (format {card.get('format')!r})")
+    weights = p.parent / Path(str(card["weights_file"])).name
+    if not weights.exists():
+        raise ExpertLoadError(f"{p}: weights file {weights.name} is missing")
+    _check_hash(weights, card.get("weights_sha256"), expected_sha256)
+    cfg = ExpertConfig.from_dict(card.get("config", {}))
+    return ExpertPredictor(
+        _load_safetensors_into(weights, cfg),
+        name=str(card.get("name") or "unet"),
+        modality=str(card.get("modality") or modality),
+        image_size=cfg.image_size,
+        threshold=cfg.threshold,
+        device=device,
+        card=card,
+        label=(card.get("labels") or [label or "region"])[0],
+    )
+
+
+def _sibling_card(p: Path) -> Path | None:
+    """The ``card.json`` beside a safetensors file that names it, if any."""
+    sibling = p.parent / CARD_NAME
+    if not sibling.exists():
+        return None
+    try:
+        card = json.loads(sibling.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return sibling if card.get("format") == CARD_FORMAT and card.get("weights_file") == p.name else None
+
+
+def _user_predictor(
+    net: torch.nn.Module, p: Path, cfg: ExpertConfig, device: str, modality: str, label: str | None
+) -> ExpertPredictor:
+    return ExpertPredictor(
+        net,
+        name=f"user_{p.stem}",
+        modality=modality,
+        image_size=cfg.image_size,
+        threshold=cfg.threshold,
+        device=device,
+        label=label or "region",
     )
 
 

