@@ -197,3 +197,36 @@ def test_image_sent_as_data_url(tmp_path):
     with ChatServer() as srv:
         [res] = _captioner(srv.base_url).caption([broken])
         assert res.status == "failed" and "image unreadable" in res.error and srv.stats.requests == 0
+
+
+def test_descriptions_that_fail_a_check_fall_back_to_the_embedded_one(tmp_path):
+    """The server always describes a homogeneous hyperdense CT region in the left third of a head
+    image: kept for the region that is one, replaced (with the reason) for every other region."""
+    import dataclasses
+
+    import numpy as np
+
+    from medtrinity_assets.captioning.guard import GuardedCaptioner
+    from medtrinity_assets.rois.rle import rle_encode, rle_json
+
+    mask = np.zeros((256, 256), bool)
+    mask[100:140, 20:60] = True
+    fits = dataclasses.replace(
+        realistic_inputs(1, seed=2)[0], modality="CT", organ="head", label="haemorrhage", origin="mask",
+        mask_rle=rle_json(rle_encode(mask)), bbox_norm=[20 / 256, 100 / 256, 60 / 256, 140 / 256],
+        horizontal="left", vertical="middle", patient_lr=None, patient_ap=None, intensity_word="hyperdense",
+        texture_homogeneity_word="homogeneous", roi_count=1, relations=[], inside_label=None, passages=[],
+    )
+    items = [fits, *realistic_inputs(12, seed=9)[1:]]
+    with ChatServer() as srv:
+        guarded = GuardedCaptioner(_captioner(srv.base_url))
+        res = run_caption_batch(items, guarded, tmp_path / "c.parquet", chunk_size=8)
+    df = pl.read_parquet(tmp_path / "c.parquet")
+    kept = df.filter(pl.col("fallback_reason").is_null())
+    replaced = df.filter(pl.col("fallback_reason").is_not_null())
+    assert res.fallbacks == replaced.height and replaced.height >= 10
+    assert kept["record_id"].to_list() == [fits.record_id] and kept["backend"][0] == "openai_compatible"
+    assert set(replaced["backend"]) == {"embedded"} and replaced["raw"].str.contains("tag=").all()
+    assert replaced["fallback_reason"].str.contains("modality|organ|position").all()
+    q = check_captions(df, {i.key: i for i in items})
+    assert q["passed"].all(), q.filter(~pl.col("passed"))["issues"].to_list()

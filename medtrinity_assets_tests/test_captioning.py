@@ -153,20 +153,44 @@ def test_embedded_is_deterministic_grounded_and_varied():
     assert all(r.status == "ok" and set(r.facets) == set(FACETS) for r in a)
     openings = {r.facets["roi_location"].split(" ")[0] for r in a} | {r.facets["modality"].split(" ")[0] for r in a}
     assert len(openings) >= 4  # several templates in use
+    quoted = 0
     for item, res in zip(items, a, strict=True):
         if item.patient_lr is None or item.origin == "whole_image":
             assert "patient's left" not in res.text and "patient's right" not in res.text
         else:
             assert f"patient's {item.patient_lr}" in res.text
-        assert (" mm" in res.text) == (item.longest_diameter_mm is not None)
-        if item.passages:
-            assert f"[{item.passages[0].chunk_id}]" in res.facets["relationship"]
-        else:
+        outlined = item.origin not in ("box", "whole_image")
+        assert (" mm" in res.text) == (outlined and item.longest_diameter_mm is not None)
+        cited = re.findall(r"\[([0-9a-z]+)\]", res.facets["relationship"])
+        assert set(cited) <= set(item.chunk_ids)
+        quoted += bool(cited)
+        if not cited:
             assert "No reference passage" in res.facets["relationship"]
-        if item.intensity_word:
+        if item.intensity_word and item.origin != "whole_image":
             assert item.intensity_word in res.facets["roi_texture"]
-        else:
-            assert "not measured" in res.facets["roi_texture"]
+    assert quoted > len(items) // 2
+
+
+def test_embedded_says_only_what_fits_the_region():
+    items = realistic_inputs(260, seed=4)
+    for item, res in zip(items, EmbeddedCaptioner().caption(items), strict=True):
+        if item.origin == "whole_image":
+            assert "No region was localised" in res.facets["roi_location"]
+            assert not re.search(r"%|\bmm\b|outline|diameter|third", res.text), res.text
+        if item.origin == "box":
+            assert "outline" not in res.text and "diameter" not in res.text
+        assert "0.0%" not in res.text and not re.search(r"spans (\d+)-\1%", res.text)
+        assert "region #" not in res.text and "labelled 'region'" not in res.text
+        for rel in item.relations:
+            if rel.get("other_label") == "region":
+                assert f"{rel['relation']} the region" not in res.text
+    one = realistic_inputs(30, seed=5)[11]  # a fundus photograph
+    assert one.modality == "Fundus"
+    grey, colour = (EmbeddedCaptioner().facets(dataclasses.replace(one, channels=c))["modality"] for c in (1, 3))
+    assert "colour" in colour and "colour" not in grey and "greyscale" in grey
+    phantom = dataclasses.replace(items[2], synthetic=True, organ="phantom", label="lesion")
+    text = " ".join(EmbeddedCaptioner().facets(phantom).values())
+    assert "synthetic phantom" in text and "no clinical finding" in text
 
 
 def test_embedded_says_nothing_it_did_not_measure():
@@ -224,9 +248,22 @@ def _check(item: CaptionInput, edit=None, drop=None, **kw) -> dict:
     return check_caption(row, item, **kw)
 
 
+def _upper_left_mask() -> tuple[str, list[float], float]:
+    """An elliptic region in the upper-left third of a 256 px image: its RLE, box and area fraction."""
+    from medtrinity_assets.rois.rle import rle_encode, rle_json
+
+    yy, xx = np.mgrid[0:256, 0:256]
+    mask = ((yy - 40) / 20) ** 2 + ((xx - 50) / 30) ** 2 <= 1
+    rows, cols = np.nonzero(mask)
+    box = [cols.min() / 256, rows.min() / 256, (cols.max() + 1) / 256, (rows.max() + 1) / 256]
+    return rle_json(rle_encode(mask)), box, float(mask.mean())
+
+
 def test_claims_are_read_from_the_text_and_contradictions_flagged():
+    rle, box, area = _upper_left_mask()
     item = _one(horizontal="left", vertical="upper", patient_lr=None, patient_ap=None, intensity_word="hyperintense",
-                texture_homogeneity_word="homogeneous", longest_diameter_mm=None)
+                texture_homogeneity_word="homogeneous", longest_diameter_mm=None, mask_rle=rle, bbox_norm=box,
+                area_fraction=area, origin="mask")
     assert _check(item)["consistent"]
     # image position read from free text, in several phrasings
     assert not _check(item, lambda t: t.replace("left third", "right third"))["position_ok"]
@@ -258,12 +295,76 @@ def test_claims_are_read_from_the_text_and_contradictions_flagged():
     assert not _check(sized, lambda t: t + " It spans 3.5 cm.")["size_ok"]
     # citations are knowledge, not claims about this image
     cid = item.passages[0].chunk_id
-    assert _check(item, lambda t: t + f' Background: "CT shows the left lung as hypodense" [{cid}].')["consistent"]
+    r = _check(item, lambda t: t + f' Background: "CT shows the left lung as hypodense" [{cid}].')
+    assert all(r[c] for c in ("position_ok", "laterality_ok", "modality_ok", "organ_ok", "texture_ok"))
+    # ... but a quote must be the passage's own words
+    assert not r["quotes_ok"] and any("not in passage" in i for i in r["issues"])
+    genuine = item.passages[0].text.split(". ")[0]
+    assert _check(item, lambda t: t + f' Background: "{genuine}" [{cid}].')["quotes_ok"]
     # facets and length
     r = _check(item, lambda t: "Too short.")
     assert not r["length_ok"] and not r["consistent"]
     r = _check(item, drop="roi_texture")
     assert not r["facet_roi_texture_present"] and not r["facets_present"] and r["facet_modality_present"]
+
+
+def test_checks_use_the_mask_and_ontologies_not_the_attribute_table():
+    """Claims are checked against evidence the description was not written from: the ROI's own
+    mask (recomputed from its RLE), the ontologies, the metadata and the retrieved passages."""
+    rle, box, area = _upper_left_mask()
+    item = _one(horizontal="left", vertical="upper", patient_lr=None, patient_ap=None, longest_diameter_mm=None,
+                mask_rle=rle, bbox_norm=box, area_fraction=area, origin="mask", relations=[], inside_label=None)
+    assert _check(item)["consistent"], _check(item)["issues"]
+    # the table says lower-right, the mask upper-left: the description written from the table fails
+    lied = dataclasses.replace(item, horizontal="right", vertical="lower")
+    assert not _check(lied)["position_ok"]
+    pct = f"{area * 100:.1f}%"
+    assert not _check(item, lambda t: t.replace(pct, "12.0%"))["size_ok"]
+    assert not _check(dataclasses.replace(item, area_fraction=0.3))["size_ok"]  # the table's area is wrong
+    assert not _check(item, lambda t: t + " Its bounding box spans 60-90% of the image width and 60-90% of its height.")[
+        "size_ok"]
+    # whole image and box: no extent, no outline
+    whole = dataclasses.replace(item, origin="whole_image")
+    r = _check(item, lambda t: t + " No region was localised in this image.")
+    assert not r["size_ok"]
+    box_item = dataclasses.replace(item, origin="box", shape_word=None)
+    assert not _check(box_item, lambda t: t + " It has a round outline.")["size_ok"]
+    assert not _check(whole, lambda t: t + " It lies horizontally in the left third of the image.")["position_ok"]
+    # containment recomputed from the masks of the image's regions
+    assert not _check(item, lambda t: t + " It lies within the white matter.", nested=set())["relations_ok"]
+    assert _check(item, lambda t: t + " It lies within the white matter.",
+                  nested={("lies within", "white matter")})["relations_ok"]
+    # anatomy outside the organ, a diagnosis from nowhere, numbers from nowhere
+    r = _check(item, lambda t: t + " It abuts the splenic bile canaliculus.")
+    assert not r["terms_ok"], r["issues"]
+    r = _check(item, lambda t: t + " It is consistent with glioblastoma.")
+    assert not r["terms_ok"] and any("Glioblastoma" in i for i in r["issues"])
+    assert not _check(item, lambda t: t + " It is one of 7 similar foci.")["numbers_ok"]
+    # a quote from a passage below the relevance floor
+    low = dataclasses.replace(item, passages=[dataclasses.replace(item.passages[0], score=0.1)])
+    sentence = low.passages[0].text.split(". ")[0]
+    r = _check(low, lambda t: t + f' Background: "{sentence}" [{low.passages[0].chunk_id}].')
+    assert not r["quotes_ok"] and any("relevance floor" in i for i in r["issues"])
+
+
+def test_nesting_is_recomputed_from_the_masks():
+    from medtrinity_assets.captioning.evidence import nesting
+    from medtrinity_assets.rois.rle import rle_encode, rle_json
+
+    outer = np.zeros((64, 64), bool)
+    outer[8:56, 8:56] = True
+    outer[24:40, 24:40] = False  # a hole: the inner region lies within the outline
+    inner = np.zeros((64, 64), bool)
+    inner[26:38, 26:38] = True
+    apart = np.zeros((64, 64), bool)
+    apart[0:4, 60:64] = True
+    items = [CaptionInput(record_id="r", source="s", roi_id=str(i), label=lab, origin="mask",
+                          mask_rle=rle_json(rle_encode(m)))
+             for i, (lab, m) in enumerate([("liver", outer), ("lesion", inner), ("cyst", apart)])]
+    found = nesting(items)
+    assert found[("r", "1")] == {("lies within", "liver")}
+    assert found[("r", "0")] == {("encloses", "lesion")}
+    assert ("r", "2") not in found
 
 
 def test_phi_scan():
@@ -278,7 +379,7 @@ def test_phi_scan():
     assert scan_phi("The Springfield clinic", phi_values={"springfield"}) == ["listed_value"]
     item = _one()
     r = _check(item, lambda t: t + " Imaged 2019-02-03.")
-    assert r["phi_found"] and r["consistent"]
+    assert r["phi_found"] and r["position_ok"] and r["texture_ok"]  # PHI is its own finding
     q = check_captions(_frame([item], EmbeddedCaptioner().caption([item])), {item.key: item},
                        phi_values={item.label})
     assert q["phi_found"].to_list() == [True] and q["passed"].to_list() == [False]

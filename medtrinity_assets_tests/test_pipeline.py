@@ -143,12 +143,27 @@ def test_retrieved_knowledge_grounds_the_tibia_lesion(pipeline):
     assert any("fibroma" in t.lower() for t in texts)
 
 
+def _caption_with(copy, captioner, dagster_instance):
+    defs = build_definitions()
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets("caption_batch", "caption_quality")
+        | dg.AssetSelection.checks_for_assets("caption_quality"),
+        partition_key="synthetic_phantoms",
+        instance=dagster_instance,
+        resources=make_resources(copy, captioner=captioner),
+        run_config=QUIET,
+        raise_on_error=False,
+    )
+
+
 def test_openai_backend_is_configuration_only_and_blocking_checks_catch_bad_claims(
     pipeline, dagster_instance, tmp_path, monkeypatch
 ):
     """Same graph, captioner switched by configuration to an OpenAI-compatible server (a real
     socket). The server's canned replies describe a head CT in the left third: for the synthetic
-    MRI phantoms those claims are wrong, and the blocking consistency check must fail."""
+    MRI phantoms those claims are wrong. Unguarded, the blocking consistency check fails; guarded
+    (the default), every such description is replaced by the embedded one and counted."""
     import shutil
 
     from medtrinity_assets_tests.chat_server import ChatServer
@@ -157,31 +172,27 @@ def test_openai_backend_is_configuration_only_and_blocking_checks_catch_bad_clai
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     monkeypatch.setenv("TEST_VLM_KEY", "sk-test-secret")
-    defs = build_definitions()
     with ChatServer(latency_s=0.01) as server:
-        captioner = OpenAICompatibleCaptionerResource(
-            base_urls=[server.base_url], model="test-vlm", api_key_env="TEST_VLM_KEY"
-        )
-        resources = make_resources(copy, captioner=captioner)
-        result = dg.materialize(
-            [*defs.assets, *defs.asset_checks],
-            selection=dg.AssetSelection.assets("caption_batch", "caption_quality")
-            | dg.AssetSelection.checks_for_assets("caption_quality"),
-            partition_key="synthetic_phantoms",
-            instance=dagster_instance,
-            resources=resources,
-            run_config=QUIET,
-            raise_on_error=False,
-        )
+        settings = {"base_urls": [server.base_url], "model": "test-vlm", "api_key_env": "TEST_VLM_KEY"}
+        raw = OpenAICompatibleCaptionerResource(**settings, fallback_to_embedded=False)
+        result = _caption_with(copy, raw, dagster_instance)
         assert server.stats.requests > 0
+        captions = _table(copy, "caption_batch", "synthetic_phantoms")
+        assert set(captions["backend"]) == {"openai_compatible"} and set(captions["model"]) == {"test-vlm"}
+        assert (captions["status"] == "ok").all()
+        assert not captions["text"].str.contains("sk-test-secret").any()
+        evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert not evals["claims_consistent"].passed
+        assert (~_table(copy, "caption_quality", "synthetic_phantoms")["consistent"]).sum() > 0
+
+        guarded = _caption_with(copy, OpenAICompatibleCaptionerResource(**settings), dagster_instance)
     captions = _table(copy, "caption_batch", "synthetic_phantoms")
-    assert set(captions["backend"]) == {"openai_compatible"} and set(captions["model"]) == {"test-vlm"}
-    assert (captions["status"] == "ok").all()
-    assert not captions["text"].str.contains("sk-test-secret").any()
-    evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert not evals["claims_consistent"].passed
-    quality = _table(copy, "caption_quality", "synthetic_phantoms")
-    assert (~quality["consistent"]).sum() > 0
+    assert captions["fallback_reason"].is_not_null().all() and set(captions["backend"]) == {"embedded"}
+    assert captions["raw"].str.contains("computed tomography").all()  # the rejected text is kept for review
+    evals = {e.check_name: e for e in guarded.get_asset_check_evaluations()}
+    assert evals["claims_consistent"].passed
+    [mat] = [m for m in guarded.get_asset_materialization_events() if m.asset_key.path == ["caption_batch"]]
+    assert mat.materialization.metadata["batch"].value["fallbacks"] == captions.height
 
 
 def test_local_vlm_backend_is_configuration_only(pipeline, dagster_instance, tmp_path):

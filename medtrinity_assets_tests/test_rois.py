@@ -330,7 +330,7 @@ def test_shape_and_intensity_words():
     cross[40:44, 20:100] = True
     cross[10:80, 58:62] = True
     assert measure_roi(img, cross)["shape_word"] == "irregular"
-    assert measure_roi(np.full((H, W), 100, np.uint8), m, modality="x-ray")["intensity_word"] == "isodense"
+    assert measure_roi(np.full((H, W), 100, np.uint8), m, modality="x-ray")["intensity_word"] == "similar opacity"
     noisy = np.random.default_rng(0).integers(0, 256, (H, W)).astype(np.uint8)
     t = measure_roi(noisy, m, modality="MRI")
     assert t["texture_homogeneity_word"] == "heterogeneous" and t["texture_smoothness_word"] == "coarse"

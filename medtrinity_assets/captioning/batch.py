@@ -44,10 +44,11 @@ class BatchResult:
     chunks_written: int
     duplicates_dropped: int = 0
     failed_keys: list[tuple[str, Any]] = field(default_factory=list)
+    fallbacks: int = 0  # rows whose model description failed a check and hold the fallback's
 
     def as_metadata(self) -> dict[str, Any]:
         return {"total": self.total, "cached": self.cached, "computed": self.computed, "ok": self.ok,
-                "failed": self.failed, "chunks_written": self.chunks_written}
+                "failed": self.failed, "chunks_written": self.chunks_written, "fallbacks": self.fallbacks}
 
 
 def parts_dir(table_path: str | Path) -> Path:
@@ -63,12 +64,13 @@ def caption_rows_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
 
 def _row(item: CaptionInput, result: CaptionResult, captioner: Captioner, h: str, params_json: str) -> dict:
     facets = {k: (result.facets or {}).get(k) for k in FACETS} if result.status == "ok" else {}
+    written_by = getattr(captioner, "fallback", captioner) if result.fallback_reason else captioner
     return {
         "record_id": item.record_id,
         "source": item.source,
         "roi_id": item.roi_id,
-        "backend": captioner.name,
-        "model": captioner.model,
+        "backend": written_by.name,
+        "model": written_by.model,
         "params": params_json,
         "prompt_version": captioner.prompt_version,
         "inputs_hash": h,
@@ -79,6 +81,7 @@ def _row(item: CaptionInput, result: CaptionResult, captioner: Captioner, h: str
         "status": result.status,
         "error": result.error,
         "raw": result.raw,
+        "fallback_reason": result.fallback_reason,
         "created_at": datetime.now(UTC),
     }
 
@@ -164,6 +167,7 @@ def run_caption_batch(
         chunks_written=writer.chunks,
         duplicates_dropped=dropped,
         failed_keys=failed_keys,
+        fallbacks=sum(1 for r in final_rows if r.get("fallback_reason")),
     )
 
 

@@ -79,7 +79,8 @@ def mask_phrases(text: str, phrases: Iterable[str]) -> str:
 
 def known_phrases(item: CaptionInput) -> list[str]:
     """Names the caption may quote without claiming anything: labels, related ROIs, terms."""
-    raw = [item.label, item.inside_label, *(r.get("other") for r in item.relations), *item.terms]
+    raw = [item.label, item.inside_label, *(r.get("other") for r in item.relations),
+           *(r.get("other_label") for r in item.relations), *item.terms]
     out: list[str] = []
     for p in raw:
         if p:
@@ -149,3 +150,65 @@ def caption_facets(row: dict[str, Any]) -> dict[str, str | None]:
         except (json.JSONDecodeError, AttributeError):
             pass
     return facets
+
+
+_AREA = re.compile(r"\b(?:covers?|covering|occupies|occupying)\s+(less than\s+)?(\d+(?:\.\d+)?)\s?%\s+of\s+the\s+image",
+                   re.I)
+_SPAN = re.compile(r"\bspans?\s+(\d+(?:\.\d+)?)\s?-\s?(\d+(?:\.\d+)?)\s?%\s+of\s+the\s+image\s+width\s+and\s+"
+                   r"(\d+(?:\.\d+)?)\s?-\s?(\d+(?:\.\d+)?)\s?%\s+of\s+its\s+height", re.I)
+_NESTED = re.compile(r"\b(lies|lying|located|situated|sits)\s+within\s+the\s+([a-z][a-z \-]{1,60}?)"
+                     r"(?=\s+in the image|[.;,:)]|$)|\b(encloses|enclosing|surrounds)\s+(?:the\s+|another\s+)?"
+                     r"([a-z][a-z \-]{1,60}?)(?=\s+region\b|\s+in the image|[.;,:)]|$)", re.I)
+_OUTLINE = re.compile(r"\b(round|oval|irregular|lobulated|elongated|circular|spiculated)\s+(?:outline|shape|contour|margin)",
+                      re.I)
+_WHOLE = re.compile(r"\bno region was locali[sz]ed\b|\bcovers the (?:whole|entire) image\b|"
+                    r"\bwhole image is the region of interest\b", re.I)
+_NUMBER = re.compile(r"(?<![\w.\-/])(\d+(?:\.\d+)?)(?![\w])")
+
+
+def area_claims(text: str) -> list[tuple[bool, float]]:
+    """``(is an upper bound, percent)`` of every "covers X% of the image" claim."""
+    return [(bool(m.group(1)), float(m.group(2))) for m in _AREA.finditer(text)]
+
+
+def span_claims(text: str) -> list[tuple[float, float, float, float]]:
+    """``(x0, x1, y0, y1)`` in percent of every bounding-box span claim."""
+    return [tuple(float(g) for g in m.groups()) for m in _SPAN.finditer(text)]  # type: ignore[misc]
+
+
+def nesting_claims(text: str) -> list[tuple[str, str]]:
+    """``("lies within" | "encloses", other label)`` of every containment claim."""
+    out = []
+    for m in _NESTED.finditer(text):
+        if m.group(2):
+            out.append(("lies within", m.group(2).strip().lower()))
+        else:
+            out.append(("encloses", m.group(4).strip().lower()))
+    return out
+
+
+def outline_claims(text: str) -> list[str]:
+    """Shape words said of an outline."""
+    return [m.group(1).lower() for m in _OUTLINE.finditer(text)]
+
+
+def says_whole_image(text: str) -> bool:
+    """Whether the text says that no region was localised (the whole image is the region)."""
+    return bool(_WHOLE.search(text))
+
+
+def without_claims(text: str) -> str:
+    """``text`` without its area, span and size claims (their numbers are checked on their own)."""
+    for rx in (_AREA, _SPAN, _SIZE):
+        text = rx.sub(" ", text)
+    return text
+
+
+def numbers_in(text: str) -> list[str]:
+    """Every stand-alone number in ``text`` (not part of a word such as T1 or an id)."""
+    return _NUMBER.findall(text)
+
+
+def quoted_passages(text: str) -> list[tuple[str, str]]:
+    """``(sentence, chunk id)`` of every quoted and cited passage sentence."""
+    return [(m.group(1), m.group(2)) for m in _QUOTE_CITE.finditer(text)]

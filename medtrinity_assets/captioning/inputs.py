@@ -47,11 +47,20 @@ class CaptionInput:
     modality: str | None = None
     organ: str | None = None
     terms: list[str] = field(default_factory=list)
+    concepts: list[str] = field(default_factory=list)
+    synthetic: bool = False
+    plane: str | None = None
+    sequence: str | None = None
+    window: str | None = None
+    channels: int | None = None
     # ROI geometry and measured attributes
     label: str | None = None
     origin: str | None = None
     bbox_xyxy: list[float] | None = None
     bbox_norm: list[float] | None = None
+    mask_rle: str | None = None
+    image_width: int | None = None
+    image_height: int | None = None
     area_fraction: float | None = None
     horizontal: str | None = None
     vertical: str | None = None
@@ -105,6 +114,9 @@ _ROI_FIELDS = {
     "origin": "origin",
     "bbox_xyxy": "bbox_xyxy",
     "bbox_norm": "bbox_norm",
+    "mask_rle": "mask_rle",
+    "image_width": "image_width",
+    "image_height": "image_height",
     "area_fraction": "area_fraction",
     "horizontal": "horizontal",
     "vertical": "vertical",
@@ -235,11 +247,21 @@ def _caption_input(row: dict[str, Any], tables: _Upstream, root: str | None) -> 
         modality=cc.get("modality"),
         organ=cc.get("organ"),
         terms=[str(t) for t in _as_list(cc.get("terms"))],
+        concepts=[str(t) for t in _as_list(cc.get("concepts"))],
+        synthetic=bool(cc.get("synthetic")),
+        plane=cc.get("plane"),
+        sequence=cc.get("sequence"),
+        window=cc.get("window"),
+        channels=_int_or_none(cc.get("channels") if cc.get("channels") is not None else img.get("channels")),
         relations=relations,
         query=ret.get("query"),
         passages=passages,
         **kw,
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _roi_attributes(row: dict[str, Any]) -> dict[str, Any]:
@@ -253,8 +275,9 @@ def _roi_attributes(row: dict[str, Any]) -> dict[str, Any]:
             kw[box] = [float(v) for v in _as_list(kw[box])]
     if kw.get("patient_lr") is None and row.get("patient_side") in ("left", "right"):
         kw["patient_lr"] = row["patient_side"]  # docs/ARCHITECTURE.md names it patient_side
-    if kw.get("roi_count") is not None:
-        kw["roi_count"] = int(kw["roi_count"])
+    for count in ("roi_count", "image_width", "image_height"):
+        if kw.get(count) is not None:
+            kw[count] = int(kw[count])
     return kw
 
 

@@ -1,23 +1,33 @@
 """Claim-level quality checks of descriptions, PHI scan, and the optional MLLM judge's scores.
 
 Claims are read back out of each caption's own words (paragraph and facets), whatever backend
-wrote it, and compared with the measured ROI and the metadata:
+wrote it, and compared with evidence the description was not written from wherever it exists
+(:mod:`medtrinity_assets.captioning.evidence`), not with the attribute table:
 
 - every facet present;
-- image position (``horizontally ... left``, ``upper third of the image``) against the measured
-  horizontal/vertical thirds;
+- image position (``horizontally ... left``, ``upper third of the image``) against the thirds of
+  the centroid of the ROI's own mask, decoded from its RLE; none for a whole-image region;
+- area ("covers 3.2% of the image area") and bounding-box span against the mask; "no region
+  was localised" only for a whole image; no outline shape for a box or a whole image;
+- "lies within" / "encloses" against the containment recomputed from the masks of the image's
+  regions (or the label map's enclosing label);
 - patient laterality (``left``/``right`` not describing the image frame and not part of a known
-  label) against ``patient_lr``; a laterality claim on an image of unknown orientation fails;
-  anterior/posterior and superior/inferior against their measured values when known;
+  label) against ``patient_lr`` (from the header's orientation); a laterality claim on an image
+  of unknown orientation fails; anterior/posterior and superior/inferior likewise;
 - modality words against the metadata modality, body-region words against the organ;
-- intensity polarity (hyper-/hypo-/iso-) and homogeneity against the measured words;
+- anatomy (ontology concepts) only as the metadata name it; findings (diseases) only as the
+  metadata or the retrieved passages name them (:mod:`medtrinity_assets.core.ontology`);
+- every other number from the inputs (metadata, ROI count, window);
+- quotes: verbatim from a retrieved passage above the relevance floor, contradicting no measured word;
+- intensity polarity (hyper-/hypo-/iso-, increased/decreased uptake, denser/paler staining) and
+  homogeneity against the measured words;
 - sizes in mm/cm only when a diameter was measured, and never above it;
 - length bounds; PHI (``Surname^Given`` names, titles with names, long identifier-like digit
   runs, dates, and any listed value).
 
 Sentences quoting a retrieved passage (a chunk-id citation ``[chunk_id]``) state background
 knowledge, not findings in this image, so they are excluded from the image-claim checks (but
-not from the PHI scan).
+not from the PHI scan and the quote check).
 
 The claim readers live in :mod:`medtrinity_assets.captioning.claims`, the judge in
 :mod:`medtrinity_assets.captioning.judge`.
@@ -26,23 +36,34 @@ The claim readers live in :mod:`medtrinity_assets.captioning.claims`, the judge 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
+from medtrinity_assets.captioning import evidence
 from medtrinity_assets.captioning.claims import (
+    area_claims,
     caption_facets,
     horizontal_third,
     known_phrases,
     mask_phrases,
+    nesting_claims,
+    numbers_in,
     orientation_claims,
+    outline_claims,
     patient_side_text,
     position_claims,
+    quoted_passages,
+    says_whole_image,
     side_claims,
     size_claims_mm,
+    span_claims,
     strip_citations,
     vertical_third,
+    without_claims,
 )
+from medtrinity_assets.captioning.evidence import RegionFacts
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.judge import Judge
 from medtrinity_assets.captioning.prompt import FACETS
@@ -50,6 +71,7 @@ from medtrinity_assets.captioning.wording import (
     homogeneity_mentions,
     intensity_polarities,
     intensity_polarity,
+    label_text,
 )
 from medtrinity_assets.core.tables import CAPTION_QUALITY, QUALITY_CHECKS
 from medtrinity_assets.core.vocabulary import (
@@ -84,8 +106,11 @@ def check_caption(
     phi_values: Iterable[str] | Any = (),
     min_chars: int = 80,
     max_chars: int = 6000,
+    facts: RegionFacts | None = None,
+    nested: set[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Checks of one caption row against its input; see the module docstring."""
+    """Checks of one caption row against its input; see the module docstring. ``facts`` and
+    ``nested`` are the region's mask evidence (recomputed from its RLE when not given)."""
     res: dict[str, Any] = {c: False for c in CHECKS}
     facets = caption_facets(row)
     text = row.get("text") or ""
@@ -102,7 +127,8 @@ def check_caption(
         res.update(consistent=False, issues=issues)
         return res
     res["facets_present"] = all(present.values())
-    for check, found in _claim_issues(text, full, facets, chunk_ids, item, min_chars, max_chars).items():
+    ev = _Evidence(facts if facts is not None else evidence.region_facts(item), nested)
+    for check, found in _claim_issues(text, full, facets, chunk_ids, item, ev, (min_chars, max_chars)).items():
         res[check] = not found
         issues.extend(found)
     res["consistent"] = all(res[c] for c in CHECKS)
@@ -132,14 +158,23 @@ def _why_unchecked(row: dict[str, Any], item: CaptionInput | None) -> str | None
     return None
 
 
+@dataclass(frozen=True)
+class _Evidence:
+    """What the region's own mask says (None: no mask to recompute from) and which regions of its
+    image it lies within or encloses (None: not computed, containment claims not checked)."""
+
+    facts: RegionFacts | None
+    nested: set[tuple[str, str]] | None
+
+
 def _claim_issues(
     text: str,
     full: str,
     facets: dict[str, str | None],
     chunk_ids: list[str],
     item: CaptionInput,
-    min_chars: int,
-    max_chars: int,
+    ev: _Evidence,
+    length: tuple[int, int],
 ) -> dict[str, list[str]]:
     """Issues per check (none: the check passed), in the order they are reported.
 
@@ -150,13 +185,17 @@ def _claim_issues(
     pos, rest = position_claims(masked)
     lateral = patient_side_text(rest, claims_text)
     return {
-        "length_ok": _length_issues(len(text), min_chars, max_chars),
-        "position_ok": _position_issues(pos, item),
+        "length_ok": _length_issues(len(text), *length),
+        "position_ok": _position_issues(pos, item, ev.facts),
         "laterality_ok": _side_issues(lateral, item) + _orientation_issues(lateral, item),
         "modality_ok": _modality_issues(masked, facets, item),
         "organ_ok": _organ_issues(masked, facets, item),
         "texture_ok": _texture_issues(masked, item),
-        "size_ok": _size_issues(masked, item),
+        "size_ok": _size_issues(masked, item) + _extent_issues(claims_text, item, ev.facts),
+        "relations_ok": _nesting_issues(claims_text, item, ev.nested),
+        "terms_ok": _term_issues(mask_phrases(masked, [item.intensity_word or ""]), item),
+        "numbers_ok": _number_issues(claims_text, item),
+        "quotes_ok": _quote_issues(full, item),
     }
 
 
@@ -167,10 +206,15 @@ def _length_issues(n: int, min_chars: int, max_chars: int) -> list[str]:
     return [f"length {n} outside [{min_chars}, {max_chars}]"]
 
 
-def _position_issues(pos: list[tuple[str, str]], item: CaptionInput) -> list[str]:
-    """Image-position claims against the measured horizontal/vertical thirds."""
-    h = horizontal_third(item.horizontal)
-    v = vertical_third(item.vertical)
+def _position_issues(pos: list[tuple[str, str]], item: CaptionInput, facts: RegionFacts | None) -> list[str]:
+    """Image-position claims against the thirds of the mask's centroid (the table's words when
+    there is no mask); a whole-image region has no position."""
+    if facts is not None and facts.whole:
+        return ["image position claimed for a whole-image region"] if pos else []
+    if facts is not None:
+        h, v = facts.horizontal, facts.vertical
+    else:
+        h, v = horizontal_third(item.horizontal), vertical_third(item.vertical)
     issues: list[str] = []
     for axis, val in pos:
         if axis == "h" and h is not None and val != h:
@@ -277,6 +321,99 @@ def _size_issues(masked: str, item: CaptionInput) -> list[str]:
     return issues
 
 
+def _extent_issues(text: str, item: CaptionInput, facts: RegionFacts | None) -> list[str]:
+    """Area, box-span and outline claims against the mask; "no region was localised" only for a
+    whole-image region; no outline for a box or a whole image."""
+    issues: list[str] = []
+    whole = item.origin == "whole_image"
+    if says_whole_image(text) and not whole:
+        issues.append("says no region was localised, but the region is localised")
+    if outline_claims(text) and (whole or item.origin == "box"):
+        issues.append(f"outline shape claimed for a {'whole image' if whole else 'box'}")
+    areas, spans = area_claims(text), span_claims(text)
+    if facts is None or not (areas or spans):
+        return issues
+    if facts.whole:
+        return [*issues, "area or extent claimed for a whole-image region"]
+    truth = (facts.area_fraction or 0.0) * 100
+    for bound, pct in areas:
+        if (bound and truth >= pct) or (not bound and abs(pct - truth) > max(0.06, 0.051 * truth)):
+            issues.append(f"area: says {'less than ' if bound else ''}{pct:g}%, mask covers {truth:.2f}%")
+    box = [100 * v for v in facts.bbox_norm or ()]
+    for x0, x1, y0, y1 in spans:
+        if box and max(abs(x0 - box[0]), abs(x1 - box[2]), abs(y0 - box[1]), abs(y1 - box[3])) > 1.01:
+            issues.append(f"box span: says {x0:g}-{x1:g}% x {y0:g}-{y1:g}%, mask spans "
+                          f"{box[0]:.0f}-{box[2]:.0f}% x {box[1]:.0f}-{box[3]:.0f}%")
+    return issues
+
+
+def _nesting_issues(text: str, item: CaptionInput, nested: set[tuple[str, str]] | None) -> list[str]:
+    """"lies within" / "encloses" claims against the containment recomputed from the image's masks
+    (or, for "lies within", the label map's enclosing label)."""
+    if nested is None:
+        return []
+    inside = label_text(item.inside_label).lower()
+    issues = []
+    for relation, other in nesting_claims(text):
+        if (relation, other) in nested or (relation == "lies within" and other == inside):
+            continue
+        issues.append(f"containment: says it {relation.replace('lies', 'lies')} the {other}, the masks disagree")
+    return issues
+
+
+def _term_issues(text: str, item: CaptionInput) -> list[str]:
+    """Anatomy only from the metadata (organ and its synonyms, labels, terms, concepts), findings
+    only from the metadata or the retrieved passages (ontology concepts,
+    :mod:`medtrinity_assets.core.ontology`). Anatomy the metadata do not name cannot be checked
+    against the image, so it is not allowed: "splenic" in a liver image fails."""
+    from medtrinity_assets.core import ontology
+
+    meta = evidence.metadata_text(item) + " . " + " . ".join(organ_terms(item.organ or ""))
+    issues = [
+        f"anatomy not in the metadata: {word}"
+        for word in sorted(ontology.anatomy_words(text) - ontology.anatomy_words(meta))
+    ]
+    grounded = {(c.scheme, c.code) for c in ontology.finding_concepts(meta + " . " + evidence.passages_text(item))}
+    ungrounded = [c for c in ontology.finding_concepts(text) if (c.scheme, c.code) not in grounded]
+    issues += [f"finding not in the metadata nor the passages: {d}" for d in dict.fromkeys(c.display for c in ungrounded)]
+    return issues
+
+
+def _number_issues(text: str, item: CaptionInput) -> list[str]:
+    """Every number outside the checked area/span/size claims must come from the inputs (the
+    metadata, the ROI count, the window)."""
+    allowed = set(numbers_in(evidence.metadata_text(item))) | set(numbers_in(item.window or ""))
+    if item.roi_count is not None:
+        allowed.add(str(item.roi_count))
+    rest = mask_phrases(without_claims(text), known_phrases(item))
+    odd = sorted({n for n in numbers_in(rest) if n not in allowed})
+    return [f"numbers not from the inputs: {', '.join(odd)}"] if odd else []
+
+
+def _quote_issues(full: str, item: CaptionInput) -> list[str]:
+    """Each quoted passage sentence must be in a retrieved passage above the relevance floor,
+    verbatim, and contradict none of the measured words."""
+    from medtrinity_assets.knowledge.quotes import contradicts, measured_words
+    from medtrinity_assets.knowledge.retrieval import DEFAULT_MIN_SIMILARITY
+
+    by_id = {p.chunk_id: p for p in item.passages}
+    measured = measured_words(item.intensity_word, item.texture_homogeneity_word)
+    issues = []
+    for sentence, cid in quoted_passages(full):
+        passage = by_id.get(cid)
+        if passage is None:
+            issues.append(f"quotes passage {cid}, which was not retrieved for this region")
+            continue
+        if passage.score is not None and passage.score < DEFAULT_MIN_SIMILARITY:
+            issues.append(f"quotes passage {cid} below the relevance floor ({passage.score:.2f})")
+        if " ".join(sentence.replace("'", '"').split()) not in " ".join(passage.text.replace("'", '"').split()):
+            issues.append(f"quoted sentence is not in passage {cid}")
+        why = contradicts(sentence, measured)
+        if why:
+            issues.append(f"quote contradicts the measured region: {why}")
+    return issues
+
+
 def check_captions(
     captions: pl.DataFrame,
     inputs: dict[tuple[str, Any], CaptionInput],
@@ -294,8 +431,11 @@ def check_captions(
     items = [by_key.get((r["record_id"], str(r["roi_id"]))) for r in rows_in]
     out = []
     phi_matcher = phi_values if hasattr(phi_values, "search") else matcher_for(phi_values)  # once per batch
+    nested = evidence.nesting(i for i in items if i is not None)
     for row, item in zip(rows_in, items, strict=True):
-        res = check_caption(row, item, phi_values=phi_matcher, min_chars=min_chars, max_chars=max_chars)
+        key = (row["record_id"], str(row["roi_id"]))
+        res = check_caption(row, item, phi_values=phi_matcher, min_chars=min_chars, max_chars=max_chars,
+                            nested=nested.get(key, set()))
         out.append({"record_id": row["record_id"], "roi_id": row["roi_id"], "backend": row.get("backend"),
                     "inputs_hash": row.get("inputs_hash"), **res})
     scores: list[dict[str, float] | None] = [None] * len(out)

@@ -7,7 +7,10 @@ import json
 import random
 from typing import Any
 
+import numpy as np
+
 from medtrinity_assets.captioning.inputs import CaptionInput, Passage
+from medtrinity_assets.rois.rle import rle_encode, rle_json
 
 _CASES = [
     # modality, organ, labels, intensity words, oriented?, has spacing?
@@ -16,11 +19,12 @@ _CASES = [
     ("MRI", "brain", ["grey matter", "white matter", "Precentral_L", "Hippocampus_R"], ["hyperintense", "hypointense"], True, True),
     ("MRI", "liver", ["liver lesion", "liver"], ["hypointense", "hyperintense"], True, True),
     ("MRI", "shoulder", ["humeral head", "joint effusion"], ["hyperintense"], False, True),
-    ("X-ray", "chest", ["left lung", "right lung", "heart", "opacity"], ["brighter", "darker"], True, True),
-    ("X-ray", "tibia", ["fracture", "tibia"], ["brighter"], False, False),
+    ("X-ray", "chest", ["left lung", "right lung", "heart", "opacity"], ["increased opacity", "decreased opacity"], True,
+     True),
+    ("X-ray", "tibia", ["fracture", "tibia"], ["increased opacity"], False, False),
     ("Ultrasound", "unspecified", ["hypoechoic area"], ["hyperechoic", "hypoechoic"], False, False),
-    ("Nuclear medicine", "whole body", ["uptake focus"], ["brighter"], False, False),
-    ("Histopathology", "colon", ["gland", "nuclei cluster"], ["darker", "brighter"], False, False),
+    ("Nuclear medicine", "whole body", ["uptake focus"], ["increased uptake"], False, False),
+    ("Histopathology", "colon", ["gland", "nuclei cluster"], ["denser staining", "paler staining"], False, False),
     ("Microscopy", "cell culture", ["cell"], ["brighter"], False, False),
     ("Fundus", "retina", ["optic disc", "microaneurysm"], ["brighter", "darker"], False, False),
     (None, None, ["region"], [None], False, False),
@@ -62,18 +66,22 @@ def _realistic_input(i: int, rng: random.Random, with_passages: bool) -> Caption
     modality, organ, labels, iwords, oriented, spacing = _CASES[i % len(_CASES)]
     label = rng.choice(labels)
     x0, y0, x1, y1 = _random_box(rng)
-    horizontal, vertical = _thirds(x0, y0, x1, y1)
-    patient_lr = _patient_side(horizontal, label) if oriented else None
+    patient_lr = _patient_side(_thirds(x0, y0, x1, y1)[0], label) if oriented else None
     roi_count = rng.choice([1, 1, 2, 3, 5])
-    relations = _random_relations(rng, roi_count)
-    w = h = 512
+    relations = _random_relations(rng, roi_count, labels)
     origin = rng.choice(["mask", "box", "expert:lung_unet", "classical"]) if i % 17 else "whole_image"
-    if origin == "whole_image":
+    whole = origin == "whole_image"
+    if whole:
         x0, y0, x1, y1 = 0.0, 0.0, 1.0, 1.0
-        horizontal, vertical = "centre", "middle"
-        roi_count, relations = 1, []
+        roi_count, relations, patient_lr = 1, [], None
+    mask = _mask(x0, y0, x1, y1, rectangle=origin in ("box", "whole_image"))
     passages = _random_passages(rng, i) if with_passages and i % 11 else []
     iw = rng.choice(iwords)
+    measured = _random_measurements(rng, iw, oriented=oriented, spacing=spacing)
+    if whole:
+        measured.update(longest_diameter_mm=None, intensity_word=None, ring_mean=None, intensity_contrast=None,
+                        shape_word=None, circularity=None)
+    horizontal, vertical = ("centre", "middle") if whole else _mask_thirds(mask)
     return CaptionInput(
         record_id=f"rec{i:06d}",
         source=(modality or "unknown").lower().replace(" ", "_"),
@@ -85,13 +93,16 @@ def _realistic_input(i: int, rng: random.Random, with_passages: bool) -> Caption
         terms=[t for t in (modality, organ, label) if t],
         label=label,
         origin=origin,
-        bbox_xyxy=[x0 * w, y0 * h, x1 * w, y1 * h],
+        bbox_xyxy=[x0 * _SIZE, y0 * _SIZE, x1 * _SIZE, y1 * _SIZE],
         bbox_norm=[x0, y0, x1, y1],
-        area_fraction=(x1 - x0) * (y1 - y0),
+        mask_rle=rle_json(rle_encode(mask)),
+        image_width=_SIZE,
+        image_height=_SIZE,
+        area_fraction=float(mask.mean()),
         horizontal=horizontal,
         vertical=vertical,
         patient_lr=patient_lr,
-        **_random_measurements(rng, iw, oriented=oriented, spacing=spacing),
+        **measured,
         roi_count=roi_count,
         relations=relations,
         inside_label=rng.choice([None, organ]) if organ and organ not in ("unspecified", "whole body") else None,
@@ -99,6 +110,33 @@ def _realistic_input(i: int, rng: random.Random, with_passages: bool) -> Caption
         query=" ".join(t for t in (label, organ, modality) if t),
         passages=passages,
     )
+
+
+_SIZE = 256  # sample images are _SIZE x _SIZE pixels
+
+
+def _mask(x0: float, y0: float, x1: float, y1: float, *, rectangle: bool) -> np.ndarray:
+    """The region's mask: its box filled (a box, the whole image) or the ellipse inscribed in it."""
+    r0, r1 = int(y0 * _SIZE), max(int(y0 * _SIZE) + 1, int(round(y1 * _SIZE)))
+    c0, c1 = int(x0 * _SIZE), max(int(x0 * _SIZE) + 1, int(round(x1 * _SIZE)))
+    mask = np.zeros((_SIZE, _SIZE), bool)
+    if rectangle:
+        mask[r0:r1, c0:c1] = True
+        return mask
+    yy, xx = np.mgrid[0:_SIZE, 0:_SIZE] + 0.5
+    cy, cx, ry, rx = (r0 + r1) / 2, (c0 + c1) / 2, max((r1 - r0) / 2, 1.0), max((c1 - c0) / 2, 1.0)
+    mask[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0] = True
+    return mask
+
+
+def _mask_thirds(mask: np.ndarray) -> tuple[str, str]:
+    rows, cols = np.nonzero(mask)
+    cx, cy = (cols.mean() + 0.5) / _SIZE, (rows.mean() + 0.5) / _SIZE
+    return _third_of(cx, ("left", "centre", "right")), _third_of(cy, ("upper", "middle", "lower"))
+
+
+def _third_of(value: float, words: tuple[str, str, str]) -> str:
+    return words[0] if value < 1 / 3 else words[2] if value > 2 / 3 else words[1]
 
 
 def _random_box(rng: random.Random) -> tuple[float, float, float, float]:
@@ -110,10 +148,7 @@ def _random_box(rng: random.Random) -> tuple[float, float, float, float]:
 
 def _thirds(x0: float, y0: float, x1: float, y1: float) -> tuple[str, str]:
     """The horizontal and vertical thirds of the box centre."""
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    horizontal = "left" if cx < 1 / 3 else "centre" if cx < 2 / 3 else "right"
-    vertical = "upper" if cy < 1 / 3 else "middle" if cy < 2 / 3 else "lower"
-    return horizontal, vertical
+    return _third_of((x0 + x1) / 2, ("left", "centre", "right")), _third_of((y0 + y1) / 2, ("upper", "middle", "lower"))
 
 
 def _patient_side(horizontal: str, label: str) -> str | None:
@@ -127,13 +162,16 @@ def _patient_side(horizontal: str, label: str) -> str | None:
     return patient_lr
 
 
-def _random_relations(rng: random.Random, roi_count: int) -> list[dict]:
-    """Relations to up to two other ROIs when the image has several."""
+def _random_relations(rng: random.Random, roi_count: int, labels: list[str]) -> list[dict]:
+    """Image-frame relations to up to two other ROIs when the image has several (named by a label
+    of the case, or unnamed)."""
     relations = []
     if roi_count > 1:
         for j in range(min(roi_count - 1, 2)):
-            relations.append({"other": f"r{j + 1}", "relation": rng.choice(["adjacent to", "above", "left of", "overlaps", "right of"]),
-                              "distance_norm": round(rng.uniform(0, 0.5), 3)})
+            relations.append({"other": f"r{j + 1}", "relation": rng.choice(["above", "left of", "below and right of",
+                                                                           "right of"]),
+                              "distance_norm": round(rng.uniform(0, 0.5), 3),
+                              "other_label": rng.choice([*labels, "region"])})
     return relations
 
 
@@ -158,13 +196,17 @@ def _random_measurements(rng: random.Random, iw: str | None, *, oriented: bool, 
         "intensity_word": iw,
         "roi_mean": round(rng.uniform(0.3, 0.9), 3) if measured else None,
         "ring_mean": round(rng.uniform(0.1, 0.6), 3) if measured else None,
-        "intensity_contrast": (round(rng.uniform(0.05, 0.5), 3) * (-1 if iw and (iw.startswith("hypo") or iw == "darker") else 1)
+        "intensity_contrast": (round(rng.uniform(0.05, 0.5), 3) * (-1 if _darker(iw) else 1)
                                if measured else None),
         "texture_homogeneity_word": rng.choice(["homogeneous", "heterogeneous"]) if measured else None,
         "texture_smoothness_word": rng.choice(["smooth", "coarse"]) if measured else None,
         "shape_word": rng.choice(["round", "oval", "irregular", "lobulated"]) if measured else None,
         "circularity": round(rng.uniform(0.3, 1.0), 2) if measured else None,
     }
+
+
+def _darker(word: str | None) -> bool:
+    return bool(word) and (word.startswith(("hypo", "decreased", "denser")) or word == "darker")
 
 
 def relations_json(item: CaptionInput) -> str:

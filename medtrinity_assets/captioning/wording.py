@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import re
 
-# intensity polarity of a word: +1 brighter than surroundings, -1 darker, 0 similar
+# intensity polarity of a word: +1 brighter than surroundings, -1 darker, 0 similar. Histology's
+# "denser staining" is darker on a bright-field slide, "paler staining" brighter.
+_QUANTITY = r"(?:uptake|density|signal|intensity|opacity|attenuation|echogenicity|activity|brightness)"
 _BRIGHT = re.compile(r"\bhyper[- ]?(?:dense|intense|echoic|attenuating|reflective|attenuation|density|intensity)\b|"
-                     r"\bbrighter\b|\bhyperdensity\b|\bhyperintensity\b|\bradio-?opaque\b|\bincreased (?:uptake|density|signal|intensity)\b",
+                     r"\bbrighter\b|\bhyperdensity\b|\bhyperintensity\b|\bradio-?opaque\b|"
+                     r"\b(?:increased|higher|high) " + _QUANTITY + r"\b|\bpaler[- ]staining\b|\blightly stained\b",
                      re.IGNORECASE)
 _DARK = re.compile(r"\bhypo[- ]?(?:dense|intense|echoic|attenuating|reflective|attenuation|density|intensity)\b|"
-                   r"\bdarker\b|\bhypodensity\b|\bhypointensity\b|\bradiolucent\b|\ban-?echoic\b|\bdecreased (?:uptake|density|signal|intensity)\b",
+                   r"\bdarker\b|\bhypodensity\b|\bhypointensity\b|\bradiolucent\b|\ban-?echoic\b|"
+                   r"\b(?:decreased|lower|low|reduced) " + _QUANTITY + r"\b|\bdenser[- ]staining\b|\bintensely stained\b",
                    re.IGNORECASE)
-_SIMILAR = re.compile(r"\biso[- ]?(?:dense|intense|echoic|attenuating)\b|\bsimilar (?:intensity|brightness|density)\b",
+_SIMILAR = re.compile(r"\biso[- ]?(?:dense|intense|echoic|attenuating)\b|"
+                      r"\bsimilar (?:staining|" + _QUANTITY[3:-1] + r")\b",
                       re.IGNORECASE)
 
 

@@ -151,8 +151,10 @@ SOURCE_MANIFEST = TableContract(
         "question": pl.String,
         "answer": pl.String,
         "synthetic": pl.Boolean,
+        "sequence": pl.String,
     },
     description="Every file (or kept volume slice) of a source: ok | quarantined | duplicate, with a reason.",
+    optional=frozenset({"sequence"}),
 )
 
 PREPROCESSED_IMAGES = TableContract(
@@ -241,8 +243,17 @@ COARSE_CAPTIONS = TableContract(
         "modality": pl.String,
         "organ": pl.String,
         "terms": pl.List(pl.String),
+        "concepts": pl.List(pl.String),
+        "synthetic": pl.Boolean,
+        "split": pl.String,
+        "plane": pl.String,
+        "sequence": pl.String,
+        "window": pl.String,
+        "channels": pl.Int8,
     },
-    description="One short caption per kept image, from metadata only, and its retrieval terms.",
+    description="One short caption per kept image, from metadata only (terms that name a vocabulary or "
+    "ontology concept), its retrieval terms, MeSH/ICD-10 concepts and acquisition (plane, sequence, window).",
+    optional=frozenset({"concepts", "synthetic", "split", "plane", "sequence", "window", "channels"}),
 )
 
 RETRIEVED_KNOWLEDGE = TableContract(
@@ -255,7 +266,7 @@ RETRIEVED_KNOWLEDGE = TableContract(
         "scores": pl.List(pl.Float64),
         "mode": pl.String,
     },
-    description="Top-k knowledge passages per ROI (or image), with scores.",
+    description="Top-k knowledge passages per ROI (or image) above the similarity floor; scores: dense cosine similarity to the query, decreasing.",
 )
 
 CAPTION_BATCH = TableContract(
@@ -276,9 +287,12 @@ CAPTION_BATCH = TableContract(
         "status": pl.String,
         "error": pl.String,
         "raw": pl.String,
+        "fallback_reason": pl.String,
         "created_at": pl.Datetime("us", "UTC"),
     },
-    description="One multigranular description per ROI with every input behind it.",
+    description="One multigranular description per ROI with every input behind it; fallback_reason: why "
+    "the configured backend's description was replaced by the embedded one (its blocking issues).",
+    optional=frozenset({"fallback_reason"}),
 )
 
 QUALITY_CHECKS: tuple[str, ...] = (
@@ -289,6 +303,10 @@ QUALITY_CHECKS: tuple[str, ...] = (
     "organ_ok",
     "texture_ok",
     "size_ok",
+    "relations_ok",
+    "terms_ok",
+    "numbers_ok",
+    "quotes_ok",
     "length_ok",
 )
 
@@ -308,7 +326,9 @@ CAPTION_QUALITY = TableContract(
         "judge_mean": pl.Float64,
         "passed": pl.Boolean,
     },
-    description="Per-description checks, PHI scan and optional judge scores.",
+    description="Per-description checks against independent evidence (the ROI mask, metadata, "
+    "ontologies, passages), PHI scan and optional judge scores.",
+    optional=frozenset({"relations_ok", "terms_ok", "numbers_ok", "quotes_ok"}),
 )
 
 _CHUNK_SCHEMA = {
@@ -390,5 +410,18 @@ def markdown() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-if __name__ == "__main__":  # python -m medtrinity_assets.core.tables > contracts.md
-    print(markdown(), end="")
+def write_docs(doc_path: Path) -> None:
+    """Replace the generated contracts block of ``doc_path`` (docs/ARCHITECTURE.md) with :func:`markdown`."""
+    begin, end = "<!-- contracts:begin -->\n", "<!-- contracts:end -->"
+    doc = doc_path.read_text(encoding="utf-8")
+    head, rest = doc.split(begin, 1)
+    doc_path.write_text(head + begin + markdown() + end + rest.split(end, 1)[1], encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m medtrinity_assets.core.tables [--write docs/ARCHITECTURE.md]
+    import sys
+
+    if sys.argv[1:2] == ["--write"]:
+        write_docs(Path(sys.argv[2] if len(sys.argv) > 2 else "docs/ARCHITECTURE.md"))
+    else:
+        print(markdown(), end="")

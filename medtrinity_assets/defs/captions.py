@@ -87,6 +87,11 @@ def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, cap
                 "prompt_version": table["prompt_version"][0] if table.height else "",
                 "sample_triplets": dg.MetadataValue.md(_triplet_markdown(inputs, table)),
             }
+            if result.fallbacks:
+                context.log.warning(
+                    f"{name}: {result.fallbacks} description(s) of {captioner.backend} failed a blocking "
+                    "check and were replaced by the embedded one (see fallback_reason)"
+                )
             context.add_asset_metadata(metadata, partition_key=name)
             if result.failed:
                 context.log.warning(f"{name}: {result.failed} caption(s) failed; rerun retries only those")

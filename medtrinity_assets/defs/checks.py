@@ -13,8 +13,10 @@ CAPTION_QUALITY_CHECKS = [
         "claims_consistent",
         asset=CAPTION_QUALITY_ASSET,
         blocking=True,
-        description="Every checkable claim (laterality, position, modality, organ) agrees with the "
-        "measured ROI and the metadata.",
+        description="Every checkable claim agrees with independent evidence: position, area, extent "
+        "and containment with the ROI's own mask (recomputed from its RLE), laterality with the header, "
+        "modality and organ with the metadata, anatomy and findings with the metadata, ontologies and "
+        "passages, numbers with the inputs, quotes with the retrieved passages above the relevance floor.",
     ),
     dg.AssetCheckSpec(
         "no_phi",

@@ -155,8 +155,28 @@ class CaptionerResource(dg.ConfigurableResource):
         """The domain captioner (:class:`medtrinity_assets.captioning.backends.base.Captioner`)."""
 
     def settings(self) -> dict[str, Any]:
-        """The backend's own settings (everything but the batch chunk size)."""
-        return self.model_dump(exclude={"chunk_size"})
+        """The backend's own settings (everything but the batch chunk size and the fallback)."""
+        return self.model_dump(exclude={"chunk_size", "fallback_to_embedded"})
+
+
+class ModelCaptionerResource(CaptionerResource):
+    """Base of the model backends: their descriptions are kept only when they pass the checks."""
+
+    fallback_to_embedded: bool = Field(
+        True,
+        description="replace a description that fails a blocking quality check by the embedded one "
+        "(the row's fallback_reason says why; the asset counts them)",
+    )
+
+    def get(self) -> Any:
+        from medtrinity_assets.captioning.backends import make_captioner
+
+        model = make_captioner(self.backend, self.settings())
+        if not self.fallback_to_embedded:
+            return model
+        from medtrinity_assets.captioning.guard import GuardedCaptioner
+
+        return GuardedCaptioner(model)
 
 
 class EmbeddedCaptionerResource(CaptionerResource):
@@ -170,7 +190,7 @@ class EmbeddedCaptionerResource(CaptionerResource):
         return make_captioner(self.backend, self.settings())
 
 
-class OpenAICompatibleCaptionerResource(CaptionerResource):
+class OpenAICompatibleCaptionerResource(ModelCaptionerResource):
     """Any chat-completions server (vLLM, SGLang, a hosted API); several base URLs for a fleet."""
 
     backend: ClassVar[str] = "openai_compatible"
@@ -183,13 +203,8 @@ class OpenAICompatibleCaptionerResource(CaptionerResource):
     temperature: float = 0.1
     max_tokens: int = 1024
 
-    def get(self) -> Any:
-        from medtrinity_assets.captioning.backends import make_captioner
 
-        return make_captioner(self.backend, self.settings())
-
-
-class TransformersLocalCaptionerResource(CaptionerResource):
+class TransformersLocalCaptionerResource(ModelCaptionerResource):
     """A vision-language model from a local folder (safetensors only) on CPU or CUDA."""
 
     backend: ClassVar[str] = "transformers_local"
@@ -198,11 +213,6 @@ class TransformersLocalCaptionerResource(CaptionerResource):
     batch_size: int = Field(4, ge=1, description="conversations per generate call")
     temperature: float = 0.1
     max_tokens: int = 1024
-
-    def get(self) -> Any:
-        from medtrinity_assets.captioning.backends import make_captioner
-
-        return make_captioner(self.backend, self.settings())
 
 
 CAPTIONER_RESOURCES: dict[str, type[CaptionerResource]] = {

@@ -4,7 +4,6 @@ tissue, and how regions of one image nest."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from medtrinity_assets.core.images import to_grey
 from medtrinity_assets.rois.candidates import RoiCandidate
@@ -23,9 +22,9 @@ def nesting(rois: list[RoiCandidate], cfg: RoiConfig) -> dict[tuple[int, int], s
 
 class Surroundings:
     """What may count as a region's surroundings when its intensity is compared: the image's
-    foreground (never the flat background around a body or a slide), within the labelled
-    tissue when the image has a label map (grey matter against the other brain tissue, not the
-    skull or the air), and for a region that lies within another only that other region's pixels
+    foreground (never the flat background around a body or a slide), only the labelled tissue
+    when the image has a label map that reaches beyond the regions (grey matter against the
+    white matter, not the CSF, skull or air), and for a region that lies within another only that other region's pixels
     (a lesion against its organ)."""
 
     def __init__(
@@ -44,7 +43,7 @@ class Surroundings:
         fg = foreground_mask(to_grey(image))
         options = [fg, np.ones(self.shape, bool)]  # the last: no distinct background
         if label_map is not None and (label_map > 0).any():
-            options.insert(0, fg & ndimage.binary_fill_holes(label_map > 0))
+            options.insert(0, fg & (label_map > 0))  # the other labelled tissue
         # the first that holds more than the regions themselves
         self.fg = next((o for o in options if self._beyond_rois(o)), options[-1])
 

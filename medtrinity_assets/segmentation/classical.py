@@ -17,7 +17,8 @@ def classical_segment(
     """Otsu threshold of the smoothed grey image, opening, hole filling; a boolean mask.
 
     Foreground polarity: dark for histopathology (haematoxylin-stained nuclei), bright for
-    nuclear medicine / PET (uptake), otherwise the minority side of the threshold (objects
+    nuclear medicine / PET (uptake: the hottest of three Otsu classes, so the region is the
+    uptake above the body's background activity, not the body's silhouette), otherwise the minority side of the threshold (objects
     are usually smaller than their background). Components are separated later by the ROI
     stage, which also drops those under ``predicted_min_area_px``.
     """
@@ -35,7 +36,7 @@ def classical_segment(
     if polarity == "dark":
         fg = ~bright
     elif polarity == "bright":
-        fg = bright
+        fg = _hot(grey, bright)
     else:
         fg = bright if bright.mean() <= 0.5 else ~bright
     r = int(opening_radius)
@@ -43,3 +44,14 @@ def classical_segment(
         y, x = np.ogrid[-r : r + 1, -r : r + 1]
         fg = ndimage.binary_opening(fg, structure=(x * x + y * y) <= r * r)
     return ndimage.binary_fill_holes(fg)
+
+
+def _hot(grey: np.ndarray, bright: np.ndarray) -> np.ndarray:
+    """The hottest of three intensity classes (background, body, uptake); the bright side of the
+    two-class threshold when three classes cannot be told apart."""
+    from skimage.filters import threshold_multiotsu
+
+    try:
+        return grey > threshold_multiotsu(grey, classes=3)[1]
+    except ValueError:
+        return bright

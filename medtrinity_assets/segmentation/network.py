@@ -31,6 +31,9 @@ class ExpertConfig:
     threshold: float = 0.5
     augment_flips: bool = True
     max_train_seconds: float | None = 110.0
+    #: intra-op threads on CPU: this small network trains about 5x faster on one thread than on
+    #: two on a 2-core machine (8.8 s against 47.9 s, 30 epochs of 26 phantoms at 128 px)
+    cpu_threads: int = 1
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExpertConfig:

@@ -8,6 +8,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,18 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+@contextmanager
+def _cpu_threads(n: int | None) -> Iterator[None]:
+    """Torch's intra-op thread count set to ``n`` for the block (unchanged for None)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_expert(
     samples: list[tuple[np.ndarray, np.ndarray]],
     *,
@@ -115,7 +128,8 @@ def train_expert(
     x = torch.stack([_prepare(samples[i][0], cfg.image_size) for i in train_idx])
     y = torch.stack([_prepare_mask(samples[i][1], cfg.image_size) for i in train_idx])
     net = build_network(cfg).to(dev)
-    history, epochs_run, train_seconds = _fit(net, x, y, cfg, dev, DiceCELoss(sigmoid=True), seed)
+    with _cpu_threads(cfg.cpu_threads if dev.type == "cpu" else None):
+        history, epochs_run, train_seconds = _fit(net, x, y, cfg, dev, DiceCELoss(sigmoid=True), seed)
     net.eval()
     name = target.name if target is not None else f"unet_{modality_slug(mod)}"
     predictor = ExpertPredictor(

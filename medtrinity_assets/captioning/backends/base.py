@@ -22,6 +22,8 @@ class CaptionResult:
     status: Literal["ok", "failed"] = "ok"
     error: str | None = None
     raw: str | None = None
+    #: set when this is the fallback's description, replacing one that failed a blocking check
+    fallback_reason: str | None = None
 
     @classmethod
     def failed(cls, error: str, raw: str | None = None) -> CaptionResult:

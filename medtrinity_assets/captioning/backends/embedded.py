@@ -10,7 +10,6 @@ Wording varies between templates chosen by a stable hash of the record and ROI i
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from functools import lru_cache
 from importlib import resources
@@ -18,13 +17,16 @@ from typing import Any
 
 import yaml
 
+from medtrinity_assets.captioning import phrasing
 from medtrinity_assets.captioning.backends.base import Captioner, CaptionResult
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.prompt import FACETS
 from medtrinity_assets.captioning.wording import label_text
 from medtrinity_assets.core.vocabulary import modality_of
+from medtrinity_assets.knowledge.queries import roi_concepts
+from medtrinity_assets.knowledge.quotes import Quote, choose_quote, measured_words
 
-PHRASES_VERSION = "2"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
+PHRASES_VERSION = "3"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
 
 _H_WORD = {"left": "left", "centre": "central", "center": "central", "middle": "central", "right": "right"}
 _V_WORD = {"upper": "upper", "top": "upper", "middle": "middle", "centre": "middle", "lower": "lower",
@@ -41,60 +43,10 @@ def _pick(options: list[str], seed: int, salt: int) -> str:
     return options[(seed >> (salt * 5)) % len(options)]
 
 
-def _origin_phrase(origin: str | None) -> str:
-    if not origin:
-        return "of unrecorded origin"
-    if origin == "mask":
-        return "outlined by a segmentation mask"
-    if origin == "box":
-        return "given as an annotated bounding box"
-    if origin.startswith("expert:"):
-        return f"located by the expert grounding model {origin.split(':', 1)[1]}"
-    if origin == "classical":
-        return "located by classical intensity thresholding"
-    if origin == "whole_image":
-        return "taken as the whole image because no localised region is available"
-    return f"of origin {origin}"
-
-
-_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
-
-
-@lru_cache(maxsize=4096)
-def _grounding_sentence(text: str, keywords: tuple[str, ...]) -> str:
-    """The passage sentence that best matches the ROI's keywords (first sentence on a tie)."""
-    sentences = [s.strip() for s in _SENT_SPLIT.split(" ".join(text.split())) if s.strip()]
-    good = [s for s in sentences if 30 <= len(s) <= 320] or sentences or [text.strip()]
-    best, best_score = good[0], -1
-    for s in good:
-        low = s.lower()
-        score = sum(1 for k in keywords if k and k in low)
-        if score > best_score:
-            best, best_score = s, score
-    if len(best) > 320:
-        best = best[:317].rsplit(" ", 1)[0] + "..."
-    return best.rstrip(" .").replace('"', "'")
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
-
-
-def _fmt_num(v: float) -> str:
-    return f"{v:.3g}"
-
-
-def _other_region(rel: dict) -> str:
-    """How a caption names the other ROI of a relation: by its label and number, never by id."""
-    other = str(rel.get("other", ""))
-    number = other.rsplit(":", 1)[-1]
-    tag = f" #{int(number) + 1}" if number.isdigit() else ""
-    label = label_text(rel.get("other_label"))
-    if label and label not in ("region", "whole image"):
-        return f"another {label} region{tag}"
-    if tag:
-        return f"region{tag}"
-    return f"ROI {label_text(other)}"
+def _sentence(parts: list[str]) -> str:
+    """Clauses joined into one sentence, its first letter capitalised."""
+    text = "; ".join(p for p in parts if p)
+    return text[0].upper() + text[1:] + "." if text else ""
 
 
 class EmbeddedCaptioner(Captioner):
@@ -141,115 +93,105 @@ class EmbeddedCaptioner(Captioner):
         }
 
     def _modality(self, item: CaptionInput, ph: dict, seed: int) -> str:
-        entry = modality_of(item.modality)
-        if entry is not None:
-            a = entry.caption
-            return _pick(ph["known"], seed, 0).format(a_modality=a, A_modality=a[0].upper() + a[1:])
+        described = phrasing.modality_description(item)
+        if described is not None:
+            key = "synthetic" if item.synthetic else "known"
+            text = _pick(ph[key], seed, 0).format(a_modality=described, A_modality=described[0].upper() + described[1:])
+            return text + phrasing.window_clause(item)
         if item.modality:
             return _pick(ph["unknown_family"], seed, 0).format(modality_raw=item.modality)
         return _pick(ph["missing"], seed, 0)
 
     def _organ(self, item: CaptionInput, ph: dict, seed: int) -> str:
-        label = label_text(item.label)
-        label_phrase = f"the structure labelled '{label}'" if label else "an unlabelled region"
-        origin = _origin_phrase(item.origin)
+        roi = phrasing.roi_phrase(item)
         organ = (item.organ or "").strip()
-        if organ and organ.lower() not in ("unspecified", "unknown"):
-            return _pick(ph["known"], seed, 1).format(organ=organ, label_phrase=label_phrase, origin_phrase=origin)
-        return _pick(ph["missing"], seed, 1).format(label_phrase=label_phrase, origin_phrase=origin)
+        if item.synthetic:
+            return _pick(ph["synthetic"], seed, 1).format(roi_phrase=roi)
+        if organ and organ.lower() not in ("unspecified", "unknown", "phantom"):
+            return _pick(ph["known"], seed, 1).format(organ=organ, roi_phrase=roi)
+        return _pick(ph["missing"], seed, 1).format(roi_phrase=roi)
 
     def _location(self, item: CaptionInput, ph: dict, seed: int) -> str:
-        parts: list[str] = []
+        if item.origin == "whole_image":
+            return _pick(ph["whole"], seed, 2)
         h = _H_WORD.get((item.horizontal or "").lower())
         v = _V_WORD.get((item.vertical or "").lower())
-        if item.origin == "whole_image":
-            parts.append(_pick(ph["whole"], seed, 2))
-        elif h and v:
-            side = ""
-            lr = (item.patient_lr or "").lower()
-            if lr in ("left", "right"):
-                side = f", on the patient's {lr} side"
-            ap = (item.patient_ap or "").lower()
-            si = (item.patient_si or "").lower()
-            extra = [w for w in (ap, si) if w in ("anterior", "posterior", "superior", "inferior")]
-            if extra:
-                side += (", toward the " if side else ", toward the patient's ") + " and ".join(extra) + " aspect"
-            parts.append(_pick(ph["positioned"], seed, 2).format(h=h, v=v, side=side))
-        else:
-            parts.append(_pick(ph["unknown"], seed, 2))
-        if item.bbox_norm and item.origin != "whole_image":
-            x0, y0, x1, y1 = item.bbox_norm
-            parts.append(f"its box spans {x0:.2f}-{x1:.2f} of the image width and {y0:.2f}-{y1:.2f} of its height")
-        size = []
-        if item.area_fraction is not None:
-            size.append(f"it covers {item.area_fraction * 100:.1f}% of the image area")
-        if item.longest_diameter_mm is not None:
-            size.append(f"its longest diameter measures {item.longest_diameter_mm:.1f} mm")
-        if item.shape_word:
-            circ = f" (circularity {item.circularity:.2f})" if item.circularity is not None else ""
-            size.append(f"it has {_article(item.shape_word)} {item.shape_word} outline{circ}")
+        parts = [
+            _pick(ph["positioned"], seed, 2).format(h=h, v=v, side=self._side(item))
+            if h and v
+            else _pick(ph["unknown"], seed, 2)
+        ]
+        span = phrasing.span_text(item)
+        if span:
+            parts.append(span)
+        size = phrasing.size_texts(item)
         if size:
             parts.append(", ".join(size[:-1]) + (" and " if len(size) > 1 else "") + size[-1])
         return "; ".join(parts) + "."
 
+    @staticmethod
+    def _side(item: CaptionInput) -> str:
+        """``, on the patient's left side, toward the anterior aspect`` where the header says so."""
+        side = ""
+        lr = (item.patient_lr or "").lower()
+        if lr in ("left", "right"):
+            side = f", on the patient's {lr} side"
+        ap, si = (item.patient_ap or "").lower(), (item.patient_si or "").lower()
+        extra = [w for w in (ap, si) if w in ("anterior", "posterior", "superior", "inferior")]
+        if extra:
+            side += (", toward the " if side else ", toward the patient's ") + " and ".join(extra) + " aspect"
+        return side
+
     def _texture(self, item: CaptionInput, ph: dict, seed: int) -> str:
+        tex = " and ".join(w for w in (item.texture_homogeneity_word, item.texture_smoothness_word) if w)
+        if item.origin == "whole_image":
+            return _pick(ph["texture_whole"], seed, 4).format(texture=tex) if tex else _pick(ph["none"], seed, 3)
         pieces = []
         if item.intensity_word:
-            s = _pick(ph["intensity"], seed, 3).format(intensity=item.intensity_word)
-            nums = []
-            if item.roi_mean is not None and item.ring_mean is not None:
-                nums.append(f"mean {_fmt_num(item.roi_mean)} inside versus {_fmt_num(item.ring_mean)} around it")
-            if item.intensity_contrast is not None:
-                nums.append(f"contrast {_fmt_num(item.intensity_contrast)}")
-            if nums:
-                s += " (" + ", ".join(nums) + ")"
-            pieces.append(s)
-        tex = [w for w in (item.texture_homogeneity_word, item.texture_smoothness_word) if w]
+            form = "noun" if " " in item.intensity_word.strip() else "adjective"
+            pieces.append(
+                _pick(ph[form], seed, 3).format(intensity=item.intensity_word, surround=phrasing.surround_phrase(item))
+            )
         if tex:
-            key = "texture" if pieces else "texture_alone"
-            pieces.append(_pick(ph[key], seed, 4).format(texture=" and ".join(tex)))
+            pieces.append(_pick(ph["texture" if pieces else "texture_alone"], seed, 4).format(texture=tex))
         if not pieces:
             return _pick(ph["none"], seed, 3)
         return ", ".join(pieces) + "."
 
     def _relationship(self, item: CaptionInput, ph: dict, seed: int) -> str:
         first: list[str] = []
-        if item.roi_count is not None and item.roi_count <= 1:
-            first.append(_pick(ph["only"], seed, 5))
-        elif item.roi_count is not None:
-            first.append(_pick(ph["many"], seed, 5).format(n=item.roi_count))
-        if item.inside_label:
-            first.append(f"it lies within the {label_text(item.inside_label)}")
-        rels = []
-        for rel in item.relations[: self.max_relations]:
-            other = _other_region(rel)
-            dist = rel.get("distance_norm")
-            d = f" (normalised distance {dist:.2f})" if isinstance(dist, int | float) else ""
-            relation = rel["relation"].strip()
-            verb = relation.split()[0].endswith("s") and relation.split()[0] not in ("across", "towards")
-            rels.append(f"{'' if verb else 'lies '}{relation} {other}{d}")
-        if rels:
-            first.append("in the image it " + " and ".join(rels))
-        sentences = []
-        if first:
-            s = "; ".join(first)
-            sentences.append(s[0].upper() + s[1:] + ".")
-        terms = self._finding_terms(item)
-        if terms:
-            sentences.append("The metadata associate the image with " + ", ".join(terms) + ".")
-        if item.passages:
-            top = item.passages[0]
-            keywords = tuple(
-                w for w in re.findall(r"[a-z]{4,}", " ".join([item.label or "", item.organ or "", *item.terms]).lower())
-            )
-            sentence = _grounding_sentence(top.text, keywords)
-            sentences.append(_pick(ph["grounding"], seed, 6).format(sentence=sentence, chunk_id=top.chunk_id))
+        if item.origin != "whole_image" and item.roi_count is not None:
+            key = "only" if item.roi_count <= 1 else "many"
+            first.append(_pick(ph[key], seed, 5).format(n=item.roi_count))
+        first += phrasing.relation_phrases(item, self.max_relations)
+        sentences = [_sentence(first)] if first else []
+        if item.synthetic:
+            sentences.append(_pick(ph["synthetic"], seed, 7))
+        else:
+            terms = self._finding_terms(item)
+            if terms:
+                sentences.append(_pick(ph["findings"], seed, 7).format(terms=", ".join(terms)))
+        quote = self._quote(item)
+        if quote is not None:
+            sentences.append(_pick(ph["grounding"], seed, 6).format(sentence=quote.sentence, chunk_id=quote.chunk_id))
         else:
             sentences.append(_pick(ph["no_passage"], seed, 6))
         return " ".join(sentences)
 
     @staticmethod
+    def _quote(item: CaptionInput) -> Quote | None:
+        """The passage sentence that shares the region's concepts and contradicts none of its
+        measured words (see :mod:`medtrinity_assets.knowledge.quotes`)."""
+        if not item.passages:
+            return None
+        concepts = roi_concepts(item.modality, item.organ, item.terms, item.label, item.origin)
+        measured = measured_words(item.intensity_word, item.texture_homogeneity_word)
+        return choose_quote(item.passages, concepts, measured)
+
+    @staticmethod
     def _finding_terms(item: CaptionInput) -> list[str]:
+        """Metadata terms beyond modality, organ and the region's own label (terms are only those
+        the coarse caption matched to the vocabulary or an ontology)."""
         skip = {(item.modality or "").lower(), (item.organ or "").lower(), label_text(item.label).lower()}
         out = []
         for t in item.terms:

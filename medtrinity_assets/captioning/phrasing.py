@@ -1,0 +1,169 @@
+"""Phrases the embedded captioner builds from one :class:`CaptionInput`, each only from what was
+measured or recorded, and only where it is true of this kind of region.
+
+- A whole-image region has no position, size, shape or intensity contrast: nothing was localised.
+- A box has a position and an extent but no outline: no shape, no diameter.
+- A span that collapses at the printed precision is not printed; an area below 0.1% reads "less
+  than 0.1%", never "0.0%".
+- "Colour" only for a colour image; a synthetic source says it is one.
+- Other regions are named by their labels only: an unnamed region ("region #8") is never related to.
+"""
+
+from __future__ import annotations
+
+from medtrinity_assets.captioning.inputs import CaptionInput
+from medtrinity_assets.captioning.wording import label_text
+from medtrinity_assets.core.vocabulary import modality_of
+
+#: regions that carry a contour of their own (not a box, not the whole image)
+OUTLINED = ("mask", "classical")
+PLACEHOLDER_LABELS = {"", "region", "whole image", "whole_image", "box", "unknown", "background"}
+CROSS_SECTIONAL = {"ct", "mri", "pet"}
+PHOTOGRAPHIC = {"fundus", "dermoscopy"}
+MIN_SPAN = 0.02  # a box narrower than 2% of the image on an axis has no span worth printing
+
+
+def is_outlined(item: CaptionInput) -> bool:
+    """Whether the region has its own contour (a mask, an expert's or a threshold's output)."""
+    origin = item.origin or ""
+    return origin in OUTLINED or origin.startswith("expert:")
+
+
+def is_named(label: str | None) -> bool:
+    """Whether a label names something (not a placeholder such as ``region`` or ``unknown_3``)."""
+    text = label_text(label).lower()
+    return bool(text) and text not in PLACEHOLDER_LABELS and not text.startswith(("unknown", "label "))
+
+
+def article(phrase: str) -> str:
+    return "an" if phrase[:1].lower() in "aeiou" else "a"
+
+
+def modality_description(item: CaptionInput) -> str | None:
+    """``an axial T1-weighted magnetic resonance (MR) image``, ``a colour fundus photograph``; None
+    for a modality the vocabulary does not know."""
+    entry = modality_of(item.modality)
+    if entry is None:
+        return None
+    body = entry.caption.split(" ", 1)[1]  # without its article
+    words: list[str] = []
+    if entry.key in CROSS_SECTIONAL and item.plane:
+        words.append(item.plane)
+    if entry.key == "mri" and item.sequence:
+        words.append(item.sequence)
+    if item.channels == 3 and entry.key in PHOTOGRAPHIC:
+        words.append("colour")
+    elif item.channels == 3 and entry.key == "histopathology":
+        words.append("stained")
+    elif item.channels == 1 and entry.key in PHOTOGRAPHIC:
+        words.append("greyscale")
+    phrase = " ".join([*words, body])
+    return f"{article(phrase)} {phrase}"
+
+
+def window_clause(item: CaptionInput) -> str:
+    """`` It is displayed in a brain window (L40/W80).`` for a CT image with a named window."""
+    return f" It is displayed in {article(item.window)} {item.window}." if item.window else ""
+
+
+def origin_phrase(item: CaptionInput) -> str:
+    origin = item.origin or ""
+    if origin == "mask":
+        return "outlined by a segmentation mask"
+    if origin == "box":
+        return "given as an annotated bounding box"
+    if origin.startswith("expert:"):
+        return "outlined by an expert segmentation model trained on such regions"
+    if origin == "classical":
+        return "found by intensity thresholding"
+    return f"of origin {origin}" if origin else "of unrecorded origin"
+
+
+def roi_phrase(item: CaptionInput) -> str:
+    """What the region of interest is: ``the region of interest is the grey matter, outlined by a
+    segmentation mask``; for a whole image, that no region was localised."""
+    if item.origin == "whole_image":
+        return "the whole image is the region of interest"
+    if is_named(item.label) and item.origin == "classical":
+        return f"the region of interest is an area of {label_text(item.label)} {origin_phrase(item)}"
+    if is_named(item.label):
+        prefix = "a simulated " if item.synthetic else "the "
+        return f"the region of interest is {prefix}{label_text(item.label)}, {origin_phrase(item)}"
+    return f"the region of interest is an unlabelled region {origin_phrase(item)}"
+
+
+def span_text(item: CaptionInput) -> str | None:
+    """``its bounding box spans 12-48% of the image width and 30-55% of its height``; None when
+    either span collapses at whole-percent precision."""
+    if not item.bbox_norm or len(item.bbox_norm) != 4:
+        return None
+    x0, y0, x1, y1 = (round(v * 100) for v in item.bbox_norm)
+    if (item.bbox_norm[2] - item.bbox_norm[0]) < MIN_SPAN or (item.bbox_norm[3] - item.bbox_norm[1]) < MIN_SPAN:
+        return None
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return f"its bounding box spans {x0}-{x1}% of the image width and {y0}-{y1}% of its height"
+
+
+def area_text(item: CaptionInput) -> str | None:
+    """``it covers 3.2% of the image area`` (``less than 0.1%`` for a smaller region)."""
+    if item.area_fraction is None or item.area_fraction <= 0:
+        return None
+    pct = item.area_fraction * 100
+    amount = "less than 0.1%" if pct < 0.1 else f"{pct:.1f}%" if pct < 10 else f"{pct:.0f}%"
+    subject = "the box covers" if item.origin == "box" else "it covers"
+    return f"{subject} {amount} of the image area"
+
+
+def size_texts(item: CaptionInput) -> list[str]:
+    """Area for any localised region; diameter and outline only for a region with its own contour."""
+    out = [t for t in (area_text(item),) if t]
+    if is_outlined(item):
+        if item.longest_diameter_mm is not None and item.longest_diameter_mm > 0:
+            out.append(f"its longest diameter measures {item.longest_diameter_mm:.1f} mm")
+        if item.shape_word:
+            out.append(f"it has {article(item.shape_word)} {item.shape_word} outline")
+    return out
+
+
+def holder_label(item: CaptionInput) -> str | None:
+    """The named region this one lies within: the label map's, else a containing ROI's."""
+    if is_named(item.inside_label):
+        return label_text(item.inside_label)
+    for rel in item.relations:
+        if rel.get("relation") == "lies within" and is_named(rel.get("other_label")):
+            return label_text(rel["other_label"])
+    return None
+
+
+def surround_phrase(item: CaptionInput) -> str:
+    """What the intensity was compared with (the ring is restricted to the same tissue)."""
+    holder = holder_label(item)
+    return f"the surrounding {holder}" if holder else "its immediate surroundings"
+
+
+def relation_phrases(item: CaptionInput, limit: int) -> list[str]:
+    """Relations to named regions: containment first, then image-frame directions to regions of
+    another label. ``it lies within the liver``, ``it lies above the white matter in the image``."""
+    own = label_text(item.label).lower()
+    out: list[str] = []
+    holder = holder_label(item)
+    if holder:
+        out.append(f"it lies within the {holder}")
+    for rel in item.relations:
+        other, relation = label_text(rel.get("other_label")), str(rel.get("relation", "")).strip()
+        if not is_named(other) or len(out) >= limit:
+            continue
+        if relation == "encloses":
+            phrase = f"it encloses the {other}" if other.lower() != own else f"it encloses another {other} region"
+        elif relation == "lies within":
+            phrase = f"it lies within the {other}"
+        elif other.lower() != own and relation == "overlapping":
+            phrase = f"it overlaps the {other} in the image"
+        elif other.lower() != own and relation:
+            phrase = f"it lies {relation} the {other} in the image"
+        else:
+            continue
+        if phrase not in out:
+            out.append(phrase)
+    return out[:limit]
