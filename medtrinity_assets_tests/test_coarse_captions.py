@@ -184,3 +184,48 @@ def test_retrieve_for_records_batches_and_dedupes():
     assert out["scores"][0].to_list() == [1.0, 0.5]
     assert out["mode"].to_list() == ["hybrid"] * 3
     assert retrieve_for_records(queries.head(0), fake).height == 0
+
+
+def _one_caption(spec: SourceSpec, image: dict | None = None, **row) -> dict:
+    manifest = _manifest([{"record_id": "r", "source": spec.name, "relpath": "x", "status": "ok", **row}])
+    images = pl.DataFrame([{"record_id": "r", "image_path": "images/x.png", **(image or {})}])
+    return build_coarse_captions(manifest, images, spec).row(0, named=True)
+
+
+def test_header_noise_never_reaches_a_caption_and_concepts_are_coded():
+    ct = SourceSpec(name="ct_head", layout="dicom", root=".", modality="CT", organ="head", license="x")
+    row = _one_caption(ct, {"window": "ct:40/80", "display_right": "L", "display_down": "P", "channels": 1},
+                       modality="CT", description="Lv2", split="train")
+    assert "Lv2" not in row["caption"] and "Lv2" not in row["terms"]
+    assert row["caption"] == "Axial CT image of the head, brain window (L40/W80)."
+    assert row["plane"] == "axial" and row["window"] == "brain window (L40/W80)" and row["channels"] == 1
+    mr = SourceSpec(name="mr", layout="dicom", root=".", modality="MRI", organ="liver", license="x")
+    row = _one_caption(mr, modality="MRI", description="marked lesion<MPR Collection>", labels=["liver lesion"],
+                       split="train")
+    assert "<" not in row["caption"] and "MPR" not in row["caption"] and "marked lesion" in row["caption"]
+    assert "Liver (MeSH D008099)" in row["concepts"]
+    xr = SourceSpec(name="xr", layout="dicom", root=".", modality="X-ray", organ="eye", license="x")
+    row = _one_caption(xr, modality="X-ray", description="diabetic retinopathy", split="train")
+    assert "Diabetic retinopathy (ICD-10 H36.0)" in row["concepts"]
+
+
+def test_vqa_answer_enters_a_caption_from_a_training_split_only():
+    spec = SourceSpec(name="vqa", layout="table", root=".", modality="MRI", organ="brain", license="x")
+    qa = {"question": "What abnormality is seen?", "answer": "glioblastoma", "modality": "MRI"}
+    train = _one_caption(spec, split="train", **qa)
+    test = _one_caption(spec, split="test", **qa)
+    assert "glioblastoma" in train["caption"] and "glioblastoma" in train["terms"]
+    assert "glioblastoma" not in test["caption"] and "glioblastoma" not in " ".join(test["terms"])
+    assert "abnormality" not in test["caption"] and test["split"] == "test"
+
+
+def test_unspecified_organ_from_the_technique_and_synthetic_said():
+    us = SourceSpec(name="us", layout="dicom", root=".", modality="Ultrasound", organ="unspecified", license="x")
+    echo = _one_caption(us, modality="Ultrasound", description="Echocardiogram / Transesophageal Echocardiogram")
+    assert echo["organ"] == "heart" and echo["caption"].startswith("Ultrasound image of the heart.")
+    bare = _one_caption(us, modality="Ultrasound")
+    assert bare["caption"] == "Ultrasound image (body part not recorded)." and "unspecified" not in bare["caption"]
+    ph = SourceSpec(name="ph", layout="image_folder", root=".", modality="MRI", organ="phantom", license="x",
+                    synthetic=True)
+    row = _one_caption(ph, modality="MRI")
+    assert row["synthetic"] and row["caption"].startswith("Synthetic MRI image")

@@ -492,20 +492,31 @@ def test_shape_and_texture_match_skimage_on_random_masks():
 # -- regions that are structures --------------------------------------------------------
 
 
-def test_largest_component_and_those_above_a_share_of_it_are_kept(tmp_path):
+def test_separate_findings_are_kept_and_fragments_of_a_structure_dropped(tmp_path):
+    """A label with few components is a set of findings: each above the floor is kept, however
+    small beside the largest. A label with many is a fragmented structure: its largest component
+    and those above a share of it are kept."""
     from skimage.draw import disk
 
     img = np.full((H, W), 40, np.uint8)
     mask = np.zeros((H, W), np.uint8)
-    mask[disk((45, 40), 25, shape=mask.shape)] = 1  # the structure (~1960 px)
-    mask[disk((20, 100), 10, shape=mask.shape)] = 1  # a second one, 10%+ of it (~310 px)
-    mask[disk((75, 105), 3, shape=mask.shape)] = 1  # a fragment (~29 px): above the floor, under the share
+    mask[disk((45, 40), 25, shape=mask.shape)] = 1  # a large lesion (~1960 px)
+    mask[disk((20, 100), 10, shape=mask.shape)] = 1  # a second one (~310 px)
+    mask[disk((75, 105), 3, shape=mask.shape)] = 1  # a small third one (~29 px): above the floor
     mask[5, 5] = mask[80, 10] = 1  # stray pixels
     img[mask > 0] = 180
     res = build_roi_set(_table(tmp_path, [{"image": img, "mask": mask}]), _spec(), tmp_path)
     ok = res.rois.filter(pl.col("status") == "ok")
-    assert ok.height == 2 and set(ok["label"]) == {"lesion"}
-    assert res.dropped_counts == {"minor_component:lesion": 1, "below_floor:lesion": 2}
+    assert ok.height == 3 and set(ok["label"]) == {"lesion"}
+    assert res.dropped_counts == {"below_floor:lesion": 2}
+
+    fragmented = np.zeros((H, W), np.uint8)
+    fragmented[disk((45, 40), 25, shape=mask.shape)] = 1  # the structure
+    for c in (70, 85, 100, 115):
+        fragmented[disk((80, c), 3, shape=mask.shape)] = 1  # four islands of ~29 px: under 10% of it
+    res = build_roi_set(_table(tmp_path / "f", [{"image": img, "mask": fragmented}]), _spec(), tmp_path / "f")
+    ok = res.rois.filter(pl.col("status") == "ok")
+    assert ok.height == 1 and res.dropped_counts == {"minor_component:lesion": 4}
 
 
 def test_touching_blobs_are_split_and_one_blob_is_not(tmp_path):

@@ -18,6 +18,8 @@ from medtrinity_assets.core.tables import (
     TableContract,
 )
 
+SMALL_ROI_PX = 100  # the speckle size the review of issue 12 counted
+
 
 @dataclass
 class BuildSummary:
@@ -29,14 +31,23 @@ class BuildSummary:
     descriptions: int = 0
     passed: int = 0
     quarantined: Counter = field(default_factory=Counter)
+    origins: Counter = field(default_factory=Counter)  # ok ROIs by origin (expert:* as "expert")
+    small_rois: int = 0  # localised ok ROIs under SMALL_ROI_PX pixels (speckle-sized)
+    text_scanned: int = 0  # images scanned for burned-in text
+    text_redacted: int = 0  # ... with text blacked out
 
     def lines(self) -> list[str]:
         q = sum(self.quarantined.values())
         by = ", ".join(f"{k} {v}" for k, v in sorted(self.quarantined.items(), key=lambda kv: (-kv[1], kv[0])))
+        origins = ", ".join(f"{k} {v}" for k, v in sorted(self.origins.items(), key=lambda kv: (-kv[1], kv[0])))
+        localised = sum(v for k, v in self.origins.items() if k != "whole_image")
         return [
             f"sources: {self.sources}; manifest rows: {self.files} ({self.images} images kept, "
             f"{self.duplicates} duplicates, {q} quarantined{': ' + by if by else ''})",
-            f"ROIs: {self.rois}; descriptions: {self.descriptions} ({self.passed} passed the quality checks)",
+            f"ROIs: {self.rois}{' (' + origins + ')' if origins else ''}; localised under {SMALL_ROI_PX} px: "
+            f"{self.small_rois} of {localised}",
+            f"burned-in text: {self.text_scanned} image(s) scanned, {self.text_redacted} with text blacked out",
+            f"descriptions: {self.descriptions} ({self.passed} passed the quality checks)",
         ]
 
 
@@ -56,10 +67,20 @@ def summarize(out: str | Path, sources: Sequence[str]) -> BuildSummary:
             s.duplicates += int((manifest["status"] == "duplicate").sum())
             quarantined = manifest.filter(pl.col("status") == "quarantined")["reason"].to_list()
             s.quarantined.update(str(r).split(":", 1)[0] for r in quarantined)
-        images = _read(PREPROCESSED_IMAGES, out, name, ["record_id"])
-        s.images += images.height if images is not None else 0
-        rois = _read(ROI_SET, out, name, ["status"])
-        s.rois += int((rois["status"] == "ok").sum()) if rois is not None else 0
+        images = _read(PREPROCESSED_IMAGES, out, name, ["record_id", "text_boxes_redacted"])
+        if images is not None:
+            s.images += images.height
+            if "text_boxes_redacted" in images.columns:
+                scanned = images["text_boxes_redacted"].drop_nulls()
+                s.text_scanned += scanned.len()
+                s.text_redacted += int((scanned > 0).sum())
+        rois = _read(ROI_SET, out, name, ["status", "origin", "area_px"])
+        if rois is not None:
+            ok = rois.filter(pl.col("status") == "ok")
+            s.rois += ok.height
+            s.origins.update("expert" if str(o).startswith("expert:") else str(o) for o in ok["origin"])
+            localised = ok.filter(pl.col("origin") != "whole_image")
+            s.small_rois += int((localised["area_px"].fill_null(0) < SMALL_ROI_PX).sum())
         captions = _read(CAPTION_BATCH, out, name, ["status"])
         s.descriptions += int((captions["status"] == "ok").sum()) if captions is not None else 0
         quality = _read(CAPTION_QUALITY, out, name, ["passed"])

@@ -178,8 +178,11 @@ PREPROCESSED_IMAGES = TableContract(
         "boxes": pl.List(pl.List(pl.Float64)),
         "box_labels": pl.List(pl.String),
         "box_clipped": pl.List(pl.Boolean),
+        "text_boxes_redacted": pl.Int32,
     },
-    description="Kept 2D images: content-addressed PNGs, window, spacing, orientation, masks and boxes.",
+    description="Kept 2D images: content-addressed PNGs, window, spacing, orientation, masks and boxes; "
+    "text_boxes_redacted: burned-in text boxes blacked out (null: pixels not scanned).",
+    optional=frozenset({"text_boxes_redacted"}),
 )
 
 ROI_ATTRIBUTES: dict[str, Any] = {

@@ -95,5 +95,6 @@ def ingest_source_assets(
                 out, sample["image_path"].to_list(), [r[:8] for r in sample["record_id"].to_list()]
             ),
             "with_masks": int(images["mask_path"].is_not_null().sum()) if images.height else 0,
+            **counts_metadata("burned_in_text", result.burned_in_text),
         },
     )

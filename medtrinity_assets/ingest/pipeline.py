@@ -54,6 +54,12 @@ class IngestResult:
         return {k.split(":", 1)[1]: v for k, v in self.counts.items() if k.startswith("slices_skipped:")}
 
     @property
+    def burned_in_text(self) -> dict[str, int]:
+        """Kept images scanned for burned-in text, those with text blacked out, and the boxes."""
+        keys = ("text_scanned_images", "text_redacted_images", "text_boxes_redacted")
+        return {k: int(self.counts.get(k, 0)) for k in keys}
+
+    @property
     def warnings(self) -> dict[str, int]:
         """Non-fatal findings by code (``series_gap``...)."""
         return {k.split(":", 1)[1]: v for k, v in self.counts.items() if k.startswith("warning:")}
@@ -99,6 +105,10 @@ class _Collector:
         img["image_path"] = self._write("images", cand.png)
         img["mask_path"] = self._write("masks", cand.mask_png) if cand.mask_png is not None else None
         self.counts["masks"] += cand.mask_png is not None
+        if cand.text_scanned:
+            self.counts["text_scanned_images"] += 1
+            self.counts["text_redacted_images"] += cand.text_boxes > 0
+            self.counts["text_boxes_redacted"] += cand.text_boxes
         self.manifest.append(row)
         self.images.append(img)
         self.index.add(row["record_id"], img["sha256"], cand.phash, group, cand.thumb)

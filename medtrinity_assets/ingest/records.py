@@ -56,6 +56,8 @@ class Candidate:
     mask_png: bytes | None
     phash: int
     thumb: np.ndarray
+    text_scanned: bool = False
+    text_boxes: int = 0
 
 
 @dataclass
@@ -119,6 +121,7 @@ def manifest_row(
         slice_axis=plan.slice_axis,
         slice_index=sl.index if vol.kind != "image" else None,
         body_part=body_part.lower() if body_part else None,
+        sequence=meta.get("sequence") or None,
         **{c: privacy.text(meta.get(c)) for c in TEXT_COLUMNS if c != "body_part"},
     )
     return row
@@ -145,6 +148,7 @@ def image_row(
         "boxes": sl.boxes,
         "box_labels": [privacy.text(b) or "" for b in vol.box_labels],
         "box_clipped": sl.box_clipped,
+        "text_boxes_redacted": sl.text_boxes if sl.text_scanned else None,
     }
 
 
@@ -161,4 +165,6 @@ def candidate(spec: SourceSpec, vol: Volume, plan: SlicePlan, sl: Slice2D, priva
         sl.mask_png,
         ph,
         thumb16(g32),
+        sl.text_scanned,
+        sl.text_boxes,
     )

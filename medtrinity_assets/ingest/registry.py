@@ -85,6 +85,11 @@ class SourceSpec(BaseModel):
         "images; default every channel",
     )
     split: str = "train"
+    burned_in_text: Literal["auto", "scan", "none"] = Field(
+        "auto",
+        description="scan pixels for burned-in text and black it out: auto (DICOM BurnedInAnnotation YES, "
+        "ultrasound, secondary captures, screenshots), scan (every image), none (pixels known clean)",
+    )
     expert_model: str | None = Field(None, description="path to user weights (safetensors/TorchScript)")
     expert_label: str | None = Field(None, max_length=200, description="what the user's expert_model segments")
     rois: dict[str, float | int | bool] | None = Field(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from medtrinity_assets.ingest.burned_in import needs_scan, redact
 from medtrinity_assets.ingest.intensity import Intensity
 from medtrinity_assets.ingest.readers.base import InputRejected, Volume, direction_letter
 from medtrinity_assets.ingest.registry import SourceSpec
@@ -176,6 +177,8 @@ class Slice2D:
     mask_labels: list[int] = field(default_factory=list)
     boxes: list[list[float]] = field(default_factory=list)
     box_clipped: list[bool] = field(default_factory=list)
+    text_scanned: bool = False
+    text_boxes: int = 0  # burned-in text boxes blacked out
 
 
 @dataclass
@@ -190,6 +193,7 @@ class SlicePlan:
     slice_axis: str | None
     relpaths: list[str] | None
     skipped: Counter = field(default_factory=Counter)  # slices left out, by reason
+    scan_text: bool = False  # black out burned-in text (see medtrinity_assets.ingest.burned_in)
 
 
 def plan_slices(vol: Volume, spec: SourceSpec) -> SlicePlan:
@@ -205,7 +209,8 @@ def plan_slices(vol: Volume, spec: SourceSpec) -> SlicePlan:
     plane = slice_axis_name(vol, axis)
     n = view.shape[0]
     rels = vol.slice_relpaths if (vol.slice_relpaths and axis == 0 and len(vol.slice_relpaths) == n) else None
-    return SlicePlan(view, mview, intensity, plan_orientation(vol, axis, plane), plane, rels)
+    scan = needs_scan(vol.meta, vol.modality, spec.burned_in_text)
+    return SlicePlan(view, mview, intensity, plan_orientation(vol, axis, plane), plane, rels, scan_text=scan)
 
 
 def _boxes(vol: Volume, h: int, w: int, oh: int, ow: int) -> tuple[list[list[float]], list[bool]]:
@@ -226,8 +231,12 @@ def _encode(plan: SlicePlan, vol: Volume, k: int, norm: np.ndarray, msl: np.ndar
     h, w = img.shape[:2]
     oh, ow, spacing = output_size(h, w, o.row_mm, o.col_mm, max_side)
     img = np.ascontiguousarray(resize_image(np.ascontiguousarray(img), oh, ow))
+    text_boxes = 0
+    if plan.scan_text:
+        img, text_boxes = redact(img)
     relpath = plan.relpaths[k] if plan.relpaths else vol.relpath
     out = Slice2D(k, relpath, h, w, img, encode_png(img), spacing)
+    out.text_scanned, out.text_boxes = plan.scan_text, text_boxes
     if msl is not None:
         m = resize_mask(np.ascontiguousarray(o.apply(msl)), oh, ow)
         out.mask_labels = [int(v) for v in np.unique(m) if v > 0]

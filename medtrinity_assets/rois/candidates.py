@@ -86,15 +86,17 @@ def split_touching(comp: np.ndarray, cfg: RoiConfig, floor: int) -> list[np.ndar
 def structures(
     binary: np.ndarray, floor: int, cfg: RoiConfig, offset: tuple[int, int] = (0, 0)
 ) -> tuple[list[Component], Counter]:
-    """The components of one label (or one predicted mask) that are structures: the largest, and
-    the others that reach ``min_component_share`` of it, each at least ``floor`` pixels; touching
+    """The components of one label (or one predicted mask) that are structures, each at least
+    ``floor`` pixels: all of them when there are fewer than ``fragment_min_components`` (separate
+    findings), else the largest and those reaching ``min_component_share`` of it; touching
     blobs split (:func:`split_touching`). Returns them and the dropped ones counted by reason."""
     labelled, n = ndimage.label(binary, structure=_structure(cfg))
     dropped: Counter = Counter()
     if n == 0:
         return [], dropped
     areas = np.bincount(labelled.ravel(), minlength=n + 1)[1:]
-    largest = int(areas.max())
+    fragmented = int((areas >= floor).sum()) >= cfg.fragment_min_components
+    largest = int(areas.max()) if fragmented else 0
     out: list[Component] = []
     for i, sl in enumerate(ndimage.find_objects(labelled)):
         if sl is None:

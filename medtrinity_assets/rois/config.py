@@ -27,6 +27,7 @@ class RoiConfig:
     predicted_min_area_px: int = 64
     predicted_min_area_fraction: float = 0.002
     min_component_share: float = 0.1
+    fragment_min_components: int = 5
     split_min_solidity: float = 0.75
     split_max_neck: float = 0.7
     connectivity_8: bool = True
@@ -50,7 +51,7 @@ class RoiConfig:
     lobulated_solidity_max: float = 0.9
     round_circularity_min: float = 0.8
     round_axis_ratio_min: float = 0.8
-    shape_min_area_px: int = 16
+    shape_min_area_px: int = 80
     # relations
     inside_fraction: float = 0.9
     max_relations: int = 5
@@ -73,6 +74,7 @@ class RoiConfig:
         ("geometry", "min_area_fraction"): "min_area_fraction",
         ("geometry", "predicted_min_area_fraction"): "predicted_min_area_fraction",
         ("geometry", "min_component_share"): "min_component_share",
+        ("geometry", "fragment_min_components"): "fragment_min_components",
         ("geometry", "split_min_solidity"): "split_min_solidity",
         ("geometry", "split_max_neck"): "split_max_neck",
         ("geometry", "connectivity_8"): "connectivity_8",

@@ -40,6 +40,8 @@ REASONS = (
     "lossy_mask",
     "colour_mask",
     "unreadable",
+    "burned_in_text_unchecked",
+    "burned_in_text_unmaskable",
 )
 
 

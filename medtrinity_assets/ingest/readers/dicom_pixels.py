@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from medtrinity_assets.core.vocabulary import mr_sequence
 from medtrinity_assets.ingest.readers.base import InputRejected
 from medtrinity_assets.ingest.readers.dicom_headers import floats_of, functional_group
 
@@ -126,8 +127,14 @@ def describe(ds: Any) -> dict[str, str]:
     identifying values when it builds the record (:mod:`medtrinity_assets.ingest.records`)."""
     parts = [" ".join(str(ds.get(k, "") or "").split()) for k in ("StudyDescription", "SeriesDescription")]
     parts = [p for i, p in enumerate(parts) if p and p not in parts[:i]]
+    code = str(ds.get("Modality", "") or "").strip()
+    acquisition = " ".join(str(ds.get(k, "") or "") for k in ("SeriesDescription", "ProtocolName", "SequenceName"))
     return {
         "description": " / ".join(parts),
         "body_part": " ".join(str(ds.get("BodyPartExamined", "") or "").split()),
-        "modality_code": str(ds.get("Modality", "") or "").strip(),
+        "modality_code": code,
+        "dicom_modality": code,
+        "burned_in": str(ds.get("BurnedInAnnotation", "") or "").strip().upper(),
+        # a vocabulary name only ("T2-weighted"), never the header's free text
+        "sequence": (mr_sequence(acquisition) if code == "MR" else None) or "",
     }

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medtrinity_assets.core.vocabulary import header_modality
+from medtrinity_assets.core.vocabulary import header_modality, mr_sequence
 from medtrinity_assets.ingest.readers import register
 from medtrinity_assets.ingest.readers.base import (
     InputRejected,
@@ -263,7 +263,12 @@ def load_volume(
         reorient=True,
         label_names=names,
         # a 4D image's channel is named by dataset.json (e.g. the MRI sequence: FLAIR, T1gd, ADC)
-        meta={"split": task.split, "description": mod if task.channel is not None and mod else "", "body_part": ""},
+        meta={
+            "split": task.split,
+            "description": mod if task.channel is not None and mod else "",
+            "body_part": "",
+            "sequence": mr_sequence(mod) or "",
+        },
         frame_key=task.key,
     )
 
