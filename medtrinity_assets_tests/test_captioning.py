@@ -68,7 +68,7 @@ def _tables(tmp_path):
 
 
 def test_build_caption_inputs_joins_and_tolerates_missing_columns(tmp_path):
-    items = build_caption_inputs(*_tables(tmp_path), out_root=tmp_path)
+    items = build_caption_inputs(*_tables(tmp_path), out_root=tmp_path, include_flagged=True)
     assert [i.roi_id for i in items] == [0, 1]
     a, b = items
     assert a.modality == "MRI" and a.organ == "liver" and a.coarse_caption.startswith("MRI")
@@ -78,7 +78,8 @@ def test_build_caption_inputs_joins_and_tolerates_missing_columns(tmp_path):
     assert b.query == "qimg" and b.chunk_ids == ["c1"]  # image-level retrieval as fallback
     assert a.texture_homogeneity_word is None and a.ring_mean is None
     assert a.image_file() == tmp_path / "images" / "a.png"
-    assert len(build_caption_inputs(*_tables(tmp_path), include_flagged=False)) == 1
+    assert len(build_caption_inputs(*_tables(tmp_path))) == 1  # a flagged row has no region to describe
+    assert len(build_caption_inputs(*_tables(tmp_path), include_flagged=True)) == 2
 
 
 # -- prompt ---------------------------------------------------------------------------------------

@@ -182,3 +182,28 @@ def test_collect_training_samples(tmp_path):
     samples, prov = got[ExpertTarget("ct", "x", "cyst")]
     assert len(samples) == 2 and prov == {"ph": 2}
     assert samples[0][0].shape == (32, 32) and set(np.unique(samples[0][1])) <= {0, 1}
+
+
+def test_predictions_on_images_unlike_the_training_ones_are_not_used():
+    """The card keeps what the training images were like; a prediction on a much smaller image,
+    or of a region brighter than the tissue when the target was always darker, is refused."""
+    from medtrinity_assets.segmentation.domain import out_of_domain, training_domain
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(10):  # a dark target (grey matter on T1) in brighter tissue on black
+        img = np.zeros((100, 100), np.float32)
+        img[20:80, 20:80] = 0.8 + 0.02 * rng.standard_normal((60, 60))
+        mask = np.zeros((100, 100), np.uint8)
+        mask[30:45, 30:70] = 1
+        img[mask > 0] = 0.5
+        samples.append((img, mask))
+    card = training_domain(samples)
+    assert card["target_polarity"] == -1 and card["image_side_range"] == [100, 100]
+    img, mask = samples[0]
+    assert out_of_domain(card, img, mask > 0) is None
+    bright = img.copy()
+    bright[mask > 0] = 1.0  # the predicted region is brighter than the rest: not the target
+    assert "brighter than the rest of the tissue" in out_of_domain(card, bright, mask > 0)
+    small = img[::4, ::4]
+    assert "25 px on its longer side" in out_of_domain(card, small, mask[::4, ::4] > 0)

@@ -561,3 +561,19 @@ def test_classical_specks_leave_the_whole_image_with_a_reason(tmp_path):
     res = build_roi_set(_table(tmp_path, [{"image": img}]), _spec(modality="NM"), tmp_path)
     (row,) = res.rois.to_dicts()
     assert row["origin"] == "whole_image" and row["reason"].startswith("nothing_segmented:")
+
+
+def test_tissue_classes_are_compared_with_the_other_tissue_not_the_background(tmp_path):
+    """On a T1-like slice grey matter (a cortex ring) is darker than the white matter it
+    surrounds, though brighter than the CSF and air around it: against the other labelled
+    tissue it is hypointense, the white matter hyperintense."""
+    img = np.full((H, W), 10, np.uint8)  # air
+    lm = np.zeros((H, W), np.uint8)
+    img[disk((45, 64), 40, shape=(H, W))] = 40  # CSF
+    lm[disk((45, 64), 36, shape=(H, W))] = 1  # grey matter
+    lm[disk((45, 64), 26, shape=(H, W))] = 2  # white matter
+    img[lm == 1], img[lm == 2] = 110, 170
+    spec = _spec("MRI", {1: "grey matter", 2: "white matter"})
+    res = build_roi_set(_table(tmp_path, [{"image": img, "mask": lm}]), spec, tmp_path)
+    words = {r["label"]: r["intensity_word"] for r in res.rois.to_dicts()}
+    assert words == {"grey matter": "hypointense", "white matter": "hyperintense"}

@@ -185,13 +185,14 @@ def build_caption_inputs(
     preprocessed_images: pl.DataFrame | None = None,
     *,
     out_root: str | Path | None = None,
-    include_flagged: bool = True,
+    include_flagged: bool = False,
 ) -> list[CaptionInput]:
     """Join the upstream tables into one :class:`CaptionInput` per ROI row of ``roi_set``.
 
     Retrieval rows are matched on ``(record_id, roi_id)``, falling back to an image-level row
-    (``roi_id`` null). Rows of ``roi_set`` with ``status == "flagged"`` are kept unless
-    ``include_flagged`` is False.
+    (``roi_id`` null). Rows of ``roi_set`` with ``status == "flagged"`` (a refused expert mask, an
+    unreadable image) are left out: there is no region to describe; ``include_flagged`` keeps
+    them (for review tools).
     """
     tables = _Upstream(
         coarse=_rows_by(coarse_captions, lambda row: row["record_id"]),

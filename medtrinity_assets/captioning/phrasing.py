@@ -150,6 +150,9 @@ def relation_phrases(item: CaptionInput, limit: int) -> list[str]:
     holder = holder_label(item)
     if holder:
         out.append(f"it lies within the {holder}")
+    contained = {holder.lower()} if holder else set()  # a name used for containment is not reused
+    contained |= {label_text(r.get("other_label")).lower() for r in item.relations
+                  if r.get("relation") in ("lies within", "encloses")}
     for rel in item.relations:
         other, relation = label_text(rel.get("other_label")), str(rel.get("relation", "")).strip()
         if not is_named(other) or len(out) >= limit:
@@ -158,6 +161,8 @@ def relation_phrases(item: CaptionInput, limit: int) -> list[str]:
             phrase = f"it encloses the {other}" if other.lower() != own else f"it encloses another {other} region"
         elif relation == "lies within":
             phrase = f"it lies within the {other}"
+        elif other.lower() in contained:
+            continue  # "within the grey matter" and "above the grey matter" would name two regions alike
         elif other.lower() != own and relation == "overlapping":
             phrase = f"it overlaps the {other} in the image"
         elif other.lower() != own and relation:

@@ -83,15 +83,16 @@ def stage_skimage(dest: Path) -> list[str]:
     for source, names in SKIMAGE_FILES.items():
         for name in names:
             _copy(data_dir / name, dest / source / "images" / name)
-    # Phase-contrast cells as a table source with a box, a label and a QA pair.
+    # A phase-contrast micrograph as a table source with a box, a label and a QA pair. The box
+    # holds the one phase-bright cell and its dark halo (located on the image: x 368-487, y 317-432).
     cell = data_dir / "cell.png"
     _copy(cell, dest / "microscopy_cells" / "images" / "cell.png")
     rows = [
         {
             "image": "images/cell.png",
-            "label": "cultured cells",
-            "bbox": "120,150,420,470",
-            "report": "Phase-contrast micrograph of adherent cells in culture.",
+            "label": "cultured cell",
+            "bbox": "355,305,500,445",
+            "report": "Phase-contrast micrograph of a cell in culture.",
             "question": "What imaging technique is used?",
             "answer": "phase-contrast microscopy",
         }

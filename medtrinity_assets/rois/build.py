@@ -53,6 +53,7 @@ from medtrinity_assets.rois.relations import inside_labels, relations
 from medtrinity_assets.rois.rle import rle_counts_from_crop, rle_json
 from medtrinity_assets.rois.surroundings import Surroundings, nesting
 from medtrinity_assets.segmentation.classical import classical_segment
+from medtrinity_assets.segmentation.domain import out_of_domain
 
 ROI_SCHEMA = ROI_SET.schema
 
@@ -247,7 +248,7 @@ def _segmented_candidates(
         out: list[RoiCandidate] = []
         for model, mask in predictions.masks[i]:
             origin = f"expert:{model.name}"
-            off = _out_of_domain(model, mask)
+            off = out_of_domain((getattr(model, "card", None) or {}).get("metrics", {}), image, mask)
             if off:
                 out.append(RoiCandidate(getattr(model, "label", None), origin, "flagged", off))
                 continue
@@ -256,23 +257,6 @@ def _segmented_candidates(
     if run.use_classical:
         return _classical_candidates(run, image)
     return []
-
-
-#: slack around the share of the image an expert's training masks covered
-DOMAIN_SLACK = 2.0
-
-
-def _out_of_domain(model: Any, mask: np.ndarray) -> str | None:
-    """Why an expert's mask is not used (it covers far more or less of the image than any of its
-    training masks did: the image is not what the expert knows), or None."""
-    rng = (getattr(model, "card", None) or {}).get("metrics", {}).get("area_fraction_range")
-    if not rng:
-        return None
-    frac = float(np.asarray(mask, bool).mean())
-    lo, hi = float(rng[0]) / DOMAIN_SLACK, min(1.0, float(rng[1]) * DOMAIN_SLACK)
-    if lo <= frac <= hi or (frac == 0.0 and rng[0] == 0.0):
-        return None
-    return f"expert_out_of_domain: its mask covers {frac:.1%} of the image, its training masks {rng[0]:.1%}-{rng[1]:.1%}"
 
 
 def _classical_candidates(run: _Run, image: np.ndarray) -> list[RoiCandidate]:

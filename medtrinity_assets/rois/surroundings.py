@@ -42,10 +42,10 @@ class Surroundings:
             return
         fg = foreground_mask(to_grey(image))
         options = [fg, np.ones(self.shape, bool)]  # the last: no distinct background
-        if label_map is not None and (label_map > 0).any():
-            options.insert(0, fg & (label_map > 0))  # the other labelled tissue
-        # the first that holds more than the regions themselves
         self.fg = next((o for o in options if self._beyond_rois(o)), options[-1])
+        if label_map is not None and len(np.unique(label_map[label_map > 0])) >= 2:
+            # a tissue map (grey and white matter): each region against the other labelled tissue
+            self.fg = fg & (label_map > 0)
 
     def _beyond_rois(self, fg: np.ndarray) -> bool:
         """Whether the foreground holds more than the regions (5% of the image at least)."""

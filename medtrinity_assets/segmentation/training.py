@@ -20,6 +20,7 @@ from medtrinity_assets.core.images import read_label_map, read_png
 from medtrinity_assets.core.vocabulary import canonical_modality, modality_slug
 from medtrinity_assets.ingest.registry import SourceSpec
 from medtrinity_assets.segmentation.classical import classical_segment
+from medtrinity_assets.segmentation.domain import training_domain
 from medtrinity_assets.segmentation.network import (
     ExpertConfig,
     ExpertPredictor,
@@ -147,9 +148,9 @@ def train_expert(
         "final_train_loss": history[-1] if history else None,
         "train_seconds": round(train_seconds, 2),
         "device": str(device),
-        # the share of the image its training masks cover (5th-95th percentile): a prediction far
-        # outside is out of the expert's domain and is not used
-        "area_fraction_range": _area_range([samples[i][1] for i in train_idx]),
+        # what its training images were like (target area, image size, target brighter or darker
+        # than the rest of the tissue): a prediction on an image unlike them is not used
+        **training_domain([samples[i] for i in train_idx]),
     }
     return ExpertTrainResult(
         network=net.cpu(),
@@ -231,13 +232,6 @@ def _train_epoch(
         total += float(loss.detach()) * n
         count += n
     return total / max(count, 1)
-
-
-def _area_range(masks: list[np.ndarray]) -> list[float]:
-    fractions = [float((np.asarray(m) > 0).mean()) for m in masks]
-    if not fractions:
-        return [0.0, 1.0]
-    return [round(float(np.percentile(fractions, 5)), 6), round(float(np.percentile(fractions, 95)), 6)]
 
 
 def _held_out_dice(

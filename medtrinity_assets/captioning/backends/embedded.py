@@ -26,7 +26,7 @@ from medtrinity_assets.core.vocabulary import modality_of
 from medtrinity_assets.knowledge.queries import roi_concepts
 from medtrinity_assets.knowledge.quotes import Quote, choose_quote, measured_words
 
-PHRASES_VERSION = "3"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
+PHRASES_VERSION = "4"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
 
 _H_WORD = {"left": "left", "centre": "central", "center": "central", "middle": "central", "right": "right"}
 _V_WORD = {"upper": "upper", "top": "upper", "middle": "middle", "centre": "middle", "lower": "lower",
@@ -145,7 +145,8 @@ class EmbeddedCaptioner(Captioner):
     def _texture(self, item: CaptionInput, ph: dict, seed: int) -> str:
         tex = " and ".join(w for w in (item.texture_homogeneity_word, item.texture_smoothness_word) if w)
         if item.origin == "whole_image":
-            return _pick(ph["texture_whole"], seed, 4).format(texture=tex) if tex else _pick(ph["none"], seed, 3)
+            # a whole frame mixes air, bone and organs: its texture says nothing about a region
+            return _pick(ph["texture_whole"], seed, 4)
         pieces = []
         if item.intensity_word:
             form = "noun" if " " in item.intensity_word.strip() else "adjective"
