@@ -44,3 +44,23 @@ def test_projection_radiograph_gets_the_patient_left_on_the_right(tmp_path):
     assert list(ds.PatientOrientation) == ["R", "F"]  # stored with the patient's right on the right
     row, _ = _ingest(tmp_path, "RG3_J2KR.dcm", "X-ray")
     assert (row["display_right"], row["display_down"]) == ("L", "I")
+
+
+def test_a_slice_far_from_every_axis_is_called_oblique(tmp_path):
+    """The plane a caption names comes from the header's geometry: axial for MR_small, oblique
+    for the same slice tilted 35 degrees (no axis within 20 degrees of its normal)."""
+    from medtrinity_assets.metadata.coarse_captions import build_coarse_captions
+
+    row, _ = _ingest(tmp_path, "MR_small.dcm", "MRI")
+    assert row["plane"] == "axial"
+    root = tmp_path / "tilted"
+    root.mkdir()
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    c, s = np.cos(np.radians(35)), np.sin(np.radians(35))
+    ds.ImageOrientationPatient = [c, s, 0.0, 0.0, 0.0, -1.0]  # rows along S-I, normal 35 deg off L-R
+    ds.save_as(root / "tilted.dcm")
+    spec = make_spec(tmp_path, "t", "dicom", root, modality="MRI", organ="shoulder")
+    res = ingest_source(spec, tmp_path / "out2", workers=1)
+    assert res.images["plane"].to_list() == ["oblique"]
+    caption = build_coarse_captions(res.manifest, res.images, spec)["caption"][0]
+    assert caption.startswith("Oblique") and "sagittal" not in caption and "coronal" not in caption

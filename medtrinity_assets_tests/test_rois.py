@@ -577,3 +577,24 @@ def test_tissue_classes_are_compared_with_the_other_tissue_not_the_background(tm
     res = build_roi_set(_table(tmp_path, [{"image": img, "mask": lm}]), spec, tmp_path)
     words = {r["label"]: r["intensity_word"] for r in res.rois.to_dicts()}
     assert words == {"grey matter": "hypointense", "white matter": "hyperintense"}
+
+
+def test_two_brightness_levels_are_not_homogeneous():
+    """Two overlapping discs of different brightness are smooth inside each disc, but as one region
+    they are not homogeneous; one uniform disc is."""
+    from medtrinity_assets.rois.measure import two_levels
+
+    rng = np.random.default_rng(0)
+    uniform = 170 + rng.normal(0, 3, 400)
+    assert not two_levels(uniform, (0.0, 255.0))
+    assert two_levels(np.concatenate([165 + rng.normal(0, 3, 200), 195 + rng.normal(0, 3, 200)]), (0.0, 255.0))
+    img = np.full((H, W), 40, np.uint8)
+    mask = np.zeros((H, W), np.uint8)
+    mask[disk((45, 50), 16, shape=mask.shape)] = 1
+    img[mask > 0] = 165
+    second = np.zeros((H, W), bool)
+    second[disk((45, 70), 14, shape=mask.shape)] = True
+    mask[second] = 1
+    img[second] = 195
+    r = measure_roi(img, mask > 0)
+    assert r["texture_homogeneity_word"] == "heterogeneous"

@@ -172,6 +172,7 @@ PREPROCESSED_IMAGES = TableContract(
         "original_spacing": pl.List(pl.Float64),
         "display_right": pl.String,
         "display_down": pl.String,
+        "plane": pl.String,
         "mask_path": pl.String,
         "mask_labels": pl.List(pl.Int32),
         "mask_label_names": pl.List(pl.String),
@@ -182,7 +183,7 @@ PREPROCESSED_IMAGES = TableContract(
     },
     description="Kept 2D images: content-addressed PNGs, window, spacing, orientation, masks and boxes; "
     "text_boxes_redacted: burned-in text boxes blacked out (null: pixels not scanned).",
-    optional=frozenset({"text_boxes_redacted"}),
+    optional=frozenset({"text_boxes_redacted", "plane"}),
 )
 
 ROI_ATTRIBUTES: dict[str, Any] = {

@@ -143,6 +143,7 @@ def image_row(
         "original_spacing": [round(v, 6) for v in sl.spacing] if sl.spacing else None,
         "display_right": plan.orientation.right,
         "display_down": plan.orientation.down,
+        "plane": plan.orientation.plane,
         "mask_labels": sl.mask_labels,
         "mask_label_names": privacy.texts(vol.label_names.get(v) for v in sl.mask_labels),
         "boxes": sl.boxes,

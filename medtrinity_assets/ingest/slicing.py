@@ -96,6 +96,7 @@ class Orientation:
     down: str | None = None
     row_mm: float | None = None
     col_mm: float | None = None
+    plane: str | None = None  # axial | coronal | sagittal | oblique (the header's geometry)
 
     def apply(self, a: np.ndarray) -> np.ndarray:
         if self.transpose:
@@ -135,6 +136,10 @@ def _projection(o: Orientation, right: str, down: str) -> None:
     o.right, o.down = right, down
 
 
+#: a slice whose normal is more than 20 degrees from every patient axis is oblique
+OBLIQUE_COS = float(np.cos(np.radians(20)))
+
+
 def plan_orientation(vol: Volume, axis: int, plane: str | None) -> Orientation:
     """The display orientation of the slices cut along ``axis`` (rows along the first in-plane
     axis, columns along the second): volume slices and 2D slices with a known plane are turned
@@ -151,6 +156,7 @@ def plan_orientation(vol: Volume, axis: int, plane: str | None) -> Orientation:
         if reorient and plane in PLANE_DISPLAY:
             drow, dcol = _align(o, drow, dcol, plane)
         o.right, o.down = direction_letter(dcol), direction_letter(drow)
+        o.plane = "oblique" if float(np.abs(axes[axis]).max()) < OBLIQUE_COS else plane
     elif vol.patient_orientation is not None:
         _projection(o, *vol.patient_orientation)
     elif vol.projection_xray:

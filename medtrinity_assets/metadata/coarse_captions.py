@@ -136,8 +136,10 @@ def acquisition(row: dict, image_row: dict | None, modality: str) -> dict[str, A
     CT window, channels."""
     image_row = image_row or {}
     plane = None
-    if modality in CROSS_SECTIONAL:
-        plane = plane_of(row.get("slice_axis"), image_row.get("display_right"), image_row.get("display_down"))
+    if modality in CROSS_SECTIONAL:  # the header's geometry (oblique when no axis dominates)
+        plane = image_row.get("plane") or plane_of(
+            row.get("slice_axis"), image_row.get("display_right"), image_row.get("display_down")
+        )
     sequence = None
     if modality == "mri":
         sequence = clean_text(row.get("sequence")) or mr_sequence(clean_text(row.get("description")))

@@ -300,10 +300,30 @@ def _texture_terms(
     out: dict[str, Any] = {"glcm_contrast": g_contrast, "glcm_homogeneity": g_hom, "entropy": entropy}
     if g_hom is not None and entropy is not None:
         homogeneous = g_hom >= cfg.homogeneity_min and entropy <= cfg.entropy_max_homogeneous
+        homogeneous = homogeneous and not two_levels(vals, value_range)
         out["texture_homogeneity_word"] = "homogeneous" if homogeneous else "heterogeneous"
     if g_contrast is not None:
         out["texture_smoothness_word"] = "smooth" if g_contrast <= cfg.contrast_max_smooth else "coarse"
     return out
+
+
+def two_levels(vals: np.ndarray, value_range: tuple[float, float]) -> bool:
+    """Whether a region's grey values form two distinct levels (two overlapping discs of different
+    brightness, a bright rim round a dark core): each side of their Otsu threshold holds at least
+    15% of the pixels, and the sides' means are 3 pooled standard deviations and 8% of the image's
+    range apart. Locally smooth, such a region is still not homogeneous."""
+    v = np.asarray(vals, np.float64)
+    if v.size < 32 or float(v.max()) - float(v.min()) < 1e-9:
+        return False
+    from skimage.filters import threshold_otsu
+
+    t = threshold_otsu(v)
+    lo, hi = v[v <= t], v[v > t]
+    if min(lo.size, hi.size) < 0.15 * v.size:
+        return False
+    gap = float(hi.mean() - lo.mean())
+    pooled = float(np.sqrt((lo.var() * lo.size + hi.var() * hi.size) / v.size))
+    return gap >= 3 * pooled and gap >= 0.08 * (value_range[1] - value_range[0])
 
 
 def _shape_terms(
