@@ -3,7 +3,8 @@
 ``medtrinity demo`` stages the embedded demo sources and runs everything on them;
 ``medtrinity build --sources DIR --out DIR [--until ASSET]`` does the same for a user's registry;
 ``medtrinity sources --sources DIR`` validates a registry folder; ``medtrinity compare OLD NEW``
-compares the tables of two output roots row for row.
+compares the tables of two output roots row for row; ``medtrinity sql "SELECT ..."`` queries every
+table of the output root through its DuckDB catalog.
 Runs are recorded in the Dagster instance at ``$DAGSTER_HOME`` (default ``data/dagster_home``)
 under the run plan's job names, so ``dagster dev`` shows them afterwards.
 
@@ -236,7 +237,23 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("old")
     compare.add_argument("new")
     compare.add_argument("--ignore", nargs="*", default=[], help="columns to leave out of the comparison")
+    sql = sub.add_parser("sql", help="run SQL on the DuckDB catalog of the output root (views over every table)")
+    sql.add_argument("query", help='e.g. "SELECT source, count(*) FROM medtrinity_dataset GROUP BY ALL"')
+    sql.add_argument("--out", default=None, help=f"output root (default: the instance's, else {DEFAULT_OUT_DIR})")
+    sql.add_argument("--max-rows", type=int, default=100, help="rows to print at most")
     return parser
+
+
+def _sql(out: str | None, query: str, max_rows: int) -> int:
+    """``medtrinity sql``: the catalog (built or refreshed when missing or older than the tables),
+    the query's result as a table; exit 2 with one line when the query fails."""
+    from medtrinity_assets.export.catalog import run_sql
+
+    if out is None:
+        home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
+        recorded = read_instance_settings(home)
+        out = recorded.out_dir if recorded else str(DEFAULT_OUT_DIR)
+    return run_sql(out, query, max_rows=max_rows)
 
 
 def _compare(old: str, new: str, ignore: Sequence[str]) -> int:
@@ -257,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sources":
         return _list_sources(args.sources)
+    if args.command == "sql":
+        return _sql(args.out, args.query, args.max_rows)
     if args.command == "compare":
         return _compare(args.old, args.new, args.ignore)
     if args.command == "demo":

@@ -48,7 +48,7 @@ def test_projection_radiograph_gets_the_patient_left_on_the_right(tmp_path):
 
 def test_a_slice_far_from_every_axis_is_called_oblique(tmp_path):
     """The plane a caption names comes from the header's geometry: axial for MR_small, oblique
-    for the same slice tilted 35 degrees (no axis within 20 degrees of its normal)."""
+    for the same slice tilted 35 degrees (no axis within 30 degrees of its normal)."""
     from medtrinity_assets.metadata.coarse_captions import build_coarse_captions
 
     row, _ = _ingest(tmp_path, "MR_small.dcm", "MRI")

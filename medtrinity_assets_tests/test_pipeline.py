@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
 import pytest
@@ -48,8 +50,8 @@ def pipeline(tmp_path_factory, dagster_instance, demo_registry):
     reports = run_plan(defs, plan, SOURCES, dagster_instance, run_config=FAST_EXPERTS)
     results: dict = {"early": {}, "late": {}}
     for r in reports:
-        if r.phase == "shared_models":
-            results["global"] = r.result
+        if r.phase in ("shared_models", "export"):
+            results["global" if r.phase == "shared_models" else "export"] = r.result
         else:
             results["early" if r.phase == "ingest" else "late"][r.source] = r.result
     return out, results
@@ -310,3 +312,64 @@ def test_single_run_over_two_partitions_reports_each_partition(pipeline, dagster
         pictures = "overlays" if asset == "roi_set" else "sample_triplets"
         assert mats[pair[0]][pictures].value != mats[pair[1]][pictures].value
         assert mats[pair[0]]["preview"].value != mats[pair[1]]["preview"].value
+
+
+def test_the_plan_ends_with_a_verified_export_every_reader_loads(pipeline, monkeypatch):
+    """The run plan's last phase writes the dataset; it loads in `datasets` (offline), in a
+    WebDataset reader and as LLaVA JSON, and its verification found nothing wrong."""
+    import json
+
+    import datasets
+    import webdataset as wds
+
+    out, results = pipeline
+    assert results["export"].success
+    root = out / "export"
+    table = pl.read_parquet(root / "triplets.parquet")
+    assert table.height > 0 and set(table["source"]) <= set(SOURCES)
+    assert json.loads((root / "verification.json").read_text())["problems"] == []
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    hf = datasets.load_dataset(str(root / "hf"))
+    assert sum(len(hf[s]) for s in hf) == table.height
+    shards = sorted(str(p) for p in (root / "webdataset").glob("*.tar"))
+    samples = list(wds.WebDataset(shards, shardshuffle=False))
+    assert len(samples) == table.height and all({"png", "json", "txt"} <= set(s) for s in samples)
+    llava = [r for f in (root / "llava").glob("*.json") for r in json.loads(f.read_text())]
+    assert len(llava) == table.height and all(r["conversations"][0]["value"].startswith("<image>\n") for r in llava)
+    assert (root / "viewer" / "index.html").exists() and (root / "DATASET_CARD.md").exists()
+
+
+def test_an_evaluation_set_overlapping_training_makes_the_export_refuse(pipeline, dagster_instance, tmp_path):
+    """A registered evaluation set holding a training image (its source file, as a benchmark
+    would ship it) fails the export, naming the record."""
+    import shutil
+
+    from medtrinity_assets.defs.resources import ExportSettings
+
+    out, _ = pipeline
+    table = pl.read_parquet(out / "export" / "triplets.parquet")
+    train = table.filter(pl.col("split") == "train").row(0, named=True)
+    manifest = _table(out, "source_manifest", train["source"])
+    relpath = manifest.filter(pl.col("record_id") == train["record_id"])["relpath"][0]
+    from medtrinity_assets.ingest.registry import load_registry
+
+    spec = {s.name: s for s in load_registry(pipeline_registry())[0]}[train["source"]]
+    raw = Path(spec.resolved_root()) / relpath
+    evals = tmp_path / "benchmark_test_images"
+    evals.mkdir()
+    shutil.copy(raw, evals / f"q1{raw.suffix}")
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    defs = build_definitions()
+    result = dg.materialize(
+        defs.assets,
+        selection=dg.AssetSelection.assets("medtrinity_dataset"),
+        instance=dagster_instance,
+        resources=make_resources(copy, export=ExportSettings(eval_sets=[str(evals)])),
+        run_config=QUIET,
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.error.message if failure.step_failure_data.error else ""
+    assert "refusing to export" in message and f"{train['source']}/{train['record_id']}" in message

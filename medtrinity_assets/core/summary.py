@@ -35,6 +35,7 @@ class BuildSummary:
     small_rois: int = 0  # localised ok ROIs under SMALL_ROI_PX pixels (speckle-sized)
     text_scanned: int = 0  # images scanned for burned-in text
     text_redacted: int = 0  # ... with text blacked out
+    export: str = ""  # one line on the verified export, when there is one
 
     def lines(self) -> list[str]:
         q = sum(self.quarantined.values())
@@ -48,12 +49,31 @@ class BuildSummary:
             f"{self.small_rois} of {localised}",
             f"burned-in text: {self.text_scanned} image(s) scanned, {self.text_redacted} with text blacked out",
             f"descriptions: {self.descriptions} ({self.passed} passed the quality checks)",
+            *([self.export] if self.export else []),
         ]
 
 
 def _read(contract: TableContract, out: Path, source: str, columns: Sequence[str]) -> pl.DataFrame | None:
     path = contract.path(out, source)
     return contract.read_path(path, columns) if path.exists() else None
+
+
+def export_line(out: Path) -> str:
+    """``export: 363 triplets (train 342, ...), verified -> <out>/export (viewer: ...)``, or ""."""
+    import json
+
+    from medtrinity_assets.core.tables import MEDTRINITY_DATASET
+
+    path = MEDTRINITY_DATASET.path(out)
+    if not path.exists():
+        return ""
+    splits = pl.read_parquet(path, columns=["split"])["split"].value_counts(sort=True)
+    by = ", ".join(f"{s} {n}" for s, n in splits.iter_rows())
+    report = path.parent / "verification.json"
+    ok = report.exists() and not json.loads(report.read_text(encoding="utf-8")).get("problems")
+    verified = "verified" if ok else "NOT verified (see verification.json)"
+    return (f"export: {splits['count'].sum()} triplets ({by}), {verified} -> {path.parent} "
+            f"(viewer: {path.parent / 'viewer' / 'index.html'}; query: medtrinity sql \"select ...\")")
 
 
 def summarize(out: str | Path, sources: Sequence[str]) -> BuildSummary:
@@ -85,4 +105,5 @@ def summarize(out: str | Path, sources: Sequence[str]) -> BuildSummary:
         s.descriptions += int((captions["status"] == "ok").sum()) if captions is not None else 0
         quality = _read(CAPTION_QUALITY, out, name, ["passed"])
         s.passed += int(quality["passed"].sum()) if quality is not None else 0
+    s.export = export_line(out)
     return s

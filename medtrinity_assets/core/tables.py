@@ -152,9 +152,10 @@ SOURCE_MANIFEST = TableContract(
         "answer": pl.String,
         "synthetic": pl.Boolean,
         "sequence": pl.String,
+        "group_id": pl.String,
     },
     description="Every file (or kept volume slice) of a source: ok | quarantined | duplicate, with a reason.",
-    optional=frozenset({"sequence"}),
+    optional=frozenset({"sequence", "group_id"}),
 )
 
 PREPROCESSED_IMAGES = TableContract(
@@ -373,6 +374,51 @@ KNOWLEDGE_DOCSTORE = TableContract(
     description="The indexed chunks; row i is Faiss id i.",
 )
 
+TRIPLET_COLUMNS: dict[str, Any] = {
+    "triplet_id": pl.String,  # stable: hash of (record_id, roi_id, inputs_hash)
+    "source": pl.String,
+    "record_id": pl.String,  # provenance: the source_manifest / preprocessed_images row
+    "roi_id": pl.String,  # provenance: the roi_set row
+    "inputs_hash": pl.String,  # provenance: the caption_batch row (every input behind the text)
+    "image_file": pl.String,  # relative to the export folder: images/<sha[:2]>/<sha>.png (original, no overlay)
+    "image_sha256": pl.String,
+    "image_width": pl.Int32,
+    "image_height": pl.Int32,
+    "bbox_xyxy": pl.List(pl.Float64),  # pixels of the stored image
+    "bbox_norm": pl.List(pl.Float64),  # 0-1
+    "mask_rle": pl.String,  # COCO uncompressed RLE (JSON); null for a box or the whole image
+    "label": pl.String,
+    "origin": pl.String,  # mask | box | expert:<name> | classical | whole_image
+    "description": pl.String,
+    **{f"facet_{k}": pl.String for k in FACETS},
+    "modality": pl.String,
+    "organ": pl.String,
+    "split": pl.String,  # train | validation | test
+    "group_id": pl.String,  # what the split keeps together: patient:<h> | study:<h> | image:<sha>
+    "license": pl.String,
+    "synthetic": pl.Boolean,
+    "backend": pl.String,
+    "model": pl.String,
+    "prompt_version": pl.String,
+}
+
+TRIPLETS = TableContract(
+    "triplets",
+    TRIPLET_COLUMNS,
+    description="The verified triplets of a source: descriptions whose blocking checks passed, with "
+    "the original image, ROI geometry, facets, split, licence and provenance.",
+)
+
+MEDTRINITY_DATASET = TableContract(
+    "medtrinity_dataset",
+    {**TRIPLET_COLUMNS, "duplicate_group": pl.String},
+    scope="global",
+    folder="export",
+    file="triplets.parquet",
+    description="Every source's triplets after cross-source deduplication, with leak-free splits "
+    "(the export's main table; formats, card, catalog and viewer alongside).",
+)
+
 CONTRACTS: dict[str, TableContract] = {
     c.name: c
     for c in (
@@ -386,6 +432,8 @@ CONTRACTS: dict[str, TableContract] = {
         KNOWLEDGE_CORPUS,
         KNOWLEDGE_QUARANTINE,
         KNOWLEDGE_DOCSTORE,
+        TRIPLETS,
+        MEDTRINITY_DATASET,
     )
 }
 

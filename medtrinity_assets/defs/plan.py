@@ -1,13 +1,15 @@
 """The run plan: the order in which the asset graph is built, and the named jobs it defines.
 
-Three phases, derived from the asset graph (a new asset lands in its phase by its deps):
+Four phases, derived from the asset graph (a new asset lands in its phase by its deps):
 
 1. ``ingest`` (per source) — the per-source assets that need nothing shared (ingestion, coarse
    captions); job ``ingest_job``;
 2. ``shared_models`` (global) — the unpartitioned assets every source uses (expert models, the
    knowledge corpus and index); job ``shared_models_job``;
 3. ``enrichment`` (per source) — the per-source assets that need a shared one (ROIs, retrieval,
-   descriptions, their quality); job ``enrichment_job``.
+   descriptions, their quality, the triplets); job ``enrichment_job``;
+4. ``export`` (global) — the unpartitioned assets that read the enriched sources (the dataset and
+   everything written with it); job ``export_job``.
 
 The CLI, the registry sensor and the tests all run this plan, so late per-source assets never
 run before the shared models they read.
@@ -41,7 +43,9 @@ class Phase:
 PHASE_TEXT = {
     "ingest": "Per-source assets that need nothing shared: ingestion and coarse captions.",
     "shared_models": "Global assets every source uses: expert grounding models, the knowledge corpus and index.",
-    "enrichment": "Per-source assets that read a shared model: ROIs, retrieval, descriptions and their quality.",
+    "enrichment": "Per-source assets that read a shared model: ROIs, retrieval, descriptions, their quality "
+    "and the verified triplets.",
+    "export": "Global assets over every enriched source: the dataset, its formats, card, catalog and viewer.",
 }
 
 
@@ -126,13 +130,15 @@ class RunPlan:
             keys = graph.closure({target})
         late = graph.late_keys(keys)
         early = sorted(keys & graph.partitioned - late)
-        shared = sorted(keys - graph.partitioned)
+        global_keys = keys - graph.partitioned
+        final = {k for k in global_keys if graph.ancestors(k) & late}  # reads the enriched sources
         phases = [
             Phase(name, per_source, tuple(ks), PHASE_TEXT[name])
             for name, per_source, ks in (
                 ("ingest", True, early),
-                ("shared_models", False, shared),
+                ("shared_models", False, sorted(global_keys - final)),
                 ("enrichment", True, sorted(keys & graph.partitioned & late)),
+                ("export", False, sorted(final)),
             )
             if ks
         ]

@@ -15,6 +15,7 @@ GROUP_ROIS = "rois"
 GROUP_METADATA = "metadata"
 GROUP_KNOWLEDGE = "knowledge"
 GROUP_CAPTIONS = "captions"
+GROUP_EXPORT = "export"
 
 
 def table_metadata(df: pl.DataFrame, path: Path, preview_columns: Sequence[str] | None = None) -> dict:

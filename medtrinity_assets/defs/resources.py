@@ -231,6 +231,25 @@ def captioner_from_settings(settings: dict[str, Any]) -> CaptionerResource:
     return cls(**settings)
 
 
+class ExportSettings(dg.ConfigurableResource):
+    """How the dataset is exported: evaluation sets it must not leak into, shard size, splits."""
+
+    eval_sets: list[str] = Field(
+        default_factory=list,
+        description="folders of images (or files listing image paths) of evaluation sets, e.g. a VQA "
+        "benchmark's test images: the export refuses if any is in the training or validation split",
+    )
+    shard_size: int = Field(10_000, ge=1, description="samples per WebDataset shard")
+    train: float = Field(0.8, ge=0, description="share of groups (patients, studies, files) in train")
+    validation: float = Field(0.1, ge=0)
+    test: float = Field(0.1, ge=0)
+    viewer_per_modality: int = Field(6, ge=1, description="sample triplets per modality in the viewer")
+    seed: int = 0
+
+    def fractions(self) -> dict[str, float]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+
 class JudgeResource(dg.ConfigurableResource):
     """Optional MLLM judge (OpenAI-compatible) scoring each facet 0–10."""
 
@@ -261,6 +280,7 @@ def default_resources(settings: InstanceSettings | None = None) -> dict[str, Any
         "knowledge": KnowledgeConfig(),
         "captioner": EmbeddedCaptionerResource(),
         "judge": JudgeResource(),
+        "export": ExportSettings(),
     }
 
 

@@ -76,6 +76,7 @@ class _Collector:
     counts: Counter = field(default_factory=Counter)
     groups: dict[str, int] = field(default_factory=dict)
     redacted: set[str] = field(default_factory=set)
+    group_ids: Any = None  # the output root's IdentifierStore (keyed patient/study ids)
 
     def __post_init__(self) -> None:
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="png-writer")
@@ -97,6 +98,7 @@ class _Collector:
 
     def _candidate(self, cand: Candidate, group: int) -> None:
         img, row = cand.image, cand.manifest
+        row["group_id"] = self.group_ids.group_id(*cand.group_key) if cand.group_key else None
         dup_of, why = self.index.find(img["sha256"], cand.phash, group, cand.thumb)
         if dup_of is not None:
             row.update(status="duplicate", duplicate_of=dup_of, reason=why)
@@ -173,7 +175,7 @@ def ingest_source(
     with WorkerPool(workers, spec, root) as pool:
         scan = reader_for(spec.layout).scan(spec, root, pool.map_ordered)
     tasks = sorted(scan.tasks, key=lambda t: t.sort_key)
-    col = _Collector(out, NearDuplicateIndex(near_duplicate_distance))
+    col = _Collector(out, NearDuplicateIndex(near_duplicate_distance), group_ids=identifier_store(out))
     col.counts["tasks"] = len(tasks)
     col.counts["identifying_values"] = identifier_store(out).save(spec.name, scan.identifiers)
     if progress:

@@ -58,6 +58,7 @@ class Candidate:
     thumb: np.ndarray
     text_scanned: bool = False
     text_boxes: int = 0
+    group_key: tuple[str, str] | None = None  # raw (kind, value); hashed by the collector
 
 
 @dataclass
@@ -168,4 +169,5 @@ def candidate(spec: SourceSpec, vol: Volume, plan: SlicePlan, sl: Slice2D, priva
         thumb16(g32),
         sl.text_scanned,
         sl.text_boxes,
+        vol.meta.get("group_key"),
     )

@@ -136,8 +136,9 @@ def _projection(o: Orientation, right: str, down: str) -> None:
     o.right, o.down = right, down
 
 
-#: a slice whose normal is more than 20 degrees from every patient axis is oblique
-OBLIQUE_COS = float(np.cos(np.radians(20)))
+#: a slice whose normal is more than 30 degrees from every patient axis is oblique (a head CT with
+#: a 22 degree gantry tilt is still axial; a shoulder MR 35 degrees off sagittal is not sagittal)
+OBLIQUE_COS = float(np.cos(np.radians(30)))
 
 
 def plan_orientation(vol: Volume, axis: int, plane: str | None) -> Orientation:

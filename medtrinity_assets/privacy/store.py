@@ -102,6 +102,15 @@ class IdentifierStore:
     def path(self, source: str) -> Path:
         return self.dir / "identifiers" / f"{source}.json"
 
+    def group_id(self, kind: str, value: str) -> str:
+        """A pseudonymous group id (``patient:<hash>``, ``study:<hash>``) for a patient or study
+        identifier: keyed BLAKE2b with this output root's key, so equal identifiers give equal
+        ids across sources and reruns, and the id reveals nothing without the key."""
+        key = self._key(create=True)
+        assert key is not None
+        digest = hashlib.blake2b(f"{kind}\x1f{value}".encode(), key=key, digest_size=10).hexdigest()
+        return f"{kind}:{digest}"
+
     def save(self, source: str, values: Iterable[str]) -> int:
         """Store the hashes of ``values`` (expanded) for ``source``; returns how many."""
         from medtrinity_assets.core.storage import atomic_write_bytes

@@ -121,7 +121,15 @@ def declared_slice_mm(ds: Any) -> float | None:
     return None
 
 
-def describe(ds: Any) -> dict[str, str]:
+def _group_key(ds: Any) -> tuple[str, str] | None:
+    for kind, attr in (("patient", "PatientID"), ("study", "StudyInstanceUID")):
+        value = " ".join(str(ds.get(attr, "") or "").split())
+        if value:
+            return kind, value
+    return None
+
+
+def describe(ds: Any) -> dict[str, Any]:
     """Descriptive text of a dataset (study and series description, body part) and its modality
     code. The text is raw here: ingestion scrubs every free-text field with the source's
     identifying values when it builds the record (:mod:`medtrinity_assets.ingest.records`)."""
@@ -135,6 +143,9 @@ def describe(ds: Any) -> dict[str, str]:
         "modality_code": code,
         "dicom_modality": code,
         "burned_in": str(ds.get("BurnedInAnnotation", "") or "").strip().upper(),
+        # what keeps a patient's images in one split: the patient, else the study (raw values:
+        # they leave the worker only as keyed hashes, see IdentifierStore.group_id)
+        "group_key": _group_key(ds),
         # a vocabulary name only ("T2-weighted"), never the header's free text
         "sequence": (mr_sequence(acquisition) if code == "MR" else None) or "",
     }

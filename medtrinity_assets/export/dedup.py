@@ -1,0 +1,94 @@
+"""Duplicates across sources and images shared between splits or with an evaluation set.
+
+Within a source, ingestion already keeps one copy of each image (sha256, and pHash with a
+thumbnail check across files). Across sources the same image can arrive twice (a public set
+mirrored into two collections): the first source in name order keeps it, the others' records
+are dropped with their provenance. Candidates for near duplicates come from pHash bands (64 bits
+in five bands: two hashes within 4 bits share a band), so the cost grows with the number of
+close pairs, not with the square of the images; each is confirmed on 16x16 thumbnails.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from medtrinity_assets.ingest.dedup import NEAR_DUP_MIN_CORR, hamming, thumb_corr
+
+BANDS = ((0, 13), (13, 26), (26, 39), (39, 52), (52, 64))  # bit ranges of a 64-bit pHash
+MAX_DISTANCE = 4
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image of the export: who holds it, its hashes."""
+
+    source: str
+    record_id: str
+    sha256: str
+    phash: int
+
+
+@dataclass(frozen=True)
+class Match:
+    """``image`` duplicates ``kept`` (exact, or near at a pHash distance)."""
+
+    image: ImageRef
+    kept: ImageRef
+    reason: str
+
+
+def _bands(ph: int) -> list[tuple[int, int]]:
+    return [(i, (ph >> lo) & ((1 << (hi - lo)) - 1)) for i, (lo, hi) in enumerate(BANDS)]
+
+
+class PhashIndex:
+    """Images by sha256 and by pHash band, for exact and near-duplicate lookups."""
+
+    def __init__(self) -> None:
+        self.by_sha: dict[str, ImageRef] = {}
+        self.by_band: dict[tuple[int, int], list[ImageRef]] = defaultdict(list)
+
+    def add(self, ref: ImageRef) -> None:
+        self.by_sha.setdefault(ref.sha256, ref)
+        for band in _bands(ref.phash):
+            self.by_band[band].append(ref)
+
+    def near(self, ph: int, max_distance: int = MAX_DISTANCE) -> Iterable[tuple[ImageRef, int]]:
+        """Indexed images within ``max_distance`` bits of ``ph`` (each once)."""
+        seen: set[str] = set()
+        for band in _bands(ph):
+            for ref in self.by_band.get(band, ()):
+                if ref.sha256 not in seen:
+                    seen.add(ref.sha256)
+                    d = hamming(ref.phash, ph)
+                    if d <= max_distance:
+                        yield ref, d
+
+
+def cross_source_duplicates(
+    images: Iterable[ImageRef], thumb: Callable[[ImageRef], np.ndarray], max_distance: int = MAX_DISTANCE
+) -> list[Match]:
+    """Images that duplicate one kept from another source (``images`` in priority order)."""
+    index, dropped = PhashIndex(), []
+    for ref in images:
+        exact = index.by_sha.get(ref.sha256)
+        if exact is not None and exact.source != ref.source:
+            dropped.append(Match(ref, exact, "exact_duplicate: identical pixels"))
+            continue
+        near = next(
+            (
+                (k, d)
+                for k, d in index.near(ref.phash, max_distance)
+                if k.source != ref.source and thumb_corr(thumb(k), thumb(ref)) >= NEAR_DUP_MIN_CORR
+            ),
+            None,
+        )
+        if near is not None:
+            dropped.append(Match(ref, near[0], f"near_duplicate: phash distance {near[1]}"))
+            continue
+        index.add(ref)
+    return dropped
