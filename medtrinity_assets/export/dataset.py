@@ -104,15 +104,15 @@ def _dropped_frame(matches: list[Match]) -> pl.DataFrame:
 def _link_images(out: Path, root: Path, shas: list[str]) -> int:
     """Hard-link (else copy) each original image into the export; remove images no longer used."""
     wanted = {f"images/{s[:2]}/{s}.png" for s in shas}
-    for old in (root / "images").glob("*/*.png"):
-        if old.relative_to(root).as_posix() not in wanted:
-            old.unlink()
-    made = 0
-    for rel in sorted(wanted):
+    present = {p.relative_to(root).as_posix() for p in (root / "images").glob("*/*.png")}
+    for old in present - wanted:
+        (root / old).unlink()
+    made, folders = 0, set()
+    for rel in sorted(wanted - present):
         dst, src = root / rel, content_path(out, "images", Path(rel).stem)
-        if dst.exists():
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.parent not in folders:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            folders.add(dst.parent)
         try:
             os.link(src, dst)
         except OSError:
@@ -132,7 +132,8 @@ def build_dataset(
     matches = cross_source_duplicates(_image_refs(out, df), thumb, max_distance) if df.height else []
     dropped = _dropped_frame(matches)
     if dropped.height:
-        df = df.join(dropped.select("source", "record_id"), on=["source", "record_id"], how="anti")
+        gone = (dropped["source"] + "\x1f" + dropped["record_id"]).implode()
+        df = df.filter(~(pl.col("source") + "\x1f" + pl.col("record_id")).is_in(gone))
     df = settle_splits(df)
     kept_of = {m.kept.record_id: m.kept.sha256 for m in matches}
     df = df.with_columns(duplicate_group=pl.col("record_id").replace_strict(kept_of, default=None, return_dtype=pl.String))

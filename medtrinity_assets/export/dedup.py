@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medtrinity_assets.ingest.dedup import NEAR_DUP_MIN_CORR, hamming, thumb_corr
+from medtrinity_assets.ingest.dedup import NEAR_DUP_MIN_CORR, thumb_corr
 
 BANDS = ((0, 13), (13, 26), (26, 39), (39, 52), (52, 64))  # bit ranges of a 64-bit pHash
 MAX_DISTANCE = 4
@@ -46,27 +46,35 @@ def _bands(ph: int) -> list[tuple[int, int]]:
 
 
 class PhashIndex:
-    """Images by sha256 and by pHash band, for exact and near-duplicate lookups."""
+    """Images by sha256 and by pHash band, for exact and near-duplicate lookups. A lookup gathers
+    the (few) images sharing one of its five bands and compares their hashes at once in numpy,
+    so its cost does not grow with the number of images indexed."""
 
     def __init__(self) -> None:
         self.by_sha: dict[str, ImageRef] = {}
-        self.by_band: dict[tuple[int, int], list[ImageRef]] = defaultdict(list)
+        self.refs: list[ImageRef] = []
+        self._hashes = np.zeros(1024, np.uint64)
+        self.by_band: dict[tuple[int, int], list[int]] = defaultdict(list)
 
     def add(self, ref: ImageRef) -> None:
         self.by_sha.setdefault(ref.sha256, ref)
+        i = len(self.refs)
+        if i == len(self._hashes):
+            self._hashes = np.resize(self._hashes, 2 * i)
+        self._hashes[i] = np.uint64(ref.phash)
+        self.refs.append(ref)
         for band in _bands(ref.phash):
-            self.by_band[band].append(ref)
+            self.by_band[band].append(i)
 
     def near(self, ph: int, max_distance: int = MAX_DISTANCE) -> Iterable[tuple[ImageRef, int]]:
-        """Indexed images within ``max_distance`` bits of ``ph`` (each once)."""
-        seen: set[str] = set()
-        for band in _bands(ph):
-            for ref in self.by_band.get(band, ()):
-                if ref.sha256 not in seen:
-                    seen.add(ref.sha256)
-                    d = hamming(ref.phash, ph)
-                    if d <= max_distance:
-                        yield ref, d
+        """Indexed images within ``max_distance`` bits of ``ph`` (each once, nearest first)."""
+        buckets = [b for b in (self.by_band.get(band) for band in _bands(ph)) if b]
+        if not buckets:
+            return []
+        idx = np.unique(np.fromiter((i for b in buckets for i in b), np.int64))
+        dist = np.bitwise_count(self._hashes[idx] ^ np.uint64(ph))
+        keep = np.argsort(dist, kind="stable")[: int((dist <= max_distance).sum())]
+        return [(self.refs[int(idx[k])], int(dist[k])) for k in keep]
 
 
 def cross_source_duplicates(
