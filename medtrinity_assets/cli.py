@@ -114,10 +114,10 @@ def _definitions(req: BuildRequest, settings: InstanceSettings):
     return build_definitions(resources)
 
 
-def _progress(req: BuildRequest, plan, names: Sequence[str]):
+def _progress(req: BuildRequest, plan, names: Sequence[str], vqa_sets: Sequence[str] = ()):
     from tqdm import tqdm
 
-    total = sum(len(names) if p.per_source else 1 for p in plan.phases)
+    total = sum(len(names) if p.per_source else len(vqa_sets) if p.per_vqa_set else 1 for p in plan.phases)
     bar = tqdm(total=total, unit="run", disable=req.quiet, dynamic_ncols=True)
 
     def on_start(phase, source) -> None:
@@ -143,6 +143,10 @@ def _finish(req: BuildRequest, home: Path, names: Sequence[str], reports, reject
     if not req.quiet:
         _say(f"done in {elapsed:.0f}s: {len(built)} of {len(names)} source(s) built into {out}")
         for line in summarize(out, built).lines():
+            _say(line)
+        from medtrinity_assets.vqa.metrics import summary_lines
+
+        for line in summary_lines(out):
             _say(line)
         _say(f"tables: {out}/<table>/<source>.parquet; images: {out}/images/")
         _say(f"browse the runs and lineage: DAGSTER_HOME={home} dagster dev -w {WORKSPACE_FILE}")
@@ -174,7 +178,7 @@ def run_build(req: BuildRequest) -> int:
         return EXIT_USAGE
     import dagster as dg
 
-    from medtrinity_assets.defs.partitions import SOURCES
+    from medtrinity_assets.defs.partitions import SOURCES, VQA_SETS
     from medtrinity_assets.defs.plan import RunPlan
     from medtrinity_assets.defs.runner import run_plan
 
@@ -189,14 +193,17 @@ def run_build(req: BuildRequest) -> int:
     if swept and not req.quiet:
         _say(f"removed {swept} temporary file(s) an interrupted build left under {settings.out_dir}")
     instance = dg.DagsterInstance.get()
-    new = [n for n in names if n not in set(instance.get_dynamic_partitions(SOURCES.name))]
-    if new:
-        instance.add_dynamic_partitions(SOURCES.name, new)
+    vqa_sets = definitions.resources["vqa_sets"].names() if plan.has("vqa") else []
+    for partitions, keys in ((SOURCES.name, names), (VQA_SETS.name, vqa_sets)):
+        new = [n for n in keys if n not in set(instance.get_dynamic_partitions(partitions))]
+        if new:
+            instance.add_dynamic_partitions(partitions, new)
     if not req.quiet:
         _say(f"{len(names)} source(s) -> {settings.out_dir} (instance: {home})")
-    bar, on_start, on_done = _progress(req, plan, names)
+    bar, on_start, on_done = _progress(req, plan, names, vqa_sets)
     started = time.time()
-    reports = run_plan(definitions, plan, names, instance, run_config=req.run_config, on_start=on_start, on_done=on_done)
+    reports = run_plan(definitions, plan, names, instance, run_config=req.run_config, on_start=on_start,
+                       on_done=on_done, vqa_sets=vqa_sets)
     bar.close()
     return _finish(req, home, names, reports, rejected, time.time() - started)
 

@@ -59,7 +59,7 @@ def test_until_downstream_and_full_plan_unchanged(assets):
     ingest = {dg.AssetKey("source_manifest"), dg.AssetKey("preprocessed_images")}
     assert [p.name for p in full if ingest & set(p.keys)] == ["ingest"]
     assert ingest <= set(full[0].keys)
-    assert [p.job_name for p in full] == ["ingest_job", "shared_models_job", "enrichment_job", "export_job"]
+    assert [p.job_name for p in full] == ["ingest_job", "shared_models_job", "enrichment_job", "export_job", "vqa_job"]
 
 
 def test_unknown_asset_is_reported(assets):

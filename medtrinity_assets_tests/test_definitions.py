@@ -121,7 +121,7 @@ def test_cli_plan_orders_phases(until):
     assert phases[0].name == "ingest"
     assert phases[0].key_names() == ["preprocessed_images", "source_manifest"]
     full = RunPlan.from_assets(list(defs.assets)).phases
-    assert [p.name for p in full] == ["ingest", "shared_models", "enrichment", "export"]
+    assert [p.name for p in full] == ["ingest", "shared_models", "enrichment", "export", "vqa"]
 
 
 def test_cli_resource_overrides(tmp_path):

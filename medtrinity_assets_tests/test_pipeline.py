@@ -33,7 +33,10 @@ def pipeline_registry():
 
 
 def make_resources(out, **overrides) -> dict:
+    from medtrinity_assets.defs.model_resources import LlavaTrainingResource
+
     resources = default_resources()
+    resources["training"] = LlavaTrainingResource(preset="test", device="cpu")  # the tiny configuration
     resources["storage"] = OutputStorage(out_dir=str(out))
     resources["registry"] = SourceRegistry(registry_dir=str(pipeline_registry()))
     resources.update(overrides)
@@ -45,13 +48,14 @@ def pipeline(tmp_path_factory, dagster_instance, demo_registry):
     """The run plan (the CLI's): ingest per source, shared models, enrichment per source."""
     out = tmp_path_factory.mktemp("pipeline_out")
     dagster_instance.add_dynamic_partitions("sources", SOURCES)
+    dagster_instance.add_dynamic_partitions("vqa_sets", ["demo"])
     defs = build_definitions(make_resources(out))
     plan = RunPlan.from_assets(defs.assets)
-    reports = run_plan(defs, plan, SOURCES, dagster_instance, run_config=FAST_EXPERTS)
+    reports = run_plan(defs, plan, SOURCES, dagster_instance, run_config=FAST_EXPERTS, vqa_sets=["demo"])
     results: dict = {"early": {}, "late": {}}
     for r in reports:
-        if r.phase in ("shared_models", "export"):
-            results["global" if r.phase == "shared_models" else "export"] = r.result
+        if r.phase in ("shared_models", "export", "vqa"):
+            results["global" if r.phase == "shared_models" else r.phase] = r.result
         else:
             results["early" if r.phase == "ingest" else "late"][r.source] = r.result
     return out, results
@@ -337,6 +341,26 @@ def test_the_plan_ends_with_a_verified_export_every_reader_loads(pipeline, monke
     llava = [r for f in (root / "llava").glob("*.json") for r in json.loads(f.read_text())]
     assert len(llava) == table.height and all(r["conversations"][0]["value"].startswith("<image>\n") for r in llava)
     assert (root / "viewer" / "index.html").exists() and (root / "DATASET_CARD.md").exists()
+
+
+def test_the_plan_ends_with_checkpoints_and_an_evaluation_of_both_variants(pipeline):
+    """The export phase pretrains LLaVA-Tri on the export; the vqa phase generates the demo VQA
+    set from the export's splits, fine-tunes with and without pretraining and evaluates both."""
+    import json
+
+    out, results = pipeline
+    assert results["export"].success and results["vqa"].success
+    card = json.loads((out / "models" / "llava_tri" / "checkpoint" / "card.json").read_text())
+    assert [s["stage"] for s in card["stages"]] == ["alignment", "multigranular"]
+    vqa = pl.read_parquet(out / "vqa_dataset" / "demo.parquet")
+    export = pl.read_parquet(out / "export" / "triplets.parquet", columns=["image_sha256", "split"])
+    split_of = dict(export.unique("image_sha256").iter_rows())
+    assert all(split_of[h] == s for h, s in vqa.select("image_sha256", "split").iter_rows())  # the export's splits
+    evaluation = pl.read_parquet(out / "vqa_evaluation" / "demo.parquet")
+    assert set(evaluation["variant"]) == {"pretrained", "base"} and set(evaluation["seed"]) == {0, 1}
+    assert evaluation.height == 4 * vqa.filter(pl.col("split") == "test").height
+    meta = results["vqa"].asset_materializations_for_node("vqa_evaluation")[0].metadata
+    assert meta["summary"].value["pretrained"]["n_seeds"] == 2
 
 
 def test_an_evaluation_set_overlapping_training_makes_the_export_refuse(pipeline, dagster_instance, tmp_path):

@@ -13,118 +13,16 @@ Layout under an output root: ``<out>/<table>/<source>.parquet`` for per-source t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 
-from medtrinity_assets.core.storage import write_parquet_atomic
+from medtrinity_assets.core.contract import GLOBAL_PART, ContractError, TableContract
 
-GLOBAL_PART = "_global"
+__all__ = ["GLOBAL_PART", "ContractError", "TableContract", "CONTRACTS", "contract"]
 FACETS: tuple[str, ...] = ("modality", "organ", "roi_location", "roi_texture", "relationship")
 
-
-class ContractError(ValueError):
-    """A table does not match its contract (a column missing, undeclared or of the wrong type)."""
-
-
-@dataclass(frozen=True)
-class TableContract:
-    """A table: its name (also its folder and, for asset tables, its asset key), schema and scope."""
-
-    name: str
-    schema: Mapping[str, Any]
-    scope: Literal["source", "global"] = "source"
-    description: str = ""
-    folder: str | None = None  # defaults to ``name``
-    file: str | None = None  # global tables: the file name (default ``_global.parquet``)
-    optional: frozenset[str] = field(default_factory=frozenset)  # may be absent in older files
-
-    @property
-    def columns(self) -> list[str]:
-        return list(self.schema)
-
-    def path(self, out: str | Path, source: str | None = None) -> Path:
-        """Where the table of ``source`` (per-source tables) or the global table lives."""
-        folder = Path(out) / (self.folder or self.name)
-        if self.scope == "global":
-            return folder / (self.file or f"{GLOBAL_PART}.parquet")
-        if not source:
-            raise ContractError(f"table '{self.name}' is per source: a source name is required")
-        return folder / f"{source}.parquet"
-
-    def empty(self) -> pl.DataFrame:
-        return pl.DataFrame(schema=dict(self.schema))
-
-    def frame(self, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
-        """A frame of ``rows`` (dicts keyed by column) with exactly the contract's columns."""
-        if not rows:
-            return self.empty()
-        return pl.DataFrame([{c: r.get(c) for c in self.schema} for r in rows], schema=dict(self.schema))
-
-    def validate(self, df: pl.DataFrame, *, where: str = "") -> pl.DataFrame:
-        """``df`` with the contract's columns in order and types; raises :class:`ContractError`."""
-        at = f" ({where})" if where else ""
-        missing = [c for c in self.schema if c not in df.columns and c not in self.optional]
-        if missing:
-            raise ContractError(f"table '{self.name}'{at}: required column(s) missing: {', '.join(missing)}")
-        extra = [c for c in df.columns if c not in self.schema]
-        if extra:
-            raise ContractError(f"table '{self.name}'{at}: column(s) not in its contract: {', '.join(extra)}")
-        cols = []
-        for name, dtype in self.schema.items():
-            if name not in df.columns:
-                cols.append(pl.lit(None, dtype=dtype).alias(name))
-                continue
-            if df.schema[name] == dtype:
-                cols.append(pl.col(name))
-                continue
-            try:
-                cols.append(pl.col(name).cast(dtype, strict=True))
-            except Exception as exc:  # noqa: BLE001 - polars raises several types
-                raise ContractError(f"table '{self.name}'{at}: column '{name}' is not {dtype}: {exc}") from None
-        try:
-            return df.select(cols)
-        except pl.exceptions.PolarsError as exc:
-            raise ContractError(f"table '{self.name}'{at}: cannot cast to its contract: {exc}") from None
-
-    def write(self, df: pl.DataFrame, out: str | Path, source: str | None = None) -> Path:
-        """Validate and write atomically; returns the path."""
-        path = self.path(out, source)
-        write_parquet_atomic(self.validate(df, where=str(path)), path)
-        return path
-
-    def read(self, out: str | Path, source: str | None = None, columns: Iterable[str] | None = None) -> pl.DataFrame:
-        """Read and validate the table (only ``columns`` when given); a missing file or column
-        raises with the table named."""
-        return self.read_path(self.path(out, source), columns)
-
-    def read_path(self, path: str | Path, columns: Iterable[str] | None = None) -> pl.DataFrame:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"table '{self.name}' has not been materialized yet: {path}")
-        wanted = list(columns) if columns is not None else None
-        if wanted is not None:
-            unknown = [c for c in wanted if c not in self.schema]
-            if unknown:
-                raise ContractError(f"table '{self.name}': no column(s) {', '.join(unknown)} in its contract")
-        present = set(pl.read_parquet_schema(path))
-        need = wanted if wanted is not None else list(self.schema)
-        missing = [c for c in need if c not in present and c not in self.optional]
-        if missing:
-            raise ContractError(f"table '{self.name}' ({path}): required column(s) missing: {', '.join(missing)}")
-        df = pl.read_parquet(path, columns=[c for c in need if c in present])
-        sub = TableContract(self.name, {c: self.schema[c] for c in need}, optional=self.optional)
-        return sub.validate(df, where=str(path))
-
-    def exists(self, out: str | Path, source: str | None = None) -> bool:
-        return self.path(out, source).exists()
-
-
-# --------------------------------------------------------------------------------------
-# the tables
 
 SOURCE_MANIFEST = TableContract(
     "source_manifest",
@@ -419,6 +317,44 @@ MEDTRINITY_DATASET = TableContract(
     "(the export's main table; formats, card, catalog and viewer alongside).",
 )
 
+VQA_DATASET = TableContract(
+    "vqa_dataset",
+    {
+        "vqa_set": pl.String,  # the partition: demo | a registered benchmark (vqa-rad, slake, pathvqa)
+        "question_id": pl.String,  # unique within the set (the benchmark's own id where it has one)
+        "split": pl.String,  # train | validation | test
+        "image_file": pl.String,  # absolute path of the image the question is about
+        "image_sha256": pl.String,  # sha256 of the image file's bytes (leakage is checked on it)
+        "question": pl.String,
+        "answer": pl.String,
+        "answer_type": pl.String,  # closed (yes/no) | open
+        "question_type": pl.String,  # modality | organ | presence | position | location | the benchmark's own
+        "origin_id": pl.String,  # provenance: the benchmark's image name, or the export's triplet_id
+    },
+    description="A VQA set in one shape: the benchmark's questions (read from its public layout) or "
+    "questions generated from the export's triplets, with image hashes and splits.",
+)
+
+VQA_EVALUATION = TableContract(
+    "vqa_evaluation",
+    {
+        "vqa_set": pl.String,
+        "variant": pl.String,  # pretrained (from llava_tri_checkpoint) | base (without triplet pretraining)
+        "seed": pl.Int64,
+        "question_id": pl.String,
+        "answer_type": pl.String,
+        "question_type": pl.String,
+        "answer": pl.String,
+        "prediction": pl.String,
+        "closed_correct": pl.Boolean,  # closed questions: the first yes/no of the prediction is the answer
+        "token_recall": pl.Float64,  # share of the answer's tokens found in the prediction (LLaVA-Med)
+        "exact_match": pl.Boolean,  # normalised prediction == normalised answer
+        "candidate_correct": pl.Boolean,  # open: the closest candidate answer is the answer (null: no candidates)
+    },
+    description="Every test question of a VQA set answered by each fine-tuned checkpoint (variant and "
+    "seed), scored per question.",
+)
+
 CONTRACTS: dict[str, TableContract] = {
     c.name: c
     for c in (
@@ -434,6 +370,8 @@ CONTRACTS: dict[str, TableContract] = {
         KNOWLEDGE_DOCSTORE,
         TRIPLETS,
         MEDTRINITY_DATASET,
+        VQA_DATASET,
+        VQA_EVALUATION,
     )
 }
 

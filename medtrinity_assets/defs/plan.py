@@ -1,6 +1,6 @@
 """The run plan: the order in which the asset graph is built, and the named jobs it defines.
 
-Four phases, derived from the asset graph (a new asset lands in its phase by its deps):
+Five phases, derived from the asset graph (a new asset lands in its phase by its deps):
 
 1. ``ingest`` (per source) — the per-source assets that need nothing shared (ingestion, coarse
    captions); job ``ingest_job``;
@@ -9,7 +9,8 @@ Four phases, derived from the asset graph (a new asset lands in its phase by its
 3. ``enrichment`` (per source) — the per-source assets that need a shared one (ROIs, retrieval,
    descriptions, their quality, the triplets); job ``enrichment_job``;
 4. ``export`` (global) — the unpartitioned assets that read the enriched sources (the dataset and
-   everything written with it); job ``export_job``.
+   everything written with it, the LLaVA-Tri checkpoint); job ``export_job``;
+5. ``vqa`` (per VQA set) — the VQA questions, fine-tuned checkpoints and evaluations; job ``vqa_job``.
 
 The CLI, the registry sensor and the tests all run this plan, so late per-source assets never
 run before the shared models they read.
@@ -22,15 +23,23 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from medtrinity_assets.defs.partitions import SOURCES
+from medtrinity_assets.defs.partitions import SOURCES, VQA_SETS
 
 
 @dataclass(frozen=True)
 class Phase:
     name: str
-    per_source: bool
+    partitions: str | None  # "sources", "vqa_sets" or None (one run)
     keys: tuple[dg.AssetKey, ...]
     description: str
+
+    @property
+    def per_source(self) -> bool:
+        return self.partitions == SOURCES.name
+
+    @property
+    def per_vqa_set(self) -> bool:
+        return self.partitions == VQA_SETS.name
 
     @property
     def job_name(self) -> str:
@@ -45,7 +54,10 @@ PHASE_TEXT = {
     "shared_models": "Global assets every source uses: expert grounding models, the knowledge corpus and index.",
     "enrichment": "Per-source assets that read a shared model: ROIs, retrieval, descriptions, their quality "
     "and the verified triplets.",
-    "export": "Global assets over every enriched source: the dataset, its formats, card, catalog and viewer.",
+    "export": "Global assets over every enriched source: the dataset, its formats, card, catalog and viewer, "
+    "and the LLaVA-Tri checkpoint pretrained on it.",
+    "vqa": "Per VQA set: its questions, the fine-tuned checkpoints (with and without triplet pretraining) "
+    "and their evaluation.",
 }
 
 
@@ -55,6 +67,7 @@ class _Graph:
 
     parents: dict[dg.AssetKey, set[dg.AssetKey]] = field(default_factory=dict)
     partitioned: set[dg.AssetKey] = field(default_factory=set)
+    per_vqa_set: set[dg.AssetKey] = field(default_factory=set)
     together: dict[dg.AssetKey, frozenset[dg.AssetKey]] = field(default_factory=dict)
 
     @classmethod
@@ -67,6 +80,8 @@ class _Graph:
                 g.parents[spec.key] = {d.asset_key for d in spec.deps}
                 if spec.partitions_def == SOURCES:
                     g.partitioned.add(spec.key)
+                elif spec.partitions_def == VQA_SETS:
+                    g.per_vqa_set.add(spec.key)
             if len(a.keys) > 1 and not a.can_subset:  # a multi-asset that runs whole
                 for key in a.keys:
                     g.together[key] = frozenset(a.keys)
@@ -130,15 +145,17 @@ class RunPlan:
             keys = graph.closure({target})
         late = graph.late_keys(keys)
         early = sorted(keys & graph.partitioned - late)
-        global_keys = keys - graph.partitioned
+        vqa = keys & graph.per_vqa_set
+        global_keys = keys - graph.partitioned - vqa
         final = {k for k in global_keys if graph.ancestors(k) & late}  # reads the enriched sources
         phases = [
-            Phase(name, per_source, tuple(ks), PHASE_TEXT[name])
-            for name, per_source, ks in (
-                ("ingest", True, early),
-                ("shared_models", False, sorted(global_keys - final)),
-                ("enrichment", True, sorted(keys & graph.partitioned & late)),
-                ("export", False, sorted(final)),
+            Phase(name, partitions, tuple(ks), PHASE_TEXT[name])
+            for name, partitions, ks in (
+                ("ingest", SOURCES.name, early),
+                ("shared_models", None, sorted(global_keys - final)),
+                ("enrichment", SOURCES.name, sorted(keys & graph.partitioned & late)),
+                ("export", None, sorted(final)),
+                ("vqa", VQA_SETS.name, sorted(vqa)),
             )
             if ks
         ]
@@ -163,7 +180,7 @@ class RunPlan:
             dg.define_asset_job(
                 p.job_name,
                 selection=dg.AssetSelection.assets(*p.keys),
-                partitions_def=SOURCES if p.per_source else None,
+                partitions_def=SOURCES if p.per_source else VQA_SETS if p.per_vqa_set else None,
                 description=p.description,
                 tags={"medtrinity/phase": p.name},
             )

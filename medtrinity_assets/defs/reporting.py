@@ -16,6 +16,7 @@ GROUP_METADATA = "metadata"
 GROUP_KNOWLEDGE = "knowledge"
 GROUP_CAPTIONS = "captions"
 GROUP_EXPORT = "export"
+GROUP_MODEL = "model"
 
 
 def table_metadata(df: pl.DataFrame, path: Path, preview_columns: Sequence[str] | None = None) -> dict:

@@ -16,6 +16,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from medtrinity_assets.core.paths import InstanceSettings, current_settings
+from medtrinity_assets.defs.model_resources import LlavaTrainingResource, VQASetsResource
 
 
 def _default_out_dir() -> str:
@@ -281,6 +282,8 @@ def default_resources(settings: InstanceSettings | None = None) -> dict[str, Any
         "captioner": EmbeddedCaptionerResource(),
         "judge": JudgeResource(),
         "export": ExportSettings(),
+        "training": LlavaTrainingResource(),
+        "vqa_sets": VQASetsResource(),
     }
 
 

@@ -110,23 +110,29 @@ def run_plan(
     run_config: dict[str, Any] | None = None,
     on_start: Callable[[Phase, str | None], None] | None = None,
     on_done: Callable[[StepReport], None] | None = None,
+    vqa_sets: Sequence[str] = (),
 ) -> list[StepReport]:
     """Every phase of ``plan`` in order; returns one report per run (skipped sources have none).
 
     ``sources`` may map each name to its declaration's fingerprint, recorded on its runs (the
-    registry sensor then knows the declaration was attempted)."""
+    registry sensor then knows the declaration was attempted); the ``vqa`` phase runs once per
+    name of ``vqa_sets``."""
     fingerprints = dict(sources) if isinstance(sources, dict) else {}
     config = {**QUIET_RUN_CONFIG, **(run_config or {})}
     failed: set[str] = set()
     reports: list[StepReport] = []
     for phase in plan.phases:
         job = definitions.resolve_job_def(phase.job_name)
-        targets: list[str | None] = [s for s in sources if s not in failed] if phase.per_source else [None]
+        targets: list[str | None] = [None]
+        if phase.per_source:
+            targets = [s for s in sources if s not in failed]
+        elif phase.per_vqa_set:
+            targets = list(vqa_sets)
         for source in targets:
             if on_start:
                 on_start(phase, source)
             tags = {SOURCE_TAG: source, **({FINGERPRINT_TAG: fingerprints[source]} if source in fingerprints else {})}
-            report = _execute(job, instance, phase, source, config, tags if source else {})
+            report = _execute(job, instance, phase, source, config, tags if phase.per_source else {})
             reports.append(report)
             if not report.success:
                 failed.add(source or GLOBAL)

@@ -1,0 +1,116 @@
+"""The table contract: a table's name, schema, location and validating I/O (the contracts
+themselves are declared in :mod:`medtrinity_assets.core.tables`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from medtrinity_assets.core.storage import write_parquet_atomic
+
+GLOBAL_PART = "_global"
+
+
+class ContractError(ValueError):
+    """A table does not match its contract (a column missing, undeclared or of the wrong type)."""
+
+
+@dataclass(frozen=True)
+class TableContract:
+    """A table: its name (also its folder and, for asset tables, its asset key), schema and scope."""
+
+    name: str
+    schema: Mapping[str, Any]
+    scope: Literal["source", "global"] = "source"
+    description: str = ""
+    folder: str | None = None  # defaults to ``name``
+    file: str | None = None  # global tables: the file name (default ``_global.parquet``)
+    optional: frozenset[str] = field(default_factory=frozenset)  # may be absent in older files
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema)
+
+    def path(self, out: str | Path, source: str | None = None) -> Path:
+        """Where the table of ``source`` (per-source tables) or the global table lives."""
+        folder = Path(out) / (self.folder or self.name)
+        if self.scope == "global":
+            return folder / (self.file or f"{GLOBAL_PART}.parquet")
+        if not source:
+            raise ContractError(f"table '{self.name}' is per source: a source name is required")
+        return folder / f"{source}.parquet"
+
+    def empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=dict(self.schema))
+
+    def frame(self, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+        """A frame of ``rows`` (dicts keyed by column) with exactly the contract's columns."""
+        if not rows:
+            return self.empty()
+        return pl.DataFrame([{c: r.get(c) for c in self.schema} for r in rows], schema=dict(self.schema))
+
+    def validate(self, df: pl.DataFrame, *, where: str = "") -> pl.DataFrame:
+        """``df`` with the contract's columns in order and types; raises :class:`ContractError`."""
+        at = f" ({where})" if where else ""
+        missing = [c for c in self.schema if c not in df.columns and c not in self.optional]
+        if missing:
+            raise ContractError(f"table '{self.name}'{at}: required column(s) missing: {', '.join(missing)}")
+        extra = [c for c in df.columns if c not in self.schema]
+        if extra:
+            raise ContractError(f"table '{self.name}'{at}: column(s) not in its contract: {', '.join(extra)}")
+        cols = []
+        for name, dtype in self.schema.items():
+            if name not in df.columns:
+                cols.append(pl.lit(None, dtype=dtype).alias(name))
+                continue
+            if df.schema[name] == dtype:
+                cols.append(pl.col(name))
+                continue
+            try:
+                cols.append(pl.col(name).cast(dtype, strict=True))
+            except Exception as exc:  # noqa: BLE001 - polars raises several types
+                raise ContractError(f"table '{self.name}'{at}: column '{name}' is not {dtype}: {exc}") from None
+        try:
+            return df.select(cols)
+        except pl.exceptions.PolarsError as exc:
+            raise ContractError(f"table '{self.name}'{at}: cannot cast to its contract: {exc}") from None
+
+    def write(self, df: pl.DataFrame, out: str | Path, source: str | None = None) -> Path:
+        """Validate and write atomically; returns the path."""
+        path = self.path(out, source)
+        write_parquet_atomic(self.validate(df, where=str(path)), path)
+        return path
+
+    def read(self, out: str | Path, source: str | None = None, columns: Iterable[str] | None = None) -> pl.DataFrame:
+        """Read and validate the table (only ``columns`` when given); a missing file or column
+        raises with the table named."""
+        return self.read_path(self.path(out, source), columns)
+
+    def read_path(self, path: str | Path, columns: Iterable[str] | None = None) -> pl.DataFrame:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"table '{self.name}' has not been materialized yet: {path}")
+        wanted = list(columns) if columns is not None else None
+        if wanted is not None:
+            unknown = [c for c in wanted if c not in self.schema]
+            if unknown:
+                raise ContractError(f"table '{self.name}': no column(s) {', '.join(unknown)} in its contract")
+        present = set(pl.read_parquet_schema(path))
+        need = wanted if wanted is not None else list(self.schema)
+        missing = [c for c in need if c not in present and c not in self.optional]
+        if missing:
+            raise ContractError(f"table '{self.name}' ({path}): required column(s) missing: {', '.join(missing)}")
+        df = pl.read_parquet(path, columns=[c for c in need if c in present])
+        sub = TableContract(self.name, {c: self.schema[c] for c in need}, optional=self.optional)
+        return sub.validate(df, where=str(path))
+
+    def exists(self, out: str | Path, source: str | None = None) -> bool:
+        return self.path(out, source).exists()
+
+
+# --------------------------------------------------------------------------------------
+# the tables

@@ -1,0 +1,152 @@
+"""The model chain as three calls the assets (or a ``torchrun`` process) make: pretraining on the
+export's LLaVA JSON, fine-tuning on a VQA set's training questions (from the pretrained
+checkpoint, or without triplet pretraining from the same initialisation), and evaluation on its
+held-out questions. Each writes a checkpoint or a table under the output root and returns what
+the asset reports."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from medtrinity_assets.core.storage import sha256_file
+from medtrinity_assets.llava.config import TrainingPlan
+from medtrinity_assets.llava.data import llava_samples, vqa_samples
+from medtrinity_assets.llava.evaluate import answer
+from medtrinity_assets.llava.model import build_model, language_base_folder, load_checkpoint, save_checkpoint
+from medtrinity_assets.llava.trainer import part_keys, train_stage
+
+Log = Callable[[str], None]
+MODELS = "models"
+PRETRAINED = "llava_tri"
+VARIANTS = ("pretrained", "base")
+
+
+def models_root(out: Path) -> Path:
+    return out / MODELS
+
+
+def language_cache(out: Path) -> Path:
+    return models_root(out) / "language"
+
+
+def pretrained_dir(out: Path) -> Path:
+    return models_root(out) / PRETRAINED / "checkpoint"
+
+
+def finetuned_dir(out: Path, vqa_set: str, variant: str, seed: int) -> Path:
+    return models_root(out) / "vqa" / vqa_set / f"{variant}-seed{seed}"
+
+
+def export_version(export_root: Path) -> str:
+    """The export a model was trained on: the hash of its verified triplet table."""
+    return sha256_file(export_root / "triplets.parquet")
+
+
+def _main_rank() -> bool:
+    """Whether this process writes checkpoints (rank 0 of a torchrun job, or the only process);
+    the other ranks wait for it."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _save(plan: TrainingPlan, out: Path, model: Any, processor: Any, folder: Path, card: dict[str, Any],
+          stages: list) -> dict[str, Any]:
+    """Rank 0 writes; the language weights no stage trained are referenced from the converted
+    base model instead of copied (the embedded model only)."""
+    import torch.distributed as dist
+
+    trained = {part for stage in stages for part in stage.trainable}
+    frozen = [p for p in ("language", "embeddings") if p not in trained]
+    base = language_base_folder(plan.model, language_cache(out)) if frozen and not plan.model.llava_path else None
+    if _main_rank():
+        card = save_checkpoint(model.cpu(), processor, folder, card, language_base=base,
+                               unchanged=part_keys(model, frozen) if base else None)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return card
+
+
+def pretrain(plan: TrainingPlan, out: Path, export_root: Path, device: str, log: Log) -> dict[str, Any]:
+    """Projector alignment, then multigranular pretraining, on ``llava/train.json``; resumable
+    (each stage keeps its last saved step under ``models/llava_tri/state/<stage>``)."""
+    started = time.monotonic()
+    samples = llava_samples(export_root / "llava" / "train.json", export_root)
+    seed = plan.seeds[0] if plan.seeds else 0
+    model, processor = build_model(plan.model, language_cache(out), seed=seed)
+    stages = []
+    for stage in plan.pretrain:
+        state = models_root(out) / PRETRAINED / "state" / stage.name
+        result = train_stage(model, processor, samples, stage, state, seed=seed, device=device,
+                             system=plan.model.system, max_length=plan.model.max_length, bf16=plan.bf16, log=log)
+        stages.append(result.summary())
+    card = {
+        "kind": "llava_tri_checkpoint",
+        "lineage": {"export_root": str(export_root), "export_version": export_version(export_root),
+                    "train_samples": len(samples)},
+        "plan": plan.to_dict(), "seed": seed, "stages": stages, "device": device,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    return _save(plan, out, model, processor, pretrained_dir(out), card, list(plan.pretrain))
+
+
+def _start(plan: TrainingPlan, out: Path, variant: str, seed: int) -> tuple[Any, Any, list]:
+    """The model a fine-tuning run starts from, and the stages its weights have seen."""
+    if variant == "pretrained":
+        model, processor, card = load_checkpoint(pretrained_dir(out))
+        return model, processor, list(plan.pretrain)
+    model, processor = build_model(plan.model, language_cache(out), seed=seed)
+    return model, processor, []
+
+
+def finetune(plan: TrainingPlan, out: Path, vqa: pl.DataFrame, vqa_set: str, variant: str, seed: int,
+             device: str, log: Log) -> dict[str, Any]:
+    """Fine-tune on the set's train split (from the pretrained checkpoint, or ``base``: the same
+    configuration without triplet pretraining); the checkpoint and its card."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
+    started = time.monotonic()
+    samples = vqa_samples(vqa, "train")
+    model, processor, seen = _start(plan, out, variant, seed)
+    folder = finetuned_dir(out, vqa_set, variant, seed)
+    state = folder.with_name(folder.name + ".state")
+    result = train_stage(model, processor, samples, plan.finetune, state, seed=seed, device=device,
+                         system=plan.model.system, max_length=plan.model.max_length, bf16=plan.bf16, log=log)
+    card = {
+        "kind": "vqa_finetuned_checkpoint", "vqa_set": vqa_set, "variant": variant, "seed": seed,
+        "lineage": {"pretrained": str(pretrained_dir(out)) if variant == "pretrained" else None,
+                    "pretrained_sha256": _weights_sha(pretrained_dir(out)) if variant == "pretrained" else None,
+                    "train_questions": len(samples)},
+        "stage": result.summary(), "finetune": asdict(plan.finetune), "device": device,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    return _save(plan, out, model, processor, folder, card, [*seen, plan.finetune])
+
+
+def _weights_sha(folder: Path) -> str | None:
+    from medtrinity_assets.llava.model import read_card
+
+    return read_card(folder).get("weights_sha256") if folder.exists() else None
+
+
+def evaluate(plan: TrainingPlan, out: Path, vqa: pl.DataFrame, vqa_set: str, variant: str, seed: int,
+             device: str, log: Log) -> list[dict[str, Any]]:
+    """Answers of one fine-tuned checkpoint to the set's test questions, one row each."""
+    model, processor, _ = load_checkpoint(finetuned_dir(out, vqa_set, variant, seed))
+    test = vqa.filter(pl.col("split") == "test").sort("question_id")
+    samples = vqa_samples(test, "test")
+    predictions = answer(model, processor, samples, system=plan.model.system, device=device,
+                         max_new_tokens=plan.max_new_tokens, batch_size=plan.eval_batch_size)
+    log(f"{vqa_set} {variant} seed {seed}: answered {len(predictions)} test question(s)")
+    return [
+        {"vqa_set": vqa_set, "variant": variant, "seed": seed, "question_id": r["question_id"],
+         "answer_type": r["answer_type"], "question_type": r["question_type"], "answer": r["answer"],
+         "prediction": p}
+        for r, p in zip(test.iter_rows(named=True), predictions, strict=True)
+    ]
