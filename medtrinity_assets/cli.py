@@ -144,10 +144,12 @@ def _finish(req: BuildRequest, home: Path, names: Sequence[str], reports, reject
         _say(f"done in {elapsed:.0f}s: {len(built)} of {len(names)} source(s) built into {out}")
         for line in summarize(out, built).lines():
             _say(line)
+        from medtrinity_assets.llava.recipe import checkpoint_line
         from medtrinity_assets.vqa.metrics import summary_lines
 
-        for line in summary_lines(out):
-            _say(line)
+        for line in [checkpoint_line(out), *summary_lines(out)]:
+            if line:
+                _say(line)
         _say(f"tables: {out}/<table>/<source>.parquet; images: {out}/images/")
         _say(f"browse the runs and lineage: DAGSTER_HOME={home} dagster dev -w {WORKSPACE_FILE}")
     for r in failed:

@@ -199,3 +199,27 @@ def test_a_frozen_embedded_language_model_is_referenced_not_copied(export, cache
     assert card["language_base"]["sha256"] and (tmp_path / "ckpt" / "model.safetensors").stat().st_size < 40e6
     loaded, proc, _ = load_checkpoint(tmp_path / "ckpt")
     assert answer(loaded, proc, samples, system="", device="cpu", max_new_tokens=3) == before
+
+
+def test_siglip_tower_and_a_local_vision_folder(export, cache, tmp_path):
+    """A SigLIP configuration (no CLS token: every patch is an image token) and a CLIP tower
+    from a local folder (its weights end up in the model)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from medtrinity_assets.llava.config import ModelSpec, VisionSpec
+
+    samples = _samples(export)[:1]
+    siglip = ModelSpec(vision=VisionSpec(kind="siglip", image_size=32, patch_size=8, hidden_size=32, layers=1,
+                                         heads=2, intermediate_size=64), language=PLAN.model.language, max_length=96)
+    model, processor = build_model(siglip, cache)
+    batch = encode_training(processor, samples, "", 96)
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 16 and model(**batch).loss.isfinite()
+
+    tower = CLIPVisionModel(CLIPVisionConfig(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=64))
+    tower.save_pretrained(tmp_path / "clip")
+    spec = ModelSpec(vision=VisionSpec(kind="clip", path=str(tmp_path / "clip")), language=PLAN.model.language,
+                     max_length=96)
+    model, processor = build_model(spec, cache)
+    mine = model.model.vision_tower.state_dict()
+    assert all(torch.equal(v, mine[k]) for k, v in tower.state_dict().items())

@@ -121,8 +121,16 @@ def truncate_layers(model: Any, layers: int | None) -> None:
         model.config.layer_types = model.config.layer_types[:layers]
 
 
+def quiet_transformers() -> None:
+    """No per-tensor progress bars from transformers under the CLI's own progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_language(spec: LanguageSpec, cache_root: Path) -> tuple[Any, Any]:
     """``(causal LM, tokenizer)`` for ``spec``, with the image token added to the tokenizer."""
+    quiet_transformers()
     if spec.source == "embedded":
         folder = embedded_folder(cache_root)
         sha = json.loads((folder / "weights.json").read_text(encoding="utf-8"))["sha256"]

@@ -18,7 +18,13 @@ from typing import Any
 
 from medtrinity_assets.core.storage import sha256_file
 from medtrinity_assets.llava.config import ModelSpec, VisionSpec
-from medtrinity_assets.llava.language import IMAGE_TOKEN, LanguageModelError, embedded_folder, load_language
+from medtrinity_assets.llava.language import (
+    IMAGE_TOKEN,
+    LanguageModelError,
+    embedded_folder,
+    load_language,
+    quiet_transformers,
+)
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -40,14 +46,16 @@ def _vision_config(spec: VisionSpec) -> Any:
 
 
 def _image_processor(spec: VisionSpec, size: int) -> Any:
-    from transformers import CLIPImageProcessor, SiglipImageProcessor
+    """The Pillow-backed image processors (the default ones want torchvision, which must not be
+    installed here: it replaces the CPU torch)."""
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
 
     if spec.path and (Path(spec.path) / "preprocessor_config.json").is_file():
-        cls = CLIPImageProcessor if spec.kind == "clip" else SiglipImageProcessor
+        cls = CLIPImageProcessorPil if spec.kind == "clip" else SiglipImageProcessorPil
         return cls.from_pretrained(spec.path)
-    # images arrive padded to a square (LLaVA-1.5), so resizing loses nothing to a crop
-    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                              image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    # images arrive stretched to a square, so resizing loses nothing to a crop
+    return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                 image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
 def _load_vision_weights(model: Any, spec: VisionSpec) -> None:
@@ -194,6 +202,7 @@ def load_checkpoint(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
     from safetensors.torch import load_file
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
+    quiet_transformers()
     card = read_card(folder)
     if sha256_file(folder / WEIGHTS) != card.get("weights_sha256"):
         raise CheckpointError(f"{folder / WEIGHTS} changed since it was written (hash mismatch with {CARD})")

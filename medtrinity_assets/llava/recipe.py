@@ -150,3 +150,16 @@ def evaluate(plan: TrainingPlan, out: Path, vqa: pl.DataFrame, vqa_set: str, var
          "prediction": p}
         for r, p in zip(test.iter_rows(named=True), predictions, strict=True)
     ]
+
+
+def checkpoint_line(out: Path) -> str:
+    """``LLaVA-Tri: <path> (stages ..., N steps, final loss x)``, or "" before pretraining."""
+    from medtrinity_assets.llava.model import CARD, read_card
+
+    folder = pretrained_dir(out)
+    if not (folder / CARD).is_file():
+        return ""
+    card = read_card(folder)
+    stages = ", ".join(f"{s['stage']} {s['steps']} steps, loss {s['first_loss']:.2f} -> {s['final_loss']:.2f}"
+                       for s in card.get("stages", []) if s.get("first_loss") is not None)
+    return f"LLaVA-Tri checkpoint: {stages}; {card.get('wall_s', 0):.0f}s on {card.get('device')} -> {folder}"
