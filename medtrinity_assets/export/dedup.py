@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medtrinity_assets.ingest.dedup import NEAR_DUP_MIN_CORR, thumb_corr
+from medtrinity_assets.ingest.dedup import BANDED_MAX_DISTANCE, NEAR_DUP_MIN_CORR, phash_bands, thumb_corr
 
-BANDS = ((0, 13), (13, 26), (26, 39), (39, 52), (52, 64))  # bit ranges of a 64-bit pHash
-MAX_DISTANCE = 4
+MAX_DISTANCE = BANDED_MAX_DISTANCE
 
 
 @dataclass(frozen=True)
@@ -41,10 +40,6 @@ class Match:
     reason: str
 
 
-def _bands(ph: int) -> list[tuple[int, int]]:
-    return [(i, (ph >> lo) & ((1 << (hi - lo)) - 1)) for i, (lo, hi) in enumerate(BANDS)]
-
-
 class PhashIndex:
     """Images by sha256 and by pHash band, for exact and near-duplicate lookups. A lookup gathers
     the (few) images sharing one of its five bands and compares their hashes at once in numpy,
@@ -63,12 +58,12 @@ class PhashIndex:
             self._hashes = np.resize(self._hashes, 2 * i)
         self._hashes[i] = np.uint64(ref.phash)
         self.refs.append(ref)
-        for band in _bands(ref.phash):
+        for band in phash_bands(ref.phash):
             self.by_band[band].append(i)
 
     def near(self, ph: int, max_distance: int = MAX_DISTANCE) -> Iterable[tuple[ImageRef, int]]:
         """Indexed images within ``max_distance`` bits of ``ph`` (each once, nearest first)."""
-        buckets = [b for b in (self.by_band.get(band) for band in _bands(ph)) if b]
+        buckets = [b for b in (self.by_band.get(band) for band in phash_bands(ph)) if b]
         if not buckets:
             return []
         idx = np.unique(np.fromiter((i for b in buckets for i in b), np.int64))

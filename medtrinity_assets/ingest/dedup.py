@@ -4,11 +4,20 @@ correlation for near duplicates, and the index the pipeline keeps of what it has
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import numpy as np
 from PIL import Image
 
 NEAR_DUP_MIN_CORR = 0.97  # Pearson correlation of 16x16 thumbnails a near duplicate must reach as well
+BANDS = ((0, 13), (13, 26), (26, 39), (39, 52), (52, 64))  # bit ranges of a 64-bit pHash
+BANDED_MAX_DISTANCE = len(BANDS) - 1  # two hashes this close share a band (pigeonhole)
+
+
+def phash_bands(ph: int) -> list[tuple[int, int]]:
+    """``(band, value)`` of each of the five bands of a 64-bit pHash."""
+    ph = int(ph)
+    return [(i, (ph >> lo) & ((1 << (hi - lo)) - 1)) for i, (lo, hi) in enumerate(BANDS)]
 
 
 def grey32(image: np.ndarray) -> np.ndarray:
@@ -72,11 +81,15 @@ class NearDuplicateIndex:
     """The kept images of a source: exact (sha256) and near (pHash + thumbnail) duplicate lookup.
 
     Near duplicates are looked for only across groups (files): the slices, frames or channels
-    of one file are never near duplicates of each other, only exact ones.
+    of one file are never near duplicates of each other, only exact ones. Candidates come from
+    pHash bands when ``max_distance`` is at most 4 (two hashes within 4 bits share one of five
+    bands, so nothing is missed), so a lookup costs the images in its bands, not all of them;
+    a larger distance compares with every kept image.
     """
 
     def __init__(self, max_distance: int | None = 4, capacity: int = 256) -> None:
         self.max_distance = max_distance
+        self._by_band: dict[tuple[int, int], list[int]] = defaultdict(list)
         self._sha: dict[str, str] = {}
         self._ph = np.zeros(capacity, np.uint64)
         self._grp = np.zeros(capacity, np.int64)
@@ -91,11 +104,20 @@ class NearDuplicateIndex:
         m = len(self._ids)
         if self.max_distance is None or not m:
             return None, ""
-        dist = np.bitwise_count(self._ph[:m] ^ np.uint64(ph))
-        for i in np.nonzero((dist <= self.max_distance) & (self._grp[:m] != group))[0]:
+        idx = self._candidates(ph, m)
+        dist = np.bitwise_count(self._ph[idx] ^ np.uint64(ph))
+        for j in np.nonzero((dist <= self.max_distance) & (self._grp[idx] != group))[0]:
+            i = int(idx[j])
             if thumb_corr(self._thumbs[i], thumb) >= NEAR_DUP_MIN_CORR:
-                return self._ids[i], f"near_duplicate: phash distance {int(dist[i])}"
+                return self._ids[i], f"near_duplicate: phash distance {int(dist[j])}"
         return None, ""
+
+    def _candidates(self, ph: int, m: int) -> np.ndarray:
+        """Indices of the kept images that may be within ``max_distance`` (in the order kept)."""
+        if self.max_distance is None or self.max_distance > BANDED_MAX_DISTANCE:
+            return np.arange(m)
+        hits = [i for band in phash_bands(ph) for i in self._by_band.get(band, ())]
+        return np.unique(np.asarray(hits, np.int64))
 
     def add(self, record_id: str, sha256: str, ph: int, group: int, thumb: np.ndarray) -> None:
         m = len(self._ids)
@@ -107,3 +129,5 @@ class NearDuplicateIndex:
         self._ph[m], self._grp[m], self._thumbs[m] = ph, group, thumb
         self._sha[sha256] = record_id
         self._ids.append(record_id)
+        for band in phash_bands(ph):
+            self._by_band[band].append(m)
