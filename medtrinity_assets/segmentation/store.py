@@ -18,7 +18,7 @@ from medtrinity_assets.ingest.registry import SourceSpec
 from medtrinity_assets.segmentation.network import ExpertConfig, ExpertPredictor, build_network
 
 if TYPE_CHECKING:  # pragma: no cover
-    from medtrinity_assets.segmentation.training import ExpertTrainResult
+    from medtrinity_assets.segmentation.records import ExpertTrainResult
 
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "model.safetensors"
