@@ -23,7 +23,10 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import polars as pl
 
@@ -89,20 +92,28 @@ def sweep_temp_files(out: str | Path, before: float | None = None) -> int:
     return removed
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write bytes durably: temp file in the same folder, fsync, rename."""
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """A file opened on a temporary name beside ``path``, fsynced and renamed onto it on success
+    (removed on failure)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write bytes durably: temp file in the same folder, fsync, rename."""
+    with atomic_file(path, "wb") as fh:
+        fh.write(data)
 
 
 def write_content_file(path: str | Path, data: bytes) -> bool:

@@ -23,17 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import polars as pl
 
-from medtrinity_assets.core.storage import atomic_write_bytes, temp_file
+from medtrinity_assets.core.storage import atomic_file, atomic_write_bytes
 from medtrinity_assets.core.tables import MEDTRINITY_DATASET
 from medtrinity_assets.export.splits import SPLITS
 
@@ -97,22 +95,6 @@ def split_frames(df: pl.DataFrame) -> Iterator[tuple[str, pl.DataFrame]]:
         part = df.filter(pl.col("split") == split)
         if part.height:
             yield split, part
-
-
-@contextmanager
-def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """A file opened on a temporary name beside ``path``, fsynced and renamed onto it on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file(path)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _remove_stale(folder: Path, pattern: str, keep: set[Path]) -> None:
