@@ -4,26 +4,20 @@ per seed) and their evaluation. Training runs in process or as an external torch
 
 
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import polars as pl
 
-from medtrinity_assets.core import render
 from medtrinity_assets.core.tables import MEDTRINITY_DATASET, VQA_DATASET, VQA_EVALUATION
 from medtrinity_assets.defs.model_resources import DEMO_VQA_SET, LlavaTrainingResource, VQASetsResource
 from medtrinity_assets.defs.partitions import VQA_SETS
-from medtrinity_assets.defs.reporting import GROUP_MODEL, counts_metadata, table_metadata
+from medtrinity_assets.defs.reporting import GROUP_MODEL, counts_metadata, picture, table_metadata
 from medtrinity_assets.defs.resources import OutputStorage
 from medtrinity_assets.defs.training_launch import run_training
 
 LLAVA_TRI = "llava_tri_checkpoint"
 VQA_FINETUNED = "vqa_finetuned_checkpoint"
 LEAK_CHECK = "vqa_split_leak_free"
-
-
-def _md_image(image: Any, alt: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(render.markdown_image(image, alt))
 
 
 @dg.asset(
@@ -48,7 +42,7 @@ def llava_tri_checkpoint(context: dg.AssetExecutionContext, storage: OutputStora
         "steps": sum(s["steps"] for s in card["stages"]),
         "wall_s": float(card["wall_s"]),
         "device": card["device"],
-        "loss_curves": _md_image(loss_curves(curves), "loss per stage"),
+        "loss_curves": picture(loss_curves(curves), "loss per stage"),
         "weights_sha256": card["weights_sha256"],
     })
 
@@ -120,7 +114,7 @@ def vqa_finetuned_checkpoint(context: dg.AssetExecutionContext, storage: OutputS
         "checkpoints": dg.MetadataValue.json({f"{c['variant']}-seed{c['seed']}": c["path"] for c in cards}),
         "train_questions": cards[0]["lineage"]["train_questions"] if cards else 0,
         "wall_s": float(sum(c["wall_s"] for c in cards)),
-        "loss_curves": _md_image(loss_curves(curves), "fine-tuning loss"),
+        "loss_curves": picture(loss_curves(curves), "fine-tuning loss"),
     })
 
 
@@ -148,5 +142,5 @@ def vqa_evaluation(context: dg.AssetExecutionContext, storage: OutputStorage,
         **{f"{v}/{m}_std": float(s[f"{m}_std"]) for v, s in summary.items() for m in metrics
            if s.get(f"{m}_std") is not None},
         "summary": dg.MetadataValue.json(summary),
-        "with_vs_without": _md_image(metric_bars(summary, metrics), "with and without triplet pretraining"),
+        "with_vs_without": picture(metric_bars(summary, metrics), "with and without triplet pretraining"),
     })

@@ -28,12 +28,17 @@ def table_metadata(df: pl.DataFrame, path: Path, preview_columns: Sequence[str] 
     }
 
 
+def picture(image, alt: str) -> dg.MetadataValue:
+    """An image (numpy array) shown inline in the asset's metadata."""
+    return dg.MetadataValue.md(render.markdown_image(image, alt))
+
+
 def counts_metadata(label: str, counts: dict[str, int]) -> dict:
     """Counts as JSON plus a bar chart picture."""
     clean = {str(k): int(v) for k, v in counts.items()}
     meta = {label: dg.MetadataValue.json(clean)}
     if clean:
-        meta[f"{label}_chart"] = dg.MetadataValue.md(render.markdown_image(render.bar_chart(clean), label))
+        meta[f"{label}_chart"] = picture(render.bar_chart(clean), label)
     return meta
 
 

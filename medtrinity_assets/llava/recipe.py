@@ -96,13 +96,14 @@ def pretrain(plan: TrainingPlan, out: Path, export_root: Path, device: str, log:
     return _save(plan, out, model, processor, pretrained_dir(out), card, list(plan.pretrain))
 
 
-def _start(plan: TrainingPlan, out: Path, variant: str, seed: int) -> tuple[Any, Any, list]:
-    """The model a fine-tuning run starts from, and the stages its weights have seen."""
+def _start(plan: TrainingPlan, out: Path, variant: str, seed: int) -> tuple[Any, Any, list, dict[str, Any]]:
+    """The model a fine-tuning run starts from, the stages its weights have seen and its lineage."""
     if variant == "pretrained":
         model, processor, card = load_checkpoint(pretrained_dir(out))
-        return model, processor, list(plan.pretrain)
+        lineage = {"pretrained": str(pretrained_dir(out)), "pretrained_sha256": card["weights_sha256"]}
+        return model, processor, list(plan.pretrain), lineage
     model, processor = build_model(plan.model, language_cache(out), seed=seed)
-    return model, processor, []
+    return model, processor, [], {"pretrained": None, "pretrained_sha256": None}
 
 
 def finetune(plan: TrainingPlan, out: Path, vqa: pl.DataFrame, vqa_set: str, variant: str, seed: int,
@@ -113,26 +114,18 @@ def finetune(plan: TrainingPlan, out: Path, vqa: pl.DataFrame, vqa_set: str, var
         raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
     started = time.monotonic()
     samples = vqa_samples(vqa, "train")
-    model, processor, seen = _start(plan, out, variant, seed)
+    model, processor, seen, lineage = _start(plan, out, variant, seed)
     folder = finetuned_dir(out, vqa_set, variant, seed)
     state = folder.with_name(folder.name + ".state")
     result = train_stage(model, processor, samples, plan.finetune, state, seed=seed, device=device,
                          system=plan.model.system, max_length=plan.model.max_length, bf16=plan.bf16, log=log)
     card = {
         "kind": "vqa_finetuned_checkpoint", "vqa_set": vqa_set, "variant": variant, "seed": seed,
-        "lineage": {"pretrained": str(pretrained_dir(out)) if variant == "pretrained" else None,
-                    "pretrained_sha256": _weights_sha(pretrained_dir(out)) if variant == "pretrained" else None,
-                    "train_questions": len(samples)},
+        "lineage": {**lineage, "train_questions": len(samples)},
         "stage": result.summary(), "finetune": asdict(plan.finetune), "device": device,
         "wall_s": round(time.monotonic() - started, 1),
     }
     return _save(plan, out, model, processor, folder, card, [*seen, plan.finetune])
-
-
-def _weights_sha(folder: Path) -> str | None:
-    from medtrinity_assets.llava.model import read_card
-
-    return read_card(folder).get("weights_sha256") if folder.exists() else None
 
 
 def evaluate(plan: TrainingPlan, out: Path, vqa: pl.DataFrame, vqa_set: str, variant: str, seed: int,
