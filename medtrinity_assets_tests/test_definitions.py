@@ -24,7 +24,8 @@ def spec_snapshot(defs: dg.Definitions) -> dict:
                 "group": spec.group_name,
                 "kinds": sorted(spec.kinds),
                 "partitioned": spec.partitions_def.name if spec.partitions_def is not None else None,
-                "pool": a.op.pool if a.is_executable else None,
+                # the pool depends on the host (see defs/accelerators.py); the GPU tag does not
+                "gpu": bool(a.is_executable and a.op.tags.get("medtrinity/accelerator") == "gpu"),
             }
     for c in defs.asset_checks or []:
         for key in c.check_keys:

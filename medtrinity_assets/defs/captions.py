@@ -15,6 +15,7 @@ from medtrinity_assets.core.tables import (
     ROI_SET,
     SOURCE_MANIFEST,
 )
+from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
 from medtrinity_assets.defs.checks import CAPTION_QUALITY_CHECKS, caption_quality_results
 from medtrinity_assets.defs.knowledge import KNOWLEDGE_INDEX
 from medtrinity_assets.defs.partitions import SOURCES
@@ -61,7 +62,7 @@ def _triplet_markdown(inputs: list, captions, n: int = SAMPLE_TRIPLETS) -> str:
     kinds={"parquet", "llm"},
     partitions_def=SOURCES,
     deps=[ROI_SET.name, COARSE_CAPTIONS.name, RETRIEVED_KNOWLEDGE.name, PREPROCESSED_IMAGES.name, KNOWLEDGE_INDEX],
-    pool="gpu",
+    pool=gpu_pool(), op_tags=GPU_OP_TAGS,
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="One multigranular description per ROI (modality, organ, ROI location, texture, "
     "local–global relationship) with every input behind it; cached by inputs hash, durable in chunks.",

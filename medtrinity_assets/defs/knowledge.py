@@ -10,6 +10,7 @@ from medtrinity_assets.core.tables import (
     RETRIEVED_KNOWLEDGE,
     ROI_SET,
 )
+from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
 from medtrinity_assets.defs.partitions import SOURCES
 from medtrinity_assets.defs.reporting import GROUP_KNOWLEDGE, counts_metadata, table_metadata
 from medtrinity_assets.defs.resources import EmbedderResource, KnowledgeConfig, OutputStorage
@@ -55,7 +56,7 @@ def knowledge_corpus(context: dg.AssetExecutionContext, storage: OutputStorage, 
     group_name=GROUP_KNOWLEDGE,
     kinds={"faiss", "parquet"},
     deps=[KNOWLEDGE_CORPUS.name],
-    pool="gpu",
+    pool=gpu_pool(), op_tags=GPU_OP_TAGS,
     automation_condition=dg.AutomationCondition.eager(),
     description="Faiss index of the knowledge chunks (exact below a size, IVF/HNSW above) with a "
     "Parquet docstore; incremental: only chunks with new content are embedded.",

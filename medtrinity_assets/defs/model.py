@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 
 from medtrinity_assets.core.tables import MEDTRINITY_DATASET, VQA_DATASET, VQA_EVALUATION
+from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
 from medtrinity_assets.defs.model_resources import DEMO_VQA_SET, LlavaTrainingResource, VQASetsResource
 from medtrinity_assets.defs.partitions import VQA_SETS
 from medtrinity_assets.defs.reporting import GROUP_MODEL, counts_metadata, picture, table_metadata
@@ -21,7 +22,7 @@ LEAK_CHECK = "vqa_split_leak_free"
 
 
 @dg.asset(
-    name=LLAVA_TRI, group_name=GROUP_MODEL, kinds={"pytorch", "safetensors"}, pool="gpu",
+    name=LLAVA_TRI, group_name=GROUP_MODEL, kinds={"pytorch", "safetensors"}, pool=gpu_pool(), op_tags=GPU_OP_TAGS,
     deps=[MEDTRINITY_DATASET.name],
     description="LLaVA-Tri: projector alignment, then multigranular pretraining on the export's LLaVA "
     "conversations (train split); safetensors with config, tokenizer and a card (lineage, steps, losses).",
@@ -98,7 +99,7 @@ def vqa_dataset(context: dg.AssetExecutionContext, storage: OutputStorage,
 
 
 @dg.asset(
-    name=VQA_FINETUNED, group_name=GROUP_MODEL, kinds={"pytorch", "safetensors"}, pool="gpu",
+    name=VQA_FINETUNED, group_name=GROUP_MODEL, kinds={"pytorch", "safetensors"}, pool=gpu_pool(), op_tags=GPU_OP_TAGS,
     partitions_def=VQA_SETS, deps=[LLAVA_TRI, VQA_DATASET.name],
     description="Fine-tuned on the set's train questions, from LLaVA-Tri and (for the comparison) from the "
     "same configuration without triplet pretraining, once per seed.",

@@ -5,6 +5,7 @@ import dagster as dg
 from pydantic import Field
 
 from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, ROI_SET
+from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
 from medtrinity_assets.defs.partitions import SOURCES
 from medtrinity_assets.defs.reporting import GROUP_ROIS, counts_metadata, table_metadata
 from medtrinity_assets.defs.resources import ComputeResource, OutputStorage, SourceRegistry
@@ -27,7 +28,7 @@ class ExpertModelsConfig(dg.Config):
     group_name=GROUP_ROIS,
     kinds={"pytorch", "safetensors"},
     deps=[PREPROCESSED_IMAGES.name],
-    pool="gpu",
+    pool=gpu_pool(), op_tags=GPU_OP_TAGS,
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="A MONAI segmentation network per modality, trained on the sources of that modality "
     "that have masks (held-out Dice recorded against the classical fallback); safetensors + JSON card.",
@@ -105,7 +106,7 @@ def _roi_metadata(out, name: str, images, result) -> dict:
     kinds={"parquet", "polars"},
     partitions_def=SOURCES,
     deps=[PREPROCESSED_IMAGES.name, EXPERT_MODELS],
-    pool="gpu",
+    pool=gpu_pool(), op_tags=GPU_OP_TAGS,
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="ROI geometry (box, COCO RLE mask) and measured attributes (position, size, intensity, "
     "texture, shape, relations) per image, from masks, boxes, expert models or the whole image.",

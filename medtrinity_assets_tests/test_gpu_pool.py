@@ -1,0 +1,103 @@
+"""The ``gpu`` pool limits GPU steps only: on a GPU host two GPU steps run one at a time; on a
+CPU-only host the same steps run side by side (no "blocked by limit for pool gpu")."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
+
+GPU_ASSETS = {"expert_models", "roi_set", "knowledge_index", "caption_batch", "llava_tri_checkpoint",
+              "vqa_finetuned_checkpoint"}
+
+
+def _pools(setting: str) -> dict[str, str | None]:
+    """Pools of the code location's assets when loaded with ``MEDTRINITY_GPU_POOL=setting``."""
+    code = (
+        "import json; from medtrinity_assets.definitions import defs\n"
+        "print(json.dumps({k.to_user_string(): a.op.pool for a in defs.assets if a.is_executable "
+        "for k in a.keys}))"
+    )
+    env = {**os.environ, "MEDTRINITY_GPU_POOL": setting}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_code_location_pools_follow_the_host():
+    on, off = _pools("on"), _pools("off")
+    assert {k for k, p in on.items() if p == "gpu"} == GPU_ASSETS
+    assert all(p is None for p in off.values())
+    auto = _pools("auto")  # this machine: the pool is set exactly when a GPU is visible
+    from medtrinity_assets.defs.accelerators import gpu_visible
+
+    assert {k for k, p in auto.items() if p == "gpu"} == (GPU_ASSETS if gpu_visible() else set())
+
+
+# Two GPU-capable steps in one run under the multiprocess executor; their pool is decided in each
+# process from MEDTRINITY_GPU_POOL, as in the code location.
+@dg.asset(pool=gpu_pool(), op_tags=GPU_OP_TAGS)
+def gpu_step_a() -> None:
+    import time
+
+    time.sleep(2.5)
+
+
+@dg.asset(pool=gpu_pool(), op_tags=GPU_OP_TAGS)
+def gpu_step_b() -> None:
+    import time
+
+    time.sleep(2.5)
+
+
+def two_gpu_steps_job() -> dg.JobDefinition:
+    defs = dg.Definitions(assets=[gpu_step_a, gpu_step_b], jobs=[dg.define_asset_job("two_gpu_steps")])
+    return defs.resolve_job_def("two_gpu_steps")
+
+
+def _run_two_steps(setting: str, tmp_path) -> tuple[list[tuple[float, float]], list[str]]:
+    code = f"""
+import json, sys
+import dagster as dg
+from medtrinity_assets_tests.test_gpu_pool import two_gpu_steps_job
+with dg.instance_for_test(temp_dir={str(tmp_path)!r}, overrides={{"concurrency": {{"pools": {{"default_limit": 1}}}}}}) as inst:
+    result = dg.execute_job(dg.reconstructable(two_gpu_steps_job), instance=inst)
+    assert result.success
+    spans, blocked = {{}}, []
+    for e in inst.all_logs(result.run_id):
+        d = e.dagster_event
+        if d is None:
+            if "pool" in (e.user_message or ""): blocked.append(e.user_message)
+            continue
+        if d.event_type_value == "STEP_START": spans.setdefault(d.step_key, [0, 0])[0] = e.timestamp
+        if d.event_type_value == "STEP_SUCCESS": spans.setdefault(d.step_key, [0, 0])[1] = e.timestamp
+        if "blocked by limit for pool" in (e.message or ""): blocked.append(e.message)
+    print(json.dumps({{"spans": list(spans.values()), "blocked": blocked}}))
+"""
+    env = {**os.environ, "MEDTRINITY_GPU_POOL": setting}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return [tuple(s) for s in data["spans"]], data["blocked"]
+
+
+def _overlap(spans: list[tuple[float, float]]) -> float:
+    (a0, a1), (b0, b1) = sorted(spans)
+    return min(a1, b1) - max(a0, b0)
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_gpu_pool_serialises_gpu_steps_only(setting, tmp_path):
+    spans, blocked = _run_two_steps(setting, tmp_path)
+    assert len(spans) == 2
+    if setting == "on":  # a GPU host: one GPU step at a time
+        assert _overlap(spans) <= 0, spans
+        assert blocked, "expected the second step to wait for the gpu pool"
+    else:  # a CPU-only host: both steps run at once
+        assert _overlap(spans) > 0, spans
+        assert not blocked, blocked
