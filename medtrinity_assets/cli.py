@@ -82,8 +82,8 @@ class BuildRequest:
 
 
 def _registry(req: BuildRequest) -> tuple[dict[str, str], list[str]]:
-    """Sources to build (name -> declaration fingerprint) and the rejected registry files'
-    reasons; raises ValueError."""
+    """Sources to build (name -> fingerprint of declaration and files) and the rejected registry
+    files' reasons; raises ValueError."""
     from medtrinity_assets.ingest.registry import RegistryError, load_registry
 
     try:
@@ -94,7 +94,9 @@ def _registry(req: BuildRequest) -> tuple[dict[str, str], list[str]]:
     unknown = set(req.only) - set(names)
     if unknown:
         raise ValueError(f"unknown source(s): {', '.join(sorted(unknown))}")
-    chosen = {s.name: s.fingerprint() for s in specs if not req.only or s.name in req.only}
+    from medtrinity_assets.ingest.watch import source_fingerprint
+
+    chosen = {s.name: source_fingerprint(s) for s in specs if not req.only or s.name in req.only}
     if not chosen:
         raise ValueError(f"no valid source in {req.sources_dir}")
     return chosen, errors

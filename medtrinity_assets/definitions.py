@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 
 from medtrinity_assets import defs as defs_package
+from medtrinity_assets.defs.automation import build_automation_sensor, with_automation
 from medtrinity_assets.defs.jobs import build_jobs
 from medtrinity_assets.defs.plan import RunPlan
 from medtrinity_assets.defs.resources import default_resources
@@ -27,13 +28,13 @@ def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions
     assets, checks = load_assets()
     plan = RunPlan.from_assets(assets)
     jobs = build_jobs(plan)
-    phase_jobs = [j for j in jobs if j.name in {p.job_name for p in plan.phases}]
+    ingest_job = next(j for j in jobs if j.name == plan.phase("ingest").job_name)
     return dg.Definitions(
-        assets=assets,
+        assets=with_automation(assets, plan),
         asset_checks=checks,
         jobs=jobs,
-        schedules=build_schedules(),
-        sensors=[build_registry_sensor(plan, phase_jobs)],
+        schedules=build_schedules(plan.phase("shared_models").job_name),
+        sensors=[build_registry_sensor([ingest_job]), build_automation_sensor()],
         resources=resources or default_resources(),
     )
 

@@ -82,35 +82,25 @@ def test_registry_sensor_adds_partitions_and_requests_ingest_runs(tmp_path, dags
     assert sorted(add.partition_keys) == ["sensor_fundus_retina", "sensor_xray_tibia"]
 
     dagster_instance.add_dynamic_partitions("sources", list(add.partition_keys))
-    again = sensor(dg.build_sensor_context(instance=dagster_instance, cursor=result.cursor, resources=resources))
-    assert not again.run_requests and not again.dynamic_partitions_requests  # requested, not yet run
+    again = sensor(dg.build_sensor_context(instance=dagster_instance, resources=resources))
+    assert not again.dynamic_partitions_requests
+    # not yet run: the same run keys again, which Dagster's sensor daemon launches only once
+    assert {r.run_key for r in again.run_requests} == {r.run_key for r in result.run_requests}
 
     (reg / "xray_tibia.yaml").write_text((reg / "xray_tibia.yaml").read_text().replace("organ: tibia", "organ: leg"))
-    changed = sensor(dg.build_sensor_context(instance=dagster_instance, cursor=again.cursor, resources=resources))
-    assert [(r.job_name, r.partition_key) for r in changed.run_requests] == [("ingest_job", "sensor_xray_tibia")]
+    changed = sensor(dg.build_sensor_context(instance=dagster_instance, resources=resources))
+    new_keys = {r.run_key for r in changed.run_requests} - {r.run_key for r in result.run_requests}
+    assert len(new_keys) == 1 and next(iter(new_keys)).startswith("ingest:sensor_xray_tibia:")
 
 
-def test_plan_sensor_orders_ingest_shared_models_enrichment():
-    """A changed source goes through the phases in order, one tick each, never enrichment first."""
-    from medtrinity_assets.definitions import defs
-    from medtrinity_assets.defs.plan import RunPlan
-    from medtrinity_assets.defs.sensors import InstanceState, next_requests
+def test_registry_sensor_requests_only_new_fingerprints():
+    """Built (recorded) and already attempted fingerprints request nothing; a new one requests ingestion."""
+    from medtrinity_assets.defs.sensors import ingest_requests
 
-    plan = RunPlan.from_assets(defs.assets)
-    declared = {"a": "fp1", "b": "fp2"}
-    built = InstanceState(fingerprints={"b": "fp2"}, ingest_ids={"b": 5})
-    reqs, pending = next_requests(plan, declared, built, {})
-    assert [(r.job_name, r.partition_key) for r in reqs] == [("ingest_job", "a")] and pending == {"a": "fp1"}
-    running = InstanceState(fingerprints={"b": "fp2"}, ingest_ids={"b": 5}, in_flight=True)
-    assert next_requests(plan, declared, running, pending)[0] == []
-    stale = [dg.AssetKey("expert_models")]
-    ingested = InstanceState(fingerprints={"a": "fp1", "b": "fp2"}, ingest_ids={"a": 9, "b": 5}, stale_shared=stale)
-    reqs, pending = next_requests(plan, declared, ingested, pending)
-    assert [(r.job_name, list(r.asset_selection)) for r in reqs] == [("shared_models_job", stale)]
-    fresh = InstanceState(fingerprints={"a": "fp1", "b": "fp2"}, ingest_ids={"a": 9, "b": 5})
-    reqs, pending = next_requests(plan, declared, fresh, pending)
-    assert [(r.job_name, r.partition_key) for r in reqs] == [("enrichment_job", "a")] and pending == {}
-    assert next_requests(plan, declared, fresh, pending)[0] == []  # built and current: nothing
+    declared = {"a": "fp1", "b": "fp2", "c": "fp3"}
+    reqs = ingest_requests(declared, recorded={"b": "fp2", "c": "old"}, tried={("c", "fp3")})
+    assert [(r.job_name, r.partition_key, r.tags["medtrinity/fingerprint"]) for r in reqs] == [("ingest_job", "a", "fp1")]
+    assert ingest_requests(declared, recorded=declared, tried=set()) == []
 
 
 @pytest.mark.parametrize("until", ["preprocessed_images"])

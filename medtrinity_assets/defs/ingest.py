@@ -14,6 +14,9 @@ from medtrinity_assets.defs.reporting import (
 )
 from medtrinity_assets.defs.resources import ComputeResource, OutputStorage, SourceRegistry
 
+#: metadata of ``source_manifest``: the declaration and files ingested (the registry sensor reads it)
+SOURCE_FINGERPRINT = "source_fingerprint"
+
 
 @dg.multi_asset(
     specs=[
@@ -43,10 +46,12 @@ def ingest_source_assets(
 ):
     from medtrinity_assets.ingest import SourceRootMissing, ingest_source
     from medtrinity_assets.ingest.remote import CACHE_DIR, RootRefused, discard_mirror
+    from medtrinity_assets.ingest.watch import files_fingerprint, source_fingerprint
 
     name = context.partition_key
     out = storage.out()
     declared = registry.source(name)
+    files = files_fingerprint(declared)  # before reading: a file changed meanwhile re-runs the source
     try:
         spec = registry.local_source(name, out)
         result = ingest_source(
@@ -76,6 +81,8 @@ def ingest_source_assets(
             **counts_metadata("slices_skipped_by_reason", result.skipped_counts),
             "warnings": dg.MetadataValue.json(result.warnings),
             "registry_fingerprint": declared.fingerprint(),
+            "files_fingerprint": files,
+            SOURCE_FINGERPRINT: source_fingerprint(declared, files),
             "synthetic": declared.synthetic,
             "license": declared.license,
             "origin": declared.origin or declared.root,

@@ -57,7 +57,6 @@ def knowledge_corpus(context: dg.AssetExecutionContext, storage: OutputStorage, 
     kinds={"faiss", "parquet"},
     deps=[KNOWLEDGE_CORPUS.name],
     pool=gpu_pool(), op_tags=GPU_OP_TAGS,
-    automation_condition=dg.AutomationCondition.eager(),
     description="Faiss index of the knowledge chunks (exact below a size, IVF/HNSW above) with a "
     "Parquet docstore; incremental: only chunks with new content are embedded.",
 )
@@ -70,6 +69,8 @@ def knowledge_index(context: dg.AssetExecutionContext, storage: OutputStorage, e
     result = build_index(chunks, embedder.get(), index_dir, previous_dir=index_dir if index_dir.exists() else None)
     context.log.info(f"index: {result.count} chunks, {result.reused} reused, {result.embedded} embedded")
     return dg.MaterializeResult(
+        # the content, not the run: retrieval follows a rebuilt index only when it changed
+        data_version=dg.DataVersion(result.faiss_sha256[:32]),
         metadata={
             "dagster/row_count": dg.MetadataValue.int(result.count),
             "path": dg.MetadataValue.path(str(index_dir)),

@@ -41,6 +41,7 @@ def expert_models(
     compute: ComputeResource,
 ):
     from medtrinity_assets.segmentation import ExpertConfig, train_experts
+    from medtrinity_assets.segmentation.store import experts_version
 
     out = storage.out()
     report = train_experts(
@@ -54,6 +55,8 @@ def expert_models(
         log=context.log.info,
     )
     return dg.MaterializeResult(
+        # the models' content: ROIs follow retrained experts only when the weights or gates changed
+        data_version=dg.DataVersion(experts_version(report.directory)),
         metadata={
             "models": dg.MetadataValue.json(report.summary),
             "skipped": dg.MetadataValue.json(report.skipped),

@@ -74,6 +74,11 @@ class SourceSpec(BaseModel):
     description: str = Field("", max_length=4000)
     origin: str = Field("", max_length=2000)
     include: list[str] = Field(default_factory=list, max_length=200, description="glob patterns relative to root")
+    watch_files: bool = Field(
+        True,
+        description="a new, changed or removed file under a local root re-runs the source (registry "
+        "sensor); false: only an edited declaration does (e.g. for a root of millions of files)",
+    )
     slicing: SliceConfig = Field(default_factory=SliceConfig)
     window: WindowConfig | None = None
     max_side: int = Field(512, ge=16, le=4096)

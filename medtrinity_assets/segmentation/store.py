@@ -239,3 +239,17 @@ def load_expert_for(spec: SourceSpec, experts_dir: str | Path, *, device: str = 
     """The first of :func:`load_experts_for`, or None."""
     found = load_experts_for(spec, experts_dir, device=device)
     return found[0] if found else None
+
+
+def experts_version(experts_dir: str | Path) -> str:
+    """A hash of what the trained experts are (cards without their timestamps, which include the
+    weights' sha256 and the gates): equal for a retraining that produced the same models."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for card_path in sorted(Path(experts_dir).glob(f"**/{CARD_NAME}")):
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        card.pop("created_at", None)
+        digest.update(card_path.parent.relative_to(experts_dir).as_posix().encode())
+        digest.update(json.dumps(card, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:32]

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL server from Debian's packages for the instance tests.
+#   .ci/postgres.sh start DIR PORT   -> initialises DIR, starts on 127.0.0.1:PORT, prints the URL
+#   .ci/postgres.sh stop DIR
+# Password authentication over TCP (user and database "medtrinity"); as root, the server runs
+# as the "postgres" system user (PostgreSQL refuses to run as root).
+set -euo pipefail
+cmd=$1 dir=$2 port=${3:-55432}
+bin=$(dirname "$(readlink -f "$(command -v pg_ctl || ls -1 /usr/lib/postgresql/*/bin/pg_ctl 2>/dev/null | sort -V | tail -1)")")
+[ -x "$bin/pg_ctl" ] || { echo "no PostgreSQL server binaries (apt-get install postgresql)" >&2; exit 3; }
+as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+case $cmd in
+start)
+  mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown postgres "$dir"
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    echo medtrinity-ci | as_owner tee "$dir/pw" >/dev/null
+    as_owner "$bin/initdb" -D "$dir/data" -U medtrinity --pwfile="$dir/pw" --auth-host=scram-sha-256 \
+      --auth-local=trust -E UTF8 >"$dir/initdb.log" 2>&1
+  fi
+  as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1 \
+    || as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+      -o "-h 127.0.0.1 -p $port -k $dir -c fsync=off" start >/dev/null
+  as_owner "$bin/psql" -h "$dir" -p "$port" -U medtrinity -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'medtrinity'" | grep -q 1 \
+    || as_owner "$bin/createdb" -h "$dir" -p "$port" -U medtrinity medtrinity
+  echo "postgresql://medtrinity:medtrinity-ci@127.0.0.1:$port/medtrinity"
+  ;;
+stop)
+  as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+  ;;
+*) echo "usage: $0 start DIR [PORT] | stop DIR" >&2; exit 2 ;;
+esac

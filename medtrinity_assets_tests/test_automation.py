@@ -1,0 +1,168 @@
+"""Automation that runs by itself: declarative conditions carry a source from ingestion through
+the shared models to its triplets, a file change re-ingests its source, the refresh schedule runs
+the shared models, and nothing starts over an instance that is already built."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from medtrinity_assets.definitions import defs
+
+INGESTED = ["source_manifest", "preprocessed_images", "coarse_captions"]
+ENRICHED = ["roi_set", "retrieved_knowledge", "caption_batch", "caption_quality", "triplets"]
+SHARED = {"expert_models": "v1", "knowledge_corpus": None, "knowledge_index": "k1"}
+
+
+def _report(instance: dg.DagsterInstance, key: str, partition: str | None = None, version: str | None = None) -> None:
+    tags = {"dagster/data_version": version} if version else None
+    instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=partition, tags=tags))
+
+
+def _requested(result) -> set[tuple[str, str | None]]:
+    keys = {r.key for r in result.results if isinstance(r.key, dg.AssetKey)}
+    return {(k.to_user_string(), p) for k in keys for p in result.get_requested_partitions(k)}
+
+
+class Ticks:
+    """Successive evaluations of the code location's automation conditions (one sensor's ticks)."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self.instance, self.cursor = instance, None
+
+    def __call__(self) -> set[tuple[str, str | None]]:
+        result = dg.evaluate_automation_conditions(defs=defs, instance=self.instance, cursor=self.cursor)
+        self.cursor = result.cursor
+        return _requested(result)
+
+
+@pytest.fixture
+def instance(tmp_path):
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as inst:
+        inst.add_dynamic_partitions("sources", ["a", "b"])
+        yield inst
+
+
+def _build_all(instance) -> None:
+    for src in ("a", "b"):
+        for key in INGESTED:
+            _report(instance, key, src)
+    for key, version in SHARED.items():
+        _report(instance, key, version=version)
+    for src in ("a", "b"):
+        for key in ENRICHED:
+            _report(instance, key, src)
+
+
+def test_a_built_instance_starts_nothing(instance):
+    _build_all(instance)
+    tick = Ticks(instance)
+    assert tick() == set()  # the first evaluation over a built instance (the UI just opened)
+    assert tick() == set()
+
+
+def test_a_new_source_waits_for_the_shared_models_then_follows(instance):
+    _build_all(instance)
+    tick = Ticks(instance)
+    assert tick() == set()
+    instance.add_dynamic_partitions("sources", ["c"])
+    assert tick() == set()  # not ingested yet: nothing downstream can run
+    for key in INGESTED:  # the registry sensor's ingest run for c
+        _report(instance, key, "c")
+    assert tick() == {("expert_models", None)}  # retrained first; c's ROIs wait for it
+    _report(instance, "expert_models", version="v1")  # same content: a and b are not redone
+    assert tick() == {(k, "c") for k in ENRICHED}  # c follows, in one run
+    for key in ENRICHED:
+        _report(instance, key, "c")
+    assert tick() == set()
+
+
+def test_sources_follow_a_shared_model_only_when_its_content_changed(instance):
+    _build_all(instance)
+    tick = Ticks(instance)
+    tick()
+    _report(instance, "knowledge_index", version="k1")  # rebuilt by the schedule, same index
+    assert tick() == set()
+    _report(instance, "knowledge_index", version="k2")  # new passages
+    follow = {(k, s) for s in ("a", "b") for k in ENRICHED if k != "roi_set"}
+    assert tick() == follow
+
+
+def test_the_shared_models_rebuild_once_after_a_batch_of_sources(instance):
+    _build_all(instance)
+    tick = Ticks(instance)
+    tick()
+    _report(instance, "source_manifest", "a")
+    _report(instance, "preprocessed_images", "a")
+    assert ("expert_models", None) in tick()
+
+
+def test_a_changed_file_reingests_its_source(tmp_path, dagster_instance, demo_registry):
+    from medtrinity_assets.ingest.registry import load_registry
+    from medtrinity_assets.ingest.watch import source_fingerprint
+    from medtrinity_assets_tests.test_definitions import _registry_copy
+
+    reg = _registry_copy(tmp_path, demo_registry, ["microscopy_cells"], prefix="watch_")
+    text = (reg / "microscopy_cells.yaml").read_text()
+    root = tmp_path / "cells"
+    import shutil
+
+    shutil.copytree(demo_registry.parent / "demo" / "microscopy_cells", root)
+    (reg / "microscopy_cells.yaml").write_text(
+        "\n".join(f"root: {root}" if line.startswith("root:") else line for line in text.splitlines()) + "\n"
+    )
+    spec = load_registry(reg)[0][0]
+    before = source_fingerprint(spec)
+    assert source_fingerprint(spec) == before  # stable while nothing changes
+    some = next(p for p in sorted(root.rglob("*")) if p.is_file())
+    os.utime(some, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert source_fingerprint(spec) != before
+    (root / "extra.png").write_bytes(some.read_bytes())
+    after_add = source_fingerprint(spec)
+    (root / ".DS_Store").write_bytes(b"x")  # hidden files are ignored
+    assert source_fingerprint(spec) == after_add
+    watch_off = spec.model_copy(update={"watch_files": False})
+    assert source_fingerprint(watch_off) == watch_off.fingerprint() != spec.fingerprint()
+
+    from medtrinity_assets.defs.resources import SourceRegistry
+    from medtrinity_assets.defs.sensors import recorded_fingerprints
+
+    sensor = defs.resolve_sensor_def("source_registry_sensor")
+    resources = {"registry": SourceRegistry(registry_dir=str(reg))}
+    first = sensor(dg.build_sensor_context(instance=dagster_instance, resources=resources))
+    assert [(r.job_name, r.partition_key) for r in first.run_requests] == [("ingest_job", "watch_microscopy_cells")]
+    # the ingestion records what it read; the next tick requests nothing
+    fp = first.run_requests[0].tags["medtrinity/fingerprint"]
+    dagster_instance.report_runless_asset_event(dg.AssetMaterialization(
+        "source_manifest", partition="watch_microscopy_cells", metadata={"source_fingerprint": fp}))
+    assert recorded_fingerprints(dagster_instance)["watch_microscopy_cells"] == fp
+    assert not sensor(dg.build_sensor_context(instance=dagster_instance, resources=resources)).run_requests
+    (root / "new_image.png").write_bytes(some.read_bytes())  # a file arrives
+    again = sensor(dg.build_sensor_context(instance=dagster_instance, resources=resources))
+    assert [(r.job_name, r.partition_key) for r in again.run_requests] == [("ingest_job", "watch_microscopy_cells")]
+    assert again.run_requests[0].tags["medtrinity/fingerprint"] != fp
+
+
+def test_schedule_rebuilds_the_shared_models_on_a_configurable_cadence(monkeypatch):
+    from medtrinity_assets.defs.schedules import build_schedules
+
+    (schedule,) = defs.schedules
+    assert schedule.name == "shared_models_refresh" and schedule.cron_schedule == "0 3 * * 0"
+    job = defs.resolve_job_def(schedule.job_name)
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} >= {"expert_models", "knowledge_index"}
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    monkeypatch.setenv("MEDTRINITY_REFRESH_CRON", "30 1 * * *")
+    assert build_schedules("shared_models_job")[0].cron_schedule == "30 1 * * *"
+    monkeypatch.setenv("MEDTRINITY_REFRESH_CRON", "off")
+    assert build_schedules("shared_models_job")[0].default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_sensors_are_on_by_default():
+    statuses = {s.name: s.default_status for s in defs.sensors}
+    assert statuses == {"source_registry_sensor": dg.DefaultSensorStatus.RUNNING,
+                        "medtrinity_automation": dg.DefaultSensorStatus.RUNNING}
+    assert Path  # noqa: B018 (imported for fixtures' paths)
