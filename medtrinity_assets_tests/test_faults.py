@@ -1,0 +1,168 @@
+"""Faults at the orchestration level, on a persistent SQLite instance as a user has it.
+
+- A run worker killed (SIGKILL) in the middle of a source's description batch: the run is marked
+  failed (what run monitoring does), relaunching it from the failure re-executes only the steps
+  that had not finished, and the description chunks already on disk are reused, not recomputed.
+- Runs at the documented concurrency (``dagster.yaml``: 4) write to one SQLite instance at once
+  without "database is locked".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import dagster as dg
+import pytest
+import yaml
+
+from medtrinity_assets.defs.resources import CaptionerResource
+from medtrinity_assets_tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+SOURCE = "synthetic_phantoms"
+CONCURRENT = ["microscopy_cells", "xray_tibia", "histology_ihc", "fundus_retina"]
+OUT_ENV = "MEDTRINITY_FAULT_TEST_OUT"
+
+
+class SlowCaptionerResource(CaptionerResource):
+    """The embedded captioner, slowed down so a kill lands mid-batch (test only)."""
+
+    backend: ClassVar[str] = "embedded"
+    delay_s: float = 0.02
+
+    def get(self) -> Any:
+        from medtrinity_assets.captioning.backends.embedded import SlowEmbeddedCaptioner
+
+        return SlowEmbeddedCaptioner(delay_s=self.delay_s)
+
+
+def fault_definitions() -> dg.Definitions:
+    from medtrinity_assets.definitions import build_definitions
+    from medtrinity_assets_tests.test_pipeline import make_resources
+
+    resources = make_resources(Path(os.environ[OUT_ENV]))
+    resources["captioner"] = SlowCaptionerResource(chunk_size=4)
+    return build_definitions(resources)
+
+
+def enrichment_job() -> dg.JobDefinition:
+    return fault_definitions().resolve_job_def("enrichment_job")
+
+
+def ingest_job() -> dg.JobDefinition:
+    return fault_definitions().resolve_job_def("ingest_job")
+
+
+RUN_ONE = """
+import sys
+import dagster as dg
+from medtrinity_assets_tests import test_faults
+job = getattr(test_faults, sys.argv[1])
+with dg.DagsterInstance.get() as instance:
+    result = dg.execute_job(dg.reconstructable(job), instance=instance, tags={"dagster/partition": sys.argv[2]},
+                            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+    print("RUN", result.run_id, result.success, flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, demo_dir):
+    """A persistent instance (the repository's dagster.yaml) with one source ingested and the shared models built."""
+    from medtrinity_assets.defs.plan import RunPlan
+    from medtrinity_assets.defs.runner import run_plan
+    from medtrinity_assets_tests.test_pipeline import FAST_EXPERTS
+
+    root = tmp_path_factory.mktemp("faults")
+    home, out = root / "home", root / "out"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    saved = {k: os.environ.get(k) for k in ("DAGSTER_HOME", OUT_ENV)}
+    os.environ.update({"DAGSTER_HOME": str(home), OUT_ENV: str(out)})
+    try:
+        with dg.DagsterInstance.get() as instance:
+            instance.add_dynamic_partitions("sources", [SOURCE, *CONCURRENT])
+            defs = fault_definitions()
+            full = RunPlan.from_assets(defs.assets, until="triplets")
+            before_enrichment = RunPlan([p for p in full.phases if p.name != "enrichment"], full._graph)
+            reports = run_plan(defs, before_enrichment, [SOURCE], instance, run_config=FAST_EXPERTS)
+            assert all(r.success for r in reports), [r.reason for r in reports]
+        yield home, out
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _spawn(job: str, partition: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-c", RUN_ONE, job, partition], cwd=REPO_ROOT, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _chunks(out: Path) -> dict[str, int]:
+    """The description chunks durable on disk: file name -> rows."""
+    import polars as pl
+
+    parts = out / "caption_batch" / f"{SOURCE}.parquet.parts"
+    return {p.name: pl.read_parquet(p).height for p in parts.glob("*.parquet")} if parts.exists() else {}
+
+
+def _steps(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    return {e.dagster_event.step_key for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)}
+
+
+def test_killed_worker_relaunches_from_failure_without_recomputing(home, tmp_path):
+    home_dir, out = home
+    proc = _spawn("enrichment_job", SOURCE, tmp_path / "killed.log")
+    deadline = time.monotonic() + 240
+    while len(_chunks(out)) < 3:  # a few description chunks are durable: kill the worker now
+        assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the description batch never started"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = _chunks(out)
+
+    with dg.DagsterInstance.get() as instance:
+        (run,) = instance.get_runs(dg.RunsFilter(job_name="enrichment_job", statuses=[dg.DagsterRunStatus.STARTED]))
+        done_before = _steps(instance, run.run_id)
+        assert {"roi_set", "retrieved_knowledge"} <= done_before and "caption_batch" not in done_before
+        instance.report_run_failed(run)  # what run monitoring records for a dead run worker
+        result = dg.execute_job(
+            dg.reconstructable(enrichment_job), instance=instance, tags={"dagster/partition": SOURCE},
+            reexecution_options=dg.ReexecutionOptions.from_failure(run.run_id, instance),
+        )
+        assert result.success
+        redone = _steps(instance, result.run_id)
+        assert not (redone & done_before), redone & done_before  # finished steps were not recomputed
+        assert {"caption_batch", "caption_quality", "triplets"} <= redone
+        (mat,) = [m for m in result.asset_materializations_for_node("caption_batch")]
+        counts = mat.metadata["batch"].value
+    # every description durable before the kill was reused; only the rest was computed
+    assert counts["cached"] == sum(before.values()) > 0, (counts, before)
+    assert counts["computed"] == counts["total"] - counts["cached"] > 0, counts
+
+
+def test_concurrent_runs_share_the_sqlite_instance(home, tmp_path):
+    home_dir, _ = home
+    limit = yaml.safe_load((home_dir / "dagster.yaml").read_text())["concurrency"]["runs"]["max_concurrent_runs"]
+    sources = CONCURRENT[:limit]
+    procs = {s: _spawn("ingest_job", s, tmp_path / f"{s}.log") for s in sources}
+    for s, p in procs.items():
+        assert p.wait(timeout=300) == 0, (tmp_path / f"{s}.log").read_text()[-3000:]
+    for s in sources:
+        text = (tmp_path / f"{s}.log").read_text()
+        assert "database is locked" not in text and " True" in text, text[-2000:]
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(dg.RunsFilter(job_name="ingest_job", tags={"dagster/partition": sources}))
+        assert len(runs) == len(sources) and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        for r in runs:
+            assert not any("database is locked" in (e.message or "") for e in instance.all_logs(r.run_id))
+        assert set(sources) <= instance.get_materialized_partitions(dg.AssetKey("preprocessed_images"))
