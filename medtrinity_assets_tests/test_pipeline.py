@@ -397,3 +397,26 @@ def test_an_evaluation_set_overlapping_training_makes_the_export_refuse(pipeline
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = failure.step_failure_data.error.message if failure.step_failure_data.error else ""
     assert "refusing to export" in message and f"{train['source']}/{train['record_id']}" in message
+
+
+def test_every_asset_reports_numeric_trends_and_picture_files(pipeline):
+    """Duration, rows in/out and set-aside counts are numbers on every materialization (the UI plots
+    them across runs); the pictures people look at most are PNG files linked from the metadata."""
+    out, results = pipeline
+    runs = [*results["early"].values(), *results["late"].values(), results["global"], results["export"], results["vqa"]]
+    seen = set()
+    for result in runs:
+        for mat in result.get_asset_materialization_events():
+            meta = mat.materialization.metadata
+            key = mat.materialization.asset_key.to_user_string()
+            seen.add(key)
+            assert isinstance(meta["duration_s"], dg.FloatMetadataValue) and meta["duration_s"].value >= 0, key
+            for name in ("rows_in", "rows_out", "quarantined"):
+                assert isinstance(meta[name], dg.IntMetadataValue), (key, name)
+            assert meta["rows_out"].value <= meta["rows_in"].value or key in {"retrieved_knowledge", "roi_set", "coarse_captions", "llava_tri_checkpoint", "vqa_finetuned_checkpoint", "knowledge_index"}, key
+    assert {"source_manifest", "roi_set", "caption_batch", "caption_quality", "triplets", "medtrinity_dataset"} <= seen
+    mats = {m.materialization.asset_key.to_user_string(): m.materialization.metadata
+            for m in results["late"]["synthetic_phantoms"].get_asset_materialization_events()}
+    for key, picture in (("roi_set", "overlays_file"), ("caption_batch", "sample_triplets_file")):
+        path = Path(mats[key][picture].value)
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.is_relative_to(out), path

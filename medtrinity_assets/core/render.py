@@ -35,10 +35,36 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return arr
 
 
-def png_base64(image: np.ndarray) -> str:
+def png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(to_rgb(image)).save(buf, format="PNG", optimize=True)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def png_base64(image: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+def triplet_cards(items: Sequence[tuple[np.ndarray, str, str]], tile: int = 256, text_w: int = 520) -> np.ndarray:
+    """Image–ROI–description triplets as one picture: each row the ROI overlay, its id and the
+    description wrapped beside it."""
+    import textwrap
+
+    rows = []
+    for overlay, title, text in items or [(np.zeros((8, 8), np.uint8), "", "no description yet")]:
+        lines = [title, ""] + textwrap.wrap(text, width=text_w // 7)
+        height = max(tile, 14 * len(lines) + 12)
+        card = Image.new("RGB", (tile + text_w, height), (250, 250, 250))
+        thumb = Image.fromarray(to_rgb(overlay))
+        fit = (tile - 4) / max(thumb.width, thumb.height)
+        thumb = thumb.resize((max(1, round(thumb.width * fit)), max(1, round(thumb.height * fit))), Image.Resampling.LANCZOS)
+        card.paste(thumb, ((tile - thumb.width) // 2, (tile - thumb.height) // 2))
+        draw = ImageDraw.Draw(card)
+        for i, line in enumerate(lines):
+            draw.text((tile + 8, 6 + 14 * i), line, fill=(20, 20, 20))
+        rows.append(np.asarray(card))
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=200) for r in rows])
 
 
 def markdown_image(image: np.ndarray, alt: str = "image") -> str:

@@ -1,10 +1,12 @@
 """Stage 5 assets: multigranular descriptions per ROI and their claim-level quality checks."""
 
 
+import time
 from pathlib import Path
 
 import dagster as dg
 
+from medtrinity_assets.core.render import triplet_cards
 from medtrinity_assets.core.tables import (
     CAPTION_BATCH,
     CAPTION_QUALITY,
@@ -19,7 +21,14 @@ from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
 from medtrinity_assets.defs.checks import CAPTION_QUALITY_CHECKS, caption_quality_results
 from medtrinity_assets.defs.knowledge import KNOWLEDGE_INDEX
 from medtrinity_assets.defs.partitions import SOURCES
-from medtrinity_assets.defs.reporting import GROUP_CAPTIONS, counts_metadata, progress_logger, table_metadata
+from medtrinity_assets.defs.reporting import (
+    GROUP_CAPTIONS,
+    counts_metadata,
+    picture_file,
+    progress_logger,
+    stage_metrics,
+    table_metadata,
+)
 from medtrinity_assets.defs.resources import CaptionerResource, JudgeResource, OutputStorage
 
 SAMPLE_TRIPLETS = 4
@@ -39,20 +48,26 @@ def _caption_inputs(out: Path, name: str) -> list:
     )
 
 
-def _triplet_markdown(inputs: list, captions, n: int = SAMPLE_TRIPLETS) -> str:
-    """A few image–ROI–description triplets: the overlay copy and its paragraph."""
+def _sample_triplets(inputs: list, captions, n: int = SAMPLE_TRIPLETS) -> list[tuple]:
+    """A few image–ROI–description triplets: (overlay, ROI id, description)."""
     import numpy as np
 
     from medtrinity_assets.captioning import render_overlay
-    from medtrinity_assets.core.render import markdown_image
 
     by_key = {(i.record_id, str(i.roi_id)): i for i in inputs}
-    parts = []
+    out = []
     for row in captions.filter(captions["status"] == "ok").head(n).iter_rows(named=True):
         item = by_key.get((row["record_id"], str(row["roi_id"])))
         overlay = render_overlay(item) if item is not None else None
-        pic = markdown_image(np.asarray(overlay), "roi") if overlay is not None else ""
-        parts.append(f"**{row['roi_id']}**\n\n{pic}\n\n> {row['text']}\n")
+        if overlay is not None:
+            out.append((np.asarray(overlay), str(row["roi_id"]), row["text"]))
+    return out
+
+
+def _triplet_markdown(samples: list[tuple]) -> str:
+    from medtrinity_assets.core.render import markdown_image
+
+    parts = [f"**{roi}**\n\n{markdown_image(img, 'roi')}\n\n> {text}\n" for img, roi, text in samples]
     return "\n".join(parts) or "*no caption yet*"
 
 
@@ -74,6 +89,7 @@ def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, cap
     backend = captioner.get()
     try:
         for name in context.partition_keys:
+            started = time.perf_counter()
             inputs = _caption_inputs(out, name)
             path = CAPTION_BATCH.path(out, name)
             progress = progress_logger(context.log, name, "captions")
@@ -81,12 +97,15 @@ def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, cap
                 inputs, backend, path, chunk_size=captioner.chunk_size, progress=progress, log=context.log
             )
             table = CAPTION_BATCH.read_path(path)
+            samples = _sample_triplets(inputs, table)
             metadata = {
+                **stage_metrics(started, rows_in=len(inputs), rows_out=table.height, quarantined=result.failed),
+                **picture_file(out, CAPTION_BATCH.name, name, "sample_triplets", triplet_cards(samples)),
                 **table_metadata(table, path, ["roi_id", "backend", "status", "text"]),
                 **counts_metadata("batch", result.as_metadata()),
                 "backend": captioner.backend,
                 "prompt_version": table["prompt_version"][0] if table.height else "",
-                "sample_triplets": dg.MetadataValue.md(_triplet_markdown(inputs, table)),
+                "sample_triplets": dg.MetadataValue.md(_triplet_markdown(samples)),
             }
             if result.fallbacks:
                 context.log.warning(
@@ -117,6 +136,7 @@ def caption_quality(context: dg.AssetExecutionContext, storage: OutputStorage, j
     from medtrinity_assets.captioning import check_captions
     from medtrinity_assets.privacy import identifier_store
 
+    started = time.perf_counter()
     name = context.partition_key
     out = storage.out()
     inputs = _caption_inputs(out, name)
@@ -136,6 +156,8 @@ def caption_quality(context: dg.AssetExecutionContext, storage: OutputStorage, j
     yield dg.MaterializeResult(
         metadata={
             **table_metadata(quality, path, ["roi_id", "consistent", "phi_found", "passed", "issues"]),
+            **stage_metrics(started, rows_in=captions.height, rows_out=quality.height,
+                            quarantined=int((~quality["passed"]).sum()) if n else 0),
             **counts_metadata("issues_by_kind", issues),
             "consistency_rate": float(1 - inconsistent / n) if n else 1.0,
             "phi_findings": int(quality["phi_found"].sum()) if n else 0,

@@ -1,11 +1,13 @@
 """Stage 3 asset: one coarse caption per image, from the source's metadata only."""
 
 
+import time
+
 import dagster as dg
 
 from medtrinity_assets.core.tables import COARSE_CAPTIONS, PREPROCESSED_IMAGES, SOURCE_MANIFEST
 from medtrinity_assets.defs.partitions import SOURCES
-from medtrinity_assets.defs.reporting import GROUP_METADATA, table_metadata
+from medtrinity_assets.defs.reporting import GROUP_METADATA, stage_metrics, table_metadata
 from medtrinity_assets.defs.resources import OutputStorage, SourceRegistry
 
 
@@ -21,10 +23,14 @@ from medtrinity_assets.defs.resources import OutputStorage, SourceRegistry
 def coarse_captions(context: dg.AssetExecutionContext, storage: OutputStorage, registry: SourceRegistry):
     from medtrinity_assets.metadata.coarse_captions import build_coarse_captions
 
+    started = time.perf_counter()
     name = context.partition_key
     out = storage.out()
     manifest = SOURCE_MANIFEST.read(out, name)
     images = PREPROCESSED_IMAGES.read(out, name)
     captions = build_coarse_captions(manifest, images, registry.source(name))
     path = COARSE_CAPTIONS.write(captions, out, name)
-    return dg.MaterializeResult(metadata=table_metadata(captions, path, ["record_id", "caption", "terms"]))
+    return dg.MaterializeResult(metadata={
+        **table_metadata(captions, path, ["record_id", "caption", "terms"]),
+        **stage_metrics(started, rows_in=images.height, rows_out=captions.height),
+    })

@@ -1,6 +1,7 @@
 """Stage 6 assets: each source's verified triplets, and the dataset of all sources with its
 formats, verification, card, catalog and viewer."""
 
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -16,7 +17,7 @@ from medtrinity_assets.core.tables import (
     TRIPLETS,
 )
 from medtrinity_assets.defs.partitions import SOURCES
-from medtrinity_assets.defs.reporting import GROUP_EXPORT, counts_metadata, table_metadata
+from medtrinity_assets.defs.reporting import GROUP_EXPORT, counts_metadata, stage_metrics, table_metadata
 from medtrinity_assets.defs.resources import ExportSettings, OutputStorage, SourceRegistry
 
 
@@ -34,6 +35,7 @@ def triplets(context: dg.AssetExecutionContext, storage: OutputStorage, registry
              export: ExportSettings) -> dg.MaterializeResult:
     from medtrinity_assets.export.triplets import build_triplets
 
+    started = time.perf_counter()
     name, out = context.partition_key, storage.out()
     spec = registry.source(name)
     captions = CAPTION_BATCH.read(out, name)
@@ -55,6 +57,7 @@ def triplets(context: dg.AssetExecutionContext, storage: OutputStorage, registry
     return dg.MaterializeResult(
         metadata={
             **table_metadata(df, path, ["triplet_id", "origin", "label", "split", "description"]),
+            **stage_metrics(started, rows_in=captions.height, rows_out=df.height, quarantined=left_out),
             **counts_metadata("split_counts", dict(df.group_by("split").len().iter_rows()) if df.height else {}),
             "left_out": left_out,
         }
@@ -75,6 +78,7 @@ def medtrinity_dataset(context: dg.AssetExecutionContext, storage: OutputStorage
     from medtrinity_assets.export.leakage import LeakageError
     from medtrinity_assets.export.publish import publish
 
+    started = time.perf_counter()
     out = storage.out()
     specs = registry.sources()
     try:
@@ -88,7 +92,10 @@ def medtrinity_dataset(context: dg.AssetExecutionContext, storage: OutputStorage
                          metadata={"problems": dg.MetadataValue.json(result.problems[:200])})
     if result.missing_sources:
         context.log.warning(f"no triplets yet for: {', '.join(result.missing_sources)}")
-    return dg.MaterializeResult(metadata=_dataset_metadata(result, Path(out)))
+    t = result.build.table
+    metrics = stage_metrics(started, rows_in=t.height + result.build.dropped.height, rows_out=t.height,
+                            quarantined=result.build.dropped.height)
+    return dg.MaterializeResult(metadata={**metrics, **_dataset_metadata(result, Path(out))})
 
 
 def _dataset_metadata(result, out: Path) -> dict:

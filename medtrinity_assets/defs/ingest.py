@@ -1,6 +1,8 @@
 """Stage 1 assets: the source manifest and the preprocessed 2D images of one source."""
 
 
+import time
+
 import dagster as dg
 
 from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, SOURCE_MANIFEST
@@ -9,7 +11,9 @@ from medtrinity_assets.defs.reporting import (
     GROUP_INGEST,
     counts_metadata,
     image_sheet,
+    picture_file,
     progress_logger,
+    stage_metrics,
     table_metadata,
 )
 from medtrinity_assets.defs.resources import ComputeResource, OutputStorage, SourceRegistry
@@ -48,6 +52,7 @@ def ingest_source_assets(
     from medtrinity_assets.ingest.remote import CACHE_DIR, RootRefused, discard_mirror
     from medtrinity_assets.ingest.watch import files_fingerprint, source_fingerprint
 
+    started = time.perf_counter()
     name = context.partition_key
     out = storage.out()
     declared = registry.source(name)
@@ -68,9 +73,12 @@ def ingest_source_assets(
             f"source '{name}': non-fatal findings {result.warnings} (series_gap: a DICOM series with "
             "missing positions, kept as a volume with its median spacing)"
         )
+    quarantined = int(result.status_counts.get("quarantined", 0))
+    metrics = stage_metrics(started, rows_in=result.manifest.height, rows_out=result.images.height, quarantined=quarantined)
     yield dg.MaterializeResult(
         asset_key=SOURCE_MANIFEST.name,
         metadata={
+            **metrics,
             **table_metadata(
                 result.manifest,
                 SOURCE_MANIFEST.path(out, name),
@@ -90,17 +98,18 @@ def ingest_source_assets(
     )
     images = result.images
     sample = images.gather_every(max(1, images.height // 8)).head(8)
+    sheet = image_sheet(out, sample["image_path"].to_list(), [r[:8] for r in sample["record_id"].to_list()])
     yield dg.MaterializeResult(
         asset_key=PREPROCESSED_IMAGES.name,
         metadata={
+            **metrics,
+            **picture_file(out, PREPROCESSED_IMAGES.name, name, "contact_sheet", sheet.image),
             **table_metadata(
                 images,
                 PREPROCESSED_IMAGES.path(out, name),
                 ["record_id", "image_path", "width", "height", "window", "mask_path"],
             ),
-            "contact_sheet": image_sheet(
-                out, sample["image_path"].to_list(), [r[:8] for r in sample["record_id"].to_list()]
-            ),
+            "contact_sheet": sheet.markdown,
             "with_masks": int(images["mask_path"].is_not_null().sum()) if images.height else 0,
             **counts_metadata("burned_in_text", result.burned_in_text),
         },

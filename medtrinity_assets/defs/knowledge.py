@@ -1,6 +1,8 @@
 """Stage 4 assets: the knowledge base, its Faiss index and the passages retrieved per ROI."""
 
 
+import time
+
 import dagster as dg
 
 from medtrinity_assets.core.tables import (
@@ -12,7 +14,7 @@ from medtrinity_assets.core.tables import (
 )
 from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
 from medtrinity_assets.defs.partitions import SOURCES
-from medtrinity_assets.defs.reporting import GROUP_KNOWLEDGE, counts_metadata, table_metadata
+from medtrinity_assets.defs.reporting import GROUP_KNOWLEDGE, counts_metadata, stage_metrics, table_metadata
 from medtrinity_assets.defs.resources import EmbedderResource, KnowledgeConfig, OutputStorage
 
 KNOWLEDGE_INDEX = "knowledge_index"
@@ -28,6 +30,7 @@ KNOWLEDGE_INDEX = "knowledge_index"
 def knowledge_corpus(context: dg.AssetExecutionContext, storage: OutputStorage, knowledge: KnowledgeConfig):
     from medtrinity_assets.knowledge.corpus import ingest_corpora
 
+    started = time.perf_counter()
     out = storage.out()
     result = ingest_corpora(
         list(knowledge.corpus_paths),
@@ -43,6 +46,8 @@ def knowledge_corpus(context: dg.AssetExecutionContext, storage: OutputStorage, 
     return dg.MaterializeResult(
         metadata={
             **table_metadata(result.chunks, path, ["chunk_id", "corpus", "title", "topic", "text"]),
+            **stage_metrics(started, rows_in=result.chunks.height + result.quarantine.height,
+                            rows_out=result.chunks.height, quarantined=result.quarantine.height),
             **counts_metadata("counts", result.counts),
             **counts_metadata("chunks_by_topic", {str(k): v for k, v in topics.items()}),
             **counts_metadata("quarantined_by_reason", reasons),
@@ -63,6 +68,7 @@ def knowledge_corpus(context: dg.AssetExecutionContext, storage: OutputStorage, 
 def knowledge_index(context: dg.AssetExecutionContext, storage: OutputStorage, embedder: EmbedderResource):
     from medtrinity_assets.knowledge.index import build_index
 
+    started = time.perf_counter()
     out = storage.out()
     chunks = KNOWLEDGE_CORPUS.read(out)
     index_dir = out / KNOWLEDGE_INDEX
@@ -73,6 +79,7 @@ def knowledge_index(context: dg.AssetExecutionContext, storage: OutputStorage, e
         data_version=dg.DataVersion(result.faiss_sha256[:32]),
         metadata={
             "dagster/row_count": dg.MetadataValue.int(result.count),
+            **stage_metrics(started, rows_in=chunks.height, rows_out=result.count),
             "path": dg.MetadataValue.path(str(index_dir)),
             "reused": result.reused,
             "embedded": result.embedded,
@@ -103,6 +110,7 @@ def retrieved_knowledge(
     from medtrinity_assets.knowledge.queries import build_queries, retrieve_for_records
     from medtrinity_assets.knowledge.retrieval import HybridRetriever
 
+    started = time.perf_counter()
     name = context.partition_key
     out = storage.out()
     coarse = COARSE_CAPTIONS.read(out, name)
@@ -119,6 +127,7 @@ def retrieved_knowledge(
     return dg.MaterializeResult(
         metadata={
             **table_metadata(hits, path, ["record_id", "roi_id", "query", "chunk_ids", "scores"]),
+            **stage_metrics(started, rows_in=rois.height, rows_out=hits.height),
             "mode": knowledge.mode,
             "top_k": knowledge.top_k,
             "distinct_chunks": int(hits["chunk_ids"].explode().n_unique()) if hits.height else 0,

@@ -3,6 +3,7 @@ per VQA set its questions, the fine-tuned checkpoints (with and without triplet 
 per seed) and their evaluation. Training runs in process or as an external torchrun job."""
 
 
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -12,7 +13,13 @@ from medtrinity_assets.core.tables import MEDTRINITY_DATASET, VQA_DATASET, VQA_E
 from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
 from medtrinity_assets.defs.model_resources import DEMO_VQA_SET, LlavaTrainingResource, VQASetsResource
 from medtrinity_assets.defs.partitions import VQA_SETS
-from medtrinity_assets.defs.reporting import GROUP_MODEL, counts_metadata, picture, table_metadata
+from medtrinity_assets.defs.reporting import (
+    GROUP_MODEL,
+    counts_metadata,
+    picture,
+    stage_metrics,
+    table_metadata,
+)
 from medtrinity_assets.defs.resources import OutputStorage
 from medtrinity_assets.defs.training_launch import run_training
 
@@ -32,10 +39,12 @@ def llava_tri_checkpoint(context: dg.AssetExecutionContext, storage: OutputStora
     from medtrinity_assets.llava.plots import loss_curves
     from medtrinity_assets.llava.recipe import pretrained_dir
 
+    started = time.perf_counter()
     out = storage.out()
     card = run_training(context, training, "pretrain", out, {"export_root": str(MEDTRINITY_DATASET.path(out).parent)})
     curves = {s["stage"]: s["loss_curve"] for s in card["stages"]}
     return dg.MaterializeResult(metadata={
+        **stage_metrics(started, rows_in=card["lineage"]["train_samples"], rows_out=1),
         "path": dg.MetadataValue.path(str(pretrained_dir(out))),
         "export_version": card["lineage"]["export_version"],
         "train_samples": card["lineage"]["train_samples"],
@@ -76,6 +85,7 @@ def vqa_dataset(context: dg.AssetExecutionContext, storage: OutputStorage,
     from medtrinity_assets.llava.jobs import pretraining_hashes
     from medtrinity_assets.vqa.leakage import find_vqa_leaks
 
+    started = time.perf_counter()
     name, out = context.partition_key, storage.out()
     try:
         df, quarantined = _read_set(name, out, vqa_sets)
@@ -90,7 +100,9 @@ def vqa_dataset(context: dg.AssetExecutionContext, storage: OutputStorage,
         pl.concat_str("split", "answer_type", separator="/"), "len").iter_rows()) if df.height else {}
     return dg.MaterializeResult(
         metadata={**table_metadata(df, path, ["split", "question", "answer", "question_type"]),
-                  **counts_metadata("questions", counts), "quarantined": len(quarantined),
+                  **stage_metrics(started, rows_in=df.height + len(quarantined), rows_out=df.height,
+                                  quarantined=len(quarantined)),
+                  **counts_metadata("questions", counts),
                   "quarantine_reasons": dg.MetadataValue.json(quarantined[:50])},
         check_results=[dg.AssetCheckResult(check_name=LEAK_CHECK, passed=not leaks,
                                            metadata={"leaks": dg.MetadataValue.json(leaks[:100]),
@@ -108,10 +120,12 @@ def vqa_finetuned_checkpoint(context: dg.AssetExecutionContext, storage: OutputS
                              training: LlavaTrainingResource) -> dg.MaterializeResult:
     from medtrinity_assets.llava.plots import loss_curves
 
+    started = time.perf_counter()
     name, out = context.partition_key, storage.out()
     cards = run_training(context, training, "finetune", out, {"vqa_set": name})["runs"]
     curves = {f"{c['variant']} seed {c['seed']}": c["stage"]["loss_curve"] for c in cards}
     return dg.MaterializeResult(metadata={
+        **stage_metrics(started, rows_in=cards[0]["lineage"]["train_questions"] if cards else 0, rows_out=len(cards)),
         "checkpoints": dg.MetadataValue.json({f"{c['variant']}-seed{c['seed']}": c["path"] for c in cards}),
         "train_questions": cards[0]["lineage"]["train_questions"] if cards else 0,
         "wall_s": float(sum(c["wall_s"] for c in cards)),
@@ -131,6 +145,7 @@ def vqa_evaluation(context: dg.AssetExecutionContext, storage: OutputStorage,
     from medtrinity_assets.llava.plots import metric_bars
     from medtrinity_assets.vqa.metrics import summarise
 
+    started = time.perf_counter()
     name, out = context.partition_key, storage.out()
     rows = run_training(context, training, "evaluate", out, {"vqa_set": name})["rows"]
     df = VQA_EVALUATION.frame(rows)
@@ -139,6 +154,7 @@ def vqa_evaluation(context: dg.AssetExecutionContext, storage: OutputStorage,
     metrics = ["closed_accuracy", "open_recall", "exact_match", "candidate_accuracy"]
     return dg.MaterializeResult(metadata={
         **table_metadata(df, path, ["variant", "seed", "question_type", "answer", "prediction"]),
+        **stage_metrics(started, rows_in=df.height, rows_out=df.height),
         **{f"{v}/{m}": float(s[m]) for v, s in summary.items() for m in metrics if s.get(m) is not None},
         **{f"{v}/{m}_std": float(s[f"{m}_std"]) for v, s in summary.items() for m in metrics
            if s.get(f"{m}_std") is not None},

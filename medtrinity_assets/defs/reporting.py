@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from medtrinity_assets.core import render
@@ -33,6 +35,31 @@ def picture(image, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(render.markdown_image(image, alt))
 
 
+def stage_metrics(started: float, *, rows_in: int, rows_out: int, quarantined: int = 0) -> dict:
+    """The numbers every asset reports, so the UI plots them across runs: seconds since ``started``
+    (``time.perf_counter()``), rows read and written, rows set aside (quarantined, flagged, failed)."""
+    import time
+
+    return {
+        "duration_s": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
+        "rows_in": dg.MetadataValue.int(int(rows_in)),
+        "rows_out": dg.MetadataValue.int(int(rows_out)),
+        "quarantined": dg.MetadataValue.int(int(quarantined)),
+    }
+
+
+def picture_file(out: Path, asset: str, partition: str | None, name: str, image) -> dict:
+    """A picture written as a PNG under ``<out>/reports/<asset>/<partition>/`` (content-hashed name)
+    and linked from the metadata: Dagster shows run-time pictures only behind a dialog, a file
+    opens anywhere."""
+    from medtrinity_assets.core.storage import sha256_bytes, write_content_file
+
+    data = render.png_bytes(image)
+    path = Path(out) / "reports" / asset / (partition or "all") / f"{name}-{sha256_bytes(data)[:12]}.png"
+    write_content_file(path, data)
+    return {f"{name}_file": dg.MetadataValue.path(str(path))}
+
+
 def counts_metadata(label: str, counts: dict[str, int]) -> dict:
     """Counts as JSON plus a bar chart picture."""
     clean = {str(k): int(v) for k, v in counts.items()}
@@ -42,9 +69,19 @@ def counts_metadata(label: str, counts: dict[str, int]) -> dict:
     return meta
 
 
-def image_sheet(out: Path, paths: Sequence[str], captions: Sequence[str] | None = None) -> dg.MetadataValue:
+@dataclass(frozen=True)
+class Sheet:
+    """A contact sheet as a picture and as the Markdown metadata value that inlines it."""
+
+    image: object
+    markdown: dg.MetadataValue
+
+
+def image_sheet(out: Path, paths: Sequence[str], captions: Sequence[str] | None = None, title: str = "samples") -> Sheet:
     images = [render.load_png(out / p) for p in paths]
-    return dg.MetadataValue.md(render.contact_sheet_markdown(images, captions))
+    sheet = render.contact_sheet(images, captions) if images else render.to_rgb(np.zeros((8, 8), np.uint8))
+    text = render.markdown_image(sheet, alt=title) if images else f"*no {title} to show*"
+    return Sheet(sheet, dg.MetadataValue.md(text))
 
 
 def progress_logger(log, label: str, unit: str) -> Callable[[int, int], None]:

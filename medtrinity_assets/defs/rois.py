@@ -1,13 +1,21 @@
 """Stage 2 assets: expert grounding models (all sources) and the ROI set of each source."""
 
 
+import time
+
 import dagster as dg
 from pydantic import Field
 
 from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, ROI_SET
 from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
 from medtrinity_assets.defs.partitions import SOURCES
-from medtrinity_assets.defs.reporting import GROUP_ROIS, counts_metadata, table_metadata
+from medtrinity_assets.defs.reporting import (
+    GROUP_ROIS,
+    counts_metadata,
+    picture_file,
+    stage_metrics,
+    table_metadata,
+)
 from medtrinity_assets.defs.resources import ComputeResource, OutputStorage, SourceRegistry
 
 EXPERT_MODELS = "expert_models"
@@ -43,6 +51,7 @@ def expert_models(
     from medtrinity_assets.segmentation import ExpertConfig, train_experts
     from medtrinity_assets.segmentation.store import experts_version
 
+    started = time.perf_counter()
     out = storage.out()
     report = train_experts(
         registry.sources(),
@@ -58,6 +67,8 @@ def expert_models(
         # the models' content: ROIs follow retrained experts only when the weights or gates changed
         data_version=dg.DataVersion(experts_version(report.directory)),
         metadata={
+            **stage_metrics(started, rows_in=len(report.summary) + len(report.skipped), rows_out=len(report.summary),
+                            quarantined=len(report.skipped)),
             "models": dg.MetadataValue.json(report.summary),
             "skipped": dg.MetadataValue.json(report.skipped),
             "path": dg.MetadataValue.path(str(report.directory)),
@@ -84,7 +95,7 @@ def _overlay_sample(images, rois):
 
 def _roi_metadata(out, name: str, images, result) -> dict:
     """Row counts, preview, counts and an overlay sheet of one source's ROI set."""
-    from medtrinity_assets.core.render import contact_sheet_markdown, load_png
+    from medtrinity_assets.core.render import contact_sheet, load_png, markdown_image
     from medtrinity_assets.rois import draw_roi_overlay
 
     pictures, captions = [], []
@@ -94,12 +105,14 @@ def _roi_metadata(out, name: str, images, result) -> dict:
         labels = sorted({str(r["label"]).replace("_", " ") for r in rows})
         captions.append(f"{len(rows)} ROI: {', '.join(labels)}")
     preview = ["roi_id", "label", "origin", "bbox_xyxy", "horizontal", "vertical", "intensity_word", "shape_word"]
+    sheet = contact_sheet(pictures, captions) if pictures else None
     return {
+        **(picture_file(out, ROI_SET.name, name, "overlays", sheet) if sheet is not None else {}),
         **table_metadata(result.rois, ROI_SET.path(out, name), preview),
         **counts_metadata("rois_by_origin", result.counts_by_origin),
         **counts_metadata("rois_by_label", result.counts_by_label),
         **counts_metadata("flagged_by_reason", result.flagged_counts),
-        "overlays": dg.MetadataValue.md(contact_sheet_markdown(pictures, captions, "ROI overlays")),
+        "overlays": dg.MetadataValue.md(markdown_image(sheet, "ROI overlays") if sheet is not None else "*no ROI overlays*"),
     }
 
 
@@ -122,6 +135,7 @@ def roi_set(
 
     out = storage.out()
     for name in context.partition_keys:
+        started = time.perf_counter()
         spec = registry.source(name)
         images = PREPROCESSED_IMAGES.read(out, name)
         experts = load_experts_for(spec, out / EXPERT_MODELS, device=compute.resolved_device())
@@ -130,7 +144,9 @@ def roi_set(
         result = build_roi_set(images, spec, out, experts=experts)
         ROI_SET.write(result.rois, out, name)
         used = ", ".join(e.name for e in experts) or "none"
+        flagged = sum(result.flagged_counts.values())
         metadata = {**_roi_metadata(out, name, images, result), "experts": used,
+                    **stage_metrics(started, rows_in=images.height, rows_out=result.rois.height, quarantined=flagged),
                     **counts_metadata("dropped_by_reason", result.dropped_counts)}
         context.add_asset_metadata(metadata, partition_key=name)
     return dg.MaterializeResult()
