@@ -9,6 +9,7 @@ import dagster as dg
 
 from medtrinity_assets import defs as defs_package
 from medtrinity_assets.defs.automation import build_automation_sensor, with_automation
+from medtrinity_assets.defs.executors import select_executor
 from medtrinity_assets.defs.jobs import build_jobs
 from medtrinity_assets.defs.plan import RunPlan
 from medtrinity_assets.defs.resources import default_resources
@@ -36,6 +37,7 @@ def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions
         schedules=build_schedules(plan.phase("shared_models").job_name),
         sensors=[build_registry_sensor([ingest_job]), build_automation_sensor()],
         resources=resources or default_resources(),
+        executor=select_executor(),  # MEDTRINITY_EXECUTOR: multiprocess (default), celery or k8s
     )
 
 
