@@ -1,0 +1,173 @@
+"""Scale benchmark: one generated source of N images through the whole per-source graph.
+
+For each size N (default 1,000 and 4,000; the issue's sizes are 4,000 / 16,000 / 64,000), a
+source of N phantom images (128 px, discs on a biased noisy background, one lesion mask each)
+goes through ``medtrinity build --until triplets`` in a fresh instance: ingestion, expert models,
+knowledge index, ROIs, retrieval, descriptions, their checks and the triplets. Side by side per
+size: wall time, seconds per stage (the assets' own ``duration_s`` metadata), peak RSS of the
+whole process tree (sampled every 100 ms) and how many of the machine's cores were busy on
+average. The yardsticks are the other sizes: time should grow linearly (per-image time flat)
+and peak RSS should not grow with N.
+
+Usage::
+
+    python benchmarks/scale.py                       # 1,000 and 4,000 images
+    python benchmarks/scale.py --sizes 4000 16000 64000 --json /tmp/scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ["source_manifest", "coarse_captions", "expert_models", "knowledge_corpus", "knowledge_index", "roi_set",
+          "retrieved_knowledge", "caption_batch", "caption_quality", "triplets"]
+
+
+def make_source(root: Path, n: int, size: int = 128, seed: int = 0) -> Path:
+    """N phantom PNGs and their masks in an ``image_folder`` layout, plus its registry file."""
+    from PIL import Image
+
+    from medtrinity_assets.segmentation.phantoms import generate_phantoms
+
+    (root / "src" / "images").mkdir(parents=True, exist_ok=True)
+    (root / "src" / "masks").mkdir(parents=True, exist_ok=True)
+    done = 0
+    while done < n:
+        batch = generate_phantoms(min(500, n - done), size=size, seed=seed + done)
+        for img, mask in batch:
+            Image.fromarray(img).save(root / "src" / "images" / f"p{done:06d}.png")
+            Image.fromarray(mask).save(root / "src" / "masks" / f"p{done:06d}.png")
+            done += 1
+    (root / "registry").mkdir(exist_ok=True)
+    (root / "registry" / "scale.yaml").write_text(
+        f"name: scale_{n}\nlayout: image_folder\nroot: {root / 'src'}\nmodality: MRI\norgan: phantom\n"
+        "labels: {1: lesion}\nlicense: generated\nsynthetic: true\n"
+    )
+    return root / "registry"
+
+
+class TreeSampler:
+    """Peak RSS and CPU seconds of a process and its children, sampled every 100 ms."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.peak = 0
+        self.cpu: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                break
+            rss = 0
+            for p in procs:
+                try:
+                    rss += p.memory_info().rss
+                    t = p.cpu_times()
+                    self.cpu[p.pid] = t.user + t.system
+                except psutil.Error:
+                    continue
+            self.peak = max(self.peak, rss)
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def stage_seconds(home: Path) -> dict[str, float]:
+    """Each stage's ``duration_s`` from its latest materialization in the instance at ``home``."""
+    import dagster as dg
+
+    out: dict[str, float] = {}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for stage in STAGES:
+            records = instance.fetch_materializations(dg.AssetKey(stage), limit=1).records
+            meta = records[0].asset_materialization.metadata if records else {}
+            if "duration_s" in meta:
+                out[stage] = float(meta["duration_s"].value)
+    return out
+
+
+def run_size(n: int, work: Path, until: str) -> dict:
+    root = work / f"n{n}"
+    t = time.perf_counter()
+    registry = make_source(root, n)
+    generated = time.perf_counter() - t
+    home = root / "home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "medtrinity_assets.cli", "build", "--sources", str(registry),
+           "--out", str(root / "out"), "--until", until]
+    t = time.perf_counter()
+    with open(root / "build.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        with TreeSampler(proc.pid) as sampler:
+            rc = proc.wait()
+    wall = time.perf_counter() - t
+    if rc != 0:
+        raise SystemExit(f"build of {n} images failed (rc={rc}); see {root / 'build.log'}")
+    return {"images": n, "generate_s": round(generated, 1), "wall_s": round(wall, 1),
+            "peak_rss_gb": round(sampler.peak / 2**30, 3), "cores_busy": round(sum(sampler.cpu.values()) / wall, 2),
+            "stages_s": stage_seconds(home)}
+
+
+def report(rows: list[dict]) -> None:
+    print(f"\n{'images':>8} {'wall s':>8} {'ms/image':>9} {'peak RSS GB':>12} {'cores busy':>11}")
+    for r in rows:
+        print(f"{r['images']:8d} {r['wall_s']:8.1f} {1000 * r['wall_s'] / r['images']:9.1f} "
+              f"{r['peak_rss_gb']:12.3f} {r['cores_busy']:11.2f}")
+    print(f"\n{'stage (s)':22}" + "".join(f"{r['images']:>10d}" for r in rows))
+    for stage in STAGES:
+        print(f"{stage:22}" + "".join(f"{r['stages_s'].get(stage, float('nan')):10.1f}" for r in rows))
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+        print(f"\nfrom {a['images']} to {b['images']} images ({b['images'] / a['images']:.0f}x): "
+              f"wall {b['wall_s'] / a['wall_s']:.2f}x, peak RSS {b['peak_rss_gb'] / a['peak_rss_gb']:.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
+    ap.add_argument("--until", default="triplets")
+    ap.add_argument("--workdir", default=None, help="keep generated data and outputs here")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_scale_"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in args.sizes:
+        rows.append(run_size(n, work, args.until))
+        print(json.dumps(rows[-1]), flush=True)
+    report(rows)
+    print(f"\nload average (other users of the machine count too): {os.getloadavg()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
