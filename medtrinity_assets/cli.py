@@ -2,7 +2,8 @@
 
 ``medtrinity demo`` stages the embedded demo sources and runs everything on them;
 ``medtrinity build --sources DIR --out DIR [--until ASSET]`` does the same for a user's registry;
-``medtrinity sources --sources DIR`` validates a registry folder; ``medtrinity compare OLD NEW``
+``medtrinity backfill --sources DIR --out DIR`` queues the same work as one Dagster backfill for the
+daemon of ``dagster dev``; ``medtrinity sources --sources DIR`` validates a registry folder; ``medtrinity compare OLD NEW``
 compares the tables of two output roots row for row; ``medtrinity sql "SELECT ..."`` queries every
 table of the output root through its DuckDB catalog.
 Runs are recorded in the Dagster instance at ``$DAGSTER_HOME`` (default ``data/dagster_home``)
@@ -23,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from medtrinity_assets.core.paths import (
     DEFAULT_DAGSTER_HOME,
@@ -167,8 +169,18 @@ def _finish(req: BuildRequest, home: Path, names: Sequence[str], reports, reject
     return EXIT_PARTIAL
 
 
-def run_build(req: BuildRequest) -> int:
-    """Build every phase of the plan for the registry's sources; returns the exit code."""
+@dataclass
+class _Setup:
+    home: Path
+    settings: InstanceSettings
+    names: dict[str, str]
+    rejected: list[str]
+    definitions: Any
+    plan: Any
+
+
+def _setup(req: BuildRequest) -> _Setup | int:
+    """The instance home, its settings, the sources, the definitions and the plan; or an exit code."""
     home = _prepare_dagster_home()
     settings = InstanceSettings(str(Path(req.out_dir).resolve()), str(Path(req.sources_dir).resolve()))
     try:
@@ -177,21 +189,52 @@ def run_build(req: BuildRequest) -> int:
             _say(f"rejected registry file: {err}", err=True)
         settings = check_instance_settings(home, settings)
         definitions = _definitions(req, settings)
+        from medtrinity_assets.defs.plan import RunPlan
+
+        plan = RunPlan.from_assets(definitions.assets or [], req.until)
     except (ValueError, InstanceMismatch) as exc:
         _say(str(exc), err=True)
         return EXIT_USAGE
+    return _Setup(home, settings, names, rejected, definitions, plan)
+
+
+def _add_partitions(instance, partitions: str, keys) -> None:
+    new = [n for n in keys if n not in set(instance.get_dynamic_partitions(partitions))]
+    if new:
+        instance.add_dynamic_partitions(partitions, new)
+
+
+def run_backfill(req: BuildRequest) -> int:
+    """Queue one asset backfill of every source for the instance's daemon; returns the exit code."""
+    setup = _setup(req)
+    if isinstance(setup, int):
+        return setup
     import dagster as dg
 
-    from medtrinity_assets.defs.partitions import SOURCES, VQA_SETS
-    from medtrinity_assets.defs.plan import RunPlan
-    from medtrinity_assets.defs.runner import run_plan
+    from medtrinity_assets.defs.backfill import backfill_keys, submit_backfill
+    from medtrinity_assets.defs.partitions import SOURCES
 
-    try:
-        plan = RunPlan.from_assets(definitions.assets or [], req.until)
-    except ValueError as exc:
-        _say(str(exc), err=True)
-        return EXIT_USAGE
+    instance = dg.DagsterInstance.get()
+    _add_partitions(instance, SOURCES.name, setup.names)
+    backfill = submit_backfill(instance, setup.definitions, setup.plan, list(setup.names))
+    _say(f"backfill {backfill.backfill_id} queued: {len(setup.names)} source(s) x "
+         f"{len(backfill_keys(setup.plan))} asset(s) (instance: {setup.home}); the daemon of `dagster dev` "
+         f"runs it in dependency order: http://127.0.0.1:3000/runs/b/{backfill.backfill_id}")
+    return EXIT_PARTIAL if setup.rejected else EXIT_OK
+
+
+def run_build(req: BuildRequest) -> int:
+    """Build every phase of the plan for the registry's sources; returns the exit code."""
+    setup = _setup(req)
+    if isinstance(setup, int):
+        return setup
+    home, settings, names, rejected = setup.home, setup.settings, setup.names, setup.rejected
+    definitions, plan = setup.definitions, setup.plan
+    import dagster as dg
+
     from medtrinity_assets.core.storage import sweep_temp_files
+    from medtrinity_assets.defs.partitions import SOURCES, VQA_SETS
+    from medtrinity_assets.defs.runner import run_plan
 
     swept = sweep_temp_files(settings.out_dir, before=time.time()) if Path(settings.out_dir).exists() else 0
     if swept and not req.quiet:
@@ -199,9 +242,7 @@ def run_build(req: BuildRequest) -> int:
     instance = dg.DagsterInstance.get()
     vqa_sets = definitions.resources["vqa_sets"].names() if plan.has("vqa") else []
     for partitions, keys in ((SOURCES.name, names), (VQA_SETS.name, vqa_sets)):
-        new = [n for n in keys if n not in set(instance.get_dynamic_partitions(partitions))]
-        if new:
-            instance.add_dynamic_partitions(partitions, new)
+        _add_partitions(instance, partitions, keys)
     if not req.quiet:
         _say(f"{len(names)} source(s) -> {settings.out_dir} (instance: {home})")
     bar, on_start, on_done = _progress(req, plan, names, vqa_sets)
@@ -237,7 +278,11 @@ def _parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="register the sources of DIR and materialize every partition")
     build.add_argument("--sources", required=True, help="registry folder of source YAML files")
     build.add_argument("--out", required=True, help="output root")
-    for p in (demo, build):
+    backfill = sub.add_parser("backfill", help="queue one Dagster backfill of every source of DIR for the "
+                              "daemon of `dagster dev` (ingestion, shared models, enrichment)")
+    backfill.add_argument("--sources", required=True, help="registry folder of source YAML files")
+    backfill.add_argument("--out", required=True, help="output root")
+    for p in (demo, build, backfill):
         p.add_argument("--until", default=None, help="stop after this asset (and its upstream)")
         p.add_argument("--workers", type=int, default=2)
         p.add_argument("--only", nargs="*", default=[], help="restrict to these source names")
@@ -301,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         out, sources = args.out, args.sources
     req = BuildRequest(sources, out, args.until, args.only, args.workers, config=args.config)
-    return run_build(req)
+    return run_backfill(req) if args.command == "backfill" else run_build(req)
 
 
 if __name__ == "__main__":

@@ -166,3 +166,27 @@ def test_sensors_are_on_by_default():
     assert statuses == {"source_registry_sensor": dg.DefaultSensorStatus.RUNNING,
                         "medtrinity_automation": dg.DefaultSensorStatus.RUNNING}
     assert Path  # noqa: B018 (imported for fixtures' paths)
+
+
+def test_one_backfill_launch_covers_every_source_and_the_shared_models(tmp_path, demo_registry, monkeypatch):
+    """`medtrinity backfill` queues one asset backfill: every source's ingestion and enrichment, the
+    shared models once; while it runs the registry sensor leaves ingestion to it."""
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    from medtrinity_assets.cli import main
+    from medtrinity_assets.defs.resources import SourceRegistry
+    from medtrinity_assets_tests.test_definitions import _registry_copy
+
+    reg = _registry_copy(tmp_path, demo_registry, ["microscopy_cells", "xray_tibia"], prefix="bf_")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert main(["backfill", "--sources", str(reg), "--out", str(tmp_path / "out"), "--until", "triplets"]) == 0
+    with dg.DagsterInstance.get() as instance:
+        (backfill,) = instance.get_backfills(status=BulkActionStatus.REQUESTED)
+        target = backfill.asset_backfill_data.target_subset
+        per_source = {k.to_user_string(): set(v.get_partition_keys()) for k, v in target.partitions_subsets_by_asset_key.items()}
+        sources = {"bf_microscopy_cells", "bf_xray_tibia"}
+        assert per_source == {k: sources for k in [*INGESTED, *ENRICHED]}
+        assert {k.to_user_string() for k in target.non_partitioned_asset_keys} == set(SHARED)
+        sensor = defs.resolve_sensor_def("source_registry_sensor")
+        tick = sensor(dg.build_sensor_context(instance=instance, resources={"registry": SourceRegistry(registry_dir=str(reg))}))
+        assert isinstance(tick, dg.SkipReason) and "backfill" in tick.skip_message

@@ -53,6 +53,15 @@ def attempted(instance: dg.DagsterInstance, declared: dict[str, str]) -> set[tup
     return {(r.tags.get(SOURCE_TAG, ""), r.tags.get(FINGERPRINT_TAG, "")) for r in runs}
 
 
+def backfill_in_progress(instance: dg.DagsterInstance) -> bool:
+    """A ``medtrinity backfill`` (all sources) is still running: it, not this sensor, ingests them."""
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    from medtrinity_assets.defs.backfill import BACKFILL_TAG
+
+    return any(b.tags.get(BACKFILL_TAG) for b in instance.get_backfills(status=BulkActionStatus.REQUESTED))
+
+
 def ingest_requests(declared: dict[str, str], recorded: dict[str, str], tried: set[tuple[str, str]]) -> list[dg.RunRequest]:
     """One ``ingest_job`` request per source whose fingerprint is new (not built, not attempted)."""
     return [
@@ -86,6 +95,8 @@ def build_registry_sensor(jobs: list) -> dg.SensorDefinition:
             return dg.SkipReason(str(exc))
         for err in registry.errors():
             context.log.warning(f"rejected registry file: {err}")
+        if backfill_in_progress(context.instance):
+            return dg.SkipReason("a backfill of every source is in progress: it ingests them")
         existing = set(context.instance.get_dynamic_partitions(SOURCES.name))
         new_parts = [s.name for s in specs if s.name not in existing]
         declared = {s.name: source_fingerprint(s) for s in specs}
