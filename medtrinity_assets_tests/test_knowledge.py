@@ -311,14 +311,19 @@ def test_ivf_scalar_quantised_storage(tmp_path: Path, storage: str):
     assert np.allclose(ki.embeddings(), _HashEmbedder().encode(list(texts.values())), atol=1e-6)
 
 
-def test_ivf_auto_storage_and_default_nprobe_rule(tmp_path: Path):
+def test_ivf_auto_storage_and_calibrated_nprobe(tmp_path: Path):
     from medtrinity_assets.knowledge.faiss_index import NPROBE_RULE, default_nprobe
 
     texts = {f"d{i}": f"document number {i}" for i in range(300)}
     auto = IndexConfig(exact_max=100, ivf_nlist=20, ivf_flat_max=250)
     built = build_index(_chunks(texts), _HashEmbedder(), tmp_path / "a", config=auto)
     assert built.index_type == "ivf_sq8_ip"  # above ivf_flat_max
-    assert built.params["nprobe"] == default_nprobe(20) == 8 and built.params["nprobe_rule"] == NPROBE_RULE
+    # the rule gives the starting nprobe; calibration raises it until recall@10 reaches 0.95
+    cal = built.params["calibration"]
+    assert built.params["nprobe_rule"] == NPROBE_RULE and cal["start"] == default_nprobe(20) == 8
+    assert cal["tuned"] and cal["met"] and cal["recall_lower_bound"] >= 0.95 and cal["queries"] == 300
+    assert built.params["nprobe"] == cal["chosen"] > 8 and cal["trials"][0][0] == 8
+    assert load_index(tmp_path / "a").faiss_index.nprobe == cal["chosen"]  # applied after loading
     flat = IndexConfig(exact_max=100, ivf_nlist=20)
     assert (
         build_index(_chunks(texts), _HashEmbedder(), tmp_path / "f", config=flat).index_type == "ivf_flat_ip"

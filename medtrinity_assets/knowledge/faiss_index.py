@@ -4,24 +4,34 @@ Index choice: exact inner product (``IndexFlatIP``) up to ``IndexConfig.exact_ma
 (default 50,000); above that IVF (default) or HNSW. Vectors are L2-normalised, so inner
 product is cosine similarity.
 
-IVF defaults (benchmarks/retrieval.py, 200k x 384, 1,000 queries, 2 shared CPU threads):
-``nlist = 4 * sqrt(n)`` (1,789 at 200k, 4,000 at 1M) and ``NPROBE_RULE``:
-``nprobe = max(8, ceil(nlist / 256))`` (8 at 200k, 16 at 1M: 0.4-0.45 % of the cells).
-Measured recall@10 against exact / query-rate ratio to exact at 200k:
-real-anchored (centres = MiniLM corpus-sentence embeddings): nprobe 8 1.000 / 16.5x,
-16 1.000 / 9.7x, 32 1.000 / 5.3x; clustered, 2,000 centres: nprobe 8 0.9995 / 43x (15x in an
-earlier run), 16 0.9996 / 23x, 32 0.9997 / 9.9x; clustered, 200 centres: nprobe 8 0.986,
-12 0.999, 16 1.000. The exact rate on 2 shared threads varied 280-1,230 q/s between runs;
-the IVF rate at nprobe 8 was 12-18k q/s. nprobe 16 fell just under 10x once exact ran
-uncontended, so the default is the smallest nprobe that kept recall >= 0.95 on all structured
-sets. The old default max(16, nlist / 32) (55 at 200k) cost 3.5-4.75x. Uniform random vectors
-(no neighbour structure: 0.04 at nprobe 8) and clusters smaller than the 10 neighbours asked
-for (20,000 centres at 200k: 0.53 at nprobe 8) stay far below 0.95 at any useful nprobe: that
-is the data, not the rule; raise ``ivf_nprobe`` or use exact search for such data.
+IVF: ``nlist = 4 * sqrt(n)`` (1,789 at 200k, 4,000 at 1M). The search depth is not a fixed
+rule: ``NPROBE_RULE`` (``nprobe = max(8, ceil(nlist / 256))``) is only the starting value, and
+the build raises nprobe until leave-one-out recall@10 against exact search, measured on the
+index's own vectors, reaches ``recall_target`` (0.95; its 95 % lower bound must reach 0.955):
+:mod:`medtrinity_assets.knowledge.calibration`. The chosen nprobe and the measured recall are
+in ``params`` / ``index.json`` and applied by ``load_index``. HNSW's efSearch is calibrated the
+same way from ``HNSW_EF_SEARCH_START``. A depth set in the config is kept and only measured.
+
+Why: the rule was tuned on synthetic vectors (points scattered around MiniLM sentence
+embeddings, "real-anchored": nprobe 8 gave recall@10 1.000 / 16.5x exact at 200k), which are
+far easier for IVF than real text embeddings. On real MiniLM embeddings of the default corpus's
+sentences and sentence fragments (benchmarks/retrieval.py headline: 1,000 held-out texts + the
+74 eval queries, exact ``IndexFlatIP`` as the baseline, 1 Faiss thread, stable to 2 % between
+runs), nprobe 8 gave recall@10 0.84 (1,688 sentences, the earlier benchmark), 0.83 (5k), 0.87
+(20k), 0.93 (55k). Calibrated: 20k nprobe 38 (of 566 lists) 0.955 (held-out texts 0.953, eval
+queries 0.991) at 1.9x exact; 55k nprobe 26 (of 938) 0.972 at 2.9-3.0x exact (2 shared threads:
+1.8-4.6x and 2.5-8.1x, the exact rate swinging 4x with the machine's load). nlist is not too
+large for this data: with nprobe calibrated, 2, 4 and 8 * sqrt(n) lists ran at 1.1x, 1.6x and
+2.5x exact at 20k, 1.5x, 3.3x and 7.7x at 55k (1 thread). More lists were faster, but at 1M
+training grows with nlist squared (39 samples per list), so the rule stays until measured
+there; set ``ivf_nlist`` to use more. Uniform random vectors (no neighbour structure) need
+most of the cells (nprobe 454 of 566 at 20k): calibration reaches the target, but exact search
+is then as fast; use exact search for such data.
 
 Storage: ``ivf_storage="auto"`` keeps float32 vectors (IVF-Flat) up to ``ivf_flat_max``
 (500,000) and 8-bit scalar-quantised vectors (IVF-SQ8, 384 B/vector at 384d, 0.37 GiB at 1M)
-above; SQ8 cost 1.5-2 points of recall@10 (0.985 / 0.966 at nprobe 8, 2,000 / 200 centres).
+above; SQ8 cost 1.5-2 points of recall@10 at a fixed nprobe on synthetic clusters (calibration
+then picks a slightly deeper nprobe: 46 vs 44 on 10k real sentence vectors).
 Builds stream (see :func:`build_faiss_index` and
 :func:`medtrinity_assets.knowledge.index.build_index`): the float32 matrix is never held in
 memory whole, so a 1M-chunk build peaks at the index + docstore + a few batches (``--million``
@@ -38,10 +48,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from medtrinity_assets.knowledge.calibration import calibrate_search
+
 # Default IVF probe count (see the module docstring for the measurements behind it).
 NPROBE_FRACTION = 1 / 256
 NPROBE_MIN = 8
 NPROBE_RULE = "nprobe = max(8, ceil(nlist / 256)), capped at nlist"
+HNSW_EF_SEARCH_START = 16  # calibration raises it (128 was the fixed default before)
 
 
 @dataclass
@@ -52,10 +65,10 @@ class IndexConfig:
     approximate: Literal["hnsw", "ivf"] = "ivf"
     hnsw_m: int = 32
     hnsw_ef_construction: int = 128
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int | None = None  # default: calibrated from HNSW_EF_SEARCH_START
     hnsw_storage: Literal["flat", "fp16", "sq8"] = "flat"
     ivf_nlist: int | None = None  # default: 4 * sqrt(n)
-    ivf_nprobe: int | None = None  # default: NPROBE_RULE (default_nprobe)
+    ivf_nprobe: int | None = None  # default: calibrated, starting from NPROBE_RULE (default_nprobe)
     # how IVF stores vectors: float32 ("flat", 1,536 B/vector at 384d), "fp16" (768 B) or 8-bit
     # scalar quantised ("sq8", 384 B); "auto" = flat up to ivf_flat_max vectors, sq8 above.
     ivf_storage: Literal["auto", "flat", "fp16", "sq8"] = "auto"
@@ -63,6 +76,15 @@ class IndexConfig:
     ivf_train_max: int = 100_000
     build_batch: int = 16_384  # rows embedded / read / added per step of a build
     seed: int = 0
+    # Search-depth calibration of IVF / HNSW (see medtrinity_assets.knowledge.calibration): the
+    # smallest nprobe / efSearch whose leave-one-out recall@calibration_k against exact search
+    # (its one-sided 95 % lower bound) reaches recall_target + calibration_margin on
+    # calibration_queries stored vectors. A depth set above (ivf_nprobe, hnsw_ef_search) is
+    # kept and only measured; recall_target None measures nothing.
+    recall_target: float | None = 0.95
+    calibration_margin: float = 0.005
+    calibration_queries: int = 1000
+    calibration_k: int = 10
 
 
 def import_faiss() -> Any:
@@ -120,12 +142,13 @@ def _new_hnsw_index(d: int, config: IndexConfig) -> tuple[Any, str, dict]:
     else:
         sq_type = _scalar_quantizer_types(faiss)[config.hnsw_storage]
         index = faiss.IndexHNSWSQ(d, sq_type, config.hnsw_m, metric)
+    ef_search = config.hnsw_ef_search or HNSW_EF_SEARCH_START
     index.hnsw.efConstruction = config.hnsw_ef_construction
-    index.hnsw.efSearch = config.hnsw_ef_search
+    index.hnsw.efSearch = ef_search
     params = {
         "M": config.hnsw_m,
         "efConstruction": config.hnsw_ef_construction,
-        "efSearch": config.hnsw_ef_search,
+        "efSearch": ef_search,
         "storage": config.hnsw_storage,
     }
     return index, f"hnsw_{config.hnsw_storage}_ip", params
@@ -172,7 +195,9 @@ def build_faiss_index(source: Any, config: IndexConfig | None = None) -> tuple[A
 
     Training (IVF, SQ) uses a random sample of at most ``max(ivf_train_max, 39 * nlist)`` rows;
     the rows are then added ``config.build_batch`` at a time, so the full float32 matrix need
-    never be in memory when the source is the embeddings file."""
+    never be in memory when the source is the embeddings file. An approximate index's search
+    depth is then calibrated on its own rows (:func:`calibrate_search`): the chosen value and the
+    measured recall are in the returned parameters (``params["calibration"]``)."""
     config = config or IndexConfig()
     n, d = source.n, source.d
     index, index_type, params = _new_faiss_index(n, d, config)
@@ -188,6 +213,10 @@ def build_faiss_index(source: Any, config: IndexConfig | None = None) -> tuple[A
             params["train_size"] = int(train_n)
     for batch in source.batches(max(1, config.build_batch)):
         index.add(batch)
+    fixed = config.ivf_nprobe if index_type.startswith("ivf") else config.hnsw_ef_search
+    record = calibrate_search(index, index_type, params, source, config, tune=not fixed)
+    if record is not None:
+        params["calibration"] = record
     return index, index_type, params
 
 

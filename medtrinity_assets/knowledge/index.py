@@ -6,14 +6,18 @@ An index folder holds:
 - ``docstore.parquet`` the chunks, row ``i`` is Faiss id ``i``;
 - ``embeddings.npy``   float32 chunk embeddings (``np.save(allow_pickle=False)``), row-aligned
                        with the docstore, reused by incremental rebuilds;
-- ``index.json``       embedder name and dimension, index type and parameters, count, the
-                       sha256 of every file above and the chunk content hashes. Written last.
+- ``index.json``       embedder name and dimension, index type and parameters (for IVF / HNSW
+                       the search depth calibrated at build time and the recall@10 measured
+                       for it, ``params["calibration"]``), count, the sha256 of every file
+                       above and the chunk content hashes. Written last.
 
 :func:`load_index` checks the sha256 of ``index.faiss`` *before* ``faiss.read_index`` and
-refuses a mismatch. Nothing is ever pickled.
+refuses a mismatch, then applies the recorded search depth. Nothing is ever pickled.
 
 How the Faiss index is chosen and tuned (exact, IVF, HNSW; the measured IVF defaults) is in
-:mod:`medtrinity_assets.knowledge.faiss_index`; the files' writing and checking in
+:mod:`medtrinity_assets.knowledge.faiss_index`, the search-depth calibration (recall@10 >= 0.95
+against exact search on the index's own vectors) in
+:mod:`medtrinity_assets.knowledge.calibration`; the files' writing and checking in
 :mod:`medtrinity_assets.knowledge.index_files`; the reuse of a previous build's vectors in
 :mod:`medtrinity_assets.knowledge.incremental`.
 """
