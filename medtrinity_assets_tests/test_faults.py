@@ -46,9 +46,10 @@ class SlowCaptionerResource(CaptionerResource):
 
 def fault_definitions() -> dg.Definitions:
     from medtrinity_assets.definitions import build_definitions
-    from medtrinity_assets_tests.test_pipeline import make_resources
+    from medtrinity_assets_tests.test_pipeline import make_resources, small_knowledge
 
-    resources = make_resources(Path(os.environ[OUT_ENV]))
+    out = Path(os.environ[OUT_ENV])
+    resources = make_resources(out, knowledge=small_knowledge(out.parent / "corpus"))
     resources["captioner"] = SlowCaptionerResource(chunk_size=4)
     return build_definitions(resources)
 

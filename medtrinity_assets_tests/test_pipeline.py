@@ -43,6 +43,23 @@ def make_resources(out, **overrides) -> dict:
     return resources
 
 
+def small_knowledge(folder: Path, n: int = 60):
+    """A knowledge base of the default corpus's first ``n`` chunks (tests of operations, where
+    retrieval quality is not the point, index it in a second instead of embedding every chunk)."""
+    import json
+
+    from medtrinity_assets.defs.resources import KnowledgeConfig
+    from medtrinity_assets.knowledge.corpus import ingest_corpora
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "small.jsonl"
+    if not path.exists():
+        chunks = ingest_corpora([], include_default=True).chunks.head(n)
+        rows = [{"id": str(r["chunk_id"]), "title": r["title"], "text": r["text"]} for r in chunks.iter_rows(named=True)]
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return KnowledgeConfig(include_default=False, corpus_paths=[str(folder)])
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, dagster_instance, demo_registry):
     """The run plan (the CLI's): ingest per source, shared models, enrichment per source."""

@@ -99,12 +99,12 @@ def test_demo_graph_runs_into_a_postgres_instance(pg_instance, database, demo_re
     from medtrinity_assets.definitions import build_definitions
     from medtrinity_assets.defs.plan import RunPlan
     from medtrinity_assets.defs.runner import run_plan
-    from medtrinity_assets_tests.test_pipeline import FAST_EXPERTS, QUIET, make_resources
+    from medtrinity_assets_tests.test_pipeline import FAST_EXPERTS, QUIET, make_resources, small_knowledge
 
     assert type(pg_instance.run_storage).__name__ == "PostgresRunStorage"
     assert type(pg_instance.event_log_storage).__name__ == "PostgresEventLogStorage"
     pg_instance.add_dynamic_partitions("sources", SOURCES)
-    defs = build_definitions(make_resources(tmp_path / "out"))
+    defs = build_definitions(make_resources(tmp_path / "out", knowledge=small_knowledge(tmp_path / "corpus")))
     plan = RunPlan.from_assets(defs.assets, until="triplets")
     reports = run_plan(defs, plan, SOURCES, pg_instance, run_config={**FAST_EXPERTS, **QUIET})
     assert reports and all(r.success for r in reports), [(r.phase, r.source, r.reason) for r in reports]
