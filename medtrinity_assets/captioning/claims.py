@@ -17,34 +17,36 @@ from typing import Any
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.prompt import FACETS
 from medtrinity_assets.captioning.wording import label_text
+from medtrinity_assets.core.regex_gate import Gated, gated
 
 _FRAME = r"(?:image|frame|picture|field of view|view|slice)"
 _H = r"(left|right|central|centre|center|middle)"
 _V = r"(upper|middle|lower|top|bottom|central|centre|center)"
 _PART = r"(?:third|half|side|part|portion|region|aspect|area)"
-_POSITION_PATTERNS: list[tuple[re.Pattern, str]] = [
-    (re.compile(r"\bhorizontal(?:ly)?\b[^.;,]{0,40}?\b" + _H + r"\b", re.I), "h"),
-    (re.compile(r"\b" + _H + r"\s+third\s+horizontally\b", re.I), "h"),
-    (re.compile(r"\bvertical(?:ly)?\b[^.;,]{0,40}?\b" + _V + r"\b", re.I), "v"),
-    (re.compile(r"\b" + _V + r"\s+third\s+vertically\b", re.I), "v"),
-    (re.compile(r"\b(upper|lower|top|bottom)[- ](left|right)\s+(?:quadrant|corner|part|region|area)\s+of\s+the\s+"
-                + _FRAME, re.I), "vh"),
-    (re.compile(r"\b(left|right)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "h"),
-    (re.compile(r"\b(upper|lower|top|bottom)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "v"),
-    (re.compile(r"\b(central|centre|center|middle)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "c"),
-    (re.compile(r"\b(?:image|frame)[- ](left|right)\b", re.I), "h"),
+_POSITION_PATTERNS: list[tuple[Gated, str]] = [  # gated: most texts name none of their words
+    (gated(r"\bhorizontal(?:ly)?\b[^.;,]{0,40}?\b" + _H + r"\b", re.I), "h"),
+    (gated(r"\b" + _H + r"\s+third\s+horizontally\b", re.I), "h"),
+    (gated(r"\bvertical(?:ly)?\b[^.;,]{0,40}?\b" + _V + r"\b", re.I), "v"),
+    (gated(r"\b" + _V + r"\s+third\s+vertically\b", re.I), "v"),
+    (gated(r"\b(upper|lower|top|bottom)[- ](left|right)\s+(?:quadrant|corner|part|region|area)\s+of\s+the\s+"
+           + _FRAME, re.I), "vh"),
+    (gated(r"\b(left|right)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "h"),
+    (gated(r"\b(upper|lower|top|bottom)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "v"),
+    (gated(r"\b(central|centre|center|middle)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "c"),
+    (gated(r"\b(?:image|frame)[- ](left|right)\b", re.I), "h"),
 ]
 _H_NORM = {"left": "left", "right": "right", "central": "centre", "centre": "centre", "center": "centre",
            "middle": "centre"}
 _V_NORM = {"upper": "upper", "top": "upper", "lower": "lower", "bottom": "lower", "middle": "middle",
            "central": "middle", "centre": "middle", "center": "middle"}
-_RELATIONAL = re.compile(r"\b(left|right)(?:\s+of|ward)\b", re.I)
-_SIDE = re.compile(r"\b(left|right)\b", re.I)
-_AP = re.compile(r"\b(anterior|posterior|superior|inferior)\b", re.I)
-_SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?(mm|millimet(?:re|er)s?|cm|centimet(?:re|er)s?)\b", re.I)
+_RELATIONAL = gated(r"\b(left|right)(?:\s+of|ward)\b", re.I)
+_IMAGE = gated(r"\bimage\b", re.I)
+_SIDE = gated(r"\b(left|right)\b", re.I)
+_AP = gated(r"\b(anterior|posterior|superior|inferior)\b", re.I)
+_SIZE = gated(r"(?<![\w.])(\d+(?:\.\d+)?)\s?(mm|millimet(?:re|er)s?|cm|centimet(?:re|er)s?)\b", re.I)
 
-_CITE = re.compile(r"\[(?:chunk\s*)?([\w.:\-]+)\]")
-_QUOTE_CITE = re.compile(r"[\"“]([^\"”]*)[\"”]\s*,?\s*\[(?:chunk\s*)?([\w.:\-]+)\]")
+_CITE = gated(r"\[(?:chunk\s*)?([\w.:\-]+)\]")
+_QUOTE_CITE = gated(r"[\"“]([^\"”]*)[\"”]\s*,?\s*\[(?:chunk\s*)?([\w.:\-]+)\]")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _HEXID = re.compile(r"[0-9a-f]{8,}")
 
@@ -61,20 +63,47 @@ def strip_citations(text: str, chunk_ids: Iterable[str]) -> str:
 
     text = _QUOTE_CITE.sub(lambda m: " " if is_cite(m.group(2)) else m.group(0), text)
     return " ".join(
-        s for s in _SENTENCE.split(text) if not any(is_cite(m.group(1)) for m in _CITE.finditer(s))
+        s for s in _SENTENCE.split(text)
+        if "[" not in s or not any(is_cite(m.group(1)) for m in _CITE.finditer(s))  # a citation needs a "["
     )
 
 
 @lru_cache(maxsize=4096)
-def _phrase_re(phrase: str) -> re.Pattern:
-    return re.compile(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", re.I)
+def _phrase_re(phrase: str) -> Gated:
+    return gated(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", re.I)
 
 
 def mask_phrases(text: str, phrases: Iterable[str]) -> str:
     """``text`` with every whole-word occurrence of ``phrases`` blanked out, longest first."""
+    low = text.lower() if text.isascii() else None
     for p in sorted({p for p in phrases if p and len(p) >= 2}, key=len, reverse=True):
-        text = _phrase_re(p).sub(" ", text)
+        if low is not None and p.isascii():
+            text, low = _blank(text, low, p.lower())
+        else:
+            text = _phrase_re(p).sub(" ", text)
+            low = text.lower() if text.isascii() else None
     return text
+
+
+_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _blank(text: str, low: str, phrase: str) -> tuple[str, str]:
+    """What ``_phrase_re(phrase).sub(" ", text)`` gives on ASCII ``text`` (``low``: lower-cased), found
+    without the expression, with its lower-cased form: each occurrence of the lower-case ``phrase``, left
+    to right, not next to a word character, becomes a space."""
+    k, n, cuts = low.find(phrase), len(phrase), []
+    while k >= 0:
+        if (k == 0 or low[k - 1] not in _WORD_CHARS) and (k + n == len(low) or low[k + n] not in _WORD_CHARS):
+            cuts.append(k)
+            k = low.find(phrase, k + n)
+        else:
+            k = low.find(phrase, k + 1)
+    if not cuts:
+        return text, low
+    starts, ends = [0, *(k + n for k in cuts)], [*cuts, len(text)]
+    return (" ".join(text[a:b] for a, b in zip(starts, ends, strict=True)),
+            " ".join(low[a:b] for a, b in zip(starts, ends, strict=True)))
 
 
 def known_phrases(item: CaptionInput) -> list[str]:
@@ -119,7 +148,7 @@ def vertical_third(word: str | None) -> str | None:
 
 def patient_side_text(rest: str, claims_text: str) -> str:
     """``rest`` without relational ``left of``/``rightward`` uses when the caption speaks of the image."""
-    return _RELATIONAL.sub(" ", rest) if re.search(r"\bimage\b", claims_text, re.I) else rest
+    return _RELATIONAL.sub(" ", rest) if _IMAGE.search(claims_text) else rest
 
 
 def side_claims(text: str) -> set[str]:
@@ -152,17 +181,17 @@ def caption_facets(row: dict[str, Any]) -> dict[str, str | None]:
     return facets
 
 
-_AREA = re.compile(r"\b(?:covers?|covering|occupies|occupying)\s+(less than\s+)?(\d+(?:\.\d+)?)\s?%\s+of\s+the\s+image",
-                   re.I)
-_SPAN = re.compile(r"\bspans?\s+(\d+(?:\.\d+)?)\s?-\s?(\d+(?:\.\d+)?)\s?%\s+of\s+the\s+image\s+width\s+and\s+"
-                   r"(\d+(?:\.\d+)?)\s?-\s?(\d+(?:\.\d+)?)\s?%\s+of\s+its\s+height", re.I)
-_NESTED = re.compile(r"\b(lies|lying|located|situated|sits)\s+within\s+the\s+([a-z][a-z \-]{1,60}?)"
-                     r"(?=\s+in the image|[.;,:)]|$)|\b(encloses|enclosing|surrounds)\s+(?:the\s+|another\s+)?"
-                     r"([a-z][a-z \-]{1,60}?)(?=\s+region\b|\s+in the image|[.;,:)]|$)", re.I)
-_OUTLINE = re.compile(r"\b(round|oval|irregular|lobulated|elongated|circular|spiculated)\s+(?:outline|shape|contour|margin)",
-                      re.I)
-_WHOLE = re.compile(r"\bno region was locali[sz]ed\b|\bcovers the (?:whole|entire) image\b|"
-                    r"\bwhole image is the region of interest\b", re.I)
+_AREA = gated(r"\b(?:covers?|covering|occupies|occupying)\s+(less than\s+)?(\d+(?:\.\d+)?)\s?%\s+of\s+the\s+image",
+              re.I)
+_SPAN = gated(r"\bspans?\s+(\d+(?:\.\d+)?)\s?-\s?(\d+(?:\.\d+)?)\s?%\s+of\s+the\s+image\s+width\s+and\s+"
+              r"(\d+(?:\.\d+)?)\s?-\s?(\d+(?:\.\d+)?)\s?%\s+of\s+its\s+height", re.I)
+_NESTED = gated(r"\b(lies|lying|located|situated|sits)\s+within\s+the\s+([a-z][a-z \-]{1,60}?)"
+                r"(?=\s+in the image|[.;,:)]|$)|\b(encloses|enclosing|surrounds)\s+(?:the\s+|another\s+)?"
+                r"([a-z][a-z \-]{1,60}?)(?=\s+region\b|\s+in the image|[.;,:)]|$)", re.I)
+_OUTLINE = gated(r"\b(round|oval|irregular|lobulated|elongated|circular|spiculated)\s+(?:outline|shape|contour|margin)",
+                 re.I)
+_WHOLE = gated(r"\bno region was locali[sz]ed\b|\bcovers the (?:whole|entire) image\b|"
+               r"\bwhole image is the region of interest\b", re.I)
 _NUMBER = re.compile(r"(?<![\w.\-/])(\d+(?:\.\d+)?)(?![\w])")
 
 

@@ -4,6 +4,7 @@ ontologies and retrieved passages allow a description to name.
 
 - :func:`region_facts`: image thirds of the centroid, area fraction and bounding box of the mask.
 - :func:`nesting`: which regions of one image lie within which (hole-filled outlines), by label.
+- :func:`batch_evidence`: both for a batch, reading each mask once, one image at a time.
 - :func:`metadata_text`: everything the source states about the image, for the ontology checks.
 """
 
@@ -19,7 +20,7 @@ from scipy import ndimage
 
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.wording import label_text
-from medtrinity_assets.rois.rle import rle_decode
+from medtrinity_assets.rois.rle import rle_decode, rle_parse, rle_pixels
 
 INSIDE_SHARE = 0.9  # a region lies within another when this share of it is inside the other's outline
 
@@ -50,23 +51,59 @@ def decode(item: CaptionInput) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
+@dataclass(frozen=True)
+class Pixels:
+    """A region's mask as the coordinates of its pixels in an image of ``shape``."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    shape: tuple[int, int]
+
+
+def pixels(item: CaptionInput) -> Pixels | None:
+    """The pixels of :func:`decode`'s mask (None where it gives None), read off the run lengths
+    without drawing the full-size mask (an unusual RLE is decoded as :func:`decode` does)."""
+    if not item.mask_rle:
+        return None
+    try:
+        h, w, counts = rle_parse(item.mask_rle)
+    except (ValueError, KeyError, TypeError):
+        return None
+    if counts.ndim != 1 or h <= 0 or w <= 0:
+        mask = decode(item)
+        return None if mask is None else Pixels(*np.nonzero(mask), mask.shape)
+    rows, cols = rle_pixels(h, counts)
+    return Pixels(rows, cols, (h, w)) if rows.size else None
+
+
 def region_facts(item: CaptionInput, mask: np.ndarray | None = None) -> RegionFacts | None:
     """Facts of the region from its mask; None when there is neither a mask nor a whole image."""
     if item.origin == "whole_image":
         return RegionFacts(whole=True)
-    mask = decode(item) if mask is None else mask
-    if mask is None and item.origin == "box" and item.bbox_norm and len(item.bbox_norm) == 4:
-        return _box_facts(tuple(float(v) for v in item.bbox_norm))  # the annotation's own box
     if mask is None:
-        return None
+        return _pixel_facts(item, pixels(item))
     h, w = mask.shape
     rows, cols = np.nonzero(mask)
+    return _facts(rows, cols, h, w, float(mask.mean()))
+
+
+def _pixel_facts(item: CaptionInput, px: Pixels | None) -> RegionFacts | None:
+    """Facts from the region's pixels, else from the annotation's own box (a box without a mask)."""
+    if px is None and item.origin == "box" and item.bbox_norm and len(item.bbox_norm) == 4:
+        return _box_facts(tuple(float(v) for v in item.bbox_norm))
+    if px is None:
+        return None
+    (h, w), rows, cols = px.shape, px.rows, px.cols
+    return _facts(rows, cols, h, w, float(rows.size / (h * w)))
+
+
+def _facts(rows: np.ndarray, cols: np.ndarray, h: int, w: int, area: float) -> RegionFacts:
     cx, cy = (cols.mean() + 0.5) / w, (rows.mean() + 0.5) / h
     return RegionFacts(
         whole=False,
         horizontal=_third(cx, ("left", "centre", "right")),
         vertical=_third(cy, ("upper", "middle", "lower")),
-        area_fraction=float(mask.mean()),
+        area_fraction=area,
         bbox_norm=(cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h),
     )
 
@@ -82,24 +119,62 @@ def _box_facts(box: tuple[float, ...]) -> RegionFacts:
     )
 
 
-def nesting(items: Iterable[CaptionInput]) -> dict[tuple[str, str], set[tuple[str, str]]]:
+Nesting = dict[tuple[str, str], set[tuple[str, str]]]
+
+
+def nesting(items: Iterable[CaptionInput]) -> Nesting:
     """``{(record_id, roi_id): {("lies within" | "encloses", other label)}}`` recomputed from the
     masks of each image's regions (a region's outline has its holes filled)."""
-    by_record: dict[str, list[tuple[CaptionInput, np.ndarray]]] = defaultdict(list)
+    return batch_evidence(items)[1]
+
+
+def batch_evidence(items: Iterable[CaptionInput]) -> tuple[dict[int, RegionFacts | None], Nesting]:
+    """:func:`region_facts` of every item (by ``id(item)``) and :func:`nesting`, reading each mask
+    once and holding one image's masks at a time."""
+    by_record: dict[str, dict[int, CaptionInput]] = defaultdict(dict)
     for item in items:
-        mask = decode(item) if item.origin != "whole_image" else None
-        if mask is not None:
-            by_record[item.record_id].append((item, mask))
-    out: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+        by_record[item.record_id][id(item)] = item
+    facts: dict[int, RegionFacts | None] = {}
+    out: Nesting = defaultdict(set)
     for regions in by_record.values():
-        filled = [ndimage.binary_fill_holes(m) for _, m in regions]
-        for i, (a, ma) in enumerate(regions):
-            for j, (b, mb) in enumerate(regions):
-                if i != j and ma.shape == mb.shape and ma.sum() < mb.sum():
-                    if (ma & filled[j]).sum() >= INSIDE_SHARE * ma.sum():
-                        out[(a.record_id, str(a.roi_id))].add(("lies within", label_text(b.label).lower()))
-                        out[(b.record_id, str(b.roi_id))].add(("encloses", label_text(a.label).lower()))
-    return dict(out)
+        found = [(item, pixels(item) if item.origin != "whole_image" else None) for item in regions.values()]
+        for item, px in found:
+            facts[id(item)] = RegionFacts(whole=True) if item.origin == "whole_image" else _pixel_facts(item, px)
+        _nest([(item, px) for item, px in found if px is not None], out)
+    return facts, dict(out)
+
+
+def _nest(regions: list[tuple[CaptionInput, Pixels]], out: Nesting) -> None:
+    """Add the containments among one image's regions: a region lies within another, larger one when
+    :data:`INSIDE_SHARE` of its pixels are inside the other's hole-filled outline."""
+    sizes = [px.rows.size for _, px in regions]
+    filled: dict[int, tuple[int, int, np.ndarray]] = {}
+    for i, (a, pa) in enumerate(regions):
+        for j, (b, pb) in enumerate(regions):
+            if i == j or pa.shape != pb.shape or sizes[i] >= sizes[j]:
+                continue
+            if j not in filled:
+                filled[j] = _filled_outline(pb)
+            if _count_inside(pa, *filled[j]) >= INSIDE_SHARE * sizes[i]:
+                out[(a.record_id, str(a.roi_id))].add(("lies within", label_text(b.label).lower()))
+                out[(b.record_id, str(b.roi_id))].add(("encloses", label_text(a.label).lower()))
+
+
+def _filled_outline(px: Pixels) -> tuple[int, int, np.ndarray]:
+    """The region's outline with its holes filled, on its bounding box with a one-pixel margin, and the
+    image row and column of that crop's corner. Filling the crop fills exactly what filling the whole
+    image would: a hole never reaches past the box, and the margin joins all that lies outside it."""
+    r0, c0 = int(px.rows.min()) - 1, int(px.cols.min()) - 1
+    crop = np.zeros((int(px.rows.max()) - r0 + 2, int(px.cols.max()) - c0 + 2), bool)
+    crop[px.rows - r0, px.cols - c0] = True
+    return r0, c0, ndimage.binary_fill_holes(crop)
+
+
+def _count_inside(px: Pixels, r0: int, c0: int, filled: np.ndarray) -> int:
+    """How many of the region's pixels lie in ``filled`` (placed at ``r0, c0``)."""
+    rows, cols = px.rows - r0, px.cols - c0
+    keep = (rows >= 0) & (rows < filled.shape[0]) & (cols >= 0) & (cols < filled.shape[1])
+    return int(filled[rows[keep], cols[keep]].sum())
 
 
 def metadata_text(item: CaptionInput) -> str:

@@ -31,6 +31,13 @@ not from the PHI scan and the quote check).
 
 The claim readers live in :mod:`medtrinity_assets.captioning.claims`, the judge in
 :mod:`medtrinity_assets.captioning.judge`.
+
+Cost per ROI (against the embedded captioner's: ``benchmarks/caption_quality.py``): the claim
+and PHI expressions sit behind literal gates (:mod:`medtrinity_assets.core.regex_gate`: a text without
+an expression's words is not scanned, and a scan starts only where a match can), each mask is read once,
+off its run lengths, one image at a time (:func:`medtrinity_assets.captioning.evidence.batch_evidence`),
+and the ontology is read with a word trie; none of it changes a result (the tests hold each fast path to
+its plain computation).
 """
 
 from __future__ import annotations
@@ -181,7 +188,8 @@ def _claim_issues(
     Claims are read from ``full`` (paragraph and facets) without cited passages and known names.
     """
     claims_text = strip_citations(full, chunk_ids)
-    masked = mask_phrases(claims_text, known_phrases(item))
+    known = known_phrases(item)
+    masked = mask_phrases(claims_text, known)
     pos, rest = position_claims(masked)
     lateral = patient_side_text(rest, claims_text)
     return {
@@ -189,12 +197,12 @@ def _claim_issues(
         "position_ok": _position_issues(pos, item, ev.facts),
         "laterality_ok": _side_issues(lateral, item) + _orientation_issues(lateral, item),
         "modality_ok": _modality_issues(masked, facets, item),
-        "organ_ok": _organ_issues(masked, facets, item),
+        "organ_ok": _organ_issues(masked, facets, item, known),
         "texture_ok": _texture_issues(masked, item),
         "size_ok": _size_issues(masked, item) + _extent_issues(claims_text, item, ev.facts),
         "relations_ok": _nesting_issues(claims_text, item, ev.nested),
         "terms_ok": _term_issues(mask_phrases(masked, [item.intensity_word or ""]), item),
-        "numbers_ok": _number_issues(claims_text, item),
+        "numbers_ok": _number_issues(claims_text, item, known),
         "quotes_ok": _quote_issues(full, item),
     }
 
@@ -268,7 +276,7 @@ def _modality_issues(masked: str, facets: dict[str, str | None], item: CaptionIn
     return issues
 
 
-def _organ_issues(masked: str, facets: dict[str, str | None], item: CaptionInput) -> list[str]:
+def _organ_issues(masked: str, facets: dict[str, str | None], item: CaptionInput, known: list[str]) -> list[str]:
     """The organ facet must name the recorded organ, and the text no incompatible body region."""
     organ = (item.organ or "").strip()
     if not organ or organ.lower() in ("unspecified", "unknown"):
@@ -279,18 +287,18 @@ def _organ_issues(masked: str, facets: dict[str, str | None], item: CaptionInput
         issues.append(f"organ facet does not name the recorded organ ({organ})")
     region = organ_region(organ)
     if region is not None:
-        other_r = regions_in(masked) - _allowed_regions(region, item)
+        other_r = regions_in(masked) - _allowed_regions(region, known)
         if other_r:
             issues.append(f"organ: mentions {'/'.join(sorted(other_r))} anatomy, recorded {organ}")
     return issues
 
 
-def _allowed_regions(region: set[str], item: CaptionInput) -> set[str]:
+def _allowed_regions(region: set[str], known: list[str]) -> set[str]:
     """The organ's regions, those compatible with them, and those its known names mention."""
     allowed_r = set(region)
     for r in region:
         allowed_r |= compatible_regions(r)
-    for p in known_phrases(item):
+    for p in known:
         allowed_r |= regions_in(p)
     return allowed_r
 
@@ -368,24 +376,25 @@ def _term_issues(text: str, item: CaptionInput) -> list[str]:
     against the image, so it is not allowed: "splenic" in a liver image fails."""
     from medtrinity_assets.core import ontology
 
+    anatomy, findings = ontology.anatomy_words(text), ontology.finding_concepts(text)
+    if not anatomy and not findings:  # nothing to ground (most descriptions): the metadata need no reading
+        return []
     meta = evidence.metadata_text(item) + " . " + " . ".join(organ_terms(item.organ or ""))
-    issues = [
-        f"anatomy not in the metadata: {word}"
-        for word in sorted(ontology.anatomy_words(text) - ontology.anatomy_words(meta))
-    ]
-    grounded = {(c.scheme, c.code) for c in ontology.finding_concepts(meta + " . " + evidence.passages_text(item))}
-    ungrounded = [c for c in ontology.finding_concepts(text) if (c.scheme, c.code) not in grounded]
-    issues += [f"finding not in the metadata nor the passages: {d}" for d in dict.fromkeys(c.display for c in ungrounded)]
+    issues = [f"anatomy not in the metadata: {word}" for word in sorted(anatomy - ontology.anatomy_words(meta))]
+    if findings:
+        grounded = {(c.scheme, c.code) for c in ontology.finding_concepts(meta + " . " + evidence.passages_text(item))}
+        ungrounded = [c for c in findings if (c.scheme, c.code) not in grounded]
+        issues += [f"finding not in the metadata nor the passages: {d}" for d in dict.fromkeys(c.display for c in ungrounded)]
     return issues
 
 
-def _number_issues(text: str, item: CaptionInput) -> list[str]:
+def _number_issues(text: str, item: CaptionInput, known: list[str]) -> list[str]:
     """Every number outside the checked area/span/size claims must come from the inputs (the
     metadata, the ROI count, the window)."""
     allowed = set(numbers_in(evidence.metadata_text(item))) | set(numbers_in(item.window or ""))
     if item.roi_count is not None:
         allowed.add(str(item.roi_count))
-    rest = mask_phrases(without_claims(text), known_phrases(item))
+    rest = mask_phrases(without_claims(text), known)
     odd = sorted({n for n in numbers_in(rest) if n not in allowed})
     return [f"numbers not from the inputs: {', '.join(odd)}"] if odd else []
 
@@ -431,11 +440,11 @@ def check_captions(
     items = [by_key.get((r["record_id"], str(r["roi_id"]))) for r in rows_in]
     out = []
     phi_matcher = phi_values if hasattr(phi_values, "search") else matcher_for(phi_values)  # once per batch
-    nested = evidence.nesting(i for i in items if i is not None)
+    facts, nested = evidence.batch_evidence(i for i in items if i is not None)  # each mask read once
     for row, item in zip(rows_in, items, strict=True):
         key = (row["record_id"], str(row["roi_id"]))
         res = check_caption(row, item, phi_values=phi_matcher, min_chars=min_chars, max_chars=max_chars,
-                            nested=nested.get(key, set()))
+                            facts=facts.get(id(item)), nested=nested.get(key, set()))
         out.append({"record_id": row["record_id"], "roi_id": row["roi_id"], "backend": row.get("backend"),
                     "inputs_hash": row.get("inputs_hash"), **res})
     scores: list[dict[str, float] | None] = [None] * len(out)

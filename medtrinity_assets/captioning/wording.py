@@ -8,24 +8,32 @@ checks look for in any captioner's text and that the embedded captioner writes.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+
+from medtrinity_assets.core.regex_gate import gated
 
 # intensity polarity of a word: +1 brighter than surroundings, -1 darker, 0 similar. Histology's
 # "denser staining" is darker on a bright-field slide, "paler staining" brighter.
 _QUANTITY = r"(?:uptake|density|signal|intensity|opacity|attenuation|echogenicity|activity|brightness)"
-_BRIGHT = re.compile(r"\bhyper[- ]?(?:dense|intense|echoic|attenuating|reflective|attenuation|density|intensity)\b|"
-                     r"\bbrighter\b|\bhyperdensity\b|\bhyperintensity\b|\bradio-?opaque\b|"
-                     r"\b(?:increased|higher|high) " + _QUANTITY + r"\b|\bpaler[- ]staining\b|\blightly stained\b",
-                     re.IGNORECASE)
-_DARK = re.compile(r"\bhypo[- ]?(?:dense|intense|echoic|attenuating|reflective|attenuation|density|intensity)\b|"
-                   r"\bdarker\b|\bhypodensity\b|\bhypointensity\b|\bradiolucent\b|\ban-?echoic\b|"
-                   r"\b(?:decreased|lower|low|reduced) " + _QUANTITY + r"\b|\bdenser[- ]staining\b|\bintensely stained\b",
-                   re.IGNORECASE)
-_SIMILAR = re.compile(r"\biso[- ]?(?:dense|intense|echoic|attenuating)\b|"
-                      r"\bsimilar (?:staining|" + _QUANTITY[3:-1] + r")\b",
-                      re.IGNORECASE)
+_BRIGHT = gated(r"\bhyper[- ]?(?:dense|intense|echoic|attenuating|reflective|attenuation|density|intensity)\b|"
+                r"\bbrighter\b|\bhyperdensity\b|\bhyperintensity\b|\bradio-?opaque\b|"
+                r"\b(?:increased|higher|high) " + _QUANTITY + r"\b|\bpaler[- ]staining\b|\blightly stained\b",
+                re.IGNORECASE)
+_DARK = gated(r"\bhypo[- ]?(?:dense|intense|echoic|attenuating|reflective|attenuation|density|intensity)\b|"
+              r"\bdarker\b|\bhypodensity\b|\bhypointensity\b|\bradiolucent\b|\ban-?echoic\b|"
+              r"\b(?:decreased|lower|low|reduced) " + _QUANTITY + r"\b|\bdenser[- ]staining\b|\bintensely stained\b",
+              re.IGNORECASE)
+_SIMILAR = gated(r"\biso[- ]?(?:dense|intense|echoic|attenuating)\b|"
+                 r"\bsimilar (?:staining|" + _QUANTITY[3:-1] + r")\b",
+                 re.IGNORECASE)
 
 
 def intensity_polarities(text: str) -> set[int]:
+    return set(_intensity_polarities(text))
+
+
+@lru_cache(maxsize=4096)  # measured words and quoted sentences repeat
+def _intensity_polarities(text: str) -> frozenset[int]:
     found = set()
     if _BRIGHT.search(text or ""):
         found.add(1)
@@ -33,9 +41,10 @@ def intensity_polarities(text: str) -> set[int]:
         found.add(-1)
     if _SIMILAR.search(text or ""):
         found.add(0)
-    return found
+    return frozenset(found)
 
 
+@lru_cache(maxsize=1024)
 def intensity_polarity(word: str | None) -> int | None:
     if not word:
         return None
@@ -52,18 +61,23 @@ def intensity_polarity(word: str | None) -> int | None:
     return None
 
 
-_HOMO = re.compile(r"(?<![-\w])homogeneous\b|\buniform(?:ly)?\b", re.IGNORECASE)
-_HETERO = re.compile(r"\bheterogeneous\b|\binhomogeneous\b|\bnon-?homogeneous\b|\bmottled\b", re.IGNORECASE)
+_HOMO = gated(r"(?<![-\w])homogeneous\b|\buniform(?:ly)?\b", re.IGNORECASE)
+_HETERO = gated(r"\bheterogeneous\b|\binhomogeneous\b|\bnon-?homogeneous\b|\bmottled\b", re.IGNORECASE)
 
 
 def homogeneity_mentions(text: str) -> set[str]:
+    return set(_homogeneity_mentions(text))
+
+
+@lru_cache(maxsize=4096)
+def _homogeneity_mentions(text: str) -> frozenset[str]:
     found = set()
     if _HETERO.search(text or ""):
         found.add("heterogeneous")
     cleaned = _HETERO.sub(" ", text or "")
     if _HOMO.search(cleaned):
         found.add("homogeneous")
-    return found
+    return frozenset(found)
 
 
 def side_words(text: str) -> set[str]:
@@ -77,6 +91,9 @@ def side_words(text: str) -> set[str]:
     return sides
 
 
+_SPACES = re.compile(r"\s+")
+
+
 def label_text(label: str | None) -> str:
     """A label as captions write it (``Precentral_L`` -> ``Precentral L``)."""
-    return re.sub(r"\s+", " ", str(label or "").replace("_", " ")).strip()
+    return _SPACES.sub(" ", str(label or "").replace("_", " ")).strip()

@@ -28,10 +28,25 @@ from __future__ import annotations
 import csv
 import importlib.util
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 
+from medtrinity_assets.core.ontology_lists import (
+    AGENT_HEADS,
+    ANATOMY_HEADS,
+    ANATOMY_SUFFIXES,
+    ANATOMY_TERMS,
+    FINDING_SUFFIXES,
+    FINDING_WORDS,
+    ICD_SYNONYMS,
+    MESH_HOMONYMS,
+    NOT_FINDING,
+    NOT_TECHNIQUE,
+    STOP_WORDS,
+    TECHNIQUE_HEADS,
+    TECHNIQUE_TERMS,
+)
 from medtrinity_assets.core.vocabulary import Modality, vocabulary
 
 KINDS = ("finding", "anatomy", "technique", "other")
@@ -91,6 +106,7 @@ _SPELLING_RX = [(re.compile(p), r) for p, r in _SPELLING]
 _SPELLING_ANY = re.compile("|".join(f"(?:{p})" for p, _ in _SPELLING))  # one test instead of sixteen
 _CANON: dict[str, str] = {}
 _TOKEN = re.compile(r"[a-z0-9]+")
+_SEPARATORS = {c: 32 for c in range(128) if not re.fullmatch(r"[a-z0-9]", chr(c))}  # for ASCII text
 _POSSESSIVE = re.compile(r"['\u2019]s\b")
 
 
@@ -114,10 +130,12 @@ def tokens(text: str) -> list[str]:
     low = (text or "").lower()
     if "'" in low or "\u2019" in low:
         low = _POSSESSIVE.sub("", low)  # "Alzheimer's disease" meets "Alzheimer Disease"
-    raw = _TOKEN.findall(low.replace("&", " and ") if "&" in low else low)
+    low = low.replace("&", " and ") if "&" in low else low
+    raw = low.translate(_SEPARATORS).split() if low.isascii() else _TOKEN.findall(low)  # the same words
     if "non" in raw:
         raw = [("non" + t if i and raw[i - 1] == "non" else t) for i, t in enumerate(raw) if t != "non"]
-    return [_CANON.get(t) or _canon_token(t) for t in raw]
+    canon = list(map(_CANON.get, raw))
+    return canon if all(canon) else [c or _canon_token(t) for c, t in zip(canon, raw, strict=True)]
 
 
 def normalise(text: str) -> str:
@@ -126,57 +144,7 @@ def normalise(text: str) -> str:
     return " ".join(tokens(text))
 
 
-# --- curated lists (multi-word terms written with "_"; all compared in normalised form) ---
-STOP_WORDS = """patient person human adult aged child infant man woman male female image imaging study series
-    collection scan view left right normal abnormal other unknown unspecified body tissue disease research
-    method time role data record name light water air culture rest work risk growth health family history
-    reading writing nature science safety color sound noise memory area anatomy biology physics medicine white
-    black lead art sex marked mass region site sample specimen slide section report""".split()
-ANATOMY_TERMS = """tibia fibula femur humerus radius ulna patella pelvis skull spine vertebra rib sternum
-    scapula clavicle mandible maxilla bone cartilage joint knee hip ankle wrist elbow shoulder hand foot
-    finger toe liver kidney pancreas spleen stomach colon rectum intestine bowel duodenum jejunum ileum cecum
-    esophagus gallbladder bladder prostate uterus ovary testis breast lung heart aorta brain cerebellum
-    thalamus hippocampus retina macula cornea iris choroid sclera eye ear nose mouth tongue tooth jaw neck
-    thyroid trachea bronchus pleura diaphragm abdomen chest thorax head face skin epidermis dermis gray_matter
-    white_matter spinal_cord bone_marrow optic_disk optic_disc fundus_oculi gastric_fundus lymph_node
-    adipose_tissue whole_body cultured_cells""".split()
-ANATOMY_HEADS = """artery vein vessel capillary nerve muscle tendon ligament fascia gland duct node lobe
-    cortex bone joint cell tissue membrane epithelium endothelium mucosa valve ventricle atrium sinus cord
-    matter marrow neuron fiber layer wall organ plexus""".split()
-ANATOMY_SUFFIXES = ("cyte", "blast", "phage")
-TECHNIQUE_TERMS = """immunohistochemistry histochemistry cytochemistry immunocytochemistry
-    staining_and_labeling h&e hematoxylin_and_eosin magnetic_resonance x-ray radiograph ultrasound
-    echocardiogram angiogram mammogram scintigram""".split()
-TECHNIQUE_HEADS = "imaging staining stain tomosynthesis photography".split()
-NOT_TECHNIQUE = """bibliography demography geography historiography oceanography paleography phylogeography
-    topography crystallography chromatography electrochromatography polarography stereolithography holography
-    spectrography""".split()
-FINDING_WORDS = """neoplasm tumor cancer carcinoma malignancy lesion cyst fracture aneurysm microaneurysm
-    hemorrhage bleeding edema infarction infarct ischemia stenosis occlusion obstruction thrombus embolism
-    ulcer hernia calculus stone polyp nodule effusion abscess infection inflammation disease disorder syndrome
-    injury wound abnormality malformation anomaly deformity dislocation rupture perforation fistula atresia
-    agenesis metastasis calcification opacity exudate drusen pneumonia pneumothorax degeneration failure
-    insufficiency deficiency hypertension hypotension diabetes obesity sepsis pain fever cough dyspnea apnea
-    nevus wart eczema acne stroke seizure dementia palsy paralysis spasm tremor ataxia cataract myopia
-    poisoning burn contusion laceration sprain hydrocephalus shock thrombosis complication""".split()
-FINDING_SUFFIXES = ("oma", "itis", "osis", "pathy", "emia", "plasia", "algia", "megaly", "rrhage", "rrhea",
-                    "cele", "trophy", "ectasis", "ectasia", "penia", "plegia", "uria", "iasis", "lepsy")
-NOT_FINDING = """ambystoma diploma eurycoma hebeloma hedeoma loma phoma stroma stoma zygoma triatoma
-    tricholoma xanthosoma ancylostoma echinostoma gnathostoma ophiostoma schistosoma trypanosoma antiglaucoma
-    hybridoma bitis immitis mitis sideritis vitis aerobiosis anaerobiosis anastomosis antibiosis aponeurosis
-    apoptosis cuproptosis cytodiagnosis cytophagocytosis diagnosis disulfidptosis efferocytosis
-    electrodiagnosis electronarcosis electroosmosis endocytosis entosis eryptosis exocytosis ferroptosis
-    hypnosis meiosis metamorphosis mitosis narcosis necroptosis osmosis overdiagnosis parabiosis paraptosis
-    parapsilosis phagocytosis pinocytosis prognosis pyroptosis serodiagnosis stereognosis symbiosis
-    transcytosis trogocytosis xenodiagnosis allelopathy apathy empathy homeopathy naturopathy telepathy
-    academia artemia lagerstroemia wikstroemia holothuria luria pasteuria venturia""".split()
-# a label with one of these heads is an agent, not the disease it is named after ("Hepatitis B Virus")
-AGENT_HEADS = "virus vaccine antibody antigen agent drug protein receptor gene inhibitor enzyme toxin".split()
-# MeSH labels whose words mean something else in imaging metadata ("PET" is not "Pets")
-MESH_HOMONYMS = {"Pets"}
-# how ICD-10 words a finding that metadata words plainly ("lung cancer" -> "malignant neoplasm")
-ICD_SYNONYMS = {"cancer": "malignant neoplasm", "carcinoma": "malignant neoplasm", "tumor": "neoplasm",
-                "stone": "calculus"}
+# --- curated lists: :mod:`medtrinity_assets.core.ontology_lists` ---
 
 
 @lru_cache(maxsize=1)
@@ -290,6 +258,8 @@ class _Index:
     phrases: dict[str, tuple[Concept, ...]]
     icd_keys: frozenset[str]
     max_words: int
+    prefixes: frozenset[str]  # every key and its leading words ("liver", "liver neoplasm")
+    memo: dict = field(default_factory=dict)  # text -> _tagged(tokens(text)), for the texts in use
 
 
 def _vocabulary_concepts() -> list[tuple[str, Concept]]:
@@ -333,8 +303,10 @@ def _build(mesh: list[tuple[str, str]], icd: tuple[tuple[str, str, str], ...]) -
             add(k, concept)
     for word, concept in _vocabulary_concepts():
         add(normalise(word), concept, curated=":" in concept.code and concept.code.split(":")[0] in KINDS)
-    max_words = max((k.count(" ") + 1 for k in phrases), default=1)
-    return _Index(phrases, icd_keys, max_words)
+    parts = [key.split(" ") for key in phrases]
+    prefixes = frozenset(" ".join(words[:k]) for words in parts for k in range(1, len(words) + 1))
+    max_words = max((len(words) for words in parts), default=1)
+    return _Index(phrases, icd_keys, max_words, prefixes)
 
 
 @lru_cache(maxsize=1)
@@ -349,30 +321,54 @@ def clear_cache() -> None:
 
 
 # --- matching ---
-def _matches(words: list[str], nested: bool = False) -> list[tuple[str, tuple[Concept, ...]]]:
-    """(key, concepts) of the leftmost-longest runs of ``words`` that are concept keys (``nested``: also
-    every key inside such a run). Stop words alone name nothing, and one- or two-letter keys only count
+def _visible(key: str, found: tuple[Concept, ...]) -> tuple[Concept, ...]:
+    """What a key names in a text: stop words alone name nothing, and one- or two-letter keys only count
     through the vocabulary ("CT"; never MeSH's "Id" or "Qi")."""
-    idx, stop = _index(), _lists()["stop"]
+    found = () if " " not in key and key in _lists()["stop"] else found
+    return tuple(c for c in found if c.scheme == "vocabulary") if len(key) <= 2 else found
 
-    def concepts(a: int, b: int) -> tuple[str, tuple[Concept, ...]]:
-        key = " ".join(words[a:b])
-        found = () if b - a == 1 and key in stop else idx.phrases.get(key, ())
-        return key, tuple(c for c in found if c.scheme == "vocabulary") if len(key) <= 2 else found
 
-    out: list[tuple[str, tuple[Concept, ...]]] = []
-    i, n = 0, len(words)
-    while i < n:
-        for j in range(min(n, i + idx.max_words), i, -1):
-            key, found = concepts(i, j)
-            if found:
-                out.append((key, found))
-                inner = [concepts(a, b) for a in range(i, j) for b in range(a + 1, j + 1) if b - a < j - i]
-                out += [(k, f) for k, f in inner if f] if nested else []
-                i = j
-                break
-        else:
-            i += 1
+def _runs(idx: _Index, words: list[str], a: int, end: int) -> list[tuple[int, str, tuple[Concept, ...]]]:
+    """``(b, key, concepts)`` of every key ``words[a:b]`` (``b <= end``, ascending) that names something."""
+    out, key = [], ""
+    for b in range(a, end):
+        key = f"{key} {words[b]}" if key else words[b]
+        if key not in idx.prefixes:
+            break
+        found = _visible(key, idx.phrases.get(key, ()))
+        if found:
+            out.append((b + 1, key, found))
+    return out
+
+
+def _tagged(words: list[str]) -> list[tuple[str, tuple[Concept, ...], bool]]:
+    """(key, concepts, inside a longer match) of the leftmost-longest runs of ``words`` that are concept
+    keys, each followed by every key inside it."""
+    idx, out, j = _index(), [], 0
+    for i in [k for k, word in enumerate(words) if word in idx.prefixes]:  # where a key can start
+        runs = _runs(idx, words, i, len(words)) if i >= j else []
+        if runs:
+            j, key, found = runs[-1]
+            out.append((key, found, False))
+            for a in range(i, j):
+                out += [(k, f, True) for b, k, f in _runs(idx, words, a, j) if b - a < j - i]
+    return out
+
+
+def _named(text: str, nested: bool) -> list[Concept]:
+    """The concepts of the phrases ``text`` names, each once (the matches are memoised per index)."""
+    memo = _index().memo
+    tagged = memo.get(text)
+    if tagged is None:
+        if len(memo) >= 4096:
+            memo.clear()
+        tagged = memo[text] = _tagged(tokens(text))
+    out: list[Concept] = []
+    seen: set[Concept] = set()
+    for _, found, inner in tagged:
+        new = [c for c in found if c not in seen] if nested or not inner else []
+        out += new
+        seen.update(new)
     return out
 
 
@@ -381,23 +377,21 @@ def find_concepts(text: str, nested: bool = False) -> list[Concept]:
     normalised phrases ("diabetic retinopathy" is one concept, not two). :data:`STOP_WORDS` alone name
     nothing. ``nested`` adds the concepts inside a longer match ("Liver Neoplasms" -> also "Liver"). A
     modality the vocabulary's expressions find in ``text`` ("FLAIR", "T1-weighted") comes last."""
-    out: list[Concept] = []
-    for _, found in _matches(tokens(text), nested):
-        out += [c for c in found if c not in out]
+    out = _named(text, nested)
     mentioned = [f"modality:{m.key}" for m in vocabulary().modalities if m.names_in(text or "")]
     codes = {c.code for c in out}
     return out + [Concept("vocabulary", k, k[9:], "technique") for k in mentioned if k not in codes]
 
 
 def finding_concepts(text: str) -> list[Concept]:
-    """The findings (diseases, abnormalities) that ``text`` names."""
-    return [c for c in find_concepts(text) if c.kind == "finding"]
+    """The findings (diseases, abnormalities) that ``text`` names (a modality is a technique)."""
+    return [c for c in _named(text, False) if c.kind == "finding"]
 
 
 def anatomy_words(text: str) -> set[str]:
     """The anatomy ``text`` names, as lower-case natural-order labels of every concept under the matched
     keys (so "grey matter" and "gray matter" give the same set), inside longer matches too."""
-    return {c.display.lower() for c in find_concepts(text, nested=True) if c.kind == "anatomy"}
+    return {c.display.lower() for c in _named(text, True) if c.kind == "anatomy"}
 
 
 _JUNK = re.compile(r"<[^>]*>|\[[^\]]*\]|\{[^}]*\}|[<>\[\]{}_|\\^~`*#=]+")
@@ -481,7 +475,7 @@ def icd10_for(concept_or_text: Concept | str, limit: int = 12) -> list[Concept]:
         whole, sites = "", []
     else:
         words = tokens(concept_or_text)
-        found = _matches(words)
+        found = [(key, cs) for key, cs, inner in _tagged(words) if not inner]
         findings = [c for _, cs in found for c in cs if c.kind == "finding"]
         whole, sites = " ".join(words), [k for k, cs in found if any(c.kind == "anatomy" for c in cs)]
     named = [c for c in findings if c.scheme in ("ICD-10", "ICD-10-CM")]

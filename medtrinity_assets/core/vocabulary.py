@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from medtrinity_assets.core.regex_gate import Gated, gated
+
 
 @dataclass(frozen=True)
 class Modality:
@@ -28,7 +30,7 @@ class Modality:
     phrase: str
     term: str
     caption: str
-    mentions: re.Pattern
+    mentions: Gated  # most texts name no modality's words: the scan is skipped
     fuzzy: re.Pattern
     compatible: frozenset[str] = frozenset()
     colour: bool = False
@@ -69,7 +71,7 @@ class Vocabulary:
                 by_name.setdefault(name.lower(), m)
         object.__setattr__(self, "_by_name", by_name)
         regions = {
-            r: re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+            r: gated(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
             for r, words in self.region_words.items()
         }
         object.__setattr__(self, "_region_re", regions)
@@ -90,7 +92,7 @@ def _modality(raw: dict[str, Any]) -> Modality:
         phrase=raw["phrase"],
         term=raw["term"],
         caption=raw["caption"],
-        mentions=re.compile("|".join(parts) or r"(?!)"),
+        mentions=gated("|".join(parts) or r"(?!)"),
         fuzzy=re.compile(raw.get("fuzzy") or r"(?!)"),
         compatible=frozenset(raw.get("compatible") or ()),
         colour=bool(raw.get("colour", False)),
@@ -166,7 +168,12 @@ def header_modality(code: str, fallback: str) -> str:
 
 def modality_mentions(text: str) -> set[str]:
     """Canonical keys of the modalities that ``text`` names."""
-    return {m.key for m in vocabulary().modalities if m.names_in(text)}
+    return set(_modality_mentions(text))
+
+
+@lru_cache(maxsize=4096)  # descriptions repeat their facets' sentences
+def _modality_mentions(text: str) -> frozenset[str]:
+    return frozenset(m.key for m in vocabulary().modalities if m.names_in(text))
 
 
 def allowed_modalities(key: str) -> set[str]:
@@ -209,7 +216,12 @@ def modality_slug(modality: str) -> str:
 
 def regions_in(text: str) -> set[str]:
     """Body regions that ``text`` names."""
-    return {r for r, rx in vocabulary()._region_re.items() if rx.search(text or "")}  # type: ignore[attr-defined]
+    return set(_regions_in(text))
+
+
+@lru_cache(maxsize=4096)  # labels and organ names repeat
+def _regions_in(text: str) -> frozenset[str]:
+    return frozenset(r for r, rx in vocabulary()._region_re.items() if rx.search(text or ""))  # type: ignore[attr-defined]
 
 
 def compatible_regions(region: str) -> frozenset[str]:

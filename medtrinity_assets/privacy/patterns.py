@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from medtrinity_assets.core.regex_gate import Gated
+
 _MONTH = (
     r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
     r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
@@ -18,8 +20,7 @@ _MONTH = (
 _TITLE = r"(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Sr|Sra|Mme|Mlle|Herr|Frau)"
 _NAME_WORD = r"[A-Z][\w'\-]*"
 
-#: (kind, compiled pattern), applied in this order when scrubbing.
-PHI_PATTERNS: list[tuple[str, re.Pattern]] = [
+_PATTERNS: list[tuple[str, re.Pattern]] = [
     ("email", re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")),
     # a DICOM person name (Family^Given...) anywhere, whatever its letters
     ("dicom_name", re.compile(r"[^\s,;]*\^[^\s,;]*")),
@@ -44,5 +45,8 @@ PHI_PATTERNS: list[tuple[str, re.Pattern]] = [
     # a long run of digits (six or more) is an identifier, never a measurement
     ("identifier", re.compile(r"(?<![\w.])\d{6,}(?![\w]|\.\d)")),
 ]
+#: (kind, compiled pattern), applied in this order when scrubbing; each behind a literal gate
+#: (:mod:`medtrinity_assets.core.regex_gate`), as most texts hold no e-mail, title, date or digit run.
+PHI_PATTERNS: list[tuple[str, Gated]] = [(kind, Gated(rx)) for kind, rx in _PATTERNS]
 
 KINDS: tuple[str, ...] = tuple(dict.fromkeys(kind for kind, _ in PHI_PATTERNS))

@@ -29,9 +29,15 @@ _TOKEN = re.compile(rf"[{_UNSPACED_CLASS}]|[^\W{_UNSPACED_CLASS}]+")
 STORE_FORMAT = "medtrinity-identifiers-v1"
 
 
+_ASCII_TOKENS = {c: ord(chr(c).lower()) if chr(c).isalnum() or chr(c) == "_" else 32 for c in range(128)}
+
+
 def tokens(text: str) -> list[str]:
     """Case-folded tokens of ``text`` (see the module docstring)."""
-    return _TOKEN.findall(str(text).casefold())
+    text = str(text)
+    if text.isascii():  # the same tokens, without the expression: runs of word characters
+        return text.translate(_ASCII_TOKENS).split()
+    return _TOKEN.findall(text.casefold())
 
 
 def _usable(value: str) -> bool:
@@ -58,6 +64,7 @@ class HashedMatcher:
         self._values = values
         self._firsts = firsts
         self._max = max_tokens
+        self._seen: dict[bool, set[str]] = {False: set(), True: set()}  # tokens that start no value / one
 
     @property
     def size(self) -> int:
@@ -66,12 +73,21 @@ class HashedMatcher:
     def _h(self, toks: Iterable[str]) -> str:
         return hashlib.blake2b("\x1f".join(toks).encode("utf-8"), key=self._key, digest_size=16).hexdigest()
 
+    def _starting(self, toks: list[str]) -> set[str]:
+        """The tokens of ``toks`` that a value starts with (memoised: descriptions reuse their words)."""
+        if len(self._seen[False]) + len(self._seen[True]) >= 200_000:
+            self._seen = {False: set(), True: set()}
+        for tok in set(toks) - self._seen[False] - self._seen[True]:
+            self._seen[self._h((tok,)) in self._firsts].add(tok)
+        return self._seen[True].intersection(toks)
+
     def search(self, text: str | None) -> bool:
         if not text or not self._values:
             return False
         toks = tokens(text)
-        for i, tok in enumerate(toks):
-            if self._h((tok,)) not in self._firsts:
+        firsts = self._starting(toks)
+        for i, tok in enumerate(toks if firsts else ()):
+            if tok not in firsts:
                 continue
             for n in range(1, min(self._max, len(toks) - i) + 1):
                 if self._h(toks[i : i + n]) in self._values:

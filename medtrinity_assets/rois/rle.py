@@ -38,8 +38,9 @@ def rle_encode(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [h, w], "counts": rle_counts_from_crop(m, 0, 0, h, w)}
 
 
-def rle_decode(rle: dict[str, Any] | str) -> np.ndarray:
-    """Inverse of :func:`rle_encode` (accepts the dict or its JSON string)."""
+def rle_parse(rle: dict[str, Any] | str) -> tuple[int, int, np.ndarray]:
+    """``(h, w, run lengths)`` of an RLE (the dict or its JSON string), checked as :func:`rle_decode`
+    checks them."""
     if isinstance(rle, str):
         rle = json.loads(rle)
     h, w = (int(x) for x in rle["size"])
@@ -48,6 +49,21 @@ def rle_decode(rle: dict[str, Any] | str) -> np.ndarray:
         raise ValueError("compressed (string) COCO counts are not supported; use list counts")
     if counts.sum() > h * w or (counts < 0).any():
         raise ValueError("RLE counts do not fit the declared size")
+    return h, w, counts
+
+
+def rle_pixels(h: int, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` of the mask's pixels from its checked run lengths (one-dimensional) and height,
+    without drawing the mask: the pixels ``np.nonzero(rle_decode(rle))`` gives, in column-major order."""
+    lengths = counts[1::2]
+    starts = (np.cumsum(counts) - counts)[1::2]
+    flat = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return flat % h, flat // h
+
+
+def rle_decode(rle: dict[str, Any] | str) -> np.ndarray:
+    """Inverse of :func:`rle_encode` (accepts the dict or its JSON string)."""
+    h, w, counts = rle_parse(rle)
     values = np.zeros(counts.size, dtype=bool)
     values[1::2] = True
     flat = np.repeat(values, counts)

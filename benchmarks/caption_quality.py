@@ -1,0 +1,113 @@
+"""Caption quality checks against the embedded captioner, side by side (issue: caption_quality cost
+ten times the captioner per ROI).
+
+For each size, the same realistic inputs (:func:`medtrinity_assets.captioning.samples.realistic_inputs`)
+are captioned by the embedded captioner through ``run_caption_batch`` (a durable caption table, as the
+``caption_batch`` asset writes it), then checked by ``check_captions`` as the ``caption_quality`` asset
+calls it: inputs keyed by ``(record_id, roi_id)``, the source's identifying values as a hashed matcher
+(:mod:`medtrinity_assets.privacy.store`), no judge. The figures are CPU milliseconds per ROI (the best
+of ``--repeat`` runs; wall-clock in the JSON) and their ratio, whose target is at most 1. The ontology
+index, built once per process by the first check, is timed on its own.
+
+    python benchmarks/caption_quality.py [--sizes 1000 4000] [--repeat 3] [--rois-per-image 1] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import polars as pl  # noqa: E402
+
+from medtrinity_assets.captioning import EmbeddedCaptioner, check_captions, run_caption_batch  # noqa: E402
+from medtrinity_assets.captioning.samples import realistic_inputs  # noqa: E402
+from medtrinity_assets.privacy import identifier_store  # noqa: E402
+
+# identifying values of the synthetic source (none of them is in a description)
+VALUES = ["Doe^Jane", "Roe^Richard^J", "1234567", "ACC-99812", "19790312", "General Hospital"]
+
+
+def inputs(n: int, seed: int, rois_per_image: int) -> list:
+    """``n`` realistic inputs; with ``rois_per_image`` > 1, consecutive inputs share an image."""
+    items = realistic_inputs(n, seed=seed)
+    if rois_per_image > 1:
+        items = [dataclasses.replace(it, record_id=f"img{k // rois_per_image:06d}") for k, it in enumerate(items)]
+    return items
+
+
+def timed(fn):
+    """``(result, CPU seconds, wall seconds)`` of ``fn()``."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def bench(n: int, repeat: int, seed: int, rois_per_image: int, root: Path) -> dict:
+    items = inputs(n, seed, rois_per_image)
+    by_key = {(i.record_id, i.roi_id): i for i in items}
+    store = identifier_store(root / "out")
+    store.save("bench", VALUES)
+    matcher = store.matcher("bench")
+    runs = []
+    for k in range(repeat):
+        table = root / f"captions_{n}_{k}.parquet"
+        _, cap_cpu, cap_wall = timed(lambda t=table: run_caption_batch(items, EmbeddedCaptioner(), t, chunk_size=512))
+        captions = pl.read_parquet(table)
+        quality, q_cpu, q_wall = timed(lambda c=captions: check_captions(c, by_key, phi_values=matcher, judge=None))
+        runs.append((cap_cpu, cap_wall, q_cpu, q_wall))
+    cap_cpu, cap_wall, q_cpu, q_wall = (min(r[i] for r in runs) for i in range(4))
+    return {
+        "rois": n, "repeat": repeat, "rois_per_image": rois_per_image,
+        "captioner_ms_per_roi": round(1e3 * cap_cpu / n, 4), "quality_ms_per_roi": round(1e3 * q_cpu / n, 4),
+        "ratio": round(q_cpu / cap_cpu, 3),
+        "captioner_wall_ms_per_roi": round(1e3 * cap_wall / n, 4), "quality_wall_ms_per_roi": round(1e3 * q_wall / n, 4),
+        "quality_rows": quality.height, "passed": int(quality["passed"].sum()),
+    }
+
+
+def warm_up(root: Path) -> float:
+    """Build what every process builds once (the ontology index, the gates); its seconds."""
+    items = realistic_inputs(8, seed=99)
+    table = root / "warm.parquet"
+    run_caption_batch(items, EmbeddedCaptioner(), table, chunk_size=8)
+    start = time.perf_counter()
+    check_captions(pl.read_parquet(table), {(i.record_id, i.roi_id): i for i in items})
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rois-per-image", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        setup_s = warm_up(root)
+        print(f"one-time setup (ontology index, first check): {setup_s:.2f} s")
+        print(f"{'ROIs':>7} {'captioner ms/ROI':>17} {'quality ms/ROI':>15} {'ratio':>6} {'passed':>9}")
+        results = []
+        for n in args.sizes:
+            r = bench(n, args.repeat, args.seed, args.rois_per_image, root)
+            results.append(r)
+            print(f"{n:>7,} {r['captioner_ms_per_roi']:>17.3f} {r['quality_ms_per_roi']:>15.3f} {r['ratio']:>6.2f} "
+                  f"{r['passed']:>5}/{r['quality_rows']}")
+    verdict = "met" if all(r["ratio"] <= 1.0 for r in results) else "NOT met"
+    print(f"TARGET quality ms/ROI <= captioner ms/ROI: {verdict}")
+    if args.json:
+        args.json.write_text(json.dumps({"setup_s": round(setup_s, 3), "runs": results, "target_met": verdict == "met"},
+                                        indent=2))
+
+
+if __name__ == "__main__":
+    main()
