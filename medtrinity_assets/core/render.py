@@ -95,14 +95,6 @@ def contact_sheet(
     return np.asarray(sheet)
 
 
-def contact_sheet_markdown(
-    images: Sequence[np.ndarray], captions: Sequence[str] | None = None, title: str = "samples"
-) -> str:
-    if not images:
-        return f"*no {title} to show*"
-    return markdown_image(contact_sheet(images, captions), alt=title)
-
-
 def bar_chart(counts: dict[str, int], width: int = 480, bar_h: int = 16) -> np.ndarray:
     """A horizontal bar chart of counts (distributions in metadata)."""
     items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:20] or [("none", 0)]

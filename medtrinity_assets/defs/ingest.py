@@ -5,14 +5,14 @@ import time
 
 import dagster as dg
 
+from medtrinity_assets.core.render import load_png
 from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, SOURCE_MANIFEST
 from medtrinity_assets.defs.partitions import SOURCES
 from medtrinity_assets.defs.reporting import (
     GROUP_INGEST,
     counts_metadata,
-    image_sheet,
-    picture_file,
     progress_logger,
+    sheet_metadata,
     stage_metrics,
     table_metadata,
 )
@@ -98,18 +98,19 @@ def ingest_source_assets(
     )
     images = result.images
     sample = images.gather_every(max(1, images.height // 8)).head(8)
-    sheet = image_sheet(out, sample["image_path"].to_list(), [r[:8] for r in sample["record_id"].to_list()])
+    sheet = sheet_metadata(out, PREPROCESSED_IMAGES.name, name, "contact_sheet",
+                           [load_png(out / p) for p in sample["image_path"].to_list()],
+                           [r[:8] for r in sample["record_id"].to_list()], "samples")
     yield dg.MaterializeResult(
         asset_key=PREPROCESSED_IMAGES.name,
         metadata={
             **metrics,
-            **picture_file(out, PREPROCESSED_IMAGES.name, name, "contact_sheet", sheet.image),
+            **sheet,
             **table_metadata(
                 images,
                 PREPROCESSED_IMAGES.path(out, name),
                 ["record_id", "image_path", "width", "height", "window", "mask_path"],
             ),
-            "contact_sheet": sheet.markdown,
             "with_masks": int(images["mask_path"].is_not_null().sum()) if images.height else 0,
             **counts_metadata("burned_in_text", result.burned_in_text),
         },

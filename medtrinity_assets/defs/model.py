@@ -124,10 +124,11 @@ def vqa_finetuned_checkpoint(context: dg.AssetExecutionContext, storage: OutputS
     name, out = context.partition_key, storage.out()
     cards = run_training(context, training, "finetune", out, {"vqa_set": name})["runs"]
     curves = {f"{c['variant']} seed {c['seed']}": c["stage"]["loss_curve"] for c in cards}
+    questions = cards[0]["lineage"]["train_questions"] if cards else 0
     return dg.MaterializeResult(metadata={
-        **stage_metrics(started, rows_in=cards[0]["lineage"]["train_questions"] if cards else 0, rows_out=len(cards)),
+        **stage_metrics(started, rows_in=questions, rows_out=len(cards)),
         "checkpoints": dg.MetadataValue.json({f"{c['variant']}-seed{c['seed']}": c["path"] for c in cards}),
-        "train_questions": cards[0]["lineage"]["train_questions"] if cards else 0,
+        "train_questions": questions,
         "wall_s": float(sum(c["wall_s"] for c in cards)),
         "loss_curves": picture(loss_curves(curves), "fine-tuning loss"),
     })

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import polars as pl
 
 from medtrinity_assets.core import render
@@ -69,19 +67,14 @@ def counts_metadata(label: str, counts: dict[str, int]) -> dict:
     return meta
 
 
-@dataclass(frozen=True)
-class Sheet:
-    """A contact sheet as a picture and as the Markdown metadata value that inlines it."""
-
-    image: object
-    markdown: dg.MetadataValue
-
-
-def image_sheet(out: Path, paths: Sequence[str], captions: Sequence[str] | None = None, title: str = "samples") -> Sheet:
-    images = [render.load_png(out / p) for p in paths]
-    sheet = render.contact_sheet(images, captions) if images else render.to_rgb(np.zeros((8, 8), np.uint8))
-    text = render.markdown_image(sheet, alt=title) if images else f"*no {title} to show*"
-    return Sheet(sheet, dg.MetadataValue.md(text))
+def sheet_metadata(out: Path, asset: str, partition: str, name: str, images: Sequence,
+                   captions: Sequence[str], title: str) -> dict:
+    """A contact sheet of ``images`` under ``name``: inline Markdown, and a PNG file linked as
+    ``<name>_file`` (:func:`picture_file`); a line saying there is nothing to show when empty."""
+    if not images:
+        return {name: dg.MetadataValue.md(f"*no {title} to show*")}
+    sheet = render.contact_sheet(images, captions)
+    return {name: picture(sheet, title), **picture_file(out, asset, partition, name, sheet)}
 
 
 def progress_logger(log, label: str, unit: str) -> Callable[[int, int], None]:

@@ -12,7 +12,7 @@ from medtrinity_assets.defs.partitions import SOURCES
 from medtrinity_assets.defs.reporting import (
     GROUP_ROIS,
     counts_metadata,
-    picture_file,
+    sheet_metadata,
     stage_metrics,
     table_metadata,
 )
@@ -95,7 +95,7 @@ def _overlay_sample(images, rois):
 
 def _roi_metadata(out, name: str, images, result) -> dict:
     """Row counts, preview, counts and an overlay sheet of one source's ROI set."""
-    from medtrinity_assets.core.render import contact_sheet, load_png, markdown_image
+    from medtrinity_assets.core.render import load_png
     from medtrinity_assets.rois import draw_roi_overlay
 
     pictures, captions = [], []
@@ -105,14 +105,12 @@ def _roi_metadata(out, name: str, images, result) -> dict:
         labels = sorted({str(r["label"]).replace("_", " ") for r in rows})
         captions.append(f"{len(rows)} ROI: {', '.join(labels)}")
     preview = ["roi_id", "label", "origin", "bbox_xyxy", "horizontal", "vertical", "intensity_word", "shape_word"]
-    sheet = contact_sheet(pictures, captions) if pictures else None
     return {
-        **(picture_file(out, ROI_SET.name, name, "overlays", sheet) if sheet is not None else {}),
+        **sheet_metadata(out, ROI_SET.name, name, "overlays", pictures, captions, "ROI overlays"),
         **table_metadata(result.rois, ROI_SET.path(out, name), preview),
         **counts_metadata("rois_by_origin", result.counts_by_origin),
         **counts_metadata("rois_by_label", result.counts_by_label),
         **counts_metadata("flagged_by_reason", result.flagged_counts),
-        "overlays": dg.MetadataValue.md(markdown_image(sheet, "ROI overlays") if sheet is not None else "*no ROI overlays*"),
     }
 
 
