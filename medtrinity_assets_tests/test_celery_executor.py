@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from medtrinity_assets_tests.executor_config import resolved_executor_config
 from medtrinity_assets_tests.test_pipeline import FAST_EXPERTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,18 +45,6 @@ DEFAULT_QUEUE = "dagster"
 
 
 # --- The executor the code location selects (no service needed) ---------------------------------
-
-
-def _resolved_executor_config(executor, run_value: dict) -> dict:
-    """What ``executor`` receives for ``execution: config: <run_value>`` (through its defaults)."""
-    from dagster._config import process_config
-
-    schema = executor.config_schema
-    outer = process_config(schema.config_type, run_value)
-    assert outer.success, [e.message for e in outer.errors]
-    resolved = schema.resolve_config({"config": outer.value})
-    assert resolved.success, [e.message for e in resolved.errors]
-    return resolved.value["config"]
 
 
 def test_default_is_dagsters_executor_and_the_extras_are_not_imported():
@@ -88,17 +77,17 @@ def test_celery_executor_defaults_come_from_the_environment():
     pytest.importorskip("dagster_celery", reason="dagster-celery is not installed (the production extra)")
     from medtrinity_assets.defs.executors import DEFAULT_CELERY_BROKER, select_executor
 
-    default = _resolved_executor_config(select_executor({"MEDTRINITY_EXECUTOR": "celery"}), {})
+    default = resolved_executor_config(select_executor({"MEDTRINITY_EXECUTOR": "celery"}), {})
     assert default["broker"] == DEFAULT_CELERY_BROKER == "redis://127.0.0.1:6379/0"
     assert default["backend"] == DEFAULT_CELERY_BROKER
     env = {"MEDTRINITY_EXECUTOR": "celery", "MEDTRINITY_CELERY_BROKER": "redis://broker:6380/2"}
     executor = select_executor(env)
     assert executor.name == "celery"
-    assert _resolved_executor_config(executor, {})["backend"] == "redis://broker:6380/2"
+    assert resolved_executor_config(executor, {})["backend"] == "redis://broker:6380/2"
     env["MEDTRINITY_CELERY_BACKEND"] = "redis://broker:6380/3"
-    assert _resolved_executor_config(select_executor(env), {})["backend"] == "redis://broker:6380/3"
+    assert resolved_executor_config(select_executor(env), {})["backend"] == "redis://broker:6380/3"
     # A run's execution config still overrides the defaults.
-    run = _resolved_executor_config(executor, {"broker": "redis://other:6379/0", "retries": {"disabled": {}}})
+    run = resolved_executor_config(executor, {"broker": "redis://other:6379/0", "retries": {"disabled": {}}})
     assert run["broker"] == "redis://other:6379/0" and run["backend"] == "redis://broker:6380/2"
     assert run["retries"] == {"disabled": {}}
 

@@ -38,6 +38,7 @@ from medtrinity_assets.defs.executors import (  # noqa: E402
     K8S_CONFIG_ENV,
     select_executor,
 )
+from medtrinity_assets_tests.executor_config import resolved_executor_config  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 K8S_DIR = REPO_ROOT / "deploy" / "k8s"
@@ -110,26 +111,16 @@ def test_plan_jobs_take_the_run_config_under_the_k8s_executor(k8s_defs):
         )
 
 
-def _resolve(executor: dg.ExecutorDefinition, run_value: dict) -> dict:
-    """What the executor receives for ``execution: config: <run_value>`` (through its defaults)."""
-    schema = executor.config_schema
-    outer = process_config(schema.config_type, run_value)
-    assert outer.success, [e.message for e in outer.errors]
-    resolved = schema.resolve_config({"config": outer.value})
-    assert resolved.success, [e.message for e in resolved.errors]
-    return resolved.value["config"]
-
-
 def test_run_config_file_as_executor_defaults():
     """``MEDTRINITY_K8S_EXECUTOR_CONFIG``: the file's values become the executor's defaults; a
     run's own ``execution: config:`` still overrides one of them."""
     env = {EXECUTOR_ENV: "k8s", K8S_CONFIG_ENV: str(RUN_CONFIG)}
     executor = select_executor(env)
     assert executor is not None and executor.name == "k8s"
-    defaults = _resolve(executor, {})
+    defaults = resolved_executor_config(executor, {})
     expected = process_config(k8s_job_executor.config_schema.config_type, _executor_config()).value
     assert defaults == expected
-    override = _resolve(executor, {"job_namespace": "medtrinity-staging"})
+    override = resolved_executor_config(executor, {"job_namespace": "medtrinity-staging"})
     assert override["job_namespace"] == "medtrinity-staging"
     assert override["per_step_k8s_config"] == expected["per_step_k8s_config"]
 
