@@ -49,10 +49,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from sampling import TreeSampler  # noqa: E402 (a sibling module: benchmarks run as scripts)
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -468,38 +469,6 @@ def child_main(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------
 # the parent: one subprocess per stage, peak RSS from wait4 and sampling
-
-
-class TreeSampler:
-    """Peak summed RSS of a process and its descendants, sampled every 50 ms (psutil)."""
-
-    def __init__(self, pid: int) -> None:
-        import psutil
-
-        self.proc, self.peak = psutil.Process(pid), 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            total = 0
-            try:
-                for p in [self.proc, *self.proc.children(recursive=True)]:
-                    total += p.memory_info().rss
-            except psutil.Error:
-                pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> TreeSampler:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._t.join()
 
 
 def _child_env(work: Path) -> dict[str, str]:

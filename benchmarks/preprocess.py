@@ -29,62 +29,11 @@ import os
 import resource
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-
-
-class PeakRSS:
-    """Samples the process tree (psutil) every 50 ms: peak summed RSS and CPU seconds per pid.
-
-    CPU of pool workers (grandchildren under the forkserver) is invisible to getrusage, so it is
-    taken from the last sample of each pid; :meth:`cpu` is the tree's CPU seconds so far.
-    """
-
-    def __init__(self) -> None:
-        import psutil
-
-        self.proc = psutil.Process()
-        self.peak = 0
-        self._cpu: dict[int, float] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> None:
-        import psutil
-
-        total = 0
-        for p in [self.proc, *self.proc.children(recursive=True)]:
-            try:
-                with p.oneshot():
-                    total += p.memory_info().rss
-                    t = p.cpu_times()
-                with self._lock:
-                    self._cpu[p.pid] = t.user + t.system
-            except psutil.Error:
-                pass
-        self.peak = max(self.peak, total)
-
-    def cpu(self) -> float:
-        self.sample()
-        with self._lock:
-            return sum(self._cpu.values())
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> PeakRSS:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join()
+from sampling import TreeSampler  # noqa: E402 (a sibling module: benchmarks run as scripts)
 
 
 def make_demo_set(root: Path, copies: int) -> tuple[Path, Path]:
@@ -311,7 +260,7 @@ def main() -> None:
         list(pool.map_ordered(abs, range(args.workers)))
     t_startup = time.perf_counter() - t
     rows = []
-    with PeakRSS() as rss:
+    with TreeSampler() as rss:
         for set_name, set_specs in specs.items():
             out_plain = tmp / f"out_plain_{set_name}"
             c0 = rss.cpu()

@@ -24,9 +24,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from sampling import TreeSampler  # noqa: E402 (a sibling module: benchmarks run as scripts)
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ["source_manifest", "coarse_captions", "expert_models", "knowledge_corpus", "knowledge_index", "roi_set",
@@ -54,46 +55,6 @@ def make_source(root: Path, n: int, size: int = 128, seed: int = 0) -> Path:
         "labels: {1: lesion}\nlicense: generated\nsynthetic: true\n"
     )
     return root / "registry"
-
-
-class TreeSampler:
-    """Peak RSS and CPU seconds of a process and its children, sampled every 100 ms."""
-
-    def __init__(self, pid: int) -> None:
-        import psutil
-
-        self.root = psutil.Process(pid)
-        self.peak = 0
-        self.cpu: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.Error:
-                break
-            rss = 0
-            for p in procs:
-                try:
-                    rss += p.memory_info().rss
-                    t = p.cpu_times()
-                    self.cpu[p.pid] = t.user + t.system
-                except psutil.Error:
-                    continue
-            self.peak = max(self.peak, rss)
-            self._stop.wait(0.1)
-
-    def __enter__(self) -> TreeSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def stage_seconds(home: Path) -> dict[str, float]:
@@ -124,13 +85,13 @@ def run_size(n: int, work: Path, until: str) -> dict:
     t = time.perf_counter()
     with open(root / "build.log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        with TreeSampler(proc.pid) as sampler:
+        with TreeSampler(proc.pid, interval=0.1) as sampler:
             rc = proc.wait()
     wall = time.perf_counter() - t
     if rc != 0:
         raise SystemExit(f"build of {n} images failed (rc={rc}); see {root / 'build.log'}")
     return {"images": n, "generate_s": round(generated, 1), "wall_s": round(wall, 1),
-            "peak_rss_gb": round(sampler.peak / 2**30, 3), "cores_busy": round(sum(sampler.cpu.values()) / wall, 2),
+            "peak_rss_gb": round(sampler.peak / 2**30, 3), "cores_busy": round(sampler.cpu() / wall, 2),
             "stages_s": stage_seconds(home)}
 
 

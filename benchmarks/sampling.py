@@ -1,0 +1,63 @@
+"""Peak RSS and CPU seconds of a process tree, sampled in a thread (shared by the benchmarks)."""
+
+from __future__ import annotations
+
+import threading
+
+
+class TreeSampler:
+    """Samples a process (default: this one) and its descendants every ``interval`` seconds
+    (psutil): :attr:`peak` is the largest summed RSS seen, :meth:`cpu` the tree's CPU seconds.
+
+    CPU of pool workers (grandchildren under a forkserver) is invisible to getrusage, so it is
+    taken from the last sample of each pid.
+    """
+
+    def __init__(self, pid: int | None = None, interval: float = 0.05) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self.interval = interval
+        self._cpu: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        import psutil
+
+        try:
+            procs = [self.proc, *self.proc.children(recursive=True)]
+        except psutil.Error:
+            return
+        total = 0
+        for p in procs:
+            try:
+                with p.oneshot():
+                    total += p.memory_info().rss
+                    t = p.cpu_times()
+                with self._lock:
+                    self._cpu[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
+
+    def cpu(self) -> float:
+        """CPU seconds of every process of the tree seen so far (a fresh sample first)."""
+        self.sample()
+        with self._lock:
+            return sum(self._cpu.values())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
