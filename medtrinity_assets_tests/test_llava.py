@@ -223,3 +223,30 @@ def test_siglip_tower_and_a_local_vision_folder(export, cache, tmp_path):
     model, processor = build_model(spec, cache)
     mine = model.model.vision_tower.state_dict()
     assert all(torch.equal(v, mine[k]) for k, v in tower.state_dict().items())
+
+
+def test_the_embedded_conversion_is_shared_by_output_roots_and_rebuilt_when_changed(tmp_path, monkeypatch):
+    """Output roots link one machine-wide conversion (no 540 MB copy per root); a changed one is redone."""
+    import shutil
+
+    from medtrinity_assets.llava import language
+
+    calls: list[Path] = []
+    real = language._convert_embedded
+    monkeypatch.setattr(language, "_convert_embedded", lambda folder: (calls.append(folder), real(folder)))
+    monkeypatch.setenv("MEDTRINITY_CACHE", str(tmp_path / "cache"))
+    first, second = (language.embedded_folder(tmp_path / root) for root in ("a", "b"))
+    assert len(calls) == 1, "converted once for both output roots"
+    shared = calls[0]
+    weights = [folder / "model.safetensors" for folder in (first, second, shared)]
+    assert len({w.stat().st_ino for w in weights}) == 1, "hard links, not copies"
+
+    (shared / "model.safetensors").unlink()
+    (shared / "model.safetensors").write_bytes(b"changed after it was written")
+    assert language._weights_intact(first), "roots linked before keep their bytes"
+    # the second conversion is the same code as the first: re-create it from root a to save 20 s
+    monkeypatch.setattr(language, "_convert_embedded",
+                        lambda folder: (calls.append(folder), shutil.copytree(first, folder)))
+    third = language.embedded_folder(tmp_path / "c")
+    assert calls[1:] == [shared], "the changed shared conversion was discarded and made again"
+    assert language._weights_intact(third)

