@@ -154,7 +154,8 @@ def _finish(req: BuildRequest, home: Path, names: Sequence[str], reports, reject
         for line in [checkpoint_line(out), *summary_lines(out)]:
             if line:
                 _say(line)
-        _say(f"tables: {out}/<table>/<source>.parquet; images: {out}/images/")
+        _say(f"tables: {out}/<table>/<source>.parquet (shard k > 0 of a large source: <source>@k.parquet); "
+             f"images: {out}/images/")
         _say(f"browse the runs and lineage: DAGSTER_HOME={home} dagster dev -w {WORKSPACE_FILE}")
     for r in failed:
         _say(f"FAILED {r.source or 'shared models'} ({r.phase}): {r.reason} [run {r.run_id}]", err=True)
@@ -212,14 +213,18 @@ def run_backfill(req: BuildRequest) -> int:
     import dagster as dg
 
     from medtrinity_assets.defs.backfill import backfill_keys, submit_backfill
-    from medtrinity_assets.defs.partitions import SOURCES
+    from medtrinity_assets.defs.partitions import SHARDS, SOURCES, shard_keys_needed
+    from medtrinity_assets.ingest import count_shards
 
     instance = dg.DagsterInstance.get()
+    registry = setup.definitions.resources["registry"]
+    shards = {name: count_shards(registry.source(name)) for name in setup.names}
     _add_partitions(instance, SOURCES.name, setup.names)
-    backfill = submit_backfill(instance, setup.definitions, setup.plan, list(setup.names))
-    _say(f"backfill {backfill.backfill_id} queued: {len(setup.names)} source(s) x "
-         f"{len(backfill_keys(setup.plan))} asset(s) (instance: {setup.home}); the daemon of `dagster dev` "
-         f"runs it in dependency order: http://127.0.0.1:3000/runs/b/{backfill.backfill_id}")
+    _add_partitions(instance, SHARDS.name, shard_keys_needed(shards, set()))
+    backfill = submit_backfill(instance, setup.definitions, setup.plan, shards)
+    _say(f"backfill {backfill.backfill_id} queued: {len(setup.names)} source(s) in {sum(shards.values())} "
+         f"shard(s) x {len(backfill_keys(setup.plan))} asset(s) (instance: {setup.home}); the daemon of "
+         f"`dagster dev` runs it in dependency order: http://127.0.0.1:3000/runs/b/{backfill.backfill_id}")
     return EXIT_PARTIAL if setup.rejected else EXIT_OK
 
 

@@ -20,6 +20,7 @@ def dagster_instance(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("dagster_home")
     with dg.instance_for_test(temp_dir=str(home)) as instance:
+        instance.add_dynamic_partitions("shards", ["000"])  # every demo source is one shard
         yield instance
 
 

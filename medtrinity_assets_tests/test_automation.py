@@ -13,8 +13,9 @@ import pytest
 
 from medtrinity_assets.definitions import defs
 
-INGESTED = ["source_manifest", "preprocessed_images", "coarse_captions"]
-ENRICHED = ["roi_set", "retrieved_knowledge", "caption_batch", "caption_quality", "triplets"]
+INGESTED = ["source_manifest", "preprocessed_images", "coarse_captions"]  # per shard
+ENRICHED = ["roi_set", "retrieved_knowledge", "caption_batch", "caption_quality"]  # per shard
+SUMMARY = ["triplets"]  # per source, over its shards
 SHARED = {"expert_models": "v1", "knowledge_corpus": None, "knowledge_index": "k1"}
 
 
@@ -44,18 +45,24 @@ class Ticks:
 def instance(tmp_path):
     with dg.instance_for_test(temp_dir=str(tmp_path)) as inst:
         inst.add_dynamic_partitions("sources", ["a", "b"])
+        inst.add_dynamic_partitions("shards", ["000"])
         yield inst
+
+
+def _shard(source: str, shard: str = "000") -> str:
+    return f"{shard}|{source}"
 
 
 def _build_all(instance) -> None:
     for src in ("a", "b"):
         for key in INGESTED:
-            _report(instance, key, src)
+            _report(instance, key, _shard(src))
     for key, version in SHARED.items():
         _report(instance, key, version=version)
     for src in ("a", "b"):
         for key in ENRICHED:
-            _report(instance, key, src)
+            _report(instance, key, _shard(src))
+        _report(instance, "triplets", src)
 
 
 def test_a_built_instance_starts_nothing(instance):
@@ -72,13 +79,32 @@ def test_a_new_source_waits_for_the_shared_models_then_follows(instance):
     instance.add_dynamic_partitions("sources", ["c"])
     assert tick() == set()  # not ingested yet: nothing downstream can run
     for key in INGESTED:  # the registry sensor's ingest run for c
-        _report(instance, key, "c")
+        _report(instance, key, _shard("c"))
     assert tick() == {("expert_models", None)}  # retrained first; c's ROIs wait for it
     _report(instance, "expert_models", version="v1")  # same content: a and b are not redone
-    assert tick() == {(k, "c") for k in ENRICHED}  # c follows, in one run
+    assert tick() == {(k, _shard("c")) for k in ENRICHED}  # c's shard follows, in one run
     for key in ENRICHED:
-        _report(instance, key, "c")
+        _report(instance, key, _shard("c"))
+    assert tick() == {("triplets", "c")}  # then its summary over the shards
+    _report(instance, "triplets", "c")
     assert tick() == set()
+
+
+def test_a_source_summary_waits_for_its_last_shard(instance):
+    _build_all(instance)
+    instance.add_dynamic_partitions("shards", ["001"])
+    tick = Ticks(instance)
+    assert tick() == set()  # b has no shard 001: that missing key never requests anything
+    instance.add_dynamic_partitions("sources", ["c"])
+    for shard in ("000", "001"):
+        for key in INGESTED:
+            _report(instance, key, _shard("c", shard))
+    tick()
+    _report(instance, "expert_models", version="v1")
+    assert tick() == {(k, _shard("c", s)) for k in ENRICHED for s in ("000", "001")}
+    for key in ENRICHED:
+        _report(instance, key, _shard("c", "000"))
+    assert ("triplets", "c") in tick()  # what shard 000 brought; the asset names shard 001 as missing
 
 
 def test_sources_follow_a_shared_model_only_when_its_content_changed(instance):
@@ -88,7 +114,7 @@ def test_sources_follow_a_shared_model_only_when_its_content_changed(instance):
     _report(instance, "knowledge_index", version="k1")  # rebuilt by the schedule, same index
     assert tick() == set()
     _report(instance, "knowledge_index", version="k2")  # new passages
-    follow = {(k, s) for s in ("a", "b") for k in ENRICHED if k != "roi_set"}
+    follow = {(k, _shard(s)) for s in ("a", "b") for k in ENRICHED if k != "roi_set"}
     assert tick() == follow
 
 
@@ -96,8 +122,8 @@ def test_the_shared_models_rebuild_once_after_a_batch_of_sources(instance):
     _build_all(instance)
     tick = Ticks(instance)
     tick()
-    _report(instance, "source_manifest", "a")
-    _report(instance, "preprocessed_images", "a")
+    _report(instance, "source_manifest", _shard("a"))
+    _report(instance, "preprocessed_images", _shard("a"))
     assert ("expert_models", None) in tick()
 
 
@@ -134,16 +160,16 @@ def test_a_changed_file_reingests_its_source(tmp_path, dagster_instance, demo_re
     sensor = defs.resolve_sensor_def("source_registry_sensor")
     resources = {"registry": SourceRegistry(registry_dir=str(reg))}
     first = sensor(dg.build_sensor_context(instance=dagster_instance, resources=resources))
-    assert [(r.job_name, r.partition_key) for r in first.run_requests] == [("ingest_job", "watch_microscopy_cells")]
+    assert [(r.job_name, r.partition_key) for r in first.run_requests] == [("ingest_job", "000|watch_microscopy_cells")]
     # the ingestion records what it read; the next tick requests nothing
     fp = first.run_requests[0].tags["medtrinity/fingerprint"]
     dagster_instance.report_runless_asset_event(dg.AssetMaterialization(
-        "source_manifest", partition="watch_microscopy_cells", metadata={"source_fingerprint": fp}))
+        "source_manifest", partition="000|watch_microscopy_cells", metadata={"source_fingerprint": fp}))
     assert recorded_fingerprints(dagster_instance)["watch_microscopy_cells"] == fp
     assert not sensor(dg.build_sensor_context(instance=dagster_instance, resources=resources)).run_requests
     (root / "new_image.png").write_bytes(some.read_bytes())  # a file arrives
     again = sensor(dg.build_sensor_context(instance=dagster_instance, resources=resources))
-    assert [(r.job_name, r.partition_key) for r in again.run_requests] == [("ingest_job", "watch_microscopy_cells")]
+    assert [(r.job_name, r.partition_key) for r in again.run_requests] == [("ingest_job", "000|watch_microscopy_cells")]
     assert again.run_requests[0].tags["medtrinity/fingerprint"] != fp
 
 
@@ -185,7 +211,8 @@ def test_one_backfill_launch_covers_every_source_and_the_shared_models(tmp_path,
         target = backfill.asset_backfill_data.target_subset
         per_source = {k.to_user_string(): set(v.get_partition_keys()) for k, v in target.partitions_subsets_by_asset_key.items()}
         sources = {"bf_microscopy_cells", "bf_xray_tibia"}
-        assert per_source == {k: sources for k in [*INGESTED, *ENRICHED]}
+        shards = {f"000|{s}" for s in sources}
+        assert per_source == {**{k: shards for k in [*INGESTED, *ENRICHED]}, **{k: sources for k in SUMMARY}}
         assert {k.to_user_string() for k in target.non_partitioned_asset_keys} == set(SHARED)
         sensor = defs.resolve_sensor_def("source_registry_sensor")
         tick = sensor(dg.build_sensor_context(instance=instance, resources={"registry": SourceRegistry(registry_dir=str(reg))}))

@@ -36,7 +36,8 @@ from medtrinity_assets_tests.test_pipeline import FAST_EXPERTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["synthetic_phantoms", "microscopy_cells"]  # annotated phantoms train the expert model
-PHASES = [("ingest_job", True), ("shared_models_job", False), ("enrichment_job", True)]
+#: job -> its partitions: each source's shard 000 (every test source is one shard), each source, or none
+PHASES = [("ingest_job", "shard"), ("shared_models_job", None), ("enrichment_job", "shard"), ("summary_job", "source")]
 WORKERS = {"cpu": ["dagster"], "gpu": ["gpu"]}  # worker name -> queues it consumes
 START_TIMEOUT_S = 90
 RUN_TIMEOUT_S = 240
@@ -240,6 +241,7 @@ def cluster(tmp_path_factory, demo_dir, demo_registry):
     # The instance exists before any child opens it (concurrent first opens race on SQLite schemas).
     instance = dg.DagsterInstance.from_config(str(home))
     instance.add_dynamic_partitions("sources", SOURCES)
+    instance.add_dynamic_partitions("shards", ["000"])
     c = Cluster(home=home, out=out, logs=logs, env=env, instance=instance)
     try:
         c.procs["redis"] = _start(
@@ -338,10 +340,11 @@ def _run_phase(c: Cluster, job: str, sources: list[str | None]) -> None:
 
 @pytest.fixture(scope="module")
 def celery_runs(cluster):
-    """The phases ingest (per source), shared_models, enrichment (per source), in order."""
+    """The phases ingest (per shard), shared_models, enrichment (per shard), summary (per source), in order."""
     started = time.monotonic()
-    for job, per_source in PHASES:
-        _run_phase(cluster, job, list(SOURCES) if per_source else [None])
+    partitions = {"shard": [f"000|{s}" for s in SOURCES], "source": list(SOURCES), None: [None]}
+    for job, kind in PHASES:
+        _run_phase(cluster, job, partitions[kind])
     cluster.elapsed_s = time.monotonic() - started
     return cluster
 

@@ -13,6 +13,12 @@ import pytest
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_specs.json"
 
 
+def _partitions_name(partitions_def: dg.PartitionsDefinition | None) -> str | None:
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        return " x ".join(d.partitions_def.name for d in partitions_def.partitions_defs)
+    return partitions_def.name if partitions_def is not None else None
+
+
 def spec_snapshot(defs: dg.Definitions) -> dict:
     out = {}
     for a in defs.assets or []:
@@ -23,7 +29,7 @@ def spec_snapshot(defs: dg.Definitions) -> dict:
                 "deps": sorted(d.asset_key.to_user_string() for d in spec.deps),
                 "group": spec.group_name,
                 "kinds": sorted(spec.kinds),
-                "partitioned": spec.partitions_def.name if spec.partitions_def is not None else None,
+                "partitioned": _partitions_name(spec.partitions_def),
                 # the pool depends on the host (see defs/accelerators.py); the GPU tag does not
                 "gpu": bool(a.is_executable and a.op.tags.get("medtrinity/accelerator") == "gpu"),
             }
@@ -50,7 +56,7 @@ def test_definitions_validate():
     from medtrinity_assets.definitions import defs
 
     dg.Definitions.validate_loadable(defs)
-    for job in ("ingest_job", "shared_models_job", "enrichment_job", "knowledge_job"):
+    for job in ("ingest_job", "shared_models_job", "enrichment_job", "summary_job", "knowledge_job"):
         assert defs.resolve_job_def(job) is not None
     assert defs.resolve_sensor_def("source_registry_sensor") is not None
 
@@ -75,13 +81,15 @@ def test_registry_sensor_adds_partitions_and_requests_ingest_runs(tmp_path, dags
 
     result = sensor(dg.build_sensor_context(instance=dagster_instance, resources=resources))
     assert sorted((r.job_name, r.partition_key) for r in result.run_requests) == [
-        ("ingest_job", "sensor_fundus_retina"),
-        ("ingest_job", "sensor_xray_tibia"),
+        ("ingest_job", "000|sensor_fundus_retina"),  # one shard each (shard|source)
+        ("ingest_job", "000|sensor_xray_tibia"),
     ]
-    (add,) = result.dynamic_partitions_requests
-    assert sorted(add.partition_keys) == ["sensor_fundus_retina", "sensor_xray_tibia"]
+    adds = {a.partitions_def_name: sorted(a.partition_keys) for a in result.dynamic_partitions_requests}
+    assert adds["sources"] == ["sensor_fundus_retina", "sensor_xray_tibia"]
+    assert adds.get("shards", ["000"]) == ["000"]  # unless an earlier test added it
 
-    dagster_instance.add_dynamic_partitions("sources", list(add.partition_keys))
+    for name, keys in adds.items():
+        dagster_instance.add_dynamic_partitions(name, keys)
     again = sensor(dg.build_sensor_context(instance=dagster_instance, resources=resources))
     assert not again.dynamic_partitions_requests
     # not yet run: the same run keys again, which Dagster's sensor daemon launches only once
@@ -99,8 +107,11 @@ def test_registry_sensor_requests_only_new_fingerprints():
 
     declared = {"a": "fp1", "b": "fp2", "c": "fp3"}
     reqs = ingest_requests(declared, recorded={"b": "fp2", "c": "old"}, tried={("c", "fp3")})
-    assert [(r.job_name, r.partition_key, r.tags["medtrinity/fingerprint"]) for r in reqs] == [("ingest_job", "a", "fp1")]
+    assert [(r.job_name, r.partition_key, r.tags["medtrinity/fingerprint"]) for r in reqs] == [("ingest_job", "000|a", "fp1")]
     assert ingest_requests(declared, recorded=declared, tried=set()) == []
+    three = ingest_requests(declared, recorded={"b": "fp2", "c": "fp3"}, tried=set(), shards=lambda name: 3)
+    assert [r.partition_key for r in three] == ["000|a", "001|a", "002|a"], "one request per shard"
+    assert len({r.run_key for r in three}) == 3
 
 
 @pytest.mark.parametrize("until", ["preprocessed_images"])
@@ -112,7 +123,8 @@ def test_cli_plan_orders_phases(until):
     assert phases[0].name == "ingest"
     assert phases[0].key_names() == ["preprocessed_images", "source_manifest"]
     full = RunPlan.from_assets(list(defs.assets)).phases
-    assert [p.name for p in full] == ["ingest", "shared_models", "enrichment", "export", "vqa"]
+    assert [p.name for p in full] == ["ingest", "shared_models", "enrichment", "summary", "export", "vqa"]
+    assert [p.partitions for p in full] == ["source_shards", None, "source_shards", "sources", None, "vqa_sets"]
 
 
 def test_cli_resource_overrides(tmp_path):

@@ -152,7 +152,7 @@ def test_a_failed_source_leaves_no_mirror(memory_root, tmp_path, dagster_instanc
     defs = build_definitions(resources)
     result = dg.materialize(
         [a for a in defs.assets if "source_manifest" in {k.to_user_string() for k in a.keys}],
-        partition_key="mem",
+        partition_key="000|mem",
         instance=dagster_instance,
         resources=resources,
         raise_on_error=False,

@@ -62,19 +62,19 @@ def small_knowledge(folder: Path, n: int = 60):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, dagster_instance, demo_registry):
-    """The run plan (the CLI's): ingest per source, shared models, enrichment per source."""
+    """The run plan (the CLI's): ingest per shard, shared models, enrichment per shard, summary per source."""
     out = tmp_path_factory.mktemp("pipeline_out")
     dagster_instance.add_dynamic_partitions("sources", SOURCES)
     dagster_instance.add_dynamic_partitions("vqa_sets", ["demo"])
     defs = build_definitions(make_resources(out))
     plan = RunPlan.from_assets(defs.assets)
     reports = run_plan(defs, plan, SOURCES, dagster_instance, run_config=FAST_EXPERTS, vqa_sets=["demo"])
-    results: dict = {"early": {}, "late": {}}
+    results: dict = {"early": {}, "late": {}, "summary": {}}
     for r in reports:
         if r.phase in ("shared_models", "export", "vqa"):
             results["global" if r.phase == "shared_models" else r.phase] = r.result
         else:
-            results["early" if r.phase == "ingest" else "late"][r.source] = r.result
+            results[{"ingest": "early", "enrichment": "late"}.get(r.phase, r.phase)][r.source] = r.result
     return out, results
 
 
@@ -85,7 +85,7 @@ def _table(out, asset: str, name: str) -> pl.DataFrame:
 def test_every_run_succeeded(pipeline):
     _, results = pipeline
     assert results["global"].success
-    for phase in ("early", "late"):
+    for phase in ("early", "late", "summary"):
         for name, result in results[phase].items():
             assert result.success, (phase, name)
 
@@ -146,7 +146,7 @@ def test_caption_rerun_is_cached(pipeline, dagster_instance):
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
         selection=dg.AssetSelection.assets("caption_batch"),
-        partition_key="xray_tibia",
+        partition_key="000|xray_tibia",
         instance=dagster_instance,
         resources=resources,
         run_config=QUIET,
@@ -172,7 +172,7 @@ def _caption_with(copy, captioner, dagster_instance):
         [*defs.assets, *defs.asset_checks],
         selection=dg.AssetSelection.assets("caption_batch", "caption_quality")
         | dg.AssetSelection.checks_for_assets("caption_quality"),
-        partition_key="synthetic_phantoms",
+        partition_key="000|synthetic_phantoms",
         instance=dagster_instance,
         resources=make_resources(copy, captioner=captioner),
         run_config=QUIET,
@@ -238,7 +238,7 @@ def test_local_vlm_backend_is_configuration_only(pipeline, dagster_instance, tmp
         [*defs.assets, *defs.asset_checks],
         selection=dg.AssetSelection.assets("caption_batch", "caption_quality")
         | dg.AssetSelection.checks_for_assets("caption_quality"),
-        partition_key="xray_tibia",
+        partition_key="000|xray_tibia",
         instance=dagster_instance,
         resources=resources,
         run_config=QUIET,
@@ -320,12 +320,12 @@ def test_single_run_over_two_partitions_reports_each_partition(pipeline, dagster
     result = job.execute_in_process(
         instance=dagster_instance,
         asset_selection=[dg.AssetKey("roi_set"), dg.AssetKey("caption_batch")],
-        tags={ASSET_PARTITION_RANGE_START_TAG: pair[0], ASSET_PARTITION_RANGE_END_TAG: pair[1]},
+        tags={ASSET_PARTITION_RANGE_START_TAG: f"000|{pair[0]}", ASSET_PARTITION_RANGE_END_TAG: f"000|{pair[1]}"},
         run_config=QUIET,
     )
     assert result.success
     for asset in ("roi_set", "caption_batch"):
-        mats = {m.partition: m.metadata for m in result.asset_materializations_for_node(asset)}
+        mats = {m.partition.split("|")[1]: m.metadata for m in result.asset_materializations_for_node(asset)}
         assert set(mats) == set(pair), asset
         for name in pair:
             assert mats[name]["dagster/row_count"].value == _table(copy, asset, name).height, (asset, name)
@@ -420,7 +420,8 @@ def test_every_asset_reports_numeric_trends_and_picture_files(pipeline):
     """Duration, rows in/out and set-aside counts are numbers on every materialization (the UI plots
     them across runs); the pictures people look at most are PNG files linked from the metadata."""
     out, results = pipeline
-    runs = [*results["early"].values(), *results["late"].values(), results["global"], results["export"], results["vqa"]]
+    runs = [*results["early"].values(), *results["late"].values(), *results["summary"].values(), results["global"],
+            results["export"], results["vqa"]]
     seen = set()
     for result in runs:
         for mat in result.get_asset_materialization_events():
@@ -437,3 +438,59 @@ def test_every_asset_reports_numeric_trends_and_picture_files(pipeline):
     for key, picture in (("roi_set", "overlays_file"), ("caption_batch", "sample_triplets_file")):
         path = Path(mats[key][picture].value)
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.is_relative_to(out), path
+
+
+def _sharded_root(tmp_path: Path, demo_dir: Path) -> Path:
+    """The phantom source (40 images with masks) plus an exact and a near copy of two of its images,
+    named to sort last: with 7 images a shard, they fall in the last of 6 shards."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "phantoms"
+    shutil.copytree(demo_dir / "synthetic_phantoms", root)
+    images = sorted((root / "images").glob("*.png"))
+    shutil.copy(images[0], root / "images" / "zz_exact_copy.png")
+    pixels = np.asarray(Image.open(images[1], formats=["PNG"])).astype(np.int16)
+    noise = np.random.default_rng(0).integers(-2, 3, pixels.shape) * (np.random.default_rng(1).random(pixels.shape) < 0.1)
+    Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8)).save(root / "images" / "zz_near_copy.png")
+    return root
+
+
+def test_a_source_in_several_shards_gives_the_same_triplets_as_one(pipeline, dagster_instance, demo_dir, tmp_path):
+    """Shards are independent partitions; duplicates across them are still removed (by the source's
+    summary), so 6 shards give exactly the triplets of 1."""
+    out, _ = pipeline
+    root = _sharded_root(tmp_path, demo_dir)
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    declaration = (pipeline_registry() / "synthetic_phantoms.yaml").read_text()
+    declaration = "\n".join(f"root: {root}" if line.startswith("root:") else line.replace("synthetic_phantoms", "shard_check")
+                            for line in declaration.splitlines())
+    dagster_instance.add_dynamic_partitions("sources", ["shard_check"])
+
+    def build(shard_size: int) -> dict:
+        (registry / "shard_check.yaml").write_text(f"{declaration}\nshard_size: {shard_size}\n")
+        defs = build_definitions(make_resources(out, registry=SourceRegistry(registry_dir=str(registry))))
+        full = RunPlan.from_assets(defs.assets, until="triplets")
+        plan = RunPlan([p for p in full.phases if p.name != "shared_models"], full._graph)
+        reports = run_plan(defs, plan, ["shard_check"], dagster_instance, run_config=QUIET)
+        assert reports and all(r.success for r in reports), [(r.phase, r.reason) for r in reports]
+        (summary,) = [r for r in reports if r.phase == "summary"]
+        (mat,) = summary.result.asset_materializations_for_node("triplets")
+        return {"table": _table(out, "triplets", "shard_check").sort("triplet_id"), "runs": reports,
+                "shards": mat.metadata["shards"].value, "across": mat.metadata["cross_shard_duplicates"].value}
+
+    one = build(10_000)
+    manifest = _table(out, "source_manifest", "shard_check")
+    assert manifest.filter(pl.col("status") == "duplicate").height == 2  # both copies, within the one shard
+    assert one["shards"] == 1 and one["across"] == 0
+
+    many = build(7)
+    assert many["shards"] == 6 and many["across"] == 2  # the copies, found across shards
+    ingests = [r for r in many["runs"] if r.phase == "ingest"]
+    assert len(ingests) == 6 and len({r.run_id for r in ingests}) == 6, "one run per shard (retryable alone)"
+    assert (out / "preprocessed_images" / "shard_check@005.parquet").is_file()
+    assert one["table"].height > 30
+    assert many["table"].equals(one["table"])

@@ -108,11 +108,12 @@ def test_demo_graph_runs_into_a_postgres_instance(pg_instance, database, demo_re
     plan = RunPlan.from_assets(defs.assets, until="triplets")
     reports = run_plan(defs, plan, SOURCES, pg_instance, run_config={**FAST_EXPERTS, **QUIET})
     assert reports and all(r.success for r in reports), [(r.phase, r.source, r.reason) for r in reports]
-    assert {r.phase for r in reports} == {"ingest", "shared_models", "enrichment"}
+    assert {r.phase for r in reports} == {"ingest", "shared_models", "enrichment", "summary"}
 
     # what the UI reads: every partition of the late assets, from PostgreSQL
-    for asset in ("source_manifest", "roi_set", "caption_batch", "caption_quality", "triplets"):
-        assert pg_instance.get_materialized_partitions(dg.AssetKey(asset)) == set(SOURCES), asset
+    for asset in ("source_manifest", "roi_set", "caption_batch", "caption_quality"):
+        assert pg_instance.get_materialized_partitions(dg.AssetKey(asset)) == {f"000|{s}" for s in SOURCES}, asset
+    assert pg_instance.get_materialized_partitions(dg.AssetKey("triplets")) == set(SOURCES)
     runs = pg_instance.get_runs()
     assert len(runs) == len(reports) and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     # and it is really in the server's tables (not a local file)

@@ -98,7 +98,7 @@ def ui_instance(tmp_path, demo_dir, demo_registry) -> tuple[dict[str, str], Path
     themselves stopped, the source's partition added."""
     import dagster as dg
 
-    from medtrinity_assets.defs.partitions import SOURCES
+    from medtrinity_assets.defs.partitions import SHARDS, SOURCES
 
     home, out, registry = tmp_path / "dagster_home", tmp_path / "out", tmp_path / "registry"
     for folder in (home, out, registry):
@@ -124,6 +124,7 @@ def ui_instance(tmp_path, demo_dir, demo_registry) -> tuple[dict[str, str], Path
         assert stop.returncode == 0, f"dagster {kind} stop {name} failed:\n{stop.stdout}\n{stop.stderr}"
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions(SOURCES.name, [SOURCE])
+        instance.add_dynamic_partitions(SHARDS.name, ["000"])
     return env, out
 
 
@@ -191,13 +192,8 @@ def test_materialize_one_partition_from_the_web_ui(chromium, ui_instance, dagste
                      done=lambda: _first_displayed(ui.xpath(LAUNCH_DIALOG)))
         dialog = ui.until("the launch dialog", lambda: _first_displayed(ui.xpath(LAUNCH_DIALOG)))
 
-        # 4. Pick the one partition (a toggle: clicked once), close the picker, launch (once).
-        item = PARTITION_ITEM.format(SOURCE)
-        ui.click("the partition picker", lambda: _first_displayed(ui.xpath(PARTITION_PICKER, dialog)),
-                 done=lambda: _first_displayed(ui.xpath(item)), again_after=10)
-        ui.click(f"partition '{SOURCE}' in the picker", lambda: _first_displayed(ui.xpath(item)),
-                 done=lambda: any(c.is_selected() for c in ui.xpath(item + "//input[@type='checkbox']")))
-
+        # 4. Pick the one partition, one key per dimension (shard 000 of the source; each picker a
+        #    toggle: clicked once), close the picker, launch (once).
         def picker_closed() -> bool:
             if ui.xpath(POPOVER):
                 title = ui.xpath(".//*[starts-with(normalize-space(text()), 'Launch runs to materialize')]", dialog)
@@ -205,7 +201,25 @@ def test_materialize_one_partition_from_the_web_ui(chromium, ui_instance, dagste
                 return False
             return True
 
-        ui.until("the partition picker to close", picker_closed, 10)
+        def choose(value: str) -> None:
+            item = PARTITION_ITEM.format(value)
+            for index in range(len(ui.xpath(PARTITION_PICKER, dialog)) or 1):
+                ui.click(f"partition picker {index + 1}",
+                         lambda i=index: ui.xpath(PARTITION_PICKER, dialog)[i] if len(ui.xpath(PARTITION_PICKER, dialog)) > i
+                         else None, done=lambda: ui.xpath(POPOVER), again_after=10)
+                deadline = time.monotonic() + 3  # the popover's items render shortly after it opens
+                while _first_displayed(ui.xpath(item)) is None and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if _first_displayed(ui.xpath(item)) is not None:
+                    ui.click(f"partition '{value}' in the picker", lambda: _first_displayed(ui.xpath(item)),
+                             done=lambda: any(c.is_selected() for c in ui.xpath(item + "//input[@type='checkbox']")))
+                    ui.until("the partition picker to close", picker_closed, 10)
+                    return
+                ui.until("the partition picker to close", picker_closed, 10)
+            raise AssertionError(f"no partition picker offers '{value}'")
+
+        choose(SOURCE)
+        choose("000")
         ui.until("an enabled 'Launch 1 run' button", lambda: ui.button("Launch 1 run", dialog))
         assert SOURCE in dialog.text and "1 partition" in dialog.text, dialog.text
         ui.shot("04-launch-dialog")
@@ -254,7 +268,7 @@ def test_materialize_one_partition_from_the_web_ui(chromium, ui_instance, dagste
         pytest.fail(f"run {run_id} ended {status} (GraphQL: {run['status']}); see {shots} and "
                     f"{shots / 'dagster-dev.log'}\n{dagster_dev.log_tail()}")
     tags = {t["key"]: t["value"] for t in run["tags"]}
-    assert tags.get("dagster/partition") == SOURCE and tags.get("dagster/from_ui") == "true", tags
+    assert tags.get("dagster/partition") == f"000|{SOURCE}" and tags.get("dagster/from_ui") == "true", tags
     runs = dagster_dev.graphql("{ runsOrError { __typename ... on Runs { results { runId } } } }")["runsOrError"]
     assert [r["runId"] for r in runs["results"]] == [run_id], "runs the UI did not launch (a sensor or schedule running?)"
     assert SOURCE_MANIFEST.path(out, SOURCE).is_file()

@@ -54,8 +54,13 @@ class BuildSummary:
 
 
 def _read(contract: TableContract, out: Path, source: str, columns: Sequence[str]) -> pl.DataFrame | None:
-    path = contract.path(out, source)
-    return contract.read_path(path, columns) if path.exists() else None
+    """The table of every shard of ``source`` (per-shard tables), or None when none exists."""
+    from medtrinity_assets.core.parts import source_parts
+
+    parts = [contract.path(out, p) for p in source_parts(out, source)] if contract.name != "triplets" else [
+        contract.path(out, source)]
+    frames = [contract.read_path(p, columns) for p in parts if p.exists()]
+    return pl.concat(frames) if frames else None
 
 
 def export_line(out: Path) -> str:

@@ -7,10 +7,11 @@ evaluates them every 30 s; it is on by default):
 - **shared models** (expert models, knowledge index): rebuilt when a per-source input updates, once
   no source is mid-ingestion (a batch of new sources retrains once, not once per source). A source
   whose ingestion failed does not hold them back.
-- **per-source assets after ingestion** (coarse captions, ROIs, retrieval, descriptions, quality,
-  triplets): built when a per-source input updates or the partition is new, and when a shared model
+- **per-shard assets after ingestion** (coarse captions, ROIs, retrieval, descriptions, quality):
+  built when a per-shard input updates or the partition is new, and when a shared model
   they read changes *content* (its data version: the weights' and index's hashes), but never while a
   shared model they read is being rebuilt or about to be: they wait for it, then run once.
+- **per-source summaries** (triplets): follow the source's shards once none is in progress.
 - **export and model training**: not automated (hours of GPU time are started deliberately).
 
 Nothing here fires on a sensor's first evaluation, so opening the UI over a built instance starts
@@ -61,11 +62,25 @@ def per_source_condition(shared: dg.AssetSelection) -> dg.AutomationCondition:
     ).with_label("follow the source and its shared models")
 
 
+def summary_condition(last: dg.AssetSelection) -> dg.AutomationCondition:
+    """A source's summary follows its shards' last per-shard stage (``last``), once no parent is in
+    progress. Not "no parent missing": its parents are every shard key of the source, including
+    keys past its last shard (the shard dimension is shared by all sources); the asset itself
+    fails, naming it, when a current shard is not built yet, and runs again when it is."""
+    return (
+        AC.any_deps_match(AC.newly_updated()).allow(last).since_last_handled()
+        & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+    ).with_label("follow the source's shards")
+
+
 def with_automation(assets: Iterable[object], plan: RunPlan) -> list[object]:
     """``assets`` with the conditions above set on the plan's shared and late per-source assets."""
     shared_keys = set(plan.phase("shared_models").keys) if plan.has("shared_models") else set()
     ingest = set(plan.phase("ingest").keys) if plan.has("ingest") else set()
     enrichment = set(plan.phase("enrichment").keys) if plan.has("enrichment") else set()
+    summary = set(plan.phase("summary").keys) if plan.has("summary") else set()
+    last = dg.AssetSelection.assets(*enrichment).sinks()  # the enrichment no other enrichment reads
     shared = dg.AssetSelection.assets(*shared_keys)
     per_source = per_source_condition(shared)
     sources_input = shared_model_condition()
@@ -78,6 +93,8 @@ def with_automation(assets: Iterable[object], plan: RunPlan) -> list[object]:
             return sources_input if plan.per_source_upstream(key) else AC.eager()
         if key in enrichment or (key in ingest and key not in ingest_roots):
             return per_source
+        if key in summary:
+            return summary_condition(last)
         return None
 
     out: list[object] = []

@@ -20,7 +20,7 @@ from medtrinity_assets.core.tables import (
 from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
 from medtrinity_assets.defs.checks import CAPTION_QUALITY_CHECKS, caption_quality_results
 from medtrinity_assets.defs.knowledge import KNOWLEDGE_INDEX
-from medtrinity_assets.defs.partitions import SOURCES
+from medtrinity_assets.defs.partitions import SOURCE_SHARDS, part_of
 from medtrinity_assets.defs.reporting import (
     GROUP_CAPTIONS,
     counts_metadata,
@@ -35,7 +35,7 @@ SAMPLE_TRIPLETS = 4
 
 
 def _caption_inputs(out: Path, name: str) -> list:
-    """Join the upstream tables of one source into one CaptionInput per ROI."""
+    """Join the upstream tables of one shard (its part name) into one CaptionInput per ROI."""
     from medtrinity_assets.captioning import build_caption_inputs
 
     return build_caption_inputs(
@@ -75,7 +75,7 @@ def _triplet_markdown(samples: list[tuple]) -> str:
     name=CAPTION_BATCH.name,
     group_name=GROUP_CAPTIONS,
     kinds={"parquet", "llm"},
-    partitions_def=SOURCES,
+    partitions_def=SOURCE_SHARDS,
     deps=[ROI_SET.name, COARSE_CAPTIONS.name, RETRIEVED_KNOWLEDGE.name, PREPROCESSED_IMAGES.name, KNOWLEDGE_INDEX],
     pool=gpu_pool(), op_tags=GPU_OP_TAGS,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -88,8 +88,9 @@ def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, cap
     out = storage.out()
     backend = captioner.get()
     try:
-        for name in context.partition_keys:
+        for key in context.partition_keys:
             started = time.perf_counter()
+            name = part_of(key)
             inputs = _caption_inputs(out, name)
             path = CAPTION_BATCH.path(out, name)
             progress = progress_logger(context.log, name, "captions")
@@ -112,7 +113,7 @@ def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, cap
                     f"{name}: {result.fallbacks} description(s) of {captioner.backend} failed a blocking "
                     "check and were replaced by the embedded one (see fallback_reason)"
                 )
-            context.add_asset_metadata(metadata, partition_key=name)
+            context.add_asset_metadata(metadata, partition_key=key)
             if result.failed:
                 context.log.warning(f"{name}: {result.failed} caption(s) failed; rerun retries only those")
     finally:
@@ -124,7 +125,7 @@ def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, cap
     name=CAPTION_QUALITY.name,
     group_name=GROUP_CAPTIONS,
     kinds={"parquet"},
-    partitions_def=SOURCES,
+    partitions_def=SOURCE_SHARDS,
     deps=[CAPTION_BATCH.name, SOURCE_MANIFEST.name],  # the source's identifiers, stored by ingestion
     check_specs=CAPTION_QUALITY_CHECKS,
     description="Per-description checks: facets present, claims consistent with measurements and "
@@ -137,7 +138,7 @@ def caption_quality(context: dg.AssetExecutionContext, storage: OutputStorage, j
     from medtrinity_assets.privacy import identifier_store
 
     started = time.perf_counter()
-    name = context.partition_key
+    name = part_of(context.partition_key)
     out = storage.out()
     inputs = _caption_inputs(out, name)
     captions = CAPTION_BATCH.read(out, name)

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 from medtrinity_assets.core.tables import (
     CAPTION_BATCH,
@@ -16,7 +17,7 @@ from medtrinity_assets.core.tables import (
     SOURCE_MANIFEST,
     TRIPLETS,
 )
-from medtrinity_assets.defs.partitions import SOURCES
+from medtrinity_assets.defs.partitions import BY_SOURCE, SOURCES
 from medtrinity_assets.defs.reporting import GROUP_EXPORT, counts_metadata, stage_metrics, table_metadata
 from medtrinity_assets.defs.resources import ExportSettings, OutputStorage, SourceRegistry
 
@@ -26,26 +27,34 @@ from medtrinity_assets.defs.resources import ExportSettings, OutputStorage, Sour
     group_name=GROUP_EXPORT,
     kinds={"parquet"},
     partitions_def=SOURCES,
-    deps=[CAPTION_QUALITY.name, CAPTION_BATCH.name, ROI_SET.name, PREPROCESSED_IMAGES.name, SOURCE_MANIFEST.name,
-          COARSE_CAPTIONS.name],
-    description="The source's triplets: ROIs whose description passed every blocking check, with the "
-    "original image, geometry, facets, split (by patient, study or file), licence and provenance.",
+    deps=[dg.AssetDep(key, partition_mapping=BY_SOURCE) for key in (
+        CAPTION_QUALITY.name, CAPTION_BATCH.name, ROI_SET.name, PREPROCESSED_IMAGES.name, SOURCE_MANIFEST.name,
+        COARSE_CAPTIONS.name)],
+    description="The source's triplets over all its shards: ROIs whose description passed every blocking "
+    "check, with the original image, geometry, facets, split (by patient, study or file), licence and "
+    "provenance; images that duplicate one of an earlier shard are left out.",
 )
 def triplets(context: dg.AssetExecutionContext, storage: OutputStorage, registry: SourceRegistry,
              export: ExportSettings) -> dg.MaterializeResult:
+    from medtrinity_assets.core.parts import source_parts
     from medtrinity_assets.export.triplets import build_triplets
 
     started = time.perf_counter()
     name, out = context.partition_key, storage.out()
     spec = registry.source(name)
-    captions = CAPTION_BATCH.read(out, name)
+    parts = source_parts(out, name)
+    tables = {c.name: _all_shards(c, out, name, parts) for c in (
+        CAPTION_BATCH, CAPTION_QUALITY, ROI_SET, PREPROCESSED_IMAGES, SOURCE_MANIFEST, COARSE_CAPTIONS)}
+    duplicates = _cross_shard_duplicates(out, name, parts)
+    keep = ~pl.col("record_id").is_in(list(duplicates))
+    captions = tables[CAPTION_BATCH.name].filter(keep)
     df = build_triplets(
         captions=captions,
-        quality=CAPTION_QUALITY.read(out, name),
-        rois=ROI_SET.read(out, name),
-        images=PREPROCESSED_IMAGES.read(out, name),
-        manifest=SOURCE_MANIFEST.read(out, name),
-        coarse=COARSE_CAPTIONS.read(out, name),
+        quality=tables[CAPTION_QUALITY.name],
+        rois=tables[ROI_SET.name],
+        images=tables[PREPROCESSED_IMAGES.name].filter(keep),
+        manifest=tables[SOURCE_MANIFEST.name],
+        coarse=tables[COARSE_CAPTIONS.name],
         license=spec.license,
         synthetic=spec.synthetic,
         fractions=export.fractions(),
@@ -57,11 +66,33 @@ def triplets(context: dg.AssetExecutionContext, storage: OutputStorage, registry
     return dg.MaterializeResult(
         metadata={
             **table_metadata(df, path, ["triplet_id", "origin", "label", "split", "description"]),
-            **stage_metrics(started, rows_in=captions.height, rows_out=df.height, quarantined=left_out),
+            **stage_metrics(started, rows_in=tables[CAPTION_BATCH.name].height, rows_out=df.height,
+                            quarantined=left_out),
             **counts_metadata("split_counts", dict(df.group_by("split").len().iter_rows()) if df.height else {}),
             "left_out": left_out,
+            "shards": len(parts),
+            "cross_shard_duplicates": len(duplicates),
         }
     )
+
+
+def _all_shards(contract, out: Path, name: str, parts: list[str]) -> pl.DataFrame:
+    """A per-shard table over every shard of the source; a shard not built yet is a clear failure."""
+    missing = [p for p in parts if not contract.exists(out, p)]
+    if missing:
+        raise dg.Failure(description=f"source '{name}': {len(missing)} of {len(parts)} shard(s) have no "
+                         f"{contract.name} yet ({', '.join(missing[:5])}); build them first")
+    frames = [contract.read(out, p) for p in parts]
+    return pl.concat(frames) if len(frames) > 1 else frames[0]
+
+
+def _cross_shard_duplicates(out: Path, name: str, parts: list[str]) -> dict[str, tuple[str, str]]:
+    from medtrinity_assets.ingest.shards import cross_shard_duplicates
+
+    if len(parts) < 2:
+        return {}
+    cols = ["record_id", "sha256", "phash", "image_path"]
+    return cross_shard_duplicates(out, [PREPROCESSED_IMAGES.read(out, p, cols) for p in parts])
 
 
 @dg.asset(

@@ -1,4 +1,4 @@
-"""Stage 1 assets: the source manifest and the preprocessed 2D images of one source."""
+"""Stage 1 assets: the source manifest and the preprocessed 2D images of one shard of a source."""
 
 
 import time
@@ -7,7 +7,7 @@ import dagster as dg
 
 from medtrinity_assets.core.render import load_png
 from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, SOURCE_MANIFEST
-from medtrinity_assets.defs.partitions import SOURCES
+from medtrinity_assets.defs.partitions import SOURCE_SHARDS, source_and_shard
 from medtrinity_assets.defs.reporting import (
     GROUP_INGEST,
     counts_metadata,
@@ -30,7 +30,7 @@ SOURCE_FINGERPRINT = "source_fingerprint"
             "duplicate and a reason; no patient identifiers.",
             group_name=GROUP_INGEST,
             kinds={"parquet", "polars"},
-            partitions_def=SOURCES,
+            partitions_def=SOURCE_SHARDS,
         ),
         dg.AssetSpec(
             PREPROCESSED_IMAGES.name,
@@ -38,29 +38,31 @@ SOURCE_FINGERPRINT = "source_fingerprint"
             "duplicates removed; masks aligned.",
             group_name=GROUP_INGEST,
             kinds={"parquet", "png"},
-            partitions_def=SOURCES,
+            partitions_def=SOURCE_SHARDS,
             deps=[SOURCE_MANIFEST.name],
         ),
     ],
-    partitions_def=SOURCES,
+    partitions_def=SOURCE_SHARDS,
     can_subset=False,
 )
 def ingest_source_assets(
     context: dg.AssetExecutionContext, storage: OutputStorage, registry: SourceRegistry, compute: ComputeResource
 ):
+    from medtrinity_assets.core.parts import part_name
     from medtrinity_assets.ingest import SourceRootMissing, ingest_source
     from medtrinity_assets.ingest.remote import CACHE_DIR, RootRefused, discard_mirror
     from medtrinity_assets.ingest.watch import files_fingerprint, source_fingerprint
 
     started = time.perf_counter()
-    name = context.partition_key
+    name, shard = source_and_shard(context.partition_key)
+    part = part_name(name, shard)
     out = storage.out()
     declared = registry.source(name)
     files = files_fingerprint(declared)  # before reading: a file changed meanwhile re-runs the source
     try:
         spec = registry.local_source(name, out)
         result = ingest_source(
-            spec, out, workers=compute.workers, progress=progress_logger(context.log, name, "files read")
+            spec, out, shard=shard, workers=compute.workers, progress=progress_logger(context.log, part, "files read")
         )
     except (SourceRootMissing, RootRefused) as exc:
         discard_mirror(out / CACHE_DIR, name)
@@ -68,6 +70,8 @@ def ingest_source_assets(
     except BaseException:
         discard_mirror(out / CACHE_DIR, name)  # a failed source leaves no copy of its files
         raise
+    if shard >= result.shards:
+        context.log.warning(f"source '{name}' has {result.shards} shard(s) now: shard {shard} is empty")
     if result.warnings:
         context.log.warning(
             f"source '{name}': non-fatal findings {result.warnings} (series_gap: a DICOM series with "
@@ -81,13 +85,15 @@ def ingest_source_assets(
             **metrics,
             **table_metadata(
                 result.manifest,
-                SOURCE_MANIFEST.path(out, name),
+                SOURCE_MANIFEST.path(out, part),
                 ["relpath", "status", "reason", "modality", "organ", "slice_index", "width", "height"],
             ),
             **counts_metadata("status_counts", result.status_counts),
             **counts_metadata("quarantined_by_reason", result.quarantine_counts),
             **counts_metadata("slices_skipped_by_reason", result.skipped_counts),
             "warnings": dg.MetadataValue.json(result.warnings),
+            "shard": shard,
+            "shards": result.shards,
             "registry_fingerprint": declared.fingerprint(),
             "files_fingerprint": files,
             SOURCE_FINGERPRINT: source_fingerprint(declared, files),
@@ -98,7 +104,7 @@ def ingest_source_assets(
     )
     images = result.images
     sample = images.gather_every(max(1, images.height // 8)).head(8)
-    sheet = sheet_metadata(out, PREPROCESSED_IMAGES.name, name, "contact_sheet",
+    sheet = sheet_metadata(out, PREPROCESSED_IMAGES.name, part, "contact_sheet",
                            [load_png(out / p) for p in sample["image_path"].to_list()],
                            [r[:8] for r in sample["record_id"].to_list()], "samples")
     yield dg.MaterializeResult(
@@ -108,7 +114,7 @@ def ingest_source_assets(
             **sheet,
             **table_metadata(
                 images,
-                PREPROCESSED_IMAGES.path(out, name),
+                PREPROCESSED_IMAGES.path(out, part),
                 ["record_id", "image_path", "width", "height", "window", "mask_path"],
             ),
             "with_masks": int(images["mask_path"].is_not_null().sum()) if images.height else 0,

@@ -13,7 +13,7 @@ from medtrinity_assets.core.tables import (
     ROI_SET,
 )
 from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
-from medtrinity_assets.defs.partitions import SOURCES
+from medtrinity_assets.defs.partitions import SOURCE_SHARDS, part_of
 from medtrinity_assets.defs.reporting import GROUP_KNOWLEDGE, counts_metadata, stage_metrics, table_metadata
 from medtrinity_assets.defs.resources import EmbedderResource, KnowledgeConfig, OutputStorage
 
@@ -96,7 +96,7 @@ def knowledge_index(context: dg.AssetExecutionContext, storage: OutputStorage, e
     name=RETRIEVED_KNOWLEDGE.name,
     group_name=GROUP_KNOWLEDGE,
     kinds={"parquet", "faiss"},
-    partitions_def=SOURCES,
+    partitions_def=SOURCE_SHARDS,
     deps=[COARSE_CAPTIONS.name, ROI_SET.name, KNOWLEDGE_INDEX],
     description="Top-k knowledge passages per image/ROI from concept queries (hybrid dense + BM25 candidates), above a cosine-similarity floor; scores are cosine similarities.",
 )
@@ -111,7 +111,7 @@ def retrieved_knowledge(
     from medtrinity_assets.knowledge.retrieval import HybridRetriever
 
     started = time.perf_counter()
-    name = context.partition_key
+    name = part_of(context.partition_key)
     out = storage.out()
     coarse = COARSE_CAPTIONS.read(out, name)
     rois = ROI_SET.read(out, name)

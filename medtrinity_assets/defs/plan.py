@@ -1,16 +1,18 @@
 """The run plan: the order in which the asset graph is built, and the named jobs it defines.
 
-Five phases, derived from the asset graph (a new asset lands in its phase by its deps):
+Six phases, derived from the asset graph (a new asset lands in its phase by its deps):
 
-1. ``ingest`` (per source) — the per-source assets that need nothing shared (ingestion, coarse
-   captions); job ``ingest_job``;
+1. ``ingest`` (per shard of a source) — the per-shard assets that need nothing shared (ingestion,
+   coarse captions); job ``ingest_job``;
 2. ``shared_models`` (global) — the unpartitioned assets every source uses (expert models, the
    knowledge corpus and index); job ``shared_models_job``;
-3. ``enrichment`` (per source) — the per-source assets that need a shared one (ROIs, retrieval,
-   descriptions, their quality, the triplets); job ``enrichment_job``;
-4. ``export`` (global) — the unpartitioned assets that read the enriched sources (the dataset and
+3. ``enrichment`` (per shard) — the per-shard assets that need a shared one (ROIs, retrieval,
+   descriptions, their quality); job ``enrichment_job``;
+4. ``summary`` (per source) — the assets that read all shards of a source (its triplets, with the
+   duplicates across shards removed); job ``summary_job``;
+5. ``export`` (global) — the unpartitioned assets that read the enriched sources (the dataset and
    everything written with it, the LLaVA-Tri checkpoint); job ``export_job``;
-5. ``vqa`` (per VQA set) — the VQA questions, fine-tuned checkpoints and evaluations; job ``vqa_job``.
+6. ``vqa`` (per VQA set) — the VQA questions, fine-tuned checkpoints and evaluations; job ``vqa_job``.
 
 The CLI, the registry sensor and the tests all run this plan, so late per-source assets never
 run before the shared models they read.
@@ -23,19 +25,30 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from medtrinity_assets.defs.partitions import SOURCES, VQA_SETS
+from medtrinity_assets.defs.partitions import SOURCE_SHARDS, SOURCES, VQA_SETS
+
+SHARDED = "source_shards"
 
 
 @dataclass(frozen=True)
 class Phase:
     name: str
-    partitions: str | None  # "sources", "vqa_sets" or None (one run)
+    partitions: str | None  # "source_shards", "sources", "vqa_sets" or None (one run)
     keys: tuple[dg.AssetKey, ...]
     description: str
 
     @property
+    def per_shard(self) -> bool:
+        return self.partitions == SHARDED
+
+    @property
     def per_source(self) -> bool:
-        return self.partitions == SOURCES.name
+        """Runs once per source, or once per shard of each source."""
+        return self.partitions in (SHARDED, SOURCES.name)
+
+    @property
+    def partitions_def(self) -> dg.PartitionsDefinition | None:
+        return {SHARDED: SOURCE_SHARDS, SOURCES.name: SOURCES, VQA_SETS.name: VQA_SETS}.get(self.partitions or "")
 
     @property
     def per_vqa_set(self) -> bool:
@@ -52,8 +65,8 @@ class Phase:
 PHASE_TEXT = {
     "ingest": "Per-source assets that need nothing shared: ingestion and coarse captions.",
     "shared_models": "Global assets every source uses: expert grounding models, the knowledge corpus and index.",
-    "enrichment": "Per-source assets that read a shared model: ROIs, retrieval, descriptions, their quality "
-    "and the verified triplets.",
+    "enrichment": "Per-shard assets that read a shared model: ROIs, retrieval, descriptions and their quality.",
+    "summary": "Per-source assets over all its shards: the verified triplets, duplicates across shards removed.",
     "export": "Global assets over every enriched source: the dataset, its formats, card, catalog and viewer, "
     "and the LLaVA-Tri checkpoint pretrained on it.",
     "vqa": "Per VQA set: its questions, the fine-tuned checkpoints (with and without triplet pretraining) "
@@ -66,7 +79,8 @@ class _Graph:
     """The dependency structure the plan is derived from."""
 
     parents: dict[dg.AssetKey, set[dg.AssetKey]] = field(default_factory=dict)
-    partitioned: set[dg.AssetKey] = field(default_factory=set)
+    partitioned: set[dg.AssetKey] = field(default_factory=set)  # per shard or per source
+    per_source: set[dg.AssetKey] = field(default_factory=set)  # per source (over its shards)
     per_vqa_set: set[dg.AssetKey] = field(default_factory=set)
     together: dict[dg.AssetKey, frozenset[dg.AssetKey]] = field(default_factory=dict)
 
@@ -78,8 +92,11 @@ class _Graph:
                 continue
             for spec in a.specs:
                 g.parents[spec.key] = {d.asset_key for d in spec.deps}
-                if spec.partitions_def == SOURCES:
+                if spec.partitions_def == SOURCE_SHARDS:
                     g.partitioned.add(spec.key)
+                elif spec.partitions_def == SOURCES:
+                    g.partitioned.add(spec.key)
+                    g.per_source.add(spec.key)
                 elif spec.partitions_def == VQA_SETS:
                     g.per_vqa_set.add(spec.key)
             if len(a.keys) > 1 and not a.can_subset:  # a multi-asset that runs whole
@@ -144,16 +161,19 @@ class RunPlan:
                 raise ValueError(f"unknown asset '{until}'; known: {known}")
             keys = graph.closure({target})
         late = graph.late_keys(keys)
-        early = sorted(keys & graph.partitioned - late)
+        summary = keys & graph.per_source
+        late -= summary
+        early = sorted(keys & graph.partitioned - late - summary)
         vqa = keys & graph.per_vqa_set
         global_keys = keys - graph.partitioned - vqa
-        final = {k for k in global_keys if graph.ancestors(k) & late}  # reads the enriched sources
+        final = {k for k in global_keys if graph.ancestors(k) & (late | summary)}  # reads the enriched sources
         phases = [
             Phase(name, partitions, tuple(ks), PHASE_TEXT[name])
             for name, partitions, ks in (
-                ("ingest", SOURCES.name, early),
+                ("ingest", SHARDED, early),
                 ("shared_models", None, sorted(global_keys - final)),
-                ("enrichment", SOURCES.name, sorted(keys & graph.partitioned & late)),
+                ("enrichment", SHARDED, sorted(keys & graph.partitioned & late)),
+                ("summary", SOURCES.name, sorted(summary)),
                 ("export", None, sorted(final)),
                 ("vqa", VQA_SETS.name, sorted(vqa)),
             )
@@ -180,7 +200,7 @@ class RunPlan:
             dg.define_asset_job(
                 p.job_name,
                 selection=dg.AssetSelection.assets(*p.keys),
-                partitions_def=SOURCES if p.per_source else VQA_SETS if p.per_vqa_set else None,
+                partitions_def=p.partitions_def,
                 description=p.description,
                 tags={"medtrinity/phase": p.name},
             )

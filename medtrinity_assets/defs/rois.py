@@ -8,7 +8,7 @@ from pydantic import Field
 
 from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, ROI_SET
 from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
-from medtrinity_assets.defs.partitions import SOURCES
+from medtrinity_assets.defs.partitions import SOURCE_SHARDS, part_of, source_and_shard
 from medtrinity_assets.defs.reporting import (
     GROUP_ROIS,
     counts_metadata,
@@ -118,7 +118,7 @@ def _roi_metadata(out, name: str, images, result) -> dict:
     name=ROI_SET.name,
     group_name=GROUP_ROIS,
     kinds={"parquet", "polars"},
-    partitions_def=SOURCES,
+    partitions_def=SOURCE_SHARDS,
     deps=[PREPROCESSED_IMAGES.name, EXPERT_MODELS],
     pool=gpu_pool(), op_tags=GPU_OP_TAGS,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -132,9 +132,10 @@ def roi_set(
     from medtrinity_assets.segmentation import load_experts_for
 
     out = storage.out()
-    for name in context.partition_keys:
+    for key in context.partition_keys:
         started = time.perf_counter()
-        spec = registry.source(name)
+        name = part_of(key)
+        spec = registry.source(source_and_shard(key)[0])
         images = PREPROCESSED_IMAGES.read(out, name)
         experts = load_experts_for(spec, out / EXPERT_MODELS, device=compute.resolved_device())
         if experts:
@@ -146,5 +147,5 @@ def roi_set(
         metadata = {**_roi_metadata(out, name, images, result), "experts": used,
                     **stage_metrics(started, rows_in=images.height, rows_out=result.rois.height, quarantined=flagged),
                     **counts_metadata("dropped_by_reason", result.dropped_counts)}
-        context.add_asset_metadata(metadata, partition_key=name)
+        context.add_asset_metadata(metadata, partition_key=key)
     return dg.MaterializeResult()

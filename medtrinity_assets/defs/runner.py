@@ -8,12 +8,14 @@ A failing source is skipped in later phases; its reason is the innermost cause o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 
+from medtrinity_assets.core.parts import shard_key
+from medtrinity_assets.defs.partitions import SHARDS, shard_partition
 from medtrinity_assets.defs.plan import Phase, RunPlan
 from medtrinity_assets.defs.sensors import FINGERPRINT_TAG, SOURCE_TAG
 
@@ -82,19 +84,19 @@ def _execute(
     job: dg.JobDefinition,
     instance: dg.DagsterInstance,
     phase: Phase,
-    source: str | None,
+    partition: str | dg.MultiPartitionKey | None,
     run_config: dict[str, Any],
     tags: dict[str, str],
 ) -> StepReport:
     result = job.execute_in_process(
         run_config=_config_for(job, run_config),
         instance=instance,
-        partition_key=source,
+        partition_key=partition,
         raise_on_error=False,
         asset_selection=list(phase.keys),
         tags=tags or None,
     )
-    report = StepReport(phase.name, source, result.run_id, result.success, result=result)
+    report = StepReport(phase.name, None, result.run_id, result.success, result=result)
     if not result.success:
         report.reason = innermost_reason(result)
     report.warnings = run_warnings(instance, result.run_id)
@@ -111,14 +113,17 @@ def run_plan(
     on_start: Callable[[Phase, str | None], None] | None = None,
     on_done: Callable[[StepReport], None] | None = None,
     vqa_sets: Sequence[str] = (),
+    shard_count: Callable[[str], int] | None = None,
 ) -> list[StepReport]:
     """Every phase of ``plan`` in order; returns one report per run (skipped sources have none).
 
     ``sources`` may map each name to its declaration's fingerprint, recorded on its runs (the
     registry sensor then knows the declaration was attempted); the ``vqa`` phase runs once per
-    name of ``vqa_sets``."""
+    name of ``vqa_sets``; a per-shard phase runs shards ``0 .. shard_count(source) - 1`` of each
+    source (by default as ingestion recorded it under the output root, read after shard 0 is ingested)."""
     fingerprints = dict(sources) if isinstance(sources, dict) else {}
     config = {**QUIET_RUN_CONFIG, **(run_config or {})}
+    shard_count = shard_count or _recorded_shard_count(definitions)
     failed: set[str] = set()
     reports: list[StepReport] = []
     for phase in plan.phases:
@@ -129,15 +134,43 @@ def run_plan(
         elif phase.per_vqa_set:
             targets = list(vqa_sets)
         for source in targets:
-            if on_start:
-                on_start(phase, source)
             tags = {SOURCE_TAG: source, **({FINGERPRINT_TAG: fingerprints[source]} if source in fingerprints else {})}
-            report = _execute(job, instance, phase, source, config, tags if phase.per_source else {})
-            reports.append(report)
-            if not report.success:
-                failed.add(source or GLOBAL)
-            if on_done:
-                on_done(report)
+            for key in _partition_keys(phase, source, shard_count, instance):
+                if on_start:
+                    on_start(phase, source)
+                report = _execute(job, instance, phase, key, config, tags if phase.per_source else {})
+                report.source = source
+                reports.append(report)
+                if on_done:
+                    on_done(report)
+                if not report.success:
+                    failed.add(source or GLOBAL)
+                    break
         if GLOBAL in failed:
             break
     return reports
+
+
+def _recorded_shard_count(definitions: dg.Definitions) -> Callable[[str], int] | None:
+    """Shard counts as ingestion recorded them under the definitions' output root."""
+    from medtrinity_assets.core.parts import shard_count
+
+    storage = (definitions.resources or {}).get("storage")
+    return (lambda source: shard_count(storage.out(), source)) if storage is not None else None
+
+
+def _partition_keys(
+    phase: Phase, target: str | None, shard_count: Callable[[str], int] | None, instance: dg.DagsterInstance
+) -> Iterator[str | dg.MultiPartitionKey | None]:
+    """The partitions one target of a phase runs: each shard of a source for a per-shard phase
+    (shard 0 first: its ingestion records how many shards the source has), else the target."""
+    if not phase.per_shard or target is None:
+        yield target
+        return
+    shard = 0
+    while shard == 0 or (shard_count is not None and shard < shard_count(target)):
+        key = shard_key(shard)
+        if not instance.has_dynamic_partition(SHARDS.name, key):
+            instance.add_dynamic_partitions(SHARDS.name, [key])
+        yield shard_partition(target, shard)
+        shard += 1

@@ -3,8 +3,8 @@
 On each tick it compares every declared source with the instance, not only with its cursor: a
 source needs ingestion when its fingerprint (declaration and, for a local root, its files' paths,
 sizes and times: ``ingest/watch.py``) differs from the one recorded on its latest
-``source_manifest`` materialization, or it has none. It then requests ``ingest_job`` for that
-source; the rest of the graph follows by declarative automation (``automation.py``: shared models
+``source_manifest`` materialization (of its shard 0), or it has none. It then requests ``ingest_job``
+for each shard of that source (its inputs listed, not read, to count them); the rest of the graph follows by declarative automation (``automation.py``: shared models
 rebuild once the sources settle, each source's ROIs, retrieval, descriptions and triplets follow).
 Sources already built (``medtrinity build``, an earlier tick) request nothing, so opening the UI
 over a built instance starts no work. A failed run is not retried by the sensor (runs carry the
@@ -13,12 +13,21 @@ cause and change the declaration or the files, or launch the job from the UI.
 """
 
 
+from collections.abc import Callable
+
 import dagster as dg
 from dagster._core.events import DagsterEventType
 
+from medtrinity_assets.core.parts import shard_key
 from medtrinity_assets.core.tables import SOURCE_MANIFEST
 from medtrinity_assets.defs.ingest import SOURCE_FINGERPRINT
-from medtrinity_assets.defs.partitions import SOURCES
+from medtrinity_assets.defs.partitions import (
+    SHARDS,
+    SOURCES,
+    shard_keys_needed,
+    shard_partition,
+    source_and_shard,
+)
 from medtrinity_assets.defs.resources import SourceRegistry
 
 SENSOR_NAME = "source_registry_sensor"
@@ -41,7 +50,9 @@ def recorded_fingerprints(instance: dg.DagsterInstance) -> dict[str, str]:
         meta = r.asset_materialization.metadata if r.asset_materialization else {}
         fp = meta.get(SOURCE_FINGERPRINT) or meta.get("registry_fingerprint")  # older instances
         if r.partition_key and fp is not None:
-            out[r.partition_key] = str(getattr(fp, "value", fp))
+            source, shard = source_and_shard(r.partition_key)
+            if shard == 0:  # shard 0 is ingested first and plans the source's shards
+                out[source] = str(getattr(fp, "value", fp))
     return out
 
 
@@ -62,17 +73,22 @@ def backfill_in_progress(instance: dg.DagsterInstance) -> bool:
     return any(b.tags.get(BACKFILL_TAG) for b in instance.get_backfills(status=BulkActionStatus.REQUESTED))
 
 
-def ingest_requests(declared: dict[str, str], recorded: dict[str, str], tried: set[tuple[str, str]]) -> list[dg.RunRequest]:
-    """One ``ingest_job`` request per source whose fingerprint is new (not built, not attempted)."""
+def ingest_requests(
+    declared: dict[str, str], recorded: dict[str, str], tried: set[tuple[str, str]],
+    shards: Callable[[str], int] = lambda name: 1,
+) -> list[dg.RunRequest]:
+    """One ``ingest_job`` request per shard of each source whose fingerprint is new (not built, not
+    attempted); ``shards(name)`` says how many shards the source has now."""
     return [
         dg.RunRequest(
-            run_key=f"ingest:{name}:{fp}",
+            run_key=f"ingest:{name}:{shard_key(shard)}:{fp}",
             job_name=INGEST_JOB,
-            partition_key=name,
+            partition_key=shard_partition(name, shard),
             tags={SOURCE_TAG: name, FINGERPRINT_TAG: fp},
         )
         for name, fp in sorted(declared.items())
         if recorded.get(name) != fp and (name, fp) not in tried
+        for shard in range(shards(name))
     ]
 
 
@@ -86,6 +102,7 @@ def build_registry_sensor(jobs: list) -> dg.SensorDefinition:
         "(declaration or files); the rest follows by declarative automation. Built sources request nothing.",
     )
     def source_registry_sensor(context: dg.SensorEvaluationContext, registry: SourceRegistry):
+        from medtrinity_assets.ingest import count_shards
         from medtrinity_assets.ingest.registry import RegistryError
         from medtrinity_assets.ingest.watch import source_fingerprint
 
@@ -100,10 +117,22 @@ def build_registry_sensor(jobs: list) -> dg.SensorDefinition:
         existing = set(context.instance.get_dynamic_partitions(SOURCES.name))
         new_parts = [s.name for s in specs if s.name not in existing]
         declared = {s.name: source_fingerprint(s) for s in specs}
-        requests = ingest_requests(declared, recorded_fingerprints(context.instance), attempted(context.instance, declared))
+        by_name = {s.name: s for s in specs}
+        counts: dict[str, int] = {}
+
+        def shards(name: str) -> int:  # listed only for the sources that need ingestion
+            counts[name] = count_shards(by_name[name])
+            return counts[name]
+
+        requests = ingest_requests(declared, recorded_fingerprints(context.instance),
+                                   attempted(context.instance, declared), shards)
+        new_shards = shard_keys_needed(counts, set(context.instance.get_dynamic_partitions(SHARDS.name)))
         return dg.SensorResult(
             run_requests=requests,
-            dynamic_partitions_requests=[SOURCES.build_add_request(new_parts)] if new_parts else [],
+            dynamic_partitions_requests=[
+                *([SOURCES.build_add_request(new_parts)] if new_parts else []),
+                *([SHARDS.build_add_request(new_shards)] if new_shards else []),
+            ],
             skip_reason=None if requests else "every declared source is built and current",
         )
 

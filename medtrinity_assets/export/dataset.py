@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from medtrinity_assets.core.images import read_png
+from medtrinity_assets.core.parts import read_source
 from medtrinity_assets.core.storage import content_path, write_parquet_atomic
 from medtrinity_assets.core.tables import MEDTRINITY_DATASET, PREPROCESSED_IMAGES, TRIPLETS
 from medtrinity_assets.export.dedup import ImageRef, Match, cross_source_duplicates
@@ -61,7 +62,7 @@ def _image_refs(out: Path, df: pl.DataFrame) -> list[ImageRef]:
     """One reference per (source, record) of ``df`` with its pHash, in source-name order."""
     refs = []
     for name in sorted(set(df["source"].to_list())):
-        ph = PREPROCESSED_IMAGES.read(out, name, ["record_id", "phash"])
+        ph = read_source(PREPROCESSED_IMAGES, out, name, ["record_id", "phash"])
         phash = dict(zip(ph["record_id"], ph["phash"], strict=True))
         rows = df.filter(pl.col("source") == name).unique("record_id", keep="first", maintain_order=True)
         refs += [ImageRef(name, r, s, int(phash.get(r) or "0", 16)) for r, s in zip(rows["record_id"], rows["image_sha256"], strict=True)]

@@ -25,12 +25,15 @@ from typing import Any
 import polars as pl
 
 from medtrinity_assets.core import storage
+from medtrinity_assets.core.parts import part_name, record_count
 from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, SOURCE_MANIFEST
 from medtrinity_assets.ingest.dedup import NearDuplicateIndex
 from medtrinity_assets.ingest.readers import reader_for
+from medtrinity_assets.ingest.readers.base import ScanResult
 from medtrinity_assets.ingest.readers.files import check_root
 from medtrinity_assets.ingest.records import Candidate, TaskResult
 from medtrinity_assets.ingest.registry import SourceSpec
+from medtrinity_assets.ingest.shards import ShardPlan, plan_shards
 from medtrinity_assets.ingest.worker import WorkerPool
 from medtrinity_assets.privacy import identifier_store
 
@@ -43,6 +46,8 @@ class IngestResult:
     images: pl.DataFrame
     quarantine_counts: dict[str, int]
     counts: dict[str, int]
+    shard: int = 0
+    shards: int = 1  # the source's shard count when this shard was ingested
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -158,26 +163,30 @@ def ingest_source(
     spec: SourceSpec,
     out: str | Path,
     *,
+    shard: int = 0,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
     near_duplicate_distance: int | None = 4,
 ) -> IngestResult:
-    """Read one source, preprocess it and write its ``source_manifest`` and ``preprocessed_images``.
+    """Read one shard of a source (see :mod:`.shards`), preprocess it and write its
+    ``source_manifest`` and ``preprocessed_images`` (at the shard's part name).
 
     Deterministic and idempotent: rows come in task order (sorted relative paths, then keys),
     PNGs are named by content. ``near_duplicate_distance``: largest pHash Hamming distance (with
     a thumbnail check) at which an image from another file is a near duplicate; ``None`` keeps
-    only exact-duplicate removal.
+    only exact-duplicate removal. A shard past the source's last one writes empty tables.
     """
     out = Path(out)
     root = check_root(spec.name, spec.resolved_root())
     workers = max(1, int(workers))
+    part = part_name(spec.name, shard)
     with WorkerPool(workers, spec, root) as pool:
-        scan = reader_for(spec.layout).scan(spec, root, pool.map_ordered)
+        plan, scan = _scan_shard(spec, root, shard, pool.map_ordered)
+    record_count(out, spec.name, plan.count, plan.size)
     tasks = sorted(scan.tasks, key=lambda t: t.sort_key)
     col = _Collector(out, NearDuplicateIndex(near_duplicate_distance), group_ids=identifier_store(out))
     col.counts["tasks"] = len(tasks)
-    col.counts["identifying_values"] = identifier_store(out).save(spec.name, scan.identifiers)
+    col.counts["identifying_values"] = identifier_store(out).save(part, scan.identifiers)
     if progress:
         progress(0, len(tasks))
     try:
@@ -189,9 +198,43 @@ def ingest_source(
     finally:
         col.finish()
     manifest, images = _tables(spec, col)
-    SOURCE_MANIFEST.write(manifest, out, spec.name)
-    PREPROCESSED_IMAGES.write(images, out, spec.name)
+    SOURCE_MANIFEST.write(manifest, out, part)
+    PREPROCESSED_IMAGES.write(images, out, part)
     if col.redacted:
         col.counts["relpaths_redacted"] = len(col.redacted)
     by_reason, counts = _counts(manifest, images, col.counts)
-    return IngestResult(manifest, images, by_reason, counts)
+    return IngestResult(manifest, images, by_reason, counts, shard=shard, shards=plan.count)
+
+
+def count_shards(spec: SourceSpec) -> int:
+    """How many shards the source has now (its inputs listed, not read); 1 when its root is missing
+    or remote (its ingestion reports that, or plans once the root is mirrored)."""
+    try:
+        root = check_root(spec.name, spec.resolved_root())
+        return _plan(spec, root, lambda fn, items: map(fn, items))[0].count
+    except (FileNotFoundError, NotImplementedError, ValueError):
+        return 1
+
+
+def _plan(spec: SourceSpec, root: Path, map_ordered) -> tuple[ShardPlan, ScanResult | None]:
+    """The source's shard plan, and its full scan when the plan was made from it."""
+    reader = reader_for(spec.layout)
+    units = reader.shard_units(spec, root)
+    full = None
+    if units is None:
+        full = reader.scan(spec, root, map_ordered)
+        units = list(Counter(reader.shard_unit(t.relpath) for t in full.tasks).items())
+    return plan_shards(units, spec.shard_size, reader.shard_unit), full
+
+
+def _scan_shard(spec: SourceSpec, root: Path, shard: int, map_ordered) -> tuple[ShardPlan, ScanResult]:
+    """The source's shard plan and the tasks of ``shard``; a reader whose scan reads the inputs
+    (DICOM headers) reads only the shard's, the others filter their (cheap) full scan."""
+    reader = reader_for(spec.layout)
+    plan, full = _plan(spec, root, map_ordered)
+    if plan.count == 1 and shard == 0:
+        return plan, full if full is not None else reader.scan(spec, root, map_ordered)
+    keeps = plan.keeps(shard) if shard < plan.count else (lambda relpath: False)
+    if full is not None:
+        return plan, ScanResult([t for t in full.tasks if keeps(t.relpath)], full.identifiers)
+    return plan, reader.scan_shard(spec, root, map_ordered, keeps)

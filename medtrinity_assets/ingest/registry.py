@@ -79,6 +79,13 @@ class SourceSpec(BaseModel):
         description="a new, changed or removed file under a local root re-runs the source (registry "
         "sensor); false: only an edited declaration does (e.g. for a root of millions of files)",
     )
+    shard_size: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="images per shard: a larger source is built in shards of about this many images "
+        "(files, or a DICOM folder's files; a unit never splits), each its own partition",
+    )
     slicing: SliceConfig = Field(default_factory=SliceConfig)
     window: WindowConfig | None = None
     max_side: int = Field(512, ge=16, le=4096)

@@ -200,14 +200,16 @@ def _masked_images(spec: SourceSpec, out: Path) -> list[tuple[str, str, str, dic
     """``(record_id, image_path, mask_path, {value: name})`` of a source's images with masks."""
     import polars as pl
 
+    from medtrinity_assets.core.parts import source_parts
     from medtrinity_assets.core.tables import PREPROCESSED_IMAGES
 
-    path = PREPROCESSED_IMAGES.path(out, spec.name)
-    if not path.exists():
+    paths = [p for p in (PREPROCESSED_IMAGES.path(out, part) for part in source_parts(out, spec.name)) if p.exists()]
+    if not paths:
         return []
     cols = ["record_id", "image_path", "mask_path", "mask_labels", "mask_label_names"]
-    try:
-        df = pl.read_parquet(path, columns=cols).filter(pl.col("mask_path").is_not_null()).sort("record_id")
+    try:  # every shard of the source
+        df = pl.concat([pl.read_parquet(p, columns=cols) for p in paths])
+        df = df.filter(pl.col("mask_path").is_not_null()).sort("record_id")
     except Exception:  # noqa: BLE001 - an unreadable table contributes nothing
         return []
     rows = []
@@ -223,16 +225,18 @@ def needed_scopes(specs: list[SourceSpec], out: str | Path) -> set[tuple[str, st
     only experts for those are worth training (an expert grounds what has no annotation)."""
     import polars as pl
 
+    from medtrinity_assets.core.parts import source_parts
     from medtrinity_assets.core.tables import PREPROCESSED_IMAGES
 
     scopes = set()
     for spec in specs:
-        path = PREPROCESSED_IMAGES.path(out, spec.name)
-        if not path.exists():
-            continue
-        df = pl.read_parquet(path, columns=["mask_path", "boxes"])
-        bare = df.filter(pl.col("mask_path").is_null() & (pl.col("boxes").list.len().fill_null(0) == 0))
-        if bare.height:
+        paths = [p for p in (PREPROCESSED_IMAGES.path(out, part) for part in source_parts(out, spec.name))
+                 if p.exists()]
+        bare = 0
+        for path in paths:  # every shard of the source
+            df = pl.read_parquet(path, columns=["mask_path", "boxes"])
+            bare += df.filter(pl.col("mask_path").is_null() & (pl.col("boxes").list.len().fill_null(0) == 0)).height
+        if bare:
             t = ExpertTarget.of(spec, "")
             scopes.add((t.modality, t.organ, t.synthetic))
     return scopes

@@ -207,6 +207,23 @@ class Reader(ABC):
         Raise :class:`SourceLayoutMissing` when the root lacks the folder the layout reads.
         """
 
+    def shard_unit(self, relpath: str) -> str:
+        """The unit an input belongs to: inputs of one unit always land in the same shard."""
+        return relpath
+
+    def shard_units(self, spec: SourceSpec, root: Path) -> list[tuple[str, int]] | None:
+        """``(unit, images)`` of every input, found without reading them, or ``None`` when the
+        scan itself is cheap (a listing): the shard plan is then made from the scanned tasks."""
+        return None
+
+    def scan_shard(
+        self, spec: SourceSpec, root: Path, map_ordered: MapOrdered, keeps: Callable[[str], bool]
+    ) -> ScanResult:
+        """The tasks of one shard (``keeps(relpath)``). Readers whose scan reads the inputs (DICOM
+        headers) override it to read only the shard's."""
+        scan = self.scan(spec, root, map_ordered)
+        return ScanResult([t for t in scan.tasks if keeps(t.relpath)], scan.identifiers)
+
     @abstractmethod
     def read(self, task: Task, spec: SourceSpec, root: Path) -> Iterator[Volume | Rejected]:
         """The volumes of one task (one or many), and rejected parts of it as :class:`Rejected`.

@@ -10,6 +10,7 @@ scrub text, and UIDs serve only grouping and SEG matching.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,8 +215,20 @@ class DicomReader(Reader):
     layout = "dicom"
     description = "DICOM files, series, multi-frame objects and SEG masks (compressed syntaxes decoded)"
 
-    def scan(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered) -> ScanResult:
+    def shard_unit(self, relpath: str) -> str:
+        return relpath.rsplit("/", 1)[0] if "/" in relpath else ""  # a folder: a series stays whole
+
+    def shard_units(self, spec: SourceSpec, root: Path) -> list[tuple[str, int]]:
+        files = list_dicom(list_files(root, list(spec.include)))
+        return sorted(Counter(self.shard_unit(f.relpath) for f in files).items())
+
+    def scan_shard(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered, keeps) -> ScanResult:
+        return self.scan(spec, root, map_ordered, keeps)
+
+    def scan(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered, keeps=None) -> ScanResult:
         found = list_dicom(list_files(root, list(spec.include)))
+        if keeps is not None:  # only this shard's headers are read
+            found = [f for f in found if keeps(f.relpath)]
         tasks: list[Task] = [Rejected(f.relpath, reason=f.reason or "path_escapes_root:") for f in found if f.path is None]
         items = [(f.relpath, str(f.path), spec.max_pixels) for f in found if f.path is not None]
         chunks = [items[i : i + HEADER_CHUNK] for i in range(0, len(items), HEADER_CHUNK)]
