@@ -38,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["synthetic_phantoms", "microscopy_cells"]  # annotated phantoms train the expert model
 #: job -> its partitions: each source's shard 000 (every test source is one shard), each source, or none
 PHASES = [("ingest_job", "shard"), ("shared_models_job", None), ("enrichment_job", "shard"), ("summary_job", "source")]
+PARTITIONS = {"shard": [f"000|{s}" for s in SOURCES], "source": list(SOURCES), None: [None]}
 WORKERS = {"cpu": ["dagster"], "gpu": ["gpu"]}  # worker name -> queues it consumes
 START_TIMEOUT_S = 90
 RUN_TIMEOUT_S = 240
@@ -342,7 +343,7 @@ def _run_phase(c: Cluster, job: str, sources: list[str | None]) -> None:
 def celery_runs(cluster):
     """The phases ingest (per shard), shared_models, enrichment (per shard), summary (per source), in order."""
     started = time.monotonic()
-    partitions = {"shard": [f"000|{s}" for s in SOURCES], "source": list(SOURCES), None: [None]}
+    partitions = PARTITIONS
     for job, kind in PHASES:
         _run_phase(cluster, job, partitions[kind])
     cluster.elapsed_s = time.monotonic() - started
@@ -391,9 +392,8 @@ def _step_evidence(instance, run_id: str) -> dict[str, dict]:
 def test_every_phase_run_succeeds_on_the_celery_executor(celery_runs):
     import dagster as dg
 
-    assert [(j, s) for j, s, _ in celery_runs.runs] == [
-        (job, s) for job, per in PHASES for s in (SOURCES if per else [None])
-    ]
+    partitions = PARTITIONS
+    assert [(j, s) for j, s, _ in celery_runs.runs] == [(job, s) for job, kind in PHASES for s in partitions[kind]]
     for job, source, run in celery_runs.runs:
         assert run.status == dg.DagsterRunStatus.SUCCESS, (
             f"{job} ({source}): {run.status}\n{celery_runs.diagnostics()}"

@@ -19,7 +19,7 @@ from PIL import Image
 
 from medtrinity_assets.cli import main
 from medtrinity_assets.definitions import build_definitions
-from medtrinity_assets.defs.partitions import SOURCES
+from medtrinity_assets.defs.partitions import SOURCE_SHARDS
 from medtrinity_assets.defs.plan import RunPlan
 
 
@@ -59,7 +59,8 @@ def test_until_downstream_and_full_plan_unchanged(assets):
     ingest = {dg.AssetKey("source_manifest"), dg.AssetKey("preprocessed_images")}
     assert [p.name for p in full if ingest & set(p.keys)] == ["ingest"]
     assert ingest <= set(full[0].keys)
-    assert [p.job_name for p in full] == ["ingest_job", "shared_models_job", "enrichment_job", "export_job", "vqa_job"]
+    assert [p.job_name for p in full] == ["ingest_job", "shared_models_job", "enrichment_job", "summary_job",
+                                          "export_job", "vqa_job"]
 
 
 def test_unknown_asset_is_reported(assets):
@@ -68,23 +69,23 @@ def test_unknown_asset_is_reported(assets):
 
 
 def _toy_graph(can_subset: bool) -> list:
-    """``g`` global; multi-asset ``m`` = ``a`` (per-source, no deps) + ``b`` (needs ``g``)."""
+    """``g`` global; multi-asset ``m`` = ``a`` (per shard, no deps) + ``b`` (needs ``g``)."""
 
     @dg.asset
     def g() -> None: ...
 
     @dg.multi_asset(
         specs=[
-            dg.AssetSpec("a", partitions_def=SOURCES),
-            dg.AssetSpec("b", partitions_def=SOURCES, deps=[g]),
+            dg.AssetSpec("a", partitions_def=SOURCE_SHARDS),
+            dg.AssetSpec("b", partitions_def=SOURCE_SHARDS, deps=[g]),
         ],
-        partitions_def=SOURCES,
+        partitions_def=SOURCE_SHARDS,
         can_subset=can_subset,
     )
     def m(context):
         yield from ()
 
-    @dg.asset(partitions_def=SOURCES, deps=["a"])
+    @dg.asset(partitions_def=SOURCE_SHARDS, deps=["a"])
     def c() -> None: ...
 
     return [g, m, c]
