@@ -89,6 +89,22 @@ def test_splits_are_stable_and_held_out_splits_of_a_group_hold():
     assert out["split"].to_list()[:2] == ["test", "test"]  # a patient with a held-out image is held out
 
 
+def test_splits_decided_over_shards_equal_splits_over_the_whole_source():
+    """A patient's rows in two shards: splits come from all shards' (group, declared) pairs at once."""
+    from medtrinity_assets.export.splits import group_splits, settle, with_groups
+
+    n = 300
+    df = pl.DataFrame({"group_id": [f"patient:{i % 40}" if i % 3 else None for i in range(n)],
+                       "image_sha256": [f"{i:04x}" for i in range(n)], "split": [None] * n},
+                      schema={"group_id": pl.String, "image_sha256": pl.String, "split": pl.String})
+    declared = pl.Series(["validation" if i % 17 == 0 else "test" if i % 29 == 0 else "train" for i in range(n)])
+    whole = assign_splits(df, declared)
+    shards = [with_groups(df[a:b], declared[a:b]) for a, b in ((0, 120), (120, 250), (250, n))]
+    splits = group_splits(pl.concat([s.select("group_id", "_declared") for s in shards]))
+    assert pl.concat([settle(s, splits, df.columns) for s in shards]).equals(whole)
+    assert not pl.concat([assign_splits(df[a:b], declared[a:b]) for a, b in ((0, 120), (120, 250), (250, n))]).equals(whole)
+
+
 def test_duplicates_across_sources_are_dropped_with_provenance(tmp_path):
     a = [_image(i) for i in range(4)]
     copy = np.asarray(Image.fromarray(a[1]).resize((60, 60)).resize((64, 64)))  # a near copy of a[1]

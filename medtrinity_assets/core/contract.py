@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from medtrinity_assets.core.storage import write_parquet_atomic
+from medtrinity_assets.core.storage import write_parquet_atomic, write_parquet_batches_atomic
 
 GLOBAL_PART = "_global"
 
@@ -83,6 +83,12 @@ class TableContract:
         """Validate and write atomically; returns the path."""
         path = self.path(out, source)
         write_parquet_atomic(self.validate(df, where=str(path)), path)
+        return path
+
+    def write_batches(self, frames: Iterable[pl.DataFrame], out: str | Path, source: str | None = None) -> Path:
+        """Validate and write ``frames`` as row groups of one file, one frame in memory at a time."""
+        path = self.path(out, source)
+        write_parquet_batches_atomic((self.validate(f, where=str(path)) for f in frames), path, self.empty())
         return path
 
     def read(self, out: str | Path, source: str | None = None, columns: Iterable[str] | None = None) -> pl.DataFrame:

@@ -23,7 +23,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -138,6 +138,38 @@ def write_parquet_atomic(df: pl.DataFrame, path: str | Path) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_parquet_batches_atomic(frames: Iterable[pl.DataFrame], path: str | Path, empty: pl.DataFrame) -> Path:
+    """Write ``frames`` as the row groups of one Parquet file, atomically, holding one frame at a
+    time; ``empty`` (the table's empty frame) gives the schema and the file when there is none."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_file(path)
+    os.close(fd)
+    writer = None
+    try:
+        for frame in frames:
+            table = frame.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            writer.write_table(table)
+        if writer is None:
+            empty.write_parquet(tmp, compression="zstd", statistics=True)
+        else:
+            writer.close()
+            writer = None
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if writer is not None:
+            writer.close()
         Path(tmp).unlink(missing_ok=True)
         raise
     return path

@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 
 from medtrinity_assets.core.tables import (
     CAPTION_BATCH,
@@ -37,62 +36,34 @@ from medtrinity_assets.defs.resources import ExportSettings, OutputStorage, Sour
 def triplets(context: dg.AssetExecutionContext, storage: OutputStorage, registry: SourceRegistry,
              export: ExportSettings) -> dg.MaterializeResult:
     from medtrinity_assets.core.parts import source_parts
-    from medtrinity_assets.export.triplets import build_triplets
+    from medtrinity_assets.export.source_triplets import ShardsMissing, source_triplets
 
     started = time.perf_counter()
     name, out = context.partition_key, storage.out()
     spec = registry.source(name)
     parts = source_parts(out, name)
-    tables = {c.name: _all_shards(c, out, name, parts) for c in (
-        CAPTION_BATCH, CAPTION_QUALITY, ROI_SET, PREPROCESSED_IMAGES, SOURCE_MANIFEST, COARSE_CAPTIONS)}
-    duplicates = _cross_shard_duplicates(out, name, parts)
-    keep = ~pl.col("record_id").is_in(list(duplicates))
-    captions = tables[CAPTION_BATCH.name].filter(keep)
-    df = build_triplets(
-        captions=captions,
-        quality=tables[CAPTION_QUALITY.name],
-        rois=tables[ROI_SET.name],
-        images=tables[PREPROCESSED_IMAGES.name].filter(keep),
-        manifest=tables[SOURCE_MANIFEST.name],
-        coarse=tables[COARSE_CAPTIONS.name],
-        license=spec.license,
-        synthetic=spec.synthetic,
-        fractions=export.fractions(),
-    )
-    path = TRIPLETS.write(df, out, name)
-    left_out = captions.height - df.height
+    try:
+        result = source_triplets(out, name, parts, license=spec.license, synthetic=spec.synthetic,
+                                 fractions=export.fractions())
+    except ShardsMissing as exc:
+        raise dg.Failure(description=str(exc)) from None
+    left_out = result.described - result.rows
     if left_out:
         context.log.warning(f"{name}: {left_out} description(s) left out (failed a blocking check or not ok)")
+    if result.duplicates:
+        context.log.info(f"{name}: {len(result.duplicates)} image(s) duplicating one of an earlier shard left out")
+    df = TRIPLETS.read_path(result.path, ["triplet_id", "origin", "label", "split", "description"]).head(1000)
     return dg.MaterializeResult(
         metadata={
-            **table_metadata(df, path, ["triplet_id", "origin", "label", "split", "description"]),
-            **stage_metrics(started, rows_in=tables[CAPTION_BATCH.name].height, rows_out=df.height,
-                            quarantined=left_out),
-            **counts_metadata("split_counts", dict(df.group_by("split").len().iter_rows()) if df.height else {}),
+            **table_metadata(df, result.path, ["triplet_id", "origin", "label", "split", "description"]),
+            "dagster/row_count": dg.MetadataValue.int(result.rows),  # the preview shows the first 1,000
+            **stage_metrics(started, rows_in=result.described, rows_out=result.rows, quarantined=left_out),
+            **counts_metadata("split_counts", result.splits),
             "left_out": left_out,
             "shards": len(parts),
-            "cross_shard_duplicates": len(duplicates),
+            "cross_shard_duplicates": len(result.duplicates),
         }
     )
-
-
-def _all_shards(contract, out: Path, name: str, parts: list[str]) -> pl.DataFrame:
-    """A per-shard table over every shard of the source; a shard not built yet is a clear failure."""
-    missing = [p for p in parts if not contract.exists(out, p)]
-    if missing:
-        raise dg.Failure(description=f"source '{name}': {len(missing)} of {len(parts)} shard(s) have no "
-                         f"{contract.name} yet ({', '.join(missing[:5])}); build them first")
-    frames = [contract.read(out, p) for p in parts]
-    return pl.concat(frames) if len(frames) > 1 else frames[0]
-
-
-def _cross_shard_duplicates(out: Path, name: str, parts: list[str]) -> dict[str, tuple[str, str]]:
-    from medtrinity_assets.ingest.shards import cross_shard_duplicates
-
-    if len(parts) < 2:
-        return {}
-    cols = ["record_id", "sha256", "phash", "image_path"]
-    return cross_shard_duplicates(out, [PREPROCESSED_IMAGES.read(out, p, cols) for p in parts])
 
 
 @dg.asset(

@@ -44,14 +44,12 @@ def group_ids(df: pl.DataFrame) -> pl.Series:
     return df.select(pl.coalesce(pl.col("group_id"), image).alias("group_id"))["group_id"]
 
 
-def assign_splits(df: pl.DataFrame, declared: pl.Series, fractions: dict[str, float] | None = None) -> pl.DataFrame:
-    """``df`` with ``group_id`` filled and ``split`` set per group: a held-out split declared for
-    any row of the group (test before validation) holds for the whole group, else the hashed one."""
-    if df.height == 0:
-        return df
-    work = df.with_columns(group_id=group_ids(df), _declared=pl.Series([declared_split(v) for v in declared]))
-    held = (
-        work.group_by("group_id")
+def group_splits(groups: pl.DataFrame, fractions: dict[str, float] | None = None) -> pl.DataFrame:
+    """``(group_id, split)`` from rows ``(group_id, _declared)``: a held-out split declared for any
+    row of the group (test before validation) holds for the whole group, else the hashed one. The
+    rows may come from many shards: only these two columns are needed at once."""
+    return (
+        groups.group_by("group_id")
         .agg(
             pl.col("_declared").eq("test").any().alias("_test"),
             pl.col("_declared").eq("validation").any().alias("_val"),
@@ -63,4 +61,22 @@ def assign_splits(df: pl.DataFrame, declared: pl.Series, fractions: dict[str, fl
         )
         .select("group_id", "split")
     )
-    return work.drop("split", "_declared").join(held, on="group_id", how="left").select(df.columns)
+
+
+def with_groups(df: pl.DataFrame, declared: pl.Series) -> pl.DataFrame:
+    """``df`` with ``group_id`` filled and each row's declared split (export words) in ``_declared``."""
+    return df.with_columns(group_id=group_ids(df),
+                           _declared=pl.Series([declared_split(v) for v in declared], dtype=pl.String))
+
+
+def settle(rows: pl.DataFrame, splits: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """``rows`` (from :func:`with_groups`) with their group's split, as ``columns``."""
+    return rows.drop("split", "_declared").join(splits, on="group_id", how="left").select(columns)
+
+
+def assign_splits(df: pl.DataFrame, declared: pl.Series, fractions: dict[str, float] | None = None) -> pl.DataFrame:
+    """``df`` with ``group_id`` filled and ``split`` set per group (see :func:`group_splits`)."""
+    if df.height == 0:
+        return df
+    work = with_groups(df, declared)
+    return settle(work, group_splits(work.select("group_id", "_declared"), fractions), df.columns)

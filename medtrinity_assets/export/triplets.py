@@ -10,7 +10,7 @@ import polars as pl
 
 from medtrinity_assets.captioning.prompt import FACETS
 from medtrinity_assets.core.tables import TRIPLETS
-from medtrinity_assets.export.splits import assign_splits
+from medtrinity_assets.export.splits import group_splits, settle, with_groups
 
 
 def triplet_id(record_id: str, roi_id: str, inputs_hash: str) -> str:
@@ -43,9 +43,30 @@ def build_triplets(
 ) -> pl.DataFrame:
     """The triplets of one source (see the module docstring); splits by group (patient, study,
     else image), a held-out split the source declares kept."""
+    rows = triplet_rows(captions=captions, quality=quality, rois=rois, images=images, manifest=manifest,
+                        coarse=coarse, license=license, synthetic=synthetic)
+    if rows.height == 0:
+        return TRIPLETS.empty()
+    return settle(rows, group_splits(rows.select("group_id", "_declared"), fractions), TRIPLETS.columns)
+
+
+def triplet_rows(
+    *,
+    captions: pl.DataFrame,
+    quality: pl.DataFrame,
+    rois: pl.DataFrame,
+    images: pl.DataFrame,
+    manifest: pl.DataFrame,
+    coarse: pl.DataFrame,
+    license: str,
+    synthetic: bool,
+) -> pl.DataFrame:
+    """The triplets of some of a source's images, before splits: ``TRIPLETS`` columns with
+    ``group_id`` filled, plus ``_declared`` (the split the source declares for the row). Splits
+    are a question about whole groups, which may span shards: see :func:`group_splits`."""
     described = passed_descriptions(captions, quality)
     if described.height == 0:
-        return TRIPLETS.empty()
+        return with_groups(TRIPLETS.empty(), pl.Series([], dtype=pl.String))
     roi_cols = ["record_id", "roi_id", "label", "origin", "bbox_xyxy", "bbox_norm", "mask_rle"]
     joined = (
         described.join(rois.filter(pl.col("status") == "ok").select(roi_cols), on=["record_id", "roi_id"])
@@ -53,9 +74,8 @@ def build_triplets(
         .join(_manifest_columns(manifest), on="record_id", how="left")
         .join(coarse.select("record_id", "modality", "organ"), on="record_id", how="left")
     )
-    rows = [_row(r, license, synthetic) for r in joined.iter_rows(named=True)]
-    frame = TRIPLETS.frame(rows)
-    return assign_splits(frame, joined["declared_split"], fractions)
+    frame = TRIPLETS.frame([_row(r, license, synthetic) for r in joined.iter_rows(named=True)])
+    return with_groups(frame, joined["declared_split"])
 
 
 def file_group(source: str, relpath: str) -> str:
