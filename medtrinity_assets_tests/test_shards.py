@@ -1,0 +1,62 @@
+"""Shards of a source (issue 15): how inputs are cut into shards, and a DICOM source ingested shard
+by shard giving the rows of one ingestion (each shard reading only its own folders)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from medtrinity_assets.core.parts import part_name, shard_count, source_parts, split_part
+from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, SOURCE_MANIFEST
+from medtrinity_assets.ingest import count_shards, ingest_source
+from medtrinity_assets.ingest.registry import SourceSpec
+from medtrinity_assets.ingest.shards import assign
+
+
+def test_units_fill_shards_in_order_and_never_split():
+    units = [("a", 3), ("b", 3), ("c", 5), ("d", 12), ("e", 1)]
+    assert assign(units, 6) == {"a": 0, "b": 0, "c": 1, "d": 2, "e": 3}  # d, heavier than a shard, alone
+    assert assign(units, 100) == dict.fromkeys("abcde", 0)
+    assert [part_name("src", k) for k in range(3)] == ["src", "src@001", "src@002"]
+    assert split_part("src@002") == ("src", 2) and split_part("src") == ("src", 0)
+
+
+@pytest.fixture()
+def dicom_folders(tmp_path, demo_dir) -> Path:
+    """Three folders of real DICOM files: one file, two files (a study's two series), one file."""
+    root = tmp_path / "dicom"
+    layout = {"a": ["ct_head"], "b": ["xray_tibia", "mr_abdomen_liver"], "c": ["mr_shoulder"]}
+    for folder, sources in layout.items():
+        (root / folder).mkdir(parents=True)
+        for name in sources:
+            (src,) = sorted((demo_dir / name).rglob("*.dcm"))[:1]
+            shutil.copy(src, root / folder / f"{name}.dcm")
+    return root
+
+
+def _spec(root: Path, shard_size: int) -> SourceSpec:
+    return SourceSpec(name="dicom_sharded", layout="dicom", root=str(root), modality="CT", organ="body",
+                      license="test", shard_size=shard_size)
+
+
+def test_a_dicom_source_in_shards_gives_the_rows_of_one_ingestion(dicom_folders, tmp_path):
+    out = tmp_path / "out"  # one output root: group ids are keyed per root
+    whole = ingest_source(_spec(dicom_folders, 10_000), out, workers=1)
+    assert whole.shards == 1 and whole.manifest.height == 4
+
+    spec = _spec(dicom_folders, 2)
+    assert count_shards(spec) == 3  # a | b (two files: a full shard) | c
+    results = [ingest_source(spec, out, shard=k, workers=1) for k in range(3)]
+    assert shard_count(out, spec.name) == 3 and source_parts(out, spec.name)[1] == "dicom_sharded@001"
+    folders = [{r.split("/")[0] for r in res.manifest["relpath"]} for res in results]
+    assert folders == [{"a"}, {"b"}, {"c"}], "each shard reads only its own folders"
+    merged = pl.concat([SOURCE_MANIFEST.read(out, p) for p in source_parts(out, spec.name)])
+    assert merged.sort("record_id").equals(whole.manifest.sort("record_id"))
+    images = pl.concat([PREPROCESSED_IMAGES.read(out, p) for p in source_parts(out, spec.name)])
+    assert images.sort("record_id").equals(whole.images.sort("record_id"))
+
+    beyond = ingest_source(spec, out, shard=5, workers=1)  # a key past the last shard: empty, not an error
+    assert beyond.manifest.height == 0 and beyond.shards == 3
