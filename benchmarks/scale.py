@@ -1,7 +1,7 @@
 """Scale benchmark: one generated source of N images through the whole per-source graph.
 
 For each size N (default 1,000 and 4,000; the issue's sizes are 4,000 / 16,000 / 64,000), a
-source of N phantom images (128 px, discs on a biased noisy background, one lesion mask each)
+source of N phantom images (in shards of the default ``shard_size``, run one after the other) (128 px, discs on a biased noisy background, one lesion mask each)
 goes through ``medtrinity build --until triplets`` in a fresh instance: ingestion, expert models,
 knowledge index, ROIs, retrieval, descriptions, their checks and the triplets. Side by side per
 size: wall time, seconds per stage (the assets' own ``duration_s`` metadata), peak RSS of the
@@ -104,7 +104,10 @@ def run_size(n: int, work: Path, until: str) -> dict:
     wall = time.perf_counter() - t
     if rc != 0:
         raise SystemExit(f"build of {n} images failed (rc={rc}); see {root / 'build.log'}")
-    return {"images": n, "shards": 1, "mode": "build", "generate_s": round(generated, 1), "wall_s": round(wall, 1),
+    from medtrinity_assets.core.parts import shard_count
+
+    shards = shard_count(root / "out", f"scale_{n}")  # the default shard_size decides
+    return {"images": n, "shards": shards, "mode": "build", "generate_s": round(generated, 1), "wall_s": round(wall, 1),
             "peak_rss_gb": round(sampler.peak / 2**30, 3), "cores_busy": round(sampler.cpu() / wall, 2),
             "stages_s": stage_seconds(home)}
 
