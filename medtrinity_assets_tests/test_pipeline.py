@@ -494,3 +494,22 @@ def test_a_source_in_several_shards_gives_the_same_triplets_as_one(pipeline, dag
     assert (out / "preprocessed_images" / "shard_check@005.parquet").is_file()
     assert one["table"].height > 30
     assert many["table"].equals(one["table"])
+
+
+def test_rois_built_by_two_processes_equal_the_table_built_by_one(pipeline, monkeypatch):
+    """The ROI stage splits a large shard over worker processes, each with its own experts: the
+    merged table is the serial one (here below the size at which it would split by itself)."""
+    from medtrinity_assets.ingest.registry import find_source
+    from medtrinity_assets.rois import parallel
+
+    out, _ = pipeline
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_IMAGES", 0)
+    origins = set()
+    for name in ("mr_head_multiframe", "synthetic_phantoms"):
+        images = _table(out, "preprocessed_images", name)
+        result, _ = parallel.build_roi_set_parallel(images, find_source(pipeline_registry(), name), out,
+                                                    experts_dir=out / "expert_models", workers=2)
+        serial = _table(out, "roi_set", name)
+        assert result.rois.equals(serial), name
+        origins |= set(serial["origin"])
+    assert "mask" in origins and any(o.startswith("expert:") for o in origins), origins  # experts ran in the workers

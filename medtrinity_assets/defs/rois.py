@@ -128,8 +128,7 @@ def _roi_metadata(out, name: str, images, result) -> dict:
 def roi_set(
     context: dg.AssetExecutionContext, storage: OutputStorage, registry: SourceRegistry, compute: ComputeResource
 ):
-    from medtrinity_assets.rois import build_roi_set
-    from medtrinity_assets.segmentation import load_experts_for
+    from medtrinity_assets.rois.parallel import build_roi_set_parallel
 
     out = storage.out()
     for key in context.partition_keys:
@@ -137,12 +136,12 @@ def roi_set(
         name = part_of(key)
         spec = registry.source(source_and_shard(key)[0])
         images = PREPROCESSED_IMAGES.read(out, name)
-        experts = load_experts_for(spec, out / EXPERT_MODELS, device=compute.resolved_device())
+        result, experts = build_roi_set_parallel(images, spec, out, experts_dir=out / EXPERT_MODELS,
+                                                 workers=compute.workers, device=compute.resolved_device())
         if experts:
-            context.log.info(f"{name}: expert grounding with {', '.join(e.name for e in experts)}")
-        result = build_roi_set(images, spec, out, experts=experts)
+            context.log.info(f"{name}: expert grounding with {', '.join(experts)}")
         ROI_SET.write(result.rois, out, name)
-        used = ", ".join(e.name for e in experts) or "none"
+        used = ", ".join(experts) or "none"
         flagged = sum(result.flagged_counts.values())
         metadata = {**_roi_metadata(out, name, images, result), "experts": used,
                     **stage_metrics(started, rows_in=images.height, rows_out=result.rois.height, quarantined=flagged),
