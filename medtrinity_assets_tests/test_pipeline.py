@@ -513,3 +513,21 @@ def test_rois_built_by_two_processes_equal_the_table_built_by_one(pipeline, monk
         assert result.rois.equals(serial), name
         origins |= set(serial["origin"])
     assert "mask" in origins and any(o.startswith("expert:") for o in origins), origins  # experts ran in the workers
+
+
+def test_description_checks_by_two_processes_equal_the_table_checked_by_one(pipeline, monkeypatch):
+    """A large shard's descriptions are checked in slices of whole images by worker processes; the
+    merged table, in the original order, is the one checked in one process."""
+    from medtrinity_assets.captioning import parallel_checks
+    from medtrinity_assets.defs.captions import _caption_inputs
+    from medtrinity_assets.privacy import identifier_store
+
+    out, _ = pipeline
+    monkeypatch.setattr(parallel_checks, "MIN_PARALLEL_ROWS", 0)
+    name = "synthetic_phantoms"
+    inputs = {(i.record_id, i.roi_id): i for i in _caption_inputs(out, name)}
+    captions = _table(out, "caption_batch", name)
+    assert captions["record_id"].n_unique() > 2
+    checked = parallel_checks.check_captions_parallel(captions, inputs, phi_values=identifier_store(out).matcher(name),
+                                                      workers=2)
+    assert checked.equals(_table(out, "caption_quality", name))

@@ -29,7 +29,7 @@ from medtrinity_assets.defs.reporting import (
     stage_metrics,
     table_metadata,
 )
-from medtrinity_assets.defs.resources import CaptionerResource, JudgeResource, OutputStorage
+from medtrinity_assets.defs.resources import CaptionerResource, ComputeResource, JudgeResource, OutputStorage
 
 SAMPLE_TRIPLETS = 4
 
@@ -131,10 +131,11 @@ def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, cap
     description="Per-description checks: facets present, claims consistent with measurements and "
     "metadata, length bounds, PHI scan, optional judge scores (0–10 per facet).",
 )
-def caption_quality(context: dg.AssetExecutionContext, storage: OutputStorage, judge: JudgeResource):
+def caption_quality(context: dg.AssetExecutionContext, storage: OutputStorage, judge: JudgeResource,
+                    compute: ComputeResource):
     import polars as pl
 
-    from medtrinity_assets.captioning import check_captions
+    from medtrinity_assets.captioning.parallel_checks import check_captions_parallel
     from medtrinity_assets.privacy import identifier_store
 
     started = time.perf_counter()
@@ -143,8 +144,9 @@ def caption_quality(context: dg.AssetExecutionContext, storage: OutputStorage, j
     inputs = _caption_inputs(out, name)
     captions = CAPTION_BATCH.read(out, name)
     identifiers = identifier_store(out).matcher(name)
-    quality = check_captions(
-        captions, {(i.record_id, i.roi_id): i for i in inputs}, phi_values=identifiers, judge=judge.get()
+    quality = check_captions_parallel(
+        captions, {(i.record_id, i.roi_id): i for i in inputs}, phi_values=identifiers, judge=judge.get(),
+        workers=compute.workers,
     )
     path = CAPTION_QUALITY.write(quality, out, name)
     n = quality.height
