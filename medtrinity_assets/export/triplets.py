@@ -29,22 +29,11 @@ def passed_descriptions(captions: pl.DataFrame, quality: pl.DataFrame) -> pl.Dat
     return captions.filter(pl.col("status") == "ok").join(ok, on=["record_id", "roi_id", "inputs_hash"], how="inner")
 
 
-def build_triplets(
-    *,
-    captions: pl.DataFrame,
-    quality: pl.DataFrame,
-    rois: pl.DataFrame,
-    images: pl.DataFrame,
-    manifest: pl.DataFrame,
-    coarse: pl.DataFrame,
-    license: str,
-    synthetic: bool,
-    fractions: dict[str, float] | None = None,
-) -> pl.DataFrame:
-    """The triplets of one source (see the module docstring); splits by group (patient, study,
-    else image), a held-out split the source declares kept."""
-    rows = triplet_rows(captions=captions, quality=quality, rois=rois, images=images, manifest=manifest,
-                        coarse=coarse, license=license, synthetic=synthetic)
+def build_triplets(*, fractions: dict[str, float] | None = None, **tables: Any) -> pl.DataFrame:
+    """The triplets of one source held in memory (see the module docstring): ``tables`` are the
+    keyword arguments of :func:`triplet_rows`; splits by group (patient, study, else image), a
+    held-out split the source declares kept. A source in shards: ``export.source_triplets``."""
+    rows = triplet_rows(**tables)
     if rows.height == 0:
         return TRIPLETS.empty()
     return settle(rows, group_splits(rows.select("group_id", "_declared"), fractions), TRIPLETS.columns)
