@@ -10,14 +10,13 @@ only; small tables are checked in place (a worker costs about a second to start)
 
 from __future__ import annotations
 
-import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import polars as pl
 
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.quality import check_captions
+from medtrinity_assets.core.workers import in_workers
 
 #: description rows below which one process is faster than starting more
 MIN_PARALLEL_ROWS = 2000
@@ -42,10 +41,7 @@ def check_captions_parallel(
     groups = [set(images[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
     slices = [rows.filter(pl.col("record_id").is_in(list(g))) for g in groups]
     their_inputs = [{k: v for k, v in inputs.items() if k[0] in g} for g in groups]
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        checked = list(pool.map(_check_slice, [s.drop(_INDEX) for s in slices], their_inputs, [phi_values] * workers))
+    checked = in_workers(_check_slice, [(s.drop(_INDEX), i, phi_values) for s, i in zip(slices, their_inputs, strict=True)])
     merged = pl.concat([c.with_columns(s[_INDEX]) for c, s in zip(checked, slices, strict=True)])
     return merged.sort(_INDEX).drop(_INDEX)
 

@@ -1,5 +1,6 @@
-"""ROIs of a large shard on several CPU cores: contiguous slices of its images, one per worker
-process, each with its own copy of the experts, merged back in order.
+"""ROIs of a large shard on several CPU cores: contiguous slices of its images, one in this
+process and one per extra worker process, each with its own copy of the experts, merged back in
+order.
 
 ``build_roi_set`` has no state that crosses images (each image's regions, attributes and relations
 are its own), so the merged table is the serial one: same rows in the same order, counts summed.
@@ -9,16 +10,15 @@ the experts) and only on the CPU (one GPU is shared better by one process's batc
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from medtrinity_assets.core.tables import ROI_SET
+from medtrinity_assets.core.workers import in_workers
 from medtrinity_assets.ingest.registry import SourceSpec
 from medtrinity_assets.rois.build import RoiSetResult, build_roi_set
 
@@ -47,11 +47,7 @@ def build_roi_set_parallel(
         return build_roi_set(images, spec, out, experts=experts), [e.name for e in experts]
     bounds = [images.height * k // workers for k in range(workers + 1)]
     slices = [images.slice(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)]
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        parts = list(pool.map(_slice_rois, slices, [spec] * workers, [str(out)] * workers,
-                              [str(experts_dir)] * workers, [loader] * workers))
+    parts = in_workers(_slice_rois, [(s, spec, str(out), str(experts_dir), loader) for s in slices])
     return merge_results([r for r, _ in parts], images.height), parts[0][1]
 
 
