@@ -61,6 +61,11 @@ def source_parts(out: str | Path, source: str) -> list[str]:
     return [part_name(source, k) for k in range(shard_count(out, source))]
 
 
+def part_paths(contract, out: str | Path, source: str) -> list[Path]:
+    """The files of a per-shard table for every current shard of ``source`` that has one."""
+    return [path for path in (contract.path(out, part) for part in source_parts(out, source)) if path.exists()]
+
+
 def read_source(contract, out: str | Path, source: str, columns: Sequence[str] | None = None) -> pl.DataFrame:
     """A per-shard table of the whole source: its shards' tables in shard order."""
     frames = [contract.read(out, part, columns) for part in source_parts(out, source)]

@@ -55,11 +55,9 @@ class BuildSummary:
 
 def _read(contract: TableContract, out: Path, source: str, columns: Sequence[str]) -> pl.DataFrame | None:
     """The table of every shard of ``source`` (per-shard tables), or None when none exists."""
-    from medtrinity_assets.core.parts import source_parts
+    from medtrinity_assets.core.parts import part_paths
 
-    parts = [contract.path(out, p) for p in source_parts(out, source)] if contract.name != "triplets" else [
-        contract.path(out, source)]
-    frames = [contract.read_path(p, columns) for p in parts if p.exists()]
+    frames = [contract.read_path(p, columns) for p in part_paths(contract, out, source)]
     return pl.concat(frames) if frames else None
 
 

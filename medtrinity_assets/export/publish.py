@@ -40,11 +40,10 @@ def _captions(out: Path, specs: list[Any]) -> Any:
     """The caption rows of the exported sources (which backend wrote what, the fallbacks)."""
     import polars as pl
 
-    from medtrinity_assets.core.parts import source_parts
+    from medtrinity_assets.core.parts import part_paths
     from medtrinity_assets.core.tables import CAPTION_BATCH
 
-    frames = [CAPTION_BATCH.read(out, part) for s in specs for part in source_parts(out, s.name)
-              if CAPTION_BATCH.exists(out, part)]
+    frames = [CAPTION_BATCH.read_path(path) for s in specs for path in part_paths(CAPTION_BATCH, out, s.name)]
     return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
 

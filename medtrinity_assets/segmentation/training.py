@@ -200,10 +200,10 @@ def _masked_images(spec: SourceSpec, out: Path) -> list[tuple[str, str, str, dic
     """``(record_id, image_path, mask_path, {value: name})`` of a source's images with masks."""
     import polars as pl
 
-    from medtrinity_assets.core.parts import source_parts
+    from medtrinity_assets.core.parts import part_paths
     from medtrinity_assets.core.tables import PREPROCESSED_IMAGES
 
-    paths = [p for p in (PREPROCESSED_IMAGES.path(out, part) for part in source_parts(out, spec.name)) if p.exists()]
+    paths = part_paths(PREPROCESSED_IMAGES, out, spec.name)
     if not paths:
         return []
     cols = ["record_id", "image_path", "mask_path", "mask_labels", "mask_label_names"]
@@ -225,15 +225,13 @@ def needed_scopes(specs: list[SourceSpec], out: str | Path) -> set[tuple[str, st
     only experts for those are worth training (an expert grounds what has no annotation)."""
     import polars as pl
 
-    from medtrinity_assets.core.parts import source_parts
+    from medtrinity_assets.core.parts import part_paths
     from medtrinity_assets.core.tables import PREPROCESSED_IMAGES
 
     scopes = set()
     for spec in specs:
-        paths = [p for p in (PREPROCESSED_IMAGES.path(out, part) for part in source_parts(out, spec.name))
-                 if p.exists()]
         bare = 0
-        for path in paths:  # every shard of the source
+        for path in part_paths(PREPROCESSED_IMAGES, out, spec.name):  # every shard of the source
             df = pl.read_parquet(path, columns=["mask_path", "boxes"])
             bare += df.filter(pl.col("mask_path").is_null() & (pl.col("boxes").list.len().fill_null(0) == 0)).height
         if bare:
