@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -12,6 +13,7 @@ from PIL import Image
 NEAR_DUP_MIN_CORR = 0.97  # Pearson correlation of 16x16 thumbnails a near duplicate must reach as well
 BANDS = ((0, 13), (13, 26), (26, 39), (39, 52), (52, 64))  # bit ranges of a 64-bit pHash
 BANDED_MAX_DISTANCE = len(BANDS) - 1  # two hashes this close share a band (pigeonhole)
+Thumb = np.ndarray | Callable[[], np.ndarray]  # a 16x16 thumbnail, or what makes it when needed
 
 
 def phash_bands(ph: int) -> list[tuple[int, int]]:
@@ -84,7 +86,8 @@ class NearDuplicateIndex:
     of one file are never near duplicates of each other, only exact ones. Candidates come from
     pHash bands when ``max_distance`` is at most 4 (two hashes within 4 bits share one of five
     bands, so nothing is missed), so a lookup costs the images in its bands, not all of them;
-    a larger distance compares with every kept image.
+    a larger distance compares with every kept image. A thumbnail may be given as a function
+    that makes it: it is then made only when a pHash neighbour needs it (once).
     """
 
     def __init__(self, max_distance: int | None = 4, capacity: int = 256) -> None:
@@ -94,9 +97,10 @@ class NearDuplicateIndex:
         self._ph = np.zeros(capacity, np.uint64)
         self._grp = np.zeros(capacity, np.int64)
         self._thumbs = np.zeros((capacity, 16, 16), np.uint8)
+        self._lazy: dict[int, Callable[[], np.ndarray]] = {}  # thumbnails not made yet, by index
         self._ids: list[str] = []
 
-    def find(self, sha256: str, ph: int, group: int, thumb: np.ndarray) -> tuple[str | None, str]:
+    def find(self, sha256: str, ph: int, group: int, thumb: Thumb) -> tuple[str | None, str]:
         """``(kept record id, reason)`` of the image this one duplicates, or ``(None, "")``."""
         hit = self._sha.get(sha256)
         if hit is not None:
@@ -108,9 +112,16 @@ class NearDuplicateIndex:
         dist = np.bitwise_count(self._ph[idx] ^ np.uint64(ph))
         for j in np.nonzero((dist <= self.max_distance) & (self._grp[idx] != group))[0]:
             i = int(idx[j])
-            if thumb_corr(self._thumbs[i], thumb) >= NEAR_DUP_MIN_CORR:
+            thumb = thumb() if callable(thumb) else thumb
+            if thumb_corr(self._thumb(i), thumb) >= NEAR_DUP_MIN_CORR:
                 return self._ids[i], f"near_duplicate: phash distance {int(dist[j])}"
         return None, ""
+
+    def _thumb(self, i: int) -> np.ndarray:
+        make = self._lazy.pop(i, None)
+        if make is not None:
+            self._thumbs[i] = make()
+        return self._thumbs[i]
 
     def _candidates(self, ph: int, m: int) -> np.ndarray:
         """Indices of the kept images that may be within ``max_distance`` (in the order kept)."""
@@ -119,14 +130,18 @@ class NearDuplicateIndex:
         hits = [i for band in phash_bands(ph) for i in self._by_band.get(band, ())]
         return np.unique(np.asarray(hits, np.int64))
 
-    def add(self, record_id: str, sha256: str, ph: int, group: int, thumb: np.ndarray) -> None:
+    def add(self, record_id: str, sha256: str, ph: int, group: int, thumb: Thumb) -> None:
         m = len(self._ids)
         if m == len(self._ph):
             cap = 2 * m
             self._ph = np.resize(self._ph, cap)
             self._grp = np.resize(self._grp, cap)
             self._thumbs = np.resize(self._thumbs, (cap, 16, 16))
-        self._ph[m], self._grp[m], self._thumbs[m] = ph, group, thumb
+        self._ph[m], self._grp[m] = ph, group
+        if callable(thumb):
+            self._lazy[m] = thumb
+        else:
+            self._thumbs[m] = thumb
         self._sha[sha256] = record_id
         self._ids.append(record_id)
         for band in phash_bands(ph):

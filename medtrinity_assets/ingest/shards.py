@@ -17,20 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from medtrinity_assets.core.parts import part_name
-from medtrinity_assets.ingest.dedup import (
-    BANDED_MAX_DISTANCE,
-    NEAR_DUP_MIN_CORR,
-    grey32,
-    phash_bands,
-    thumb16,
-    thumb_corr,
-)
+from medtrinity_assets.ingest.dedup import NearDuplicateIndex, grey32, thumb16
 
 
 def assign(units: Sequence[tuple[str, int]], size: int) -> dict[str, int]:
@@ -84,53 +78,27 @@ def cross_shard_duplicates(
     ``record_id -> (kept record_id, reason)``.
 
     ``shards``: each shard's ``preprocessed_images`` (``record_id``, ``sha256``, ``phash``,
-    ``image_path``) in shard order. Same rule as within a shard (``NearDuplicateIndex``), and
-    thumbnails are decoded only for the pairs whose pHashes are within ``max_distance``.
+    ``image_path``) in shard order. The rule is ingestion's (:class:`NearDuplicateIndex`, each
+    shard a group); thumbnails are decoded only for images whose pHashes are within
+    ``max_distance`` of another's.
     """
     from medtrinity_assets.core.render import load_png
 
-    thumbs: dict[str, np.ndarray] = {}
+    @cache
+    def thumb(image_path: str) -> np.ndarray:
+        return thumb16(grey32(load_png(Path(out) / image_path)))
 
-    def thumb(record_id: str, image_path: str) -> np.ndarray:
-        if record_id not in thumbs:
-            thumbs[record_id] = thumb16(grey32(load_png(Path(out) / image_path)))
-        return thumbs[record_id]
-
-    kept_sha: dict[str, str] = {}
-    bands: dict[tuple[int, int], list[tuple[int, str, int, str]]] = {}  # (order kept, id, pHash, path)
-    kept_all: list[tuple[int, str, int, str]] = []
+    index = NearDuplicateIndex(max_distance)
     found: dict[str, tuple[str, str]] = {}
-    for table in shards:
-        added = []
+    for shard, table in enumerate(shards):
+        kept = []
         for rid, sha, ph_hex, path in table.select("record_id", "sha256", "phash", "image_path").iter_rows():
-            hit = kept_sha.get(sha)
-            if hit is not None:
-                found[rid] = (hit, "exact_duplicate: identical pixels (another shard)")
-                continue
             ph = int(ph_hex, 16)
-            near = _near(ph, bands, kept_all, max_distance)
-            match = next((e for e in near if thumb_corr(thumb(e[1], e[3]), thumb(rid, path)) >= NEAR_DUP_MIN_CORR),
-                         None)
-            if match is not None:
-                dist = bin(ph ^ match[2]).count("1")
-                found[rid] = (match[1], f"near_duplicate: phash distance {dist} (another shard)")
-                continue
-            added.append((rid, sha, ph, path))
-        for rid, sha, ph, path in added:  # an earlier shard's images only: in-shard ones were checked at ingest
-            kept_sha.setdefault(sha, rid)
-            entry = (len(kept_all), rid, ph, path)
-            kept_all.append(entry)
-            for band in phash_bands(ph):
-                bands.setdefault(band, []).append(entry)
+            hit, why = index.find(sha, ph, -1, partial(thumb, path))  # -1: no shard's own group
+            if hit is not None:
+                found[rid] = (hit, f"{why} (another shard)")
+            else:
+                kept.append((rid, sha, ph, path))
+        for rid, sha, ph, path in kept:  # in-shard duplicates were removed at ingestion
+            index.add(rid, sha, ph, shard, partial(thumb, path))
     return found
-
-
-def _near(ph: int, bands: dict, kept_all: list, max_distance: int | None) -> list[tuple[int, str, int, str]]:
-    """Kept images within ``max_distance`` bits of ``ph``, in the order they were kept."""
-    if max_distance is None:
-        return []
-    if max_distance <= BANDED_MAX_DISTANCE:
-        pool = sorted({e for band in phash_bands(ph) for e in bands.get(band, ())})
-    else:
-        pool = kept_all
-    return [e for e in pool if bin(ph ^ e[2]).count("1") <= max_distance]
