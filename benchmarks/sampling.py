@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 
 class TreeSampler:
@@ -18,6 +19,7 @@ class TreeSampler:
 
         self.proc = psutil.Process(pid)
         self.peak = 0
+        self.timeline: list[tuple[float, int]] = []  # (time.time(), summed RSS) of every sample
         self.interval = interval
         self._cpu: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -42,6 +44,11 @@ class TreeSampler:
             except psutil.Error:
                 pass
         self.peak = max(self.peak, total)
+        self.timeline.append((time.time(), total))
+
+    def peak_between(self, start: float, end: float) -> int:
+        """The largest summed RSS sampled between two ``time.time()`` stamps (0 when none was)."""
+        return max((rss for t, rss in self.timeline if start <= t <= end), default=0)
 
     def cpu(self) -> float:
         """CPU seconds of every process of the tree seen so far (a fresh sample first)."""

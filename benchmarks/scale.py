@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 STAGES = ["source_manifest", "coarse_captions", "expert_models", "knowledge_corpus", "knowledge_index", "roi_set",
           "retrieved_knowledge", "caption_batch", "caption_quality", "triplets"]
 
+STEP_STAGE = {"ingest_source_assets": "source_manifest"}  # a multi-asset's step, named by its first asset
+
 
 def make_source(root: Path, n: int, size: int = 128, seed: int = 0, shard_size: int | None = None) -> Path:
     """N phantom PNGs and their masks in an ``image_folder`` layout, plus its registry file."""
@@ -80,6 +82,26 @@ def stage_seconds(home: Path) -> dict[str, float]:
     return out
 
 
+def stage_peaks(home: Path, sampler: TreeSampler) -> dict[str, float]:
+    """Each stage's peak RSS in GB: the largest sample of the build's process tree while one of
+    its steps ran (between its STEP_START and its end); concurrent steps share a sample."""
+    import dagster as dg
+
+    ends = {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+    peaks: dict[str, float] = {}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for run in instance.get_runs():
+            started: dict[str, float] = {}
+            for event in instance.all_logs(run.run_id, of_type={dg.DagsterEventType.STEP_START, *ends}):
+                step = STEP_STAGE.get(event.step_key or "", event.step_key or "")
+                if event.dagster_event_type == dg.DagsterEventType.STEP_START:
+                    started[step] = event.timestamp
+                elif step in started and step in STAGES:
+                    gb = sampler.peak_between(started.pop(step), event.timestamp) / 2**30
+                    peaks[step] = round(max(peaks.get(step, 0.0), gb), 3)
+    return peaks
+
+
 def _instance_home(root: Path) -> tuple[Path, dict[str, str]]:
     home = root / "home"
     shutil.rmtree(home, ignore_errors=True)
@@ -109,7 +131,7 @@ def run_size(n: int, work: Path, until: str) -> dict:
     shards = shard_count(root / "out", f"scale_{n}")  # the default shard_size decides
     return {"images": n, "shards": shards, "mode": "build", "generate_s": round(generated, 1), "wall_s": round(wall, 1),
             "peak_rss_gb": round(sampler.peak / 2**30, 3), "cores_busy": round(sampler.cpu() / wall, 2),
-            "stages_s": stage_seconds(home)}
+            "stages_s": stage_seconds(home), "stages_rss_gb": stage_peaks(home, sampler)}
 
 
 def run_sharded(n: int, shards: int, work: Path, until: str, timeout_s: float = 6 * 3600) -> dict:
@@ -151,7 +173,7 @@ def run_sharded(n: int, shards: int, work: Path, until: str, timeout_s: float = 
                          f"run(s); see {root / f'backfill_{shards}.log'}")
     return {"images": n, "shards": shards, "mode": "backfill", "runs": len(runs), "wall_s": round(wall, 1),
             "peak_rss_gb": round(sampler.peak / 2**30, 3), "cores_busy": round(sampler.cpu() / wall, 2),
-            "stages_s": stage_seconds(home)}
+            "stages_s": stage_seconds(home), "stages_rss_gb": stage_peaks(home, sampler)}
 
 
 def report(rows: list[dict]) -> None:
@@ -162,6 +184,9 @@ def report(rows: list[dict]) -> None:
     print(f"\n{'stage (s)':22}" + "".join(f"{str(r['images']) + '/' + str(r['shards']):>12}" for r in rows))
     for stage in STAGES:
         print(f"{stage:22}" + "".join(f"{r['stages_s'].get(stage, float('nan')):12.1f}" for r in rows))
+    print(f"\n{'stage peak RSS (GB)':22}" + "".join(f"{str(r['images']) + '/' + str(r['shards']):>12}" for r in rows))
+    for stage in STAGES:
+        print(f"{stage:22}" + "".join(f"{r['stages_rss_gb'].get(stage, float('nan')):12.3f}" for r in rows))
     built = [r for r in rows if r["mode"] == "build"]
     if len(built) > 1:
         a, b = built[0], built[-1]

@@ -516,18 +516,26 @@ def test_rois_built_by_two_processes_equal_the_table_built_by_one(pipeline, monk
 
 
 def test_description_checks_by_two_processes_equal_the_table_checked_by_one(pipeline, monkeypatch):
-    """A large shard's descriptions are checked in slices of whole images by worker processes; the
-    merged table, in the original order, is the one checked in one process."""
-    from medtrinity_assets.captioning import parallel_checks
-    from medtrinity_assets.defs.captions import _caption_inputs
+    """A shard's descriptions are checked in slices of whole images, read from disk by each process
+    (this one and a worker); the slices, concatenated in order, are the table checked in one process
+    at once, and slicing never splits an image."""
+    from medtrinity_assets.captioning import check_captions, parallel_checks
+    from medtrinity_assets.captioning.inputs import image_slices, read_caption_inputs
     from medtrinity_assets.privacy import identifier_store
 
     out, _ = pipeline
     monkeypatch.setattr(parallel_checks, "MIN_PARALLEL_ROWS", 0)
     name = "synthetic_phantoms"
-    inputs = {(i.record_id, i.roi_id): i for i in _caption_inputs(out, name)}
+    phi = identifier_store(out).matcher(name)
     captions = _table(out, "caption_batch", name)
-    assert captions["record_id"].n_unique() > 2
-    checked = parallel_checks.check_captions_parallel(captions, inputs, phi_values=identifier_store(out).matcher(name),
-                                                      workers=2)
-    assert checked.equals(_table(out, "caption_quality", name))
+    whole = check_captions(captions, {(i.record_id, i.roi_id): i for i in read_caption_inputs(out, name)},
+                           phi_values=phi)
+    slices = image_slices(out, name, 3)
+    assert len(slices) > 2 and sum(map(len, slices)) == captions["record_id"].n_unique()
+    batches = list(parallel_checks.check_shard(out, name, phi_values=phi, workers=2, images_per_slice=3))
+    assert len(batches) == len(slices)
+    assert [b["record_id"].unique(maintain_order=True).to_list() for b in batches] == slices
+    assert pl.concat(batches).equals(whole)
+    assert whole.equals(_table(out, "caption_quality", name))
+
+

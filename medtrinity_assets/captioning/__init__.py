@@ -6,7 +6,8 @@ Public API:
 - :data:`PROMPT_VERSION`, :func:`build_messages`, :func:`inputs_hash` — the versioned prompt;
 - :class:`Captioner`, :class:`CaptionResult` and the backends :class:`EmbeddedCaptioner`,
   :class:`OpenAICompatibleCaptioner`, :class:`TransformersLocalCaptioner`;
-- :func:`run_caption_batch` — cached, chunk-durable, resumable caption tables;
+- :func:`run_caption_batch`, :func:`run_caption_slices` — cached, chunk-durable, resumable caption
+  tables, written slice by slice;
 - :func:`check_captions`, :class:`Judge` — claim-level checks, PHI scan and the optional judge;
 - :func:`make_captioner` (a backend by its registered name), :func:`make_judge` — from settings.
 """
@@ -18,7 +19,12 @@ from typing import Any
 from medtrinity_assets.captioning.backends import make_captioner
 from medtrinity_assets.captioning.backends.base import Captioner, CaptionerConfigError, CaptionResult
 from medtrinity_assets.captioning.backends.embedded import EmbeddedCaptioner
-from medtrinity_assets.captioning.batch import CAPTION_COLUMNS, BatchResult, run_caption_batch
+from medtrinity_assets.captioning.batch import (
+    CAPTION_COLUMNS,
+    BatchResult,
+    run_caption_batch,
+    run_caption_slices,
+)
 from medtrinity_assets.captioning.inputs import CaptionInput, Passage, build_caption_inputs
 from medtrinity_assets.captioning.judge import Judge
 from medtrinity_assets.captioning.prompt import (
@@ -36,7 +42,7 @@ __all__ = [
     "CAPTION_COLUMNS", "FACETS", "PROMPT_VERSION", "BatchResult", "CaptionInput", "CaptionResult", "Captioner",
     "CaptionerConfigError", "EmbeddedCaptioner", "Judge", "Passage", "build_caption_inputs", "build_messages",
     "build_user_text", "check_captions", "inputs_hash", "make_captioner", "make_judge", "parse_reply",
-    "render_overlay", "run_caption_batch",
+    "render_overlay", "run_caption_batch", "run_caption_slices",
 ]
 
 

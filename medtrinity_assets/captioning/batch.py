@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ import polars as pl
 from medtrinity_assets.captioning.backends.base import Captioner, CaptionResult, run_sync
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.prompt import FACETS
-from medtrinity_assets.core.storage import write_parquet_atomic
+from medtrinity_assets.core.storage import write_parquet_atomic, write_parquet_batches_atomic
 from medtrinity_assets.core.tables import CAPTION_BATCH
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,18 @@ class BatchResult:
     duplicates_dropped: int = 0
     failed_keys: list[tuple[str, Any]] = field(default_factory=list)
     fallbacks: int = 0  # rows whose model description failed a check and hold the fallback's
+
+    def count(self, rows: list[dict[str, Any]], *, cached: int, dropped: int) -> None:
+        """Add one slice's final rows (``cached`` of them reused, ``dropped`` duplicate inputs)."""
+        failed = [(r["record_id"], r["roi_id"]) for r in rows if r["status"] != "ok"]
+        self.total += len(rows)
+        self.cached += cached
+        self.computed += len(rows) - cached
+        self.ok += len(rows) - len(failed)
+        self.failed += len(failed)
+        self.failed_keys += failed
+        self.duplicates_dropped += dropped
+        self.fallbacks += sum(1 for r in rows if r.get("fallback_reason"))
 
     def as_metadata(self) -> dict[str, Any]:
         return {"total": self.total, "cached": self.cached, "computed": self.computed, "ok": self.ok,
@@ -86,32 +98,40 @@ def _row(item: CaptionInput, result: CaptionResult, captioner: Captioner, h: str
     }
 
 
-def _read_cache(table_path: Path, log: Any) -> dict[str, dict[str, Any]]:
-    """inputs_hash -> row, from the final table and any part files (ok rows win, newest first)."""
-    frames = []
-    if table_path.exists():
-        frames.append(table_path)
+def _cache_files(table_path: Path) -> list[Path]:
+    """The files a batch may reuse rows from: the final table, then any part files."""
+    files = [table_path] if table_path.exists() else []
     pdir = parts_dir(table_path)
     if pdir.exists():
-        frames.extend(sorted(p for p in pdir.glob("*.parquet") if not p.name.startswith(".")))
-    cache: dict[str, dict[str, Any]] = {}
-    for path in frames:
+        files.extend(sorted(p for p in pdir.glob("*.parquet") if not p.name.startswith(".")))
+    return files
+
+
+def _read_cached(files: list[Path], log: Any, hashes: list[str] | None = None) -> pl.DataFrame:
+    """The best cached row per ``inputs_hash`` (ok rows win, then the newest): whole rows of
+    ``hashes`` (filtered as the files are read), or only hash, status and time of every row."""
+    frames = []
+    for path in files:
         try:
-            df = pl.read_parquet(path)
+            scan = pl.scan_parquet(path)
+            if "inputs_hash" not in scan.collect_schema().names():
+                continue
+            if hashes is None:
+                frames.append(scan.select("inputs_hash", "status", "created_at").collect())
+            else:
+                rows = scan.filter(pl.col("inputs_hash").is_in(hashes)).collect()
+                frames.append(CAPTION_BATCH.validate(rows, where=str(path)))
         except Exception as exc:  # a torn file cannot exist (atomic writes), but never trust disk
             log.warning("ignoring unreadable caption part %s: %s", path.name, exc)
-            continue
-        if "inputs_hash" not in df.columns:
-            continue
-        for row in df.iter_rows(named=True):
-            h = row["inputs_hash"]
-            old = cache.get(h)
-            if old is None or (row["status"] == "ok" and old["status"] != "ok") or (
-                row["status"] == old["status"] and row["created_at"] and old["created_at"]
-                and row["created_at"] > old["created_at"]
-            ):
-                cache[h] = row
-    return cache
+    if not frames:
+        return pl.DataFrame(schema={"inputs_hash": pl.String, "status": pl.String, "created_at": pl.Datetime("us", "UTC")})
+    rows = pl.concat(frames, how="diagonal_relaxed")
+    return (
+        rows.with_columns(_ok=pl.col("status") == "ok")
+        .sort(["_ok", "created_at"], descending=True, nulls_last=True, maintain_order=True)
+        .unique("inputs_hash", keep="first", maintain_order=True)
+        .drop("_ok")
+    )
 
 
 def run_caption_batch(
@@ -124,56 +144,70 @@ def run_caption_batch(
     log: Any = None,
     retry_failed: bool = True,
 ) -> BatchResult:
-    """Caption every input not already captioned with the same inputs, durably, chunk by chunk.
+    """Caption every input not already captioned with the same inputs, durably, chunk by chunk
+    (:func:`run_caption_slices` with one slice)."""
+    return run_caption_slices([inputs], captioner, table_path, total=len({i.key for i in inputs}), chunk_size=chunk_size,
+                              progress=progress, log=log, retry_failed=retry_failed)
 
-    ``progress(done, total)`` is called after the cache scan and after every chunk. Failed rows
-    in the cache are computed again unless ``retry_failed`` is False.
+
+def run_caption_slices(
+    slices: Iterable[list[CaptionInput]],
+    captioner: Captioner,
+    table_path: Path,
+    *,
+    total: int,
+    chunk_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+    log: Any = None,
+    retry_failed: bool = True,
+) -> BatchResult:
+    """Caption every input not already captioned with the same inputs, durably, chunk by chunk,
+    holding one slice of inputs at a time; the table is written slice by slice (row groups).
+
+    ``total`` (how many inputs, for progress) need not be exact. ``progress(done, total)`` is called
+    after each slice's cache lookup and after every chunk. Failed rows in the cache are computed
+    again unless ``retry_failed`` is False. Of the cached rows only hash and status are held; a
+    slice's cached rows are read back when the slice is written.
     """
     log = log or logger
     table_path = Path(table_path)
-    pdir = parts_dir(table_path)
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    unique, dropped = _unique_inputs(inputs, log)
-
-    params_json = json.dumps(captioner.params, sort_keys=True)
-    hashes = [captioner.inputs_hash(item) for item in unique]
-    cache = _read_cache(table_path, log)
-    todo = _to_compute(unique, hashes, cache, retry_failed)
-    total = len(unique)
-    cached = total - len(todo)
-    log.info("caption batch: %d inputs, %d cached, %d to compute with %s/%s",
-             total, cached, len(todo), captioner.name, captioner.model or "-")
-    if progress:
-        progress(cached, total)
-
-    writer = _PartWriter(captioner, pdir, params_json, total=total, done=cached, progress=progress, log=log)
-    if todo and captioner.supports_streaming:
-        run_sync(_stream_in_chunks(captioner, todo, chunk_size, writer.flush))
-    else:
-        _caption_in_chunks(captioner, todo, chunk_size, writer.flush)
-
-    final_rows = _final_rows(unique, hashes, writer.rows, cache)
-    write_parquet_atomic(caption_rows_frame(final_rows), table_path)
-    _remove_parts(pdir)
-    failed_keys = [(r["record_id"], r["roi_id"]) for r in final_rows if r["status"] != "ok"]
-    return BatchResult(
-        table_path=table_path,
-        total=total,
-        cached=cached,
-        computed=len(todo),
-        ok=total - len(failed_keys),
-        failed=len(failed_keys),
-        chunks_written=writer.chunks,
-        duplicates_dropped=dropped,
-        failed_keys=failed_keys,
-        fallbacks=sum(1 for r in final_rows if r.get("fallback_reason")),
-    )
-
-
-def _unique_inputs(inputs: list[CaptionInput], log: Any) -> tuple[list[CaptionInput], int]:
-    """One input per ``(record_id, roi_id)``, the first occurrence winning; and how many were dropped."""
+    files = _cache_files(table_path)
+    known = _read_cached(files, log)
+    reusable = set((known.filter(pl.col("status") == "ok") if retry_failed else known)["inputs_hash"].to_list())
+    log.info("caption batch: about %d inputs, %d reusable cached rows; computing with %s/%s",
+             total, len(reusable), captioner.name, captioner.model or "-")
+    writer = _PartWriter(captioner, parts_dir(table_path), json.dumps(captioner.params, sort_keys=True),
+                         total=total, done=0, progress=progress, log=log)
+    result = BatchResult(table_path=table_path, total=0, cached=0, computed=0, ok=0, failed=0, chunks_written=0)
     seen: set[tuple] = set()
+
+    def frames() -> Iterator[pl.DataFrame]:
+        for inputs in slices:
+            unique, dropped = _unique_inputs(inputs, log, seen)
+            hashes = [captioner.inputs_hash(item) for item in unique]
+            todo = [(item, h) for item, h in zip(unique, hashes, strict=True) if h not in reusable]
+            writer.start_slice(len(unique) - len(todo))
+            if todo and captioner.supports_streaming:
+                run_sync(_stream_in_chunks(captioner, todo, chunk_size, writer.flush))
+            else:
+                _caption_in_chunks(captioner, todo, chunk_size, writer.flush)
+            missing = [h for h in hashes if h not in writer.rows]
+            cached = _read_cached(files, log, missing) if missing else None
+            rows = _final_rows(unique, hashes, writer.rows, cached)
+            result.count(rows, cached=len(unique) - len(todo), dropped=dropped)
+            yield caption_rows_frame(rows)
+
+    write_parquet_batches_atomic(frames(), table_path, CAPTION_BATCH.empty())
+    _remove_parts(parts_dir(table_path))
+    result.chunks_written = writer.chunks
+    return result
+
+
+def _unique_inputs(inputs: list[CaptionInput], log: Any, seen: set[tuple]) -> tuple[list[CaptionInput], int]:
+    """The inputs whose ``(record_id, roi_id)`` is not in ``seen`` (added to it; the first occurrence
+    wins), and how many were dropped."""
     unique: list[CaptionInput] = []
     dropped = 0
     for item in inputs:
@@ -185,17 +219,6 @@ def _unique_inputs(inputs: list[CaptionInput], log: Any) -> tuple[list[CaptionIn
     if dropped:
         log.warning("%d duplicate (record_id, roi_id) inputs ignored", dropped)
     return unique, dropped
-
-
-def _to_compute(
-    unique: list[CaptionInput], hashes: list[str], cache: dict[str, dict[str, Any]], retry_failed: bool
-) -> list[tuple[CaptionInput, str]]:
-    """(input, inputs_hash) of every input the cache cannot answer (failed rows too, if retried)."""
-    reusable = {h for h, row in cache.items() if row["status"] == "ok" or not retry_failed}
-    return [(item, h) for item, h in zip(unique, hashes, strict=True) if h not in reusable]
-
-
-_Flush = Callable[[list[tuple[CaptionInput, str]], list[CaptionResult]], None]
 
 
 class _PartWriter:
@@ -219,8 +242,16 @@ class _PartWriter:
         self.done = done
         self.progress = progress
         self.log = log
-        self.rows: dict[str, dict[str, Any]] = {}  # inputs_hash -> row written this run
+        self.rows: dict[str, dict[str, Any]] = {}  # inputs_hash -> row written in this slice
         self.chunks = 0
+
+    def start_slice(self, cached: int) -> None:
+        """A new slice whose first ``cached`` inputs need no computing."""
+        self.rows = {}
+        self.done += cached
+        self.total = max(self.total, self.done)
+        if self.progress:
+            self.progress(self.done, self.total)
 
     def flush(self, chunk: list[tuple[CaptionInput, str]], results: list[CaptionResult]) -> None:
         captioner = self.captioner
@@ -233,11 +264,15 @@ class _PartWriter:
         for r in rows:
             self.rows[r["inputs_hash"]] = r
         self.done += len(chunk)
+        self.total = max(self.total, self.done)
         if self.progress:
             self.progress(self.done, self.total)
         n_failed = sum(r["status"] != "ok" for r in rows)
         self.log.info("caption chunk %d: %d captions (%d failed), %d/%d done",
                       self.chunks, len(rows), n_failed, self.done, self.total)
+
+
+_Flush = Callable[[list[tuple[CaptionInput, str]], list[CaptionResult]], None]
 
 
 async def _stream_in_chunks(
@@ -265,9 +300,10 @@ def _caption_in_chunks(
 
 def _final_rows(
     unique: list[CaptionInput], hashes: list[str], new_rows: dict[str, dict[str, Any]],
-    cache: dict[str, dict[str, Any]],
+    cached: pl.DataFrame | None,
 ) -> list[dict[str, Any]]:
     """One row per input, in input order: computed this run, else cached; with the input's roi id."""
+    cache = {} if cached is None else {r["inputs_hash"]: r for r in cached.iter_rows(named=True)}
     final_rows = []
     for item, h in zip(unique, hashes, strict=True):
         row = new_rows.get(h) or dict(cache[h])

@@ -303,3 +303,49 @@ def _passages(ret: dict[str, Any], docs: dict[str, dict], rid: str, roi_id: Any)
             )
         )
     return passages
+
+
+#: images whose ROIs are joined, described or checked at once: bounds a stage's memory whatever the
+#: shard's size (a ROI's input is about 9 KB as Python objects; 1,000 images hold a few thousand ROIs)
+IMAGES_PER_SLICE = 1000
+
+
+def image_slices(out: str | Path, part: str, images: int = IMAGES_PER_SLICE) -> list[list[str]]:
+    """The record ids of one shard's images that have a describable ROI, in ``roi_set`` order, in
+    slices of ``images``: the unit in which its descriptions are joined, written and checked."""
+    from medtrinity_assets.core.tables import ROI_SET
+
+    ids = ROI_SET.read(out, part, columns=["record_id"], where=pl.col("status").ne_missing("flagged"))
+    unique = ids["record_id"].unique(maintain_order=True).to_list()
+    return [unique[a : a + images] for a in range(0, len(unique), max(1, images))]
+
+
+def describable_rois(out: str | Path, part: str) -> int:
+    """How many ROIs of one shard :func:`read_caption_inputs` gives (flagged ones have no region)."""
+    from medtrinity_assets.core.tables import ROI_SET
+
+    return ROI_SET.read(out, part, columns=["record_id"], where=pl.col("status").ne_missing("flagged")).height
+
+
+def read_caption_inputs(out: str | Path, part: str, record_ids: list[str] | None = None) -> list[CaptionInput]:
+    """The :class:`CaptionInput` of every ROI of one shard (its part name), or only of the images
+    ``record_ids``: each upstream table is filtered as it is read, so memory follows the slice."""
+    from medtrinity_assets.core.tables import (
+        COARSE_CAPTIONS,
+        KNOWLEDGE_DOCSTORE,
+        PREPROCESSED_IMAGES,
+        RETRIEVED_KNOWLEDGE,
+        ROI_SET,
+    )
+
+    where = None if record_ids is None else pl.col("record_id").is_in(record_ids)
+    retrieved = RETRIEVED_KNOWLEDGE.read(out, part, where=where)
+    chunk_ids = retrieved["chunk_ids"].explode().drop_nulls().unique().to_list() if retrieved.height else []
+    return build_caption_inputs(
+        ROI_SET.read(out, part, where=where),
+        COARSE_CAPTIONS.read(out, part, where=where),
+        retrieved,
+        KNOWLEDGE_DOCSTORE.read(out, where=pl.col("chunk_id").is_in(chunk_ids)),
+        PREPROCESSED_IMAGES.read(out, part, where=where),
+        out_root=out,
+    )

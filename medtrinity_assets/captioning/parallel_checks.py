@@ -1,50 +1,56 @@
-"""Description checks of a large shard on several CPU cores.
+"""The description checks of one shard, slice by slice, on several CPU cores.
 
 The checks of one description read only its own inputs, except the containment between the
-regions of one image (:func:`~medtrinity_assets.captioning.evidence.batch_evidence`), so the rows
-are cut into slices of whole images (consecutive record ids, in order of first appearance), each
-checked by a worker process, and put back in the original order: the table is the one
-:func:`check_captions` makes in one process. A judge (a model server) is called from one process
-only; small tables are checked in place (a worker costs about a second to start).
+regions of one image (:func:`~medtrinity_assets.captioning.evidence.batch_evidence`), so a
+shard's descriptions are checked in slices of whole images
+(:func:`~medtrinity_assets.captioning.inputs.image_slices`). Each slice is read, joined and
+checked by one process from the tables on disk, so memory follows the slice, not the shard; the
+slices come back in order, so the table is the same whatever the number of processes. A judge (a
+model server) is called from this process only; a shard of few descriptions is checked in this
+process alone (a worker costs about a second to start).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from medtrinity_assets.captioning.inputs import CaptionInput
+from medtrinity_assets.captioning.inputs import IMAGES_PER_SLICE, image_slices, read_caption_inputs
 from medtrinity_assets.captioning.quality import check_captions
-from medtrinity_assets.core.workers import in_workers
+from medtrinity_assets.core.tables import CAPTION_BATCH
+from medtrinity_assets.core.workers import ordered_in_workers
 
 #: description rows below which one process is faster than starting more
 MIN_PARALLEL_ROWS = 2000
-_INDEX = "_row"
 
 
-def check_captions_parallel(
-    captions: pl.DataFrame,
-    inputs: dict[tuple[str, Any], CaptionInput],
+def check_shard(
+    out: str | Path,
+    part: str,
     *,
     phi_values: Any,
     judge: Any = None,
     workers: int = 1,
-) -> pl.DataFrame:
-    """:func:`check_captions` over ``workers`` processes (see the module docstring)."""
-    workers = max(1, int(workers))
-    if workers == 1 or judge is not None or captions.height < MIN_PARALLEL_ROWS:
-        return check_captions(captions, inputs, phi_values=phi_values, judge=judge)
-    rows = captions.with_row_index(_INDEX)
-    images = rows["record_id"].unique(maintain_order=True).to_list()
-    bounds = [len(images) * k // workers for k in range(workers + 1)]
-    groups = [set(images[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
-    slices = [rows.filter(pl.col("record_id").is_in(list(g))) for g in groups]
-    their_inputs = [{k: v for k, v in inputs.items() if k[0] in g} for g in groups]
-    checked = in_workers(_check_slice, [(s.drop(_INDEX), i, phi_values) for s, i in zip(slices, their_inputs, strict=True)])
-    merged = pl.concat([c.with_columns(s[_INDEX]) for c, s in zip(checked, slices, strict=True)])
-    return merged.sort(_INDEX).drop(_INDEX)
+    images_per_slice: int = IMAGES_PER_SLICE,
+) -> Iterator[pl.DataFrame]:
+    """The quality rows of one shard's descriptions (``part``: its part name), one slice of
+    images at a time, in ``roi_set`` order (see the module docstring)."""
+    slices = image_slices(out, part, images_per_slice)
+    rows = CAPTION_BATCH.read(out, part, columns=["record_id"]).height
+    if judge is not None or rows < MIN_PARALLEL_ROWS:
+        workers = 1
+    elif len(slices) < workers:  # a small shard still fills the cores
+        slices = image_slices(out, part, -(-sum(map(len, slices)) // workers))
+    calls = [(str(out), part, ids, phi_values, judge) for ids in slices]
+    yield from ordered_in_workers(check_images, calls, workers if judge is None else 1)
 
 
-def _check_slice(captions: pl.DataFrame, inputs: dict, phi_values: Any) -> pl.DataFrame:
-    return check_captions(captions, inputs, phi_values=phi_values)
+def check_images(out: str, part: str, record_ids: list[str], phi_values: Any, judge: Any = None) -> pl.DataFrame:
+    """The quality rows of the descriptions of the images ``record_ids`` of one shard, in the
+    caption table's order."""
+    captions = CAPTION_BATCH.read(out, part, where=pl.col("record_id").is_in(record_ids))
+    inputs = {(i.record_id, i.roi_id): i for i in read_caption_inputs(out, part, record_ids)}
+    return check_captions(captions, inputs, phi_values=phi_values, judge=judge)

@@ -91,12 +91,14 @@ class TableContract:
         write_parquet_batches_atomic((self.validate(f, where=str(path)) for f in frames), path, self.empty())
         return path
 
-    def read(self, out: str | Path, source: str | None = None, columns: Iterable[str] | None = None) -> pl.DataFrame:
-        """Read and validate the table (only ``columns`` when given); a missing file or column
-        raises with the table named."""
-        return self.read_path(self.path(out, source), columns)
+    def read(self, out: str | Path, source: str | None = None, columns: Iterable[str] | None = None,
+             where: pl.Expr | None = None) -> pl.DataFrame:
+        """Read and validate the table (only ``columns`` when given, only the rows ``where`` holds
+        when given: filtered as the file is read); a missing file or column raises with the table named."""
+        return self.read_path(self.path(out, source), columns, where)
 
-    def read_path(self, path: str | Path, columns: Iterable[str] | None = None) -> pl.DataFrame:
+    def read_path(self, path: str | Path, columns: Iterable[str] | None = None,
+                  where: pl.Expr | None = None) -> pl.DataFrame:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"table '{self.name}' has not been materialized yet: {path}")
@@ -110,7 +112,10 @@ class TableContract:
         missing = [c for c in need if c not in present and c not in self.optional]
         if missing:
             raise ContractError(f"table '{self.name}' ({path}): required column(s) missing: {', '.join(missing)}")
-        df = pl.read_parquet(path, columns=[c for c in need if c in present])
+        if where is None:
+            df = pl.read_parquet(path, columns=[c for c in need if c in present])
+        else:
+            df = pl.scan_parquet(path).filter(where).select([c for c in need if c in present]).collect()
         sub = TableContract(self.name, {c: self.schema[c] for c in need}, optional=self.optional)
         return sub.validate(df, where=str(path))
 

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
 from typing import Any
 
 
 def in_workers(fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:
     """``[fn(*args) for args in calls]``: the first call in this process, the others in one worker
     process each, started meanwhile (one process fewer than slices: less memory, same cores)."""
+    return list(ordered_in_workers(fn, calls, len(calls)))
+
+
+def ordered_in_workers(fn: Callable[..., Any], calls: Iterable[tuple], workers: int) -> Iterator[Any]:
+    """``fn(*args)`` for each of ``calls``, yielded in order: of every ``workers`` consecutive calls
+    the first runs in this process and the others in ``workers - 1`` worker processes started
+    once for all; so at most ``workers`` calls (their arguments and results) are in memory."""
+    if workers <= 1:
+        for args in calls:
+            yield fn(*args)
+        return
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ProcessPoolExecutor(max_workers=max(1, len(calls) - 1), mp_context=ctx) as pool:
-        futures = [pool.submit(fn, *args) for args in calls[1:]]
-        first = fn(*calls[0])
-        return [first, *(f.result() for f in futures)]
+    pending = iter(calls)
+    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx) as pool:
+        while batch := list(islice(pending, workers)):
+            futures = [pool.submit(fn, *args) for args in batch[1:]]
+            yield fn(*batch[0])
+            for future in futures:
+                yield future.result()

@@ -5,13 +5,13 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 from medtrinity_assets.core.render import triplet_cards
 from medtrinity_assets.core.tables import (
     CAPTION_BATCH,
     CAPTION_QUALITY,
     COARSE_CAPTIONS,
-    KNOWLEDGE_DOCSTORE,
     PREPROCESSED_IMAGES,
     RETRIEVED_KNOWLEDGE,
     ROI_SET,
@@ -24,43 +24,32 @@ from medtrinity_assets.defs.partitions import SOURCE_SHARDS, part_of
 from medtrinity_assets.defs.reporting import (
     GROUP_CAPTIONS,
     counts_metadata,
+    file_metadata,
     picture_file,
     progress_logger,
     stage_metrics,
-    table_metadata,
 )
 from medtrinity_assets.defs.resources import CaptionerResource, ComputeResource, JudgeResource, OutputStorage
 
 SAMPLE_TRIPLETS = 4
 
 
-def _caption_inputs(out: Path, name: str) -> list:
-    """Join the upstream tables of one shard (its part name) into one CaptionInput per ROI."""
-    from medtrinity_assets.captioning import build_caption_inputs
-
-    return build_caption_inputs(
-        ROI_SET.read(out, name),
-        COARSE_CAPTIONS.read(out, name),
-        RETRIEVED_KNOWLEDGE.read(out, name),
-        KNOWLEDGE_DOCSTORE.read(out),
-        PREPROCESSED_IMAGES.read(out, name),
-        out_root=out,
-    )
-
-
 def _sample_triplets(inputs: list, captions, n: int = SAMPLE_TRIPLETS) -> list[tuple]:
-    """A few image–ROI–description triplets: (overlay, ROI id, description)."""
+    """A few image–ROI–description triplets: (overlay, ROI id, description), from ``inputs`` (the
+    first slice's) and their rows of ``captions``."""
     import numpy as np
 
     from medtrinity_assets.captioning import render_overlay
 
     by_key = {(i.record_id, str(i.roi_id)): i for i in inputs}
     out = []
-    for row in captions.filter(captions["status"] == "ok").head(n).iter_rows(named=True):
+    for row in captions.filter(captions["status"] == "ok").iter_rows(named=True):
         item = by_key.get((row["record_id"], str(row["roi_id"])))
         overlay = render_overlay(item) if item is not None else None
         if overlay is not None:
             out.append((np.asarray(overlay), str(row["roi_id"]), row["text"]))
+        if len(out) == n:
+            break
     return out
 
 
@@ -83,42 +72,56 @@ def _triplet_markdown(samples: list[tuple]) -> str:
     "local–global relationship) with every input behind it; cached by inputs hash, durable in chunks.",
 )
 def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, captioner: CaptionerResource):
-    from medtrinity_assets.captioning import run_caption_batch
 
     out = storage.out()
     backend = captioner.get()
     try:
         for key in context.partition_keys:
-            started = time.perf_counter()
-            name = part_of(key)
-            inputs = _caption_inputs(out, name)
-            path = CAPTION_BATCH.path(out, name)
-            progress = progress_logger(context.log, name, "captions")
-            result = run_caption_batch(
-                inputs, backend, path, chunk_size=captioner.chunk_size, progress=progress, log=context.log
-            )
-            table = CAPTION_BATCH.read_path(path)
-            samples = _sample_triplets(inputs, table)
-            metadata = {
-                **stage_metrics(started, rows_in=len(inputs), rows_out=table.height, quarantined=result.failed),
-                **picture_file(out, CAPTION_BATCH.name, name, "sample_triplets", triplet_cards(samples)),
-                **table_metadata(table, path, ["roi_id", "backend", "status", "text"]),
-                **counts_metadata("batch", result.as_metadata()),
-                "backend": captioner.backend,
-                "prompt_version": table["prompt_version"][0] if table.height else "",
-                "sample_triplets": dg.MetadataValue.md(_triplet_markdown(samples)),
-            }
-            if result.fallbacks:
-                context.log.warning(
-                    f"{name}: {result.fallbacks} description(s) of {captioner.backend} failed a blocking "
-                    "check and were replaced by the embedded one (see fallback_reason)"
-                )
-            context.add_asset_metadata(metadata, partition_key=key)
-            if result.failed:
-                context.log.warning(f"{name}: {result.failed} caption(s) failed; rerun retries only those")
+            _describe_shard(context, out, key, backend, captioner)
     finally:
         backend.close()
     return dg.MaterializeResult()
+
+
+def _describe_shard(context: dg.AssetExecutionContext, out: Path, key: str, backend, captioner: CaptionerResource) -> None:
+    """Describe one shard's ROIs slice by slice (one slice's inputs in memory) and report it."""
+    from medtrinity_assets.captioning import run_caption_slices
+    from medtrinity_assets.captioning.inputs import describable_rois, image_slices, read_caption_inputs
+
+    started = time.perf_counter()
+    name = part_of(key)
+    first: list = []
+
+    def slices():
+        for ids in image_slices(out, name):
+            inputs = read_caption_inputs(out, name, ids)
+            first[:] = first or inputs[: 8 * SAMPLE_TRIPLETS]
+            yield inputs
+
+    path = CAPTION_BATCH.path(out, name)
+    result = run_caption_slices(slices(), backend, path, total=describable_rois(out, name),
+                                chunk_size=captioner.chunk_size, progress=progress_logger(context.log, name, "captions"),
+                                log=context.log)
+    head = CAPTION_BATCH.read_path(path, where=pl.col("record_id").is_in(list({i.record_id for i in first})))
+    samples = _sample_triplets(first, head)
+    metadata = {
+        **stage_metrics(started, rows_in=result.total + result.duplicates_dropped, rows_out=result.total,
+                        quarantined=result.failed),
+        **picture_file(out, CAPTION_BATCH.name, name, "sample_triplets", triplet_cards(samples)),
+        **file_metadata(path, ["roi_id", "backend", "status", "text"]),
+        **counts_metadata("batch", result.as_metadata()),
+        "backend": captioner.backend,
+        "prompt_version": head["prompt_version"][0] if head.height else "",
+        "sample_triplets": dg.MetadataValue.md(_triplet_markdown(samples)),
+    }
+    if result.fallbacks:
+        context.log.warning(
+            f"{name}: {result.fallbacks} description(s) of {captioner.backend} failed a blocking "
+            "check and were replaced by the embedded one (see fallback_reason)"
+        )
+    context.add_asset_metadata(metadata, partition_key=key)
+    if result.failed:
+        context.log.warning(f"{name}: {result.failed} caption(s) failed; rerun retries only those")
 
 
 @dg.asset(
@@ -133,22 +136,16 @@ def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, cap
 )
 def caption_quality(context: dg.AssetExecutionContext, storage: OutputStorage, judge: JudgeResource,
                     compute: ComputeResource):
-    import polars as pl
-
-    from medtrinity_assets.captioning.parallel_checks import check_captions_parallel
+    from medtrinity_assets.captioning.parallel_checks import check_shard
     from medtrinity_assets.privacy import identifier_store
 
     started = time.perf_counter()
     name = part_of(context.partition_key)
     out = storage.out()
-    inputs = _caption_inputs(out, name)
-    captions = CAPTION_BATCH.read(out, name)
     identifiers = identifier_store(out).matcher(name)
-    quality = check_captions_parallel(
-        captions, {(i.record_id, i.roi_id): i for i in inputs}, phi_values=identifiers, judge=judge.get(),
-        workers=compute.workers,
-    )
-    path = CAPTION_QUALITY.write(quality, out, name)
+    batches = check_shard(out, name, phi_values=identifiers, judge=judge.get(), workers=compute.workers)
+    path = CAPTION_QUALITY.write_batches(batches, out, name)
+    quality = CAPTION_QUALITY.read_path(path, columns=[c for c in CAPTION_QUALITY.columns if _is_summary(c)])
     n = quality.height
     issues = (
         dict(quality["issues"].explode().drop_nulls().str.split(":").list.first().value_counts().iter_rows())
@@ -156,10 +153,11 @@ def caption_quality(context: dg.AssetExecutionContext, storage: OutputStorage, j
         else {}
     )
     inconsistent = int((~quality["consistent"]).sum()) if n else 0
+    captions = CAPTION_BATCH.read(out, name, columns=["status"])
     yield dg.MaterializeResult(
         metadata={
-            **table_metadata(quality, path, ["roi_id", "consistent", "phi_found", "passed", "issues"]),
-            **stage_metrics(started, rows_in=captions.height, rows_out=quality.height,
+            **file_metadata(path, ["roi_id", "consistent", "phi_found", "passed", "issues"]),
+            **stage_metrics(started, rows_in=captions.height, rows_out=n,
                             quarantined=int((~quality["passed"]).sum()) if n else 0),
             **counts_metadata("issues_by_kind", issues),
             "consistency_rate": float(1 - inconsistent / n) if n else 1.0,
@@ -169,3 +167,9 @@ def caption_quality(context: dg.AssetExecutionContext, storage: OutputStorage, j
         }
     )
     yield from caption_quality_results(quality)
+
+
+def _is_summary(column: str) -> bool:
+    """The quality columns the metadata and the checks read back (flags and issues, no text)."""
+    return column in ("consistent", "phi_found", "passed", "issues") or (
+        column.startswith("facet_") and column.endswith("_present"))

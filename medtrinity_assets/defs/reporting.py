@@ -28,6 +28,19 @@ def table_metadata(df: pl.DataFrame, path: Path, preview_columns: Sequence[str] 
     }
 
 
+def file_metadata(path: Path, preview_columns: Sequence[str], n: int = 8) -> dict:
+    """:func:`table_metadata` of a table written in row groups, read back without loading it: the
+    row count from the file's footer, the preview from its first rows."""
+    import pyarrow.parquet as pq
+
+    head = pl.read_parquet(path, columns=list(preview_columns), n_rows=n)
+    return {
+        "dagster/row_count": dg.MetadataValue.int(pq.ParquetFile(path).metadata.num_rows),
+        "path": dg.MetadataValue.path(str(path)),
+        "preview": dg.MetadataValue.md(render.table_preview(head, preview_columns, n=n)),
+    }
+
+
 def picture(image, alt: str) -> dg.MetadataValue:
     """An image (numpy array) shown inline in the asset's metadata."""
     return dg.MetadataValue.md(render.markdown_image(image, alt))
