@@ -124,7 +124,7 @@ def check_caption(
     chunk_ids = list(row.get("retrieved_chunk_ids") or (item.chunk_ids if item else []))
     present, issues = _facet_presence(facets)
     res.update(present)
-    full = " ".join([text, *(v for v in facets.values() if v)])
+    full = claims_text_of(text, facets)
     phi = scan_phi(full, phi_values, chunk_ids)
     res["phi_found"] = bool(phi)
     issues.extend(f"phi: {k}" for k in phi)
@@ -141,6 +141,24 @@ def check_caption(
     res["consistent"] = all(res[c] for c in CHECKS)
     res["issues"] = issues
     return res
+
+
+def claims_text_of(text: str, facets: dict[str, str | None]) -> str:
+    """The text whose claims are checked: the paragraph, then each facet it does not already hold
+    as whole sentences (a facet copied into the paragraph would only be read twice)."""
+    extra = [v for v in facets.values() if v and not _holds_sentences(text, v.strip())]
+    return " ".join([text, *extra])
+
+
+def _holds_sentences(text: str, part: str) -> bool:
+    """Whether ``part`` occurs in ``text`` between whitespace (or the text's ends)."""
+    k = text.find(part) if part else -1
+    while k >= 0:
+        end = k + len(part)
+        if (k == 0 or text[k - 1].isspace()) and (end == len(text) or text[end].isspace()):
+            return True
+        k = text.find(part, k + 1)
+    return False
 
 
 def _facet_presence(facets: dict[str, str | None]) -> tuple[dict[str, bool], list[str]]:
