@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -30,6 +31,7 @@ from medtrinity_assets.captioning import (
     parse_reply,
     render_overlay,
     run_caption_batch,
+    run_caption_slices,
 )
 from medtrinity_assets.captioning.backends.base import Captioner
 from medtrinity_assets.captioning.batch import parts_dir
@@ -456,6 +458,26 @@ def test_batch_caches_resumes_and_writes_contract_columns(tmp_path):
     cap4 = Counting()
     run_caption_batch(changed, cap4, path)
     assert cap4.seen == []
+
+
+def test_caption_slices_are_row_groups_and_a_rerun_reads_cached_rows_slice_by_slice(tmp_path):
+    """A shard described in slices holds one slice at a time: the table has one row group per
+    slice, equal to the table of one batch; a rerun in other slices computes nothing and reads
+    each slice's cached rows back by hash; an input repeated in a later slice is dropped."""
+    items = realistic_inputs(60, seed=3)
+    whole, sliced = tmp_path / "whole.parquet", tmp_path / "caption_batch" / "demo.parquet"
+    run_caption_batch(items, EmbeddedCaptioner(), whole)
+    slices = [items[:25], items[25:50], [*items[50:], items[0]]]  # chunks of 8 within each: 4 + 4 + 2
+    res = run_caption_slices(iter(slices), Counting(), sliced, total=60, chunk_size=8)
+    assert (res.total, res.computed, res.duplicates_dropped, res.chunks_written) == (60, 60, 1, 10)
+    assert pq.ParquetFile(sliced).metadata.num_row_groups == 3
+    keep = pl.exclude("created_at")
+    assert pl.read_parquet(sliced).select(keep).equals(pl.read_parquet(whole).select(keep))
+    again = Counting()
+    res2 = run_caption_slices(iter([items[:10], items[10:]]), again, sliced, total=60)
+    assert again.seen == [] and (res2.cached, res2.computed) == (60, 0)
+    assert pq.ParquetFile(sliced).metadata.num_row_groups == 2
+    assert pl.read_parquet(sliced).select(keep).equals(pl.read_parquet(whole).select(keep))
 
 
 def test_batch_writes_its_contract_and_handles_empty(tmp_path):
