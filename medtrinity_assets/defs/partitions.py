@@ -34,18 +34,15 @@ def shard_partition(source: str, shard: int = 0) -> dg.MultiPartitionKey:
 
 def source_and_shard(key: str | dg.MultiPartitionKey) -> tuple[str, int]:
     """``(source, shard)`` of a per-shard partition key."""
-    dims = key.keys_by_dimension if isinstance(key, dg.MultiPartitionKey) else _parse(key)
+    if not isinstance(key, dg.MultiPartitionKey):
+        key = SOURCE_SHARDS.get_partition_key_from_str(key)
+    dims = key.keys_by_dimension
     return dims["source"], int(dims["shard"])
 
 
 def part_of(key: str | dg.MultiPartitionKey) -> str:
     """The part name (where the shard's tables live) of a per-shard partition key."""
     return part_name(*source_and_shard(key))
-
-
-def _parse(key: str) -> dict[str, str]:
-    shard, _, source = key.partition("|")
-    return {"shard": shard, "source": source}
 
 
 def shard_keys_needed(counts: dict[str, int], existing: set[str]) -> list[str]:
