@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from medtrinity_assets.core.parts import part_name, shard_count, source_parts, split_part
+from medtrinity_assets.core.parts import part_name, shard_count, source_parts, split_part, stale_parts
 from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, SOURCE_MANIFEST
 from medtrinity_assets.ingest import count_shards, ingest_source
 from medtrinity_assets.ingest.registry import SourceSpec
@@ -60,3 +60,10 @@ def test_a_dicom_source_in_shards_gives_the_rows_of_one_ingestion(dicom_folders,
 
     beyond = ingest_source(spec, out, shard=5, workers=1)  # a key past the last shard: empty, not an error
     assert beyond.manifest.height == 0 and beyond.shards == 3
+
+    assert [p.stem for p in stale_parts(out, spec.name)] == ["dicom_sharded@005"] * 2  # its empty tables
+    shrunk = ingest_source(_spec(dicom_folders, 10_000), out, workers=1)  # the same source, one shard now
+    assert shrunk.shards == 1 and source_parts(out, spec.name) == ["dicom_sharded"]
+    stale = stale_parts(out, spec.name)  # left on disk (never deleted behind the user's back), never read
+    assert {p.parent.name for p in stale} == {"source_manifest", "preprocessed_images"}
+    assert sorted({p.stem for p in stale}) == ["dicom_sharded@001", "dicom_sharded@002", "dicom_sharded@005"]

@@ -3,7 +3,8 @@
 Shard ``k`` of source ``s`` writes its tables at the part name ``s`` (shard 0, so a one-shard source
 keeps the layout it always had) or ``s@k`` (``k`` zero-padded to 3 digits); source names cannot
 contain ``@``. Ingestion records the source's current shard count (``source_manifest/_shards/``);
-readers of a whole source read exactly those shards, so a source that shrank ignores its old ones.
+readers of a whole source read exactly those shards, so a source that shrank ignores its old ones
+(:func:`stale_parts` lists their files; shard 0's ingestion warns about them and leaves them).
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ def shard_count(out: str | Path, source: str) -> int:
 def source_parts(out: str | Path, source: str) -> list[str]:
     """The part names of every current shard of ``source``."""
     return [part_name(source, k) for k in range(shard_count(out, source))]
+
+
+def stale_parts(out: str | Path, source: str) -> list[Path]:
+    """Table files of shards ``source`` no longer has (it shrank): no reader reads them, and they
+    are left for the user to remove (nothing produced is deleted behind their back)."""
+    count = shard_count(out, source)
+    return sorted(path for path in Path(out).glob(f"*/{source}{SEPARATOR}*.parquet")
+                  if split_part(path.stem)[1] >= count)
 
 
 def part_paths(contract, out: str | Path, source: str) -> list[Path]:

@@ -48,7 +48,7 @@ SOURCE_FINGERPRINT = "source_fingerprint"
 def ingest_source_assets(
     context: dg.AssetExecutionContext, storage: OutputStorage, registry: SourceRegistry, compute: ComputeResource
 ):
-    from medtrinity_assets.core.parts import part_name
+    from medtrinity_assets.core.parts import part_name, stale_parts
     from medtrinity_assets.ingest import SourceRootMissing, ingest_source
     from medtrinity_assets.ingest.remote import CACHE_DIR, RootRefused, discard_mirror
     from medtrinity_assets.ingest.watch import files_fingerprint, source_fingerprint
@@ -72,6 +72,13 @@ def ingest_source_assets(
         raise
     if shard >= result.shards:
         context.log.warning(f"source '{name}' has {result.shards} shard(s) now: shard {shard} is empty")
+    stale = stale_parts(out, name) if shard == 0 else []
+    if stale:
+        context.log.warning(
+            f"source '{name}' has {result.shards} shard(s) now; {len(stale)} table file(s) of its former shards "
+            f"are no longer read and can be removed: {', '.join(str(p.relative_to(out)) for p in stale[:5])}"
+            + (" ..." if len(stale) > 5 else "")
+        )
     if result.warnings:
         context.log.warning(
             f"source '{name}': non-fatal findings {result.warnings} (series_gap: a DICOM series with "
@@ -94,6 +101,7 @@ def ingest_source_assets(
             "warnings": dg.MetadataValue.json(result.warnings),
             "shard": shard,
             "shards": result.shards,
+            "stale_shard_files": len(stale),
             "registry_fingerprint": declared.fingerprint(),
             "files_fingerprint": files,
             SOURCE_FINGERPRINT: source_fingerprint(declared, files),
