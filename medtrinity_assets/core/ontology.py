@@ -259,7 +259,9 @@ class _Index:
     icd_keys: frozenset[str]
     max_words: int
     prefixes: frozenset[str]  # every key and its leading words ("liver", "liver neoplasm")
+    pairs: frozenset[tuple[str, str]] = frozenset()  # every two words that follow each other in a key
     memo: dict = field(default_factory=dict)  # text -> _tagged(tokens(text)), for the texts in use
+    pieces: dict = field(default_factory=dict)  # words between two cuts -> their _tagged, likewise
 
 
 def _vocabulary_concepts() -> list[tuple[str, Concept]]:
@@ -306,7 +308,8 @@ def _build(mesh: list[tuple[str, str]], icd: tuple[tuple[str, str, str], ...]) -
     parts = [key.split(" ") for key in phrases]
     prefixes = frozenset(" ".join(words[:k]) for words in parts for k in range(1, len(words) + 1))
     max_words = max((len(words) for words in parts), default=1)
-    return _Index(phrases, icd_keys, max_words, prefixes)
+    pairs = frozenset(pair for words in parts for pair in zip(words, words[1:], strict=False))
+    return _Index(phrases, icd_keys, max_words, prefixes, pairs)
 
 
 @lru_cache(maxsize=1)
@@ -343,8 +346,29 @@ def _runs(idx: _Index, words: list[str], a: int, end: int) -> list[tuple[int, st
 
 def _tagged(words: list[str]) -> list[tuple[str, tuple[Concept, ...], bool]]:
     """(key, concepts, inside a longer match) of the leftmost-longest runs of ``words`` that are concept
-    keys, each followed by every key inside it."""
-    idx, out, j = _index(), [], 0
+    keys, each followed by every key inside it.
+
+    No key spans two words that follow each other in no key, so the words are cut there and each
+    piece is tagged alone, the same way (a run that crossed a cut would be such a key): descriptions
+    repeat most of their pieces, which are tagged once and then looked up."""
+    idx, out, start = _index(), [], 0
+    pieces, pairs = idx.pieces, idx.pairs
+    for end in range(1, len(words) + 1):
+        if end == len(words) or (words[end - 1], words[end]) not in pairs:
+            piece = tuple(words[start:end])
+            found = pieces.get(piece)
+            if found is None:
+                if len(pieces) >= 65536:
+                    pieces.clear()
+                found = pieces[piece] = _tagged_piece(idx, list(piece))
+            out += found
+            start = end
+    return out
+
+
+def _tagged_piece(idx: _Index, words: list[str]) -> list[tuple[str, tuple[Concept, ...], bool]]:
+    """:func:`_tagged` of words with no cut inside: the leftmost-longest scan itself."""
+    out, j = [], 0
     for i in [k for k, word in enumerate(words) if word in idx.prefixes]:  # where a key can start
         runs = _runs(idx, words, i, len(words)) if i >= j else []
         if runs:
