@@ -497,8 +497,9 @@ def test_a_source_in_several_shards_gives_the_same_triplets_as_one(pipeline, dag
 
 
 def test_rois_built_by_two_processes_equal_the_table_built_by_one(pipeline, monkeypatch):
-    """The ROI stage splits a large shard over worker processes, each with its own experts: the
-    merged table is the serial one (here below the size at which it would split by itself)."""
+    """The ROI stage cuts a shard into slices spread over worker processes, each with its own
+    experts: the slices, in order, are the serial table (here below the size at which it would
+    split by itself)."""
     from medtrinity_assets.ingest.registry import find_source
     from medtrinity_assets.rois import parallel
 
@@ -507,10 +508,14 @@ def test_rois_built_by_two_processes_equal_the_table_built_by_one(pipeline, monk
     origins = set()
     for name in ("mr_head_multiframe", "synthetic_phantoms"):
         images = _table(out, "preprocessed_images", name)
-        result, _ = parallel.build_roi_set_parallel(images, find_source(pipeline_registry(), name), out,
-                                                    experts_dir=out / "expert_models", workers=2)
+        spec = find_source(pipeline_registry(), name)
+        result, _ = parallel.build_roi_set_parallel(images, spec, out, experts_dir=out / "expert_models", workers=2)
         serial = _table(out, "roi_set", name)
         assert result.rois.equals(serial), name
+        _, slices = parallel.roi_set_slices(images, spec, out, experts_dir=out / "expert_models", workers=2,
+                                            images_per_slice=7)  # slices stream, two at a time
+        parts = list(slices)
+        assert len(parts) == -(-images.height // 7) and pl.concat([p.rois for p in parts]).equals(serial), name
         origins |= set(serial["origin"])
     assert "mask" in origins and any(o.startswith("expert:") for o in origins), origins  # experts ran in the workers
 

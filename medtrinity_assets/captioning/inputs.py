@@ -17,6 +17,8 @@ from typing import Any
 
 import polars as pl
 
+from medtrinity_assets.core.workers import IMAGES_PER_SLICE
+
 log = logging.getLogger(__name__)
 
 
@@ -303,11 +305,6 @@ def _passages(ret: dict[str, Any], docs: dict[str, dict], rid: str, roi_id: Any)
             )
         )
     return passages
-
-
-#: images whose ROIs are joined, described or checked at once: bounds a stage's memory whatever the
-#: shard's size (a ROI's input is about 9 KB as Python objects; 1,000 images hold a few thousand ROIs)
-IMAGES_PER_SLICE = 1000
 
 
 def image_slices(out: str | Path, part: str, images: int = IMAGES_PER_SLICE) -> list[list[str]]:

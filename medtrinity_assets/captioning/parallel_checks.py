@@ -18,10 +18,10 @@ from typing import Any
 
 import polars as pl
 
-from medtrinity_assets.captioning.inputs import IMAGES_PER_SLICE, image_slices, read_caption_inputs
+from medtrinity_assets.captioning.inputs import image_slices, read_caption_inputs
 from medtrinity_assets.captioning.quality import check_captions
 from medtrinity_assets.core.tables import CAPTION_BATCH
-from medtrinity_assets.core.workers import ordered_in_workers
+from medtrinity_assets.core.workers import IMAGES_PER_SLICE, ordered_in_workers
 
 #: description rows below which one process is faster than starting more
 MIN_PARALLEL_ROWS = 2000

@@ -8,6 +8,11 @@ from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from typing import Any
 
+#: images a streaming stage (ROIs, descriptions, their checks) handles at once: bounds its memory
+#: whatever the shard's size (a ROI's caption input is about 9 KB as Python objects; 1,000 images
+#: hold a few thousand ROIs)
+IMAGES_PER_SLICE = 1000
+
 
 def in_workers(fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:
     """``[fn(*args) for args in calls]``: the first call in this process, the others in one worker

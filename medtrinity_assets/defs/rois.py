@@ -12,9 +12,10 @@ from medtrinity_assets.defs.partitions import SOURCE_SHARDS, part_of, source_and
 from medtrinity_assets.defs.reporting import (
     GROUP_ROIS,
     counts_metadata,
+    file_metadata,
+    progress_logger,
     sheet_metadata,
     stage_metrics,
-    table_metadata,
 )
 from medtrinity_assets.defs.resources import ComputeResource, OutputStorage, SourceRegistry
 
@@ -94,20 +95,26 @@ def _overlay_sample(images, rois):
 
 
 def _roi_metadata(out, name: str, images, result) -> dict:
-    """Row counts, preview, counts and an overlay sheet of one source's ROI set."""
+    """Row counts, preview, counts and an overlay sheet of one shard's ROI set (read back from its
+    file: the stage holds one slice of it at a time)."""
+    import polars as pl
+
     from medtrinity_assets.core.render import load_png
     from medtrinity_assets.rois import draw_roi_overlay
 
+    path = ROI_SET.path(out, name)
+    sample = _overlay_sample(images, ROI_SET.read_path(path, ["record_id", "status", "origin"]))
+    shown = ROI_SET.read_path(path, where=pl.col("record_id").is_in(sample["record_id"].to_list()) & (pl.col("status") == "ok"))
     pictures, captions = [], []
-    for rec, img_path in _overlay_sample(images, result.rois).iter_rows():
-        rows = result.rois.filter((result.rois["record_id"] == rec) & (result.rois["status"] == "ok")).to_dicts()
+    for rec, img_path in sample.iter_rows():
+        rows = shown.filter(pl.col("record_id") == rec).to_dicts()
         pictures.append(draw_roi_overlay(load_png(out / img_path), rows))
         labels = sorted({str(r["label"]).replace("_", " ") for r in rows})
         captions.append(f"{len(rows)} ROI: {', '.join(labels)}")
     preview = ["roi_id", "label", "origin", "bbox_xyxy", "horizontal", "vertical", "intensity_word", "shape_word"]
     return {
         **sheet_metadata(out, ROI_SET.name, name, "overlays", pictures, captions, "ROI overlays"),
-        **table_metadata(result.rois, ROI_SET.path(out, name), preview),
+        **file_metadata(path, preview),
         **counts_metadata("rois_by_origin", result.counts_by_origin),
         **counts_metadata("rois_by_label", result.counts_by_label),
         **counts_metadata("flagged_by_reason", result.flagged_counts),
@@ -128,23 +135,42 @@ def _roi_metadata(out, name: str, images, result) -> dict:
 def roi_set(
     context: dg.AssetExecutionContext, storage: OutputStorage, registry: SourceRegistry, compute: ComputeResource
 ):
-    from medtrinity_assets.rois.parallel import build_roi_set_parallel
-
     out = storage.out()
     for key in context.partition_keys:
-        started = time.perf_counter()
-        name = part_of(key)
-        spec = registry.source(source_and_shard(key)[0])
-        images = PREPROCESSED_IMAGES.read(out, name)
-        result, experts = build_roi_set_parallel(images, spec, out, experts_dir=out / EXPERT_MODELS,
-                                                 workers=compute.workers, device=compute.resolved_device())
-        if experts:
-            context.log.info(f"{name}: expert grounding with {', '.join(experts)}")
-        ROI_SET.write(result.rois, out, name)
-        used = ", ".join(experts) or "none"
-        flagged = sum(result.flagged_counts.values())
-        metadata = {**_roi_metadata(out, name, images, result), "experts": used,
-                    **stage_metrics(started, rows_in=images.height, rows_out=result.rois.height, quarantined=flagged),
-                    **counts_metadata("dropped_by_reason", result.dropped_counts)}
-        context.add_asset_metadata(metadata, partition_key=key)
+        _locate_shard(context, out, key, registry, compute)
     return dg.MaterializeResult()
+
+
+def _locate_shard(context: dg.AssetExecutionContext, out, key: str, registry: SourceRegistry,
+                  compute: ComputeResource) -> None:
+    """One shard's ROI set, written slice by slice (row groups), and its metadata."""
+    from dataclasses import replace
+
+    from medtrinity_assets.rois.parallel import merge_results, roi_set_slices
+
+    started = time.perf_counter()
+    name = part_of(key)
+    spec = registry.source(source_and_shard(key)[0])
+    images = PREPROCESSED_IMAGES.read(out, name)
+    experts, results = roi_set_slices(images, spec, out, experts_dir=out / EXPERT_MODELS,
+                                      workers=compute.workers, device=compute.resolved_device())
+    if experts:
+        context.log.info(f"{name}: expert grounding with {', '.join(experts)}")
+    counts, rows = [], 0
+    progress = progress_logger(context.log, name, "images located")
+
+    def frames():
+        nonlocal rows
+        for part in results:
+            counts.append(replace(part, rois=ROI_SET.empty()))  # the counts; the rows go to the file
+            rows += part.rois.height
+            progress(sum(c.n_images for c in counts), images.height)
+            yield part.rois
+
+    ROI_SET.write_batches(frames(), out, name)
+    result = merge_results(counts, images.height)
+    flagged = sum(result.flagged_counts.values())
+    metadata = {**_roi_metadata(out, name, images, result), "experts": ", ".join(experts) or "none",
+                **stage_metrics(started, rows_in=images.height, rows_out=rows, quarantined=flagged),
+                **counts_metadata("dropped_by_reason", result.dropped_counts)}
+    context.add_asset_metadata(metadata, partition_key=key)
