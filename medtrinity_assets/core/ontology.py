@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
@@ -39,7 +40,6 @@ from medtrinity_assets.core.ontology_lists import (
     ANATOMY_TERMS,
     FINDING_SUFFIXES,
     FINDING_WORDS,
-    ICD_SYNONYMS,
     MESH_HOMONYMS,
     NOT_FINDING,
     NOT_TECHNIQUE,
@@ -317,9 +317,12 @@ def _index() -> _Index:
     return _build(load_mesh(), _icd_rows())
 
 
+_CACHES: list = []  # the built indexes of modules over this one (:mod:`~medtrinity_assets.core.icd_codes`)
+
+
 def clear_cache() -> None:
     """Forget the built indexes (for tests that swap a source)."""
-    for cached in (_index, _icd_search, _icd_rows, _desc_key):
+    for cached in (_index, _icd_rows, _desc_key, *_CACHES):
         cached.cache_clear()
 
 
@@ -331,7 +334,7 @@ def _visible(key: str, found: tuple[Concept, ...]) -> tuple[Concept, ...]:
     return tuple(c for c in found if c.scheme == "vocabulary") if len(key) <= 2 else found
 
 
-def _runs(idx: _Index, words: list[str], a: int, end: int) -> list[tuple[int, str, tuple[Concept, ...]]]:
+def _runs(idx: _Index, words: Sequence[str], a: int, end: int) -> list[tuple[int, str, tuple[Concept, ...]]]:
     """``(b, key, concepts)`` of every key ``words[a:b]`` (``b <= end``, ascending) that names something."""
     out, key = [], ""
     for b in range(a, end):
@@ -346,28 +349,22 @@ def _runs(idx: _Index, words: list[str], a: int, end: int) -> list[tuple[int, st
 
 def _tagged(words: list[str]) -> list[tuple[str, tuple[Concept, ...], bool]]:
     """(key, concepts, inside a longer match) of the leftmost-longest runs of ``words`` that are concept
-    keys, each followed by every key inside it.
-
-    No key spans two words that follow each other in no key, so the words are cut there and each
-    piece is tagged alone, the same way (a run that crossed a cut would be such a key): descriptions
-    repeat most of their pieces, which are tagged once and then looked up."""
+    keys, each followed by every key inside it. No key spans two words that follow each other in no key,
+    so the words are cut there and each piece is tagged alone (and once: descriptions repeat pieces)."""
     idx, out, start = _index(), [], 0
-    pieces, pairs = idx.pieces, idx.pairs
     for end in range(1, len(words) + 1):
-        if end == len(words) or (words[end - 1], words[end]) not in pairs:
+        if end == len(words) or (words[end - 1], words[end]) not in idx.pairs:
             piece = tuple(words[start:end])
-            found = pieces.get(piece)
-            if found is None:
-                if len(pieces) >= 65536:
-                    pieces.clear()
-                found = pieces[piece] = _tagged_piece(idx, list(piece))
-            out += found
+            if piece not in idx.pieces:
+                if len(idx.pieces) >= 65536:
+                    idx.pieces.clear()
+                idx.pieces[piece] = _tagged_piece(idx, piece)
+            out += idx.pieces[piece]
             start = end
     return out
 
 
-def _tagged_piece(idx: _Index, words: list[str]) -> list[tuple[str, tuple[Concept, ...], bool]]:
-    """:func:`_tagged` of words with no cut inside: the leftmost-longest scan itself."""
+def _tagged_piece(idx: _Index, words: tuple[str, ...]) -> list[tuple[str, tuple[Concept, ...], bool]]:
     out, j = [], 0
     for i in [k for k, word in enumerate(words) if word in idx.prefixes]:  # where a key can start
         runs = _runs(idx, words, i, len(words)) if i >= j else []
@@ -439,75 +436,3 @@ def clean_terms(terms: list[str]) -> list[str]:
         if term and term.casefold() not in {o.casefold() for o in out} and find_concepts(term):
             out.append(term)
     return out
-
-
-# --- ICD-10 codes for a finding ---
-@lru_cache(maxsize=1)
-def _icd_search() -> tuple[list[tuple[tuple[str, str, str], str]], dict[str, list[int]], dict, dict]:
-    """(ICD row, " normalised description ") of every code; word -> the entries that have it; the WHO
-    concepts by code; the ICD-10-CM normalised descriptions by code without its dot."""
-    entries = [(row, f" {_desc_key(row[2])} ") for row in _icd_rows()]
-    postings: dict[str, list[int]] = {}
-    for n, (_, key) in enumerate(entries):
-        for word in set(key.split()):
-            postings.setdefault(word, []).append(n)
-    who = {row[1]: _icd_concept(*row) for row, _ in entries if row[0] == "ICD-10"}
-    cm_keys = {row[1].replace(".", ""): k.strip() for row, k in entries if row[0] == "ICD-10-CM"}
-    return entries, postings, who, cm_keys
-
-
-def _icd_hits(key: str, sites: list[str]) -> list[Concept]:
-    """Codes whose normalised description contains ``key`` and every one of ``sites`` as whole words: the
-    description that is ``key`` (but for "unspecified") first, then those it opens, then the shortest."""
-    (entries, postings, _, _), words = _icd_search(), set(key.split())
-    if not words or not words <= postings.keys():
-        return []
-    needle, places = f" {key} ", [f" {s} " for s in sites]
-    ids = min((postings[w] for w in words), key=len)
-    hits = [e for e in map(entries.__getitem__, ids) if needle in e[1] and all(p in e[1] for p in places)]
-    hits.sort(key=lambda h: (_QUALIFIER.sub("", h[1].strip()) != key, h[1].find(needle), len(h[1])))
-    return [_icd_concept(*row) for row, _ in hits]
-
-
-def _most_general(hits: list[Concept]) -> list[Concept]:
-    """``hits`` without the codes that extend another hit of the same scheme (E11.311 under E11.31)."""
-    codes = {(c.scheme, c.code.replace(".", "")) for c in hits}
-    bare = [(c, c.code.replace(".", "")) for c in hits]
-    return [c for c, b in bare if not any((c.scheme, b[:k]) in codes for k in range(3, len(b)))]
-
-
-def _lifted(cm_hits: list[Concept]) -> list[Concept]:
-    """WHO ICD-10 parents of ICD-10-CM hits: the CM code's first four characters, where WHO has that code
-    with the same description (the two agree there). This is how "diabetic retinopathy" reaches E10.3 and
-    E11.3, whose WHO descriptions only say "with ophthalmic complications" (no inclusion terms here)."""
-    _, _, who, cm = _icd_search()
-    parents = [p for p in (who.get(c.code[:5]) for c in cm_hits) if p]
-    return list(dict.fromkeys(p for p in parents if cm.get(p.code.replace(".", "")) == _desc_key(p.label)))
-
-
-def icd10_for(concept_or_text: Concept | str, limit: int = 12) -> list[Concept]:
-    """ICD-10 codes whose description names the finding (WHO ICD-10, WHO parents reached through ICD-10-CM,
-    ICD-10-CM; the most general matching code of each family). The ICD descriptions a text names come first;
-    then the text is searched whole ("diabetic retinopathy"); failing that each finding it names is, and a
-    code must then name all the text's anatomy ("lung cancer" -> "Malignant neoplasm of bronchus and lung").
-    Non-findings give nothing. Precision over recall: a finding that only a broader heading covers
-    ("fibroma" of the tibia) gives nothing, nor does a long description naming many organs."""
-    if isinstance(concept_or_text, Concept):
-        if concept_or_text.scheme in ("ICD-10", "ICD-10-CM"):
-            return [concept_or_text]
-        findings = [concept_or_text] if concept_or_text.kind == "finding" else []
-        whole, sites = "", []
-    else:
-        words = tokens(concept_or_text)
-        found = [(key, cs) for key, cs, inner in _tagged(words) if not inner]
-        findings = [c for _, cs in found for c in cs if c.kind == "finding"]
-        whole, sites = " ".join(words), [k for k, cs in found if any(c.kind == "anatomy" for c in cs)]
-    named = [c for c in findings if c.scheme in ("ICD-10", "ICD-10-CM")]
-    hits = _icd_hits(whole, []) if whole and findings else []
-    for concept in findings if not hits else ():
-        queries = {normalise(concept.display), normalise(concept.label)} if concept not in named else set()
-        queries |= {normalise(ICD_SYNONYMS[q]) for q in queries if q in ICD_SYNONYMS}
-        hits += [c for q in sorted(queries) for c in _icd_hits(q, sites)]
-    hits = _most_general([c for c in dict.fromkeys([*named, *hits]) if c.kind == "finding"])
-    who, cm = ([c for c in hits if c.scheme == scheme] for scheme in ("ICD-10", "ICD-10-CM"))
-    return [*who, *(c for c in _lifted(cm) if c not in who), *cm][:limit]

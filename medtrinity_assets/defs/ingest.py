@@ -48,7 +48,7 @@ SOURCE_FINGERPRINT = "source_fingerprint"
 def ingest_source_assets(
     context: dg.AssetExecutionContext, storage: OutputStorage, registry: SourceRegistry, compute: ComputeResource
 ):
-    from medtrinity_assets.core.parts import part_name, stale_parts
+    from medtrinity_assets.core.parts import part_name
     from medtrinity_assets.ingest import SourceRootMissing, ingest_source
     from medtrinity_assets.ingest.remote import CACHE_DIR, RootRefused, discard_mirror
     from medtrinity_assets.ingest.watch import files_fingerprint, source_fingerprint
@@ -70,20 +70,7 @@ def ingest_source_assets(
     except BaseException:
         discard_mirror(out / CACHE_DIR, name)  # a failed source leaves no copy of its files
         raise
-    if shard >= result.shards:
-        context.log.warning(f"source '{name}' has {result.shards} shard(s) now: shard {shard} is empty")
-    stale = stale_parts(out, name) if shard == 0 else []
-    if stale:
-        context.log.warning(
-            f"source '{name}' has {result.shards} shard(s) now; {len(stale)} table file(s) of its former shards "
-            f"are no longer read and can be removed: {', '.join(str(p.relative_to(out)) for p in stale[:5])}"
-            + (" ..." if len(stale) > 5 else "")
-        )
-    if result.warnings:
-        context.log.warning(
-            f"source '{name}': non-fatal findings {result.warnings} (series_gap: a DICOM series with "
-            "missing positions, kept as a volume with its median spacing)"
-        )
+    stale = _warn_about_shards(context.log, out, name, shard, result)
     quarantined = int(result.status_counts.get("quarantined", 0))
     metrics = stage_metrics(started, rows_in=result.manifest.height, rows_out=result.images.height, quarantined=quarantined)
     yield dg.MaterializeResult(
@@ -129,3 +116,24 @@ def ingest_source_assets(
             **counts_metadata("burned_in_text", result.burned_in_text),
         },
     )
+
+
+def _warn_about_shards(log, out, name: str, shard: int, result) -> list:
+    """Warn about an empty shard, former shards' files left on disk (returned) and non-fatal findings."""
+    from medtrinity_assets.core.parts import stale_parts
+
+    if shard >= result.shards:
+        log.warning(f"source '{name}' has {result.shards} shard(s) now: shard {shard} is empty")
+    stale = stale_parts(out, name) if shard == 0 else []
+    if stale:
+        log.warning(
+            f"source '{name}' has {result.shards} shard(s) now; {len(stale)} table file(s) of its former shards "
+            f"are no longer read and can be removed: {', '.join(str(p.relative_to(out)) for p in stale[:5])}"
+            + (" ..." if len(stale) > 5 else "")
+        )
+    if result.warnings:
+        log.warning(
+            f"source '{name}': non-fatal findings {result.warnings} (series_gap: a DICOM series with "
+            "missing positions, kept as a volume with its median spacing)"
+        )
+    return stale

@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from medtrinity_assets.core import ontology
+from medtrinity_assets.core.icd_codes import icd10_for
 from medtrinity_assets.core.tables import COARSE_CAPTIONS
 from medtrinity_assets.core.vocabulary import (
     canonical_modality,
@@ -111,7 +112,7 @@ def concepts_of(texts: Iterable[str]) -> list[str]:
     for text in texts:
         found = ontology.find_concepts(text)
         # ICD-10 codes for a named finding only (the vocabulary's generic "lesion" has none)
-        found += [c for f in found if f.kind == "finding" and f.scheme != "vocabulary" for c in ontology.icd10_for(f, 2)]
+        found += [c for f in found if f.kind == "finding" and f.scheme != "vocabulary" for c in icd10_for(f, 2)]
         for c in found:
             if c.scheme in ("MeSH", "ICD-10", "ICD-10-CM"):
                 out.append(f"{c.display} ({c.scheme} {c.code})")
