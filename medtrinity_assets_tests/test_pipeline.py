@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -494,6 +495,28 @@ def test_a_source_in_several_shards_gives_the_same_triplets_as_one(pipeline, dag
     assert (out / "preprocessed_images" / "shard_check@005.parquet").is_file()
     assert one["table"].height > 30
     assert many["table"].equals(one["table"])
+
+
+def test_a_summary_joined_in_slices_of_images_equals_the_triplets(pipeline, tmp_path, monkeypatch):
+    """The summary reads a shard a slice of images at a time (a triplet joins one image's rows):
+    slices of 3 images give the triplet table the whole shard gave, one row group per slice."""
+    import pyarrow.parquet as pq
+
+    from medtrinity_assets.export import source_triplets as summary
+
+    out, _ = pipeline
+    name = "synthetic_phantoms"
+    for table in summary.INPUTS:  # a copy: the fixture's outputs stay as they are
+        (tmp_path / table.name).mkdir()
+        shutil.copy(table.path(out, name), table.path(tmp_path, name))
+    built = _table(out, "triplets", name)
+    monkeypatch.setattr(summary, "IMAGES_PER_SLICE", 3)
+    result = summary.source_triplets(tmp_path, name, [name], license=built["license"][0],
+                                     synthetic=bool(built["synthetic"][0]))
+    again = pl.read_parquet(result.path)
+    images = _table(out, "caption_batch", name)["record_id"].n_unique()
+    assert pq.ParquetFile(result.path).metadata.num_row_groups == -(-images // 3) > 2
+    assert again.sort("triplet_id").equals(built.sort("triplet_id"))
 
 
 def test_rois_built_by_two_processes_equal_the_table_built_by_one(pipeline, monkeypatch):

@@ -4,8 +4,9 @@ Each shard's tables are joined into triplet rows (before splits) and parked in a
 splits are then decided per group over every shard's ``(group_id, declared split)`` pairs (a
 patient's files may sit in several shards), and the rows are written as the row groups of the
 source's ``triplets`` table, shard by shard. Images that duplicate one kept in an earlier shard
-are left out (:func:`medtrinity_assets.ingest.shards.cross_shard_duplicates`). Peak memory is one
-shard's tables, not the source's.
+are left out (:func:`medtrinity_assets.ingest.shards.cross_shard_duplicates`). A shard is read
+and joined one slice of its images at a time (a triplet joins the rows of one image), so peak
+memory is one slice's tables, not the shard's nor the source's.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from medtrinity_assets.core.tables import (
     SOURCE_MANIFEST,
     TRIPLETS,
 )
-from medtrinity_assets.export.splits import group_splits, settle
+from medtrinity_assets.core.workers import IMAGES_PER_SLICE
+from medtrinity_assets.export.splits import group_splits, settle, with_groups
 from medtrinity_assets.export.triplets import triplet_rows
 
 #: the per-shard tables a source's triplets are made from
@@ -78,9 +80,12 @@ def source_triplets(
     try:
         described, files = 0, []
         for k, part in enumerate(parts):
-            rows, n = _shard_rows(out, part, duplicates, license, synthetic)
-            described += n
-            files.append(write_parquet_atomic(rows, scratch / f"{k:05d}.parquet"))
+            for j, (rows, n) in enumerate(_shard_rows(out, part, duplicates, license, synthetic)):
+                described += n
+                files.append(write_parquet_atomic(rows, scratch / f"{k:05d}-{j:05d}.parquet"))
+        if not files:  # nothing described: the empty table, with its groups' columns
+            files.append(write_parquet_atomic(with_groups(TRIPLETS.empty(), pl.Series([], dtype=pl.String)),
+                                              scratch / "empty.parquet"))
         groups = pl.concat([pl.read_parquet(f, columns=["group_id", "_declared"]) for f in files])
         splits = group_splits(groups, fractions)
         path = TRIPLETS.write_batches(_settled(files, splits), out, source)
@@ -91,22 +96,26 @@ def source_triplets(
                           dict(counts.iter_rows()))
 
 
-def _shard_rows(out: Path, part: str, duplicates: dict, license: str, synthetic: bool) -> tuple[pl.DataFrame, int]:
-    """One shard's triplet rows (before splits) and how many of its descriptions were considered."""
-    tables = {c.name: c.read(out, part) for c in INPUTS}
-    keep = ~pl.col("record_id").is_in(list(duplicates)) if duplicates else pl.lit(True)
-    captions = tables[CAPTION_BATCH.name].filter(keep)
-    rows = triplet_rows(
-        captions=captions,
-        quality=tables[CAPTION_QUALITY.name],
-        rois=tables[ROI_SET.name],
-        images=tables[PREPROCESSED_IMAGES.name].filter(keep),
-        manifest=tables[SOURCE_MANIFEST.name],
-        coarse=tables[COARSE_CAPTIONS.name],
-        license=license,
-        synthetic=synthetic,
-    )
-    return rows, captions.height
+def _shard_rows(out: Path, part: str, duplicates: dict, license: str, synthetic: bool,
+                ) -> Iterator[tuple[pl.DataFrame, int]]:
+    """One shard's triplet rows (before splits), slice by slice of its described images (a
+    triplet joins the rows of one image only), and how many descriptions each slice considered."""
+    ids = CAPTION_BATCH.read(out, part, columns=["record_id"])["record_id"].unique(maintain_order=True)
+    ids = ids.filter(~ids.is_in(list(duplicates))).to_list() if duplicates else ids.to_list()
+    for start in range(0, len(ids), IMAGES_PER_SLICE):
+        where = pl.col("record_id").is_in(ids[start : start + IMAGES_PER_SLICE])
+        tables = {c.name: c.read(out, part, where=where) for c in INPUTS}
+        rows = triplet_rows(
+            captions=tables[CAPTION_BATCH.name],
+            quality=tables[CAPTION_QUALITY.name],
+            rois=tables[ROI_SET.name],
+            images=tables[PREPROCESSED_IMAGES.name],
+            manifest=tables[SOURCE_MANIFEST.name],
+            coarse=tables[COARSE_CAPTIONS.name],
+            license=license,
+            synthetic=synthetic,
+        )
+        yield rows, tables[CAPTION_BATCH.name].height
 
 
 def _settled(files: list[Path], splits: pl.DataFrame) -> Iterator[pl.DataFrame]:
