@@ -548,7 +548,8 @@ def test_description_checks_by_two_processes_equal_the_table_checked_by_one(pipe
     (this one and a worker); the slices, concatenated in order, are the table checked in one process
     at once, and slicing never splits an image."""
     from medtrinity_assets.captioning import check_captions, parallel_checks
-    from medtrinity_assets.captioning.inputs import image_slices, read_caption_inputs
+    from medtrinity_assets.captioning.inputs import describable_rois, read_caption_inputs
+    from medtrinity_assets.core.workers import image_slices
     from medtrinity_assets.privacy import identifier_store
 
     out, _ = pipeline
@@ -558,7 +559,7 @@ def test_description_checks_by_two_processes_equal_the_table_checked_by_one(pipe
     captions = _table(out, "caption_batch", name)
     whole = check_captions(captions, {(i.record_id, i.roi_id): i for i in read_caption_inputs(out, name)},
                            phi_values=phi)
-    slices = image_slices(out, name, 3)
+    slices = image_slices(describable_rois(out, name), 3)
     assert len(slices) > 2 and sum(map(len, slices)) == captions["record_id"].n_unique()
     batches = list(parallel_checks.check_shard(out, name, phi_values=phi, workers=2, images_per_slice=3))
     assert len(batches) == len(slices)

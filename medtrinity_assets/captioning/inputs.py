@@ -17,8 +17,6 @@ from typing import Any
 
 import polars as pl
 
-from medtrinity_assets.core.workers import IMAGES_PER_SLICE
-
 log = logging.getLogger(__name__)
 
 
@@ -307,21 +305,15 @@ def _passages(ret: dict[str, Any], docs: dict[str, dict], rid: str, roi_id: Any)
     return passages
 
 
-def image_slices(out: str | Path, part: str, images: int = IMAGES_PER_SLICE) -> list[list[str]]:
-    """The record ids of one shard's images that have a describable ROI, in ``roi_set`` order, in
-    slices of ``images``: the unit in which its descriptions are joined, written and checked."""
+def describable_rois(out: str | Path, part: str) -> list[str]:
+    """The record id of every ROI of one shard that :func:`read_caption_inputs` gives (flagged ones
+    have no region), in ``roi_set`` order: their images, sliced by
+    :func:`~medtrinity_assets.core.workers.image_slices`, are the unit in which descriptions are
+    joined, written and checked."""
     from medtrinity_assets.core.tables import ROI_SET
 
-    ids = ROI_SET.read(out, part, columns=["record_id"], where=pl.col("status").ne_missing("flagged"))
-    unique = ids["record_id"].unique(maintain_order=True).to_list()
-    return [unique[a : a + images] for a in range(0, len(unique), max(1, images))]
-
-
-def describable_rois(out: str | Path, part: str) -> int:
-    """How many ROIs of one shard :func:`read_caption_inputs` gives (flagged ones have no region)."""
-    from medtrinity_assets.core.tables import ROI_SET
-
-    return ROI_SET.read(out, part, columns=["record_id"], where=pl.col("status").ne_missing("flagged")).height
+    rows = ROI_SET.read(out, part, columns=["record_id"], where=pl.col("status").ne_missing("flagged"))
+    return rows["record_id"].to_list()
 
 
 def read_caption_inputs(out: str | Path, part: str, record_ids: list[str] | None = None) -> list[CaptionInput]:

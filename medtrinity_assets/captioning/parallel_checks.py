@@ -3,7 +3,7 @@
 The checks of one description read only its own inputs, except the containment between the
 regions of one image (:func:`~medtrinity_assets.captioning.evidence.batch_evidence`), so a
 shard's descriptions are checked in slices of whole images
-(:func:`~medtrinity_assets.captioning.inputs.image_slices`). Each slice is read, joined and
+(:func:`~medtrinity_assets.core.workers.image_slices`). Each slice is read, joined and
 checked by one process from the tables on disk, so memory follows the slice, not the shard; the
 slices come back in order, so the table is the same whatever the number of processes. A judge (a
 model server) is called from this process only; a shard of few descriptions is checked in this
@@ -18,10 +18,10 @@ from typing import Any
 
 import polars as pl
 
-from medtrinity_assets.captioning.inputs import image_slices, read_caption_inputs
+from medtrinity_assets.captioning.inputs import describable_rois, read_caption_inputs
 from medtrinity_assets.captioning.quality import check_captions
 from medtrinity_assets.core.tables import CAPTION_BATCH
-from medtrinity_assets.core.workers import IMAGES_PER_SLICE, ordered_in_workers
+from medtrinity_assets.core.workers import IMAGES_PER_SLICE, image_slices, ordered_in_workers
 
 #: description rows below which one process is faster than starting more
 MIN_PARALLEL_ROWS = 2000
@@ -38,14 +38,15 @@ def check_shard(
 ) -> Iterator[pl.DataFrame]:
     """The quality rows of one shard's descriptions (``part``: its part name), one slice of
     images at a time, in ``roi_set`` order (see the module docstring)."""
-    slices = image_slices(out, part, images_per_slice)
+    record_ids = describable_rois(out, part)
+    slices = image_slices(record_ids, images_per_slice)
     rows = CAPTION_BATCH.read(out, part, columns=["record_id"]).height
     if judge is not None or rows < MIN_PARALLEL_ROWS:
         workers = 1
     elif len(slices) < workers:  # a small shard still fills the cores
-        slices = image_slices(out, part, -(-sum(map(len, slices)) // workers))
+        slices = image_slices(record_ids, -(-sum(map(len, slices)) // workers))
     calls = [(str(out), part, ids, phi_values, judge) for ids in slices]
-    yield from ordered_in_workers(check_images, calls, workers if judge is None else 1)
+    yield from ordered_in_workers(check_images, calls, workers)
 
 
 def check_images(out: str, part: str, record_ids: list[str], phi_values: Any, judge: Any = None) -> pl.DataFrame:

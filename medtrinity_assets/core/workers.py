@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from typing import Any
@@ -12,6 +12,13 @@ from typing import Any
 #: whatever the shard's size (a ROI's caption input is about 9 KB as Python objects; 1,000 images
 #: hold a few thousand ROIs)
 IMAGES_PER_SLICE = 1000
+
+
+def image_slices(record_ids: Sequence[str], images: int = IMAGES_PER_SLICE) -> list[list[str]]:
+    """The distinct ``record_ids``, in order of first appearance, in slices of ``images`` (the
+    unit a streaming stage reads, handles and writes at once)."""
+    unique = list(dict.fromkeys(record_ids))
+    return [unique[a : a + images] for a in range(0, len(unique), max(1, images))]
 
 
 def in_workers(fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:

@@ -72,7 +72,6 @@ def _triplet_markdown(samples: list[tuple]) -> str:
     "local–global relationship) with every input behind it; cached by inputs hash, durable in chunks.",
 )
 def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, captioner: CaptionerResource):
-
     out = storage.out()
     backend = captioner.get()
     try:
@@ -86,20 +85,22 @@ def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, cap
 def _describe_shard(context: dg.AssetExecutionContext, out: Path, key: str, backend, captioner: CaptionerResource) -> None:
     """Describe one shard's ROIs slice by slice (one slice's inputs in memory) and report it."""
     from medtrinity_assets.captioning import run_caption_slices
-    from medtrinity_assets.captioning.inputs import describable_rois, image_slices, read_caption_inputs
+    from medtrinity_assets.captioning.inputs import describable_rois, read_caption_inputs
+    from medtrinity_assets.core.workers import image_slices
 
     started = time.perf_counter()
     name = part_of(key)
     first: list = []
+    rois = describable_rois(out, name)
 
     def slices():
-        for ids in image_slices(out, name):
+        for ids in image_slices(rois):
             inputs = read_caption_inputs(out, name, ids)
             first[:] = first or inputs[: 8 * SAMPLE_TRIPLETS]
             yield inputs
 
     path = CAPTION_BATCH.path(out, name)
-    result = run_caption_slices(slices(), backend, path, total=describable_rois(out, name),
+    result = run_caption_slices(slices(), backend, path, total=len(rois),
                                 chunk_size=captioner.chunk_size, progress=progress_logger(context.log, name, "captions"),
                                 log=context.log)
     head = CAPTION_BATCH.read_path(path, where=pl.col("record_id").is_in(list({i.record_id for i in first})))

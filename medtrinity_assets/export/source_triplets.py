@@ -28,7 +28,7 @@ from medtrinity_assets.core.tables import (
     SOURCE_MANIFEST,
     TRIPLETS,
 )
-from medtrinity_assets.core.workers import IMAGES_PER_SLICE
+from medtrinity_assets.core.workers import IMAGES_PER_SLICE, image_slices
 from medtrinity_assets.export.splits import group_splits, settle, with_groups
 from medtrinity_assets.export.triplets import triplet_rows
 
@@ -100,10 +100,9 @@ def _shard_rows(out: Path, part: str, duplicates: dict, license: str, synthetic:
                 ) -> Iterator[tuple[pl.DataFrame, int]]:
     """One shard's triplet rows (before splits), slice by slice of its described images (a
     triplet joins the rows of one image only), and how many descriptions each slice considered."""
-    ids = CAPTION_BATCH.read(out, part, columns=["record_id"])["record_id"].unique(maintain_order=True)
-    ids = ids.filter(~ids.is_in(list(duplicates))).to_list() if duplicates else ids.to_list()
-    for start in range(0, len(ids), IMAGES_PER_SLICE):
-        where = pl.col("record_id").is_in(ids[start : start + IMAGES_PER_SLICE])
+    ids = CAPTION_BATCH.read(out, part, columns=["record_id"])["record_id"].to_list()
+    for images in image_slices([i for i in ids if i not in duplicates], IMAGES_PER_SLICE):
+        where = pl.col("record_id").is_in(images)
         tables = {c.name: c.read(out, part, where=where) for c in INPUTS}
         rows = triplet_rows(
             captions=tables[CAPTION_BATCH.name],
