@@ -19,7 +19,8 @@ class TreeSampler:
 
         self.proc = psutil.Process(pid)
         self.peak = 0
-        self.timeline: list[tuple[float, int]] = []  # (time.time(), summed RSS) of every sample
+        #: (time.time(), summed RSS, CPU seconds of the tree so far) of every sample
+        self.timeline: list[tuple[float, int, float]] = []
         self.interval = interval
         self._cpu: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -44,11 +45,21 @@ class TreeSampler:
             except psutil.Error:
                 pass
         self.peak = max(self.peak, total)
-        self.timeline.append((time.time(), total))
+        with self._lock:
+            cpu = sum(self._cpu.values())
+        self.timeline.append((time.time(), total, cpu))
 
     def peak_between(self, start: float, end: float) -> int:
         """The largest summed RSS sampled between two ``time.time()`` stamps (0 when none was)."""
-        return max((rss for t, rss in self.timeline if start <= t <= end), default=0)
+        return max((rss for t, rss, _ in self.timeline if start <= t <= end), default=0)
+
+    def cores_between(self, start: float, end: float) -> float:
+        """The tree's CPU seconds per second of wall time between two ``time.time()`` stamps
+        (0 when fewer than two samples fall between them)."""
+        inside = [(t, cpu) for t, _, cpu in self.timeline if start <= t <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return 0.0
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
     def cpu(self) -> float:
         """CPU seconds of every process of the tree seen so far (a fresh sample first)."""

@@ -82,13 +82,15 @@ def stage_seconds(home: Path) -> dict[str, float]:
     return out
 
 
-def stage_peaks(home: Path, sampler: TreeSampler) -> dict[str, float]:
-    """Each stage's peak RSS in GB: the largest sample of the build's process tree while one of
-    its steps ran (between its STEP_START and its end); concurrent steps share a sample."""
+def stage_samples(home: Path, sampler: TreeSampler) -> tuple[dict[str, float], dict[str, float]]:
+    """Each stage's peak RSS in GB (the largest sample of the build's process tree while one of
+    its steps ran, between its STEP_START and its end) and its cores busy (the tree's CPU seconds
+    over those steps' wall seconds); concurrent steps share a sample."""
     import dagster as dg
 
     ends = {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
     peaks: dict[str, float] = {}
+    spans: dict[str, list[tuple[float, float]]] = {}
     with dg.DagsterInstance.from_config(str(home)) as instance:
         for run in instance.get_runs():
             started: dict[str, float] = {}
@@ -97,9 +99,20 @@ def stage_peaks(home: Path, sampler: TreeSampler) -> dict[str, float]:
                 if event.dagster_event_type == dg.DagsterEventType.STEP_START:
                     started[step] = event.timestamp
                 elif step in started and step in STAGES:
-                    gb = sampler.peak_between(started.pop(step), event.timestamp) / 2**30
+                    start = started.pop(step)
+                    gb = sampler.peak_between(start, event.timestamp) / 2**30
                     peaks[step] = round(max(peaks.get(step, 0.0), gb), 3)
-    return peaks
+                    spans.setdefault(step, []).append((start, event.timestamp))
+    cores = {}
+    for step, steps in spans.items():
+        wall = sum(b - a for a, b in steps)
+        cores[step] = round(sum(sampler.cores_between(a, b) * (b - a) for a, b in steps) / wall, 2) if wall else 0.0
+    return peaks, cores
+
+
+def _stage_samples(home: Path, sampler: TreeSampler) -> dict[str, dict[str, float]]:
+    peaks, cores = stage_samples(home, sampler)
+    return {"stages_rss_gb": peaks, "stages_cores": cores}
 
 
 def _instance_home(root: Path) -> tuple[Path, dict[str, str]]:
@@ -131,7 +144,7 @@ def run_size(n: int, work: Path, until: str) -> dict:
     shards = shard_count(root / "out", f"scale_{n}")  # the default shard_size decides
     return {"images": n, "shards": shards, "mode": "build", "generate_s": round(generated, 1), "wall_s": round(wall, 1),
             "peak_rss_gb": round(sampler.peak / 2**30, 3), "cores_busy": round(sampler.cpu() / wall, 2),
-            "stages_s": stage_seconds(home), "stages_rss_gb": stage_peaks(home, sampler)}
+            "stages_s": stage_seconds(home), **_stage_samples(home, sampler)}
 
 
 def run_sharded(n: int, shards: int, work: Path, until: str, timeout_s: float = 6 * 3600) -> dict:
@@ -173,7 +186,7 @@ def run_sharded(n: int, shards: int, work: Path, until: str, timeout_s: float = 
                          f"run(s); see {root / f'backfill_{shards}.log'}")
     return {"images": n, "shards": shards, "mode": "backfill", "runs": len(runs), "wall_s": round(wall, 1),
             "peak_rss_gb": round(sampler.peak / 2**30, 3), "cores_busy": round(sampler.cpu() / wall, 2),
-            "stages_s": stage_seconds(home), "stages_rss_gb": stage_peaks(home, sampler)}
+            "stages_s": stage_seconds(home), **_stage_samples(home, sampler)}
 
 
 def report(rows: list[dict]) -> None:
@@ -187,6 +200,9 @@ def report(rows: list[dict]) -> None:
     print(f"\n{'stage peak RSS (GB)':22}" + "".join(f"{str(r['images']) + '/' + str(r['shards']):>12}" for r in rows))
     for stage in STAGES:
         print(f"{stage:22}" + "".join(f"{r['stages_rss_gb'].get(stage, float('nan')):12.3f}" for r in rows))
+    print(f"\n{'stage cores busy':22}" + "".join(f"{str(r['images']) + '/' + str(r['shards']):>12}" for r in rows))
+    for stage in STAGES:
+        print(f"{stage:22}" + "".join(f"{r.get('stages_cores', {}).get(stage, float('nan')):12.2f}" for r in rows))
     built = [r for r in rows if r["mode"] == "build"]
     if len(built) > 1:
         a, b = built[0], built[-1]

@@ -123,6 +123,18 @@ def _progress(req: BuildRequest, plan, names: Sequence[str], vqa_sets: Sequence[
 
     total = sum(len(names) if p.per_source else len(vqa_sets) if p.per_vqa_set else 1 for p in plan.phases)
     bar = tqdm(total=total, unit="run", disable=req.quiet, dynamic_ncols=True)
+    per_shard = [p.name for p in plan.phases if p.per_shard]
+    counted: set[str] = set()
+
+    def count_shards(report) -> None:
+        """Once a source's shard 0 is ingested its shard count is known: a source of ``k`` shards
+        runs each per-shard phase ``k`` times, not once."""
+        if report.success and report.phase in per_shard[:1] and report.source not in counted:
+            from medtrinity_assets.core.parts import shard_count
+
+            counted.add(report.source)
+            bar.total += (shard_count(Path(req.out_dir), report.source) - 1) * len(per_shard)
+            bar.refresh()
 
     def on_start(phase, source) -> None:
         bar.set_description(f"{phase.name}: {source or 'all sources'}")
@@ -133,6 +145,7 @@ def _progress(req: BuildRequest, plan, names: Sequence[str], vqa_sets: Sequence[
             bar.write(f"medtrinity: warning ({who}): {w}")
         if not report.success:
             bar.write(f"medtrinity: {report.phase} failed for {who}: {report.reason}")
+        count_shards(report)
         bar.update(1)
 
     return bar, on_start, on_done

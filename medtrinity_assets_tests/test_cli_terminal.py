@@ -84,3 +84,16 @@ def test_dagster_dev_reads_the_output_root_the_instance_remembers(tmp_path, home
     resources = default_resources()  # what the code location loads with DAGSTER_HOME set
     assert Path(resources["storage"].out_dir) == out.resolve()
     assert Path(resources["registry"].registry_dir) == reg.resolve()
+
+
+def test_the_progress_bar_counts_every_shard_run_of_a_sharded_source(tmp_path, home):
+    reg, out = _registry(tmp_path), tmp_path / "out"
+    (reg / "tiny.yaml").write_text((reg / "tiny.yaml").read_text() + "shard_size: 1\n")
+    code, stdout, stderr = _run(["build", "--sources", str(reg), "--out", str(out), "--until", "preprocessed_images"])
+    assert code == 0, stderr
+    from medtrinity_assets.core.parts import shard_count
+
+    shards = shard_count(out, "tiny")
+    assert shards == 3
+    last = stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert f"{shards}/{shards}" in last, last  # one ingestion run per shard, none beyond the total

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from itertools import islice
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 #: images a streaming stage (ROIs, descriptions, their checks) handles at once: bounds its memory
@@ -28,19 +27,80 @@ def in_workers(fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:
 
 
 def ordered_in_workers(fn: Callable[..., Any], calls: Iterable[tuple], workers: int) -> Iterator[Any]:
-    """``fn(*args)`` for each of ``calls``, yielded in order: of every ``workers`` consecutive calls
-    the first runs in this process and the others in ``workers - 1`` worker processes started
-    once for all; so at most ``workers`` calls (their arguments and results) are in memory."""
+    """``fn(*args)`` for each of ``calls``, yielded in order, on this process and ``workers - 1``
+    worker processes started once for all.
+
+    Each process takes the next call as soon as it is free: a worker has one call queued behind
+    the one it runs, and while a worker still starts up (or has a slower call) this process goes
+    on with the calls after it instead of waiting. A result that finishes before its turn is held
+    until then; at most ``2 * workers`` calls are held, queued or running at once, so memory stays
+    bounded whatever the number of calls."""
     if workers <= 1:
         for args in calls:
             yield fn(*args)
         return
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-    pending = iter(calls)
     with ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx) as pool:
-        while batch := list(islice(pending, workers)):
-            futures = [pool.submit(fn, *args) for args in batch[1:]]
-            yield fn(*batch[0])
-            for future in futures:
-                yield future.result()
+        yield from _Ordered(fn, calls, pool, workers).results()
+
+
+class _Ordered:
+    """The bookkeeping of :func:`ordered_in_workers`: calls are numbered as they are taken; a
+    call is run here or handed to the pool; results are yielded by number."""
+
+    def __init__(self, fn: Callable[..., Any], calls: Iterable[tuple], pool: ProcessPoolExecutor, workers: int) -> None:
+        self.fn, self.pool, self.workers = fn, pool, workers
+        self.pending = iter(calls)
+        self.exhausted = False
+        self.taken = 0  # calls taken so far (the next one's number)
+        self.futures: dict[int, Future] = {}
+        self.done: dict[int, Any] = {}
+
+    def _take(self) -> tuple[int, tuple] | None:
+        if not self.exhausted:
+            args = next(self.pending, None)
+            if args is not None:
+                self.taken += 1
+                return self.taken - 1, args
+            self.exhausted = True
+        return None
+
+    def _held(self) -> int:
+        return len(self.futures) + len(self.done)
+
+    def _room(self) -> bool:
+        return self._held() < 2 * self.workers
+
+    def _fill_pool(self) -> None:
+        while len(self.futures) < 2 * (self.workers - 1) and self._room():
+            call = self._take()
+            if call is None:
+                return
+            self.futures[call[0]] = self.pool.submit(self.fn, *call[1])
+
+    def _run_here(self, call: tuple[int, tuple]) -> None:
+        self._fill_pool()  # the workers start on later calls meanwhile
+        self.done[call[0]] = self.fn(*call[1])
+
+    def results(self) -> Iterator[Any]:
+        head = 0
+        while True:
+            for k in [k for k, f in self.futures.items() if f.done()]:
+                self.done[k] = self.futures.pop(k).result()
+            if head in self.done:
+                yield self.done.pop(head)
+                head += 1
+                continue
+            if head == self.taken:  # nobody has the next call: run it here
+                call = self._take()
+                if call is None:
+                    return
+                self._run_here(call)
+                continue
+            self._fill_pool()
+            call = self._take() if self._room() else None
+            if call is not None:  # a worker has the next call: go on with a later one
+                self._run_here(call)
+            else:
+                wait([self.futures[head]], return_when=FIRST_COMPLETED)
