@@ -266,7 +266,7 @@ def run_build(req: BuildRequest) -> int:
     bar, on_start, on_done = _progress(req, plan, names, vqa_sets)
     started = time.time()
     reports = run_plan(definitions, plan, names, instance, run_config=req.run_config, on_start=on_start,
-                       on_done=on_done, vqa_sets=vqa_sets)
+                       on_done=on_done, vqa_sets=vqa_sets, keep_results=False)
     bar.close()
     return _finish(req, home, names, reports, rejected, time.time() - started)
 

@@ -87,6 +87,7 @@ def _execute(
     partition: str | dg.MultiPartitionKey | None,
     run_config: dict[str, Any],
     tags: dict[str, str],
+    keep_result: bool = True,
 ) -> StepReport:
     result = job.execute_in_process(
         run_config=_config_for(job, run_config),
@@ -96,11 +97,12 @@ def _execute(
         asset_selection=list(phase.keys),
         tags=tags or None,
     )
-    _return_freed_memory()
-    report = StepReport(phase.name, None, result.run_id, result.success, result=result)
+    report = StepReport(phase.name, None, result.run_id, result.success, result=result if keep_result else None)
     if not result.success:
         report.reason = innermost_reason(result)
     report.warnings = run_warnings(instance, result.run_id)
+    del result
+    _return_freed_memory()
     return report
 
 
@@ -127,13 +129,17 @@ def run_plan(
     on_done: Callable[[StepReport], None] | None = None,
     vqa_sets: Sequence[str] = (),
     shard_count: Callable[[str], int] | None = None,
+    keep_results: bool = True,
 ) -> list[StepReport]:
     """Every phase of ``plan`` in order; returns one report per run (skipped sources have none).
 
     ``sources`` may map each name to its declaration's fingerprint, recorded on its runs (the
     registry sensor then knows the declaration was attempted); the ``vqa`` phase runs once per
     name of ``vqa_sets``; a per-shard phase runs shards ``0 .. shard_count(source) - 1`` of each
-    source (by default as ingestion recorded it under the output root, read after shard 0 is ingested)."""
+    source (by default as ingestion recorded it under the output root, read after shard 0 is ingested).
+    Each report keeps its run's in-process result (events, outputs) unless ``keep_results`` is
+    False: a long build drops them (the instance has the events) so its memory does not grow run
+    after run."""
     fingerprints = dict(sources) if isinstance(sources, dict) else {}
     config = {**QUIET_RUN_CONFIG, **(run_config or {})}
     shard_count = shard_count or _recorded_shard_count(definitions)
@@ -151,7 +157,7 @@ def run_plan(
             for key in _partition_keys(phase, source, shard_count, instance):
                 if on_start:
                     on_start(phase, source)
-                report = _execute(job, instance, phase, key, config, tags if phase.per_source else {})
+                report = _execute(job, instance, phase, key, config, tags if phase.per_source else {}, keep_results)
                 report.source = source
                 reports.append(report)
                 if on_done:
