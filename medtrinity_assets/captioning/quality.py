@@ -409,11 +409,12 @@ def _term_issues(text: str, item: CaptionInput) -> list[str]:
 def _number_issues(text: str, item: CaptionInput, known: list[str]) -> list[str]:
     """Every number outside the checked area/span/size claims must come from the inputs (the
     metadata, the ROI count, the window)."""
+    said = set(numbers_in(mask_phrases(without_claims(text), known)))
+    said.discard(str(item.roi_count))  # the ROI count is an input (most descriptions state no other number)
+    if not said:
+        return []
     allowed = set(numbers_in(evidence.metadata_text(item))) | set(numbers_in(item.window or ""))
-    if item.roi_count is not None:
-        allowed.add(str(item.roi_count))
-    rest = mask_phrases(without_claims(text), known)
-    odd = sorted({n for n in numbers_in(rest) if n not in allowed})
+    odd = sorted(said - allowed)
     return [f"numbers not from the inputs: {', '.join(odd)}"] if odd else []
 
 
@@ -423,10 +424,13 @@ def _quote_issues(full: str, item: CaptionInput) -> list[str]:
     from medtrinity_assets.knowledge.quotes import contradicts, measured_words
     from medtrinity_assets.knowledge.retrieval import DEFAULT_MIN_SIMILARITY
 
+    quoted = quoted_passages(full)
+    if not quoted:
+        return []
     by_id = {p.chunk_id: p for p in item.passages}
     measured = measured_words(item.intensity_word, item.texture_homogeneity_word)
     issues = []
-    for sentence, cid in quoted_passages(full):
+    for sentence, cid in quoted:
         passage = by_id.get(cid)
         if passage is None:
             issues.append(f"quotes passage {cid}, which was not retrieved for this region")
