@@ -82,7 +82,7 @@ def stage_seconds(home: Path) -> dict[str, float]:
     return out
 
 
-def stage_samples(home: Path, sampler: TreeSampler) -> tuple[dict[str, float], dict[str, float]]:
+def stage_samples(home: Path, sampler: TreeSampler) -> dict[str, dict[str, float]]:
     """Each stage's peak RSS in GB (the largest sample of the build's process tree while one of
     its steps ran, between its STEP_START and its end) and its cores busy (the tree's CPU seconds
     over those steps' wall seconds); concurrent steps share a sample."""
@@ -107,11 +107,6 @@ def stage_samples(home: Path, sampler: TreeSampler) -> tuple[dict[str, float], d
     for step, steps in spans.items():
         wall = sum(b - a for a, b in steps)
         cores[step] = round(sum(sampler.cores_between(a, b) * (b - a) for a, b in steps) / wall, 2) if wall else 0.0
-    return peaks, cores
-
-
-def _stage_samples(home: Path, sampler: TreeSampler) -> dict[str, dict[str, float]]:
-    peaks, cores = stage_samples(home, sampler)
     return {"stages_rss_gb": peaks, "stages_cores": cores}
 
 
@@ -144,7 +139,7 @@ def run_size(n: int, work: Path, until: str) -> dict:
     shards = shard_count(root / "out", f"scale_{n}")  # the default shard_size decides
     return {"images": n, "shards": shards, "mode": "build", "generate_s": round(generated, 1), "wall_s": round(wall, 1),
             "peak_rss_gb": round(sampler.peak / 2**30, 3), "cores_busy": round(sampler.cpu() / wall, 2),
-            "stages_s": stage_seconds(home), **_stage_samples(home, sampler)}
+            "stages_s": stage_seconds(home), **stage_samples(home, sampler)}
 
 
 def run_sharded(n: int, shards: int, work: Path, until: str, timeout_s: float = 6 * 3600) -> dict:
@@ -186,7 +181,7 @@ def run_sharded(n: int, shards: int, work: Path, until: str, timeout_s: float = 
                          f"run(s); see {root / f'backfill_{shards}.log'}")
     return {"images": n, "shards": shards, "mode": "backfill", "runs": len(runs), "wall_s": round(wall, 1),
             "peak_rss_gb": round(sampler.peak / 2**30, 3), "cores_busy": round(sampler.cpu() / wall, 2),
-            "stages_s": stage_seconds(home), **_stage_samples(home, sampler)}
+            "stages_s": stage_seconds(home), **stage_samples(home, sampler)}
 
 
 def report(rows: list[dict]) -> None:

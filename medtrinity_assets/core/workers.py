@@ -20,12 +20,6 @@ def image_slices(record_ids: Sequence[str], images: int = IMAGES_PER_SLICE) -> l
     return [unique[a : a + images] for a in range(0, len(unique), max(1, images))]
 
 
-def in_workers(fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:
-    """``[fn(*args) for args in calls]``: the first call in this process, the others in one worker
-    process each, started meanwhile (one process fewer than slices: less memory, same cores)."""
-    return list(ordered_in_workers(fn, calls, len(calls)))
-
-
 def ordered_in_workers(fn: Callable[..., Any], calls: Iterable[tuple], workers: int) -> Iterator[Any]:
     """``fn(*args)`` for each of ``calls``, yielded in order, on this process and ``workers - 1``
     worker processes started once for all.
