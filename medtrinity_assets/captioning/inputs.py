@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +103,15 @@ class CaptionInput:
         return path
 
     def hash_payload(self) -> dict[str, Any]:
-        """Every input that can change a caption (``out_root`` excluded: relocation is harmless)."""
-        payload = asdict(self)
-        payload.pop("out_root", None)
+        """Every input that can change a caption (``out_root`` excluded: relocation is harmless),
+        as ``dataclasses.asdict`` gives it, for serialising at once: values are shared, not deep
+        copied (a copy of every list cost a third as much as writing the description)."""
+        payload = {name: getattr(self, name) for name in _HASHED_FIELDS}
+        payload["passages"] = [asdict(p) if is_dataclass(p) else p for p in self.passages]
         return payload
 
 
+_HASHED_FIELDS = tuple(f.name for f in fields(CaptionInput) if f.name != "out_root")
 _ROI_FIELDS = {
     "label": "label",
     "origin": "origin",
