@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import time
 
@@ -423,8 +422,6 @@ def test_failed_and_unmatched_captions_are_reported():
 
 
 class Counting(EmbeddedCaptioner):
-    runs_in_workers = False  # it counts the calls of this process
-
     def __init__(self, fail_ids=()):
         super().__init__()
         self.seen: list[str] = []
@@ -492,34 +489,6 @@ def test_caption_slices_are_row_groups_and_a_rerun_reads_cached_rows_slice_by_sl
     assert again.seen == [] and (res2.cached, res2.computed) == (60, 0)
     assert pq.ParquetFile(sliced).metadata.num_row_groups == 2
     assert pl.read_parquet(sliced).select(keep).equals(pl.read_parquet(whole).select(keep))
-
-
-class PidCaptioner(EmbeddedCaptioner):
-    """The embedded captioner, each result marked with the process that wrote it."""
-
-    def caption(self, items):
-        return [dataclasses.replace(r, raw=str(os.getpid())) for r in super().caption(items)]
-
-
-def test_a_cpu_captioner_describes_a_large_batch_on_several_processes(tmp_path, monkeypatch):
-    """A backend that runs in workers has its chunks captioned by this process and a worker; the
-    table (order, rows, durable parts) is the one a single process writes; a backend that does not
-    (a model, a server) stays in this process."""
-    from medtrinity_assets.captioning import batch
-
-    monkeypatch.setattr(batch, "MIN_PARALLEL_INPUTS", 100)
-    items = realistic_inputs(240, seed=11)
-    one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
-    res1 = run_caption_batch(items, PidCaptioner(), one, chunk_size=16, workers=1)
-    res2 = run_caption_batch(items, PidCaptioner(), two, chunk_size=16, workers=2)
-    assert res1.chunks_written == res2.chunks_written == 15
-    keep = pl.exclude("created_at", "raw")
-    assert pl.read_parquet(two).select(keep).equals(pl.read_parquet(one).select(keep))
-    assert set(pl.read_parquet(one)["raw"]) == {str(os.getpid())}
-    assert len(set(pl.read_parquet(two)["raw"])) == 2
-    counting = Counting()
-    run_caption_batch(items, counting, tmp_path / "model.parquet", chunk_size=16, workers=2)
-    assert len(counting.seen) == 240  # a backend that does not run in workers: every call seen here
 
 
 def test_batch_writes_its_contract_and_handles_empty(tmp_path):

@@ -26,12 +26,9 @@ from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.prompt import FACETS
 from medtrinity_assets.core.storage import write_parquet_atomic, write_parquet_batches_atomic
 from medtrinity_assets.core.tables import CAPTION_BATCH
-from medtrinity_assets.core.workers import WorkerGroup
 
 logger = logging.getLogger(__name__)
 
-#: inputs below which captioning in one process is faster than starting workers (about a second)
-MIN_PARALLEL_INPUTS = 2000
 FACET_COLUMNS = [f"facet_{k}" for k in FACETS]
 CAPTION_COLUMNS = CAPTION_BATCH.columns
 
@@ -146,12 +143,11 @@ def run_caption_batch(
     progress: Callable[[int, int], None] | None = None,
     log: Any = None,
     retry_failed: bool = True,
-    workers: int = 1,
 ) -> BatchResult:
     """Caption every input not already captioned with the same inputs, durably, chunk by chunk
     (:func:`run_caption_slices` with one slice)."""
     return run_caption_slices([inputs], captioner, table_path, total=len({i.key for i in inputs}), chunk_size=chunk_size,
-                              progress=progress, log=log, retry_failed=retry_failed, workers=workers)
+                              progress=progress, log=log, retry_failed=retry_failed)
 
 
 def run_caption_slices(
@@ -164,14 +160,9 @@ def run_caption_slices(
     progress: Callable[[int, int], None] | None = None,
     log: Any = None,
     retry_failed: bool = True,
-    workers: int = 1,
 ) -> BatchResult:
     """Caption every input not already captioned with the same inputs, durably, chunk by chunk,
     holding one slice of inputs at a time; the table is written slice by slice (row groups).
-
-    A backend that ``runs_in_workers`` (plain CPU work) captions the chunks of a batch of at least
-    :data:`MIN_PARALLEL_INPUTS` inputs on ``workers`` processes; the chunks are written in order, by
-    this process, so the table and its part files are the same whatever the number of processes.
 
     ``total`` (how many inputs, for progress) need not be exact. ``progress(done, total)`` is called
     after each slice's cache lookup and after every chunk. Failed rows in the cache are computed
@@ -191,9 +182,6 @@ def run_caption_slices(
                          total=total, done=0, progress=progress, log=log)
     result = BatchResult(table_path=table_path, total=0, cached=0, computed=0, ok=0, failed=0, chunks_written=0)
     seen: set[tuple] = set()
-    parallel = workers > 1 and captioner.runs_in_workers and not captioner.supports_streaming \
-        and total >= MIN_PARALLEL_INPUTS
-    group = WorkerGroup(workers if parallel else 1)
 
     def frames() -> Iterator[pl.DataFrame]:
         for inputs in slices:
@@ -204,15 +192,14 @@ def run_caption_slices(
             if todo and captioner.supports_streaming:
                 run_sync(_stream_in_chunks(captioner, todo, chunk_size, writer.flush))
             else:
-                _caption_in_chunks(captioner, todo, chunk_size, writer.flush, group)
+                _caption_in_chunks(captioner, todo, chunk_size, writer.flush)
             missing = [h for h in hashes if h not in writer.rows]
             cached = _read_cached(files, log, missing) if missing else None
             rows = _final_rows(unique, hashes, writer.rows, cached)
             result.count(rows, cached=len(unique) - len(todo), dropped=dropped)
             yield caption_rows_frame(rows)
 
-    with group:
-        write_parquet_batches_atomic(frames(), table_path, CAPTION_BATCH.empty())
+    write_parquet_batches_atomic(frames(), table_path, CAPTION_BATCH.empty())
     _remove_parts(parts_dir(table_path))
     result.chunks_written = writer.chunks
     return result
@@ -303,19 +290,12 @@ async def _stream_in_chunks(
 
 
 def _caption_in_chunks(
-    captioner: Captioner, todo: list[tuple[CaptionInput, str]], chunk_size: int, flush: _Flush, group: WorkerGroup
+    captioner: Captioner, todo: list[tuple[CaptionInput, str]], chunk_size: int, flush: _Flush
 ) -> None:
-    """Other backends: one ``caption`` call per chunk of ``chunk_size`` inputs (on the group's
-    processes), flushed in turn."""
-    chunks = [todo[start : start + chunk_size] for start in range(0, len(todo), chunk_size)]
-    calls = ((captioner, [item for item, _ in chunk]) for chunk in chunks)
-    for chunk, results in zip(chunks, group.ordered(_caption, calls), strict=True):
-        flush(chunk, results)
-
-
-def _caption(captioner: Captioner, items: list[CaptionInput]) -> list[CaptionResult]:
-    """One chunk's results (a worker's call: module level, so that it pickles)."""
-    return captioner.caption(items)
+    """Other backends: one ``caption`` call per chunk of ``chunk_size`` inputs, flushed in turn."""
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start : start + chunk_size]
+        flush(chunk, captioner.caption([item for item, _ in chunk]))
 
 
 def _final_rows(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -23,58 +22,25 @@ def image_slices(record_ids: Sequence[str], images: int = IMAGES_PER_SLICE) -> l
 
 def ordered_in_workers(fn: Callable[..., Any], calls: Iterable[tuple], workers: int) -> Iterator[Any]:
     """``fn(*args)`` for each of ``calls``, yielded in order, on this process and ``workers - 1``
-    worker processes started once for all (:class:`WorkerGroup`, closed at the end)."""
-    with WorkerGroup(workers) as group:
-        yield from group.ordered(fn, calls)
+    worker processes started once for all.
 
-
-class WorkerGroup:
-    """This process and ``workers - 1`` worker processes, started on first use and kept until
-    :meth:`close`, so that a stage that hands out work in many rounds (one per slice) pays the
-    workers' start (about a second: a fresh interpreter imports the package) once.
-
-    :meth:`ordered` runs calls on them: each process takes the next call as soon as it is free: a
-    worker has one call queued behind the one it runs, and while a worker still starts up (or has
-    a slower call) this process goes on with the calls after it instead of waiting. A result that
-    finishes before its turn is held until then; at most ``2 * workers`` calls are held, queued or
-    running at once, so memory stays bounded whatever the number of calls."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = max(1, int(workers))
-        self._pool: ProcessPoolExecutor | None = None
-
-    def ordered(self, fn: Callable[..., Any], calls: Iterable[tuple]) -> Iterator[Any]:
-        """``fn(*args)`` for each of ``calls``, yielded in order (see the class docstring)."""
-        calls = iter(calls)
-        first = next(calls, None)
-        if first is None:
-            return
-        calls = itertools.chain([first], calls)
-        if self.workers <= 1:
-            for args in calls:
-                yield fn(*args)
-            return
-        if self._pool is None:  # started by the first call handed out, not before
-            methods = mp.get_all_start_methods()
-            ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers - 1, mp_context=ctx)
-        yield from _Ordered(fn, calls, self._pool, self.workers).results()
-
-    def close(self) -> None:
-        """Stop the worker processes (each finishes the call it runs)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-
-    def __enter__(self) -> WorkerGroup:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    Each process takes the next call as soon as it is free: a worker has one call queued behind
+    the one it runs, and while a worker still starts up (or has a slower call) this process goes
+    on with the calls after it instead of waiting. A result that finishes before its turn is held
+    until then; at most ``2 * workers`` calls are held, queued or running at once, so memory stays
+    bounded whatever the number of calls."""
+    if workers <= 1:
+        for args in calls:
+            yield fn(*args)
+        return
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx) as pool:
+        yield from _Ordered(fn, calls, pool, workers).results()
 
 
 class _Ordered:
-    """The bookkeeping of :meth:`WorkerGroup.ordered`: calls are numbered as they are taken; a
+    """The bookkeeping of :func:`ordered_in_workers`: calls are numbered as they are taken; a
     call is run here or handed to the pool; results are yielded by number."""
 
     def __init__(self, fn: Callable[..., Any], calls: Iterable[tuple], pool: ProcessPoolExecutor, workers: int) -> None:

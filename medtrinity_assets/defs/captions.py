@@ -71,22 +71,19 @@ def _triplet_markdown(samples: list[tuple]) -> str:
     description="One multigranular description per ROI (modality, organ, ROI location, texture, "
     "local–global relationship) with every input behind it; cached by inputs hash, durable in chunks.",
 )
-def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, captioner: CaptionerResource,
-                  compute: ComputeResource):
+def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, captioner: CaptionerResource):
     out = storage.out()
     backend = captioner.get()
     try:
         for key in context.partition_keys:
-            _describe_shard(context, out, key, backend, captioner, compute.workers)
+            _describe_shard(context, out, key, backend, captioner)
     finally:
         backend.close()
     return dg.MaterializeResult()
 
 
-def _describe_shard(context: dg.AssetExecutionContext, out: Path, key: str, backend, captioner: CaptionerResource,
-                    workers: int) -> None:
-    """Describe one shard's ROIs slice by slice (one slice's inputs in memory; a CPU backend's
-    chunks on ``workers`` processes) and report it."""
+def _describe_shard(context: dg.AssetExecutionContext, out: Path, key: str, backend, captioner: CaptionerResource) -> None:
+    """Describe one shard's ROIs slice by slice (one slice's inputs in memory) and report it."""
     from medtrinity_assets.captioning import run_caption_slices
     from medtrinity_assets.captioning.inputs import describable_rois, read_caption_inputs
     from medtrinity_assets.core.workers import image_slices
@@ -105,7 +102,7 @@ def _describe_shard(context: dg.AssetExecutionContext, out: Path, key: str, back
     path = CAPTION_BATCH.path(out, name)
     result = run_caption_slices(slices(), backend, path, total=len(rois),
                                 chunk_size=captioner.chunk_size, progress=progress_logger(context.log, name, "captions"),
-                                log=context.log, workers=workers)
+                                log=context.log)
     head = CAPTION_BATCH.read_path(path, where=pl.col("record_id").is_in(list({i.record_id for i in first})))
     samples = _sample_triplets(first, head)
     metadata = {

@@ -47,9 +47,6 @@ class Captioner(ABC):
     #: a backend that sets this implements :meth:`astream`: results arrive as they finish (many
     #: requests in flight) and the batch writes them without a barrier between chunks
     supports_streaming: ClassVar[bool] = False
-    #: a backend that sets this is plain CPU work in this process (no device, no server, no state
-    #: between calls) and picklable: a large batch runs its chunks on several processes
-    runs_in_workers: ClassVar[bool] = False
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> Captioner:

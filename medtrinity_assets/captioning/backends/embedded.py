@@ -54,7 +54,6 @@ class EmbeddedCaptioner(Captioner):
 
     name = "embedded"
     model = "grounded-templates"
-    runs_in_workers = True
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> EmbeddedCaptioner:
@@ -205,8 +204,6 @@ class EmbeddedCaptioner(Captioner):
 
 class SlowEmbeddedCaptioner(EmbeddedCaptioner):
     """The embedded captioner with a per-item delay: for crash/resume tests and demos of progress."""
-
-    runs_in_workers = False  # ``computed`` counts the calls of this process
 
     def __init__(self, delay_s: float = 0.01, **kw: Any) -> None:
         super().__init__(**kw)
