@@ -17,7 +17,13 @@ from medtrinity_assets.core.tables import (
     TRIPLETS,
 )
 from medtrinity_assets.defs.partitions import BY_SOURCE, SOURCES
-from medtrinity_assets.defs.reporting import GROUP_EXPORT, counts_metadata, stage_metrics, table_metadata
+from medtrinity_assets.defs.reporting import (
+    GROUP_EXPORT,
+    counts_metadata,
+    file_metadata,
+    stage_metrics,
+    table_metadata,
+)
 from medtrinity_assets.defs.resources import ExportSettings, OutputStorage, SourceRegistry
 
 
@@ -52,11 +58,9 @@ def triplets(context: dg.AssetExecutionContext, storage: OutputStorage, registry
         context.log.warning(f"{name}: {left_out} description(s) left out (failed a blocking check or not ok)")
     if result.duplicates:
         context.log.info(f"{name}: {len(result.duplicates)} image(s) duplicating one of an earlier shard left out")
-    df = TRIPLETS.read_path(result.path, ["triplet_id", "origin", "label", "split", "description"]).head(1000)
     return dg.MaterializeResult(
-        metadata={
-            **table_metadata(df, result.path, ["triplet_id", "origin", "label", "split", "description"]),
-            "dagster/row_count": dg.MetadataValue.int(result.rows),  # the preview shows the first 1,000
+        metadata={  # the preview is read off the table's first rows, not the whole source's descriptions
+            **file_metadata(result.path, ["triplet_id", "origin", "label", "split", "description"]),
             **stage_metrics(started, rows_in=result.described, rows_out=result.rows, quarantined=left_out),
             **counts_metadata("split_counts", result.splits),
             "left_out": left_out,

@@ -74,7 +74,7 @@ def source_triplets(
     duplicates: dict[str, tuple[str, str]] = {}
     if len(parts) > 1:
         cols = ["record_id", "sha256", "phash", "image_path"]
-        duplicates = cross_shard_duplicates(out, [PREPROCESSED_IMAGES.read(out, p, cols) for p in parts])
+        duplicates = cross_shard_duplicates(out, (PREPROCESSED_IMAGES.read(out, p, cols) for p in parts))
     scratch = TRIPLETS.path(out, source).with_name(f".{source}.shards")
     shutil.rmtree(scratch, ignore_errors=True)
     try:

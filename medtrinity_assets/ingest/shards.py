@@ -72,13 +72,13 @@ def plan_shards(units: Iterable[tuple[str, int]], size: int, unit_of: Callable[[
 
 
 def cross_shard_duplicates(
-    out: str | Path, shards: Sequence[pl.DataFrame], max_distance: int | None = 4
+    out: str | Path, shards: Iterable[pl.DataFrame], max_distance: int | None = 4
 ) -> dict[str, tuple[str, str]]:
     """Kept images of later shards that duplicate one kept in an earlier shard:
     ``record_id -> (kept record_id, reason)``.
 
     ``shards``: each shard's ``preprocessed_images`` (``record_id``, ``sha256``, ``phash``,
-    ``image_path``) in shard order. The rule is ingestion's (:class:`NearDuplicateIndex`, each
+    ``image_path``) in shard order, read one at a time when given as a generator. The rule is ingestion's (:class:`NearDuplicateIndex`, each
     shard a group); thumbnails are decoded only for images whose pHashes are within
     ``max_distance`` of another's.
     """
