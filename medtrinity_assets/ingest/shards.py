@@ -78,9 +78,9 @@ def cross_shard_duplicates(
     ``record_id -> (kept record_id, reason)``.
 
     ``shards``: each shard's ``preprocessed_images`` (``record_id``, ``sha256``, ``phash``,
-    ``image_path``) in shard order, read one at a time when given as a generator. The rule is ingestion's (:class:`NearDuplicateIndex`, each
-    shard a group); thumbnails are decoded only for images whose pHashes are within
-    ``max_distance`` of another's.
+    ``image_path``) in shard order (a generator reads one at a time). The rule is ingestion's
+    (:class:`NearDuplicateIndex`, each shard a group); thumbnails are decoded only for images
+    whose pHashes are within ``max_distance`` of another's.
     """
     from medtrinity_assets.core.render import load_png
 
