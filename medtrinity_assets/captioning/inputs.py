@@ -204,11 +204,10 @@ def build_caption_inputs(
         retrieved=_rows_by(retrieved_knowledge, lambda row: (row["record_id"], row.get("roi_id"))),
     )
     root = str(out_root) if out_root is not None else None
-    return [
-        _caption_input(row, tables, root)
-        for row in roi_set.iter_rows(named=True)
-        if include_flagged or row.get("status") != "flagged"
-    ]
+    if not include_flagged and "status" in roi_set.columns:
+        roi_set = roi_set.filter(pl.col("status").ne_missing("flagged"))
+    rois, attrs = _roi_columns(roi_set)
+    return [_caption_input(row, attrs, tables, root) for row in rois.iter_rows(named=True)]
 
 
 @dataclass
@@ -230,11 +229,15 @@ def _rows_by(frame: pl.DataFrame | None, key: Callable[[dict[str, Any]], Any]) -
     return rows
 
 
-def _caption_input(row: dict[str, Any], tables: _Upstream, root: str | None) -> CaptionInput:
-    """One ROI row joined with its coarse caption, image and retrieved passages."""
+def _caption_input(row: dict[str, Any], attrs: list[str], tables: _Upstream, root: str | None) -> CaptionInput:
+    """One ROI row (of :func:`_roi_columns`, whose ``attrs`` it holds) joined with its coarse
+    caption, image and retrieved passages."""
     rid = row["record_id"]
     roi_id = row["roi_id"]
-    kw = _roi_attributes(row)
+    kw = {attr: row[attr] for attr in attrs}
+    for box in _BOXES:
+        if isinstance(kw.get(box), str):  # a box written as JSON text
+            kw[box] = [float(v) for v in _as_list(kw[box])]
     relations = parse_relations(row.get("relations"))
     cc = tables.coarse.get(rid, {})
     img = tables.images.get(rid, {})
@@ -268,21 +271,33 @@ def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _roi_attributes(row: dict[str, Any]) -> dict[str, Any]:
-    """The ROI geometry and measured attributes of a ``roi_set`` row, as :class:`CaptionInput` fields."""
-    kw: dict[str, Any] = {}
+_BOXES = ("bbox_xyxy", "bbox_norm")
+_COUNTS = ("roi_count", "image_width", "image_height")
+
+
+def _roi_columns(roi_set: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """The ids, source and relations of ``roi_set`` with its ROI geometry and measured attributes
+    as :class:`CaptionInput` fields (NaN as null, boxes as float lists, counts as integers,
+    ``patient_lr`` from ``patient_side`` where only that is given), made once per table rather
+    than per row; and those fields' names."""
+    cols = roi_set.schema
+    exprs: dict[str, pl.Expr] = {}
     for col, attr in _ROI_FIELDS.items():
-        if col in row:
-            kw[attr] = _clean(row[col])
-    for box in ("bbox_xyxy", "bbox_norm"):
-        if kw.get(box) is not None:
-            kw[box] = [float(v) for v in _as_list(kw[box])]
-    if kw.get("patient_lr") is None and row.get("patient_side") in ("left", "right"):
-        kw["patient_lr"] = row["patient_side"]  # docs/ARCHITECTURE.md names it patient_side
-    for count in ("roi_count", "image_width", "image_height"):
-        if kw.get(count) is not None:
-            kw[count] = int(kw[count])
-    return kw
+        if col not in cols:
+            continue
+        expr, dtype = pl.col(col), cols[col]
+        if dtype.is_float():
+            expr = expr.fill_nan(None)
+        if attr in _BOXES and isinstance(dtype, pl.List | pl.Array):
+            expr = expr.cast(pl.List(pl.Float64))
+        if attr in _COUNTS and dtype.is_numeric():
+            expr = expr.cast(pl.Int64, strict=False)
+        exprs[attr] = expr
+    if "patient_side" in cols:
+        side = pl.when(pl.col("patient_side").is_in(["left", "right"])).then(pl.col("patient_side"))
+        exprs["patient_lr"] = pl.coalesce(exprs["patient_lr"], side) if "patient_lr" in exprs else side
+    keep = [c for c in ("record_id", "roi_id", "source", "relations") if c in cols]
+    return roi_set.select(*keep, *(e.alias(a) for a, e in exprs.items())), list(exprs)
 
 
 def _passages(ret: dict[str, Any], docs: dict[str, dict], rid: str, roi_id: Any) -> list[Passage]:
