@@ -128,7 +128,17 @@ def _dense_facts(item: CaptionInput) -> evidence.RegionFacts | None:
     mask = evidence.decode(item)
     if mask is None and item.origin == "box" and item.bbox_norm and len(item.bbox_norm) == 4:
         return evidence._box_facts(tuple(float(v) for v in item.bbox_norm))
-    return None if mask is None else evidence.region_facts(item, mask)
+    if mask is None:
+        return None
+    (h, w), (rows, cols) = mask.shape, np.nonzero(mask)
+    cx, cy = (cols.mean() + 0.5) / w, (rows.mean() + 0.5) / h
+    return evidence.RegionFacts(
+        whole=False,
+        horizontal=evidence._third(cx, ("left", "centre", "right")),
+        vertical=evidence._third(cy, ("upper", "middle", "lower")),
+        area_fraction=float(mask.mean()),
+        bbox_norm=(cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h),
+    )
 
 
 def _dense_nesting(items) -> dict:

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.wording import label_text
-from medtrinity_assets.rois.rle import rle_decode, rle_parse, rle_pixels
+from medtrinity_assets.rois.rle import rle_decode, rle_parse
 
 INSIDE_SHARE = 0.9  # a region lies within another when this share of it is inside the other's outline
 
@@ -51,13 +51,69 @@ def decode(item: CaptionInput) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
-@dataclass(frozen=True)
 class Pixels:
-    """A region's mask as the coordinates of its pixels in an image of ``shape``."""
+    """A region's mask in an image of ``shape``: its runs of pixels (``[start, end)`` in column-major
+    order, as the RLE stores them), from which its size, sums and box are counted without listing a
+    pixel; ``rows`` and ``cols`` are listed when first asked for (the containment checks only)."""
 
-    rows: np.ndarray
-    cols: np.ndarray
-    shape: tuple[int, int]
+    __slots__ = ("starts", "ends", "shape", "size", "_rows", "_cols")
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray, shape: tuple[int, int]) -> None:
+        self.starts, self.ends, self.shape = starts, ends, shape
+        self.size = int((ends - starts).sum())
+        self._rows: np.ndarray | None = None
+        self._cols: np.ndarray | None = None
+
+    @classmethod
+    def of_mask(cls, mask: np.ndarray) -> Pixels:
+        """The pixels of a full-size mask."""
+        h = mask.shape[0]
+        flat = np.flatnonzero(mask.T)  # column-major indices, ascending
+        cut = np.flatnonzero(np.diff(flat) != 1) + 1
+        starts, ends = flat[np.r_[0, cut]], flat[np.r_[cut - 1, flat.size - 1]] + 1
+        px = cls(starts, ends, mask.shape)
+        px._rows, px._cols = flat % h, flat // h
+        return px
+
+    @property
+    def rows(self) -> np.ndarray:
+        if self._rows is None:
+            self._list()
+        return self._rows  # type: ignore[return-value]
+
+    @property
+    def cols(self) -> np.ndarray:
+        if self._cols is None:
+            self._list()
+        return self._cols  # type: ignore[return-value]
+
+    def _list(self) -> None:
+        lengths = self.ends - self.starts
+        flat = np.arange(self.size, dtype=np.int64) + np.repeat(self.starts - (np.cumsum(lengths) - lengths), lengths)
+        self._rows, self._cols = flat % self.shape[0], flat // self.shape[0]
+
+    def sums(self) -> tuple[int, int]:
+        """``(sum of rows, sum of columns)`` of the pixels, counted run by run: the pixels below a flat
+        index ``m = q * h + r`` have columns summing to ``h * q * (q - 1) / 2 + r * q`` and rows to
+        ``q * h * (h - 1) / 2 + r * (r - 1) / 2``."""
+        h = self.shape[0]
+
+        def below(m: np.ndarray) -> tuple[int, int]:
+            q, r = np.divmod(m, h)
+            return int((q * (h * (h - 1) // 2) + r * (r - 1) // 2).sum()), int((h * (q * (q - 1) // 2) + r * q).sum())
+
+        (rows_end, cols_end), (rows_start, cols_start) = below(self.ends), below(self.starts)
+        return rows_end - rows_start, cols_end - cols_start
+
+    def box(self) -> tuple[int, int, int, int]:
+        """``(first row, first column, last row, last column)`` of the pixels: a run that goes on into
+        the next column covers that column's first row and its own column's last."""
+        h = self.shape[0]
+        first_col, last_col = self.starts // h, (self.ends - 1) // h
+        wraps = last_col > first_col
+        top = np.where(wraps, 0, self.starts % h).min()
+        bottom = np.where(wraps, h - 1, (self.ends - 1) % h).max()
+        return int(top), int(first_col[0]), int(bottom), int(last_col[-1])
 
 
 def pixels(item: CaptionInput) -> Pixels | None:
@@ -71,20 +127,18 @@ def pixels(item: CaptionInput) -> Pixels | None:
         return None
     if counts.ndim != 1 or h <= 0 or w <= 0:
         mask = decode(item)
-        return None if mask is None else Pixels(*np.nonzero(mask), mask.shape)
-    rows, cols = rle_pixels(h, counts)
-    return Pixels(rows, cols, (h, w)) if rows.size else None
+        return None if mask is None else Pixels.of_mask(mask)
+    ends = np.cumsum(counts)[1::2]
+    lengths = counts[1::2]
+    keep = lengths > 0
+    return Pixels(ends[keep] - lengths[keep], ends[keep], (h, w)) if keep.any() else None
 
 
-def region_facts(item: CaptionInput, mask: np.ndarray | None = None) -> RegionFacts | None:
+def region_facts(item: CaptionInput) -> RegionFacts | None:
     """Facts of the region from its mask; None when there is neither a mask nor a whole image."""
     if item.origin == "whole_image":
         return RegionFacts(whole=True)
-    if mask is None:
-        return _pixel_facts(item, pixels(item))
-    h, w = mask.shape
-    rows, cols = np.nonzero(mask)
-    return _facts(rows, cols, h, w, float(mask.mean()))
+    return _pixel_facts(item, pixels(item))
 
 
 def _pixel_facts(item: CaptionInput, px: Pixels | None) -> RegionFacts | None:
@@ -93,18 +147,15 @@ def _pixel_facts(item: CaptionInput, px: Pixels | None) -> RegionFacts | None:
         return _box_facts(tuple(float(v) for v in item.bbox_norm))
     if px is None:
         return None
-    (h, w), rows, cols = px.shape, px.rows, px.cols
-    return _facts(rows, cols, h, w, float(rows.size / (h * w)))
-
-
-def _facts(rows: np.ndarray, cols: np.ndarray, h: int, w: int, area: float) -> RegionFacts:
-    cx, cy = (cols.mean() + 0.5) / w, (rows.mean() + 0.5) / h
+    (h, w), n = px.shape, px.size
+    row_sum, col_sum = px.sums()
+    top, left, bottom, right = px.box()
     return RegionFacts(
         whole=False,
-        horizontal=_third(cx, ("left", "centre", "right")),
-        vertical=_third(cy, ("upper", "middle", "lower")),
-        area_fraction=area,
-        bbox_norm=(cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h),
+        horizontal=_third((col_sum / n + 0.5) / w, ("left", "centre", "right")),
+        vertical=_third((row_sum / n + 0.5) / h, ("upper", "middle", "lower")),
+        area_fraction=n / (h * w),
+        bbox_norm=(left / w, top / h, (right + 1) / w, (bottom + 1) / h),
     )
 
 
@@ -146,29 +197,41 @@ def batch_evidence(items: Iterable[CaptionInput]) -> tuple[dict[int, RegionFacts
 
 def _nest(regions: list[tuple[CaptionInput, Pixels]], out: Nesting) -> None:
     """Add the containments among one image's regions: a region lies within another, larger one when
-    :data:`INSIDE_SHARE` of its pixels are inside the other's hole-filled outline."""
-    sizes = [px.rows.size for _, px in regions]
+    :data:`INSIDE_SHARE` of its pixels are inside the other's hole-filled outline. The outline lies in
+    the other's box, so a region with too little of its box there is not looked at pixel by pixel."""
+    sizes = [px.size for _, px in regions]
+    boxes = [px.box() for _, px in regions]
     filled: dict[int, tuple[int, int, np.ndarray]] = {}
     for i, (a, pa) in enumerate(regions):
         for j, (b, pb) in enumerate(regions):
             if i == j or pa.shape != pb.shape or sizes[i] >= sizes[j]:
                 continue
+            if _overlap(boxes[i], boxes[j]) < INSIDE_SHARE * sizes[i]:
+                continue
             if j not in filled:
-                filled[j] = _filled_outline(pb)
+                filled[j] = _filled_outline(pb, boxes[j])
             if _count_inside(pa, *filled[j]) >= INSIDE_SHARE * sizes[i]:
                 out[(a.record_id, str(a.roi_id))].add(("lies within", label_text(b.label).lower()))
                 out[(b.record_id, str(b.roi_id))].add(("encloses", label_text(a.label).lower()))
 
 
-def _filled_outline(px: Pixels) -> tuple[int, int, np.ndarray]:
-    """The region's outline with its holes filled, on its bounding box with a one-pixel margin, and the
-    image row and column of that crop's corner. Filling the crop fills exactly what filling the whole
-    image would: a hole never reaches past the box, and the margin joins all that lies outside it.
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
+    """How many pixels two boxes (first row, first column, last row, last column) share."""
+    rows = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    cols = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    return max(rows, 0) * max(cols, 0)
+
+
+def _filled_outline(px: Pixels, box: tuple[int, int, int, int]) -> tuple[int, int, np.ndarray]:
+    """The region's outline with its holes filled, on its bounding box (``box``) with a one-pixel
+    margin, and the image row and column of that crop's corner. Filling the crop fills exactly what
+    filling the whole image would: a hole never reaches past the box, and the margin joins all that
+    lies outside it.
 
     The holes are the background components (4-connected, as ``binary_fill_holes`` reaches them)
     other than the one of the margin: one labelling pass instead of a dilation run to convergence."""
-    r0, c0 = int(px.rows.min()) - 1, int(px.cols.min()) - 1
-    crop = np.zeros((int(px.rows.max()) - r0 + 2, int(px.cols.max()) - c0 + 2), bool)
+    r0, c0 = box[0] - 1, box[1] - 1
+    crop = np.zeros((box[2] - r0 + 2, box[3] - c0 + 2), bool)
     crop[px.rows - r0, px.cols - c0] = True
     background, parts = ndimage.label(~crop)
     return r0, c0, crop if parts == 1 else background != background[0, 0]

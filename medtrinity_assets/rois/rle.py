@@ -52,15 +52,6 @@ def rle_parse(rle: dict[str, Any] | str) -> tuple[int, int, np.ndarray]:
     return h, w, counts
 
 
-def rle_pixels(h: int, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, cols)`` of the mask's pixels from its checked run lengths (one-dimensional) and height,
-    without drawing the mask: the pixels ``np.nonzero(rle_decode(rle))`` gives, in column-major order."""
-    lengths = counts[1::2]
-    starts = (np.cumsum(counts) - counts)[1::2]
-    flat = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return flat % h, flat // h
-
-
 def rle_decode(rle: dict[str, Any] | str) -> np.ndarray:
     """Inverse of :func:`rle_encode` (accepts the dict or its JSON string)."""
     h, w, counts = rle_parse(rle)
