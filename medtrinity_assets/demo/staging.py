@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def _copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() and dst.stat().st_size == src.stat().st_size:
         return
-    shutil.copyfile(src, dst)
+    atomic_write_bytes(dst, src.read_bytes())  # test workers stage the same folder at once
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
