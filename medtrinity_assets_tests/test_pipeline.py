@@ -568,3 +568,49 @@ def test_description_checks_by_two_processes_equal_the_table_checked_by_one(pipe
     assert whole.equals(_table(out, "caption_quality", name))
 
 
+def test_descriptions_by_two_processes_equal_the_table_one_process_writes_and_resume(pipeline, tmp_path):
+    """A CPU-bound captioner describes a shard in slices of whole images, each read, hashed, described
+    and written as chunk parts by one process (this one and a worker): the table is the one written
+    by one process, the parts are gone, a rerun describes nothing again, and a run killed after some
+    slices resumes from their parts."""
+    from medtrinity_assets.captioning import EmbeddedCaptioner, parallel_batch
+    from medtrinity_assets.captioning.backends.openai_compatible import OpenAICompatibleCaptioner
+    from medtrinity_assets.captioning.batch import parts_dir
+    from medtrinity_assets.captioning.inputs import describable_rois
+    from medtrinity_assets.core.workers import image_slices
+
+    out, _ = pipeline
+    name = "synthetic_phantoms"
+    serial = _table(out, "caption_batch", name)
+    rois = describable_rois(out, name)
+    written_at = [c for c in serial.columns if c != "created_at"]
+    path = tmp_path / "captions.parquet"
+
+    def describe():
+        return parallel_batch.describe_shard_in_workers(out, name, rois, EmbeddedCaptioner(), path, workers=2,
+                                                        chunk_size=4, images_per_slice=3)
+
+    result = describe()
+    table = pl.read_parquet(path)
+    assert table.select(written_at).equals(serial.select(written_at))
+    assert not parallel_batch._handoff_dir(path).exists()  # the slices' files are gone with the table written
+    assert (result.total, result.computed, result.cached, result.failed) == (len(rois), len(rois), 0, 0)
+    assert result.chunks_written >= len(image_slices(rois, 3)) > 2 and not parts_dir(path).exists()
+    again = describe()
+    assert (again.computed, again.cached, again.chunks_written) == (0, len(rois), 0)
+    assert pl.read_parquet(path).equals(table)  # cached rows are kept as they were, times included
+
+    path.unlink()  # a run killed after its first slice left only that slice's parts
+    first = image_slices(rois, 3)[0]
+    handoff = tmp_path / "first_slice.parquet"
+    parallel_batch.describe_images(str(out), name, first, EmbeddedCaptioner(), str(path), [], 4, True, str(handoff))
+    done = pl.read_parquet(handoff)
+    assert parts_dir(path).exists() and not path.exists()
+    resumed = describe()
+    assert (resumed.cached, resumed.computed) == (done.height, len(rois) - done.height)
+    assert pl.read_parquet(path).select(written_at).equals(serial.select(written_at))
+
+    assert parallel_batch.runs_in_workers(EmbeddedCaptioner(), 5000, 2)
+    assert not parallel_batch.runs_in_workers(EmbeddedCaptioner(), 5000, 1)
+    assert not parallel_batch.runs_in_workers(EmbeddedCaptioner(), 100, 2)  # a worker costs more than it saves
+    assert not OpenAICompatibleCaptioner.runs_in_workers  # a server's client stays in one process

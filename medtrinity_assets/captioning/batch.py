@@ -98,7 +98,7 @@ def _row(item: CaptionInput, result: CaptionResult, captioner: Captioner, h: str
     }
 
 
-def _cache_files(table_path: Path) -> list[Path]:
+def cache_files(table_path: Path) -> list[Path]:
     """The files a batch may reuse rows from: the final table, then any part files."""
     files = [table_path] if table_path.exists() else []
     pdir = parts_dir(table_path)
@@ -173,7 +173,7 @@ def run_caption_slices(
     table_path = Path(table_path)
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    files = _cache_files(table_path)
+    files = cache_files(table_path)
     known = _read_cached(files, log)
     reusable = set((known.filter(pl.col("status") == "ok") if retry_failed else known)["inputs_hash"].to_list())
     log.info("caption batch: about %d inputs, %d reusable cached rows; computing with %s/%s",
@@ -200,9 +200,38 @@ def run_caption_slices(
             yield caption_rows_frame(rows)
 
     write_parquet_batches_atomic(frames(), table_path, CAPTION_BATCH.empty())
-    _remove_parts(parts_dir(table_path))
+    remove_parts(parts_dir(table_path))
     result.chunks_written = writer.chunks
     return result
+
+
+def describe_slice(
+    inputs: list[CaptionInput],
+    captioner: Captioner,
+    table_path: Path,
+    cache: list[Path],
+    *,
+    chunk_size: int = 64,
+    retry_failed: bool = True,
+    log: Any = None,
+) -> tuple[pl.DataFrame, int, int, int]:
+    """One slice of a table's rows on its own (a worker process's share of
+    :mod:`~medtrinity_assets.captioning.parallel_batch`): its inputs looked up in ``cache`` (the
+    table's :func:`cache_files` as they stood before the shard's first slice: the parts the other
+    slices write meanwhile hold other inputs, and reading them would cost each slice more than the
+    last), the rest described in durable chunk parts. Returns the rows in input order, how many
+    were cached, how many duplicate inputs were dropped and how many parts were written."""
+    log = log or logger
+    unique, dropped = _unique_inputs(inputs, log, set())
+    hashes = [captioner.inputs_hash(item) for item in unique]
+    cached = _read_cached(cache, log, hashes)
+    reusable = set((cached.filter(pl.col("status") == "ok") if retry_failed else cached)["inputs_hash"].to_list())
+    todo = [(item, h) for item, h in zip(unique, hashes, strict=True) if h not in reusable]
+    writer = _PartWriter(captioner, parts_dir(table_path), json.dumps(captioner.params, sort_keys=True),
+                         total=len(todo), done=0, progress=None, log=log)
+    _caption_in_chunks(captioner, todo, chunk_size, writer.flush)
+    rows = _final_rows(unique, hashes, writer.rows, cached)
+    return caption_rows_frame(rows), len(unique) - len(todo), dropped, writer.chunks
 
 
 def _unique_inputs(inputs: list[CaptionInput], log: Any, seen: set[tuple]) -> tuple[list[CaptionInput], int]:
@@ -312,7 +341,7 @@ def _final_rows(
     return final_rows
 
 
-def _remove_parts(pdir: Path) -> None:
+def remove_parts(pdir: Path) -> None:
     """Delete the part files and their folder once the final table holds them."""
     if pdir.exists():
         for p in pdir.iterdir():

@@ -71,38 +71,39 @@ def _triplet_markdown(samples: list[tuple]) -> str:
     description="One multigranular description per ROI (modality, organ, ROI location, texture, "
     "local–global relationship) with every input behind it; cached by inputs hash, durable in chunks.",
 )
-def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, captioner: CaptionerResource):
+def caption_batch(context: dg.AssetExecutionContext, storage: OutputStorage, captioner: CaptionerResource,
+                  compute: ComputeResource):
     out = storage.out()
     backend = captioner.get()
     try:
         for key in context.partition_keys:
-            _describe_shard(context, out, key, backend, captioner)
+            _describe_shard(context, out, key, backend, captioner, compute.workers)
     finally:
         backend.close()
     return dg.MaterializeResult()
 
 
-def _describe_shard(context: dg.AssetExecutionContext, out: Path, key: str, backend, captioner: CaptionerResource) -> None:
-    """Describe one shard's ROIs slice by slice (one slice's inputs in memory) and report it."""
-    from medtrinity_assets.captioning import run_caption_slices
+def _describe_shard(context: dg.AssetExecutionContext, out: Path, key: str, backend, captioner: CaptionerResource,
+                    workers: int) -> None:
+    """Describe one shard's ROIs slice by slice (one slice's inputs in memory; a CPU-bound backend's
+    slices on ``workers`` processes) and report it."""
     from medtrinity_assets.captioning.inputs import describable_rois, read_caption_inputs
-    from medtrinity_assets.core.workers import image_slices
+    from medtrinity_assets.captioning.parallel_batch import runs_in_workers
 
     started = time.perf_counter()
     name = part_of(key)
-    first: list = []
     rois = describable_rois(out, name)
-
-    def slices():
-        for ids in image_slices(rois):
-            inputs = read_caption_inputs(out, name, ids)
-            first[:] = first or inputs[: 8 * SAMPLE_TRIPLETS]
-            yield inputs
-
     path = CAPTION_BATCH.path(out, name)
-    result = run_caption_slices(slices(), backend, path, total=len(rois),
-                                chunk_size=captioner.chunk_size, progress=progress_logger(context.log, name, "captions"),
-                                log=context.log)
+    progress = progress_logger(context.log, name, "captions")
+    if runs_in_workers(backend, len(rois), workers):
+        from medtrinity_assets.captioning.parallel_batch import describe_shard_in_workers
+
+        result = describe_shard_in_workers(out, name, rois, backend, path, workers=workers,
+                                           chunk_size=captioner.chunk_size, progress=progress)
+        first = read_caption_inputs(out, name, list(dict.fromkeys(rois[: 8 * SAMPLE_TRIPLETS])))
+    else:
+        result, first = _describe_here(context, out, name, rois, backend, captioner.chunk_size, progress)
+    first = first[: 8 * SAMPLE_TRIPLETS]
     head = CAPTION_BATCH.read_path(path, where=pl.col("record_id").is_in(list({i.record_id for i in first})))
     samples = _sample_triplets(first, head)
     metadata = {
@@ -123,6 +124,26 @@ def _describe_shard(context: dg.AssetExecutionContext, out: Path, key: str, back
     context.add_asset_metadata(metadata, partition_key=key)
     if result.failed:
         context.log.warning(f"{name}: {result.failed} caption(s) failed; rerun retries only those")
+
+
+def _describe_here(context: dg.AssetExecutionContext, out: Path, name: str, rois: list[str], backend,
+                   chunk_size: int, progress) -> tuple:
+    """The shard described in this process, slice by slice; its result and first slice's inputs."""
+    from medtrinity_assets.captioning import run_caption_slices
+    from medtrinity_assets.captioning.inputs import read_caption_inputs
+    from medtrinity_assets.core.workers import image_slices
+
+    first: list = []
+
+    def slices():
+        for ids in image_slices(rois):
+            inputs = read_caption_inputs(out, name, ids)
+            first[:] = first or inputs[: 8 * SAMPLE_TRIPLETS]
+            yield inputs
+
+    result = run_caption_slices(slices(), backend, CAPTION_BATCH.path(out, name), total=len(rois),
+                                chunk_size=chunk_size, progress=progress, log=context.log)
+    return result, first
 
 
 @dg.asset(

@@ -103,7 +103,7 @@ class ComputeResource(dg.ConfigurableResource):
     """Device and parallelism for CPU/GPU-bound steps."""
 
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    workers: int = Field(2, ge=1, description="processes for image decoding/preprocessing, and for the ROIs and description checks of a large shard")
+    workers: int = Field(2, ge=1, description="processes for image decoding/preprocessing, and for the ROIs, embedded descriptions and description checks of a large shard")
     batch_size: int = Field(32, ge=1)
 
     def resolved_device(self) -> str:

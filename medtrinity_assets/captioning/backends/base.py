@@ -47,6 +47,10 @@ class Captioner(ABC):
     #: a backend that sets this implements :meth:`astream`: results arrive as they finish (many
     #: requests in flight) and the batch writes them without a barrier between chunks
     supports_streaming: ClassVar[bool] = False
+    #: a backend that sets this is plain computation in the calling process, stateless between
+    #: calls and picklable: a large shard is described on worker processes
+    #: (:mod:`medtrinity_assets.captioning.parallel_batch`); servers and models stay in one process
+    runs_in_workers: ClassVar[bool] = False
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> Captioner:

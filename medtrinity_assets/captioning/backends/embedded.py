@@ -54,6 +54,7 @@ class EmbeddedCaptioner(Captioner):
 
     name = "embedded"
     model = "grounded-templates"
+    runs_in_workers = True
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> EmbeddedCaptioner:
