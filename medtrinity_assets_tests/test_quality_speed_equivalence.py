@@ -295,6 +295,23 @@ def test_pixels_facts_and_nesting_equal_full_size_masks():
     assert all(facts[id(i)] == _dense_facts(i) for i in items)
 
 
+def test_run_sums_and_box_equal_the_listed_pixels():
+    """Sums and box counted run by run (runs that go on into the next column included) are those of
+    the pixels themselves."""
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 60, 2))
+        mask = rng.random((h, w)) > rng.random()
+        if not mask.any():
+            continue
+        listed = evidence.Pixels.of_mask(mask)
+        px = evidence.Pixels(listed.starts, listed.ends, listed.shape)
+        rows, cols = np.nonzero(mask)
+        assert px.size == rows.size and px.sums() == (rows.sum(), cols.sum())
+        assert px.box() == (rows.min(), cols.min(), rows.max(), cols.max())
+        assert sorted(zip(px.rows.tolist(), px.cols.tolist(), strict=True)) == sorted(zip(rows.tolist(), cols.tolist(), strict=True))
+
+
 # -- ontology and tokens ---------------------------------------------------------------------------------
 
 

@@ -98,12 +98,12 @@ class Pixels:
         ``q * h * (h - 1) / 2 + r * (r - 1) / 2``."""
         h = self.shape[0]
 
-        def below(m: np.ndarray) -> tuple[int, int]:
+        def below(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             q, r = np.divmod(m, h)
-            return int((q * (h * (h - 1) // 2) + r * (r - 1) // 2).sum()), int((h * (q * (q - 1) // 2) + r * q).sum())
+            return q * (h * (h - 1) // 2) + r * (r - 1) // 2, h * (q * (q - 1) // 2) + r * q
 
         (rows_end, cols_end), (rows_start, cols_start) = below(self.ends), below(self.starts)
-        return rows_end - rows_start, cols_end - cols_start
+        return int((rows_end - rows_start).sum()), int((cols_end - cols_start).sum())  # per run: no overflow
 
     def box(self) -> tuple[int, int, int, int]:
         """``(first row, first column, last row, last column)`` of the pixels: a run that goes on into
