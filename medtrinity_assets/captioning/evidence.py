@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.wording import label_text
-from medtrinity_assets.rois.rle import rle_decode, rle_parse
+from medtrinity_assets.rois.rle import rle_counts_from_crop, rle_decode, rle_parse
 
 INSIDE_SHARE = 0.9  # a region lies within another when this share of it is inside the other's outline
 
@@ -65,15 +65,18 @@ class Pixels:
         self._cols: np.ndarray | None = None
 
     @classmethod
-    def of_mask(cls, mask: np.ndarray) -> Pixels:
-        """The pixels of a full-size mask."""
-        h = mask.shape[0]
-        flat = np.flatnonzero(mask.T)  # column-major indices, ascending
-        cut = np.flatnonzero(np.diff(flat) != 1) + 1
-        starts, ends = flat[np.r_[0, cut]], flat[np.r_[cut - 1, flat.size - 1]] + 1
-        px = cls(starts, ends, mask.shape)
-        px._rows, px._cols = flat % h, flat // h
-        return px
+    def of_counts(cls, counts: np.ndarray, shape: tuple[int, int]) -> Pixels | None:
+        """The pixels of checked, one-dimensional run lengths (COCO: zeros first), or None when no
+        run holds a pixel."""
+        ends, lengths = np.cumsum(counts)[1::2], counts[1::2]
+        keep = lengths > 0
+        return cls(ends[keep] - lengths[keep], ends[keep], shape) if keep.any() else None
+
+    @classmethod
+    def of_mask(cls, mask: np.ndarray) -> Pixels | None:
+        """The pixels of a full-size mask (its run lengths as the ROI stage encodes them)."""
+        h, w = mask.shape
+        return cls.of_counts(np.asarray(rle_counts_from_crop(mask, 0, 0, h, w), dtype=np.int64), (h, w))
 
     @property
     def rows(self) -> np.ndarray:
@@ -128,10 +131,7 @@ def pixels(item: CaptionInput) -> Pixels | None:
     if counts.ndim != 1 or h <= 0 or w <= 0:
         mask = decode(item)
         return None if mask is None else Pixels.of_mask(mask)
-    ends = np.cumsum(counts)[1::2]
-    lengths = counts[1::2]
-    keep = lengths > 0
-    return Pixels(ends[keep] - lengths[keep], ends[keep], (h, w)) if keep.any() else None
+    return Pixels.of_counts(counts, (h, w))
 
 
 def region_facts(item: CaptionInput) -> RegionFacts | None:
