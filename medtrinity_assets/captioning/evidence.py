@@ -56,13 +56,14 @@ class Pixels:
     order, as the RLE stores them), from which its size, sums and box are counted without listing a
     pixel; ``rows`` and ``cols`` are listed when first asked for (the containment checks only)."""
 
-    __slots__ = ("starts", "ends", "shape", "size", "_rows", "_cols")
+    __slots__ = ("starts", "ends", "shape", "size", "_rows", "_cols", "_box")
 
     def __init__(self, starts: np.ndarray, ends: np.ndarray, shape: tuple[int, int]) -> None:
         self.starts, self.ends, self.shape = starts, ends, shape
         self.size = int((ends - starts).sum())
         self._rows: np.ndarray | None = None
         self._cols: np.ndarray | None = None
+        self._box: tuple[int, int, int, int] | None = None
 
     @classmethod
     def of_counts(cls, counts: np.ndarray, shape: tuple[int, int]) -> Pixels | None:
@@ -110,13 +111,16 @@ class Pixels:
 
     def box(self) -> tuple[int, int, int, int]:
         """``(first row, first column, last row, last column)`` of the pixels: a run that goes on into
-        the next column covers that column's first row and its own column's last."""
-        h = self.shape[0]
-        first_col, last_col = self.starts // h, (self.ends - 1) // h
-        wraps = last_col > first_col
-        top = np.where(wraps, 0, self.starts % h).min()
-        bottom = np.where(wraps, h - 1, (self.ends - 1) % h).max()
-        return int(top), int(first_col[0]), int(bottom), int(last_col[-1])
+        the next column covers that column's first row and its own column's last. Counted once (the
+        facts and the containment checks both ask)."""
+        if self._box is None:
+            h = self.shape[0]
+            first_col, last_col = self.starts // h, (self.ends - 1) // h
+            wraps = last_col > first_col
+            top = np.where(wraps, 0, self.starts % h).min()
+            bottom = np.where(wraps, h - 1, (self.ends - 1) % h).max()
+            self._box = int(top), int(first_col[0]), int(bottom), int(last_col[-1])
+        return self._box
 
 
 def pixels(item: CaptionInput) -> Pixels | None:
