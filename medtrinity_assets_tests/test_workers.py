@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from medtrinity_assets.core.workers import ordered_in_workers
+from medtrinity_assets.ingest.registry import SourceSpec
+from medtrinity_assets.ingest.worker import HELD_PER_WINDOW, WorkerPool
 
 
 def _timed(i: int, seconds: float) -> tuple[int, int, float, float]:
@@ -31,3 +34,33 @@ def test_one_worker_or_no_calls():
     assert [r[0] for r in ordered_in_workers(_timed, [(i, 0.0) for i in range(3)], 1)] == [0, 1, 2]
     assert list(ordered_in_workers(_timed, [], 2)) == []
     assert [r[0] for r in ordered_in_workers(_timed, iter([(0, 0.0)]), 3)] == [0]
+
+
+def _after_the_others(item: tuple[str, int, int]) -> str:
+    """Item 0 finishes only once items 1..``others`` have run (or gives up after 30 s); the others
+    mark that they ran."""
+    folder, i, others = item
+    if i:
+        Path(folder, f"{i}.ran").touch()
+        return "ran"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if all(Path(folder, f"{k}.ran").exists() for k in range(1, others + 1)):
+            return "released"
+        time.sleep(0.02)
+    return "timed out"
+
+
+def test_ingestion_pool_goes_on_behind_a_slow_item(tmp_path):
+    """The ingestion pool yields in order, but a slow item (a slice read by OCR) does not stop
+    the other workers: later items run while it does, up to ``HELD_PER_WINDOW × window`` held
+    results (a pool that submitted only ``window`` items past the slow one would wait forever
+    here: its item 0 needs three later items to have run, with a window of two)."""
+    spec = SourceSpec(name="pool_test", layout="image_folder", root=str(tmp_path), modality="CT", organ="abdomen",
+                      license="MIT")
+    window, others = 2, 3
+    assert others < HELD_PER_WINDOW * window
+    items = [(str(tmp_path), i, others) for i in range(others + 3)]
+    with WorkerPool(2, spec, tmp_path) as pool:
+        out = list(pool.map_ordered(_after_the_others, items, window=window))
+    assert out == ["released"] + ["ran"] * (others + 2)

@@ -127,8 +127,8 @@ class NearDuplicateIndex:
         """Indices of the kept images that may be within ``max_distance`` (in the order kept)."""
         if self.max_distance is None or self.max_distance > BANDED_MAX_DISTANCE:
             return np.arange(m)
-        hits = [i for band in phash_bands(ph) for i in self._by_band.get(band, ())]
-        return np.unique(np.asarray(hits, np.int64))
+        hits = {i for band in phash_bands(ph) for i in self._by_band.get(band, ())}
+        return np.asarray(sorted(hits), np.int64)  # np.unique costs ~10x more on these few indices
 
     def add(self, record_id: str, sha256: str, ph: int, group: int, thumb: Thumb) -> None:
         m = len(self._ids)

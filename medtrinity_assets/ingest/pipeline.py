@@ -109,7 +109,7 @@ class _Collector:
             row.update(status="duplicate", duplicate_of=dup_of, reason=why)
             self.manifest.append(row)
             return
-        img["image_path"] = self._write("images", cand.png)
+        img["image_path"] = self._write("images", cand.png, img["sha256"])  # hashed by the worker
         img["mask_path"] = self._write("masks", cand.mask_png) if cand.mask_png is not None else None
         self.counts["masks"] += cand.mask_png is not None
         if cand.text_scanned:
@@ -120,8 +120,8 @@ class _Collector:
         self.images.append(img)
         self.index.add(row["record_id"], img["sha256"], cand.phash, group, cand.thumb)
 
-    def _write(self, kind: str, data: bytes) -> str:
-        rel = storage.content_path("", kind, storage.sha256_bytes(data)).as_posix()
+    def _write(self, kind: str, data: bytes, sha256: str | None = None) -> str:
+        rel = storage.content_path("", kind, sha256 or storage.sha256_bytes(data)).as_posix()
         self._writes.append(self._writer.submit(storage.write_content_file, self.out / rel, data))
         while len(self._writes) > MAX_PENDING_WRITES:
             self.counts["files_written"] += int(self._writes.popleft().result())

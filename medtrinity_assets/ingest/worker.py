@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,15 @@ def _read_task(state: WorkerState, task: Task, res: TaskResult) -> None:
         res.quarantined.append(quarantine_row(spec, task.relpath, why, task.key, privacy))
 
 
+#: results a pool may hold per item in flight (see :meth:`WorkerPool.map_ordered`)
+HELD_PER_WINDOW = 2
+
+
+def _busy(futures: Iterable[Future]) -> int:
+    """How many of ``futures`` still run or wait in the pool."""
+    return sum(not f.done() for f in futures)
+
+
 def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
@@ -158,15 +167,26 @@ class WorkerPool:
             self._pool = None
 
     def map_ordered(self, fn: Callable[[Any], Any], items: Iterable[Any], window: int | None = None) -> Iterator[Any]:
-        """``map`` in input order with at most ``window`` items in flight (bounded memory)."""
+        """``map`` in input order with at most ``window`` items running or queued in the pool and at
+        most :data:`HELD_PER_WINDOW` ``× window`` submitted and not yet yielded (bounded memory).
+
+        Results that finish ahead of a slower item wait for their turn while the workers go on
+        with later items: one slow item (a slice read by OCR) holds up the results, not the
+        other workers, until that many are held."""
         if self._pool is None:
             for item in items:
                 yield fn(item)
             return
-        pending: deque = deque()
+        running = window or self.window
+        pending: deque[Future] = deque()
         for item in items:
+            while len(pending) >= HELD_PER_WINDOW * running or _busy(pending) >= running:
+                if pending[0].done():
+                    yield pending.popleft().result()
+                else:
+                    wait([f for f in pending if not f.done()], return_when=FIRST_COMPLETED)
             pending.append(self._pool.submit(fn, item))
-            if len(pending) >= (window or self.window):
+            while pending and pending[0].done():
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
