@@ -1,6 +1,7 @@
 """Benchmark of stage 1 (preprocessing): slices/s of ``ingest_source`` with a process pool
 against a plain single-process loop and a plain process pool (the fair baseline: ``multiprocessing``
-with the same number of processes) doing the same decode, window, resize and PNG write.
+with the same number of processes) doing the same decode, window, burned-in text redaction (OCR of
+the images that may carry text, as ingestion must), resize and PNG write.
 
 Two sets, side by side in one run:
 
@@ -115,6 +116,18 @@ def _percentile_u8(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return (np.nan_to_num(n) * 255 + 0.5).astype(np.uint8)
 
 
+def _without_burned_in_text(ds, u8: np.ndarray) -> np.ndarray:
+    """The burned-in text redaction ingestion owes the images that may carry text (ultrasound,
+    secondary captures, ``BurnedInAnnotation: YES``): the same OCR a competent user would have to
+    run on them too (here the project's own :func:`redact_text`, so both sides read the same)."""
+    from medtrinity_assets.ingest.burned_in import TEXT_MODALITY_CODES
+    from medtrinity_assets.privacy.pixels import redact_text
+
+    if str(ds.get("Modality", "")).upper() in TEXT_MODALITY_CODES or str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        return redact_text(u8)[0]
+    return u8
+
+
 def plain_loop_dicom(files: list[Path], out: Path, max_side: int) -> int:
     import pydicom
 
@@ -132,7 +145,7 @@ def plain_loop_dicom(files: list[Path], out: Path, max_side: int) -> int:
         else:
             lo, hi = (float(v) for v in np.percentile(phys, [0.5, 99.5]))
         for k in range(phys.shape[0]):
-            _save(_percentile_u8(phys[k], lo, hi), out, max_side)
+            _save(_without_burned_in_text(ds, _percentile_u8(phys[k], lo, hi)), out, max_side)
             count += 1
     return count
 
