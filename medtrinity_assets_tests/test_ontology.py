@@ -226,6 +226,38 @@ def test_kind_heuristic_is_right_at_least_nine_times_in_ten(name, labels, record
     assert accuracy >= 0.9, wrong
 
 
+def _same_index(a, b) -> bool:
+    return (a.phrases, a.icd_keys, a.prefixes, a.pairs, a.max_words) == (b.phrases, b.icd_keys, b.prefixes, b.pairs,
+                                                                         b.max_words)
+
+
+def test_the_index_is_stored_once_and_read_back_as_built(tmp_path, monkeypatch):
+    """Each process of a stage needs the phrase index: it is stored in the user cache under a hash of
+    its sources and code and read back equal to the built one; a file that no longer matches its
+    stored hash, or other sources, are built again."""
+    built = ontology._index()  # built (or read) with the real sources by the module's fixture
+    monkeypatch.setenv("MEDTRINITY_CACHE", str(tmp_path))
+    builds: list = []
+    monkeypatch.setattr(ontology, "_build", lambda mesh, icd: builds.append(mesh) or built)
+    try:
+        ontology.clear_cache()
+        ontology._index()
+        stored = sorted((tmp_path / "ontology").iterdir())
+        assert len(builds) == 1 and [f.suffix for f in stored] == [".json", ".sha256"]
+        ontology.clear_cache()
+        assert _same_index(ontology._index(), built) and len(builds) == 1  # read back, not built
+        stored[0].write_bytes(stored[0].read_bytes().replace(b'"anatomy"', b'"finding"', 1))
+        ontology.clear_cache()
+        assert _same_index(ontology._index(), built) and len(builds) == 2  # changed since written: built again
+        monkeypatch.setattr(ontology, "load_mesh", lambda: [("D000001", "Calcimycin")])
+        ontology.clear_cache()
+        ontology._index()
+        assert builds[-1] == [("D000001", "Calcimycin")] and len(builds) == 3  # other sources: another index
+        assert len(list((tmp_path / "ontology").iterdir())) == 2  # the other version's file was removed
+    finally:
+        ontology.clear_cache()
+
+
 # --- speed (reported, not asserted) ---
 
 

