@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 
+from medtrinity_assets.core import user_cache
 from medtrinity_assets.core.ontology_lists import (
     AGENT_HEADS,
     ANATOMY_HEADS,
@@ -346,53 +347,22 @@ def _index_key(mesh: list[tuple[str, str]], icd: tuple[tuple[str, str, str], ...
     return h.hexdigest()
 
 
-def _index_file(key: str) -> Path:
-    from medtrinity_assets.core.storage import user_cache_dir
-
-    return user_cache_dir() / "ontology" / f"phrase-index-{key[:32]}.json"
-
-
 def _save_index(idx: _Index, key: str) -> None:
-    """Store ``idx`` as JSON beside the hash of its bytes (other versions' files are removed); a cache
-    that cannot be written is only a slower start."""
-    from medtrinity_assets.core.storage import atomic_write_bytes, sha256_bytes
-
+    """Store ``idx`` in the user cache (:mod:`~medtrinity_assets.core.user_cache`)."""
     concepts = list(dict.fromkeys(c for found in idx.phrases.values() for c in found))
     number = {c: i for i, c in enumerate(concepts)}
-    data = json.dumps({
-        "key": key, "max_words": idx.max_words, "icd_keys": sorted(idx.icd_keys),
+    user_cache.write_record("ontology", "phrase-index", key, {
+        "max_words": idx.max_words, "icd_keys": sorted(idx.icd_keys),
         "concepts": [[c.scheme, c.code, c.label, c.kind] for c in concepts],
         "phrases": [[k, [number[c] for c in found]] for k, found in idx.phrases.items()],
         "prefixes": sorted(idx.prefixes), "pairs": sorted(idx.pairs),
-    }, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    path = _index_file(key)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for old in path.parent.glob("phrase-index-*"):
-            if not old.name.startswith(path.name):
-                old.unlink(missing_ok=True)
-        atomic_write_bytes(path, data)
-        atomic_write_bytes(path.with_name(path.name + ".sha256"), sha256_bytes(data).encode())
-    except OSError:
-        pass
+    })
 
 
 def _load_index(key: str) -> _Index | None:
-    """The stored index of ``key``, or None when there is none or its bytes no longer match their
-    stored hash (it is then built again)."""
-    from medtrinity_assets.core.storage import sha256_bytes
-
-    path = _index_file(key)
+    """The index stored for ``key``, or None (none, or changed since it was written)."""
+    raw = user_cache.read_record("ontology", "phrase-index", key)
     try:
-        data, recorded = path.read_bytes(), path.with_name(path.name + ".sha256").read_text().strip()
-    except OSError:
-        return None
-    if sha256_bytes(data) != recorded:
-        return None
-    try:
-        raw = json.loads(data)
-        if raw.get("key") != key:
-            return None
         concepts = [Concept(*c) for c in raw["concepts"]]
         phrases = {k: tuple(map(concepts.__getitem__, found)) for k, found in raw["phrases"]}
         return _Index(phrases, frozenset(raw["icd_keys"]), int(raw["max_words"]), frozenset(raw["prefixes"]),

@@ -175,17 +175,6 @@ def write_parquet_batches_atomic(frames: Iterable[pl.DataFrame], path: str | Pat
     return path
 
 
-def user_cache_dir() -> Path:
-    """Where what is shared by every output root of this user lives (the language model's conversion,
-    the ontology's phrase index): ``$MEDTRINITY_CACHE``, else ``$XDG_CACHE_HOME/medtrinity`` or
-    ``~/.cache/medtrinity``."""
-    explicit = os.environ.get("MEDTRINITY_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "medtrinity"
-
-
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

