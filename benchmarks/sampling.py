@@ -19,10 +19,13 @@ class TreeSampler:
 
         self.proc = psutil.Process(pid)
         self.peak = 0
+        #: the largest RSS of the sampled process alone (the build process, without its workers)
+        self.own_peak = 0
         #: (time.time(), summed RSS, CPU seconds of the tree so far) of every sample
         self.timeline: list[tuple[float, int, float]] = []
         self.interval = interval
         self._cpu: dict[int, float] = {}
+        self._own = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -38,7 +41,10 @@ class TreeSampler:
         for p in procs:
             try:
                 with p.oneshot():
-                    total += p.memory_info().rss
+                    rss = p.memory_info().rss
+                    total += rss
+                    if p is self.proc:
+                        self._own = rss
                     t = p.cpu_times()
                 with self._lock:
                     self._cpu[p.pid] = t.user + t.system
@@ -46,6 +52,7 @@ class TreeSampler:
                 pass
         self.peak = max(self.peak, total)
         with self._lock:
+            self.own_peak = max(self.own_peak, self._own)
             cpu = sum(self._cpu.values())
         self.timeline.append((time.time(), total, cpu))
 

@@ -5,7 +5,8 @@ source of N phantom images (in shards of the default ``shard_size``, run one aft
 goes through ``medtrinity build --until triplets`` in a fresh instance: ingestion, expert models,
 knowledge index, ROIs, retrieval, descriptions, their checks and the triplets. Side by side per
 size: wall time, seconds per stage (the assets' own ``duration_s`` metadata), peak RSS of the
-whole process tree (sampled every 100 ms) and how many of the machine's cores were busy on
+whole process tree (sampled every 100 ms) and of the build process alone ("own": what it keeps between
+stages, without its workers) and how many of the machine's cores were busy on
 average. The yardsticks are the other sizes: time should grow linearly (per-image time flat)
 and peak RSS should not grow with N.
 
@@ -138,7 +139,8 @@ def run_size(n: int, work: Path, until: str) -> dict:
 
     shards = shard_count(root / "out", f"scale_{n}")  # the default shard_size decides
     return {"images": n, "shards": shards, "mode": "build", "generate_s": round(generated, 1), "wall_s": round(wall, 1),
-            "peak_rss_gb": round(sampler.peak / 2**30, 3), "cores_busy": round(sampler.cpu() / wall, 2),
+            "peak_rss_gb": round(sampler.peak / 2**30, 3), "own_peak_rss_gb": round(sampler.own_peak / 2**30, 3),
+            "cores_busy": round(sampler.cpu() / wall, 2),
             "stages_s": stage_seconds(home), **stage_samples(home, sampler)}
 
 
@@ -185,10 +187,12 @@ def run_sharded(n: int, shards: int, work: Path, until: str, timeout_s: float = 
 
 
 def report(rows: list[dict]) -> None:
-    print(f"\n{'images':>8} {'shards':>7} {'mode':>9} {'wall s':>8} {'ms/image':>9} {'peak RSS GB':>12} {'cores busy':>11}")
+    print(f"\n{'images':>8} {'shards':>7} {'mode':>9} {'wall s':>8} {'ms/image':>9} {'peak RSS GB':>12} "
+          f"{'own GB':>7} {'cores busy':>11}")
     for r in rows:
+        own = f"{r['own_peak_rss_gb']:7.3f}" if "own_peak_rss_gb" in r else f"{'-':>7}"
         print(f"{r['images']:8d} {r['shards']:7d} {r['mode']:>9} {r['wall_s']:8.1f} {1000 * r['wall_s'] / r['images']:9.1f} "
-              f"{r['peak_rss_gb']:12.3f} {r['cores_busy']:11.2f}")
+              f"{r['peak_rss_gb']:12.3f} {own} {r['cores_busy']:11.2f}")
     print(f"\n{'stage (s)':22}" + "".join(f"{str(r['images']) + '/' + str(r['shards']):>12}" for r in rows))
     for stage in STAGES:
         print(f"{stage:22}" + "".join(f"{r['stages_s'].get(stage, float('nan')):12.1f}" for r in rows))
