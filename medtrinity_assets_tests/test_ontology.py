@@ -258,6 +258,25 @@ def test_the_index_is_stored_once_and_read_back_as_built(tmp_path, monkeypatch):
         ontology.clear_cache()
 
 
+def test_a_cache_that_cannot_be_reached_only_means_building(monkeypatch):
+    """Without a home directory (a container user with no passwd entry) or a writable cache, the
+    index is built as before."""
+    from medtrinity_assets.core import user_cache
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(user_cache, "user_cache_dir", no_home)
+    user_cache.write_record("ontology", "phrase-index", "k" * 64, {"x": 1})
+    assert user_cache.read_record("ontology", "phrase-index", "k" * 64) is None
+    built = ontology._index()
+    try:
+        ontology.clear_cache()
+        assert _same_index(ontology._index(), built)
+    finally:
+        ontology.clear_cache()
+
+
 # --- speed (reported, not asserted) ---
 
 

@@ -30,15 +30,15 @@ def write_record(folder: str, stem: str, key: str, payload: Any) -> None:
     from medtrinity_assets.core.storage import atomic_write_bytes, sha256_bytes
 
     data = json.dumps({"key": key, "payload": payload}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    path = record_path(folder, stem, key)
     try:
+        path = record_path(folder, stem, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         for old in path.parent.glob(f"{stem}-*"):
             if not old.name.startswith(path.name):
                 old.unlink(missing_ok=True)
         atomic_write_bytes(path, data)
         atomic_write_bytes(path.with_name(path.name + ".sha256"), sha256_bytes(data).encode())
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: no home directory to put it in
         pass
 
 
@@ -47,10 +47,10 @@ def read_record(folder: str, stem: str, key: str) -> Any | None:
     their stored hash (it is then to be made again)."""
     from medtrinity_assets.core.storage import sha256_bytes
 
-    path = record_path(folder, stem, key)
     try:
+        path = record_path(folder, stem, key)
         data, recorded = path.read_bytes(), path.with_name(path.name + ".sha256").read_text().strip()
-    except OSError:
+    except (OSError, RuntimeError):
         return None
     if sha256_bytes(data) != recorded:
         return None
