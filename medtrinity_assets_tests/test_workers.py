@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from medtrinity_assets.core.workers import ordered_in_workers
+from medtrinity_assets.core.workers import image_slices, ordered_in_workers
 from medtrinity_assets.ingest.registry import SourceSpec
 from medtrinity_assets.ingest.worker import HELD_PER_WINDOW, WorkerPool
 
@@ -64,3 +64,13 @@ def test_ingestion_pool_goes_on_behind_a_slow_item(tmp_path):
     with WorkerPool(2, spec, tmp_path) as pool:
         out = list(pool.map_ordered(_after_the_others, items, window=window))
     assert out == ["released"] + ["ran"] * (others + 2)
+
+
+def test_image_slices_fill_the_workers_of_a_small_shard():
+    ids = [f"r{i % 2500}" for i in range(5000)]  # each image twice: slices hold distinct ids
+    assert [len(s) for s in image_slices(ids, 1000)] == [1000, 1000, 500]
+    assert [len(s) for s in image_slices(ids, 1000, workers=2)] == [1000, 1000, 500]  # enough slices already
+    assert [len(s) for s in image_slices(ids[:1500], 1000, workers=2)] == [1000, 500]
+    assert [len(s) for s in image_slices(ids[:5], 1000, workers=2)] == [3, 2]
+    assert [len(s) for s in image_slices(ids[:5], 1000, workers=4)] == [2, 2, 1]
+    assert image_slices([], 1000, workers=2) == []

@@ -73,9 +73,7 @@ def describe_shard_in_workers(
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     table_path = Path(table_path)
-    slices = image_slices(record_ids, images_per_slice)
-    if len(slices) < workers:  # a small shard still fills the cores
-        slices = image_slices(record_ids, -(-sum(map(len, slices)) // workers))
+    slices = image_slices(record_ids, images_per_slice, workers)
     cache = cache_files(table_path)
     handoff = _handoff_dir(table_path)
     shutil.rmtree(handoff, ignore_errors=True)

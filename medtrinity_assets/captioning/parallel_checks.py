@@ -39,12 +39,10 @@ def check_shard(
     """The quality rows of one shard's descriptions (``part``: its part name), one slice of
     images at a time, in ``roi_set`` order (see the module docstring)."""
     record_ids = describable_rois(out, part)
-    slices = image_slices(record_ids, images_per_slice)
     rows = CAPTION_BATCH.read(out, part, columns=["record_id"]).height
     if judge is not None or rows < MIN_PARALLEL_ROWS:
         workers = 1
-    elif len(slices) < workers:  # a small shard still fills the cores
-        slices = image_slices(record_ids, -(-sum(map(len, slices)) // workers))
+    slices = image_slices(record_ids, images_per_slice, workers)
     calls = [(str(out), part, ids, phi_values, judge) for ids in slices]
     yield from ordered_in_workers(check_images, calls, workers)
 

@@ -13,10 +13,13 @@ from typing import Any
 IMAGES_PER_SLICE = 1000
 
 
-def image_slices(record_ids: Sequence[str], images: int = IMAGES_PER_SLICE) -> list[list[str]]:
+def image_slices(record_ids: Sequence[str], images: int = IMAGES_PER_SLICE, workers: int = 1) -> list[list[str]]:
     """The distinct ``record_ids``, in order of first appearance, in slices of ``images`` (the
-    unit a streaming stage reads, handles and writes at once)."""
+    unit a streaming stage reads, handles and writes at once); cut smaller when that would give
+    fewer slices than ``workers`` (a small shard still fills the cores)."""
     unique = list(dict.fromkeys(record_ids))
+    if workers > 1 and -(-len(unique) // max(1, images)) < workers:
+        images = -(-len(unique) // workers)
     return [unique[a : a + images] for a in range(0, len(unique), max(1, images))]
 
 
