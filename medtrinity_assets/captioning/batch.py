@@ -174,8 +174,7 @@ def run_caption_slices(
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     files = cache_files(table_path)
-    known = _read_cached(files, log)
-    reusable = set((known.filter(pl.col("status") == "ok") if retry_failed else known)["inputs_hash"].to_list())
+    reusable = _reusable(_read_cached(files, log), retry_failed)
     log.info("caption batch: about %d inputs, %d reusable cached rows; computing with %s/%s",
              total, len(reusable), captioner.name, captioner.model or "-")
     writer = _PartWriter(captioner, parts_dir(table_path), json.dumps(captioner.params, sort_keys=True),
@@ -225,13 +224,19 @@ def describe_slice(
     unique, dropped = _unique_inputs(inputs, log, set())
     hashes = [captioner.inputs_hash(item) for item in unique]
     cached = _read_cached(cache, log, hashes)
-    reusable = set((cached.filter(pl.col("status") == "ok") if retry_failed else cached)["inputs_hash"].to_list())
+    reusable = _reusable(cached, retry_failed)
     todo = [(item, h) for item, h in zip(unique, hashes, strict=True) if h not in reusable]
     writer = _PartWriter(captioner, parts_dir(table_path), json.dumps(captioner.params, sort_keys=True),
                          total=len(todo), done=0, progress=None, log=log)
     _caption_in_chunks(captioner, todo, chunk_size, writer.flush)
     rows = _final_rows(unique, hashes, writer.rows, cached)
     return caption_rows_frame(rows), len(unique) - len(todo), dropped, writer.chunks
+
+
+def _reusable(cached: pl.DataFrame, retry_failed: bool) -> set[str]:
+    """The input hashes whose cached rows are taken as they are: the ok ones, and the failed ones
+    too unless ``retry_failed``."""
+    return set((cached.filter(pl.col("status") == "ok") if retry_failed else cached)["inputs_hash"].to_list())
 
 
 def _unique_inputs(inputs: list[CaptionInput], log: Any, seen: set[tuple]) -> tuple[list[CaptionInput], int]:
