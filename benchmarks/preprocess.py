@@ -118,14 +118,15 @@ def _percentile_u8(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def _without_burned_in_text(ds, u8: np.ndarray) -> np.ndarray:
     """The burned-in text redaction ingestion owes the images that may carry text (ultrasound,
-    secondary captures, ``BurnedInAnnotation: YES``): the same OCR a competent user would have to
-    run on them too (here the project's own :func:`redact_text`, so both sides read the same)."""
-    from medtrinity_assets.ingest.burned_in import TEXT_MODALITY_CODES
+    secondary captures, ``BurnedInAnnotation: YES``; ingestion's ``needs_scan`` decides): the same
+    OCR a competent user would have to run on them too (here the project's own :func:`redact_text`,
+    so both sides read the same)."""
+    from medtrinity_assets.ingest.burned_in import needs_scan
     from medtrinity_assets.privacy.pixels import redact_text
 
-    if str(ds.get("Modality", "")).upper() in TEXT_MODALITY_CODES or str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
-        return redact_text(u8)[0]
-    return u8
+    code = str(ds.get("Modality", ""))
+    header = {"dicom_modality": code, "burned_in": str(ds.get("BurnedInAnnotation", ""))}
+    return redact_text(u8)[0] if needs_scan(header, code, "auto") else u8  # ingestion's own rule
 
 
 def plain_loop_dicom(files: list[Path], out: Path, max_side: int) -> int:
