@@ -254,3 +254,18 @@ def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
     # rotated 90° clockwise: the stored top-left corner is now the top-right corner
     assert img[:20, -10:, 0].mean() > 200 and img[-20:, :10, 0].mean() < 50
     assert lab[:20, -10:].all() and lab.sum() == 200
+
+
+def test_label_values_are_what_unique_gives():
+    """Label maps' distinct values are counted in one pass (0..65535), else sorted: same answer."""
+    import numpy as np
+
+    from medtrinity_assets.ingest.readers.base import label_values
+
+    rng = np.random.default_rng(0)
+    cases = [rng.integers(0, 3, (40, 40)), rng.integers(0, 3, (40, 40)).astype(np.uint8),
+             np.array([255, 0, 255], np.uint16), np.zeros(0, np.int64), rng.integers(-2, 3, 9),
+             rng.integers(0, 70_000, 100), (rng.random((5, 5)) * 3).astype(np.float32)]
+    for arr in cases:
+        got, want = label_values(arr), np.unique(arr)
+        assert got.dtype == want.dtype and np.array_equal(got, want)

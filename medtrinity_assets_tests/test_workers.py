@@ -74,3 +74,55 @@ def test_image_slices_fill_the_workers_of_a_small_shard():
     assert [len(s) for s in image_slices(ids[:5], 1000, workers=2)] == [3, 2]
     assert [len(s) for s in image_slices(ids[:5], 1000, workers=4)] == [2, 2, 1]
     assert image_slices([], 1000, workers=2) == []
+
+
+def test_chunk_sizing_follows_the_time_per_task():
+    """Tasks go to the ingestion workers one at a time until their cost is known, then in chunks of
+    about CHUNK_SECONDS (a small PNG: many at once; a volume: alone), every task exactly once."""
+    from medtrinity_assets.ingest.worker import CHUNK_SECONDS, MAX_CHUNK, _ChunkSizing
+
+    fast, slow = _ChunkSizing(), _ChunkSizing()
+    assert fast.size() == 1
+    fast.took(10, 10 * 0.001)  # 1 ms a task
+    assert fast.size() == min(MAX_CHUNK, int(CHUNK_SECONDS / 0.001))
+    slow.took(2, 2 * 3.0)  # 3 s a task
+    assert slow.size() == 1
+    tasks = list(range(100))
+    chunks = list(fast.chunks(tasks))
+    assert [t for c in chunks for t in c] == tasks and max(map(len, chunks)) == fast.size()
+
+
+def test_ingestion_pool_keeps_task_order_across_chunks(tmp_path):
+    """Through the pool, results come back one per task and in task order, whatever the chunks."""
+    import numpy as np
+    from PIL import Image
+
+    from medtrinity_assets.ingest.readers import reader_for
+
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(tmp_path / "images" / f"i{i:03d}.png")
+    spec = SourceSpec(name="chunks", layout="image_folder", root=str(tmp_path), modality="CT", organ="abdomen",
+                      license="MIT")
+    tasks = sorted(reader_for("image_folder").scan(spec, tmp_path, map).tasks, key=lambda t: t.sort_key)
+    assert len(tasks) == 40
+    with WorkerPool(2, spec, tmp_path) as pool:
+        results = list(pool.process(tasks))
+    assert [r.candidates[0].manifest["relpath"] for r in results] == [t.relpath for t in tasks]
+
+
+def test_content_files_are_written_once_durably_with_the_output_mode(tmp_path):
+    import shutil
+
+    from medtrinity_assets.core import storage
+
+    files = [(str(tmp_path / "images" / "ab" / f"ab{i}.png"), bytes([i]) * 100) for i in range(3)]
+    assert storage.write_content_files(files) == 3
+    assert storage.write_content_files(files) == 0  # present: left as they are
+    for path, data in files:
+        assert Path(path).read_bytes() == data
+        assert Path(path).stat().st_mode & 0o777 == storage.file_mode()
+    assert not [p for p in (tmp_path / "images" / "ab").iterdir() if p.name.startswith(".")]  # no temporary left
+    shutil.rmtree(tmp_path / "images")  # a folder this process made, removed since: made again
+    assert storage.write_content_files(files[:1]) == 1

@@ -37,7 +37,7 @@ from medtrinity_assets.ingest.shards import ShardPlan, plan_shards
 from medtrinity_assets.ingest.worker import WorkerPool
 from medtrinity_assets.privacy import identifier_store
 
-MAX_PENDING_WRITES = 64  # PNG bytes waiting for the disk
+MAX_PENDING_WRITES = 64  # tasks' PNG bytes waiting for the disk
 
 
 @dataclass
@@ -86,6 +86,8 @@ class _Collector:
     def __post_init__(self) -> None:
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="png-writer")
         self._writes: deque = deque()
+        self._files: list[tuple[str, bytes]] = []  # the current task's files
+        self._root = str(self.out)
 
     def add(self, relpath: str, res: TaskResult) -> None:
         # near-duplicate groups are files: slices, frames or channels of one file are never near
@@ -100,6 +102,11 @@ class _Collector:
             self.counts[f"warning:{warning}"] += 1
         for cand in res.candidates:
             self._candidate(cand, group)
+        if self._files:  # one hand-off to the writers per task
+            self._writes.append(self._writer.submit(storage.write_content_files, self._files))
+            self._files = []
+            while len(self._writes) > MAX_PENDING_WRITES:
+                self.counts["files_written"] += self._writes.popleft().result()
 
     def _candidate(self, cand: Candidate, group: int) -> None:
         img, row = cand.image, cand.manifest
@@ -110,7 +117,7 @@ class _Collector:
             self.manifest.append(row)
             return
         img["image_path"] = self._write("images", cand.png, img["sha256"])  # hashed by the worker
-        img["mask_path"] = self._write("masks", cand.mask_png) if cand.mask_png is not None else None
+        img["mask_path"] = self._write("masks", cand.mask_png, cand.mask_sha256) if cand.mask_png is not None else None
         self.counts["masks"] += cand.mask_png is not None
         if cand.text_scanned:
             self.counts["text_scanned_images"] += 1
@@ -121,16 +128,16 @@ class _Collector:
         self.index.add(row["record_id"], img["sha256"], cand.phash, group, cand.thumb)
 
     def _write(self, kind: str, data: bytes, sha256: str | None = None) -> str:
-        rel = storage.content_path("", kind, sha256 or storage.sha256_bytes(data)).as_posix()
-        self._writes.append(self._writer.submit(storage.write_content_file, self.out / rel, data))
-        while len(self._writes) > MAX_PENDING_WRITES:
-            self.counts["files_written"] += int(self._writes.popleft().result())
+        """The content path of ``data`` (relative to the output root), queued for the writers."""
+        sha256 = sha256 or storage.sha256_bytes(data)
+        rel = f"{kind}/{sha256[:2]}/{sha256}.png"  # storage.content_path("", kind, sha256), as text
+        self._files.append((f"{self._root}/{rel}", data))
         return rel
 
     def finish(self) -> None:
         try:
             while self._writes:
-                self.counts["files_written"] += int(self._writes.popleft().result())
+                self.counts["files_written"] += self._writes.popleft().result()
         finally:
             self._writer.shutdown(wait=True)
 

@@ -59,6 +59,7 @@ class Candidate:
     text_scanned: bool = False
     text_boxes: int = 0
     group_key: tuple[str, str] | None = None  # raw (kind, value); hashed by the collector
+    mask_sha256: str | None = None  # hashed here, in the worker, as the image's is (image_row)
 
 
 @dataclass
@@ -170,4 +171,5 @@ def candidate(spec: SourceSpec, vol: Volume, plan: SlicePlan, sl: Slice2D, priva
         sl.text_scanned,
         sl.text_boxes,
         vol.meta.get("group_key"),
+        storage.sha256_bytes(sl.mask_png) if sl.mask_png is not None else None,
     )

@@ -18,7 +18,7 @@ from PIL import Image
 
 from medtrinity_assets.ingest.burned_in import needs_scan, redact
 from medtrinity_assets.ingest.intensity import Intensity
-from medtrinity_assets.ingest.readers.base import InputRejected, Volume, direction_letter
+from medtrinity_assets.ingest.readers.base import InputRejected, Volume, direction_letter, label_values
 from medtrinity_assets.ingest.registry import SourceSpec
 
 PLANE_DISPLAY = {"axial": ("L", "P"), "coronal": ("L", "I"), "sagittal": ("P", "I")}
@@ -246,7 +246,7 @@ def _encode(plan: SlicePlan, vol: Volume, k: int, norm: np.ndarray, msl: np.ndar
     out.text_scanned, out.text_boxes = plan.scan_text, text_boxes
     if msl is not None:
         m = resize_mask(np.ascontiguousarray(o.apply(msl)), oh, ow)
-        out.mask_labels = [int(v) for v in np.unique(m) if v > 0]
+        out.mask_labels = [int(v) for v in label_values(m) if v > 0]
         if out.mask_labels:
             m = m.astype(np.uint16 if max(out.mask_labels) > 255 else np.uint8)
             out.mask_png = encode_png(np.ascontiguousarray(m))

@@ -192,7 +192,51 @@ class WorkerPool:
             yield pending.popleft().result()
 
     def process(self, tasks: list[Task]) -> Iterator[TaskResult]:
-        """:func:`process_task` over ``tasks``, results in task order."""
+        """:func:`process_task` over ``tasks``, results in task order.
+
+        Tasks go to the workers in chunks sized from the time the last chunks took (about
+        :data:`CHUNK_SECONDS` each, one task at first): a task that takes milliseconds (a small
+        PNG) would otherwise spend as much time in the pool's hand-offs (submit, pickling, the
+        pool's manager thread, a future) as in the worker, and keep the parent busier than the
+        workers; a slow task (a volume) still goes alone."""
         if self._pool is None:
             return (process_task(t, self.state) for t in tasks)
-        return self.map_ordered(process_task, tasks)
+        sizing = _ChunkSizing()
+        chunks = self.map_ordered(_process_chunk, sizing.chunks(tasks))
+        return (res for results, seconds in chunks if sizing.took(len(results), seconds) for res in results)
+
+
+#: seconds of work per chunk of tasks sent to a worker (see :meth:`WorkerPool.process`)
+CHUNK_SECONDS = 0.05
+MAX_CHUNK = 32
+
+
+def _process_chunk(tasks: list[Task]) -> tuple[list[TaskResult], float]:
+    """:func:`process_task` over a chunk, with the seconds it took."""
+    start = time.perf_counter()
+    results = [process_task(t) for t in tasks]
+    return results, time.perf_counter() - start
+
+
+class _ChunkSizing:
+    """Chunks of tasks sized from the mean time per task of the chunks done so far."""
+
+    def __init__(self) -> None:
+        self.tasks, self.seconds = 0, 0.0
+
+    def took(self, n: int, seconds: float) -> bool:
+        self.tasks, self.seconds = self.tasks + n, self.seconds + seconds
+        return True
+
+    def size(self) -> int:
+        if not self.tasks:
+            return 1
+        per_task = self.seconds / self.tasks
+        return max(1, min(MAX_CHUNK, int(CHUNK_SECONDS / max(per_task, 1e-6))))
+
+    def chunks(self, tasks: list[Task]) -> Iterator[list[Task]]:
+        k = 0
+        while k < len(tasks):
+            n = self.size()
+            yield tasks[k:k + n]
+            k += n

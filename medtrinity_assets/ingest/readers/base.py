@@ -64,6 +64,17 @@ def os_reason(exc: OSError) -> str:
     gone = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
     return f"{'unreadable' if isinstance(exc, gone) else 'undecodable'}: {describe_error(exc)}"
 
+def label_values(arr: np.ndarray) -> np.ndarray:
+    """The distinct values of an integer label map, ascending (what ``np.unique`` gives): counted in
+    one pass when they lie in 0..65535, as labels do (``np.unique`` sorts every pixel, the largest
+    cost of reading a small image with its mask)."""
+    if arr.size and arr.dtype.kind in "iu":
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi <= 65535:
+            return np.flatnonzero(np.bincount(arr.ravel(), minlength=hi + 1)).astype(arr.dtype)
+    return np.unique(arr)
+
+
 class SourceRootMissing(FileNotFoundError):
     """The root folder of a source does not exist."""
 

@@ -25,6 +25,7 @@ from medtrinity_assets.ingest.readers.base import (
     SourceLayoutMissing,
     Task,
     Volume,
+    label_values,
 )
 from medtrinity_assets.ingest.readers.files import FoundFile, list_files
 from medtrinity_assets.ingest.readers.pil import IMAGE_SUFFIXES, PIL_FORMATS, read_label_image, read_pages
@@ -133,7 +134,7 @@ def read_page_labels(arr: np.ndarray, spec: SourceSpec) -> np.ndarray:
     if arr.ndim == 3 and not (arr == arr[..., :1]).all():
         return colour_labels(arr, spec.mask_colours)
     arr = (arr[..., 0] if arr.ndim == 3 else arr).astype(np.int64)
-    values = np.unique(arr)
+    values = label_values(arr)
     return (arr > 0).astype(np.int64) if len(values) <= 2 and values.max(initial=0) in (255, 65535) else arr
 
 

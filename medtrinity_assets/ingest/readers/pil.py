@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtrinity_assets.ingest.readers.base import InputRejected, describe_error, os_reason
+from medtrinity_assets.ingest.readers.base import InputRejected, describe_error, label_values, os_reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 PIL_FORMATS = ("PNG", "JPEG", "TIFF")
@@ -245,7 +245,7 @@ def read_label_image(
     if arr.dtype.kind == "f":
         arr = np.nan_to_num(arr).astype(np.int64)
     arr = arr.astype(np.int64, copy=False)
-    values = np.unique(arr)
+    values = label_values(arr)
     if len(values) <= 2 and values.max(initial=0) in (255, 65535):
         arr = (arr > 0).astype(np.int64)
     return arr
