@@ -1,7 +1,8 @@
 """Benchmark of stage 1 (preprocessing): slices/s of ``ingest_source`` with a process pool
 against a plain single-process loop and a plain process pool (the fair baseline: ``multiprocessing``
 with the same number of processes) doing the same decode, window, burned-in text redaction (OCR of
-the images that may carry text, as ingestion must), resize and PNG write.
+the images that may carry text, as ingestion must), resize and PNG write, and the label slices of
+labelled volumes as mask PNGs (the image–mask pairs ingestion writes).
 
 Two sets, side by side in one run:
 
@@ -91,7 +92,7 @@ def make_nifti_set(root: Path, n: int, shape: tuple[int, int, int]) -> Path:
 # the plain single-process loop
 
 
-def _save(arr: np.ndarray, out: Path, max_side: int) -> None:
+def _save(arr: np.ndarray, out: Path, max_side: int, mask: bool = False) -> None:
     import hashlib
 
     from PIL import Image
@@ -99,9 +100,8 @@ def _save(arr: np.ndarray, out: Path, max_side: int) -> None:
     im = Image.fromarray(arr)
     s = min(1.0, max_side / max(im.size))
     if s < 1.0:
-        im = im.resize(
-            (max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.Resampling.LANCZOS
-        )
+        method = Image.Resampling.NEAREST if mask else Image.Resampling.LANCZOS  # labels never blend
+        im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), method)
     buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=6)
     data = buf.getvalue()
@@ -162,17 +162,24 @@ def plain_loop_images(files: list[Path], out: Path, max_side: int) -> int:
 
 
 def plain_loop_nifti(files: list[Path], out: Path, max_side: int) -> int:
+    """Each volume's informative slices as PNGs and, where its label volume (``labelsTr/``, as the
+    MSD layout pairs them) marks a region on a slice, that label slice as a mask PNG: the pairs a
+    user needs for region-level descriptions, as ingestion writes them."""
     import nibabel as nib
 
     count = 0
     for f in files:
         data = np.asarray(nib.load(f).dataobj)
+        label_file = f.parent.parent / "labelsTr" / f.name
+        labels = np.asarray(nib.load(label_file).dataobj) if label_file.exists() else None
         lo, hi = (float(v) for v in np.percentile(data[::3, ::3, ::3], [0.5, 99.5]))
         for k in range(data.shape[2]):
             sl = _percentile_u8(data[:, :, k], lo, hi)
             if sl.std() / 255.0 < 0.02:
                 continue
             _save(np.ascontiguousarray(np.rot90(sl)), out, max_side)
+            if labels is not None and labels[:, :, k].any():
+                _save(np.ascontiguousarray(np.rot90(labels[:, :, k])).astype(np.uint8), out, max_side, mask=True)
             count += 1
     return count
 
