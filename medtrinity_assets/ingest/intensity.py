@@ -128,9 +128,12 @@ class Intensity:
         self.lo, self.hi = lo, hi
         self.window = f"percentile:{lp:g}-{hp:g}"
 
-    def normalised(self, k: int) -> np.ndarray:
-        """Slice k on a 0-1 scale (grey) or 0-1 per channel (colour); NaN -> 0."""
+    def normalised(self, k: int, step: int = 1) -> np.ndarray:
+        """Slice k on a 0-1 scale (grey) or 0-1 per channel (colour); NaN -> 0. With ``step`` > 1,
+        every ``step``-th pixel of every ``step``-th row only (the same values: the mapping is per pixel)."""
         raw = self._raw(k)
+        if step > 1:
+            raw = raw[::step, ::step]
         s, b = self._sb(k)
         span = self.hi - self.lo
         out = raw.astype(np.float32)

@@ -256,14 +256,19 @@ def _encode(plan: SlicePlan, vol: Volume, k: int, norm: np.ndarray, msl: np.ndar
 
 
 def _probe(norm: np.ndarray) -> np.ndarray:
-    return norm[::2, ::2] if norm.ndim == 2 else norm[::2, ::2].mean(axis=2)
+    return _grey(norm[::2, ::2])
+
+
+def _grey(norm: np.ndarray) -> np.ndarray:
+    return norm if norm.ndim == 2 else norm.mean(axis=2)
 
 
 def _foreground(plan: SlicePlan, vol: Volume) -> np.ndarray:
-    """Per slice, the share of pixels above a tenth of the intensity range (volumes only)."""
+    """Per slice, the share of pixels above a tenth of the intensity range (volumes only), on the
+    pixels :func:`_probe` keeps (mapped alone: a quarter of the work)."""
     if vol.kind == "image":
         return np.ones(plan.view.shape[0])
-    return np.array([float((_probe(plan.intensity.normalised(k)) > 0.1).mean()) for k in range(plan.view.shape[0])])
+    return np.array([float((_grey(plan.intensity.normalised(k, step=2)) > 0.1).mean()) for k in range(plan.view.shape[0])])
 
 
 def _skip_reason(vol: Volume, norm: np.ndarray, has_roi: bool, share: float, cfg) -> str | None:
