@@ -598,3 +598,28 @@ def test_two_brightness_levels_are_not_homogeneous():
     img[second] = 195
     r = measure_roi(img, mask > 0)
     assert r["texture_homogeneity_word"] == "heterogeneous"
+
+
+def test_convex_pixel_count_is_skimage_convex_hull_image_count():
+    """The split test's solidity counts the convex hull's pixels without drawing it: the same count
+    as scikit-image's convex_hull_image on blobs of every size and on lines and single pixels."""
+    import warnings
+
+    import numpy as np
+    from scipy import ndimage
+    from skimage.morphology import convex_hull_image
+
+    from medtrinity_assets.rois.geometry import convex_pixel_count
+
+    rng = np.random.default_rng(7)
+    masks = [np.ones((1, 1), bool), np.ones((1, 9), bool), np.eye(6, dtype=bool)]
+    for _ in range(300):
+        h, w = rng.integers(2, 70, 2)
+        img = ndimage.gaussian_filter(rng.random((h, w)), rng.uniform(0.5, 6))
+        lab, n = ndimage.label(img > np.quantile(img, rng.uniform(0.2, 0.9)))
+        if n:
+            masks.append(lab == 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-image warns on degenerate (flat) hulls
+        for m in masks:
+            assert convex_pixel_count(m) == int(convex_hull_image(m).sum())

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from medtrinity_assets.rois.config import RoiConfig
+from medtrinity_assets.rois.geometry import convex_pixel_count
 
 WHOLE_IMAGE_LABEL = "whole_image"
 PREDICTED_LABEL = "region"
@@ -62,11 +63,10 @@ def split_touching(comp: np.ndarray, cfg: RoiConfig, floor: int) -> list[np.ndar
     else ``[comp]``: a compact component with two or more distance-transform cores joined by
     narrow necks, every part at least ``floor`` pixels (see ``roi_config.yaml``)."""
     from skimage.feature import peak_local_max
-    from skimage.morphology import convex_hull_image
     from skimage.segmentation import watershed
 
     area = int(comp.sum())
-    if area < 2 * floor or area / max(int(convex_hull_image(comp).sum()), 1) < cfg.split_min_solidity:
+    if area < 2 * floor or area / max(convex_pixel_count(comp), 1) < cfg.split_min_solidity:
         return [comp]
     dist = ndimage.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1]
     top = float(dist.max())

@@ -95,6 +95,13 @@ def max_feret(mask: np.ndarray, spacing: tuple[float, float] | None = None) -> t
 _DIAMOND_NORMALS = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
 
 
+def convex_pixel_count(m: np.ndarray) -> int:
+    """``skimage.morphology.convex_hull_image(m).sum()`` for a non-empty mask (the same count, see
+    :func:`convex_area`), from the hull of its boundary pixels: no image of the hull is drawn."""
+    br, bc = np.nonzero(boundary_pixels(m))
+    return convex_area(*convex_hull(np.stack((br, bc), 1).astype(np.float64)))
+
+
 def convex_area(hull: np.ndarray, hull_ok: bool) -> int:
     """Number of pixels whose centre lies in (or on) the convex hull of the ROI's pixels, each
     pixel taken as the diamond of its four edge midpoints (what ``regionprops``'
