@@ -189,9 +189,11 @@ def foreground_mask(grey: np.ndarray) -> np.ndarray:
     span = max(float(grey.max()) - float(grey.min()), 1e-9)
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     level = float(np.median(border))
-    near, _ = ndimage.label(np.abs(grey - level) <= 0.1 * span)
-    edge = np.unique(np.concatenate([near[0], near[-1], near[:, 0], near[:, -1]]))
-    background = np.isin(near, edge[edge > 0])
+    near, n = ndimage.label(np.abs(grey - level) <= 0.1 * span)
+    at_edge = np.zeros(n + 1, bool)  # which components reach the border (a lookup, not np.isin's sort)
+    at_edge[np.concatenate([near[0], near[-1], near[:, 0], near[:, -1]])] = True
+    at_edge[0] = False
+    background = at_edge[near]
     share = float(background.mean())
     if share < 0.02 or share > 0.98 or float(grey[background].std()) > 0.04 * span:
         return np.ones((h, w), bool)

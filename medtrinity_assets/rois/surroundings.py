@@ -43,7 +43,8 @@ class Surroundings:
         fg = foreground_mask(to_grey(image))
         options = [fg, np.ones(self.shape, bool)]  # the last: no distinct background
         self.fg = next((o for o in options if self._beyond_rois(o)), options[-1])
-        if label_map is not None and len(np.unique(label_map[label_map > 0])) >= 2:
+        labelled = label_map[label_map > 0] if label_map is not None else None
+        if labelled is not None and labelled.size and bool((labelled != labelled[0]).any()):  # two labels or more
             # a tissue map (grey and white matter): each region against the other labelled tissue
             self.fg = fg & (label_map > 0)
 
