@@ -233,3 +233,39 @@ def test_projection_radiograph_orientation_comes_from_patient_orientation():
     assert patient_orientation(tibia) == ("A", "S")
     del tibia.PatientOrientation
     assert patient_orientation(tibia) is None
+
+
+def test_listing_resolves_plain_files_in_their_folder_and_looks_through_links(tmp_path):
+    """A listing costs one lstat per plain file (every shard lists the whole source), and still
+    tells links apart: inside the root (resolved), escaping or dangling (a reason), a linked folder
+    (not followed); a top folder that is itself a link is followed only when it stays inside."""
+    import os
+
+    outside = tmp_path / "outside"
+    (outside / "d").mkdir(parents=True)
+    (outside / "secret.png").write_bytes(b"x")
+    root = tmp_path / "root"
+    (root / "images" / "sub").mkdir(parents=True)
+    for rel in ("images/a.png", "images/sub/c.png", "images/.hidden.png"):
+        (root / rel).write_bytes(b"x")
+    os.symlink(outside / "secret.png", root / "images" / "escape.png")
+    os.symlink(root / "images" / "a.png", root / "images" / "inside.png")
+    os.symlink(root / "images" / "gone.png", root / "images" / "dangling.png")
+    os.symlink(outside / "d", root / "images" / "dirlink")
+    root = root.resolve()
+    found = {f.relpath: f for f in list_files(root, (), "images")}
+    assert sorted(found) == ["images/a.png", "images/dangling.png", "images/escape.png", "images/inside.png",
+                             "images/sub/c.png"]
+    assert found["images/a.png"].path == str(root / "images" / "a.png")
+    assert found["images/sub/c.png"].path == str(root / "images" / "sub" / "c.png")
+    assert found["images/inside.png"].path == str(root / "images" / "a.png")
+    assert found["images/escape.png"].path is None and found["images/escape.png"].reason.startswith("path_escapes_root")
+    assert found["images/dangling.png"].path is None and found["images/dangling.png"].reason.startswith("unreadable")
+    linked = tmp_path / "linked"
+    (linked / "real").mkdir(parents=True)
+    (linked / "real" / "x.png").write_bytes(b"x")
+    os.symlink(linked / "real", linked / "images")  # inside the root: followed
+    os.symlink(outside, linked / "out")  # outside: every file escapes
+    linked = linked.resolve()
+    assert [(f.relpath, f.path) for f in list_files(linked, (), "images")] == [("images/x.png", str(linked / "real" / "x.png"))]
+    assert all(f.path is None for f in list_files(linked, (), "out"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,23 @@ def _matches(relpath: str, patterns: Sequence[str]) -> bool:
 @dataclass
 class FoundFile:
     relpath: str
-    path: Path | None
+    path: str | None  # resolved, absolute; None with a reason
     reason: str | None = None
+
+
+def _found(root: Path, rel: str, listed: str, real_dir: str | None) -> FoundFile:
+    """One listed file: resolved in its (resolved, inside the root) folder when it is not a link,
+    else through :func:`resolve_inside` and looked at through the link."""
+    try:
+        if real_dir is not None and not stat.S_ISLNK(os.lstat(listed).st_mode):
+            return FoundFile(rel, os.path.join(real_dir, os.path.basename(listed)))
+        path = resolve_inside(root, rel)
+        os.stat(path)  # a dangling link or a file gone since the listing
+        return FoundFile(rel, str(path))
+    except InputRejected as exc:
+        return FoundFile(rel, None, exc.reason)
+    except OSError as exc:
+        return FoundFile(rel, None, os_reason(exc))
 
 
 def list_files(
@@ -58,35 +74,37 @@ def list_files(
     directory symlinks are not followed. A file that cannot be looked at (a dangling link, one
     that vanished, no permission) and a folder that cannot be listed come back with an
     ``unreadable`` reason instead of stopping the scan.
+
+    ``root`` is resolved (:func:`check_root`). Every shard of a source lists it, so a file costs
+    one ``lstat``: a folder the walk reached without following a link lies where its resolved top
+    folder says, so a file there that is not a link resolves to that folder and its name; only
+    links are resolved (:func:`resolve_inside`) and looked through.
     """
     base = root / under if under else root
     if not base.is_dir():
         return []
     found: list[FoundFile] = []
+    real_base = os.path.realpath(base)
+    trusted = real_base == str(root) or real_base.startswith(str(root).rstrip("/") + "/")
 
     def unlisted(exc: OSError) -> None:
         where = Path(exc.filename) if exc.filename else base
         rel = where.relative_to(root).as_posix() if root in where.parents else (under or ".")
         found.append(FoundFile(rel, None, os_reason(exc)))
 
+    ends = tuple(suffixes) if suffixes is not None else None
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False, onerror=unlisted):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        inner = os.path.relpath(dirpath, base)
+        rel_dir = os.path.normpath(os.path.join(under, inner)) if under else inner
+        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        real_dir = real_base if inner == "." else os.path.join(real_base, inner)
         for fname in sorted(filenames):
-            if fname.startswith("."):
+            if fname.startswith(".") or (ends is not None and not fname.lower().endswith(ends)):
                 continue
-            full = Path(dirpath) / fname
-            rel = full.relative_to(root).as_posix()
-            if suffixes is not None and not fname.lower().endswith(tuple(suffixes)):
-                continue
+            rel = prefix + fname
             if include and not _matches(rel, include):
                 continue
-            try:
-                path = resolve_inside(root, rel)
-                os.stat(path)  # a dangling link or a file gone since the listing
-                found.append(FoundFile(rel, path))
-            except InputRejected as exc:
-                found.append(FoundFile(rel, None, exc.reason))
-            except OSError as exc:
-                found.append(FoundFile(rel, None, os_reason(exc)))
+            found.append(_found(root, rel, os.path.join(dirpath, fname), real_dir if trusted else None))
     found.sort(key=lambda f: f.relpath)
     return found

@@ -47,12 +47,21 @@ _MASK_SUFFIX_RANK = {".png": 0, ".tif": 1, ".tiff": 1, ".jpg": 2, ".jpeg": 2}
 
 
 def _key(relpath: str, under: str) -> str:
-    """``a/x`` for ``<under>/a/x.png``: the path under ``under`` without its suffix."""
-    return Path(relpath).relative_to(under).with_suffix("").as_posix()
+    """``a/x`` for ``<under>/a/x.png``: the path under ``under`` without its suffix (as text: a
+    listing holds every file of the source)."""
+    folder, _, name = relpath[len(under) + 1:].rpartition("/")
+    return f"{folder}/{_split_suffix(name)[0]}" if folder else _split_suffix(name)[0]
+
+
+def _split_suffix(name: str) -> tuple[str, str]:
+    """``(stem, suffix)`` of a file name, as :class:`pathlib.PurePath` splits them."""
+    i = name.rfind(".")
+    return (name[:i], name[i:]) if 0 < i < len(name) - 1 else (name, "")
 
 
 def _mask_rank(f: FoundFile) -> tuple[bool, int, str]:
-    return (f.path is None, _MASK_SUFFIX_RANK.get(Path(f.relpath).suffix.lower(), 9), f.relpath)
+    suffix = _split_suffix(f.relpath.rpartition("/")[2])[1]
+    return (f.path is None, _MASK_SUFFIX_RANK.get(suffix.lower(), 9), f.relpath)
 
 
 def list_folder(root: Path, include: list[str], name: str = "") -> list[Task]:
@@ -77,10 +86,10 @@ def list_folder(root: Path, include: list[str], name: str = "") -> list[Task]:
             tasks.append(Rejected(f.relpath, reason="undecodable: not a PNG/JPEG/TIFF file name"))
             continue
         m = masks.get(_key(f.relpath, "images"))
-        task = ImageTask(f.relpath, path=str(f.path))
+        task = ImageTask(f.relpath, path=f.path)
         if m is not None:
             task.mask_relpath = m.relpath
-            task.mask_path = str(m.path) if m.path else None
+            task.mask_path = m.path
             task.mask_reason = m.reason
         tasks.append(task)
     return tasks
