@@ -126,3 +126,19 @@ def test_content_files_are_written_once_durably_with_the_output_mode(tmp_path):
     assert not [p for p in (tmp_path / "images" / "ab").iterdir() if p.name.startswith(".")]  # no temporary left
     shutil.rmtree(tmp_path / "images")  # a folder this process made, removed since: made again
     assert storage.write_content_files(files[:1]) == 1
+
+
+def test_reading_the_file_mode_from_many_threads_leaves_the_umask_alone():
+    """Writer threads ask for the output file mode at once; the umask stays what it was."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medtrinity_assets.core import storage
+
+    old = os.umask(0o027)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            modes = set(pool.map(lambda _: storage.file_mode(), range(2000)))
+        assert modes == {0o640}
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(old)

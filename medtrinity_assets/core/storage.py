@@ -23,6 +23,7 @@ import itertools
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -53,9 +54,27 @@ _LEGACY_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # written before 
 
 def file_mode() -> int:
     """The mode new output files get: ``0666`` less the process umask (see the module doc)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the kernel reports it (Linux): reading
+    it with ``os.umask`` means setting it, and writer threads that did so at once could leave it
+    at 0 for the rest of the process (every later file writable by all)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restored by one thread at a time
+        mask = os.umask(0)
+        os.umask(mask)
+    return mask
 
 
 def temp_file(path: str | Path, suffix: str = ".tmp") -> tuple[int, str]:
