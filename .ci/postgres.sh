@@ -18,9 +18,16 @@ start)
     as_owner "$bin/initdb" -D "$dir/data" -U medtrinity --pwfile="$dir/pw" --auth-host=scram-sha-256 \
       --auth-local=trust -E UTF8 >"$dir/initdb.log" 2>&1
   fi
-  as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1 \
-    || as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+  if ! as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then  # something else listens there
+      holder=$(command -v ss >/dev/null && ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'users:.*' || true)
+      echo "127.0.0.1:$port is taken ${holder:+($holder) }- a server left by an interrupted run?" \
+        "Stop it, or pick another port (MEDTRINITY_CI_PG_PORT for .ci/run)." >&2
+      exit 4
+    fi
+    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
       -o "-h 127.0.0.1 -p $port -k $dir -c fsync=off" start >/dev/null
+  fi
   as_owner "$bin/psql" -h "$dir" -p "$port" -U medtrinity -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = 'medtrinity'" | grep -q 1 \
     || as_owner "$bin/createdb" -h "$dir" -p "$port" -U medtrinity medtrinity
