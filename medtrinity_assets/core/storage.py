@@ -41,7 +41,12 @@ def record_id(source: str, relpath: str, slice_index: int | None = None, frame: 
 
 def content_path(out: str | Path, kind: str, sha256: str, suffix: str = ".png") -> Path:
     """Path of a content-addressed file (``kind`` is ``images`` or ``masks``)."""
-    return Path(out) / kind / sha256[:2] / f"{sha256}{suffix}"
+    return Path(out) / content_relpath(kind, sha256, suffix)
+
+
+def content_relpath(kind: str, sha256: str, suffix: str = ".png") -> str:
+    """:func:`content_path` relative to the output root, as text (ingestion names thousands a second)."""
+    return f"{kind}/{sha256[:2]}/{sha256}{suffix}"
 
 
 def relative_to_out(out: str | Path, path: str | Path) -> str:
@@ -138,11 +143,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def write_content_file(path: str | Path, data: bytes) -> bool:
     """Write a content-addressed file once. Returns False when it already existed."""
-    path = Path(path)
-    if path.exists():
-        return False
-    atomic_write_bytes(path, data)
-    return True
+    return write_content_files([(str(path), data)]) == 1
 
 
 _TEMP_NAMES = itertools.count()  # per-process sequence of temporary names (see write_content_files)
@@ -150,8 +151,8 @@ _FOLDERS: set[str] = set()  # folders this process has made for content files
 
 
 def write_content_files(files: Iterable[tuple[str, bytes]]) -> int:
-    """:func:`write_content_file` for many ``(path, data)``, as ingestion writes thousands a second:
-    the same durable write (a temporary file beside the path, fsync, rename) made of plain ``os``
+    """Write content-addressed files once, as ingestion writes thousands a second: the durable write
+    of :func:`atomic_file` (a temporary file beside the path, fsync, rename) made of plain ``os``
     calls, a temporary name from a per-process sequence (created exclusively, with the output file
     mode that ``O_CREAT`` gives under the umask) and each fan-out folder made once. Returns how many
     were written (absent before)."""

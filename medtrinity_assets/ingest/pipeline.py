@@ -130,7 +130,7 @@ class _Collector:
     def _write(self, kind: str, data: bytes, sha256: str | None = None) -> str:
         """The content path of ``data`` (relative to the output root), queued for the writers."""
         sha256 = sha256 or storage.sha256_bytes(data)
-        rel = f"{kind}/{sha256[:2]}/{sha256}.png"  # storage.content_path("", kind, sha256), as text
+        rel = storage.content_relpath(kind, sha256)
         self._files.append((f"{self._root}/{rel}", data))
         return rel
 

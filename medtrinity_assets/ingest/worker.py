@@ -200,10 +200,12 @@ class WorkerPool:
         pool's manager thread, a future) as in the worker, and keep the parent busier than the
         workers; a slow task (a volume) still goes alone."""
         if self._pool is None:
-            return (process_task(t, self.state) for t in tasks)
+            yield from (process_task(t, self.state) for t in tasks)
+            return
         sizing = _ChunkSizing()
-        chunks = self.map_ordered(_process_chunk, sizing.chunks(tasks))
-        return (res for results, seconds in chunks if sizing.took(len(results), seconds) for res in results)
+        for results, seconds in self.map_ordered(_process_chunk, sizing.chunks(tasks)):
+            sizing.took(len(results), seconds)
+            yield from results
 
 
 #: seconds of work per chunk of tasks sent to a worker (see :meth:`WorkerPool.process`)
@@ -224,9 +226,8 @@ class _ChunkSizing:
     def __init__(self) -> None:
         self.tasks, self.seconds = 0, 0.0
 
-    def took(self, n: int, seconds: float) -> bool:
+    def took(self, n: int, seconds: float) -> None:
         self.tasks, self.seconds = self.tasks + n, self.seconds + seconds
-        return True
 
     def size(self) -> int:
         if not self.tasks:

@@ -64,6 +64,7 @@ def os_reason(exc: OSError) -> str:
     gone = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
     return f"{'unreadable' if isinstance(exc, gone) else 'undecodable'}: {describe_error(exc)}"
 
+
 def label_values(arr: np.ndarray) -> np.ndarray:
     """The distinct values of an integer label map, ascending (what ``np.unique`` gives): counted in
     one pass when they lie in 0..65535, as labels do (``np.unique`` sorts every pixel, the largest

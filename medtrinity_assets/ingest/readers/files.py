@@ -50,12 +50,13 @@ class FoundFile:
     reason: str | None = None
 
 
-def _found(root: Path, rel: str, listed: str, real_dir: str | None) -> FoundFile:
-    """One listed file: resolved in its (resolved, inside the root) folder when it is not a link,
-    else through :func:`resolve_inside` and looked at through the link."""
+def _found(root: Path, rel: str, folder: str, name: str, real_dir: str | None) -> FoundFile:
+    """File ``name`` listed in ``folder``: resolved in its (resolved, inside the root) folder
+    ``real_dir`` when it is not a link, else through :func:`resolve_inside` and looked at through
+    the link."""
     try:
-        if real_dir is not None and not stat.S_ISLNK(os.lstat(listed).st_mode):
-            return FoundFile(rel, os.path.join(real_dir, os.path.basename(listed)))
+        if real_dir is not None and not stat.S_ISLNK(os.lstat(os.path.join(folder, name)).st_mode):
+            return FoundFile(rel, os.path.join(real_dir, name))
         path = resolve_inside(root, rel)
         os.stat(path)  # a dangling link or a file gone since the listing
         return FoundFile(rel, str(path))
@@ -105,6 +106,6 @@ def list_files(
             rel = prefix + fname
             if include and not _matches(rel, include):
                 continue
-            found.append(_found(root, rel, os.path.join(dirpath, fname), real_dir if trusted else None))
+            found.append(_found(root, rel, dirpath, fname, real_dir if trusted else None))
     found.sort(key=lambda f: f.relpath)
     return found
