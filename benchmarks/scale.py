@@ -21,6 +21,7 @@ Usage::
     python benchmarks/scale.py                       # 1,000 and 4,000 images
     python benchmarks/scale.py --sizes 4000 16000 64000 --json /tmp/scale.json
     python benchmarks/scale.py --sizes 16000 --shards 1 2 4
+    python benchmarks/scale.py --sizes 64000 --shards 1 2 4 --backfill-only
 """
 
 from __future__ import annotations
@@ -215,13 +216,15 @@ def main() -> None:
     ap.add_argument("--until", default="triplets")
     ap.add_argument("--shards", type=int, nargs="*", default=[],
                     help="also build the largest size in this many shards, by a backfill on a real daemon")
+    ap.add_argument("--backfill-only", action="store_true",
+                    help="skip the in-process builds: only the sharded backfills of the largest size")
     ap.add_argument("--workdir", default=None, help="keep generated data and outputs here")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for n in args.sizes:
+    for n in [] if args.backfill_only else args.sizes:
         rows.append(run_size(n, work, args.until))
         print(json.dumps(rows[-1]), flush=True)
     for k in args.shards:
