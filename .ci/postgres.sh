@@ -2,6 +2,8 @@
 # A throwaway PostgreSQL server from Debian's packages for the instance tests.
 #   .ci/postgres.sh start DIR PORT   -> initialises DIR, starts on 127.0.0.1:PORT, prints the URL
 #   .ci/postgres.sh stop DIR
+#   .ci/postgres.sh sweep PATTERN    -> stops and removes the servers of DIRs matching PATTERN whose
+#                                       owner (the PID in DIR/owner) is gone: left by an interrupted run
 # Password authentication over TCP (user and database "medtrinity"); as root, the server runs
 # as the "postgres" system user (PostgreSQL refuses to run as root).
 set -euo pipefail
@@ -36,5 +38,18 @@ start)
 stop)
   as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
   ;;
-*) echo "usage: $0 start DIR [PORT] | stop DIR" >&2; exit 2 ;;
+sweep)
+  for old in $dir; do  # $dir is a glob here
+    [ -f "$old/owner" ] || continue
+    owner=$(cat "$old/owner")
+    if [ -n "$owner" ] && ! kill -0 "$owner" 2>/dev/null; then
+      if as_owner "$bin/pg_ctl" -D "$old/data" status >/dev/null 2>&1; then
+        as_owner "$bin/pg_ctl" -D "$old/data" -m fast -w stop >/dev/null || true
+      fi
+      rm -rf "$old"
+      echo "removed $old (its run, PID $owner, is gone)" >&2
+    fi
+  done
+  ;;
+*) echo "usage: $0 start DIR [PORT] | stop DIR | sweep PATTERN" >&2; exit 2 ;;
 esac
