@@ -269,3 +269,50 @@ def test_label_values_are_what_unique_gives():
     for arr in cases:
         got, want = label_values(arr), np.unique(arr)
         assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+# --------------------------------------------------------------------------------------
+# shards of an image folder: planned from the folders' listings, each looks at its own files
+
+
+def _odd_folder(tmp_path: Path) -> Path:
+    """Images in nested folders with masks of several suffixes, hidden entries, a non-image file,
+    links inside the root, escaping and dangling links, and a linked folder (not followed)."""
+    root, other = tmp_path / "src", tmp_path / "src" / "other"
+    blank = np.zeros((8, 8), np.uint8)
+    for rel in ["a.png", "b.jpg", "c/d.png", "c/e.tif", "c/f/g.png", "h.png", "i.png", "j.png", ".hidden.png",
+                ".cache/k.png", "notes.txt"]:
+        _write_image(root / "images" / rel, blank) if not rel.endswith(".txt") else None
+    (root / "images" / "notes.txt").write_text("not an image")
+    for rel in ["a.png", "a.jpg", "c/d.jpg", "c/f/g.png", "j.tif", "zz.png"]:
+        _write_image(root / "masks" / rel, blank)
+    _write_image(other / "target.png", blank)
+    (root / "images" / "inside.png").symlink_to(other / "target.png")
+    (root / "images" / "escapes.png").symlink_to("/etc/hostname")
+    (root / "images" / "dangling.png").symlink_to(root / "nowhere.png")
+    (root / "images" / "linked").symlink_to(other, target_is_directory=True)
+    (root / "masks" / "h.png").symlink_to(other / "target.png")
+    (root / "masks" / "i.png").symlink_to("/etc/hostname")
+    return root
+
+
+@pytest.mark.parametrize("include", [[], ["*.png", "c/*"]])
+def test_shards_of_an_image_folder_equal_the_full_scan_cut(tmp_path, include):
+    from collections import Counter
+
+    from medtrinity_assets.ingest.pipeline import _scan_shard
+    from medtrinity_assets.ingest.readers import reader_for
+    from medtrinity_assets.ingest.shards import plan_shards
+
+    root = _odd_folder(tmp_path).resolve()
+    spec = make_spec(tmp_path, "odd", "image_folder", root, shard_size=3, include=include)
+    reader = reader_for("image_folder")
+    serial = lambda fn, items: map(fn, items)  # noqa: E731
+    full = reader.scan(spec, root, serial).tasks
+    reference = plan_shards(Counter(t.relpath for t in full).items(), 3, reader.shard_unit)
+    assert reference.count >= 3 and any(isinstance(t, Rejected) for t in full)
+    assert len([t for t in full if getattr(t, "mask_relpath", None)]) >= (4 if not include else 2)
+    for shard in range(reference.count + 1):
+        plan, scan = _scan_shard(spec, root, shard, serial)
+        assert plan.shard_of_unit == reference.shard_of_unit
+        assert scan.tasks == [t for t in full if shard < reference.count and reference.keeps(shard)(t.relpath)]

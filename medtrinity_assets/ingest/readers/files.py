@@ -6,7 +6,7 @@ import fnmatch
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,31 +67,58 @@ def _found(root: Path, rel: str, folder: str, name: str, real_dir: str | None) -
 
 
 def list_files(
-    root: Path, include: Sequence[str] = (), under: str = "", suffixes: Sequence[str] | None = None
+    root: Path,
+    include: Sequence[str] = (),
+    under: str = "",
+    suffixes: Sequence[str] | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> list[FoundFile]:
     """Files under ``root/under`` (sorted, hidden ones skipped), honouring ``include`` globs.
 
     Symlinks whose target leaves the root are returned with a ``path_escapes_root`` reason;
     directory symlinks are not followed. A file that cannot be looked at (a dangling link, one
     that vanished, no permission) and a folder that cannot be listed come back with an
-    ``unreadable`` reason instead of stopping the scan.
+    ``unreadable`` reason instead of stopping the scan. ``keep`` (a relative path -> bool) drops
+    entries before they are looked at: one shard of a large source looks at its own files only.
 
-    ``root`` is resolved (:func:`check_root`). Every shard of a source lists it, so a file costs
-    one ``lstat``: a folder the walk reached without following a link lies where its resolved top
-    folder says, so a file there that is not a link resolves to that folder and its name; only
-    links are resolved (:func:`resolve_inside`) and looked through.
+    ``root`` is resolved (:func:`check_root`). A file costs one ``lstat``: a folder the walk reached
+    without following a link lies where its resolved top folder says, so a file there that is not a
+    link resolves to that folder and its name; only links are resolved (:func:`resolve_inside`) and
+    looked through.
     """
+    found = []
+    for entry in _walk(root, include, under, suffixes):
+        if keep is not None and not keep(entry[0]):
+            continue
+        found.append(_found(root, *entry) if len(entry) == 4 else FoundFile(*entry))
+    return found
+
+
+def list_relpaths(
+    root: Path, include: Sequence[str] = (), under: str = "", suffixes: Sequence[str] | None = None
+) -> list[str]:
+    """The relative paths :func:`list_files` returns, in its order, without looking at any file
+    (the folders' listings alone): enough to plan a source's shards."""
+    return [entry[0] for entry in _walk(root, include, under, suffixes)]
+
+
+def _walk(
+    root: Path, include: Sequence[str], under: str, suffixes: Sequence[str] | None
+) -> list[tuple[str, str, str, str | None] | tuple[str, None, str]]:
+    """Every entry :func:`list_files` reports, sorted by relative path: ``(rel, folder, name,
+    resolved folder or None)`` for a listed file, ``(rel, None, reason)`` for a folder that could
+    not be listed."""
     base = root / under if under else root
     if not base.is_dir():
         return []
-    found: list[FoundFile] = []
+    found: list = []
     real_base = os.path.realpath(base)
     trusted = real_base == str(root) or real_base.startswith(str(root).rstrip("/") + "/")
 
     def unlisted(exc: OSError) -> None:
         where = Path(exc.filename) if exc.filename else base
         rel = where.relative_to(root).as_posix() if root in where.parents else (under or ".")
-        found.append(FoundFile(rel, None, os_reason(exc)))
+        found.append((rel, None, os_reason(exc)))
 
     ends = tuple(suffixes) if suffixes is not None else None
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False, onerror=unlisted):
@@ -99,13 +126,13 @@ def list_files(
         inner = os.path.relpath(dirpath, base)
         rel_dir = os.path.normpath(os.path.join(under, inner)) if under else inner
         prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        real_dir = real_base if inner == "." else os.path.join(real_base, inner)
+        real_dir = (real_base if inner == "." else os.path.join(real_base, inner)) if trusted else None
         for fname in sorted(filenames):
             if fname.startswith(".") or (ends is not None and not fname.lower().endswith(ends)):
                 continue
             rel = prefix + fname
             if include and not _matches(rel, include):
                 continue
-            found.append(_found(root, rel, dirpath, fname, real_dir if trusted else None))
-    found.sort(key=lambda f: f.relpath)
+            found.append((rel, dirpath, fname, real_dir))
+    found.sort(key=lambda entry: entry[0])
     return found

@@ -8,7 +8,8 @@ one first, then lossless before lossy (PNG, then TIFF, then JPEG), then the smal
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +28,7 @@ from medtrinity_assets.ingest.readers.base import (
     Volume,
     label_values,
 )
-from medtrinity_assets.ingest.readers.files import FoundFile, list_files
+from medtrinity_assets.ingest.readers.files import FoundFile, list_files, list_relpaths
 from medtrinity_assets.ingest.readers.pil import IMAGE_SUFFIXES, PIL_FORMATS, read_label_image, read_pages
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,21 +65,25 @@ def _mask_rank(f: FoundFile) -> tuple[bool, int, str]:
     return (f.path is None, _MASK_SUFFIX_RANK.get(suffix.lower(), 9), f.relpath)
 
 
-def list_folder(root: Path, include: list[str], name: str = "") -> list[Task]:
-    """One task per file under ``images/``, with its mask from ``masks/`` (see the module doc).
+def list_folder(
+    root: Path, include: list[str], name: str = "", keep: Callable[[str], bool] | None = None
+) -> list[Task]:
+    """One task per file under ``images/`` (those ``keep`` accepts), with its mask from ``masks/``
+    (see the module doc).
 
     Raises :class:`SourceLayoutMissing` when ``root`` has no ``images/`` folder.
     """
-    if not (root / "images").is_dir():
-        raise SourceLayoutMissing(name, root, "images", "image_folder", "images/ and optional masks/")
-    tasks: list[Task] = []
+    _require_images(root, name)
+    images = list_files(root, include, "images", keep=keep)
+    wanted = {_key(f.relpath, "images") for f in images} if keep is not None else None
     masks: dict[str, FoundFile] = {}
-    for f in list_files(root, (), "masks"):
+    for f in list_files(root, (), "masks", keep=None if wanted is None else lambda rel: _key(rel, "masks") in wanted):
         if f.relpath.lower().endswith(IMAGE_SUFFIXES):
             key = _key(f.relpath, "masks")
             if key not in masks or _mask_rank(f) < _mask_rank(masks[key]):
                 masks[key] = f
-    for f in list_files(root, include, "images"):
+    tasks: list[Task] = []
+    for f in images:
         if f.path is None:
             tasks.append(Rejected(f.relpath, reason=f.reason or "path_escapes_root:"))
             continue
@@ -93,6 +98,11 @@ def list_folder(root: Path, include: list[str], name: str = "") -> list[Task]:
             task.mask_reason = m.reason
         tasks.append(task)
     return tasks
+
+
+def _require_images(root: Path, name: str) -> None:
+    if not (root / "images").is_dir():
+        raise SourceLayoutMissing(name, root, "images", "image_folder", "images/ and optional masks/")
 
 
 def image_volume(
@@ -171,6 +181,16 @@ class ImageFolderReader(Reader):
 
     def scan(self, spec: SourceSpec, root: Path, map_ordered) -> ScanResult:
         return ScanResult(list_folder(root, list(spec.include), name=spec.name))
+
+    def shard_units(self, spec: SourceSpec, root: Path) -> list[tuple[str, int]]:
+        """Every file under ``images/`` is one task (an image, or a rejected file): the plan needs
+        the folders' listings only, not a look at each file nor the masks."""
+        _require_images(root, spec.name)
+        return list(Counter(list_relpaths(root, list(spec.include), "images")).items())
+
+    def scan_shard(self, spec: SourceSpec, root: Path, map_ordered, keeps: Callable[[str], bool]) -> ScanResult:
+        """The tasks of one shard: only its files (and their masks) are looked at."""
+        return ScanResult(list_folder(root, list(spec.include), name=spec.name, keep=keeps))
 
     def read(self, task: Task, spec: SourceSpec, root: Path) -> Iterator[Volume | Rejected]:
         assert isinstance(task, ImageTask)
