@@ -67,3 +67,37 @@ def test_a_dicom_source_in_shards_gives_the_rows_of_one_ingestion(dicom_folders,
     stale = stale_parts(out, spec.name)  # left on disk (never deleted behind the user's back), never read
     assert {p.parent.name for p in stale} == {"source_manifest", "preprocessed_images"}
     assert sorted({p.stem for p in stale}) == ["dicom_sharded@001", "dicom_sharded@002", "dicom_sharded@005"]
+
+
+def test_dicom_shards_are_planned_from_listings_and_look_at_their_own_files(tmp_path):
+    """The plan (files per folder) comes from the folders' listings, only DICOMDIR entries looked at;
+    a shard looks at its own files only. Both equal what looking at every file gives."""
+    from collections import Counter
+
+    from medtrinity_assets.ingest.readers import reader_for
+    from medtrinity_assets.ingest.readers.dicom_headers import list_dicom
+    from medtrinity_assets.ingest.readers.files import list_files
+    from medtrinity_assets.ingest.shards import plan_shards
+    from medtrinity_assets_tests.sources_builders import pydicom_file
+
+    root = tmp_path / "src"
+    for folder, n in (("a", 3), ("b/c", 2), ("d", 4), ("", 1)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            shutil.copy(pydicom_file("CT_small.dcm"), root / folder / f"s{k}.dcm")
+    shutil.copy(pydicom_file("CT_small.dcm"), root / "DICOMDIR")  # an index: skipped
+    (root / "b" / "DICOMDIR").symlink_to(root / "gone")  # cannot be looked at: a rejected input
+    (root / "d" / "out.dcm").symlink_to("/etc/hostname")
+    (root / "d" / ".hidden.dcm").write_bytes(b"x")
+    root = root.resolve()
+    spec = SourceSpec(name="dcm", layout="dicom", root=str(root), modality="CT", organ="head", license="test",
+                      shard_size=3)
+    reader = reader_for("dicom")
+    every = list_dicom(list_files(root))
+    units = sorted(Counter(reader.shard_unit(f.relpath) for f in every).items())
+    assert reader.shard_units(spec, root) == units and ("b", 1) in units  # the DICOMDIR link counts
+    plan = plan_shards(units, 3, reader.shard_unit)
+    assert plan.count >= 3
+    for shard in range(plan.count):
+        keeps = plan.keeps(shard)
+        assert list_dicom(list_files(root, keep=keeps)) == [f for f in every if keeps(f.relpath)]

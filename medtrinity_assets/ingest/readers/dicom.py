@@ -37,6 +37,7 @@ from medtrinity_assets.ingest.readers.dicom_headers import (
     functional_group,
     group_headers,
     image_orientation,
+    is_dicomdir,
     list_dicom,
     patient_orientation,
     read_dataset,
@@ -50,7 +51,7 @@ from medtrinity_assets.ingest.readers.dicom_pixels import (
     pixel_spacing,
     rescale_of,
 )
-from medtrinity_assets.ingest.readers.files import list_files
+from medtrinity_assets.ingest.readers.files import list_files, list_relpaths
 
 if TYPE_CHECKING:  # pragma: no cover
     from medtrinity_assets.ingest.registry import SourceSpec
@@ -219,16 +220,18 @@ class DicomReader(Reader):
         return relpath.rsplit("/", 1)[0] if "/" in relpath else ""  # a folder: a series stays whole
 
     def shard_units(self, spec: SourceSpec, root: Path) -> list[tuple[str, int]]:
-        files = list_dicom(list_files(root, list(spec.include)))
-        return sorted(Counter(self.shard_unit(f.relpath) for f in files).items())
+        """Files per folder, from the folders' listings: only ``DICOMDIR`` entries are looked at
+        (an index is skipped, a link to one that cannot be followed is a rejected input)."""
+        include = list(spec.include)
+        indexes = {f.relpath for f in list_dicom(list_files(root, include, keep=is_dicomdir))}
+        rels = [rel for rel in list_relpaths(root, include) if not is_dicomdir(rel) or rel in indexes]
+        return sorted(Counter(self.shard_unit(rel) for rel in rels).items())
 
     def scan_shard(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered, keeps) -> ScanResult:
         return self.scan(spec, root, map_ordered, keeps)
 
     def scan(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered, keeps=None) -> ScanResult:
-        found = list_dicom(list_files(root, list(spec.include)))
-        if keeps is not None:  # only this shard's headers are read
-            found = [f for f in found if keeps(f.relpath)]
+        found = list_dicom(list_files(root, list(spec.include), keep=keeps))  # only this shard's files
         tasks: list[Task] = [Rejected(f.relpath, reason=f.reason or "path_escapes_root:") for f in found if f.path is None]
         items = [(f.relpath, str(f.path), spec.max_pixels) for f in found if f.path is not None]
         chunks = [items[i : i + HEADER_CHUNK] for i in range(0, len(items), HEADER_CHUNK)]

@@ -273,5 +273,10 @@ def group_headers(headers: list[DicomHeader], max_pixels: int) -> list[Task]:
     return [*tasks, *out]
 
 
+def is_dicomdir(relpath: str) -> bool:
+    """Whether a file is a DICOMDIR index (not an image; skipped unless it cannot be looked at)."""
+    return relpath.upper().endswith("DICOMDIR")
+
+
 def list_dicom(files: list[FoundFile]) -> list[FoundFile]:
-    return [f for f in files if f.path is None or not f.relpath.upper().endswith("DICOMDIR")]
+    return [f for f in files if f.path is None or not is_dicomdir(f.relpath)]
