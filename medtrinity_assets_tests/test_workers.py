@@ -128,6 +128,42 @@ def test_content_files_are_written_once_durably_with_the_output_mode(tmp_path):
     assert storage.write_content_files(files[:1]) == 1
 
 
+def test_a_content_batch_shows_files_only_once_synced(tmp_path, monkeypatch):
+    """Files of a batch stay under temporary names until the batch is synced and committed, then
+    appear complete with the output mode; a path already there (or twice in a batch) is written once;
+    without syncfs every file is fsynced; temporaries left by a crash are swept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medtrinity_assets.core import storage
+
+    folder = tmp_path / "masks" / "cd"
+    files = [(str(folder / f"cd{i}.png"), bytes([i]) * 50) for i in range(10)]
+    batch = storage.ContentBatch(tmp_path, size=4)
+    assert batch.write(files[:3]) == 0 and not [p for p in folder.iterdir() if not p.name.startswith(".")]
+    assert batch.write(files[3:5] + files[3:4]) == 5  # full: synced and renamed; the repeat dropped
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda f: batch.write([f]), files[5:]))
+    batch.commit()
+    assert batch.written == 10 and batch.commit() == 0
+    for path, data in files:
+        assert Path(path).read_bytes() == data and Path(path).stat().st_mode & 0o777 == storage.file_mode()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+    assert storage.ContentBatch(tmp_path).write(files) == 0  # present: nothing written
+
+    synced = []
+    monkeypatch.setattr(storage, "_syncfs", lambda: None)
+    monkeypatch.setattr(storage, "_sync_file", lambda path: synced.append(path))
+    other = storage.ContentBatch(tmp_path)
+    other.write([(str(tmp_path / "images" / "ef" / "ef1.png"), b"x")])
+    assert other.commit() == 1 and len(synced) == 1 and synced[0].endswith(".tmp")
+
+    crashed = storage.ContentBatch(tmp_path)
+    crashed.write([(str(tmp_path / "images" / "ef" / "ef2.png"), b"y")])  # never committed
+    os.utime(next((tmp_path / "images" / "ef").glob(".*.tmp")), (0, 0))
+    monkeypatch.setattr("psutil.pid_exists", lambda pid: False)  # as after the crashed process is gone
+    assert storage.sweep_temp_files(tmp_path) == 1 and not (tmp_path / "images" / "ef" / "ef2.png").exists()
+
+
 def test_reading_the_file_mode_from_many_threads_leaves_the_umask_alone():
     """Writer threads ask for the output file mode at once; the umask stays what it was."""
     from concurrent.futures import ThreadPoolExecutor

@@ -85,6 +85,7 @@ class _Collector:
 
     def __post_init__(self) -> None:
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="png-writer")
+        self._batch = storage.ContentBatch(self.out)  # one filesystem sync per batch of files
         self._writes: deque = deque()
         self._files: list[tuple[str, bytes]] = []  # the current task's files
         self._root = str(self.out)
@@ -103,10 +104,10 @@ class _Collector:
         for cand in res.candidates:
             self._candidate(cand, group)
         if self._files:  # one hand-off to the writers per task
-            self._writes.append(self._writer.submit(storage.write_content_files, self._files))
+            self._writes.append(self._writer.submit(self._batch.write, self._files))
             self._files = []
             while len(self._writes) > MAX_PENDING_WRITES:
-                self.counts["files_written"] += self._writes.popleft().result()
+                self._writes.popleft().result()
 
     def _candidate(self, cand: Candidate, group: int) -> None:
         img, row = cand.image, cand.manifest
@@ -135,11 +136,14 @@ class _Collector:
         return rel
 
     def finish(self) -> None:
+        """Wait for the writers and make every file durable and visible (before any table names it)."""
         try:
             while self._writes:
-                self.counts["files_written"] += self._writes.popleft().result()
+                self._writes.popleft().result()
         finally:
             self._writer.shutdown(wait=True)
+            self._batch.commit()  # what was written is complete: kept even when a run fails
+            self.counts["files_written"] = self._batch.written
 
 
 def _tables(spec: SourceSpec, col: _Collector) -> tuple[pl.DataFrame, pl.DataFrame]:
