@@ -375,10 +375,12 @@ def test_the_plan_ends_with_checkpoints_and_an_evaluation_of_both_variants(pipel
     split_of = dict(export.unique("image_sha256").iter_rows())
     assert all(split_of[h] == s for h, s in vqa.select("image_sha256", "split").iter_rows())  # the export's splits
     evaluation = pl.read_parquet(out / "vqa_evaluation" / "demo.parquet")
-    assert set(evaluation["variant"]) == {"pretrained", "base"} and set(evaluation["seed"]) == {0, 1}
-    assert evaluation.height == 4 * vqa.filter(pl.col("split") == "test").height
+    assert set(evaluation["variant"]) == {"pretrained", "base", "majority"}
+    models = evaluation.filter(pl.col("variant") != "majority")
+    assert set(models["seed"]) == {0, 1} and models.height == 4 * vqa.filter(pl.col("split") == "test").height
+    assert evaluation.filter(variant="majority").height == vqa.filter(pl.col("split") == "test").height
     meta = results["vqa"].asset_materializations_for_node("vqa_evaluation")[0].metadata
-    assert meta["summary"].value["pretrained"]["n_seeds"] == 2
+    assert meta["summary"].value["pretrained"]["n_seeds"] == 2 and "majority/closed_accuracy" in meta
 
 
 def test_an_evaluation_set_overlapping_training_makes_the_export_refuse(pipeline, dagster_instance, tmp_path):

@@ -22,6 +22,7 @@ from medtrinity_assets.vqa.metrics import (
     closed_correct,
     closest_candidate,
     exact_match,
+    majority_rows,
     normalise,
     score_rows,
     summarise,
@@ -393,3 +394,25 @@ def test_summarise_mean_and_std_across_seeds():
     assert summary["base"]["closed_accuracy"] == 0.0 and summary["base"]["closed_accuracy_std"] is None
     with pytest.raises(ValueError, match="one VQA set"):
         summarise(df.with_columns(vqa_set=pl.when(pl.col("seed") == 1).then(pl.lit("t")).otherwise(pl.col("vqa_set"))))
+
+
+def test_the_majority_baseline_answers_the_commonest_training_answer_of_each_kind():
+    """Per answer type and question type from the training split only (a kind unseen in training
+    falls back to its answer type; ties to the alphabetically first), scored as a model's answers."""
+    def q(qid, split, atype, qtype, answer):
+        return {"question_id": qid, "split": split, "answer_type": atype, "question_type": qtype, "answer": answer}
+
+    vqa = pl.DataFrame([
+        q("t1", "train", "closed", "presence", "Yes"), q("t2", "train", "closed", "presence", "yes"),
+        q("t3", "train", "closed", "presence", "no"), q("t4", "train", "closed", "modality", "no"),
+        q("t5", "train", "open", "organ", "liver"), q("t6", "train", "open", "organ", "brain"),
+        q("t7", "validation", "open", "organ", "lung"), q("t8", "validation", "open", "organ", "lung"),
+        q("e1", "test", "closed", "presence", "no"), q("e2", "test", "closed", "modality", "no"),
+        q("e3", "test", "closed", "laterality", "yes"), q("e4", "test", "open", "organ", "brain"),
+    ])
+    rows = majority_rows(vqa, "s")
+    assert [(r["question_id"], r["prediction"]) for r in rows] == [("e1", "yes"), ("e2", "no"), ("e3", "no"), ("e4", "brain")]
+    assert {r["variant"] for r in rows} == {"majority"} and {r["seed"] for r in rows} == {0}
+    scored = score_rows(rows, ["brain", "liver", "lung"])
+    summary = summarise(VQA_EVALUATION.frame(scored))["majority"]
+    assert summary["closed_accuracy"] == pytest.approx(1 / 3) and summary["open_recall"] == 1.0

@@ -339,7 +339,7 @@ VQA_EVALUATION = TableContract(
     "vqa_evaluation",
     {
         "vqa_set": pl.String,
-        "variant": pl.String,  # pretrained (from llava_tri_checkpoint) | base (without triplet pretraining)
+        "variant": pl.String,  # pretrained (from llava_tri_checkpoint) | base (without triplet pretraining) | majority (no model)
         "seed": pl.Int64,
         "question_id": pl.String,
         "answer_type": pl.String,
@@ -352,7 +352,7 @@ VQA_EVALUATION = TableContract(
         "candidate_correct": pl.Boolean,  # open: the closest candidate answer is the answer (null: no candidates)
     },
     description="Every test question of a VQA set answered by each fine-tuned checkpoint (variant and "
-    "seed), scored per question.",
+    "seed) and by the majority baseline (the commonest training answer of its kind), scored per question.",
 )
 
 CONTRACTS: dict[str, TableContract] = {

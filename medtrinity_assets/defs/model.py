@@ -139,7 +139,8 @@ def vqa_finetuned_checkpoint(context: dg.AssetExecutionContext, storage: OutputS
     deps=[VQA_FINETUNED, VQA_DATASET.name],
     description="Every fine-tuned checkpoint answers the set's test questions: closed accuracy, open token "
     "recall (LLaVA-Med), exact match and candidate accuracy, per question type, mean and spread over seeds, "
-    "with and without triplet pretraining.",
+    "with and without triplet pretraining, next to the majority baseline (the commonest training answer of each "
+    "question's kind, no model).",
 )
 def vqa_evaluation(context: dg.AssetExecutionContext, storage: OutputStorage,
                    training: LlavaTrainingResource) -> dg.MaterializeResult:

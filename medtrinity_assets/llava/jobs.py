@@ -45,11 +45,11 @@ def _finetune(plan: TrainingPlan, out: Path, vqa_set: str, device: str, log: Log
 
 
 def _evaluate(plan: TrainingPlan, out: Path, vqa_set: str, device: str, log: Log) -> dict[str, Any]:
-    from medtrinity_assets.vqa.metrics import score_rows
+    from medtrinity_assets.vqa.metrics import majority_rows, score_rows
 
     vqa = VQA_DATASET.read(out, vqa_set)
     candidates = sorted(set(vqa.filter(pl.col("answer_type") == "open")["answer"].to_list()))
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = score_rows(majority_rows(vqa, vqa_set), candidates or None)
     for variant in variants(plan):
         for seed in plan.seeds:
             answered = recipe.evaluate(plan, out, vqa, vqa_set, variant, seed, device, log)

@@ -8,6 +8,9 @@
   prediction is the answer;
 - every question: exact match of the normalised texts.
 
+Next to the models, a ``majority`` variant answers each test question with the most common training
+answer of its kind (:func:`majority_rows`): the floor that the models' figures are read against.
+
 Normalising lower-cases, drops apostrophes, turns other punctuation into spaces (a decimal point
 between digits is kept: "2.5 cm") and collapses white space.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -106,6 +110,34 @@ def score_rows(rows: list[dict[str, Any]], candidates: Sequence[str] | None) -> 
             "candidate_correct": candidate_correct,
         })
     return out
+
+
+#: The variant that answers without a model: each test question gets the most common training answer
+#: of its kind (what a model that ignores the image can reach; the floor the others are read against).
+MAJORITY = "majority"
+
+
+def majority_rows(vqa: pl.DataFrame, vqa_set: str) -> list[dict[str, Any]]:
+    """The ``majority`` variant's answers to a VQA set's test questions: the most common answer among
+    the training questions of the same answer type and question type (else of the same answer type;
+    ties go to the alphabetically first), as rows of the shape the models' answers take."""
+    train = vqa.filter(pl.col("split") == "train")
+    by_kind: dict[tuple[str, str | None], Counter] = {}
+    for answer_type, question_type, answer in train.select("answer_type", "question_type", "answer").iter_rows():
+        for kind in ((answer_type, question_type), (answer_type, None)):
+            by_kind.setdefault(kind, Counter())[normalise(answer)] += 1
+
+    def commonest(answer_type: str, question_type: str | None) -> str:
+        counts = by_kind.get((answer_type, question_type)) or by_kind.get((answer_type, None)) or Counter()
+        return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0] if counts else ""
+
+    test = vqa.filter(pl.col("split") == "test").sort("question_id")
+    return [
+        {"vqa_set": vqa_set, "variant": MAJORITY, "seed": 0, "question_id": r["question_id"],
+         "answer_type": r["answer_type"], "question_type": r["question_type"], "answer": r["answer"],
+         "prediction": commonest(r["answer_type"], r["question_type"])}
+        for r in test.iter_rows(named=True)
+    ]
 
 
 def _mean(series: pl.Series) -> float | None:
@@ -207,7 +239,7 @@ def summary_lines(out: str | Path) -> list[str]:
         summary = summarise(VQA_EVALUATION.read_path(path))
         parts = [f"{v}: closed {_pm(s, 'closed_accuracy')}, open recall {_pm(s, 'open_recall')}"
                  for v, s in summary.items()]
-        n = next(iter(summary.values()), {})
+        n = next((s for v, s in summary.items() if v != MAJORITY), {})  # the models' seeds and counts
         lines.append(f"VQA {path.stem} ({n.get('n_closed', 0)} closed + {n.get('n_open', 0)} open test questions, "
                      f"seeds {n.get('seeds', [])}): " + "; ".join(parts) + f" -> {path}")
     return lines
