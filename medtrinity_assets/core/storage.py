@@ -158,11 +158,10 @@ def write_content_files(files: Iterable[tuple[str, bytes]]) -> int:
     were written (absent before)."""
     written = 0
     for path, data in files:
-        tmp = _write_temp(path, data)
+        tmp = _write_temp(path, data, sync=True)
         if tmp is None:
             continue
         try:
-            _sync_file(tmp)
             os.replace(tmp, path)
         except BaseException:
             with suppress(FileNotFoundError):
@@ -172,8 +171,9 @@ def write_content_files(files: Iterable[tuple[str, bytes]]) -> int:
     return written
 
 
-def _write_temp(path: str, data: bytes) -> str | None:
-    """``data`` in a new temporary file beside ``path`` (not synced), or None when ``path`` exists."""
+def _write_temp(path: str, data: bytes, sync: bool = False) -> str | None:
+    """``data`` in a new temporary file beside ``path`` (fsynced with ``sync``), or None when ``path``
+    exists."""
     if os.path.exists(path):
         return None
     folder, name = os.path.split(path)
@@ -190,6 +190,9 @@ def _write_temp(path: str, data: bytes) -> str | None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
