@@ -132,17 +132,14 @@ def evaluate(plan: TrainingPlan, out: Path, vqa: pl.DataFrame, vqa_set: str, var
              device: str, log: Log) -> list[dict[str, Any]]:
     """Answers of one fine-tuned checkpoint to the set's test questions, one row each."""
     model, processor, _ = load_checkpoint(finetuned_dir(out, vqa_set, variant, seed))
-    test = vqa.filter(pl.col("split") == "test").sort("question_id")
+    from medtrinity_assets.vqa.metrics import answer_rows, evaluation_questions
+
+    test = evaluation_questions(vqa)
     samples = vqa_samples(test, "test")
     predictions = answer(model, processor, samples, system=plan.model.system, device=device,
                          max_new_tokens=plan.max_new_tokens, batch_size=plan.eval_batch_size)
     log(f"{vqa_set} {variant} seed {seed}: answered {len(predictions)} test question(s)")
-    return [
-        {"vqa_set": vqa_set, "variant": variant, "seed": seed, "question_id": r["question_id"],
-         "answer_type": r["answer_type"], "question_type": r["question_type"], "answer": r["answer"],
-         "prediction": p}
-        for r, p in zip(test.iter_rows(named=True), predictions, strict=True)
-    ]
+    return answer_rows(test, vqa_set, variant, seed, predictions)
 
 
 def checkpoint_line(out: Path) -> str:

@@ -131,12 +131,24 @@ def majority_rows(vqa: pl.DataFrame, vqa_set: str) -> list[dict[str, Any]]:
         counts = by_kind.get((answer_type, question_type)) or by_kind.get((answer_type, None)) or Counter()
         return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0] if counts else ""
 
-    test = vqa.filter(pl.col("split") == "test").sort("question_id")
+    test = evaluation_questions(vqa)
+    predictions = [commonest(t, q) for t, q in test.select("answer_type", "question_type").iter_rows()]
+    return answer_rows(test, vqa_set, MAJORITY, 0, predictions)
+
+
+def evaluation_questions(vqa: pl.DataFrame) -> pl.DataFrame:
+    """A VQA set's test questions, in the order every variant answers them."""
+    return vqa.filter(pl.col("split") == "test").sort("question_id")
+
+
+def answer_rows(test: pl.DataFrame, vqa_set: str, variant: str, seed: int,
+                predictions: Sequence[str]) -> list[dict[str, Any]]:
+    """One ``vqa_evaluation`` row (before scoring) per test question and its predicted answer."""
     return [
-        {"vqa_set": vqa_set, "variant": MAJORITY, "seed": 0, "question_id": r["question_id"],
+        {"vqa_set": vqa_set, "variant": variant, "seed": seed, "question_id": r["question_id"],
          "answer_type": r["answer_type"], "question_type": r["question_type"], "answer": r["answer"],
-         "prediction": commonest(r["answer_type"], r["question_type"])}
-        for r in test.iter_rows(named=True)
+         "prediction": p}
+        for r, p in zip(test.iter_rows(named=True), predictions, strict=True)
     ]
 
 
