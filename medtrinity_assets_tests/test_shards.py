@@ -101,3 +101,47 @@ def test_dicom_shards_are_planned_from_listings_and_look_at_their_own_files(tmp_
     for shard in range(plan.count):
         keeps = plan.keeps(shard)
         assert list_dicom(list_files(root, keep=keeps)) == [f for f in every if keeps(f.relpath)]
+
+
+def _msd_copies(tmp_path: Path, n: int) -> Path:
+    """An MSD folder of ``n`` volumes made from nibabel's anatomical one (33 × 41 × 25, axial along the
+    last axis), each flipped its own way (so that none duplicates another), with their labels."""
+    import nibabel as nib
+    import numpy as np
+
+    from medtrinity_assets_tests.sources_builders import msd_source
+
+    root = msd_source(tmp_path / "msd")
+    for k in range(2, n + 1):
+        for under in ("imagesTr", "labelsTr"):
+            img = nib.load(root / under / "anat_001.nii.gz")
+            data = np.flip(np.asarray(img.dataobj), axis=(k - 2) % 2)
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(data), img.affine), root / under / f"anat_{k:03d}.nii.gz")
+    return root
+
+
+def _msd_spec(root: Path, shard_size: int, axis: str = "auto") -> SourceSpec:
+    return SourceSpec(name="msd_sharded", layout="nifti_msd", root=str(root), modality="MRI", organ="brain",
+                      license="test", shard_size=shard_size, slicing={"axis": axis})
+
+
+def test_a_volume_weighs_its_slices_in_a_shard_plan(tmp_path):
+    """A NIfTI shard holds about ``shard_size`` slices, not volumes: each volume weighs the slices
+    its header gives along the axis the source cuts, and the shards' rows equal one ingestion's."""
+    root = _msd_copies(tmp_path, 3)
+    assert count_shards(_msd_spec(root, 10_000)) == 1
+    assert count_shards(_msd_spec(root, 50)) == 2  # 25 + 25 axial slices | 25
+    assert count_shards(_msd_spec(root, 30)) == 3  # 25 | 25 | 25
+    assert count_shards(_msd_spec(root, 70, axis="coronal")) == 3  # 41 coronal slices each
+    assert count_shards(_msd_spec(root, 70, axis="sagittal")) == 2  # 33 + 33 | 33
+
+    out = tmp_path / "out"
+    whole = ingest_source(_msd_spec(root, 10_000), out, workers=1)
+    assert whole.shards == 1 and whole.counts["duplicate"] == 0
+    spec = _msd_spec(root, 50)
+    results = [ingest_source(spec, out, shard=k, workers=1) for k in range(2)]
+    volumes = [{r.split("/")[-1] for r in res.manifest["relpath"]} for res in results]
+    assert volumes == [{"anat_001.nii.gz", "anat_002.nii.gz"}, {"anat_003.nii.gz"}]
+    assert all(res.images.height <= 50 for res in results), "a shard never yields more than its slices"
+    merged = pl.concat([SOURCE_MANIFEST.read(out, p) for p in source_parts(out, spec.name)])
+    assert merged.sort("record_id").equals(whole.manifest.sort("record_id"))

@@ -234,7 +234,10 @@ def _plan(spec: SourceSpec, root: Path, map_ordered) -> tuple[ShardPlan, ScanRes
     full = None
     if units is None:
         full = reader.scan(spec, root, map_ordered)
-        units = list(Counter(reader.shard_unit(t.relpath) for t in full.tasks).items())
+        weights: Counter[str] = Counter()
+        for task in full.tasks:
+            weights[reader.shard_unit(task.relpath)] += task.images
+        units = list(weights.items())
     return plan_shards(units, spec.shard_size, reader.shard_unit), full
 
 

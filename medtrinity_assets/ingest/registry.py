@@ -84,7 +84,7 @@ class SourceSpec(BaseModel):
         ge=1,
         le=10_000_000,
         description="images per shard: a larger source is built in shards of about this many images "
-        "(files, or a DICOM folder's files; a unit never splits), each its own partition",
+        "(files, a DICOM folder's files, or a volume's slices; a unit never splits), each its own partition",
     )
     slicing: SliceConfig = Field(default_factory=SliceConfig)
     window: WindowConfig | None = None

@@ -3,8 +3,9 @@ duplicates found across shards.
 
 A source declares ``shard_size`` (images, default 10,000). Its inputs are cut, in sorted order,
 into units that never split (a file; for DICOM a folder, so a series stays whole) and the units
-into consecutive shards of about ``shard_size`` images (a unit's weight: its files; a volume counts
-once). Shard ``k`` of source ``s`` writes its per-shard tables at the *part* name ``s`` (shard 0,
+into consecutive shards of about ``shard_size`` images (a unit's weight: its files; a NIfTI volume
+weighs the slices its header gives along the axis the source cuts, an upper bound, since blank slices
+are skipped later). Shard ``k`` of source ``s`` writes its per-shard tables at the *part* name ``s`` (shard 0,
 so a one-shard source keeps the layout it always had) or ``s@k`` (``k`` zero-padded to 3 digits).
 
 Each shard removes duplicates among its own images while it is ingested; duplicates *across*

@@ -18,7 +18,13 @@ from PIL import Image
 
 from medtrinity_assets.ingest.burned_in import needs_scan, redact
 from medtrinity_assets.ingest.intensity import Intensity
-from medtrinity_assets.ingest.readers.base import InputRejected, Volume, direction_letter, label_values
+from medtrinity_assets.ingest.readers.base import (
+    InputRejected,
+    Volume,
+    cut_axis,
+    direction_letter,
+    label_values,
+)
 from medtrinity_assets.ingest.registry import SourceSpec
 
 PLANE_DISPLAY = {"axial": ("L", "P"), "coronal": ("L", "I"), "sagittal": ("P", "I")}
@@ -65,10 +71,7 @@ def resize_mask(mask: np.ndarray, oh: int, ow: int) -> np.ndarray:
 
 def choose_axis(vol: Volume, axis_cfg: str) -> int:
     """The array axis to cut along: ``auto`` keeps the native one; a named plane picks its normal."""
-    if vol.axes_lps is None or axis_cfg == "auto" or vol.data.ndim != 3:
-        return vol.native_axis
-    target = {"sagittal": 0, "coronal": 1, "axial": 2}[axis_cfg]
-    return int(np.argmax(np.abs(vol.axes_lps[:, target])))
+    return cut_axis(vol.axes_lps if vol.data.ndim == 3 else None, vol.native_axis, axis_cfg)
 
 
 def slice_axis_name(vol: Volume, axis: int) -> str | None:

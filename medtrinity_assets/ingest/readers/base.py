@@ -131,6 +131,12 @@ class Task:
     def sort_key(self) -> tuple[str, str]:
         return (self.relpath, self.key)
 
+    @property
+    def images(self) -> int:
+        """How many images the task can yield at most (its weight in a shard plan): one, unless
+        a reader knows better from what it listed (a volume's slices)."""
+        return 1
+
 
 @dataclass
 class Rejected(Task):
@@ -186,6 +192,15 @@ class Volume:
     meta: dict[str, Any] = field(default_factory=dict)
     boxes: list[list[float]] = field(default_factory=list)
     box_labels: list[str] = field(default_factory=list)
+
+
+def cut_axis(axes_lps: np.ndarray | None, native_axis: int, axis_cfg: str) -> int:
+    """:func:`choose_axis` from a volume's orientation alone (rows: LPS direction of each array
+    axis), as a shard plan reads it from a header before any voxel is decoded."""
+    if axes_lps is None or axis_cfg == "auto":
+        return native_axis
+    target = {"sagittal": 0, "coronal": 1, "axial": 2}[axis_cfg]
+    return int(np.argmax(np.abs(axes_lps[:, target])))
 
 
 def direction_letter(vec: Sequence[float] | np.ndarray) -> str | None:

@@ -26,6 +26,7 @@ from medtrinity_assets.ingest.readers.base import (
     SourceLayoutMissing,
     Task,
     Volume,
+    cut_axis,
 )
 from medtrinity_assets.ingest.readers.files import list_files, resolve_inside
 
@@ -44,6 +45,11 @@ class NiftiTask(Task):
     label_path: str | None = None
     split: str = "train"
     channel: int | None = None  # 4D images: the channel (MSD modality index) this task reads
+    slices: int = 1  # the slices along the cut axis, from the header (a shard plan's weight)
+
+    @property
+    def images(self) -> int:
+        return self.slices
 
 
 def read_dataset_json(root: Path) -> dict:
@@ -86,16 +92,22 @@ def msd_modality(meta: dict, channel: int | None = None) -> str | None:
     return str(mod) if isinstance(mod, str) and mod else None
 
 
-def _channel_count(path: str) -> int:
-    """Channels of a 4D (x, y, z, c) image from its header (1 for 2D/3D or an unreadable header:
-    the decode then reports the problem)."""
+def _header_counts(path: str, axis_cfg: str) -> tuple[int, int]:
+    """``(channels, slices)`` of an image from its header alone: the channels of a 4D (x, y, z, c)
+    image, and the slices the cut along ``axis_cfg`` gives (as :func:`load_volume` and
+    :func:`~medtrinity_assets.ingest.readers.base.cut_axis` orient it). ``(1, 1)`` for an unreadable
+    header: the decode then reports the problem."""
     import nibabel as nib
 
     try:
-        shape = nib.load(path).shape
+        img = nib.load(path)
+        shape = tuple(int(s) for s in img.shape)
+        axes, _ = _lps_axes(img.affine)
     except Exception:  # noqa: BLE001 - a bad header is quarantined when the task runs
-        return 1
-    return int(shape[3]) if len(shape) >= 4 else 1
+        return 1, 1
+    spatial = (shape + (1, 1))[:3]
+    axis = cut_axis(axes, int(np.argmax(np.abs(axes[:, 2]))), axis_cfg) if len(shape) >= 3 else 2
+    return (shape[3] if len(shape) >= 4 else 1), max(1, spatial[axis])
 
 
 def _stem(name: str) -> str:
@@ -105,8 +117,11 @@ def _stem(name: str) -> str:
     return name
 
 
-def list_msd(root: Path, include: list[str], channels: list[int] | None = None, name: str = "") -> list[Task]:
-    """One task per image (per channel for 4D images: ``channels`` selects them, default all).
+def list_msd(
+    root: Path, include: list[str], channels: list[int] | None = None, name: str = "", axis: str = "auto"
+) -> list[Task]:
+    """One task per image (per channel for 4D images: ``channels`` selects them, default all), with
+    its slices along the ``axis`` the source cuts (read from the header).
 
     Raises :class:`SourceLayoutMissing` when ``root`` has no ``imagesTr/`` folder (a test-only
     source with just ``imagesTs/`` is accepted).
@@ -129,7 +144,7 @@ def list_msd(root: Path, include: list[str], channels: list[int] | None = None, 
             if lab is not None and lab.path is None:
                 tasks.append(Rejected(f.relpath, reason=lab.reason or "path_escapes_root: label"))
                 continue
-            n_channels = _channel_count(str(f.path))
+            n_channels, n_slices = _header_counts(str(f.path), axis)
             wanted: list[int | None] = [None]
             if n_channels > 1:
                 wanted = [c for c in range(n_channels) if channels is None or c in channels]
@@ -147,6 +162,7 @@ def list_msd(root: Path, include: list[str], channels: list[int] | None = None, 
                         label_path=str(lab.path) if lab else None,
                         split=split,
                         channel=c,
+                        slices=n_slices,
                     )
                 )
     return tasks
@@ -281,7 +297,7 @@ class NiftiMsdReader(Reader):
     description = "NIfTI volumes in the Medical Segmentation Decathlon layout (imagesTr/ labelsTr/ dataset.json)"
 
     def scan(self, spec: SourceSpec, root: Path, map_ordered) -> ScanResult:
-        return ScanResult(list_msd(root, list(spec.include), spec.channels, name=spec.name))
+        return ScanResult(list_msd(root, list(spec.include), spec.channels, name=spec.name, axis=spec.slicing.axis))
 
     def read(self, task: Task, spec: SourceSpec, root: Path) -> Iterator[Volume | Rejected]:
         assert isinstance(task, NiftiTask)
