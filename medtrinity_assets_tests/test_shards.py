@@ -145,3 +145,34 @@ def test_a_volume_weighs_its_slices_in_a_shard_plan(tmp_path):
     assert all(res.images.height <= 50 for res in results), "a shard never yields more than its slices"
     merged = pl.concat([SOURCE_MANIFEST.read(out, p) for p in source_parts(out, spec.name)])
     assert merged.sort("record_id").equals(whole.manifest.sort("record_id"))
+
+
+def test_a_shard_plan_reads_a_volume_header_again_only_when_the_file_changed(tmp_path, monkeypatch):
+    """Every shard's run plans the whole source; a volume's slice count is read from its header once
+    and remembered (keyed by a keyed hash of path, size and mtime: no path in the memo), so later
+    plans read only new or changed files; a damaged memo is read past."""
+    import os
+
+    from medtrinity_assets.ingest.readers import nifti
+
+    monkeypatch.setenv("MEDTRINITY_CACHE", str(tmp_path / "cache"))
+    reads: list[str] = []
+    real = nifti._header_counts
+    monkeypatch.setattr(nifti, "_header_counts", lambda path, axis: reads.append(path) or real(path, axis))
+    root = _msd_copies(tmp_path, 3)
+    spec = _msd_spec(root, 30)
+    assert count_shards(spec) == 3 and len(reads) == 3
+    assert count_shards(spec) == 3 and len(reads) == 3, "an unchanged source reads no header"
+
+    changed = root / "imagesTr" / "anat_002.nii.gz"
+    st = changed.stat()
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    assert count_shards(spec) == 3 and reads[3:] == [str(changed)]
+    assert count_shards(_msd_spec(root, 70, axis="coronal")) == 3 and len(reads) == 7  # other counts: read
+
+    memos = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert memos and all(b"anat_" not in p.read_bytes() and str(root).encode() not in p.read_bytes() for p in memos)
+    for p in memos:
+        if p.suffix == ".parquet":
+            p.write_bytes(b"damaged")
+    assert count_shards(spec) == 3 and len(reads) == 10

@@ -29,6 +29,7 @@ from medtrinity_assets.ingest.readers.base import (
     cut_axis,
 )
 from medtrinity_assets.ingest.readers.files import list_files, resolve_inside
+from medtrinity_assets.ingest.readers.header_memo import HeaderMemo
 
 if TYPE_CHECKING:  # pragma: no cover
     from medtrinity_assets.ingest.registry import SourceSpec
@@ -118,10 +119,12 @@ def _stem(name: str) -> str:
 
 
 def list_msd(
-    root: Path, include: list[str], channels: list[int] | None = None, name: str = "", axis: str = "auto"
+    root: Path, include: list[str], channels: list[int] | None = None, name: str = "", axis: str = "auto",
+    memo: HeaderMemo | None = None,
 ) -> list[Task]:
     """One task per image (per channel for 4D images: ``channels`` selects them, default all), with
-    its slices along the ``axis`` the source cuts (read from the header).
+    its slices along the ``axis`` the source cuts (read from the header, or from ``memo`` when the
+    file is unchanged since it was read).
 
     Raises :class:`SourceLayoutMissing` when ``root`` has no ``imagesTr/`` folder (a test-only
     source with just ``imagesTs/`` is accepted).
@@ -144,7 +147,9 @@ def list_msd(
             if lab is not None and lab.path is None:
                 tasks.append(Rejected(f.relpath, reason=lab.reason or "path_escapes_root: label"))
                 continue
-            n_channels, n_slices = _header_counts(str(f.path), axis)
+            path = str(f.path)
+            read = lambda p=path: _header_counts(p, axis)  # noqa: E731
+            n_channels, n_slices = memo.get(f.path, read) if memo is not None else read()
             wanted: list[int | None] = [None]
             if n_channels > 1:
                 wanted = [c for c in range(n_channels) if channels is None or c in channels]
@@ -297,7 +302,10 @@ class NiftiMsdReader(Reader):
     description = "NIfTI volumes in the Medical Segmentation Decathlon layout (imagesTr/ labelsTr/ dataset.json)"
 
     def scan(self, spec: SourceSpec, root: Path, map_ordered) -> ScanResult:
-        return ScanResult(list_msd(root, list(spec.include), spec.channels, name=spec.name, axis=spec.slicing.axis))
+        memo = HeaderMemo(root, f"nifti_msd\0{spec.slicing.axis}\0{sorted(spec.include)}")
+        tasks = list_msd(root, list(spec.include), spec.channels, name=spec.name, axis=spec.slicing.axis, memo=memo)
+        memo.save()
+        return ScanResult(tasks)
 
     def read(self, task: Task, spec: SourceSpec, root: Path) -> Iterator[Volume | Rejected]:
         assert isinstance(task, NiftiTask)
