@@ -103,6 +103,58 @@ def test_identifier_store_keeps_hashes_only(tmp_path):
     assert json.loads(raw)["format"] == "medtrinity-identifiers-v1"
 
 
+def test_a_project_key_gives_a_patient_one_group_and_split_across_output_roots(tmp_path, monkeypatch):
+    """Output roots keyed by one project key file give a patient the same group id (so the same
+    split); the key is never copied into a root, which records only a check of it and refuses any
+    other key afterwards; a key file others can read, or of the wrong size, is refused clearly."""
+    import pytest
+
+    from medtrinity_assets.export.splits import hashed_split
+    from medtrinity_assets.ingest.pipeline import ingest_source
+    from medtrinity_assets.privacy.store import KEY_FILE_ENV, PseudonymKeyError
+    from medtrinity_assets_tests.sources_builders import copy_dicoms, make_spec
+
+    spec = make_spec(tmp_path, "ct", "dicom", copy_dicoms(tmp_path / "src", ["CT_small.dcm", "MR_small.dcm"]),
+                     modality="CT", organ="head")
+
+    def groups(out):
+        return ingest_source(spec, tmp_path / out, workers=1).manifest["group_id"].drop_nulls().to_list()
+
+    alone = [groups("own_a"), groups("own_b")]
+    assert alone[0] and alone[0] != alone[1], "each root's own key: other pseudonyms"
+
+    key = tmp_path / "project.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    monkeypatch.setenv(KEY_FILE_ENV, str(key))
+    shared = [groups("project_a"), groups("project_b")]
+    assert shared[0] == shared[1] and set(shared[0]).isdisjoint(alone[0])
+    assert [hashed_split(g) for g in shared[0]] == [hashed_split(g) for g in shared[1]]
+    for out in ("project_a", "project_b"):
+        files = [p for p in (tmp_path / out).rglob("*") if p.is_file()]
+        assert not (tmp_path / out / "_private" / "identifiers.key").exists()
+        assert all(key.read_bytes() not in p.read_bytes() for p in files), "the key stays out of the root"
+
+    with pytest.raises(PseudonymKeyError, match="another pseudonym key"):
+        groups("own_a")  # a root keyed by its own key refuses the project's
+    monkeypatch.delenv(KEY_FILE_ENV)
+    with pytest.raises(PseudonymKeyError, match="built with a project pseudonym key"):
+        groups("project_a")  # and a project root refuses a key of its own
+    other = tmp_path / "other.key"
+    other.write_bytes(os.urandom(32))
+    other.chmod(0o600)
+    monkeypatch.setenv(KEY_FILE_ENV, str(other))
+    with pytest.raises(PseudonymKeyError, match="another pseudonym key"):
+        groups("project_a")
+    other.chmod(0o644)
+    with pytest.raises(PseudonymKeyError, match="readable by others"):
+        groups("fresh")
+    other.chmod(0o600)
+    other.write_bytes(b"short")
+    with pytest.raises(PseudonymKeyError, match="not 32 to 64 random bytes"):
+        groups("fresh")
+
+
 def test_table_source_free_text_is_scrubbed_in_ingestion(tmp_path):
     """A titled name and an MM/DD/YYYY date in a report, a question, an answer and a label reach
     neither the manifest nor the coarse captions."""

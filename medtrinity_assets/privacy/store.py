@@ -5,7 +5,9 @@ clinician names with their name tokens, IDs, dates, UIDs, places) redact paths a
 text right there, and are then stored for the final PHI check of the descriptions as keyed
 BLAKE2b hashes of their tokens under ``<out>/_private/`` (folder 0700, files 0600). The key
 is random per output root. A description is checked by hashing its own token n-grams with the
-same key, so the check needs no value in clear and no second pass over the source.
+same key, so the check needs no value in clear and no second pass over the source. A project that
+builds into several output roots can name one key for all of them (:data:`KEY_FILE_ENV`), so a
+patient keeps one group id, and one split, across its roots.
 
 Tokens are runs of word characters (case-folded), and single characters of scripts written
 without spaces (CJK, Thai), so a value matches wherever its tokens appear in a row, whatever
@@ -95,33 +97,106 @@ class HashedMatcher:
         return False
 
 
+#: a file holding the pseudonym key of a project (32 to 64 random bytes, readable by its owner only):
+#: output roots built with it give a patient the same group id, hence the same split
+KEY_FILE_ENV = "MEDTRINITY_PSEUDONYM_KEY_FILE"
+
+
+class PseudonymKeyError(ValueError):
+    """The pseudonym key cannot be used: a bad key file, or not the key an output root was built with."""
+
+
+def project_key() -> bytes | None:
+    """The key in the file ``$MEDTRINITY_PSEUDONYM_KEY_FILE`` names (None when it is not set)."""
+    name = os.environ.get(KEY_FILE_ENV, "").strip()
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    try:
+        mode = path.stat().st_mode
+        key = path.read_bytes()
+    except OSError as exc:
+        raise PseudonymKeyError(f"{KEY_FILE_ENV}: cannot read {path} ({exc.strerror or exc})") from None
+    if mode & 0o077:
+        raise PseudonymKeyError(f"{KEY_FILE_ENV}: {path} is readable by others (mode {mode & 0o777:o}); "
+                                f"run: chmod 600 {path}")
+    if not 32 <= len(key) <= 64:
+        raise PseudonymKeyError(f"{KEY_FILE_ENV}: {path} holds {len(key)} bytes, not 32 to 64 random bytes "
+                                f"(make one with: head -c 32 /dev/urandom > {path})")
+    return key
+
+
+def key_check(key: bytes) -> str:
+    """What an output root records of the key it was built with (it reveals nothing of the key)."""
+    return hashlib.blake2b(b"medtrinity pseudonym key check", key=key, digest_size=16).hexdigest()
+
+
 class IdentifierStore:
-    """Per-source hashed identifier sets under ``<out>/_private/``."""
+    """Per-source hashed identifier sets under ``<out>/_private/``, keyed by the output root's own
+    random key, or by the project's key (:data:`KEY_FILE_ENV`), which is never copied into the root:
+    the root records only :func:`key_check` of it, and refuses any other key afterwards, so that one
+    root never mixes pseudonyms made with two keys."""
 
     def __init__(self, out: str | Path) -> None:
         self.dir = Path(out) / "_private"
+        self._cached: bytes | None = None
 
     def _key(self, create: bool) -> bytes | None:
-        path = self.dir / "identifiers.key"
-        if path.exists():
-            return path.read_bytes()
+        if self._cached is None:
+            self._cached = self._resolve_key(create)
+        return self._cached
+
+    def _resolve_key(self, create: bool) -> bytes | None:
+        own, check = self.dir / "identifiers.key", self.dir / "key.check"
+        project = project_key()
+        if project is not None:
+            recorded = check.read_text().strip() if check.exists() else None
+            if own.exists() or (recorded is not None and recorded != key_check(project)):
+                raise PseudonymKeyError(
+                    f"{self.dir.parent} was built with another pseudonym key than {KEY_FILE_ENV} names; "
+                    "use the key it was built with, or a new output root")
+            if recorded is None and create:
+                self._private_dir()
+                from medtrinity_assets.core.storage import atomic_write_bytes
+
+                atomic_write_bytes(check, key_check(project).encode())
+                os.chmod(check, 0o600)
+            return project
+        if check.exists() and not own.exists():
+            raise PseudonymKeyError(f"{self.dir.parent} was built with a project pseudonym key: set {KEY_FILE_ENV} "
+                                    "to the file that holds it")
+        if own.exists():
+            return own.read_bytes()
         if not create:
             return None
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        self._private_dir()
         key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = own.with_name(f".identifiers.key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(key)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, own)  # whole, or not at all; another shard's run may have made it first
+        except FileExistsError:
+            key = own.read_bytes()
+        finally:
+            tmp.unlink()
         return key
+
+    def _private_dir(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
 
     def path(self, source: str) -> Path:
         return self.dir / "identifiers" / f"{source}.json"
 
     def group_id(self, kind: str, value: str) -> str:
         """A pseudonymous group id (``patient:<hash>``, ``study:<hash>``) for a patient or study
-        identifier: keyed BLAKE2b with this output root's key, so equal identifiers give equal
-        ids across sources and reruns, and the id reveals nothing without the key."""
+        identifier: keyed BLAKE2b with this output root's key (or the project's), so equal
+        identifiers give equal ids across sources and reruns, and the id reveals nothing without
+        the key."""
         key = self._key(create=True)
         assert key is not None
         digest = hashlib.blake2b(f"{kind}\x1f{value}".encode(), key=key, digest_size=10).hexdigest()
