@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import os
 import re
+import secrets
 import tempfile
 import threading
 import time
@@ -171,6 +172,36 @@ def write_content_files(files: Iterable[tuple[str, bytes]]) -> int:
     return written
 
 
+def _temp_path(folder: str, name: str) -> str:
+    """A new temporary name beside ``folder/name``, as :data:`_TEMP_RE` reads it (swept after a crash)."""
+    return f"{folder}/.{name}.{os.getpid()}.{next(_TEMP_NAMES) % 16**8:08x}.tmp"
+
+
+def secret_key(path: str | Path, size: int = 32) -> bytes:
+    """The random key kept in the file ``path``, made on first use: ``size`` random bytes in a
+    temporary file (mode 0600, fsynced) linked into place, so the file appears whole or not at all,
+    and of processes making it at once, every one gets the first one's key. Raises OSError."""
+    path = Path(path)
+    with suppress(FileNotFoundError):
+        return path.read_bytes()
+    key = secrets.token_bytes(size)
+    tmp = _temp_path(str(path.parent), path.name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process made it first
+            key = path.read_bytes()
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return key
+
+
 def _write_temp(path: str, data: bytes, sync: bool = False) -> str | None:
     """``data`` in a new temporary file beside ``path`` (fsynced with ``sync``), or None when ``path``
     exists."""
@@ -180,7 +211,7 @@ def _write_temp(path: str, data: bytes, sync: bool = False) -> str | None:
     if folder not in _FOLDERS:
         os.makedirs(folder, exist_ok=True)
         _FOLDERS.add(folder)
-    tmp = f"{folder}/.{name}.{os.getpid()}.{next(_TEMP_NAMES) % 16**8:08x}.tmp"  # as _TEMP_RE reads
+    tmp = _temp_path(folder, name)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileNotFoundError:  # the folder was removed since this process made it

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -170,20 +169,9 @@ class IdentifierStore:
         if not create:
             return None
         self._private_dir()
-        key = secrets.token_bytes(32)
-        tmp = own.with_name(f".identifiers.key.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, own)  # whole, or not at all; another shard's run may have made it first
-        except FileExistsError:
-            key = own.read_bytes()
-        finally:
-            tmp.unlink()
-        return key
+        from medtrinity_assets.core.storage import secret_key
+
+        return secret_key(own)  # whole or not at all: two shards' runs may start on a fresh root at once
 
     def _private_dir(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
