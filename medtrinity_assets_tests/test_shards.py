@@ -173,6 +173,6 @@ def test_a_shard_plan_reads_a_volume_header_again_only_when_the_file_changed(tmp
     memos = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert memos and all(b"anat_" not in p.read_bytes() and str(root).encode() not in p.read_bytes() for p in memos)
     for p in memos:
-        if p.suffix == ".parquet":
+        if p.suffix == ".json":  # the memo (beside its hash and the key)
             p.write_bytes(b"damaged")
     assert count_shards(spec) == 3 and len(reads) == 10
