@@ -176,3 +176,89 @@ def test_a_shard_plan_reads_a_volume_header_again_only_when_the_file_changed(tmp
         if p.suffix == ".json":  # the memo (beside its hash and the key)
             p.write_bytes(b"damaged")
     assert count_shards(spec) == 3 and len(reads) == 10
+
+
+def _odd_dicom_tree(root: Path) -> Path:
+    """Folders of (unread) DICOM-named files at several depths, with what a listing must step around:
+    hidden entries, a link to a folder (not followed), a link to a file, a DICOMDIR index (skipped),
+    a DICOMDIR link that cannot be followed (a rejected input), files beside subfolders."""
+    for folder, n in (("p1/s1", 3), ("p1/s2", 2), ("p1", 1), ("p2/s1/x", 4), ("p3", 2), ("", 1)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            (root / folder / f"im{k}.dcm").write_bytes(b"x")
+    (root / "p1" / "s1" / ".hidden.dcm").write_bytes(b"x")
+    (root / ".cache").mkdir()
+    (root / ".cache" / "a.dcm").write_bytes(b"x")
+    (root / "p2" / "s1" / "linked").symlink_to(root / "p3", target_is_directory=True)
+    (root / "p3" / "other.txt").symlink_to(root / "p1" / "im0.dcm")
+    (root / "p1" / "s2" / "DICOMDIR").write_bytes(b"x")
+    (root / "p2" / "DICOMDIR").symlink_to(root / "gone")
+    return root.resolve()
+
+
+@pytest.mark.parametrize("include", [[], ["p1/*", "*.dcm"]])
+def test_dicom_folder_counts_are_remembered_and_equal_a_full_listing(tmp_path, monkeypatch, include):
+    """A plan from the folder memo equals one from listing every file, cold and warm; a warm plan lists
+    only folders with subfolders and folders that changed; a shard lists its own folders; a folder that
+    cannot be listed is a rejected input of its parent's unit either way; the memo holds no path."""
+    import os
+    from collections import Counter
+
+    from medtrinity_assets.ingest.readers import folder_units, reader_for
+    from medtrinity_assets.ingest.readers.dicom_headers import is_dicomdir, list_dicom
+    from medtrinity_assets.ingest.readers.files import list_files
+    from medtrinity_assets.ingest.readers.header_memo import HeaderMemo
+    from medtrinity_assets.ingest.shards import plan_shards
+
+    monkeypatch.setenv("MEDTRINITY_CACHE", str(tmp_path / "cache"))
+    root = _odd_dicom_tree(tmp_path / "src")
+    real_scandir = os.scandir
+    listed: list[str] = []
+
+    def scandir(path="."):
+        listed.append(os.path.relpath(path, root))
+        if str(path).endswith("p3"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    spec = SourceSpec(name="odd", layout="dicom", root=str(root), modality="CT", organ="head", license="test",
+                      shard_size=3, include=include)
+    reader = reader_for("dicom")
+    every = list_dicom(list_files(root, include))
+    assert any(f.relpath == "p3" and f.path is None for f in every), "the unlistable folder is an input"
+    reference = sorted(Counter(reader.shard_unit(f.relpath) for f in every).items())
+    plan = plan_shards(reference, 3, reader.shard_unit)
+    assert plan.count >= 2
+
+    def walk(shard=None):
+        wanted = None if shard is None else plan.keeps_unit(shard)
+        memo = HeaderMemo(root, f"dicom_folders\0{sorted(include)}")
+        found = folder_units.walk_folders(root, include, memo=memo, wanted=wanted,
+                                          counts_file=lambda rel: not is_dicomdir(rel))
+        memo.save()
+        return found
+
+    assert reader.shard_units(spec, root) == reference  # cold: nothing remembered (all changed just now)
+    past = 1_000_000_000 * 10
+    for folder, _dirs, _files in os.walk(root):
+        st = os.stat(folder)
+        os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns - past))
+    assert reader.shard_units(spec, root) == reference  # remembers the folders, now settled
+    listed.clear()
+    assert reader.shard_units(spec, root) == reference
+    always = {".", "p1", "p2", "p2/s1", "p3", "p1/s2"}  # subfolders, a DICOMDIR, unlistable
+    assert set(listed) == always and len(listed) == len(always), "a settled leaf folder is not listed again"
+    for shard in range(plan.count):
+        listed.clear()
+        keeps = plan.keeps(shard)
+        assert list_dicom(walk(shard).found) == [f for f in every if keeps(f.relpath)]
+        own = {unit for unit, k in plan.shard_of_unit.items() if k == shard}
+        assert set(listed) - always <= {u or "." for u in own}
+
+    (root / "p1" / "s1" / "im9.dcm").write_bytes(b"x")  # a new file: the folder changed
+    listed.clear()
+    units = dict(walk().units())
+    assert "p1/s1" in listed and units["p1/s1"] == (4 if not include or "*.dcm" in include else 3)
+    memos = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert memos and all(b"p1" not in p.read_bytes() and str(root).encode() not in p.read_bytes() for p in memos)

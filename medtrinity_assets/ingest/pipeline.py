@@ -248,7 +248,7 @@ def _scan_shard(spec: SourceSpec, root: Path, shard: int, map_ordered) -> tuple[
     plan, full = _plan(spec, root, map_ordered)
     if plan.count == 1 and shard == 0:
         return plan, full if full is not None else reader.scan(spec, root, map_ordered)
-    keeps = plan.keeps(shard) if shard < plan.count else (lambda relpath: False)
     if full is not None:
+        keeps = plan.keeps(shard)
         return plan, ScanResult([t for t in full.tasks if keeps(t.relpath)], full.identifiers)
-    return plan, reader.scan_shard(spec, root, map_ordered, keeps)
+    return plan, reader.scan_shard(spec, root, map_ordered, plan, shard)

@@ -60,6 +60,10 @@ class ShardPlan:
         """Whether an input (by relative path) belongs to ``shard``."""
         return lambda relpath: self.shard_of_unit.get(self.unit_of(relpath), 0) == shard
 
+    def keeps_unit(self, shard: int) -> Callable[[str], bool]:
+        """Whether a unit belongs to ``shard`` (one the plan does not know: shard 0, as in :meth:`keeps`)."""
+        return lambda unit: self.shard_of_unit.get(unit, 0) == shard
+
     def parts(self, source: str) -> list[str]:
         return [part_name(source, k) for k in range(self.count)]
 

@@ -23,6 +23,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from medtrinity_assets.ingest.registry import SourceSpec
+    from medtrinity_assets.ingest.shards import ShardPlan
 
 #: Reason prefixes of quarantined rows (the text before the first ``:``).
 REASONS = (
@@ -243,11 +244,10 @@ class Reader(ABC):
         scan itself is cheap (a listing): the shard plan is then made from the scanned tasks."""
         return None
 
-    def scan_shard(
-        self, spec: SourceSpec, root: Path, map_ordered: MapOrdered, keeps: Callable[[str], bool]
-    ) -> ScanResult:
-        """The tasks of one shard (``keeps(relpath)``). Readers whose scan reads the inputs (DICOM
-        headers) override it to read only the shard's."""
+    def scan_shard(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered, plan: ShardPlan, shard: int) -> ScanResult:
+        """The tasks of shard ``shard`` of ``plan``. Readers whose scan reads the inputs (DICOM headers)
+        override it to read only the shard's."""
+        keeps = plan.keeps(shard)
         scan = self.scan(spec, root, map_ordered)
         return ScanResult([t for t in scan.tasks if keeps(t.relpath)], scan.identifiers)
 

@@ -10,8 +10,7 @@ scrub text, and UIDs serve only grouping and SEG matching.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,13 +50,20 @@ from medtrinity_assets.ingest.readers.dicom_pixels import (
     pixel_spacing,
     rescale_of,
 )
-from medtrinity_assets.ingest.readers.files import list_files, list_relpaths
+from medtrinity_assets.ingest.readers.files import FoundFile, list_files
+from medtrinity_assets.ingest.readers.folder_units import FolderWalk, walk_folders
+from medtrinity_assets.ingest.readers.header_memo import HeaderMemo
 
 if TYPE_CHECKING:  # pragma: no cover
     from medtrinity_assets.ingest.registry import SourceSpec
+    from medtrinity_assets.ingest.shards import ShardPlan
 
 #: header reads per round trip to a worker (a read takes about what sending a task costs)
 HEADER_CHUNK = 32
+
+
+def _not_dicomdir(relpath: str) -> bool:
+    return not is_dicomdir(relpath)
 
 
 def scan_header_chunk(items: list[tuple[str, str, int]]) -> list[DicomHeader]:
@@ -220,18 +226,29 @@ class DicomReader(Reader):
         return relpath.rsplit("/", 1)[0] if "/" in relpath else ""  # a folder: a series stays whole
 
     def shard_units(self, spec: SourceSpec, root: Path) -> list[tuple[str, int]]:
-        """Files per folder, from the folders' listings: only ``DICOMDIR`` entries are looked at
-        (an index is skipped, a link to one that cannot be followed is a rejected input)."""
-        include = list(spec.include)
-        indexes = {f.relpath for f in list_dicom(list_files(root, include, keep=is_dicomdir))}
-        rels = [rel for rel in list_relpaths(root, include) if not is_dicomdir(rel) or rel in indexes]
-        return sorted(Counter(self.shard_unit(rel) for rel in rels).items())
+        """Files per folder, from the folders' listings (an unchanged folder without subfolders is not
+        listed again: :mod:`.folder_units`); only ``DICOMDIR`` entries are looked at (an index is
+        skipped, a link to one that cannot be followed is a rejected input)."""
+        return self._walk(spec, root).units()
 
-    def scan_shard(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered, keeps) -> ScanResult:
-        return self.scan(spec, root, map_ordered, keeps)
+    def scan_shard(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered, plan: ShardPlan, shard: int) -> ScanResult:
+        """The tasks of one shard: only its folders are listed, only their files' headers read."""
+        found = list_dicom(self._walk(spec, root, plan.keeps_unit(shard)).found)
+        return self._scan_found(spec, found, map_ordered)
 
-    def scan(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered, keeps=None) -> ScanResult:
-        found = list_dicom(list_files(root, list(spec.include), keep=keeps))  # only this shard's files
+    def scan(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered) -> ScanResult:
+        return self._scan_found(spec, list_dicom(list_files(root, list(spec.include))), map_ordered)
+
+    @staticmethod
+    def _walk(spec: SourceSpec, root: Path, wanted: Callable[[str], bool] | None = None) -> FolderWalk:
+        memo = HeaderMemo(root, f"dicom_folders\0{sorted(spec.include)}")
+        walk = walk_folders(root, list(spec.include), memo=memo, wanted=wanted, counts_file=_not_dicomdir)
+        memo.save()
+        return walk
+
+    @staticmethod
+    def _scan_found(spec: SourceSpec, found: list[FoundFile], map_ordered: MapOrdered) -> ScanResult:
+        """Tasks from the listed files: their headers read (in chunks, through ``map_ordered``) and grouped."""
         tasks: list[Task] = [Rejected(f.relpath, reason=f.reason or "path_escapes_root:") for f in found if f.path is None]
         items = [(f.relpath, str(f.path), spec.max_pixels) for f in found if f.path is not None]
         chunks = [items[i : i + HEADER_CHUNK] for i in range(0, len(items), HEADER_CHUNK)]

@@ -11,12 +11,19 @@ readable by this user only) of the file's absolute path, size and modification t
 memo holds no path (folder names can carry patient names), and a rewritten file is read again.
 The memo is a user-cache record, checked against its stored SHA-256 before use; a memo that is
 missing, damaged or unwritable only means that headers are read again.
+
+The same memo keeps a folder's counts for a plan made from listings
+(:mod:`~medtrinity_assets.ingest.readers.folder_units`): a folder's modification time changes when an
+entry is added, removed or renamed in it. Such counts are remembered only once the folder has been
+still for ``settle_s`` (the clock that stamps a change ticks in milliseconds, so an entry added in the
+same tick as the listing would otherwise leave a stale count behind).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,19 +66,38 @@ class HeaderMemo:
     def _digest(self, text: str) -> str:
         return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), key=self._key or b"", digest_size=16).hexdigest()
 
-    def get(self, path: Path, read: Callable[[], tuple[int, ...]]) -> tuple[int, ...]:
-        """The counts of the file ``path``: remembered when the file is unchanged, else ``read()``."""
-        if self._key is None:
-            return read()
+    def _stamp(self, path: Path | str) -> tuple[str, int] | None:
+        """The entry key of ``path`` as it is now (keyed hash of path, size, mtime) and its mtime in ns."""
         try:
             st = os.stat(path)
         except OSError:
-            return read()
-        key = self._digest(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}")
-        self._seen.add(key)
-        found = self._known.get(key) or self._new.get(key)
+            return None
+        return self._digest(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}"), st.st_mtime_ns
+
+    def known(self, path: Path | str) -> tuple[int, ...] | None:
+        """The counts remembered for ``path`` as it is now, or None."""
+        stamp = None if self._key is None else self._stamp(path)
+        if stamp is None:
+            return None
+        self._seen.add(stamp[0])
+        return self._known.get(stamp[0]) or self._new.get(stamp[0])
+
+    def remember(self, path: Path | str, counts: tuple[int, ...], settle_s: float = 0.0) -> None:
+        """Keep ``counts`` for ``path`` as it is now, unless it changed less than ``settle_s`` ago."""
+        stamp = None if self._key is None else self._stamp(path)
+        if stamp is None or time.time_ns() - stamp[1] < settle_s * 1e9:
+            return
+        counts = tuple(int(c) for c in counts)
+        self._seen.add(stamp[0])
+        if self._known.get(stamp[0]) != counts:  # a memo is written only when something is new
+            self._new[stamp[0]] = counts
+
+    def get(self, path: Path, read: Callable[[], tuple[int, ...]]) -> tuple[int, ...]:
+        """The counts of the file ``path``: remembered when the file is unchanged, else ``read()``."""
+        found = self.known(path)
         if found is None:
-            found = self._new[key] = tuple(int(c) for c in read())
+            found = tuple(int(c) for c in read())
+            self.remember(path, found)
         return found
 
     def save(self) -> None:

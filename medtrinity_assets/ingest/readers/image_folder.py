@@ -33,6 +33,7 @@ from medtrinity_assets.ingest.readers.pil import IMAGE_SUFFIXES, PIL_FORMATS, re
 
 if TYPE_CHECKING:  # pragma: no cover
     from medtrinity_assets.ingest.registry import SourceSpec
+    from medtrinity_assets.ingest.shards import ShardPlan
 
 
 @dataclass
@@ -188,9 +189,9 @@ class ImageFolderReader(Reader):
         _require_images(root, spec.name)
         return list(Counter(list_relpaths(root, list(spec.include), "images")).items())
 
-    def scan_shard(self, spec: SourceSpec, root: Path, map_ordered, keeps: Callable[[str], bool]) -> ScanResult:
+    def scan_shard(self, spec: SourceSpec, root: Path, map_ordered, plan: ShardPlan, shard: int) -> ScanResult:
         """The tasks of one shard: only its files (and their masks) are looked at."""
-        return ScanResult(list_folder(root, list(spec.include), name=spec.name, keep=keeps))
+        return ScanResult(list_folder(root, list(spec.include), name=spec.name, keep=plan.keeps(shard)))
 
     def read(self, task: Task, spec: SourceSpec, root: Path) -> Iterator[Volume | Rejected]:
         assert isinstance(task, ImageTask)
