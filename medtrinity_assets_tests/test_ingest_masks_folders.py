@@ -297,22 +297,55 @@ def _odd_folder(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("include", [[], ["*.png", "c/*"]])
-def test_shards_of_an_image_folder_equal_the_full_scan_cut(tmp_path, include):
+def test_shards_of_an_image_folder_equal_the_full_scan_cut(tmp_path, monkeypatch, include):
+    """Each shard's tasks (images ranked in its stretch, with their masks) are the full scan's cut, with
+    the folder memo cold and warm: names sorting around a folder's (``c.png``, ``c-1.png``, ``c0.png``
+    beside ``c/``), a folder that cannot be listed (an input sorting as its name), links, hidden
+    entries, masks of several suffixes. A warm plan lists no settled folder without subfolders."""
+    import os
     from collections import Counter
 
     from medtrinity_assets.ingest.pipeline import _scan_shard
     from medtrinity_assets.ingest.readers import reader_for
     from medtrinity_assets.ingest.shards import plan_shards
 
+    monkeypatch.setenv("MEDTRINITY_CACHE", str(tmp_path / "cache"))
     root = _odd_folder(tmp_path).resolve()
+    blank = np.zeros((8, 8), np.uint8)
+    for rel in ["c.png", "c-1.png", "c0.png", "u/v.png", "w/x/y.png"]:
+        _write_image(root / "images" / rel, blank)
+    _write_image(root / "masks" / "c-1.png", blank)
+    real_scandir, listed = os.scandir, []
+
+    def scandir(path="."):
+        listed.append(os.path.relpath(path, root))
+        if str(path).endswith("images/u"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
     spec = make_spec(tmp_path, "odd", "image_folder", root, shard_size=3, include=include)
     reader = reader_for("image_folder")
     serial = lambda fn, items: map(fn, items)  # noqa: E731
     full = reader.scan(spec, root, serial).tasks
     reference = plan_shards(Counter(t.relpath for t in full).items(), 3, reader.shard_unit)
-    assert reference.count >= 3 and any(isinstance(t, Rejected) for t in full)
+    assert reference.count >= 4 and any(t.relpath == "images/u" and isinstance(t, Rejected) for t in full)
     assert len([t for t in full if getattr(t, "mask_relpath", None)]) >= (4 if not include else 2)
-    for shard in range(reference.count + 1):
-        plan, scan = _scan_shard(spec, root, shard, serial)
-        assert plan.shard_of_unit == reference.shard_of_unit
-        assert scan.tasks == [t for t in full if shard < reference.count and reference.keeps(shard)(t.relpath)]
+
+    def every_shard() -> None:
+        for shard in range(reference.count + 1):
+            plan, scan = _scan_shard(spec, root, shard, serial)
+            assert plan.count == reference.count
+            assert scan.tasks == [t for t in full if shard < reference.count and reference.keeps(shard)(t.relpath)]
+
+    every_shard()  # a cold memo: every folder changed just now, none remembered
+    for folder, _dirs, _files in os.walk(root):
+        st = os.stat(folder)
+        os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns - 10**10))
+    every_shard()  # remembers the settled folders
+    listed.clear()
+    every_shard()  # plans from remembered counts
+    listed.clear()
+    assert _scan_shard(spec, root, 0, serial)[0].count == reference.count
+    assert {"images", "images/c"} <= set(listed), "folders with subfolders are listed"
+    assert not {"images/w/x", "images/c/f", "masks/c/f"} & set(listed), "other shards' settled leaf folders are not"

@@ -33,7 +33,7 @@ from medtrinity_assets.ingest.readers.base import ScanResult
 from medtrinity_assets.ingest.readers.files import check_root
 from medtrinity_assets.ingest.records import Candidate, TaskResult
 from medtrinity_assets.ingest.registry import SourceSpec
-from medtrinity_assets.ingest.shards import ShardPlan, plan_shards
+from medtrinity_assets.ingest.shards import RankedPlan, ShardPlan, plan_shards
 from medtrinity_assets.ingest.worker import WorkerPool
 from medtrinity_assets.privacy import identifier_store
 
@@ -227,21 +227,20 @@ def count_shards(spec: SourceSpec) -> int:
         return 1
 
 
-def _plan(spec: SourceSpec, root: Path, map_ordered) -> tuple[ShardPlan, ScanResult | None]:
+def _plan(spec: SourceSpec, root: Path, map_ordered) -> tuple[ShardPlan | RankedPlan, ScanResult | None]:
     """The source's shard plan, and its full scan when the plan was made from it."""
     reader = reader_for(spec.layout)
-    units = reader.shard_units(spec, root)
-    full = None
-    if units is None:
-        full = reader.scan(spec, root, map_ordered)
-        weights: Counter[str] = Counter()
-        for task in full.tasks:
-            weights[reader.shard_unit(task.relpath)] += task.images
-        units = list(weights.items())
-    return plan_shards(units, spec.shard_size, reader.shard_unit), full
+    plan = reader.shard_plan(spec, root)
+    if plan is not None:
+        return plan, None
+    full = reader.scan(spec, root, map_ordered)
+    weights: Counter[str] = Counter()
+    for task in full.tasks:
+        weights[reader.shard_unit(task.relpath)] += task.images
+    return plan_shards(weights.items(), spec.shard_size, reader.shard_unit), full
 
 
-def _scan_shard(spec: SourceSpec, root: Path, shard: int, map_ordered) -> tuple[ShardPlan, ScanResult]:
+def _scan_shard(spec: SourceSpec, root: Path, shard: int, map_ordered) -> tuple[ShardPlan | RankedPlan, ScanResult]:
     """The source's shard plan and the tasks of ``shard``; a reader whose scan reads the inputs
     (DICOM headers) reads only the shard's, the others filter their (cheap) full scan."""
     reader = reader_for(spec.layout)
@@ -249,6 +248,7 @@ def _scan_shard(spec: SourceSpec, root: Path, shard: int, map_ordered) -> tuple[
     if plan.count == 1 and shard == 0:
         return plan, full if full is not None else reader.scan(spec, root, map_ordered)
     if full is not None:
+        assert isinstance(plan, ShardPlan)
         keeps = plan.keeps(shard)
         return plan, ScanResult([t for t in full.tasks if keeps(t.relpath)], full.identifiers)
     return plan, reader.scan_shard(spec, root, map_ordered, plan, shard)

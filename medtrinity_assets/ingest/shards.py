@@ -72,6 +72,30 @@ def plan_shards(units: Iterable[tuple[str, int]], size: int, unit_of: Callable[[
     return ShardPlan(int(size), assign(sorted(units), size), unit_of)
 
 
+@dataclass(frozen=True)
+class RankedPlan:
+    """Shards of a source whose every input is a unit of one image (an image folder): shard ``k`` holds
+    the inputs ranked ``k * size`` to ``(k + 1) * size`` in sorted order, what :func:`assign` gives for
+    units of weight one, without a table of every input."""
+
+    size: int
+    total: int
+
+    @property
+    def count(self) -> int:
+        return max(1, -(-self.total // max(1, self.size)))
+
+    def stretch(self, shard: int) -> tuple[int, int]:
+        """The ranks ``[lo, hi)`` of shard ``shard``'s inputs (empty past the last shard)."""
+        if shard >= self.count:
+            return 0, 0
+        size = max(1, self.size)
+        return shard * size, (shard + 1) * size
+
+    def parts(self, source: str) -> list[str]:
+        return [part_name(source, k) for k in range(self.count)]
+
+
 # --------------------------------------------------------------------------------------
 # duplicates across shards
 

@@ -23,7 +23,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from medtrinity_assets.ingest.registry import SourceSpec
-    from medtrinity_assets.ingest.shards import ShardPlan
+    from medtrinity_assets.ingest.shards import RankedPlan, ShardPlan
 
 #: Reason prefixes of quarantined rows (the text before the first ``:``).
 REASONS = (
@@ -239,9 +239,9 @@ class Reader(ABC):
         """The unit an input belongs to: inputs of one unit always land in the same shard."""
         return relpath
 
-    def shard_units(self, spec: SourceSpec, root: Path) -> list[tuple[str, int]] | None:
-        """``(unit, images)`` of every input, found without reading them, or ``None`` when the
-        scan itself is cheap (a listing): the shard plan is then made from the scanned tasks."""
+    def shard_plan(self, spec: SourceSpec, root: Path) -> ShardPlan | RankedPlan | None:
+        """The source's shard plan, made without reading its inputs, or ``None`` when the scan itself
+        is cheap (a listing): the plan is then made from the scanned tasks."""
         return None
 
     def scan_shard(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered, plan: ShardPlan, shard: int) -> ScanResult:

@@ -53,6 +53,7 @@ from medtrinity_assets.ingest.readers.dicom_pixels import (
 from medtrinity_assets.ingest.readers.files import FoundFile, list_files
 from medtrinity_assets.ingest.readers.folder_units import FolderWalk, walk_folders
 from medtrinity_assets.ingest.readers.header_memo import HeaderMemo
+from medtrinity_assets.ingest.shards import plan_shards
 
 if TYPE_CHECKING:  # pragma: no cover
     from medtrinity_assets.ingest.registry import SourceSpec
@@ -230,6 +231,9 @@ class DicomReader(Reader):
         listed again: :mod:`.folder_units`); only ``DICOMDIR`` entries are looked at (an index is
         skipped, a link to one that cannot be followed is a rejected input)."""
         return self._walk(spec, root).units()
+
+    def shard_plan(self, spec: SourceSpec, root: Path) -> ShardPlan:
+        return plan_shards(self.shard_units(spec, root), spec.shard_size, self.shard_unit)
 
     def scan_shard(self, spec: SourceSpec, root: Path, map_ordered: MapOrdered, plan: ShardPlan, shard: int) -> ScanResult:
         """The tasks of one shard: only its folders are listed, only their files' headers read."""

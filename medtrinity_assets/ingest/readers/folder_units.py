@@ -8,7 +8,14 @@ path, size and modification time (which change when an entry is added, removed o
 a run looks at a folder without subfolders again only when it changed, so planning costs a ``stat``
 per folder, and a shard lists only its own folders' files.
 
-What the walk reports is what :func:`~medtrinity_assets.ingest.readers.files.list_files` reports,
+A reader whose unit is a file (an image folder) cuts the sorted files into consecutive shards of
+``shard_size``: shard ``k`` holds the files ranked ``k * size`` to ``(k + 1) * size`` in the order
+``list_files`` gives them. :func:`walk_ranked` walks the folders in that order, adding up counts, and
+lists a remembered folder without subfolders only when its files' ranks meet the shard's: a plan is
+a total, not a table of every file. (A folder's files are one stretch of that order: every path in it
+starts with the folder's path and a slash.)
+
+What the walks report is what :func:`~medtrinity_assets.ingest.readers.files.list_files` reports,
 folder by folder (hidden entries skipped, links to folders not followed, ``include`` globs, a folder
 that cannot be listed as an input of its parent folder's unit), so a plan or a shard's inputs are the
 same with a memo, without one, or from a full listing (the tests hold them to it).
@@ -44,6 +51,7 @@ def walk_folders(
     root: Path,
     include: Sequence[str] = (),
     *,
+    under: str = "",
     memo: HeaderMemo | None = None,
     wanted: Callable[[str], bool] | None = None,
     counts_file: Callable[[str], bool] | None = None,
@@ -57,7 +65,9 @@ def walk_folders(
     """
     real_root = str(root) if os.path.realpath(root) == str(root) else None  # else every file is resolved
     walk = FolderWalk()
-    stack = [""]
+    if under and not (root / under).is_dir():
+        return walk
+    stack = [under]
     while stack:
         rel = stack.pop()
         path = os.path.join(root, rel) if rel else str(root)
@@ -73,13 +83,89 @@ def walk_folders(
             continue
         walk.counts[rel] = walk.counts.get(rel, 0) + folder.count
         if take:
-            real = None if real_root is None else (os.path.join(real_root, rel) if rel else real_root)
-            walk.found.extend(folder.found(root, real))
+            walk.found.extend(folder.found(root, _real(real_root, rel)))
         if memo is not None and folder.stable:
             memo.remember(path, (folder.count, len(folder.subfolders)), settle_s=SETTLE_S)
         stack.extend(reversed(folder.subfolders))
     walk.found.sort(key=lambda f: f.relpath)
     return walk
+
+
+def _real(real_root: str | None, rel: str) -> str | None:
+    """A folder's resolved path, reached without following a link (None: unknown, resolve each file)."""
+    return None if real_root is None else (os.path.join(real_root, rel) if rel else real_root)
+
+
+@dataclass
+class RankedWalk:
+    """How many inputs a folder holds, and those ranked in a shard's stretch, as ``list_files`` gives them."""
+
+    total: int = 0
+    found: list[FoundFile] = field(default_factory=list)
+
+
+def walk_ranked(
+    root: Path, under: str, include: Sequence[str] = (), *, memo: HeaderMemo | None = None, lo: int = 0, hi: int = 0
+) -> RankedWalk:
+    """Count the inputs under ``root/under`` (in ``list_files``'s order) and list those ranked in
+    ``[lo, hi)``; a remembered folder without subfolders outside that stretch costs a ``stat``."""
+    walk = RankedWalk()
+    path = os.path.join(root, under)
+    if os.path.isdir(path):
+        real_root = str(root) if os.path.realpath(root) == str(root) else None
+        known = None if memo is None else memo.known(path)
+        _rank_folder(root, under, known, include, memo, (lo, hi), real_root, walk)
+    return walk
+
+
+def _rank_folder(root: Path, rel: str, known: tuple[int, ...] | None, include: Sequence[str], memo: HeaderMemo | None,
+                 stretch: tuple[int, int], real_root: str | None, walk: RankedWalk) -> None:
+    """Add folder ``rel`` (``known``: its remembered counts) to ``walk``: its files and subfolders in
+    order of their paths (a subfolder's files sort as its name and a slash; one that cannot be listed
+    is an input sorting as its name)."""
+    lo, hi = stretch
+    path = os.path.join(root, rel) if rel else str(root)
+    if known is not None and known[1] == 0 and not (walk.total < hi and walk.total + known[0] > lo):
+        walk.total += known[0]
+        return
+    try:
+        folder = _Folder(root, rel, path, include, None)
+    except OSError as exc:
+        _rank_unlisted(walk, rel, os_reason(exc), stretch)
+        return
+    if memo is not None:
+        memo.remember(path, (folder.count, len(folder.subfolders)), settle_s=SETTLE_S)
+    entries: list[tuple[str, str, str, tuple[int, ...] | None]] = [(name, "file", name, None) for name in folder.names]
+    for sub in folder.subfolders:
+        name = sub[len(folder.prefix):]
+        sub_known = None if memo is None else memo.known(os.path.join(root, sub))
+        reason = None if sub_known is not None else _unlistable(os.path.join(root, sub))
+        entries.append((name, "unlisted", reason, None) if reason else (name + "/", "folder", sub, sub_known))
+    real = _real(real_root, rel)
+    for key, kind, what, sub_known in sorted(entries, key=lambda e: e[0]):
+        if kind == "folder":
+            _rank_folder(root, what, sub_known, include, memo, stretch, real_root, walk)
+        elif kind == "unlisted":
+            _rank_unlisted(walk, folder.prefix + key, what, stretch)
+        else:
+            if lo <= walk.total < hi:
+                walk.found.append(_found(root, folder.prefix + key, path, key, real))
+            walk.total += 1
+
+
+def _unlistable(path: str) -> str | None:
+    """Why a folder cannot be listed (None: it can)."""
+    try:
+        with os.scandir(path):
+            return None
+    except OSError as exc:
+        return os_reason(exc)
+
+
+def _rank_unlisted(walk: RankedWalk, rel: str, reason: str, stretch: tuple[int, int]) -> None:
+    if stretch[0] <= walk.total < stretch[1]:
+        walk.found.append(FoundFile(rel or ".", None, reason))
+    walk.total += 1
 
 
 def _add_unlisted(walk: FolderWalk, rel: str, reason: str, wanted: Callable[[str], bool] | None) -> None:

@@ -8,7 +8,6 @@ one first, then lossless before lossy (PNG, then TIFF, then JPEG), then the smal
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,11 @@ from medtrinity_assets.ingest.readers.base import (
     Volume,
     label_values,
 )
-from medtrinity_assets.ingest.readers.files import FoundFile, list_files, list_relpaths
+from medtrinity_assets.ingest.readers.files import FoundFile, list_files
+from medtrinity_assets.ingest.readers.folder_units import RankedWalk, walk_folders, walk_ranked
+from medtrinity_assets.ingest.readers.header_memo import HeaderMemo
 from medtrinity_assets.ingest.readers.pil import IMAGE_SUFFIXES, PIL_FORMATS, read_label_image, read_pages
+from medtrinity_assets.ingest.shards import RankedPlan
 
 if TYPE_CHECKING:  # pragma: no cover
     from medtrinity_assets.ingest.registry import SourceSpec
@@ -77,12 +79,19 @@ def list_folder(
     _require_images(root, name)
     images = list_files(root, include, "images", keep=keep)
     wanted = {_key(f.relpath, "images") for f in images} if keep is not None else None
-    masks: dict[str, FoundFile] = {}
-    for f in list_files(root, (), "masks", keep=None if wanted is None else lambda rel: _key(rel, "masks") in wanted):
+    masks = list_files(root, (), "masks", keep=None if wanted is None else lambda rel: _key(rel, "masks") in wanted)
+    return folder_tasks(images, masks)
+
+
+def folder_tasks(images: list[FoundFile], masks: list[FoundFile]) -> list[Task]:
+    """A task per listed image, with its mask: of the listed masks of the same path under ``masks/``
+    (suffix aside), a readable one in the most lossless format."""
+    best: dict[str, FoundFile] = {}
+    for f in masks:
         if f.relpath.lower().endswith(IMAGE_SUFFIXES):
             key = _key(f.relpath, "masks")
-            if key not in masks or _mask_rank(f) < _mask_rank(masks[key]):
-                masks[key] = f
+            if key not in best or _mask_rank(f) < _mask_rank(best[key]):
+                best[key] = f
     tasks: list[Task] = []
     for f in images:
         if f.path is None:
@@ -91,7 +100,7 @@ def list_folder(
         if not f.relpath.lower().endswith(IMAGE_SUFFIXES):
             tasks.append(Rejected(f.relpath, reason="undecodable: not a PNG/JPEG/TIFF file name"))
             continue
-        m = masks.get(_key(f.relpath, "images"))
+        m = best.get(_key(f.relpath, "images"))
         task = ImageTask(f.relpath, path=f.path)
         if m is not None:
             task.mask_relpath = m.relpath
@@ -183,15 +192,31 @@ class ImageFolderReader(Reader):
     def scan(self, spec: SourceSpec, root: Path, map_ordered) -> ScanResult:
         return ScanResult(list_folder(root, list(spec.include), name=spec.name))
 
-    def shard_units(self, spec: SourceSpec, root: Path) -> list[tuple[str, int]]:
+    def shard_plan(self, spec: SourceSpec, root: Path) -> RankedPlan:
         """Every file under ``images/`` is one task (an image, or a rejected file): the plan needs
-        the folders' listings only, not a look at each file nor the masks."""
+        their count alone, from the folders' listings (an unchanged folder without subfolders is not
+        listed again: :mod:`.folder_units`), not a look at each file nor the masks."""
         _require_images(root, spec.name)
-        return list(Counter(list_relpaths(root, list(spec.include), "images")).items())
+        return RankedPlan(spec.shard_size, self._images(spec, root).total)
 
-    def scan_shard(self, spec: SourceSpec, root: Path, map_ordered, plan: ShardPlan, shard: int) -> ScanResult:
-        """The tasks of one shard: only its files (and their masks) are looked at."""
-        return ScanResult(list_folder(root, list(spec.include), name=spec.name, keep=plan.keeps(shard)))
+    def scan_shard(self, spec: SourceSpec, root: Path, map_ordered, plan: ShardPlan | RankedPlan, shard: int) -> ScanResult:
+        """The tasks of one shard: only its files, and the masks beside them, are looked at."""
+        assert isinstance(plan, RankedPlan)
+        images = self._images(spec, root, *plan.stretch(shard)).found
+        keys = {_key(f.relpath, "images") for f in images}
+        folders = {"masks/" + key.rpartition("/")[0] if "/" in key else "masks" for key in keys}
+        memo = HeaderMemo(root, "image_folder_masks")
+        listed = walk_folders(root, under="masks", memo=memo, wanted=folders.__contains__)
+        memo.save()
+        masks = [f for f in listed.found if _key(f.relpath, "masks") in keys]
+        return ScanResult(folder_tasks(images, masks))
+
+    @staticmethod
+    def _images(spec: SourceSpec, root: Path, lo: int = 0, hi: int = 0) -> RankedWalk:
+        memo = HeaderMemo(root, f"image_folder\0{sorted(spec.include)}")
+        walk = walk_ranked(root, "images", list(spec.include), memo=memo, lo=lo, hi=hi)
+        memo.save()
+        return walk
 
     def read(self, task: Task, spec: SourceSpec, root: Path) -> Iterator[Volume | Rejected]:
         assert isinstance(task, ImageTask)
