@@ -77,13 +77,13 @@ def walk_folders(
             walk.counts[rel] = walk.counts.get(rel, 0) + known[0]
             continue
         try:
-            folder = _Folder(root, rel, path, include, counts_file)
+            folder = _Folder(root, rel, path, _real(real_root, rel), include, counts_file)
         except OSError as exc:  # not listable: an input of its parent folder's unit
             _add_unlisted(walk, rel, os_reason(exc), wanted)
             continue
         walk.counts[rel] = walk.counts.get(rel, 0) + folder.count
         if take:
-            walk.found.extend(folder.found(root, _real(real_root, rel)))
+            walk.found.extend(folder.found(root))
         if memo is not None and folder.stable:
             memo.remember(path, (folder.count, len(folder.subfolders)), settle_s=SETTLE_S)
         stack.extend(reversed(folder.subfolders))
@@ -128,8 +128,9 @@ def _rank_folder(root: Path, rel: str, known: tuple[int, ...] | None, include: S
     if known is not None and known[1] == 0 and not (walk.total < hi and walk.total + known[0] > lo):
         walk.total += known[0]
         return
+    real = _real(real_root, rel)
     try:
-        folder = _Folder(root, rel, path, include, None)
+        folder = _Folder(root, rel, path, real, include, None)
     except OSError as exc:
         _rank_unlisted(walk, rel, os_reason(exc), stretch)
         return
@@ -141,7 +142,6 @@ def _rank_folder(root: Path, rel: str, known: tuple[int, ...] | None, include: S
         sub_known = None if memo is None else memo.known(os.path.join(root, sub))
         reason = None if sub_known is not None else _unlistable(os.path.join(root, sub))
         entries.append((name, "unlisted", reason, None) if reason else (name + "/", "folder", sub, sub_known))
-    real = _real(real_root, rel)
     for key, kind, what, sub_known in sorted(entries, key=lambda e: e[0]):
         if kind == "folder":
             _rank_folder(root, what, sub_known, include, memo, stretch, real_root, walk)
@@ -180,11 +180,11 @@ class _Folder:
     sorted), its count of inputs and whether that count may be remembered. Raises OSError when the
     folder cannot be listed."""
 
-    def __init__(self, root: Path, rel: str, path: str, include: Sequence[str],
+    def __init__(self, root: Path, rel: str, path: str, real: str | None, include: Sequence[str],
                  counts_file: Callable[[str], bool] | None) -> None:
         with os.scandir(path) as entries:
             listed = [(e.name, _is_dir(e), e.is_symlink()) for e in entries if not e.name.startswith(".")]
-        self.path, self.prefix = path, f"{rel}/" if rel else ""
+        self.path, self.real, self.prefix = path, real, f"{rel}/" if rel else ""
         self.subfolders = sorted(self.prefix + name for name, is_dir, link in listed if is_dir and not link)
         names = [name for name, is_dir, _ in listed if not is_dir]
         if include:
@@ -195,7 +195,7 @@ class _Folder:
             others = [name for name in names if not counts_file(self.prefix + name)]
             self.stable = not others
             for name in others:
-                looked = _found(root, self.prefix + name, path, name, path)
+                looked = _found(root, self.prefix + name, path, name, real)
                 if looked.path is None:
                     self.refused[name] = looked
             skip = set(others) - set(self.refused)
@@ -203,9 +203,9 @@ class _Folder:
         self.names = sorted(names)
         self.count = len(self.names)
 
-    def found(self, root: Path, real_dir: str | None) -> list[FoundFile]:
-        """The folder's inputs as ``list_files`` gives them (``real_dir``: the folder's resolved path)."""
-        return [self.refused.get(name) or _found(root, self.prefix + name, self.path, name, real_dir)
+    def found(self, root: Path) -> list[FoundFile]:
+        """The folder's inputs as ``list_files`` gives them."""
+        return [self.refused.get(name) or _found(root, self.prefix + name, self.path, name, self.real)
                 for name in self.names]
 
 
