@@ -54,10 +54,12 @@ def walk_folders(
     under: str = "",
     memo: HeaderMemo | None = None,
     wanted: Callable[[str], bool] | None = None,
+    keep: Callable[[str], bool] | None = None,
     counts_file: Callable[[str], bool] | None = None,
 ) -> FolderWalk:
     """Count the inputs of every folder under the resolved ``root`` and list those of the folders
-    ``wanted`` says yes to (as :class:`FoundFile`, looked at as ``list_files`` looks, sorted).
+    ``wanted`` says yes to (as :class:`FoundFile`, looked at as ``list_files`` looks, sorted), and of
+    those only the ones ``keep`` (a relative path -> bool) accepts, dropped before they are looked at.
 
     ``counts_file(relpath)`` says whether a listed file is an input (default: all); one it says no to
     is looked at (resolved) and counts only when that fails, as a rejected input. A folder holding such
@@ -79,11 +81,11 @@ def walk_folders(
         try:
             folder = _Folder(root, rel, path, _real(real_root, rel), include, counts_file)
         except OSError as exc:  # not listable: an input of its parent folder's unit
-            _add_unlisted(walk, rel, os_reason(exc), wanted)
+            _add_unlisted(walk, rel, os_reason(exc), wanted, keep)
             continue
         walk.counts[rel] = walk.counts.get(rel, 0) + folder.count
         if take:
-            walk.found.extend(folder.found(root))
+            walk.found.extend(folder.found(root, keep))
         if memo is not None and folder.stable:
             memo.remember(path, (folder.count, len(folder.subfolders)), settle_s=SETTLE_S)
         stack.extend(reversed(folder.subfolders))
@@ -168,10 +170,11 @@ def _rank_unlisted(walk: RankedWalk, rel: str, reason: str, stretch: tuple[int, 
     walk.total += 1
 
 
-def _add_unlisted(walk: FolderWalk, rel: str, reason: str, wanted: Callable[[str], bool] | None) -> None:
+def _add_unlisted(walk: FolderWalk, rel: str, reason: str, wanted: Callable[[str], bool] | None,
+                  keep: Callable[[str], bool] | None) -> None:
     unit = rel.rsplit("/", 1)[0] if "/" in rel else ""
     walk.counts[unit] = walk.counts.get(unit, 0) + 1
-    if wanted is not None and wanted(unit):
+    if wanted is not None and wanted(unit) and (keep is None or keep(rel or ".")):
         walk.found.append(FoundFile(rel or ".", None, reason))
 
 
@@ -203,10 +206,10 @@ class _Folder:
         self.names = sorted(names)
         self.count = len(self.names)
 
-    def found(self, root: Path) -> list[FoundFile]:
-        """The folder's inputs as ``list_files`` gives them."""
+    def found(self, root: Path, keep: Callable[[str], bool] | None = None) -> list[FoundFile]:
+        """The folder's inputs (those ``keep`` accepts) as ``list_files`` gives them."""
         return [self.refused.get(name) or _found(root, self.prefix + name, self.path, name, self.real)
-                for name in self.names]
+                for name in self.names if keep is None or keep(self.prefix + name)]
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

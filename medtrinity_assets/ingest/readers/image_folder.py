@@ -206,10 +206,10 @@ class ImageFolderReader(Reader):
         keys = {_key(f.relpath, "images") for f in images}
         folders = {"masks/" + key.rpartition("/")[0] if "/" in key else "masks" for key in keys}
         memo = HeaderMemo(root, "image_folder_masks")
-        listed = walk_folders(root, under="masks", memo=memo, wanted=folders.__contains__)
+        listed = walk_folders(root, under="masks", memo=memo, wanted=folders.__contains__,
+                              keep=lambda rel: _key(rel, "masks") in keys)
         memo.save()
-        masks = [f for f in listed.found if _key(f.relpath, "masks") in keys]
-        return ScanResult(folder_tasks(images, masks))
+        return ScanResult(folder_tasks(images, listed.found))
 
     @staticmethod
     def _images(spec: SourceSpec, root: Path, lo: int = 0, hi: int = 0) -> RankedWalk:
