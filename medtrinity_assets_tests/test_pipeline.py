@@ -494,6 +494,10 @@ def test_a_source_in_several_shards_gives_the_same_triplets_as_one(pipeline, dag
     assert many["shards"] == 6 and many["across"] == 2  # the copies, found across shards
     ingests = [r for r in many["runs"] if r.phase == "ingest"]
     assert len(ingests) == 6 and len({r.run_id for r in ingests}) == 6, "one run per shard (retryable alone)"
+    stats_files = {m.partition: "files_fingerprint" in m.metadata for r in ingests
+                   for m in r.result.asset_materializations_for_node("ingest_source_assets")
+                   if m.asset_key.path[-1] == "source_manifest"}
+    assert stats_files == {f"{k:03d}|shard_check": k == 0 for k in range(6)}, "only shard 0 fingerprints the files"
     assert (out / "preprocessed_images" / "shard_check@005.parquet").is_file()
     assert one["table"].height > 30
     assert many["table"].equals(one["table"])

@@ -58,7 +58,9 @@ def ingest_source_assets(
     part = part_name(name, shard)
     out = storage.out()
     declared = registry.source(name)
-    files = files_fingerprint(declared)  # before reading: a file changed meanwhile re-runs the source
+    # before reading: a file changed meanwhile re-runs the source. Only shard 0's is read back (the
+    # sensor's comparison), and it costs a stat per file of the source, so the other shards skip it.
+    files = files_fingerprint(declared) if shard == 0 else None
     try:
         spec = registry.local_source(name, out)
         result = ingest_source(
@@ -90,8 +92,8 @@ def ingest_source_assets(
             "shards": result.shards,
             "stale_shard_files": len(stale),
             "registry_fingerprint": declared.fingerprint(),
-            "files_fingerprint": files,
-            SOURCE_FINGERPRINT: source_fingerprint(declared, files),
+            **({"files_fingerprint": files, SOURCE_FINGERPRINT: source_fingerprint(declared, files)}
+               if files is not None else {}),
             "synthetic": declared.synthetic,
             "license": declared.license,
             "origin": declared.origin or declared.root,
