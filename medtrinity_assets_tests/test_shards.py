@@ -207,7 +207,7 @@ def test_dicom_folder_counts_are_remembered_and_equal_a_full_listing(tmp_path, m
     from medtrinity_assets.ingest.readers import folder_units, reader_for
     from medtrinity_assets.ingest.readers.dicom_headers import is_dicomdir, list_dicom
     from medtrinity_assets.ingest.readers.files import list_files
-    from medtrinity_assets.ingest.readers.header_memo import HeaderMemo
+    from medtrinity_assets.ingest.readers.plan_memo import PlanMemo
     from medtrinity_assets.ingest.shards import plan_shards
 
     monkeypatch.setenv("MEDTRINITY_CACHE", str(tmp_path / "cache"))
@@ -233,7 +233,7 @@ def test_dicom_folder_counts_are_remembered_and_equal_a_full_listing(tmp_path, m
 
     def walk(shard=None):
         wanted = None if shard is None else plan.keeps_unit(shard)
-        memo = HeaderMemo(root, f"dicom_folders\0{sorted(include)}")
+        memo = PlanMemo(root, f"dicom_folders\0{sorted(include)}")
         found = folder_units.walk_folders(root, include, memo=memo, wanted=wanted,
                                           counts_file=lambda rel: not is_dicomdir(rel))
         memo.save()

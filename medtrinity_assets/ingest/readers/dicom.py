@@ -52,7 +52,7 @@ from medtrinity_assets.ingest.readers.dicom_pixels import (
 )
 from medtrinity_assets.ingest.readers.files import FoundFile, list_files
 from medtrinity_assets.ingest.readers.folder_units import FolderWalk, walk_folders
-from medtrinity_assets.ingest.readers.header_memo import HeaderMemo
+from medtrinity_assets.ingest.readers.plan_memo import PlanMemo
 from medtrinity_assets.ingest.shards import plan_shards
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -245,7 +245,7 @@ class DicomReader(Reader):
 
     @staticmethod
     def _walk(spec: SourceSpec, root: Path, wanted: Callable[[str], bool] | None = None) -> FolderWalk:
-        memo = HeaderMemo(root, f"dicom_folders\0{sorted(spec.include)}")
+        memo = PlanMemo(root, f"dicom_folders\0{sorted(spec.include)}")
         walk = walk_folders(root, list(spec.include), memo=memo, wanted=wanted, counts_file=_not_dicomdir)
         memo.save()
         return walk

@@ -3,7 +3,7 @@
 A reader whose shard unit is a folder (DICOM: a series stays whole) plans its shards from how many
 inputs each folder holds, and every shard's run plans the whole source (a shard is a stretch of the
 sorted folders). Listing every file of a 12M-file source costs about a minute, a thousand times over
-for its thousand shards. Here a folder's count is kept in a :class:`HeaderMemo` keyed by the folder's
+for its thousand shards. Here a folder's count is kept in a :class:`PlanMemo` keyed by the folder's
 path, size and modification time (which change when an entry is added, removed or renamed in it):
 a run looks at a folder without subfolders again only when it changed, so planning costs a ``stat``
 per folder, and a shard lists only its own folders' files.
@@ -30,9 +30,9 @@ from pathlib import Path
 
 from medtrinity_assets.ingest.readers.base import os_reason
 from medtrinity_assets.ingest.readers.files import FoundFile, _found, _matches
-from medtrinity_assets.ingest.readers.header_memo import HeaderMemo
+from medtrinity_assets.ingest.readers.plan_memo import PlanMemo
 
-#: a folder's count is remembered once it has not changed for this long (see :mod:`.header_memo`)
+#: a folder's count is remembered once it has not changed for this long (see :mod:`.plan_memo`)
 SETTLE_S = 2.0
 
 
@@ -52,7 +52,7 @@ def walk_folders(
     include: Sequence[str] = (),
     *,
     under: str = "",
-    memo: HeaderMemo | None = None,
+    memo: PlanMemo | None = None,
     wanted: Callable[[str], bool] | None = None,
     keep: Callable[[str], bool] | None = None,
     counts_file: Callable[[str], bool] | None = None,
@@ -107,7 +107,7 @@ class RankedWalk:
 
 
 def walk_ranked(
-    root: Path, under: str, include: Sequence[str] = (), *, memo: HeaderMemo | None = None, lo: int = 0, hi: int = 0
+    root: Path, under: str, include: Sequence[str] = (), *, memo: PlanMemo | None = None, lo: int = 0, hi: int = 0
 ) -> RankedWalk:
     """Count the inputs under ``root/under`` (in ``list_files``'s order) and list those ranked in
     ``[lo, hi)``; a remembered folder without subfolders outside that stretch costs a ``stat``."""
@@ -120,7 +120,7 @@ def walk_ranked(
     return walk
 
 
-def _rank_folder(root: Path, rel: str, known: tuple[int, ...] | None, include: Sequence[str], memo: HeaderMemo | None,
+def _rank_folder(root: Path, rel: str, known: tuple[int, ...] | None, include: Sequence[str], memo: PlanMemo | None,
                  stretch: tuple[int, int], real_root: str | None, walk: RankedWalk) -> None:
     """Add folder ``rel`` (``known``: its remembered counts) to ``walk``: its files and subfolders in
     order of their paths (a subfolder's files sort as its name and a slash; one that cannot be listed

@@ -29,8 +29,8 @@ from medtrinity_assets.ingest.readers.base import (
 )
 from medtrinity_assets.ingest.readers.files import FoundFile, list_files
 from medtrinity_assets.ingest.readers.folder_units import RankedWalk, walk_folders, walk_ranked
-from medtrinity_assets.ingest.readers.header_memo import HeaderMemo
 from medtrinity_assets.ingest.readers.pil import IMAGE_SUFFIXES, PIL_FORMATS, read_label_image, read_pages
+from medtrinity_assets.ingest.readers.plan_memo import PlanMemo
 from medtrinity_assets.ingest.shards import RankedPlan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -205,7 +205,7 @@ class ImageFolderReader(Reader):
         images = self._images(spec, root, *plan.stretch(shard)).found
         keys = {_key(f.relpath, "images") for f in images}
         folders = {"masks/" + key.rpartition("/")[0] if "/" in key else "masks" for key in keys}
-        memo = HeaderMemo(root, "image_folder_masks")
+        memo = PlanMemo(root, "image_folder_masks")
         listed = walk_folders(root, under="masks", memo=memo, wanted=folders.__contains__,
                               keep=lambda rel: _key(rel, "masks") in keys)
         memo.save()
@@ -213,7 +213,7 @@ class ImageFolderReader(Reader):
 
     @staticmethod
     def _images(spec: SourceSpec, root: Path, lo: int = 0, hi: int = 0) -> RankedWalk:
-        memo = HeaderMemo(root, f"image_folder\0{sorted(spec.include)}")
+        memo = PlanMemo(root, f"image_folder\0{sorted(spec.include)}")
         walk = walk_ranked(root, "images", list(spec.include), memo=memo, lo=lo, hi=hi)
         memo.save()
         return walk

@@ -29,7 +29,7 @@ from medtrinity_assets.ingest.readers.base import (
     cut_axis,
 )
 from medtrinity_assets.ingest.readers.files import list_files, resolve_inside
-from medtrinity_assets.ingest.readers.header_memo import HeaderMemo
+from medtrinity_assets.ingest.readers.plan_memo import PlanMemo
 
 if TYPE_CHECKING:  # pragma: no cover
     from medtrinity_assets.ingest.registry import SourceSpec
@@ -120,7 +120,7 @@ def _stem(name: str) -> str:
 
 def list_msd(
     root: Path, include: list[str], channels: list[int] | None = None, name: str = "", axis: str = "auto",
-    memo: HeaderMemo | None = None,
+    memo: PlanMemo | None = None,
 ) -> list[Task]:
     """One task per image (per channel for 4D images: ``channels`` selects them, default all), with
     its slices along the ``axis`` the source cuts (read from the header, or from ``memo`` when the
@@ -302,7 +302,7 @@ class NiftiMsdReader(Reader):
     description = "NIfTI volumes in the Medical Segmentation Decathlon layout (imagesTr/ labelsTr/ dataset.json)"
 
     def scan(self, spec: SourceSpec, root: Path, map_ordered) -> ScanResult:
-        memo = HeaderMemo(root, f"nifti_msd\0{spec.slicing.axis}\0{sorted(spec.include)}")
+        memo = PlanMemo(root, f"nifti_msd\0{spec.slicing.axis}\0{sorted(spec.include)}")
         tasks = list_msd(root, list(spec.include), spec.channels, name=spec.name, axis=spec.slicing.axis, memo=memo)
         memo.save()
         return ScanResult(tasks)

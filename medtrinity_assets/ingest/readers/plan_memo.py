@@ -1,4 +1,4 @@
-"""What a shard plan read from file headers, kept between runs.
+"""What a shard plan counted (slices in file headers, inputs in folders), kept between runs.
 
 Every shard's run plans its whole source (a shard is a stretch of the sorted inputs), and a NIfTI
 volume's weight in that plan is its slice count, read from its header: about 0.3 ms a file, so
@@ -46,10 +46,11 @@ def _secret() -> bytes | None:
     return key if len(key) == _KEY_BYTES else None
 
 
-class HeaderMemo:
-    """Integer counts read from files' headers (see the module docstring) for the files under
-    ``root``, for one ``purpose`` (what the counts depend on besides the file, e.g. the cut axis),
-    kept as a user-cache record (:mod:`~medtrinity_assets.core.user_cache`)."""
+class PlanMemo:
+    """Integer counts of the files (read from their headers) or folders (from their listings) under
+    ``root`` (see the module docstring), for one ``purpose`` (what the counts depend on besides the
+    file or folder, e.g. the cut axis, the include globs), kept as a user-cache record
+    (:mod:`~medtrinity_assets.core.user_cache`)."""
 
     def __init__(self, root: Path, purpose: str) -> None:
         self._key = _secret()
