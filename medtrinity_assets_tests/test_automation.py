@@ -173,6 +173,32 @@ def test_a_changed_file_reingests_its_source(tmp_path, dagster_instance, demo_re
     assert again.run_requests[0].tags["medtrinity/fingerprint"] != fp
 
 
+def test_the_files_fingerprint_streams_in_the_order_of_sorted_paths(tmp_path):
+    """Folder by folder (no list of the whole source) and still the digest of every file's path, size
+    and mtime in sorted order: names sorting around a folder's, hidden entries and folder links left out."""
+    import hashlib
+
+    from medtrinity_assets.ingest.registry import SourceSpec
+    from medtrinity_assets.ingest.watch import files_fingerprint
+
+    root = tmp_path / "src"
+    for rel in ["c.png", "c-1.png", "c0.png", "c/a.png", "c/b/d.png", "c!.png", "z/y.png", "a/.hidden", ".x/e.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    (root / "linked").symlink_to(root / "c", target_is_directory=True)
+    expected = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if not name.startswith("."):
+                path = Path(folder) / name
+                st = path.stat()
+                expected.append((path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    text = "".join(f"{rel}\0{size}\0{mtime}\n" for rel, size, mtime in sorted(expected))
+    spec = SourceSpec(name="fp", layout="image_folder", root=str(root), modality="CT", organ="head", license="test")
+    assert len(expected) == 7 and files_fingerprint(spec) == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def test_schedule_rebuilds_the_shared_models_on_a_configurable_cadence(monkeypatch):
     from medtrinity_assets.defs.schedules import build_schedules
 

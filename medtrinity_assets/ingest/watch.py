@@ -12,35 +12,40 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 from medtrinity_assets.ingest.registry import SourceSpec
 
 
-def _walk(root: Path) -> Iterator[tuple[str, int, int]]:
-    """``(relative path, size, mtime in ns)`` of every file under ``root``, hidden entries skipped,
-    links to folders not followed. Paths stay text: a ``Path`` per file tripled the cost."""
-    top = str(root)
-    stack = [top]
-    while stack:
-        folder = stack.pop()
+def _walk(folder: str, prefix: str = "") -> Iterator[tuple[str, int, int]]:
+    """``(relative path, size, mtime in ns)`` of every file under ``folder``, in the order of their
+    relative paths, hidden entries skipped, links to folders not followed.
+
+    The order comes folder by folder (a subfolder's files sort as its name and a slash), so no list
+    of the whole source is held; paths stay text (a ``Path`` per file tripled the cost)."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+    except OSError:
+        return
+    found: list[tuple[str, str | None, os.stat_result | None]] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue  # .DS_Store, editors' swap files, our own mirrors' temp files
         try:
-            with os.scandir(folder) as listing:
-                entries = list(listing)
+            if entry.is_dir(follow_symlinks=False):
+                found.append((entry.name + "/", entry.path, None))
+            elif entry.is_file():
+                found.append((entry.name, None, entry.stat()))
         except OSError:
             continue
-        prefix = "" if folder == top else folder[len(top) + 1:].replace(os.sep, "/") + "/"
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue  # .DS_Store, editors' swap files, our own mirrors' temp files
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.is_file():
-                    st = entry.stat()
-                    yield prefix + entry.name, st.st_size, st.st_mtime_ns
-            except OSError:
-                continue
+    found.sort(key=lambda item: item[0])
+    for key, path, st in found:
+        if st is None:
+            yield from _walk(str(path), prefix + key)
+        else:
+            yield prefix + key, st.st_size, st.st_mtime_ns
 
 
 def files_fingerprint(spec: SourceSpec) -> str:
@@ -50,10 +55,10 @@ def files_fingerprint(spec: SourceSpec) -> str:
     root = Path(spec.resolved_root())
     if not root.exists():
         return ""
-    items = [(root.name, root.stat().st_size, root.stat().st_mtime_ns)] if root.is_file() else sorted(_walk(root))
+    files = iter([(root.name, root.stat().st_size, root.stat().st_mtime_ns)]) if root.is_file() else _walk(str(root))
     digest = hashlib.sha256()
-    for k in range(0, len(items), 4096):  # one update per few thousand files (the same digest as one per file)
-        digest.update("".join(f"{rel}\0{size}\0{mtime}\n" for rel, size, mtime in items[k:k + 4096]).encode())
+    while chunk := list(islice(files, 4096)):  # one update per few thousand files: the digest of one per file
+        digest.update("".join(f"{rel}\0{size}\0{mtime}\n" for rel, size, mtime in chunk).encode())
     return digest.hexdigest()[:16]
 
 
