@@ -296,6 +296,35 @@ def _odd_folder(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.parametrize("inside", [True, False])
+def test_shards_of_a_linked_images_folder_are_resolved_as_the_full_scan(tmp_path, monkeypatch, inside):
+    """``images/`` and ``masks/`` as links: into the root, each file lies where the link leads; out of
+    it, every file escapes the root and is refused, in every shard as in the full scan."""
+    from collections import Counter
+
+    from medtrinity_assets.ingest.pipeline import _scan_shard
+    from medtrinity_assets.ingest.readers import reader_for
+    from medtrinity_assets.ingest.shards import plan_shards
+
+    monkeypatch.setenv("MEDTRINITY_CACHE", str(tmp_path / "cache"))
+    root = (tmp_path / "src").resolve()
+    root.mkdir()
+    where = root if inside else tmp_path / "elsewhere"
+    for folder in ("data", "m"):
+        for k in range(3):
+            _write_image(where / folder / f"{k}.png", np.zeros((8, 8), np.uint8))
+    (root / "images").symlink_to(where / "data", target_is_directory=True)
+    (root / "masks").symlink_to(where / "m", target_is_directory=True)
+    spec = make_spec(tmp_path, "linked", "image_folder", root, shard_size=2)
+    reader = reader_for("image_folder")
+    serial = lambda fn, items: map(fn, items)  # noqa: E731
+    full = reader.scan(spec, root, serial).tasks
+    assert len(full) == 3 and all(isinstance(t, Rejected) for t in full) != inside
+    reference = plan_shards(Counter(t.relpath for t in full).items(), 2, reader.shard_unit)
+    for shard in range(reference.count):
+        assert _scan_shard(spec, root, shard, serial)[1].tasks == [t for t in full if reference.keeps(shard)(t.relpath)]
+
+
 @pytest.mark.parametrize("include", [[], ["*.png", "c/*"]])
 def test_shards_of_an_image_folder_equal_the_full_scan_cut(tmp_path, monkeypatch, include):
     """Each shard's tasks (images ranked in its stretch, with their masks) are the full scan's cut, with
@@ -306,7 +335,7 @@ def test_shards_of_an_image_folder_equal_the_full_scan_cut(tmp_path, monkeypatch
     from collections import Counter
 
     from medtrinity_assets.ingest.pipeline import _scan_shard
-    from medtrinity_assets.ingest.readers import reader_for
+    from medtrinity_assets.ingest.readers import folder_units, reader_for
     from medtrinity_assets.ingest.shards import plan_shards
 
     monkeypatch.setenv("MEDTRINITY_CACHE", str(tmp_path / "cache"))
@@ -339,9 +368,7 @@ def test_shards_of_an_image_folder_equal_the_full_scan_cut(tmp_path, monkeypatch
             assert scan.tasks == [t for t in full if shard < reference.count and reference.keeps(shard)(t.relpath)]
 
     every_shard()  # a cold memo: every folder changed just now, none remembered
-    for folder, _dirs, _files in os.walk(root):
-        st = os.stat(folder)
-        os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns - 10**10))
+    monkeypatch.setattr(folder_units, "SETTLE_S", 0.0)  # as if 2 s had passed since the tree was made
     every_shard()  # remembers the settled folders
     listed.clear()
     every_shard()  # plans from remembered counts

@@ -240,10 +240,7 @@ def test_dicom_folder_counts_are_remembered_and_equal_a_full_listing(tmp_path, m
         return found
 
     assert reader.shard_units(spec, root) == reference  # cold: nothing remembered (all changed just now)
-    past = 1_000_000_000 * 10
-    for folder, _dirs, _files in os.walk(root):
-        st = os.stat(folder)
-        os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns - past))
+    monkeypatch.setattr(folder_units, "SETTLE_S", 0.0)  # as if 2 s had passed since the tree was made
     assert reader.shard_units(spec, root) == reference  # remembers the folders, now settled
     listed.clear()
     assert reader.shard_units(spec, root) == reference
@@ -259,6 +256,22 @@ def test_dicom_folder_counts_are_remembered_and_equal_a_full_listing(tmp_path, m
     (root / "p1" / "s1" / "im9.dcm").write_bytes(b"x")  # a new file: the folder changed
     listed.clear()
     units = dict(walk().units())
-    assert "p1/s1" in listed and units["p1/s1"] == (4 if not include or "*.dcm" in include else 3)
+    counted = 4 if not include or "*.dcm" in include else 3
+    assert "p1/s1" in listed and units["p1/s1"] == counted
+    stamp = os.stat(root / "p1" / "s1")
+    (root / "p1" / "s1" / "im10.dcm").write_bytes(b"x")  # another, its folder's mtime set back (cp -a, rsync -a)
+    os.utime(root / "p1" / "s1", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    listed.clear()
+    assert "p1/s1" in listed or dict(walk().units())["p1/s1"] == counted + 1
+    assert dict(walk().units())["p1/s1"] == counted + 1, "the change time gives it away"
+
+    (root / "p4").mkdir()  # a folder holding a dangling link (an input, refused later) is never remembered
+    (root / "p4" / "a.dcm").write_bytes(b"x")
+    (root / "p4" / "l.dcm").symlink_to(root / "gone")
+    assert dict(walk().units())["p4"] == 2
+    (root / "gone").mkdir()  # the link now names a folder, which the listing does not follow
+    listed.clear()
+    assert dict(walk().units())["p4"] == 1 and "p4" in listed
+    assert walk().units() == sorted(Counter(reader.shard_unit(f.relpath) for f in list_dicom(list_files(root, include))).items())
     memos = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert memos and all(b"p1" not in p.read_bytes() and str(root).encode() not in p.read_bytes() for p in memos)

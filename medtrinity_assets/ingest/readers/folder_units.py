@@ -63,12 +63,12 @@ def walk_folders(
 
     ``counts_file(relpath)`` says whether a listed file is an input (default: all); one it says no to
     is looked at (resolved) and counts only when that fails, as a rejected input. A folder holding such
-    a file is never remembered (a link's target can come or go without the folder changing).
+    a file, or any link, is never remembered (a link's target can come or go without the folder changing).
     """
-    real_root = str(root) if os.path.realpath(root) == str(root) else None  # else every file is resolved
     walk = FolderWalk()
     if under and not (root / under).is_dir():
         return walk
+    real_of = _resolver(root, under)
     stack = [under]
     while stack:
         rel = stack.pop()
@@ -79,7 +79,7 @@ def walk_folders(
             walk.counts[rel] = walk.counts.get(rel, 0) + known[0]
             continue
         try:
-            folder = _Folder(root, rel, path, _real(real_root, rel), include, counts_file)
+            folder = _Folder(root, rel, path, real_of(rel), include, counts_file)
         except OSError as exc:  # not listable: an input of its parent folder's unit
             _add_unlisted(walk, rel, os_reason(exc), wanted, keep)
             continue
@@ -93,9 +93,15 @@ def walk_folders(
     return walk
 
 
-def _real(real_root: str | None, rel: str) -> str | None:
-    """A folder's resolved path, reached without following a link (None: unknown, resolve each file)."""
-    return None if real_root is None else (os.path.join(real_root, rel) if rel else real_root)
+def _resolver(root: Path, under: str) -> Callable[[str], str | None]:
+    """Folder (relative path, at or below ``under``) -> its resolved path, as ``list_files`` finds it:
+    a walk from ``root/under`` follows no link, so a folder lies where the resolved start folder
+    says; when that is outside the root (``images`` a link out of it), None: every file is resolved."""
+    real_base = os.path.realpath(os.path.join(root, under) if under else root)
+    top = str(root).rstrip("/")
+    if not (real_base == str(root) or real_base.startswith(top + "/")):
+        return lambda rel: None
+    return lambda rel: os.path.join(real_base, rel[len(under):].lstrip("/")) if rel != under else real_base
 
 
 @dataclass
@@ -114,14 +120,13 @@ def walk_ranked(
     walk = RankedWalk()
     path = os.path.join(root, under)
     if os.path.isdir(path):
-        real_root = str(root) if os.path.realpath(root) == str(root) else None
         known = None if memo is None else memo.known(path)
-        _rank_folder(root, under, known, include, memo, (lo, hi), real_root, walk)
+        _rank_folder(root, under, known, include, memo, (lo, hi), _resolver(root, under), walk)
     return walk
 
 
 def _rank_folder(root: Path, rel: str, known: tuple[int, ...] | None, include: Sequence[str], memo: PlanMemo | None,
-                 stretch: tuple[int, int], real_root: str | None, walk: RankedWalk) -> None:
+                 stretch: tuple[int, int], real_of: Callable[[str], str | None], walk: RankedWalk) -> None:
     """Add folder ``rel`` (``known``: its remembered counts) to ``walk``: its files and subfolders in
     order of their paths (a subfolder's files sort as its name and a slash; one that cannot be listed
     is an input sorting as its name)."""
@@ -130,13 +135,13 @@ def _rank_folder(root: Path, rel: str, known: tuple[int, ...] | None, include: S
     if known is not None and known[1] == 0 and not (walk.total < hi and walk.total + known[0] > lo):
         walk.total += known[0]
         return
-    real = _real(real_root, rel)
+    real = real_of(rel)
     try:
         folder = _Folder(root, rel, path, real, include, None)
     except OSError as exc:
         _rank_unlisted(walk, rel, os_reason(exc), stretch)
         return
-    if memo is not None:
+    if memo is not None and folder.stable:
         memo.remember(path, (folder.count, len(folder.subfolders)), settle_s=SETTLE_S)
     entries: list[tuple[str, str, str, tuple[int, ...] | None]] = [(name, "file", name, None) for name in folder.names]
     for sub in folder.subfolders:
@@ -146,7 +151,7 @@ def _rank_folder(root: Path, rel: str, known: tuple[int, ...] | None, include: S
         entries.append((name, "unlisted", reason, None) if reason else (name + "/", "folder", sub, sub_known))
     for key, kind, what, sub_known in sorted(entries, key=lambda e: e[0]):
         if kind == "folder":
-            _rank_folder(root, what, sub_known, include, memo, stretch, real_root, walk)
+            _rank_folder(root, what, sub_known, include, memo, stretch, real_of, walk)
         elif kind == "unlisted":
             _rank_unlisted(walk, folder.prefix + key, what, stretch)
         else:
@@ -186,17 +191,18 @@ class _Folder:
     def __init__(self, root: Path, rel: str, path: str, real: str | None, include: Sequence[str],
                  counts_file: Callable[[str], bool] | None) -> None:
         with os.scandir(path) as entries:
-            listed = [(e.name, _is_dir(e), e.is_symlink()) for e in entries if not e.name.startswith(".")]
+            listed = [(e.name, _is_dir(e), _is_link(e)) for e in entries if not e.name.startswith(".")]
         self.path, self.real, self.prefix = path, real, f"{rel}/" if rel else ""
         self.subfolders = sorted(self.prefix + name for name, is_dir, link in listed if is_dir and not link)
         names = [name for name, is_dir, _ in listed if not is_dir]
         if include:
             names = [name for name in names if _matches(self.prefix + name, include)]
         self.refused: dict[str, FoundFile] = {}  # files counted only because looking at them failed
-        self.stable = True
+        # a link's target can come, go or change kind without the folder changing: never remembered
+        self.stable = not any(link for _, _, link in listed)
         if counts_file is not None:
             others = [name for name in names if not counts_file(self.prefix + name)]
-            self.stable = not others
+            self.stable = self.stable and not others
             for name in others:
                 looked = _found(root, self.prefix + name, path, name, real)
                 if looked.path is None:
@@ -210,6 +216,13 @@ class _Folder:
         """The folder's inputs (those ``keep`` accepts) as ``list_files`` gives them."""
         return [self.refused.get(name) or _found(root, self.prefix + name, self.path, name, self.real)
                 for name in self.names if keep is None or keep(self.prefix + name)]
+
+
+def _is_link(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:  # as os.path.islink, which os.walk asks
+        return False
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

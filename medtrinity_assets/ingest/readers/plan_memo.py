@@ -7,14 +7,15 @@ memo keeps each file's counts in the user cache, one file per source root and pu
 reads only the headers of files that are new or changed since a run last planned.
 
 An entry is keyed by a keyed hash (BLAKE2b, with a secret made once and kept beside the memos,
-readable by this user only) of the file's absolute path, size and modification time in ns: the
-memo holds no path (folder names can carry patient names), and a rewritten file is read again.
+readable by this user only) of the file's absolute path, inode, size, modification and change times
+in ns: the memo holds no path (folder names can carry patient names), and a rewritten file is read
+again, even when its modification time was set back.
 The memo is a user-cache record, checked against its stored SHA-256 before use; a memo that is
 missing, damaged or unwritable only means that headers are read again.
 
 The same memo keeps a folder's counts for a plan made from listings
-(:mod:`~medtrinity_assets.ingest.readers.folder_units`): a folder's modification time changes when an
-entry is added, removed or renamed in it. Such counts are remembered only once the folder has been
+(:mod:`~medtrinity_assets.ingest.readers.folder_units`): a folder's change time changes when an
+entry is added, removed or renamed in it, or its permissions change. Such counts are remembered only once the folder has been
 still for ``settle_s`` (the clock that stamps a change ticks in milliseconds, so an entry added in the
 same tick as the listing would otherwise leave a stale count behind).
 """
@@ -68,12 +69,15 @@ class PlanMemo:
         return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), key=self._key or b"", digest_size=16).hexdigest()
 
     def _stamp(self, path: Path | str) -> tuple[str, int] | None:
-        """The entry key of ``path`` as it is now (keyed hash of path, size, mtime) and its mtime in ns."""
+        """The entry key of ``path`` as it is now (keyed hash of path, inode, size, mtime and ctime) and
+        when it last changed, in ns. The ctime is there because the mtime can be set back (``cp -a``,
+        ``rsync -a``, ``tar x``) and a ``chmod`` leaves it alone; nothing but the kernel sets a ctime."""
         try:
             st = os.stat(path)
         except OSError:
             return None
-        return self._digest(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}"), st.st_mtime_ns
+        stamp = f"{os.path.abspath(path)}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+        return self._digest(stamp), max(st.st_mtime_ns, st.st_ctime_ns)
 
     def known(self, path: Path | str) -> tuple[int, ...] | None:
         """The counts remembered for ``path`` as it is now, or None."""
