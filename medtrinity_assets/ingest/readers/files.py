@@ -102,6 +102,15 @@ def list_relpaths(
     return [entry[0] for entry in _walk(root, include, under, suffixes)]
 
 
+def resolved_inside(root: Path, start: str | Path) -> str | None:
+    """The resolved path of the folder ``start`` a walk begins at, when it lies inside the resolved
+    ``root`` (a walk that follows no link then finds every folder where this says), else None: every
+    file found is to be resolved on its own (``images/`` a link out of the root)."""
+    real = os.path.realpath(start)
+    inside = real == str(root) or real.startswith(str(root).rstrip("/") + "/")
+    return real if inside else None
+
+
 def _walk(
     root: Path, include: Sequence[str], under: str, suffixes: Sequence[str] | None
 ) -> list[tuple[str, str, str, str | None] | tuple[str, None, str]]:
@@ -112,8 +121,7 @@ def _walk(
     if not base.is_dir():
         return []
     found: list = []
-    real_base = os.path.realpath(base)
-    trusted = real_base == str(root) or real_base.startswith(str(root).rstrip("/") + "/")
+    real_base = resolved_inside(root, base)
 
     def unlisted(exc: OSError) -> None:
         where = Path(exc.filename) if exc.filename else base
@@ -126,7 +134,7 @@ def _walk(
         inner = os.path.relpath(dirpath, base)
         rel_dir = os.path.normpath(os.path.join(under, inner)) if under else inner
         prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        real_dir = (real_base if inner == "." else os.path.join(real_base, inner)) if trusted else None
+        real_dir = None if real_base is None else real_base if inner == "." else os.path.join(real_base, inner)
         for fname in sorted(filenames):
             if fname.startswith(".") or (ends is not None and not fname.lower().endswith(ends)):
                 continue

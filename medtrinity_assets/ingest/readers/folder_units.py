@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtrinity_assets.ingest.readers.base import os_reason
-from medtrinity_assets.ingest.readers.files import FoundFile, _found, _matches
+from medtrinity_assets.ingest.readers.files import FoundFile, _found, _matches, resolved_inside
 from medtrinity_assets.ingest.readers.plan_memo import PlanMemo
 
 #: a folder's count is remembered once it has not changed for this long (see :mod:`.plan_memo`)
@@ -94,12 +94,10 @@ def walk_folders(
 
 
 def _resolver(root: Path, under: str) -> Callable[[str], str | None]:
-    """Folder (relative path, at or below ``under``) -> its resolved path, as ``list_files`` finds it:
-    a walk from ``root/under`` follows no link, so a folder lies where the resolved start folder
-    says; when that is outside the root (``images`` a link out of it), None: every file is resolved."""
-    real_base = os.path.realpath(os.path.join(root, under) if under else root)
-    top = str(root).rstrip("/")
-    if not (real_base == str(root) or real_base.startswith(top + "/")):
+    """Folder (relative path, at or below ``under``) -> its resolved path, as ``list_files`` finds it
+    (:func:`~medtrinity_assets.ingest.readers.files.resolved_inside`; None: resolve every file)."""
+    real_base = resolved_inside(root, os.path.join(root, under) if under else root)
+    if real_base is None:
         return lambda rel: None
     return lambda rel: os.path.join(real_base, rel[len(under):].lstrip("/")) if rel != under else real_base
 
