@@ -158,3 +158,20 @@ def folder_source(root: Path, names=("retina.jpg", "ihc.png", "cell.png")) -> Pa
     for n in names:
         shutil.copy(SKIMAGE_DATA / n, root / "images" / n)
     return root
+
+
+def spy_on_listings(monkeypatch, root: Path, refuse: str) -> list[str]:
+    """Record every folder listed (relative to ``root``, ``.`` for the root) from now on; a folder
+    whose path ends with ``refuse`` cannot be listed (permission denied, as for another user)."""
+    import os
+
+    real_scandir, listed = os.scandir, []
+
+    def scandir(path="."):
+        listed.append(os.path.relpath(path, root))
+        if str(path).endswith(refuse):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return listed

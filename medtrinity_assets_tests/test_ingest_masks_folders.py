@@ -15,7 +15,7 @@ from medtrinity_assets.ingest.readers import InputRejected, Rejected, SourceRoot
 from medtrinity_assets.ingest.readers.image_folder import list_folder
 from medtrinity_assets.ingest.readers.nifti import list_msd
 from medtrinity_assets.ingest.readers.pil import read_label_image, read_pil
-from medtrinity_assets_tests.sources_builders import SKIMAGE_DATA, make_spec, msd_source
+from medtrinity_assets_tests.sources_builders import SKIMAGE_DATA, make_spec, msd_source, spy_on_listings
 
 SIZE = 96
 MAX_PIXELS = 10_000_000
@@ -331,7 +331,6 @@ def test_shards_of_an_image_folder_equal_the_full_scan_cut(tmp_path, monkeypatch
     the folder memo cold and warm: names sorting around a folder's (``c.png``, ``c-1.png``, ``c0.png``
     beside ``c/``), a folder that cannot be listed (an input sorting as its name), links, hidden
     entries, masks of several suffixes. A warm plan lists no settled folder without subfolders."""
-    import os
     from collections import Counter
 
     from medtrinity_assets.ingest.pipeline import _scan_shard
@@ -344,15 +343,7 @@ def test_shards_of_an_image_folder_equal_the_full_scan_cut(tmp_path, monkeypatch
     for rel in ["c.png", "c-1.png", "c0.png", "u/v.png", "w/x/y.png"]:
         _write_image(root / "images" / rel, blank)
     _write_image(root / "masks" / "c-1.png", blank)
-    real_scandir, listed = os.scandir, []
-
-    def scandir(path="."):
-        listed.append(os.path.relpath(path, root))
-        if str(path).endswith("images/u"):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    listed = spy_on_listings(monkeypatch, root, refuse="images/u")
     spec = make_spec(tmp_path, "odd", "image_folder", root, shard_size=3, include=include)
     reader = reader_for("image_folder")
     serial = lambda fn, items: map(fn, items)  # noqa: E731

@@ -209,19 +209,11 @@ def test_dicom_folder_counts_are_remembered_and_equal_a_full_listing(tmp_path, m
     from medtrinity_assets.ingest.readers.files import list_files
     from medtrinity_assets.ingest.readers.plan_memo import PlanMemo
     from medtrinity_assets.ingest.shards import plan_shards
+    from medtrinity_assets_tests.sources_builders import spy_on_listings
 
     monkeypatch.setenv("MEDTRINITY_CACHE", str(tmp_path / "cache"))
     root = _odd_dicom_tree(tmp_path / "src")
-    real_scandir = os.scandir
-    listed: list[str] = []
-
-    def scandir(path="."):
-        listed.append(os.path.relpath(path, root))
-        if str(path).endswith("p3"):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    listed = spy_on_listings(monkeypatch, root, refuse="p3")
     spec = SourceSpec(name="odd", layout="dicom", root=str(root), modality="CT", organ="head", license="test",
                       shard_size=3, include=include)
     reader = reader_for("dicom")
