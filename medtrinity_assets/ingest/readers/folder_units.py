@@ -4,9 +4,10 @@ A reader whose shard unit is a folder (DICOM: a series stays whole) plans its sh
 inputs each folder holds, and every shard's run plans the whole source (a shard is a stretch of the
 sorted folders). Listing every file of a 12M-file source costs about a minute, a thousand times over
 for its thousand shards. Here a folder's count is kept in a :class:`PlanMemo` keyed by the folder's
-path, size and modification time (which change when an entry is added, removed or renamed in it):
-a run looks at a folder without subfolders again only when it changed, so planning costs a ``stat``
-per folder, and a shard lists only its own folders' files.
+path, inode, size, modification and change times (the change time moves when an entry is added,
+removed or renamed in it, or its permissions change): a run looks at a folder without subfolders
+again only when it changed, so planning costs a ``stat`` per folder, and a shard lists only its own
+folders' files.
 
 A reader whose unit is a file (an image folder) cuts the sorted files into consecutive shards of
 ``shard_size``: shard ``k`` holds the files ranked ``k * size`` to ``(k + 1) * size`` in the order
