@@ -178,3 +178,67 @@ def test_reading_the_file_mode_from_many_threads_leaves_the_umask_alone():
         assert os.umask(0o027) == 0o027
     finally:
         os.umask(old)
+
+
+def test_staged_files_are_named_for_their_owner_and_kept_or_discarded(tmp_path, monkeypatch):
+    """A worker stages a file under a temporary name carrying the pid of the process that will
+    commit it (so a sweep leaves it while that process runs); a batch commits staged files, a
+    duplicate's file is removed, a path already in the store is not staged again, and a name
+    another process took is skipped, never overwritten."""
+    from medtrinity_assets.core import storage
+
+    owner = os.getppid()  # a live process other than this one
+    path = str(tmp_path / "images" / "ab" / "ab1.png")
+    tmp = storage.stage_content(path, b"kept", owner)
+    assert tmp is not None and f".{owner}." in Path(tmp).name and not Path(path).exists()
+    assert storage.sweep_temp_files(tmp_path) == 0 and Path(tmp).exists()  # its owner runs
+    dup = storage.stage_content(str(tmp_path / "images" / "ab" / "ab2.png"), b"dropped", owner)
+    storage.discard_staged(dup)
+    storage.discard_staged(dup)  # twice: nothing to do
+    batch = storage.ContentBatch(tmp_path)
+    batch.add([(tmp, path)])
+    assert batch.commit() == 1 and Path(path).read_bytes() == b"kept"
+    assert storage.stage_content(path, b"kept", owner) is None  # in the store already
+    assert sorted(p.name for p in (tmp_path / "images" / "ab").iterdir()) == ["ab1.png"]
+
+    taken = str(tmp_path / "images" / "ab" / ".taken.tmp")
+    Path(taken).write_bytes(b"another process's")
+    names = iter([taken, taken, str(tmp_path / "images" / "ab" / ".free.tmp")])
+    monkeypatch.setattr(storage, "_temp_path", lambda folder, name, owner=None: next(names))
+    assert storage.stage_content(str(tmp_path / "images" / "ab" / "ab3.png"), b"new").endswith(".free.tmp")
+    assert Path(taken).read_bytes() == b"another process's"
+
+
+def test_ingestion_workers_stage_pngs_and_leave_only_the_kept_ones(tmp_path):
+    """With a process pool the workers write the PNGs (only names come back): the store holds
+    exactly the files the tables name, an exact and a near duplicate leave nothing behind, no
+    temporary file remains, and a second run writes nothing new."""
+    import numpy as np
+    from PIL import Image
+
+    from medtrinity_assets.ingest.pipeline import ingest_source
+    from medtrinity_assets_tests.sources_builders import SKIMAGE_DATA, folder_source, make_spec
+
+    root = folder_source(tmp_path / "src")
+    (root / "masks").mkdir()
+    cell = np.asarray(Image.open(SKIMAGE_DATA / "cell.png").convert("L"))
+    Image.fromarray((cell > np.percentile(cell, 90)).astype(np.uint8)).save(root / "masks" / "cell.png")
+    (root / "images" / "cell_copy.png").write_bytes((root / "images" / "cell.png").read_bytes())
+    ret = np.asarray(Image.open(SKIMAGE_DATA / "retina.jpg"))
+    noisy = np.clip(ret.astype(int) + np.random.default_rng(0).integers(-3, 4, ret.shape), 0, 255)
+    Image.fromarray(noisy.astype(np.uint8)).save(root / "images" / "retina_copy.png")
+    spec = make_spec(tmp_path, "staged", "image_folder", root, modality="Fundus", organ="retina")
+    out = tmp_path / "out"
+
+    res = ingest_source(spec, out, workers=2)
+    reasons = {r["relpath"]: r["reason"] or "" for r in res.manifest.to_dicts() if r["status"] == "duplicate"}
+    assert reasons["images/cell_copy.png"].startswith("exact_duplicate")
+    assert reasons["images/retina_copy.png"].startswith("near_duplicate")
+    named = {p for col in ("image_path", "mask_path") for p in res.images[col].to_list() if p}
+    stored = {p.relative_to(out).as_posix() for kind in ("images", "masks") for p in (out / kind).rglob("*")
+              if p.is_file()}
+    assert stored == named and len(named) == res.images.height + 1  # three images, one mask
+    assert res.counts["files_written"] == len(named)
+    again = ingest_source(spec, out, workers=2)
+    assert again.counts["files_written"] == 0 and again.images.equals(res.images)
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.png")} == named

@@ -172,9 +172,13 @@ def write_content_files(files: Iterable[tuple[str, bytes]]) -> int:
     return written
 
 
-def _temp_path(folder: str, name: str) -> str:
-    """A new temporary name beside ``folder/name``, as :data:`_TEMP_RE` reads it (swept after a crash)."""
-    return f"{folder}/.{name}.{os.getpid()}.{next(_TEMP_NAMES) % 16**8:08x}.tmp"
+def _temp_path(folder: str, name: str, owner: int | None = None) -> str:
+    """A new temporary name beside ``folder/name``, as :data:`_TEMP_RE` reads it (swept after a
+    crash). It carries the pid of ``owner``, the process that will rename or remove it (this one by
+    default), so a sweep leaves it alone while that process runs; the sequence is mixed with this
+    process's pid, as processes forked from one parent share it (creation is exclusive anyway)."""
+    seq = (os.getpid() * 2654435761 + next(_TEMP_NAMES)) % 16**8
+    return f"{folder}/.{name}.{owner or os.getpid()}.{seq:08x}.tmp"
 
 
 def secret_key(path: str | Path, size: int = 32) -> bytes:
@@ -202,22 +206,16 @@ def secret_key(path: str | Path, size: int = 32) -> bytes:
     return key
 
 
-def _write_temp(path: str, data: bytes, sync: bool = False) -> str | None:
-    """``data`` in a new temporary file beside ``path`` (fsynced with ``sync``), or None when ``path``
-    exists."""
+def _write_temp(path: str, data: bytes, sync: bool = False, owner: int | None = None) -> str | None:
+    """``data`` in a new temporary file beside ``path`` (fsynced with ``sync``; named for ``owner``,
+    see :func:`_temp_path`), or None when ``path`` exists."""
     if os.path.exists(path):
         return None
     folder, name = os.path.split(path)
     if folder not in _FOLDERS:
         os.makedirs(folder, exist_ok=True)
         _FOLDERS.add(folder)
-    tmp = _temp_path(folder, name)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except FileNotFoundError:  # the folder was removed since this process made it
-        _FOLDERS.discard(folder)
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd, tmp = _open_temp(folder, name, owner)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -229,6 +227,38 @@ def _write_temp(path: str, data: bytes, sync: bool = False) -> str | None:
             os.unlink(tmp)
         raise
     return tmp
+
+
+def _open_temp(folder: str, name: str, owner: int | None) -> tuple[int, str]:
+    """A new temporary file beside ``folder/name``, created exclusively: ``(fd, path)``."""
+    for _attempt in range(8):
+        tmp = _temp_path(folder, name, owner)
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileNotFoundError:  # the folder was removed since this process made it
+            _FOLDERS.discard(folder)
+            os.makedirs(folder, exist_ok=True)
+            _FOLDERS.add(folder)
+        except FileExistsError:  # another process's name (sequences of forked processes can meet)
+            continue
+    tmp = _temp_path(folder, name, owner)
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+
+
+def stage_content(path: str, data: bytes, owner: int | None = None) -> str | None:
+    """Write a content-addressed file's ``data`` to a temporary file beside ``path`` for a
+    :class:`ContentBatch` (maybe of the ``owner`` process) to make durable and move into place
+    with :meth:`ContentBatch.add`, or to remove with :func:`discard_staged`; None when ``path``
+    already exists. Ingestion's workers stage the PNGs they encode, so the bytes never cross to
+    the parent."""
+    return _write_temp(path, data, owner=owner)
+
+
+def discard_staged(tmp: str | None) -> None:
+    """Remove a file :func:`stage_content` wrote and nobody will keep (a duplicate)."""
+    if tmp is not None:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _sync_file(path: str) -> None:
@@ -257,9 +287,14 @@ class ContentBatch:
     def write(self, files: Iterable[tuple[str, bytes]]) -> int:
         """Write ``files`` to temporary names; commits a batch when one is full. Returns how many
         files were committed by this call."""
-        temps = [(tmp, path) for path, data in files if (tmp := _write_temp(path, data)) is not None]
+        return self.add([(tmp, path) for path, data in files if (tmp := _write_temp(path, data)) is not None])
+
+    def add(self, staged: Iterable[tuple[str, str]]) -> int:
+        """Take ``(temporary file, path)`` pairs written already (:func:`stage_content`), to be
+        synced and renamed with the batch; commits a batch when one is full. Returns how many files
+        were committed by this call."""
         with self._lock:
-            self._pending += temps
+            self._pending += staged
             full = len(self._pending) >= self.size
         return self.commit() if full else 0
 

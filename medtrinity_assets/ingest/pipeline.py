@@ -31,13 +31,13 @@ from medtrinity_assets.ingest.dedup import NearDuplicateIndex
 from medtrinity_assets.ingest.readers import reader_for
 from medtrinity_assets.ingest.readers.base import ScanResult
 from medtrinity_assets.ingest.readers.files import check_root
-from medtrinity_assets.ingest.records import Candidate, TaskResult
+from medtrinity_assets.ingest.records import Candidate, TaskResult, stage
 from medtrinity_assets.ingest.registry import SourceSpec
 from medtrinity_assets.ingest.shards import RankedPlan, ShardPlan, plan_shards
 from medtrinity_assets.ingest.worker import WorkerPool
 from medtrinity_assets.privacy import identifier_store
 
-MAX_PENDING_WRITES = 64  # tasks' PNG bytes waiting for the disk
+MAX_PENDING_WRITES = 64  # tasks' staged files waiting for the committer
 
 
 @dataclass
@@ -72,7 +72,8 @@ class IngestResult:
 
 @dataclass
 class _Collector:
-    """Rows in task order, duplicates removed, files written by a few I/O threads."""
+    """Rows in task order, duplicates removed; the PNGs the workers staged are kept (synced and
+    renamed into place by a committer thread) or, for duplicates, removed."""
 
     out: Path
     index: NearDuplicateIndex
@@ -84,10 +85,10 @@ class _Collector:
     group_ids: Any = None  # the output root's IdentifierStore (keyed patient/study ids)
 
     def __post_init__(self) -> None:
-        self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="png-writer")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="png-commit")
         self._batch = storage.ContentBatch(self.out)  # one filesystem sync per batch of files
         self._writes: deque = deque()
-        self._files: list[tuple[str, bytes]] = []  # the current task's files
+        self._files: list[tuple[str, str]] = []  # the current task's staged files, to keep
         self._root = str(self.out)
 
     def add(self, relpath: str, res: TaskResult) -> None:
@@ -103,8 +104,8 @@ class _Collector:
             self.counts[f"warning:{warning}"] += 1
         for cand in res.candidates:
             self._candidate(cand, group)
-        if self._files:  # one hand-off to the writers per task
-            self._writes.append(self._writer.submit(self._batch.write, self._files))
+        if self._files:  # one hand-off to the committer per task
+            self._writes.append(self._writer.submit(self._batch.add, self._files))
             self._files = []
             while len(self._writes) > MAX_PENDING_WRITES:
                 self._writes.popleft().result()
@@ -112,14 +113,18 @@ class _Collector:
     def _candidate(self, cand: Candidate, group: int) -> None:
         img, row = cand.image, cand.manifest
         row["group_id"] = self.group_ids.group_id(*cand.group_key) if cand.group_key else None
+        if cand.staged is None:  # encoded in this process without an output root
+            stage(cand, self._root)
         dup_of, why = self.index.find(img["sha256"], cand.phash, group, cand.thumb)
         if dup_of is not None:
             row.update(status="duplicate", duplicate_of=dup_of, reason=why)
             self.manifest.append(row)
+            for tmp in cand.staged.values():
+                storage.discard_staged(tmp)
             return
-        img["image_path"] = self._write("images", cand.png, img["sha256"])  # hashed by the worker
-        img["mask_path"] = self._write("masks", cand.mask_png, cand.mask_sha256) if cand.mask_png is not None else None
-        self.counts["masks"] += cand.mask_png is not None
+        img["image_path"] = self._keep("images", img["sha256"], cand.staged)  # hashed by the worker
+        img["mask_path"] = self._keep("masks", cand.mask_sha256, cand.staged) if cand.mask_sha256 else None
+        self.counts["masks"] += cand.mask_sha256 is not None
         if cand.text_scanned:
             self.counts["text_scanned_images"] += 1
             self.counts["text_redacted_images"] += cand.text_boxes > 0
@@ -128,15 +133,15 @@ class _Collector:
         self.images.append(img)
         self.index.add(row["record_id"], img["sha256"], cand.phash, group, cand.thumb)
 
-    def _write(self, kind: str, data: bytes, sha256: str | None = None) -> str:
-        """The content path of ``data`` (relative to the output root), queued for the writers."""
-        sha256 = sha256 or storage.sha256_bytes(data)
+    def _keep(self, kind: str, sha256: str, staged: dict[str, str | None]) -> str:
+        """The content path (relative to the output root) of a staged file, queued for the committer."""
         rel = storage.content_relpath(kind, sha256)
-        self._files.append((f"{self._root}/{rel}", data))
+        if (tmp := staged.get(kind)) is not None:  # None: the store had it already
+            self._files.append((tmp, f"{self._root}/{rel}"))
         return rel
 
     def finish(self) -> None:
-        """Wait for the writers and make every file durable and visible (before any table names it)."""
+        """Wait for the committer and make every file durable and visible (before any table names it)."""
         try:
             while self._writes:
                 self._writes.popleft().result()
@@ -200,14 +205,14 @@ def ingest_source(
     col.counts["identifying_values"] = identifier_store(out).save(part, scan.identifiers)
     if progress:
         progress(0, len(tasks))
-    try:
-        with WorkerPool(workers, spec, root, scan.identifiers) as pool:
+    with WorkerPool(workers, spec, root, scan.identifiers, out=out) as pool:
+        try:
             for done, (task, res) in enumerate(zip(tasks, pool.process(tasks), strict=True), start=1):
                 col.add(task.relpath, res)
                 if progress:
                     progress(done, len(tasks))
-    finally:
-        col.finish()
+        finally:
+            col.finish()
     manifest, images = _tables(spec, col)
     SOURCE_MANIFEST.write(manifest, out, part)
     PREPROCESSED_IMAGES.write(images, out, part)

@@ -52,7 +52,7 @@ class Candidate:
 
     manifest: dict[str, Any]
     image: dict[str, Any]
-    png: bytes
+    png: bytes | None  # None once staged (see :func:`stage`)
     mask_png: bytes | None
     phash: int
     thumb: np.ndarray
@@ -60,6 +60,26 @@ class Candidate:
     text_boxes: int = 0
     group_key: tuple[str, str] | None = None  # raw (kind, value); hashed by the collector
     mask_sha256: str | None = None  # hashed here, in the worker, as the image's is (image_row)
+    staged: dict[str, str | None] | None = None  # content kind -> temporary file (None: in the store)
+
+    def contents(self) -> list[tuple[str, str, bytes | None]]:
+        """``(kind, sha256, bytes)`` of the image and its mask (if any)."""
+        out: list[tuple[str, str, bytes | None]] = [("images", self.image["sha256"], self.png)]
+        if self.mask_sha256 is not None:
+            out.append(("masks", self.mask_sha256, self.mask_png))
+        return out
+
+
+def stage(cand: Candidate, out: str, owner: int | None = None) -> None:
+    """Write the candidate's PNGs to temporary files in ``out``'s content store and drop the
+    bytes, so that only file names travel from a worker to the process that keeps (commits) or
+    discards them after the duplicate check: the encoded PNGs never go through a pipe, and the
+    workers write them in parallel."""
+    cand.staged = {
+        kind: storage.stage_content(f"{out}/{storage.content_relpath(kind, sha)}", data, owner)
+        for kind, sha, data in cand.contents()
+    }
+    cand.png = cand.mask_png = None
 
 
 @dataclass

@@ -28,7 +28,7 @@ from medtrinity_assets.ingest.readers.base import (
     describe_error,
     os_reason,
 )
-from medtrinity_assets.ingest.records import RecordPrivacy, TaskResult, candidate, quarantine_row
+from medtrinity_assets.ingest.records import RecordPrivacy, TaskResult, candidate, quarantine_row, stage
 from medtrinity_assets.ingest.registry import SourceSpec
 from medtrinity_assets.ingest.slicing import iter_slices, plan_slices
 
@@ -36,18 +36,25 @@ from medtrinity_assets.ingest.slicing import iter_slices, plan_slices
 class WorkerState:
     """What every task of one source needs; one per worker process (and one in the parent)."""
 
-    def __init__(self, spec: SourceSpec, root: Path, identifiers: Iterable[str] = ()) -> None:
+    def __init__(
+        self, spec: SourceSpec, root: Path, identifiers: Iterable[str] = (), out: str | None = None, owner: int | None = None
+    ) -> None:
         self.spec = spec
         self.root = root
         self.reader: Reader = reader_for(spec.layout)
         self.privacy = RecordPrivacy(identifiers)
+        self.out = out  # the output root whose content store PNGs are staged in (None: kept in memory)
+        self.owner = owner  # the pid of the process that commits the staged files (the pool's owner)
 
 
 _STATE: dict[str, WorkerState] = {}
 
 
-def init_worker(spec_json: str, root: str, identifiers: list[str], parent: tuple[int, float] | None = None) -> None:
-    _STATE["current"] = WorkerState(SourceSpec.model_validate_json(spec_json), Path(root), identifiers)
+def init_worker(
+    spec_json: str, root: str, identifiers: list[str], out: str | None = None, parent: tuple[int, float] | None = None
+) -> None:
+    owner = parent[0] if parent else None
+    _STATE["current"] = WorkerState(SourceSpec.model_validate_json(spec_json), Path(root), identifiers, out, owner)
     if parent is not None:
         threading.Thread(target=_exit_with_parent, args=parent, name="parent-watch", daemon=True).start()
 
@@ -80,6 +87,9 @@ def _volume(state: WorkerState, vol: Volume, res: TaskResult) -> None:
     """Slice one volume into candidates; a volume without an informative slice is rejected."""
     plan = plan_slices(vol, state.spec)
     kept = [candidate(state.spec, vol, plan, sl, state.privacy) for sl in iter_slices(plan, vol, state.spec)]
+    if state.out is not None:
+        for cand in kept:
+            stage(cand, state.out, state.owner)
     if not kept:
         n, min_std = plan.view.shape[0], state.spec.slicing.min_std
         raise InputRejected("constant_volume", f"no informative slice among {n} (min_std {min_std})")
@@ -136,12 +146,17 @@ def default_workers() -> int:
 
 
 class WorkerPool:
-    """A process pool for one source (or the calling process when ``workers <= 1``)."""
+    """A process pool for one source (or the calling process when ``workers <= 1``). With ``out``,
+    :meth:`process` stages each kept slice's PNGs in that output root's content store (see
+    :func:`stage`) for the calling process to commit."""
 
-    def __init__(self, workers: int, spec: SourceSpec, root: Path, identifiers: Iterable[str] = ()) -> None:
+    def __init__(
+        self, workers: int, spec: SourceSpec, root: Path, identifiers: Iterable[str] = (), out: str | Path | None = None
+    ) -> None:
         self.window = 4 * max(1, workers)  # tasks in flight: load balance vs results waiting in memory
         values = sorted(set(identifiers))
-        self.state = WorkerState(spec, root, values)
+        out = None if out is None else str(out)
+        self.state = WorkerState(spec, root, values, out)
         self._pool: ProcessPoolExecutor | None = None
         if workers > 1 and not mp.current_process().daemon:  # a daemonic process may not have children
             methods = mp.get_all_start_methods()
@@ -152,7 +167,7 @@ class WorkerPool:
                 max_workers=workers,
                 mp_context=ctx,
                 initializer=init_worker,
-                initargs=(spec.model_dump_json(), str(root), values, _this_process()),
+                initargs=(spec.model_dump_json(), str(root), values, out, _this_process()),
             )
 
     def __enter__(self) -> WorkerPool:
