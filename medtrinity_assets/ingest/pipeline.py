@@ -37,7 +37,8 @@ from medtrinity_assets.ingest.shards import RankedPlan, ShardPlan, plan_shards
 from medtrinity_assets.ingest.worker import WorkerPool
 from medtrinity_assets.privacy import identifier_store
 
-MAX_PENDING_WRITES = 64  # tasks' staged files waiting for the committer
+HANDOFF_FILES = 256  # staged files handed to the committer thread at once
+MAX_PENDING_HANDOFFS = 4  # hand-offs waiting for it
 
 
 @dataclass
@@ -88,7 +89,7 @@ class _Collector:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="png-commit")
         self._batch = storage.ContentBatch(self.out)  # one filesystem sync per batch of files
         self._writes: deque = deque()
-        self._files: list[tuple[str, str]] = []  # the current task's staged files, to keep
+        self._files: list[tuple[str, str]] = []  # staged files to keep, not yet handed off
         self._root = str(self.out)
 
     def add(self, relpath: str, res: TaskResult) -> None:
@@ -104,10 +105,10 @@ class _Collector:
             self.counts[f"warning:{warning}"] += 1
         for cand in res.candidates:
             self._candidate(cand, group)
-        if self._files:  # one hand-off to the committer per task
+        if len(self._files) >= HANDOFF_FILES:  # a hand-off per task cost ~25 us and the GIL twice
             self._writes.append(self._writer.submit(self._batch.add, self._files))
             self._files = []
-            while len(self._writes) > MAX_PENDING_WRITES:
+            while len(self._writes) > MAX_PENDING_HANDOFFS:
                 self._writes.popleft().result()
 
     def _candidate(self, cand: Candidate, group: int) -> None:
@@ -147,6 +148,8 @@ class _Collector:
                 self._writes.popleft().result()
         finally:
             self._writer.shutdown(wait=True)
+            self._batch.add(self._files)
+            self._files = []
             self._batch.commit()  # what was written is complete: kept even when a run fails
             self.counts["files_written"] = self._batch.written
 
