@@ -29,6 +29,32 @@ def _pools(setting: str) -> dict[str, str | None]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _shard_policies(setting: str) -> dict[str, str | None]:
+    """Backfill policies of the code location's per-shard assets under ``MEDTRINITY_GPU_POOL=setting``."""
+    code = (
+        "import json; from medtrinity_assets.definitions import defs\n"
+        "from medtrinity_assets.defs.partitions import SOURCE_SHARDS\n"
+        "print(json.dumps({k.to_user_string(): a.backfill_policy and a.backfill_policy.policy_type.value "
+        "for a in defs.assets if a.is_executable and a.partitions_def == SOURCE_SHARDS for k in a.keys}))"
+    )
+    env = {**os.environ, "MEDTRINITY_GPU_POOL": setting}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_per_shard_assets_share_one_backfill_policy_on_a_cpu_host():
+    """Dagster's asset backfill runs a child with its parent only when their policies are equal:
+    on a CPU-only host every per-shard asset has none, so a backfill runs each shard's ingestion,
+    and later its ROIs, retrieval, descriptions and checks, as one run per shard; on a GPU host the
+    GPU-bound ones run every shard in one run (a model loads once)."""
+    off, on = _shard_policies("off"), _shard_policies("on")
+    assert {"source_manifest", "coarse_captions", "roi_set", "retrieved_knowledge", "caption_batch",
+            "caption_quality"} <= set(off)
+    assert set(off.values()) == {None}
+    assert {k for k, p in on.items() if p} == {"roi_set", "caption_batch"}
+    assert {p for p in on.values() if p} == {"SINGLE_RUN"}
+
+
 def test_code_location_pools_follow_the_host():
     on, off = _pools("on"), _pools("off")
     assert {k for k, p in on.items() if p == "gpu"} == GPU_ASSETS

@@ -17,7 +17,7 @@ from medtrinity_assets.core.tables import (
     ROI_SET,
     SOURCE_MANIFEST,
 )
-from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
+from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_backfill_policy, gpu_pool
 from medtrinity_assets.defs.checks import CAPTION_QUALITY_CHECKS, caption_quality_results
 from medtrinity_assets.defs.knowledge import KNOWLEDGE_INDEX
 from medtrinity_assets.defs.partitions import SOURCE_SHARDS, part_of
@@ -67,7 +67,7 @@ def _triplet_markdown(samples: list[tuple]) -> str:
     partitions_def=SOURCE_SHARDS,
     deps=[ROI_SET.name, COARSE_CAPTIONS.name, RETRIEVED_KNOWLEDGE.name, PREPROCESSED_IMAGES.name, KNOWLEDGE_INDEX],
     pool=gpu_pool(), op_tags=GPU_OP_TAGS,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=gpu_backfill_policy(),
     description="One multigranular description per ROI (modality, organ, ROI location, texture, "
     "local–global relationship) with every input behind it; cached by inputs hash, durable in chunks.",
 )

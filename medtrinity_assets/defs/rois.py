@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, ROI_SET
-from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
+from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_backfill_policy, gpu_pool
 from medtrinity_assets.defs.partitions import SOURCE_SHARDS, part_of, source_and_shard
 from medtrinity_assets.defs.reporting import (
     GROUP_ROIS,
@@ -128,7 +128,7 @@ def _roi_metadata(out, name: str, images, result) -> dict:
     partitions_def=SOURCE_SHARDS,
     deps=[PREPROCESSED_IMAGES.name, EXPERT_MODELS],
     pool=gpu_pool(), op_tags=GPU_OP_TAGS,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=gpu_backfill_policy(),
     description="ROI geometry (box, COCO RLE mask) and measured attributes (position, size, intensity, "
     "texture, shape, relations) per image, from masks, boxes, expert models or the whole image.",
 )
