@@ -31,7 +31,7 @@ from medtrinity_assets.ingest.dedup import NearDuplicateIndex
 from medtrinity_assets.ingest.readers import reader_for
 from medtrinity_assets.ingest.readers.base import ScanResult
 from medtrinity_assets.ingest.readers.files import check_root
-from medtrinity_assets.ingest.records import Candidate, TaskResult, stage
+from medtrinity_assets.ingest.records import Candidate, TaskResult
 from medtrinity_assets.ingest.registry import SourceSpec
 from medtrinity_assets.ingest.shards import RankedPlan, ShardPlan, plan_shards
 from medtrinity_assets.ingest.worker import WorkerPool
@@ -114,8 +114,6 @@ class _Collector:
     def _candidate(self, cand: Candidate, group: int) -> None:
         img, row = cand.image, cand.manifest
         row["group_id"] = self.group_ids.group_id(*cand.group_key) if cand.group_key else None
-        if cand.staged is None:  # encoded in this process without an output root
-            stage(cand, self._root)
         dup_of, why = self.index.find(img["sha256"], cand.phash, group, cand.thumb)
         if dup_of is not None:
             row.update(status="duplicate", duplicate_of=dup_of, reason=why)
