@@ -17,29 +17,29 @@ GPU_ASSETS = {"expert_models", "roi_set", "knowledge_index", "caption_batch", "l
               "vqa_finetuned_checkpoint"}
 
 
-def _pools(setting: str) -> dict[str, str | None]:
-    """Pools of the code location's assets when loaded with ``MEDTRINITY_GPU_POOL=setting``."""
+def _loaded(setting: str, expression: str, where: str = "True") -> dict:
+    """``{asset key: expression}`` over the code location's executable assets ``a`` (those for
+    which ``where`` holds), loaded in a new process with ``MEDTRINITY_GPU_POOL=setting``."""
     code = (
         "import json; from medtrinity_assets.definitions import defs\n"
-        "print(json.dumps({k.to_user_string(): a.op.pool for a in defs.assets if a.is_executable "
-        "for k in a.keys}))"
+        "from medtrinity_assets.defs.partitions import SOURCE_SHARDS\n"
+        f"print(json.dumps({{k.to_user_string(): {expression} for a in defs.assets "
+        f"if a.is_executable and {where} for k in a.keys}}))"
     )
     env = {**os.environ, "MEDTRINITY_GPU_POOL": setting}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _pools(setting: str) -> dict[str, str | None]:
+    """Pools of the code location's assets when loaded with ``MEDTRINITY_GPU_POOL=setting``."""
+    return _loaded(setting, "a.op.pool")
 
 
 def _shard_policies(setting: str) -> dict[str, str | None]:
     """Backfill policies of the code location's per-shard assets under ``MEDTRINITY_GPU_POOL=setting``."""
-    code = (
-        "import json; from medtrinity_assets.definitions import defs\n"
-        "from medtrinity_assets.defs.partitions import SOURCE_SHARDS\n"
-        "print(json.dumps({k.to_user_string(): a.backfill_policy and a.backfill_policy.policy_type.value "
-        "for a in defs.assets if a.is_executable and a.partitions_def == SOURCE_SHARDS for k in a.keys}))"
-    )
-    env = {**os.environ, "MEDTRINITY_GPU_POOL": setting}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _loaded(setting, "a.backfill_policy and a.backfill_policy.policy_type.value",
+                   "a.partitions_def == SOURCE_SHARDS")
 
 
 def test_per_shard_assets_share_one_backfill_policy_on_a_cpu_host():
