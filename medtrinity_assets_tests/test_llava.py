@@ -85,6 +85,53 @@ def test_training_learns_and_resumes_after_an_interruption(export, cache, tmp_pa
     assert again.resumed_from == len(whole.losses)  # finished: restored, not retrained
 
 
+def test_saved_steps_count_only_for_the_same_starting_weights(export, cache, tmp_path):
+    """The same stage on the same samples, begun from other weights (LLaVA-Tri retrained on a new
+    export), trains anew: a step saved from the old weights is never restored into the new run."""
+    samples = _samples(export)[:4]
+    stage = dataclasses.replace(PLAN.finetune, max_steps=2, save_every=1)
+    kw = dict(seed=0, device="cpu", system=PLAN.model.system, max_length=PLAN.model.max_length)
+    model, processor = build_model(PLAN.model, cache)
+    first = train_stage(model, processor, samples, stage, tmp_path / "state", start="pretrained:aaa", **kw)
+    model, processor = build_model(PLAN.model, cache)
+    other = train_stage(model, processor, samples, stage, tmp_path / "state", start="pretrained:bbb", **kw)
+    assert other.resumed_from == 0 and other.fingerprint != first.fingerprint
+    again = train_stage(model, processor, samples, stage, tmp_path / "state", start="pretrained:bbb", **kw)
+    assert again.resumed_from == len(other.losses)  # the same start: restored, not retrained
+
+
+def test_finished_checkpoints_are_kept_without_their_training_state(tmp_path):
+    """A checkpoint trained exactly as asked is kept on the next run (nothing retrained) and its
+    resumable state (optimizer moments, about three times the weights) is not left on disk; a
+    pretrained-variant fine-tune follows a retrained LLaVA-Tri checkpoint."""
+    from medtrinity_assets.llava import recipe
+
+    out = tmp_path / "out"
+    export_root = make_export(out)
+    said: list[str] = []
+    card = recipe.pretrain(PLAN, out, export_root, "cpu", said.append)
+    assert not (recipe.models_root(out) / recipe.PRETRAINED / "state").exists()
+    assert recipe.pretrain(PLAN, out, export_root, "cpu", said.append)["weights_sha256"] == card["weights_sha256"]
+    assert "kept" in said[-1]
+
+    samples = [s for s in _samples(out)][:6]
+    vqa = pl.DataFrame({"question_id": [s.id for s in samples], "split": ["train"] * len(samples),
+                        "image_file": [str(s.image) for s in samples], "question": [s.question for s in samples],
+                        "answer": [s.answer for s in samples]})
+    tuned = recipe.finetune(PLAN, out, vqa, "t", "pretrained", 0, "cpu", said.append)
+    folder = recipe.finetuned_dir(out, "t", "pretrained", 0)
+    assert tuned["lineage"]["pretrained_sha256"] == card["weights_sha256"]
+    assert not folder.with_name(folder.name + ".state").exists()
+    kept = recipe.finetune(PLAN, out, vqa, "t", "pretrained", 0, "cpu", said.append)
+    assert kept["weights_sha256"] == tuned["weights_sha256"] and "kept" in said[-1]
+
+    retrained = recipe.pretrain(dataclasses.replace(PLAN, seeds=(1,)), out, export_root, "cpu", said.append)
+    assert retrained["weights_sha256"] != card["weights_sha256"]
+    anew = recipe.finetune(PLAN, out, vqa, "t", "pretrained", 0, "cpu", said.append)
+    assert anew["lineage"]["pretrained_sha256"] == retrained["weights_sha256"]
+    assert anew["stage"]["resumed_from"] == 0 and anew["weights_sha256"] != tuned["weights_sha256"]
+
+
 def test_checkpoint_round_trip_refuses_tampering_and_loads_as_a_llava_folder(export, cache, tmp_path):
     from medtrinity_assets.llava.config import ModelSpec
     from medtrinity_assets.llava.model import load_llava_folder

@@ -6,6 +6,9 @@ the asset reports."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -18,8 +21,16 @@ from medtrinity_assets.core.storage import sha256_file
 from medtrinity_assets.llava.config import TrainingPlan
 from medtrinity_assets.llava.data import llava_samples, vqa_samples
 from medtrinity_assets.llava.evaluate import answer
-from medtrinity_assets.llava.model import build_model, language_base_folder, load_checkpoint, save_checkpoint
-from medtrinity_assets.llava.trainer import part_keys, train_stage
+from medtrinity_assets.llava.model import (
+    WEIGHTS,
+    CheckpointError,
+    build_model,
+    language_base_folder,
+    load_checkpoint,
+    read_card,
+    save_checkpoint,
+)
+from medtrinity_assets.llava.trainer import part_keys, stage_fingerprint, train_stage
 
 Log = Callable[[str], None]
 MODELS = "models"
@@ -73,27 +84,72 @@ def _save(plan: TrainingPlan, out: Path, model: Any, processor: Any, folder: Pat
     return card
 
 
+def initial_weights(plan: TrainingPlan, out: Path, seed: int) -> str:
+    """The identity of the weights a model starts from before any stage: the model's settings, the
+    seed of its new parts and the language model's files (the embedded one by its converted
+    folder, named by the hash of its source; a user's folder by its files' sizes and times)."""
+    spec = plan.model
+    folder = language_base_folder(spec, language_cache(out))
+    user = Path(spec.llava_path or spec.language.source).expanduser()
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in user.glob("*.safetensors")) \
+        if folder is None and user.is_dir() else []
+    key = {"model": asdict(spec), "seed": seed, "language": folder.name if folder else None, "files": files}
+    return "init:" + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _finished(folder: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The card of the checkpoint in ``folder`` when it was trained exactly as asked (the same
+    stages, data, seed and starting weights) and its weights are the ones it names; else None."""
+    try:
+        card = read_card(folder)
+    except (CheckpointError, OSError, ValueError):
+        return None
+    weights = folder / WEIGHTS
+    if card.get("fingerprint") != fingerprint or not weights.is_file():
+        return None
+    return card if sha256_file(weights) == card.get("weights_sha256") else None
+
+
+def _drop_training_state(state: Path) -> None:
+    """Remove a run's resumable state (optimizer moments and trainable weights, about three times
+    the checkpoint) once its checkpoint is saved: a finished run is recognised by its card."""
+    if _main_rank():
+        for path in (state, state.with_name(state.name + ".old"), state.with_name(state.name + ".writing")):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def pretrain(plan: TrainingPlan, out: Path, export_root: Path, device: str, log: Log) -> dict[str, Any]:
     """Projector alignment, then multigranular pretraining, on ``llava/train.json``; resumable
-    (each stage keeps its last saved step under ``models/llava_tri/state/<stage>``)."""
+    (each stage keeps its last saved step under ``models/llava_tri/state/<stage>`` until the
+    checkpoint is saved); a checkpoint already trained on the same samples the same way is kept."""
     started = time.monotonic()
     samples = llava_samples(export_root / "llava" / "train.json", export_root)
     seed = plan.seeds[0] if plan.seeds else 0
+    starts = [initial_weights(plan, out, seed)]
+    for stage in plan.pretrain:
+        starts.append(stage_fingerprint(stage, samples, seed, starts[-1]))
+    done = _finished(pretrained_dir(out), starts[-1])
+    if done is not None:
+        log(f"LLaVA-Tri checkpoint already trained on these {len(samples)} samples: kept")
+        return done
     model, processor = build_model(plan.model, language_cache(out), seed=seed)
     stages = []
-    for stage in plan.pretrain:
+    for stage, start in zip(plan.pretrain, starts, strict=False):
         state = models_root(out) / PRETRAINED / "state" / stage.name
         result = train_stage(model, processor, samples, stage, state, seed=seed, device=device,
-                             system=plan.model.system, max_length=plan.model.max_length, bf16=plan.bf16, log=log)
+                             system=plan.model.system, max_length=plan.model.max_length, bf16=plan.bf16, log=log,
+                             start=start)
         stages.append(result.summary())
     card = {
         "kind": "llava_tri_checkpoint",
         "lineage": {"export_root": str(export_root), "export_version": export_version(export_root),
                     "train_samples": len(samples)},
         "plan": plan.to_dict(), "seed": seed, "stages": stages, "device": device,
-        "wall_s": round(time.monotonic() - started, 1),
+        "wall_s": round(time.monotonic() - started, 1), "fingerprint": starts[-1],
     }
-    return _save(plan, out, model, processor, pretrained_dir(out), card, list(plan.pretrain))
+    card = _save(plan, out, model, processor, pretrained_dir(out), card, list(plan.pretrain))
+    _drop_training_state(models_root(out) / PRETRAINED / "state")
+    return card
 
 
 def _start(plan: TrainingPlan, out: Path, variant: str, seed: int) -> tuple[Any, Any, list, dict[str, Any]]:
@@ -106,26 +162,43 @@ def _start(plan: TrainingPlan, out: Path, variant: str, seed: int) -> tuple[Any,
     return model, processor, [], {"pretrained": None, "pretrained_sha256": None}
 
 
+def _start_weights(plan: TrainingPlan, out: Path, variant: str, seed: int) -> str:
+    """The identity of the weights a fine-tuning run starts from (see :func:`initial_weights`)."""
+    if variant == "pretrained":
+        return "pretrained:" + str(read_card(pretrained_dir(out)).get("weights_sha256"))
+    return initial_weights(plan, out, seed)
+
+
 def finetune(plan: TrainingPlan, out: Path, vqa: pl.DataFrame, vqa_set: str, variant: str, seed: int,
              device: str, log: Log) -> dict[str, Any]:
     """Fine-tune on the set's train split (from the pretrained checkpoint, or ``base``: the same
-    configuration without triplet pretraining); the checkpoint and its card."""
+    configuration without triplet pretraining); the checkpoint and its card. A checkpoint already
+    fine-tuned on the same questions from the same starting weights is kept; one trained from
+    other weights (LLaVA-Tri retrained on a new export) is trained anew, never restored."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
     started = time.monotonic()
     samples = vqa_samples(vqa, "train")
-    model, processor, seen, lineage = _start(plan, out, variant, seed)
     folder = finetuned_dir(out, vqa_set, variant, seed)
+    start = _start_weights(plan, out, variant, seed)
+    done = _finished(folder, stage_fingerprint(plan.finetune, samples, seed, start))
+    if done is not None:
+        log(f"fine-tuning {vqa_set}: {variant}, seed {seed} already done on these {len(samples)} questions: kept")
+        return done
+    model, processor, seen, lineage = _start(plan, out, variant, seed)
     state = folder.with_name(folder.name + ".state")
     result = train_stage(model, processor, samples, plan.finetune, state, seed=seed, device=device,
-                         system=plan.model.system, max_length=plan.model.max_length, bf16=plan.bf16, log=log)
+                         system=plan.model.system, max_length=plan.model.max_length, bf16=plan.bf16, log=log,
+                         start=start)
     card = {
         "kind": "vqa_finetuned_checkpoint", "vqa_set": vqa_set, "variant": variant, "seed": seed,
         "lineage": {**lineage, "train_questions": len(samples)},
         "stage": result.summary(), "finetune": asdict(plan.finetune), "device": device,
-        "wall_s": round(time.monotonic() - started, 1),
+        "wall_s": round(time.monotonic() - started, 1), "fingerprint": result.fingerprint,
     }
-    return _save(plan, out, model, processor, folder, card, [*seen, plan.finetune])
+    card = _save(plan, out, model, processor, folder, card, [*seen, plan.finetune])
+    _drop_training_state(state)
+    return card
 
 
 def evaluate(plan: TrainingPlan, out: Path, vqa: pl.DataFrame, vqa_set: str, variant: str, seed: int,

@@ -30,6 +30,7 @@ class StageResult:
     wall_s: float = 0.0
     resumed_from: int = 0
     answer_tokens: int = 0
+    fingerprint: str = ""  # what the stage's weights come from (see stage_fingerprint)
 
     def summary(self) -> dict[str, Any]:
         tail = self.losses[-max(1, len(self.losses) // 10):] if self.losses else []
@@ -131,14 +132,18 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
 
 
-def _fingerprint(stage: StageSpec, samples: Sequence[Sample], seed: int) -> str:
-    """What a saved step was trained on: the stage, the seed and the samples themselves."""
+def stage_fingerprint(stage: StageSpec, samples: Sequence[Sample], seed: int, start: str = "") -> str:
+    """What a stage's weights are made from: the stage, the seed, the samples themselves and
+    ``start``, the identity of the weights it begins from (the previous stage's fingerprint, a
+    pretrained checkpoint's hash, or the initial model's). A saved step, or a finished checkpoint,
+    counts only for the same fingerprint: the same data on other starting weights trains anew."""
     import hashlib
 
     h = hashlib.sha256()
     for s in samples:
         h.update(f"{s.id}\x1f{s.image}\x1f{s.question}\x1f{s.answer}\x1e".encode())
-    return json.dumps({"stage": asdict(stage), "samples": h.hexdigest(), "seed": seed}, sort_keys=True)
+    key = json.dumps({"stage": asdict(stage), "samples": h.hexdigest(), "seed": seed, "start": start}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _save_state(folder: Path, named: list[tuple[str, Any]], optimizer: Any, run: _Run, step: int, fp: str) -> None:
@@ -237,9 +242,10 @@ def _step(run: _Run, step: int, module: Any, optimizer: Any, batch_of: Callable[
 
 def train_stage(model: Any, processor: Any, samples: Sequence[Sample], stage: StageSpec, state_dir: Path, *,
                 seed: int, device: str, system: str, max_length: int, bf16: bool = True,
-                log: Log | None = None) -> StageResult:
+                log: Log | None = None, start: str = "") -> StageResult:
     """Train ``stage`` on ``samples``, resuming from ``state_dir`` when it holds a saved step of
-    the same stage; a finished stage is restored, not retrained."""
+    the same stage from the same ``start`` (:func:`stage_fingerprint`); a finished stage is
+    restored, not retrained."""
     import torch
 
     if not samples:
@@ -252,9 +258,9 @@ def train_stage(model: Any, processor: Any, samples: Sequence[Sample], stage: St
     total = math.ceil(len(micro) / stage.grad_accum)
     if stage.max_steps:
         total = min(total, stage.max_steps)
-    run = _Run(stage, micro, total, StageResult(stage.name, total, len(samples)))
+    fp = stage_fingerprint(stage, samples, seed, start)
+    run = _Run(stage, micro, total, StageResult(stage.name, total, len(samples), fingerprint=fp))
     optimizer = torch.optim.AdamW([p for _, p in named], lr=stage.lr, weight_decay=stage.weight_decay)
-    fp = _fingerprint(stage, samples, seed)
     start = _resume(state_dir, named, optimizer, fp, run, say)
     if start >= total:
         return run.result
