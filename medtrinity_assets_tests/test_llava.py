@@ -123,7 +123,7 @@ def test_finished_checkpoints_are_kept_without_their_training_state(tmp_path):
     assert tuned["lineage"]["pretrained_sha256"] == card["weights_sha256"]
     assert not folder.with_name(folder.name + ".state").exists()
     kept = recipe.finetune(PLAN, out, vqa, "t", "pretrained", 0, "cpu", said.append)
-    assert kept["weights_sha256"] == tuned["weights_sha256"] and "kept" in said[-1]
+    assert kept["weights_sha256"] == tuned["weights_sha256"] and kept["kept"] and "kept" in said[-1]
 
     retrained = recipe.pretrain(dataclasses.replace(PLAN, seeds=(1,)), out, export_root, "cpu", said.append)
     assert retrained["weights_sha256"] != card["weights_sha256"]

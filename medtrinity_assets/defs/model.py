@@ -51,6 +51,7 @@ def llava_tri_checkpoint(context: dg.AssetExecutionContext, storage: OutputStora
         **{f"{s['stage']}_final_loss": float(s["final_loss"] or 0.0) for s in card["stages"]},
         "steps": sum(s["steps"] for s in card["stages"]),
         "wall_s": float(card["wall_s"]),
+        "kept": bool(card.get("kept")),  # trained earlier exactly as asked: not retrained (wall_s is then that run's)
         "device": card["device"],
         "loss_curves": picture(loss_curves(curves), "loss per stage"),
         "weights_sha256": card["weights_sha256"],
@@ -130,6 +131,7 @@ def vqa_finetuned_checkpoint(context: dg.AssetExecutionContext, storage: OutputS
         "checkpoints": dg.MetadataValue.json({f"{c['variant']}-seed{c['seed']}": c["path"] for c in cards}),
         "train_questions": questions,
         "wall_s": float(sum(c["wall_s"] for c in cards)),
+        "kept": sum(bool(c.get("kept")) for c in cards),  # checkpoints trained earlier exactly as asked
         "loss_curves": picture(loss_curves(curves), "fine-tuning loss"),
     })
 

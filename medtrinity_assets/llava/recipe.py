@@ -99,7 +99,8 @@ def initial_weights(plan: TrainingPlan, out: Path, seed: int) -> str:
 
 def _finished(folder: Path, fingerprint: str) -> dict[str, Any] | None:
     """The card of the checkpoint in ``folder`` when it was trained exactly as asked (the same
-    stages, data, seed and starting weights) and its weights are the ones it names; else None."""
+    stages, data, seed and starting weights) and its weights are the ones it names; else None.
+    The caller returns it marked ``kept`` (its ``wall_s`` is the original training's)."""
     try:
         card = read_card(folder)
     except (CheckpointError, OSError, ValueError):
@@ -131,7 +132,7 @@ def pretrain(plan: TrainingPlan, out: Path, export_root: Path, device: str, log:
     done = _finished(pretrained_dir(out), starts[-1])
     if done is not None:
         log(f"LLaVA-Tri checkpoint already trained on these {len(samples)} samples: kept")
-        return done
+        return {**done, "kept": True}
     model, processor = build_model(plan.model, language_cache(out), seed=seed)
     stages = []
     for stage, start in zip(plan.pretrain, starts, strict=False):
@@ -184,7 +185,7 @@ def finetune(plan: TrainingPlan, out: Path, vqa: pl.DataFrame, vqa_set: str, var
     done = _finished(folder, stage_fingerprint(plan.finetune, samples, seed, start))
     if done is not None:
         log(f"fine-tuning {vqa_set}: {variant}, seed {seed} already done on these {len(samples)} questions: kept")
-        return done
+        return {**done, "kept": True}
     model, processor, seen, lineage = _start(plan, out, variant, seed)
     state = folder.with_name(folder.name + ".state")
     result = train_stage(model, processor, samples, plan.finetune, state, seed=seed, device=device,

@@ -261,8 +261,8 @@ def train_stage(model: Any, processor: Any, samples: Sequence[Sample], stage: St
     fp = stage_fingerprint(stage, samples, seed, start)
     run = _Run(stage, micro, total, StageResult(stage.name, total, len(samples), fingerprint=fp))
     optimizer = torch.optim.AdamW([p for _, p in named], lr=stage.lr, weight_decay=stage.weight_decay)
-    start = _resume(state_dir, named, optimizer, fp, run, say)
-    if start >= total:
+    first = _resume(state_dir, named, optimizer, fp, run, say)
+    if first >= total:
         return run.result
     module = _wrap(AnswerLoss(model).module, device)
     torch.manual_seed(seed)
@@ -273,7 +273,7 @@ def train_stage(model: Any, processor: Any, samples: Sequence[Sample], stage: St
         return encode_training(processor, [samples[i] for i in ids], system, length)
 
     every = max(1, total // 10)
-    for step in range(start, total):
+    for step in range(first, total):
         run.result.losses.append(_step(run, step, module, optimizer, batch_of, device, bf16))
         done = step + 1
         if done % every == 0 or done == total:
