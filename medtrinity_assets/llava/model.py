@@ -166,6 +166,15 @@ def read_card(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def verified_card(folder: Path) -> dict[str, Any]:
+    """The card of a checkpoint this pipeline wrote, once its weights match the hash it names."""
+    card = read_card(folder)
+    weights = folder / WEIGHTS
+    if sha256_file(weights) != card.get("weights_sha256"):
+        raise CheckpointError(f"{weights} changed since it was written (hash mismatch with {CARD})")
+    return card
+
+
 def _load_language_base(model: Any, base: dict[str, Any]) -> None:
     from safetensors.torch import load_file
 
@@ -203,9 +212,7 @@ def load_checkpoint(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     quiet_transformers()
-    card = read_card(folder)
-    if sha256_file(folder / WEIGHTS) != card.get("weights_sha256"):
-        raise CheckpointError(f"{folder / WEIGHTS} changed since it was written (hash mismatch with {CARD})")
+    card = verified_card(folder)
     model = LlavaForConditionalGeneration(LlavaConfig.from_json_file(str(folder / "config.json")))
     if card.get("language_base"):
         _load_language_base(model, card["language_base"])

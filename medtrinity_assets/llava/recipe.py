@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -22,15 +21,15 @@ from medtrinity_assets.llava.config import TrainingPlan
 from medtrinity_assets.llava.data import llava_samples, vqa_samples
 from medtrinity_assets.llava.evaluate import answer
 from medtrinity_assets.llava.model import (
-    WEIGHTS,
     CheckpointError,
     build_model,
     language_base_folder,
     load_checkpoint,
     read_card,
     save_checkpoint,
+    verified_card,
 )
-from medtrinity_assets.llava.trainer import part_keys, stage_fingerprint, train_stage
+from medtrinity_assets.llava.trainer import discard_state, part_keys, stage_fingerprint, train_stage
 
 Log = Callable[[str], None]
 MODELS = "models"
@@ -103,20 +102,16 @@ def _finished(folder: Path, fingerprint: str) -> dict[str, Any] | None:
     The caller returns it marked ``kept`` (its ``wall_s`` is the original training's)."""
     try:
         card = read_card(folder)
+        return verified_card(folder) if card.get("fingerprint") == fingerprint else None
     except (CheckpointError, OSError, ValueError):
         return None
-    weights = folder / WEIGHTS
-    if card.get("fingerprint") != fingerprint or not weights.is_file():
-        return None
-    return card if sha256_file(weights) == card.get("weights_sha256") else None
 
 
 def _drop_training_state(state: Path) -> None:
     """Remove a run's resumable state (optimizer moments and trainable weights, about three times
     the checkpoint) once its checkpoint is saved: a finished run is recognised by its card."""
     if _main_rank():
-        for path in (state, state.with_name(state.name + ".old"), state.with_name(state.name + ".writing")):
-            shutil.rmtree(path, ignore_errors=True)
+        discard_state(state)
 
 
 def pretrain(plan: TrainingPlan, out: Path, export_root: Path, device: str, log: Log) -> dict[str, Any]:

@@ -146,10 +146,23 @@ def stage_fingerprint(stage: StageSpec, samples: Sequence[Sample], seed: int, st
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _beside(folder: Path) -> tuple[Path, Path]:
+    """The folders a save keeps beside a stage's state: the one being written, and the previous
+    one while it is replaced (a kill between the renames leaves it to resume from)."""
+    return folder.with_name(folder.name + ".writing"), folder.with_name(folder.name + ".old")
+
+
+def discard_state(folder: Path) -> None:
+    """Remove a stage's saved steps (``folder`` and what a save keeps beside it), or every stage's
+    under ``folder``."""
+    for path in (folder, *_beside(folder)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _save_state(folder: Path, named: list[tuple[str, Any]], optimizer: Any, run: _Run, step: int, fp: str) -> None:
     from safetensors.torch import save_file
 
-    tmp = folder.with_name(folder.name + ".writing")
+    tmp, old = _beside(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({n: p.detach().contiguous().cpu() for n, p in named}, str(tmp / "trainable.safetensors"))
@@ -159,7 +172,6 @@ def _save_state(folder: Path, named: list[tuple[str, Any]], optimizer: Any, run:
     meta = {"fingerprint": fp, "step": step, "losses": run.result.losses, "param_groups": opt["param_groups"],
             "wall_s": run.result.wall_s + time.monotonic() - run.started, "answer_tokens": run.result.answer_tokens}
     (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
-    old = folder.with_name(folder.name + ".old")  # a kill between the renames leaves .old to resume from
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.rename(old)
@@ -171,8 +183,9 @@ def _load_state(folder: Path, named: list[tuple[str, Any]], optimizer: Any, fp: 
     """Restore a saved step of the same stage (same configuration, data size and seed)."""
     from safetensors.torch import load_file
 
-    if not (folder / "state.json").is_file() and (folder.with_name(folder.name + ".old") / "state.json").is_file():
-        folder = folder.with_name(folder.name + ".old")
+    old = _beside(folder)[1]
+    if not (folder / "state.json").is_file() and (old / "state.json").is_file():
+        folder = old
     meta_path = folder / "state.json"
     if not meta_path.is_file():
         return None
