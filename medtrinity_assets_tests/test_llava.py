@@ -132,6 +132,27 @@ def test_finished_checkpoints_are_kept_without_their_training_state(tmp_path):
     assert anew["stage"]["resumed_from"] == 0 and anew["weights_sha256"] != tuned["weights_sha256"]
 
 
+def test_the_starting_weights_name_the_embedded_language_models_hash(tmp_path):
+    """A new embedded language model (another GGUF installed, converted again) is another start: no
+    checkpoint trained from the old one is kept. Its converted folder's name stays the same, so
+    the start is named by the hash its conversion recorded."""
+    import json
+
+    from medtrinity_assets.llava import recipe
+    from medtrinity_assets.llava.language import EMBEDDED_NAME
+
+    plan = dataclasses.replace(PLAN, model=dataclasses.replace(
+        PLAN.model, language=dataclasses.replace(PLAN.model.language, source="embedded")))
+    converted = recipe.language_cache(tmp_path) / EMBEDDED_NAME
+    converted.mkdir(parents=True)
+    starts = []
+    for sha in ("a" * 64, "b" * 64):
+        (converted / "weights.json").write_text(json.dumps({"sha256": sha}), encoding="utf-8")
+        starts.append(recipe.initial_weights(plan, tmp_path, 0))
+    assert starts[0] != starts[1]
+    assert recipe.initial_weights(plan, tmp_path, 0) == starts[1] != recipe.initial_weights(plan, tmp_path, 1)
+
+
 def test_checkpoint_round_trip_refuses_tampering_and_loads_as_a_llava_folder(export, cache, tmp_path):
     from medtrinity_assets.llava.config import ModelSpec
     from medtrinity_assets.llava.model import load_llava_folder

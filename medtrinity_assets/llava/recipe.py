@@ -85,14 +85,16 @@ def _save(plan: TrainingPlan, out: Path, model: Any, processor: Any, folder: Pat
 
 def initial_weights(plan: TrainingPlan, out: Path, seed: int) -> str:
     """The identity of the weights a model starts from before any stage: the model's settings, the
-    seed of its new parts and the language model's files (the embedded one by its converted
-    folder, named by the hash of its source; a user's folder by its files' sizes and times)."""
+    seed of its new parts and the language model's files (the embedded one by the hash its
+    conversion recorded, which changes with the installed GGUF; a user's folder by its files'
+    sizes and times)."""
     spec = plan.model
     folder = language_base_folder(spec, language_cache(out))
     user = Path(spec.llava_path or spec.language.source).expanduser()
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in user.glob("*.safetensors")) \
         if folder is None and user.is_dir() else []
-    key = {"model": asdict(spec), "seed": seed, "language": folder.name if folder else None, "files": files}
+    language = json.loads((folder / "weights.json").read_text(encoding="utf-8"))["sha256"] if folder else None
+    key = {"model": asdict(spec), "seed": seed, "language": language, "files": files}
     return "init:" + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
