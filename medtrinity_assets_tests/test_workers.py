@@ -242,3 +242,37 @@ def test_ingestion_workers_stage_pngs_and_leave_only_the_kept_ones(tmp_path):
     again = ingest_source(spec, out, workers=2)
     assert again.counts["files_written"] == 0 and again.images.equals(res.images)
     assert {p.relative_to(out).as_posix() for p in out.rglob("*.png")} == named
+
+
+def test_a_slice_is_read_from_its_own_row_groups_only(tmp_path, monkeypatch):
+    """``read_images`` gives the rows a filtered scan gives (row order, every column, ids in no
+    row group or in several), reading only the row groups that hold the slice's images; a table
+    rewritten in place is indexed anew."""
+    import polars as pl
+
+    from medtrinity_assets.core import contract
+    from medtrinity_assets.core.tables import CAPTION_QUALITY
+
+    def frame(images: range, tag: str) -> pl.DataFrame:
+        rows = [{"record_id": f"img{i:03d}", "roi_id": f"{tag}{i}-{k}", "passed": k == 0} for i in images for k in range(2)]
+        return CAPTION_QUALITY.frame(rows)
+
+    out = tmp_path / "out"
+    path = CAPTION_QUALITY.write_batches([frame(range(k, k + 10), "a") for k in range(0, 40, 10)], out, "src")
+    assert [n for _, n, _ in contract._row_groups(path)] == [20, 20, 20, 20]
+    wanted = ["img012", "img031", "img013", "img999"]
+    scanned = CAPTION_QUALITY.read(out, "src", where=pl.col("record_id").is_in(wanted))
+    assert CAPTION_QUALITY.read_images(out, "src", wanted).equals(scanned) and scanned.height == 6
+    assert contract._row_spans(path, set(wanted)) == [(20, 20), (60, 20)]
+    assert contract._row_spans(path, {"img011", "img025"}) == [(20, 40)], "adjacent groups: one read"
+    assert CAPTION_QUALITY.read_images(out, "src", ["img999"]).height == 0
+
+    read: list[int] = []
+    real_slice = pl.LazyFrame.slice
+    monkeypatch.setattr(pl.LazyFrame, "slice", lambda self, offset, length=None: (read.append(length), real_slice(self, offset, length))[1])
+    CAPTION_QUALITY.read_images(out, "src", ["img005"], columns=["roi_id"])
+    assert read == [20], "one row group of four read"
+
+    CAPTION_QUALITY.write_batches([frame(range(0, 40), "b")], out, "src")  # rewritten: one group
+    again = CAPTION_QUALITY.read_images(out, "src", ["img005"])
+    assert again["roi_id"].to_list() == ["b5-0", "b5-1"] and contract._row_spans(path, {"img005"}) is None

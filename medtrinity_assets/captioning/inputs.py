@@ -345,14 +345,16 @@ def read_caption_inputs(out: str | Path, part: str, record_ids: list[str] | None
         ROI_SET,
     )
 
-    where = None if record_ids is None else pl.col("record_id").is_in(record_ids)
-    retrieved = RETRIEVED_KNOWLEDGE.read(out, part, where=where)
+    def read(table: Any) -> pl.DataFrame:
+        return table.read(out, part) if record_ids is None else table.read_images(out, part, record_ids)
+
+    retrieved = read(RETRIEVED_KNOWLEDGE)
     chunk_ids = retrieved["chunk_ids"].explode().drop_nulls().unique().to_list() if retrieved.height else []
     return build_caption_inputs(
-        ROI_SET.read(out, part, where=where),
-        COARSE_CAPTIONS.read(out, part, where=where),
+        read(ROI_SET),
+        read(COARSE_CAPTIONS),
         retrieved,
         KNOWLEDGE_DOCSTORE.read(out, where=pl.col("chunk_id").is_in(chunk_ids)),
-        PREPROCESSED_IMAGES.read(out, part, where=where),
+        read(PREPROCESSED_IMAGES),
         out_root=out,
     )

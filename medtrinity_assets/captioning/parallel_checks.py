@@ -50,6 +50,6 @@ def check_shard(
 def check_images(out: str, part: str, record_ids: list[str], phi_values: Any, judge: Any = None) -> pl.DataFrame:
     """The quality rows of the descriptions of the images ``record_ids`` of one shard, in the
     caption table's order."""
-    captions = CAPTION_BATCH.read(out, part, where=pl.col("record_id").is_in(record_ids))
+    captions = CAPTION_BATCH.read_images(out, part, record_ids)
     inputs = {(i.record_id, i.roi_id): i for i in read_caption_inputs(out, part, record_ids)}
     return check_captions(captions, inputs, phi_values=phi_values, judge=judge)

@@ -102,8 +102,7 @@ def _shard_rows(out: Path, part: str, duplicates: dict, license: str, synthetic:
     triplet joins the rows of one image only), and how many descriptions each slice considered."""
     ids = CAPTION_BATCH.read(out, part, columns=["record_id"])["record_id"].to_list()
     for images in image_slices([i for i in ids if i not in duplicates], IMAGES_PER_SLICE):
-        where = pl.col("record_id").is_in(images)
-        tables = {c.name: c.read(out, part, where=where) for c in INPUTS}
+        tables = {c.name: c.read_images(out, part, images) for c in INPUTS}
         rows = triplet_rows(
             captions=tables[CAPTION_BATCH.name],
             quality=tables[CAPTION_QUALITY.name],
