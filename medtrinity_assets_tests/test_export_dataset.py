@@ -16,7 +16,7 @@ from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, TRIPLETS
 from medtrinity_assets.export.dataset import build_dataset
 from medtrinity_assets.export.leakage import LeakageError
 from medtrinity_assets.export.splits import assign_splits, hashed_split
-from medtrinity_assets.export.triplets import build_triplets, file_group
+from medtrinity_assets.export.triplets import build_triplets, file_group, triplet_id
 from medtrinity_assets.ingest.dedup import phash
 
 
@@ -57,24 +57,30 @@ def _source(out: Path, name: str, images: list[np.ndarray], split: str = "train"
 
 def test_only_passed_descriptions_become_triplets_and_a_file_stays_in_one_split():
     captions = pl.DataFrame({
-        "record_id": ["a", "a", "b"], "roi_id": ["a:0", "a:1", "b:0"], "source": "s", "inputs_hash": ["h1", "h2", "h3"],
-        "text": ["one", "two", "three"], "status": ["ok", "ok", "ok"], "backend": "embedded", "model": "m",
+        "record_id": ["a", "a", "b", "b"], "roi_id": ["a:0", "a:1", "b:0", "b:1"], "source": "s",
+        "inputs_hash": ["h1", "h2", "h3", "h4"], "text": ["one", "two", "three", "four"], "status": "ok",
+        "backend": "embedded", "model": "m",
         "prompt_version": "p", **{f"facet_{k}": "f" for k in ("modality", "organ", "roi_location", "roi_texture",
                                                                 "relationship")}})
-    quality = pl.DataFrame({"record_id": ["a", "a", "b"], "roi_id": ["a:0", "a:1", "b:0"],
-                            "inputs_hash": ["h1", "h2", "h3"], "passed": [True, False, True]})
-    rois = pl.DataFrame({"record_id": ["a", "a", "b"], "roi_id": ["a:0", "a:1", "b:0"], "status": "ok",
-                         "label": ["lesion", "lesion", None], "origin": ["mask", "mask", "whole_image"],
-                         "bbox_xyxy": [[1.0, 2, 3, 4]] * 3, "bbox_norm": [[0.1, 0.2, 0.3, 0.4]] * 3, "mask_rle": "{}"})
+    quality = pl.DataFrame({"record_id": ["a", "a", "b", "b"], "roi_id": ["a:0", "a:1", "b:0", "b:1"],
+                            "inputs_hash": ["h1", "h2", "h3", "h4"], "passed": [True, False, True, True]})
+    rois = pl.DataFrame({"record_id": ["a", "a", "b", "b"], "roi_id": ["a:0", "a:1", "b:0", "b:1"], "status": "ok",
+                         "label": ["lesion", "lesion", "brain", "cyst"], "origin": ["mask", "mask", "whole_image", "box"],
+                         "bbox_xyxy": [[1.0, 2, 3, 4]] * 4, "bbox_norm": [[0.1, 0.2, 0.3, 0.4]] * 4, "mask_rle": "{}"})
     images = pl.DataFrame({"record_id": ["a", "b"], "sha256": ["aa" * 32, "bb" * 32], "width": [8, 8], "height": [8, 8]})
     manifest = pl.DataFrame({"record_id": ["a", "b"], "source": "s", "relpath": ["vol.nii", "vol.nii"],
                              "status": "ok", "split": ["train", "train"]})
     coarse = pl.DataFrame({"record_id": ["a", "b"], "modality": "mri", "organ": "brain"})
     t = build_triplets(captions=captions, quality=quality, rois=rois, images=images, manifest=manifest, coarse=coarse,
                        license="CC0", synthetic=False)
-    assert t["description"].to_list() == ["one", "three"]  # "two" failed a blocking check
+    assert t["description"].to_list() == ["one", "three", "four"]  # "two" failed a blocking check
     assert set(t["group_id"]) == {file_group("s", "vol.nii")} and t["split"].n_unique() == 1  # slices of one file
-    assert t.filter(pl.col("origin") == "whole_image")["label"].to_list() == [None]
+    assert t["label"].to_list() == ["lesion", None, "cyst"]  # a whole image has no label
+    assert t["mask_rle"].to_list() == ["{}", None, None]  # nor has it, or a box, a mask
+    assert t["image_file"].to_list() == [f"images/aa/{'aa' * 32}.png"] + [f"images/bb/{'bb' * 32}.png"] * 2
+    assert t["triplet_id"].to_list() == [triplet_id("a", "a:0", "h1"), triplet_id("b", "b:0", "h3"), triplet_id("b", "b:1", "h4")]
+    assert t["license"].unique().to_list() == ["CC0"] and t["synthetic"].unique().to_list() == [False]
+    assert t["facet_organ"].unique().to_list() == ["f"] and t["modality"].unique().to_list() == ["mri"]
 
 
 def test_splits_are_stable_and_held_out_splits_of_a_group_hold():
