@@ -387,3 +387,44 @@ def test_python_object_tags_are_refused(tmp_path):
     path = _yaml(tmp_path / "reg", "obj", "name: obj\nlayout: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(RegistryError, match="obj.yaml: not valid YAML"):
         load_source_file(path)
+
+
+def test_two_expert_trainings_into_one_root_take_turns_and_a_dead_holder_frees_the_lock(tmp_path, monkeypatch):
+    """Expert training replaces a whole folder through one staging folder: two at once (a build
+    while the UI's automation starts one) would mix their files. They take turns on a lock, which
+    a killed holder does not keep."""
+    import threading
+
+    from medtrinity_assets.core.storage import held_lock
+    from medtrinity_assets.segmentation import training
+
+    spans: list[tuple[float, float]] = []
+
+    def slow(*args, **kwargs):
+        start = time.monotonic()
+        time.sleep(0.3)
+        spans.append((start, time.monotonic()))
+
+    monkeypatch.setattr(training, "_train_experts", slow)
+    runs = [threading.Thread(target=training.train_experts, args=([], tmp_path, None)) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert b0 >= a1, "the second training started only once the first had finished"
+
+    lock = tmp_path / ".expert_models.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from medtrinity_assets.core.storage import held_lock\n"
+        f"with held_lock({str(lock)!r}):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        holder.kill()
+        holder.wait(timeout=10)
+        start = time.monotonic()
+        with held_lock(lock):
+            assert time.monotonic() - start < 5
+    finally:
+        holder.kill()

@@ -119,6 +119,24 @@ def sweep_temp_files(out: str | Path, before: float | None = None) -> int:
 
 
 @contextmanager
+def held_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (made if missing) while the block runs: another
+    process, or another open of it in this one, waits at the start of its block until this one
+    leaves. For work that replaces a whole folder (two runs of one unpartitioned asset at once);
+    an advisory ``flock``, released by the kernel when its holder dies."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor of this open releases the lock
+
+
+@contextmanager
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """A file opened on a temporary name beside ``path``, fsynced and renamed onto it on success
     (removed on failure)."""

@@ -307,12 +307,23 @@ def train_experts(
     log: Callable[[str], None] | None = None,
 ) -> ExpertsReport:
     """Train and save one expert per :class:`ExpertTarget` (modality, organ, label) with at least
-    ``min_samples`` masked images; older experts of the folder are replaced."""
+    ``min_samples`` masked images; older experts of the folder are replaced. Two trainings into one
+    output root (a build while the UI's automation starts one) take turns: they would share the
+    staging folder."""
+    from medtrinity_assets.core.storage import held_lock
+
+    out = Path(out)
+    with held_lock(out / ".expert_models.lock"):
+        return _train_experts(specs, out, config, device=device, min_samples=min_samples,
+                              max_samples=max_samples, seed=seed, log=log)
+
+
+def _train_experts(specs: list[SourceSpec], out: Path, config: ExpertConfig, *, device: str, min_samples: int,
+                   max_samples: int, seed: int, log: Callable[[str], None] | None) -> ExpertsReport:
     import shutil
 
     from medtrinity_assets.segmentation.store import save_expert
 
-    out = Path(out)
     report = ExpertsReport(out / "expert_models")
     staging = out / ".expert_models.new"
     shutil.rmtree(staging, ignore_errors=True)
