@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate
 from medtrinity_assets.ingest.pipeline import ingest_source
 from medtrinity_assets.privacy.pixels import ocr_available, ocr_words
 from medtrinity_assets_tests.sources_builders import make_spec
-from medtrinity_assets_tests.test_pixel_phi import SENSITIVE, ultrasound_like
+from medtrinity_assets_tests.test_pixel_phi import ALOKA_LINES, SENSITIVE, US1_LINES, ultrasound_like
 
 needs_ocr = pytest.mark.skipif(not ocr_available(), reason="tesseract-ocr is not installed")
 TOKENS = ["ROE", "MARY", "1987", "0612"]
@@ -96,3 +96,29 @@ def test_unchecked_text_is_quarantined_with_the_reason(tmp_path, monkeypatch):
     kept = ingest_source(clean, tmp_path / "out2", workers=1)
     assert kept.images.height == 1 and kept.images["text_boxes_redacted"].is_null().all()
     assert pl.Series(kept.manifest["status"]).to_list() == ["ok"]
+
+
+@needs_ocr
+@pytest.mark.parametrize(("name", "lines"), [("US1_J2KR.dcm", US1_LINES), ("gdcm-US-ALOKA-16.dcm", ALOKA_LINES)])
+def test_identifying_lines_of_the_demo_ultrasounds_are_black_in_the_stored_image(tmp_path, name, lines):
+    """Through ingestion, as the demo stores them (640 x 480 shrunk to 512 x 384): every identifying
+    line of pydicom's demo ultrasounds (institution, date, time, IDs; boxes measured by hand) is
+    black in the stored image. Text is read at the resolution it was drawn for: read after the
+    shrink, the 9-px date "24-MAY-02" and "IM#2" were misread and kept."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} is not available offline")
+    root = tmp_path / "us"
+    root.mkdir()
+    (root / name).write_bytes(open(path, "rb").read())
+    spec = make_spec(tmp_path, "us", "dicom", root, modality="Ultrasound", organ="unspecified", max_side=512)
+    res = ingest_source(spec, tmp_path / "out", workers=1)
+    image_path = res.images.row(0, named=True)["image_path"]
+    stored = np.asarray(Image.open(tmp_path / "out" / image_path).convert("L"))
+    sy, sx = stored.shape[0] / 480, stored.shape[1] / 640
+    for text, (x0, y0, x1, y1), phi in lines:
+        if phi:
+            inside = stored[int(y0 * sy) + 1 : int(y1 * sy) - 1, int(x0 * sx) + 1 : int(x1 * sx) - 1]
+            assert (inside <= 8).mean() >= 0.97, f"{text!r} is still visible in the stored image"

@@ -237,13 +237,13 @@ def _boxes(vol: Volume, h: int, w: int, oh: int, ow: int) -> tuple[list[list[flo
 
 def _encode(plan: SlicePlan, vol: Volume, k: int, norm: np.ndarray, msl: np.ndarray | None, max_side: int) -> Slice2D:
     o = plan.orientation
-    img = o.apply(plan.intensity.to_u8(k, norm))
+    img = np.ascontiguousarray(o.apply(plan.intensity.to_u8(k, norm)))
     h, w = img.shape[:2]
     oh, ow, spacing = output_size(h, w, o.row_mm, o.col_mm, max_side)
-    img = np.ascontiguousarray(resize_image(np.ascontiguousarray(img), oh, ow))
     text_boxes = 0
-    if plan.scan_text:
+    if plan.scan_text:  # at the resolution the text was drawn for: shrunk, a 9-px date is misread
         img, text_boxes = redact(img)
+    img = np.ascontiguousarray(resize_image(img, oh, ow))
     relpath = plan.relpaths[k] if plan.relpaths else vol.relpath
     out = Slice2D(k, relpath, h, w, img, encode_png(img), spacing)
     out.text_scanned, out.text_boxes = plan.scan_text, text_boxes
