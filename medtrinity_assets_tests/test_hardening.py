@@ -406,13 +406,16 @@ def test_two_expert_trainings_into_one_root_take_turns_and_a_dead_holder_frees_t
         spans.append((start, time.monotonic()))
 
     monkeypatch.setattr(training, "_train_experts", slow)
-    runs = [threading.Thread(target=training.train_experts, args=([], tmp_path, None)) for _ in range(2)]
+    said: list[str] = []
+    runs = [threading.Thread(target=training.train_experts, args=([], tmp_path, None), kwargs={"log": said.append})
+            for _ in range(2)]
     for run in runs:
         run.start()
     for run in runs:
         run.join()
     (a0, a1), (b0, b1) = sorted(spans)
     assert b0 >= a1, "the second training started only once the first had finished"
+    assert len(said) == 1 and "waiting" in said[0], "the one that waits says why"
 
     lock = tmp_path / ".expert_models.lock"
     holder = subprocess.Popen([sys.executable, "-c", (
@@ -428,3 +431,43 @@ def test_two_expert_trainings_into_one_root_take_turns_and_a_dead_holder_frees_t
             assert time.monotonic() - start < 5
     finally:
         holder.kill()
+
+
+def test_two_runs_of_one_checkpoint_take_turns_and_evaluation_does_not_wait(tmp_path, monkeypatch):
+    """LLaVA-Tri and each set's fine-tunes write through fixed .writing and .state folders: two
+    runs of one checkpoint at once take turns (the lock is held around the torchrun job, not in
+    it); other sets' fine-tunes and evaluations do not wait."""
+    import threading
+    from types import SimpleNamespace
+
+    from medtrinity_assets.defs import training_launch
+    from medtrinity_assets.llava import jobs
+
+    spans: dict[str, list[tuple[float, float]]] = {}
+
+    def slow(job, log):
+        start = time.monotonic()
+        time.sleep(0.3)
+        spans.setdefault(f"{job['task']}:{job.get('vqa_set')}", []).append((start, time.monotonic()))
+        return {}
+
+    monkeypatch.setattr(jobs, "run_job", slow)
+    monkeypatch.setattr(training_launch, "job_for", lambda training, task, out, args: {"task": task, **args})
+    said: list[str] = []
+    context = SimpleNamespace(log=SimpleNamespace(info=said.append))
+    training = SimpleNamespace(launcher="in_process")
+    calls = [("pretrain", {}), ("pretrain", {}), ("finetune", {"vqa_set": "a"}), ("finetune", {"vqa_set": "b"}),
+             ("evaluate", {"vqa_set": "a"}), ("evaluate", {"vqa_set": "a"})]
+    runs = [threading.Thread(target=training_launch.run_training, args=(context, training, task, tmp_path, args))
+            for task, args in calls]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    (a0, a1), (b0, b1) = sorted(spans["pretrain:None"])
+    assert b0 >= a1, "the second pretraining waited for the first"
+    first = min(s for s, _ in spans["pretrain:None"])
+    together = [spans["finetune:a"][0][0], spans["finetune:b"][0][0], *(s for s, _ in spans["evaluate:a"])]
+    assert all(s - first < 0.25 for s in together), "other locks and evaluations started at once"
+    assert sum("waiting" in m for m in said) == 1
+

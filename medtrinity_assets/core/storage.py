@@ -26,7 +26,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -119,18 +119,24 @@ def sweep_temp_files(out: str | Path, before: float | None = None) -> int:
 
 
 @contextmanager
-def held_lock(path: str | Path) -> Iterator[None]:
+def held_lock(path: str | Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
     """An exclusive lock on the file ``path`` (made if missing) while the block runs: another
     process, or another open of it in this one, waits at the start of its block until this one
-    leaves. For work that replaces a whole folder (two runs of one unpartitioned asset at once);
-    an advisory ``flock``, released by the kernel when its holder dies."""
+    leaves (calling ``waiting`` first, so that it can say why it waits). For work that replaces a
+    whole folder (two runs of one asset at once); an advisory ``flock``, released by the kernel
+    when its holder dies."""
     import fcntl
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing the only descriptor of this open releases the lock

@@ -23,16 +23,24 @@ def job_for(training: LlavaTrainingResource, task: str, out: Path, args: dict[st
 def run_training(context: dg.AssetExecutionContext, training: LlavaTrainingResource, task: str, out: Path,
                  args: dict[str, Any]) -> dict[str, Any]:
     """Run ``task`` where ``training.launcher`` says; a failure becomes a one-line ``Failure``."""
+    from medtrinity_assets.core.storage import held_lock
     from medtrinity_assets.llava.jobs import run_job
     from medtrinity_assets.llava.language import LanguageModelError
     from medtrinity_assets.llava.model import CheckpointError
     from medtrinity_assets.vqa.leakage import VQALeakageError
 
     job = job_for(training, task, out, args)
+    lock = out / "models" / f".{task}{'-' + args['vqa_set'] if 'vqa_set' in args else ''}.lock"
     try:
-        if training.launcher == "torchrun" and task != "evaluate":
-            return _torchrun(context, training, job, out)
-        return run_job(job, context.log.info)
+        if task == "evaluate":  # reads checkpoints only
+            return run_job(job, context.log.info)
+        # two runs of one checkpoint at once would share its .writing and .state folders; the
+        # second finds the first's checkpoint finished and keeps it (held here, not in the job:
+        # every torchrun rank runs the job, and a rank waiting on a lock stalls the others)
+        with held_lock(lock, lambda: context.log.info(f"another run is training {task} in {out}: waiting for it")):
+            if training.launcher == "torchrun":
+                return _torchrun(context, training, job, out)
+            return run_job(job, context.log.info)
     except VQALeakageError as exc:
         raise dg.Failure(description=str(exc), metadata={"leaks": dg.MetadataValue.json(exc.leaks[:100])}) from None
     except (LanguageModelError, CheckpointError, FileNotFoundError, ValueError) as exc:

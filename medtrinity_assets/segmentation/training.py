@@ -313,7 +313,11 @@ def train_experts(
     from medtrinity_assets.core.storage import held_lock
 
     out = Path(out)
-    with held_lock(out / ".expert_models.lock"):
+    def waiting() -> None:
+        if log:
+            log("another run is training the expert models of this output root: waiting for it to finish")
+
+    with held_lock(out / ".expert_models.lock", waiting):
         return _train_experts(specs, out, config, device=device, min_samples=min_samples,
                               max_samples=max_samples, seed=seed, log=log)
 
