@@ -138,10 +138,6 @@ class TableContract:
         return self.path(out, source).exists()
 
 
-# --------------------------------------------------------------------------------------
-# the tables
-
-
 _ROW_GROUPS: dict[tuple[str, int, int, int, int], list[tuple[int, int, frozenset[str]]]] = {}
 
 
@@ -183,3 +179,7 @@ def _row_spans(path: Path, record_ids: set[str]) -> list[tuple[int, int]] | None
         else:
             spans.append((start, rows))
     return spans
+
+
+# --------------------------------------------------------------------------------------
+# the tables
