@@ -56,6 +56,11 @@ def _shared_conversion() -> Path:
     return folder
 
 
+def recorded_sha256(folder: Path) -> str:
+    """The hash of a converted folder's weights, as its conversion recorded it (``weights.json``)."""
+    return json.loads((folder / "weights.json").read_text(encoding="utf-8"))["sha256"]
+
+
 def _weights_intact(folder: Path) -> bool:
     recorded = json.loads((folder / "weights.json").read_text(encoding="utf-8")).get("sha256")
     weights = folder / "model.safetensors"
@@ -176,8 +181,7 @@ def load_language(spec: LanguageSpec, cache_root: Path) -> tuple[Any, Any]:
     quiet_transformers()
     if spec.source == "embedded":
         folder = embedded_folder(cache_root)
-        sha = json.loads((folder / "weights.json").read_text(encoding="utf-8"))["sha256"]
-        model, tokenizer = _load_folder(folder, sha)
+        model, tokenizer = _load_folder(folder, recorded_sha256(folder))
     elif spec.source == "tiny":
         model, tokenizer = _tiny(cache_root)
     else:

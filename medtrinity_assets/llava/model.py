@@ -24,6 +24,7 @@ from medtrinity_assets.llava.language import (
     embedded_folder,
     load_language,
     quiet_transformers,
+    recorded_sha256,
 )
 
 WEIGHTS = "model.safetensors"
@@ -148,8 +149,7 @@ def save_checkpoint(model: Any, processor: Any, folder: Path, card: dict[str, An
     processor.save_pretrained(tmp)
     card = {**card, "weights_sha256": sha256_file(tmp / WEIGHTS), "language_base": None}
     if language_base:
-        weights = json.loads((language_base / "weights.json").read_text(encoding="utf-8"))
-        card["language_base"] = {"folder": str(language_base), "sha256": weights["sha256"]}
+        card["language_base"] = {"folder": str(language_base), "sha256": recorded_sha256(language_base)}
     (tmp / CARD).write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
     old = folder.with_name(folder.name + ".old")
     if folder.exists():

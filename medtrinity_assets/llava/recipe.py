@@ -20,6 +20,7 @@ from medtrinity_assets.core.storage import sha256_file
 from medtrinity_assets.llava.config import TrainingPlan
 from medtrinity_assets.llava.data import llava_samples, vqa_samples
 from medtrinity_assets.llava.evaluate import answer
+from medtrinity_assets.llava.language import recorded_sha256
 from medtrinity_assets.llava.model import (
     CheckpointError,
     build_model,
@@ -93,8 +94,7 @@ def initial_weights(plan: TrainingPlan, out: Path, seed: int) -> str:
     user = Path(spec.llava_path or spec.language.source).expanduser()
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in user.glob("*.safetensors")) \
         if folder is None and user.is_dir() else []
-    language = json.loads((folder / "weights.json").read_text(encoding="utf-8"))["sha256"] if folder else None
-    key = {"model": asdict(spec), "seed": seed, "language": language, "files": files}
+    key = {"model": asdict(spec), "seed": seed, "language": recorded_sha256(folder) if folder else None, "files": files}
     return "init:" + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
