@@ -142,7 +142,8 @@ def _dense_facts(item: CaptionInput) -> evidence.RegionFacts | None:
 
 
 def _dense_nesting(items) -> dict:
-    """Containment from full-size masks, every region's holes filled on the whole image."""
+    """Containment from full-size masks, every region's holes filled on the whole image; then the
+    bordering of the pairs that do not nest, from each region's full-size 8-neighbour ring."""
     by_record = defaultdict(list)
     for item in items:
         mask = evidence.decode(item) if item.origin != "whole_image" else None
@@ -150,6 +151,7 @@ def _dense_nesting(items) -> dict:
             by_record[item.record_id].append((item, mask))
     out = defaultdict(set)
     for regions in by_record.values():
+        nested: set[tuple[int, int]] = set()
         filled = [ndimage.binary_fill_holes(m) for _, m in regions]
         for i, (a, ma) in enumerate(regions):
             for j, (b, mb) in enumerate(regions):
@@ -157,6 +159,16 @@ def _dense_nesting(items) -> dict:
                     if (ma & filled[j]).sum() >= evidence.INSIDE_SHARE * ma.sum():
                         out[(a.record_id, str(a.roi_id))].add(("lies within", wording.label_text(b.label).lower()))
                         out[(b.record_id, str(b.roi_id))].add(("encloses", wording.label_text(a.label).lower()))
+                        nested |= {(id(a), id(b)), (id(b), id(a))}
+        for a, ma in regions:
+            ring = ndimage.binary_dilation(ma, np.ones((3, 3), bool)) & ~ma
+            for b, mb in regions:
+                if a is b or (id(a), id(b)) in nested or ma.shape != mb.shape or not ring.any():
+                    continue
+                if (ring & mb).sum() >= evidence.BORDERED_SHARE * ring.sum():
+                    this, other = wording.label_text(a.label).lower(), wording.label_text(b.label).lower()
+                    out[(a.record_id, str(a.roi_id))] |= {("bordered by", other), ("borders", other)}
+                    out[(b.record_id, str(b.roi_id))].add(("borders", this))
     return dict(out)
 
 

@@ -623,3 +623,51 @@ def test_convex_pixel_count_is_skimage_convex_hull_image_count():
         warnings.simplefilter("ignore")  # scikit-image warns on degenerate (flat) hulls
         for m in masks:
             assert convex_pixel_count(m) == int(convex_hull_image(m).sum())
+
+
+def test_a_region_in_separate_parts_counts_them():
+    """Two specks far apart are one label's region in two parts: its longest diameter spans the gap."""
+    img, mask = _disc(r0=20, c0=15, radius=4)
+    rr, cc = disk((60, 100), 4, shape=(H, W))
+    mask[rr, cc], img[rr, cc] = 1, 200
+    r = measure_roi(img, mask, spacing=(1.0, 1.0), modality="CT")
+    assert r["pieces"] == 2
+    assert r["longest_diameter_mm"] > 90  # the span of both (from the far edge of one to the other's), not 8 mm
+    diagonal = np.zeros_like(mask)
+    diagonal[[50, 51, 52], [60, 61, 62]] = 1  # touching at corners: one part (8-connected)
+    assert measure_roi(img, diagonal, modality="CT")["pieces"] == 1
+    assert measure_roi(*_disc(), modality="CT")["pieces"] == 1
+    assert measure_roi(img, np.ones_like(mask), modality="CT", whole_image=True)["pieces"] is None
+
+
+def test_a_region_wrapped_by_an_open_ribbon_is_bordered_by_it_not_left_of_it(tmp_path):
+    """White matter inside a cortex ribbon that is open on one side (as in many brain slices): the
+    ribbon's filled outline does not hold it, and its centroid sits a few pixels off the white
+    matter's, so a direction ("left of") would be a false claim. The ribbon borders it instead; a
+    region that only touches a little keeps its direction."""
+    img = np.full((H, W), 20, np.uint8)
+    lm = np.zeros((H, W), np.uint8)
+    yy, xx = np.mgrid[0:H, 0:W]
+    d = np.hypot(yy - 45, xx - 50)
+    lm[(d <= 30) & (d > 22) & ~((xx > 70) & (np.abs(yy - 45) < 6))] = 1  # the ribbon, with a gap on the right
+    lm[d <= 22] = 2  # the white matter it wraps
+    rr, cc = disk((45, 108), 8, shape=(H, W))
+    lm[rr, cc] = 3  # a separate region, well away
+    img[lm == 1], img[lm == 2], img[lm == 3] = 110, 170, 60
+    spec = _spec("MRI", {1: "grey matter", 2: "white matter", 3: "cerebrospinal fluid"})
+    res = build_roi_set(_table(tmp_path, [{"image": img, "mask": lm}]), spec, tmp_path)
+    rows = {r["label"]: r for r in res.rois.to_dicts()}
+    wm, gm, csf = rows["white matter"], rows["grey matter"], rows["cerebrospinal fluid"]
+    assert wm["inside_label"] is None  # the open ribbon does not hold it
+    wm_rel = {x["other_label"]: x["relation"] for x in json.loads(wm["relations"])}
+    gm_rel = {x["other_label"]: x["relation"] for x in json.loads(gm["relations"])}
+    assert wm_rel["grey matter"] == "bordered by" and gm_rel["white matter"] == "borders"
+    assert wm_rel["cerebrospinal fluid"] == "left of"  # no shared edge: a direction
+    assert {x["relation"] for x in json.loads(csf["relations"])} == {"right of"}
+    first = json.loads(wm["relations"])[0]
+    assert first["other_label"] == "grey matter"  # touching relations come before directions
+    from medtrinity_assets.rois.relations import bordering
+
+    crops = [(lm == 2, (0, H, 0, W)), (lm == 3, (0, H, 0, W))]
+    assert bordering(crops) == {}
+    assert bordering(crops, skip=[(0, 1)]) == {}

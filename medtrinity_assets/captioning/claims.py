@@ -188,10 +188,16 @@ _SPAN = gated(r"\bspans?\s+(\d+(?:\.\d+)?)\s?-\s?(\d+(?:\.\d+)?)\s?%\s+of\s+the\
 _NESTED = gated(r"\b(lies|lying|located|situated|sits)\s+within\s+the\s+([a-z][a-z \-]{1,60}?)"
                 r"(?=\s+in the image|[.;,:)]|$)|\b(encloses|enclosing|surrounds)\s+(?:the\s+|another\s+)?"
                 r"([a-z][a-z \-]{1,60}?)(?=\s+region\b|\s+in the image|[.;,:)]|$)", re.I)
+_BORDERED = gated(r"\b(bordered by|borders|bordering)\s+(?:the\s+)?([a-z][a-z \-]{1,60}?)"
+                  r"(?=\s+in the image|[.;,:)]|$)", re.I)
 _OUTLINE = gated(r"\b(round|oval|irregular|lobulated|elongated|circular|spiculated)\s+(?:outline|shape|contour|margin)",
                  re.I)
 _WHOLE = gated(r"\bno region was locali[sz]ed\b|\bcovers the (?:whole|entire) image\b|"
                r"\bwhole image is the region of interest\b", re.I)
+_COUNT_WORDS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+                "eleven": 11, "twelve": 12}
+_PIECES = gated(r"\b(\d+|" + "|".join(_COUNT_WORDS) + r")\s+(?:separate|distinct|disconnected|discrete)\s+"
+                r"(?:parts|pieces|components|fragments|portions)\b", re.I)
 _NUMBER = re.compile(r"(?<![\w.\-/])(\d+(?:\.\d+)?)(?![\w])")
 
 
@@ -206,13 +212,17 @@ def span_claims(text: str) -> list[tuple[float, float, float, float]]:
 
 
 def nesting_claims(text: str) -> list[tuple[str, str]]:
-    """``("lies within" | "encloses", other label)`` of every containment claim."""
+    """``("lies within" | "encloses" | "bordered by" | "borders", other label)`` of every containment
+    and bordering claim."""
     out = []
     for m in _NESTED.finditer(text):
         if m.group(2):
             out.append(("lies within", m.group(2).strip().lower()))
         else:
             out.append(("encloses", m.group(4).strip().lower()))
+    for m in _BORDERED.finditer(text):
+        relation = "bordered by" if m.group(1).lower().endswith("by") else "borders"
+        out.append((relation, m.group(2).strip().lower()))
     return out
 
 
@@ -221,14 +231,19 @@ def outline_claims(text: str) -> list[str]:
     return [m.group(1).lower() for m in _OUTLINE.finditer(text)]
 
 
+def pieces_claims(text: str) -> list[int]:
+    """The number of every "made of 3 separate parts" claim."""
+    return [int(n) if n.isdigit() else _COUNT_WORDS[n.lower()] for n in _PIECES.findall(text)]
+
+
 def says_whole_image(text: str) -> bool:
     """Whether the text says that no region was localised (the whole image is the region)."""
     return bool(_WHOLE.search(text))
 
 
 def without_claims(text: str) -> str:
-    """``text`` without its area, span and size claims (their numbers are checked on their own)."""
-    for rx in (_AREA, _SPAN, _SIZE):
+    """``text`` without its area, span, size and parts claims (their numbers are checked on their own)."""
+    for rx in (_AREA, _SPAN, _SIZE, _PIECES):
         text = rx.sub(" ", text)
     return text
 

@@ -3,15 +3,17 @@ RLE (never read from the attribute table the description was written from), and 
 ontologies and retrieved passages allow a description to name.
 
 - :func:`region_facts`: image thirds of the centroid, area fraction and bounding box of the mask.
-- :func:`nesting`: which regions of one image lie within which (hole-filled outlines), by label.
+- :func:`nesting`: which regions of one image lie within which (hole-filled outlines), and which
+  border which (the ring of pixels around a region), by label.
 - :func:`batch_evidence`: both for a batch, reading each mask once, one image at a time.
+- :func:`mask_pieces`: the mask's separate parts, for the descriptions that count them.
 - :func:`metadata_text`: everything the source states about the image, for the ontology checks.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ from medtrinity_assets.captioning.wording import label_text
 from medtrinity_assets.rois.rle import rle_counts_from_crop, rle_decode, rle_parse
 
 INSIDE_SHARE = 0.9  # a region lies within another when this share of it is inside the other's outline
+BORDERED_SHARE = 0.5  # ... and is bordered by another that covers this share of the ring around it
 
 
 @dataclass(frozen=True)
@@ -178,14 +181,18 @@ Nesting = dict[tuple[str, str], set[tuple[str, str]]]
 
 
 def nesting(items: Iterable[CaptionInput]) -> Nesting:
-    """``{(record_id, roi_id): {("lies within" | "encloses", other label)}}`` recomputed from the
-    masks of each image's regions (a region's outline has its holes filled)."""
+    """``{(record_id, roi_id): {("lies within" | "encloses" | "bordered by" | "borders", other label)}}``
+    recomputed from the masks of each image's regions (a region's outline has its holes filled)."""
     return batch_evidence(items)[1]
 
 
-def batch_evidence(items: Iterable[CaptionInput]) -> tuple[dict[int, RegionFacts | None], Nesting]:
+def batch_evidence(
+    items: Iterable[CaptionInput], bordering: Container[str] | None = None
+) -> tuple[dict[int, RegionFacts | None], Nesting]:
     """:func:`region_facts` of every item (by ``id(item)``) and :func:`nesting`, reading each mask
-    once and holding one image's masks at a time."""
+    once and holding one image's masks at a time. ``bordering``: the record ids whose bordering is
+    wanted (None: all); the others get containment only (rings cost a third of the evidence, and few
+    descriptions speak of bordering)."""
     by_record: dict[str, dict[int, CaptionInput]] = defaultdict(dict)
     for item in items:
         by_record[item.record_id][id(item)] = item
@@ -195,17 +202,20 @@ def batch_evidence(items: Iterable[CaptionInput]) -> tuple[dict[int, RegionFacts
         found = [(item, pixels(item) if item.origin != "whole_image" else None) for item in regions.values()]
         for item, px in found:
             facts[id(item)] = RegionFacts(whole=True) if item.origin == "whole_image" else _pixel_facts(item, px)
-        _nest([(item, px) for item, px in found if px is not None], out)
+        wanted = bordering is None or next(iter(regions.values())).record_id in bordering
+        _nest([(item, px) for item, px in found if px is not None], out, wanted)
     return facts, dict(out)
 
 
-def _nest(regions: list[tuple[CaptionInput, Pixels]], out: Nesting) -> None:
+def _nest(regions: list[tuple[CaptionInput, Pixels]], out: Nesting, bordering: bool = True) -> None:
     """Add the containments among one image's regions: a region lies within another, larger one when
     :data:`INSIDE_SHARE` of its pixels are inside the other's hole-filled outline. The outline lies in
-    the other's box, so a region with too little of its box there is not looked at pixel by pixel."""
+    the other's box, so a region with too little of its box there is not looked at pixel by pixel.
+    Then the bordering of the pairs that do not nest (:func:`_border`)."""
     sizes = [px.size for _, px in regions]
     boxes = [px.box() for _, px in regions]
     filled: dict[int, tuple[int, int, np.ndarray]] = {}
+    nested: set[tuple[int, int]] = set()
     for i, (a, pa) in enumerate(regions):
         for j, (b, pb) in enumerate(regions):
             if i == j or pa.shape != pb.shape or sizes[i] >= sizes[j]:
@@ -217,6 +227,44 @@ def _nest(regions: list[tuple[CaptionInput, Pixels]], out: Nesting) -> None:
             if _count_inside(pa, *filled[j]) >= INSIDE_SHARE * sizes[i]:
                 out[(a.record_id, str(a.roi_id))].add(("lies within", label_text(b.label).lower()))
                 out[(b.record_id, str(b.roi_id))].add(("encloses", label_text(a.label).lower()))
+                nested |= {(i, j), (j, i)}
+    if bordering:
+        _border(regions, boxes, nested, out)
+
+
+def _border(
+    regions: list[tuple[CaptionInput, Pixels]], boxes: list[tuple[int, int, int, int]], nested: set[tuple[int, int]],
+    out: Nesting,
+) -> None:
+    """Add the bordering among one image's regions that do not nest: a region is bordered by another
+    that covers :data:`BORDERED_SHARE` of the ring of pixels just outside its edge; both then border
+    each other. Only regions whose boxes, grown by a pixel, meet are looked at pixel by pixel."""
+    rings: dict[int, tuple[int, int, np.ndarray, int]] = {}
+    for i, (a, pa) in enumerate(regions):
+        grown = (boxes[i][0] - 1, boxes[i][1] - 1, boxes[i][2] + 1, boxes[i][3] + 1)
+        for j, (b, pb) in enumerate(regions):
+            if i == j or (i, j) in nested or pa.shape != pb.shape or not _overlap(grown, boxes[j]):
+                continue
+            if i not in rings:
+                rings[i] = _ring(pa, boxes[i])
+            r0, c0, ring, size = rings[i]
+            if size and _count_inside(pb, r0, c0, ring) >= BORDERED_SHARE * size:
+                this, other = label_text(a.label).lower(), label_text(b.label).lower()
+                out[(a.record_id, str(a.roi_id))] |= {("bordered by", other), ("borders", other)}
+                out[(b.record_id, str(b.roi_id))].add(("borders", this))
+
+
+def _ring(px: Pixels, box: tuple[int, int, int, int]) -> tuple[int, int, np.ndarray, int]:
+    """The 8-neighbour ring just outside the region, on its box with a one-pixel margin, the image row
+    and column of that crop's corner, and the ring's size (its pixels inside the image)."""
+    r0, c0 = box[0] - 1, box[1] - 1
+    crop = np.zeros((box[2] - r0 + 2, box[3] - c0 + 2), bool)
+    crop[px.rows - r0, px.cols - c0] = True
+    ring = ndimage.binary_dilation(crop, np.ones((3, 3), bool)) & ~crop
+    h, w = px.shape
+    ring[: max(0, -r0)], ring[:, : max(0, -c0)] = False, False  # the margin outside the image is no ring
+    ring[max(0, h - r0):], ring[:, max(0, w - c0):] = False, False
+    return r0, c0, ring, int(ring.sum())
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
@@ -246,6 +294,17 @@ def _count_inside(px: Pixels, r0: int, c0: int, filled: np.ndarray) -> int:
     rows, cols = px.rows - r0, px.cols - c0
     keep = (rows >= 0) & (rows < filled.shape[0]) & (cols >= 0) & (cols < filled.shape[1])
     return int(filled[rows[keep], cols[keep]].sum())
+
+
+def mask_pieces(item: CaptionInput) -> int | None:
+    """The separate (8-connected) parts of the region's mask, or None without a readable mask (read
+    only when a description counts them: most do not)."""
+    mask = decode(item)
+    if mask is None:
+        return None
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return int(ndimage.label(crop, structure=np.ones((3, 3), bool))[1])
 
 
 def metadata_text(item: CaptionInput) -> str:

@@ -7,10 +7,12 @@ wrote it, and compared with evidence the description was not written from wherev
 - every facet present;
 - image position (``horizontally ... left``, ``upper third of the image``) against the thirds of
   the centroid of the ROI's own mask, decoded from its RLE; none for a whole-image region;
-- area ("covers 3.2% of the image area") and bounding-box span against the mask; "no region
-  was localised" only for a whole image; no outline shape for a box or a whole image;
+- area ("covers 3.2% of the image area"), bounding-box span and separate parts ("made of 3
+  separate parts") against the mask; "no region was localised" only for a whole image; no outline
+  shape for a box or a whole image;
 - "lies within" / "encloses" against the containment recomputed from the masks of the image's
-  regions (or the label map's enclosing label);
+  regions (or the label map's enclosing label), "bordered by" / "borders" against the share of the
+  ring around a region that the other covers;
 - patient laterality (``left``/``right`` not describing the image frame and not part of a known
   label) against ``patient_lr`` (from the header's orientation); a laterality claim on an image
   of unknown orientation fails; anterior/posterior and superior/inferior likewise;
@@ -29,7 +31,8 @@ Sentences quoting a retrieved passage (a chunk-id citation ``[chunk_id]``) state
 knowledge, not findings in this image, so they are excluded from the image-claim checks (but
 not from the PHI scan and the quote check).
 
-The claim readers live in :mod:`medtrinity_assets.captioning.claims`, the judge in
+The claim readers live in :mod:`medtrinity_assets.captioning.claims`, the checks of the region's
+geometry against its mask in :mod:`medtrinity_assets.captioning.region_checks`, the judge in
 :mod:`medtrinity_assets.captioning.judge`.
 
 Cost per ROI (against the embedded captioner's: ``benchmarks/caption_quality.py``): the claim
@@ -48,26 +51,18 @@ from typing import Any
 
 import polars as pl
 
-from medtrinity_assets.captioning import evidence
+from medtrinity_assets.captioning import evidence, region_checks
 from medtrinity_assets.captioning.claims import (
-    area_claims,
     caption_facets,
-    horizontal_third,
     known_phrases,
     mask_phrases,
-    nesting_claims,
     numbers_in,
     orientation_claims,
-    outline_claims,
     patient_side_text,
     position_claims,
     quoted_passages,
-    says_whole_image,
     side_claims,
-    size_claims_mm,
-    span_claims,
     strip_citations,
-    vertical_third,
     without_claims,
 )
 from medtrinity_assets.captioning.evidence import RegionFacts
@@ -78,7 +73,6 @@ from medtrinity_assets.captioning.wording import (
     homogeneity_mentions,
     intensity_polarities,
     intensity_polarity,
-    label_text,
 )
 from medtrinity_assets.core.tables import CAPTION_QUALITY, QUALITY_CHECKS
 from medtrinity_assets.core.vocabulary import (
@@ -212,13 +206,13 @@ def _claim_issues(
     lateral = patient_side_text(rest, claims_text)
     return {
         "length_ok": _length_issues(len(text), *length),
-        "position_ok": _position_issues(pos, item, ev.facts),
+        "position_ok": region_checks.position_issues(pos, item, ev.facts),
         "laterality_ok": _side_issues(lateral, item) + _orientation_issues(lateral, item),
         "modality_ok": _modality_issues(masked, facets, item),
         "organ_ok": _organ_issues(masked, facets, item, known),
         "texture_ok": _texture_issues(masked, item),
-        "size_ok": _size_issues(masked, item) + _extent_issues(claims_text, item, ev.facts),
-        "relations_ok": _nesting_issues(claims_text, item, ev.nested),
+        "size_ok": region_checks.size_issues(masked, item) + region_checks.extent_issues(claims_text, item, ev.facts),
+        "relations_ok": region_checks.nesting_issues(claims_text, item, ev.nested),
         "terms_ok": _term_issues(mask_phrases(masked, [item.intensity_word or ""]), item),
         "numbers_ok": _number_issues(claims_text, item, known),
         "quotes_ok": _quote_issues(full, item),
@@ -230,28 +224,6 @@ def _length_issues(n: int, min_chars: int, max_chars: int) -> list[str]:
     if min_chars <= n <= max_chars:
         return []
     return [f"length {n} outside [{min_chars}, {max_chars}]"]
-
-
-def _position_issues(pos: list[tuple[str, str]], item: CaptionInput, facts: RegionFacts | None) -> list[str]:
-    """Image-position claims against the thirds of the mask's centroid (the table's words when
-    there is no mask); a whole-image region has no position."""
-    if facts is not None and facts.whole:
-        return ["image position claimed for a whole-image region"] if pos else []
-    if facts is not None:
-        h, v = facts.horizontal, facts.vertical
-    else:
-        h, v = horizontal_third(item.horizontal), vertical_third(item.vertical)
-    issues: list[str] = []
-    for axis, val in pos:
-        if axis == "h" and h is not None and val != h:
-            issues.append(f"image position: says horizontal {val}, measured {h}")
-        elif axis == "v" and v is not None and val != v:
-            issues.append(f"image position: says vertical {val}, measured {v}")
-        elif axis == "c" and h is not None and v is not None and h != "centre" and v != "middle":
-            issues.append(f"image position: says central, measured {v}/{h}")
-        elif axis in ("h", "v") and (h if axis == "h" else v) is None:
-            issues.append("image position claimed but not measured")
-    return issues
 
 
 def _side_issues(text: str, item: CaptionInput) -> list[str]:
@@ -335,58 +307,6 @@ def _texture_issues(masked: str, item: CaptionInput) -> list[str]:
     return issues
 
 
-def _size_issues(masked: str, item: CaptionInput) -> list[str]:
-    """Sizes only when a diameter was measured, and never above it (10% + 0.5 mm slack)."""
-    issues: list[str] = []
-    for mm in size_claims_mm(masked):
-        if item.longest_diameter_mm is None:
-            issues.append("size in mm claimed but no physical size was measured")
-            break
-        if mm > item.longest_diameter_mm * 1.1 + 0.5:
-            issues.append(f"size: says {mm:g} mm, longest measured diameter {item.longest_diameter_mm:g} mm")
-    return issues
-
-
-def _extent_issues(text: str, item: CaptionInput, facts: RegionFacts | None) -> list[str]:
-    """Area, box-span and outline claims against the mask; "no region was localised" only for a
-    whole-image region; no outline for a box or a whole image."""
-    issues: list[str] = []
-    whole = item.origin == "whole_image"
-    if says_whole_image(text) and not whole:
-        issues.append("says no region was localised, but the region is localised")
-    if outline_claims(text) and (whole or item.origin == "box"):
-        issues.append(f"outline shape claimed for a {'whole image' if whole else 'box'}")
-    areas, spans = area_claims(text), span_claims(text)
-    if facts is None or not (areas or spans):
-        return issues
-    if facts.whole:
-        return [*issues, "area or extent claimed for a whole-image region"]
-    truth = (facts.area_fraction or 0.0) * 100
-    for bound, pct in areas:
-        if (bound and truth >= pct) or (not bound and abs(pct - truth) > max(0.06, 0.051 * truth)):
-            issues.append(f"area: says {'less than ' if bound else ''}{pct:g}%, mask covers {truth:.2f}%")
-    box = [100 * v for v in facts.bbox_norm or ()]
-    for x0, x1, y0, y1 in spans:
-        if box and max(abs(x0 - box[0]), abs(x1 - box[2]), abs(y0 - box[1]), abs(y1 - box[3])) > 1.01:
-            issues.append(f"box span: says {x0:g}-{x1:g}% x {y0:g}-{y1:g}%, mask spans "
-                          f"{box[0]:.0f}-{box[2]:.0f}% x {box[1]:.0f}-{box[3]:.0f}%")
-    return issues
-
-
-def _nesting_issues(text: str, item: CaptionInput, nested: set[tuple[str, str]] | None) -> list[str]:
-    """"lies within" / "encloses" claims against the containment recomputed from the image's masks
-    (or, for "lies within", the label map's enclosing label)."""
-    if nested is None:
-        return []
-    inside = label_text(item.inside_label).lower()
-    issues = []
-    for relation, other in nesting_claims(text):
-        if (relation, other) in nested or (relation == "lies within" and other == inside):
-            continue
-        issues.append(f"containment: says it {relation.replace('lies', 'lies')} the {other}, the masks disagree")
-    return issues
-
-
 def _term_issues(text: str, item: CaptionInput) -> list[str]:
     """Anatomy only from the metadata (organ and its synonyms, labels, terms, concepts), findings
     only from the metadata or the retrieved passages (ontology concepts,
@@ -445,6 +365,13 @@ def _quote_issues(full: str, item: CaptionInput) -> list[str]:
     return issues
 
 
+def _bordering_said(rows: list[dict[str, Any]]) -> set[str]:
+    """The images whose descriptions use the word "border" (a bordering claim needs it): only their
+    regions' bordering is recomputed."""
+    return {r["record_id"] for r in rows
+            if any("border" in (v or "").lower() for v in (r.get("text"), *caption_facets(r).values()))}
+
+
 def check_captions(
     captions: pl.DataFrame,
     inputs: dict[tuple[str, Any], CaptionInput],
@@ -462,7 +389,7 @@ def check_captions(
     items = [by_key.get((r["record_id"], str(r["roi_id"]))) for r in rows_in]
     out = []
     phi_matcher = phi_values if hasattr(phi_values, "search") else matcher_for(phi_values)  # once per batch
-    facts, nested = evidence.batch_evidence(i for i in items if i is not None)  # each mask read once
+    facts, nested = evidence.batch_evidence((i for i in items if i is not None), _bordering_said(rows_in))
     for row, item in zip(rows_in, items, strict=True):
         key = (row["record_id"], str(row["roi_id"]))
         res = check_caption(row, item, phi_values=phi_matcher, min_chars=min_chars, max_chars=max_chars,

@@ -51,7 +51,7 @@ from medtrinity_assets.rois.config import RoiConfig, default_config
 from medtrinity_assets.rois.measure import measure_roi
 from medtrinity_assets.rois.relations import inside_labels, relations
 from medtrinity_assets.rois.rle import rle_counts_from_crop, rle_json
-from medtrinity_assets.rois.surroundings import Surroundings, nesting
+from medtrinity_assets.rois.surroundings import Surroundings, nesting, touching
 from medtrinity_assets.segmentation.classical import classical_segment
 from medtrinity_assets.segmentation.domain import out_of_domain
 
@@ -329,7 +329,7 @@ def _rows_for_image(
         if roi.crop is not None and roi.window is not None:
             rec.update(_mask_and_attributes(roi, measure, h, w, surroundings.of(n)))
         records.append(rec)
-    _set_relations(records, rois, cfg, nested)
+    _set_relations(records, rois, cfg, touching(rois, cfg, nested))
     _set_inside_labels(records, rois, label_map, label_names, cfg)
     return records
 

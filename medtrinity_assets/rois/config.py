@@ -56,6 +56,7 @@ class RoiConfig:
     inside_fraction: float = 0.9
     max_relations: int = 5
     diagonal_ratio: float = 0.5
+    bordered_share: float = 0.5
     # classical fallback
     classical_modalities: tuple[str, ...] = (
         "microscopy",
@@ -97,6 +98,7 @@ class RoiConfig:
         ("relations", "inside_fraction"): "inside_fraction",
         ("relations", "max_relations"): "max_relations",
         ("relations", "diagonal_ratio"): "diagonal_ratio",
+        ("relations", "bordered_share"): "bordered_share",
         ("classical", "modalities"): "classical_modalities",
         ("classical", "smooth_sigma"): "classical_smooth_sigma",
         ("classical", "opening_radius"): "classical_opening_radius",

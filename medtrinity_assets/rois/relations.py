@@ -4,6 +4,7 @@ label whose region holds it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -49,6 +50,56 @@ def containment(crops: list[Crop | None], config: RoiConfig | None = None) -> di
     return out
 
 
+_EIGHT = np.ones((3, 3), bool)
+
+
+def bordering(
+    crops: list[Crop | None], config: RoiConfig | None = None, skip: Iterable[tuple[int, int]] = ()
+) -> dict[tuple[int, int], str]:
+    """Which regions wrap others without holding them: ``{(i, j): "bordered by"}`` when region ``j``
+    covers at least ``bordered_share`` of the pixels just outside region ``i``'s edge (its 8-neighbour
+    ring), and ``{(j, i): "borders"}`` with it unless ``j`` is bordered by ``i`` too. Pairs in ``skip``
+    (nested ones) are left out."""
+    cfg = config or default_config()
+    skipped = set(skip)
+    out: dict[tuple[int, int], str] = {}
+    for i, a in enumerate(crops):
+        near = [j for j, b in enumerate(crops) if j != i and b is not None and (i, j) not in skipped
+                and a is not None and _meet(a[1], b[1])]
+        if not near:
+            continue
+        ring, (r0, c0) = _ring(a)  # type: ignore[arg-type]
+        size = int(ring.sum())
+        for j in near:
+            if size and _covered(ring, (r0, c0), crops[j]) >= cfg.bordered_share * size:  # type: ignore[arg-type]
+                out[(i, j)] = "bordered by"
+                out.setdefault((j, i), "borders")
+    return out
+
+
+def _meet(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether window ``b`` meets window ``a`` grown by one pixel (``(r0, r1, c0, c1)``, ends excluded)."""
+    return a[0] - 1 < b[1] and b[0] < a[1] + 1 and a[2] - 1 < b[3] and b[2] < a[3] + 1
+
+
+def _ring(crop: Crop) -> tuple[np.ndarray, tuple[int, int]]:
+    """The 8-neighbour ring just outside a region's mask, over the mask's window grown by one pixel
+    (its top-left corner may lie outside the image: what is there is never covered)."""
+    mask, (r0, _r1, c0, _c1) = crop
+    grown = np.pad(mask, 1)
+    return ndimage.binary_dilation(grown, _EIGHT) & ~grown, (r0 - 1, c0 - 1)
+
+
+def _covered(ring: np.ndarray, at: tuple[int, int], other: Crop) -> int:
+    """How many ring pixels (``ring`` placed with its corner at ``at``) the ``other`` region covers."""
+    mask, (b0, b1, b2, b3) = other
+    r0, c0 = at
+    o0, o1, o2, o3 = max(r0, b0), min(r0 + ring.shape[0], b1), max(c0, b2), min(c0 + ring.shape[1], b3)
+    if o0 >= o1 or o2 >= o3:
+        return 0
+    return int(np.count_nonzero(ring[o0 - r0 : o1 - r0, o2 - c0 : o3 - c0] & mask[o0 - b0 : o1 - b0, o2 - b2 : o3 - b2]))
+
+
 def relations(
     roi_ids: list[str],
     centroids: np.ndarray,
@@ -64,8 +115,8 @@ def relations(
     ... | "overlapping", "distance_norm": centroid distance in image widths/heights,
     "overlaps": bool (bounding boxes intersect), "other_label": the other ROI's label when
     ``labels`` is given}``. The relation reads "this ROI is <relation> the other". Pairs in
-    ``nested`` (see :func:`containment`) come first with their relation ("lies within",
-    "encloses") instead of a direction.
+    ``nested`` (see :func:`containment`, and :func:`bordering`) come first with their relation
+    ("lies within", "encloses", "bordered by", "borders") instead of a direction.
     """
     cfg = config or default_config()
     n = len(roi_ids)

@@ -9,15 +9,21 @@ from medtrinity_assets.core.images import to_grey
 from medtrinity_assets.rois.candidates import RoiCandidate
 from medtrinity_assets.rois.config import RoiConfig
 from medtrinity_assets.rois.measure import foreground_mask
-from medtrinity_assets.rois.relations import containment
+from medtrinity_assets.rois.relations import bordering, containment
+
+
+def _mask_crops(rois: list[RoiCandidate]) -> list[tuple[np.ndarray, tuple[int, int, int, int]] | None]:
+    return [(r.crop, r.window) if r.status == "ok" and r.has_mask and r.crop is not None else None for r in rois]
 
 
 def nesting(rois: list[RoiCandidate], cfg: RoiConfig) -> dict[tuple[int, int], str]:
     """Which ok mask regions of an image lie within which (see :func:`containment`)."""
-    crops = [
-        (r.crop, r.window) if r.status == "ok" and r.has_mask and r.crop is not None else None for r in rois
-    ]
-    return containment(crops, cfg)
+    return containment(_mask_crops(rois), cfg)
+
+
+def touching(rois: list[RoiCandidate], cfg: RoiConfig, nested: dict[tuple[int, int], str]) -> dict[tuple[int, int], str]:
+    """``nested``, and which other ok mask regions of the image border which (see :func:`bordering`)."""
+    return {**bordering(_mask_crops(rois), cfg, skip=nested), **nested}
 
 
 class Surroundings:

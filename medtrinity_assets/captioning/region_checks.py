@@ -1,0 +1,111 @@
+"""Checks of what a description says about its region's geometry (image position, size, area, box
+span, separate parts, outline, containment and bordering) against the region's own mask, recomputed
+from its RLE (:mod:`medtrinity_assets.captioning.evidence`), and against the measured diameter.
+Each returns its issues (none: the claims hold); :mod:`medtrinity_assets.captioning.quality` reads
+the claims and reports the checks."""
+
+from __future__ import annotations
+
+from medtrinity_assets.captioning import evidence
+from medtrinity_assets.captioning.claims import (
+    area_claims,
+    horizontal_third,
+    nesting_claims,
+    outline_claims,
+    pieces_claims,
+    says_whole_image,
+    size_claims_mm,
+    span_claims,
+    vertical_third,
+)
+from medtrinity_assets.captioning.evidence import RegionFacts
+from medtrinity_assets.captioning.inputs import CaptionInput
+from medtrinity_assets.captioning.wording import label_text
+
+
+def position_issues(pos: list[tuple[str, str]], item: CaptionInput, facts: RegionFacts | None) -> list[str]:
+    """Image-position claims against the thirds of the mask's centroid (the table's words when
+    there is no mask); a whole-image region has no position."""
+    if facts is not None and facts.whole:
+        return ["image position claimed for a whole-image region"] if pos else []
+    if facts is not None:
+        h, v = facts.horizontal, facts.vertical
+    else:
+        h, v = horizontal_third(item.horizontal), vertical_third(item.vertical)
+    issues: list[str] = []
+    for axis, val in pos:
+        if axis == "h" and h is not None and val != h:
+            issues.append(f"image position: says horizontal {val}, measured {h}")
+        elif axis == "v" and v is not None and val != v:
+            issues.append(f"image position: says vertical {val}, measured {v}")
+        elif axis == "c" and h is not None and v is not None and h != "centre" and v != "middle":
+            issues.append(f"image position: says central, measured {v}/{h}")
+        elif axis in ("h", "v") and (h if axis == "h" else v) is None:
+            issues.append("image position claimed but not measured")
+    return issues
+
+
+def size_issues(masked: str, item: CaptionInput) -> list[str]:
+    """Sizes only when a diameter was measured, and never above it (10% + 0.5 mm slack)."""
+    issues: list[str] = []
+    for mm in size_claims_mm(masked):
+        if item.longest_diameter_mm is None:
+            issues.append("size in mm claimed but no physical size was measured")
+            break
+        if mm > item.longest_diameter_mm * 1.1 + 0.5:
+            issues.append(f"size: says {mm:g} mm, longest measured diameter {item.longest_diameter_mm:g} mm")
+    return issues
+
+
+def extent_issues(text: str, item: CaptionInput, facts: RegionFacts | None) -> list[str]:
+    """Area, box-span and outline claims against the mask; "no region was localised" only for a
+    whole-image region; no outline for a box or a whole image."""
+    issues: list[str] = []
+    whole = item.origin == "whole_image"
+    if says_whole_image(text) and not whole:
+        issues.append("says no region was localised, but the region is localised")
+    if outline_claims(text) and (whole or item.origin == "box"):
+        issues.append(f"outline shape claimed for a {'whole image' if whole else 'box'}")
+    issues += pieces_issues(pieces_claims(text), item)
+    areas, spans = area_claims(text), span_claims(text)
+    if facts is None or not (areas or spans):
+        return issues
+    if facts.whole:
+        return [*issues, "area or extent claimed for a whole-image region"]
+    truth = (facts.area_fraction or 0.0) * 100
+    for bound, pct in areas:
+        if (bound and truth >= pct) or (not bound and abs(pct - truth) > max(0.06, 0.051 * truth)):
+            issues.append(f"area: says {'less than ' if bound else ''}{pct:g}%, mask covers {truth:.2f}%")
+    box = [100 * v for v in facts.bbox_norm or ()]
+    for x0, x1, y0, y1 in spans:
+        if box and max(abs(x0 - box[0]), abs(x1 - box[2]), abs(y0 - box[1]), abs(y1 - box[3])) > 1.01:
+            issues.append(f"box span: says {x0:g}-{x1:g}% x {y0:g}-{y1:g}%, mask spans "
+                          f"{box[0]:.0f}-{box[2]:.0f}% x {box[1]:.0f}-{box[3]:.0f}%")
+    return issues
+
+
+def pieces_issues(said: list[int], item: CaptionInput) -> list[str]:
+    """"made of 3 separate parts" against the parts of the mask (none for a box or a whole image)."""
+    if not said:
+        return []
+    if item.origin in ("whole_image", "box"):
+        return [f"separate parts claimed for a {'whole image' if item.origin == 'whole_image' else 'box'}"]
+    measured = evidence.mask_pieces(item)
+    if measured is None:
+        return []
+    return [f"parts: says {n} separate parts, the mask has {measured}" for n in dict.fromkeys(said) if n != measured]
+
+
+def nesting_issues(text: str, item: CaptionInput, nested: set[tuple[str, str]] | None) -> list[str]:
+    """"lies within" / "encloses" claims against the containment recomputed from the image's masks
+    (or, for "lies within", the label map's enclosing label)."""
+    if nested is None:
+        return []
+    inside = label_text(item.inside_label).lower()
+    issues = []
+    for relation, other in nesting_claims(text):
+        if (relation, other) in nested or (relation == "lies within" and other == inside):
+            continue
+        issues.append(f"{'bordering' if 'border' in relation else 'containment'}: says it {relation} the {other}, "
+                      "the masks disagree")
+    return issues
