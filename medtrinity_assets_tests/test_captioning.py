@@ -34,7 +34,7 @@ from medtrinity_assets.captioning import (
 )
 from medtrinity_assets.captioning.backends.base import Captioner
 from medtrinity_assets.captioning.batch import parts_dir
-from medtrinity_assets.captioning.prompt import FacetParseError, build_reference_text, image_data_url
+from medtrinity_assets.captioning.prompt import FacetParseError, image_data_url
 from medtrinity_assets.captioning.quality import check_caption, position_claims, scan_phi
 from medtrinity_assets.captioning.samples import realistic_inputs
 from medtrinity_assets.core.storage import sha256_file
@@ -595,47 +595,6 @@ def test_digest_is_stable_across_processes():
     assert h == hashlib.sha256(b"").hexdigest() or len(h) == 64
 
 
-def _two_part_mask() -> tuple[str, list[float], float]:
-    """Two discs in the upper third of a 256 px image, far apart: their RLE, box and area fraction."""
-    from medtrinity_assets.rois.rle import rle_encode, rle_json
-
-    yy, xx = np.mgrid[0:256, 0:256]
-    mask = ((yy - 40) ** 2 + (xx - 40) ** 2 <= 64) | ((yy - 50) ** 2 + (xx - 210) ** 2 <= 64)
-    rows, cols = np.nonzero(mask)
-    box = [cols.min() / 256, rows.min() / 256, (cols.max() + 1) / 256, (rows.max() + 1) / 256]
-    return rle_json(rle_encode(mask)), box, float(mask.mean())
-
-
-def test_a_region_in_separate_parts_is_described_and_checked_as_such():
-    """A label's region in two parts gets no "longest diameter" nor outline of its own: the
-    description counts the parts and gives their overall span, and the count is checked against
-    the mask itself (not the table the description was written from)."""
-    rle, box, area = _two_part_mask()
-    item = _one(horizontal="centre", vertical="upper", patient_lr=None, patient_ap=None, patient_si=None,
-                longest_diameter_mm=174.2, shape_word="irregular", pieces=2, mask_rle=rle, bbox_norm=box,
-                area_fraction=area, origin="mask")
-    [res] = EmbeddedCaptioner().caption([item])
-    assert "made of 2 separate parts that together span 174.2 mm" in res.text
-    assert "longest diameter" not in res.text and "irregular outline" not in res.text
-    reference = build_reference_text(item)  # what a model backend is told
-    assert "- separate parts: 2" in reference and "no single outline (2 separate parts)" in reference
-    ok = _check(item)
-    assert ok["consistent"], ok["issues"]
-    wrong = _check(item, lambda t: t.replace("made of 2 separate", "made of 3 separate"))
-    assert not wrong["size_ok"] and "parts: says 3 separate parts, the mask has 2" in wrong["issues"]
-    assert wrong["numbers_ok"]  # the count is a checked claim, not a stray number
-    lying_table = dataclasses.replace(item, pieces=3)  # the mask, not the table, decides
-    assert _check(lying_table, lambda t: t.replace("made of 3 separate", "made of 2 separate"))["size_ok"]
-    assert not _check(item, lambda t: t.replace("made of 2 separate", "made of two separate").replace(
-        "two separate", "three separate"))["size_ok"]
-    boxed = dataclasses.replace(item, origin="box", pieces=None)
-    assert any("separate parts claimed for a box" in i
-               for i in _check(boxed, lambda t: t + " It is made of 2 separate parts.")["issues"])
-    single = dataclasses.replace(item, pieces=1)
-    [one] = EmbeddedCaptioner().caption([single])
-    assert "longest diameter measures 174.2 mm" in one.text and "separate parts" not in one.text
-
-
 def test_bordering_is_described_and_checked_against_the_masks():
     """White matter wrapped by a grey-matter ribbon open on one side is "bordered by" it (the builder's
     relation); the checks recompute bordering from the two masks, so a description that puts the
@@ -653,7 +612,7 @@ def test_bordering_is_described_and_checked_against_the_masks():
         box = [cols.min() / 128, rows.min() / 128, (cols.max() + 1) / 128, (rows.max() + 1) / 128]
         return _one(record_id="brain1", roi_id=roi_id, label=label, organ="brain", inside_label=None,
                     mask_rle=rle_json(rle_encode(mask)), bbox_norm=box, area_fraction=float(mask.mean()),
-                    origin="mask", pieces=1, roi_count=2, horizontal="centre", vertical="middle",
+                    origin="mask", roi_count=2, horizontal="centre", vertical="middle",
                     relations=[{"other": other, "relation": relation, "other_label": "grey matter"
                                 if label == "white matter" else "white matter", "overlaps": True}])
 
@@ -676,3 +635,11 @@ def test_bordering_is_described_and_checked_against_the_masks():
     assert "bordering: says it bordered by the white matter, the masks disagree" in issues[1]
     elsewhere, _ = checked(lambda k, t: t.replace("bordered by the grey matter", "bordered by the ventricle"))
     assert elsewhere == [False, True]
+    # a name the region lies within is given no second relation (two regions would seem named alike)
+    from medtrinity_assets.captioning.phrasing import relation_phrases
+
+    held = dataclasses.replace(items[0], inside_label="grey matter")
+    assert relation_phrases(held, 5) == ["it lies within the grey matter"]
+    beside = dataclasses.replace(items[0], relations=[*items[0].relations, {"other": "2", "relation": "left of",
+                                                                            "other_label": "grey matter"}])
+    assert relation_phrases(beside, 5) == ["it is bordered by the grey matter"]

@@ -625,21 +625,6 @@ def test_convex_pixel_count_is_skimage_convex_hull_image_count():
             assert convex_pixel_count(m) == int(convex_hull_image(m).sum())
 
 
-def test_a_region_in_separate_parts_counts_them():
-    """Two specks far apart are one label's region in two parts: its longest diameter spans the gap."""
-    img, mask = _disc(r0=20, c0=15, radius=4)
-    rr, cc = disk((60, 100), 4, shape=(H, W))
-    mask[rr, cc], img[rr, cc] = 1, 200
-    r = measure_roi(img, mask, spacing=(1.0, 1.0), modality="CT")
-    assert r["pieces"] == 2
-    assert r["longest_diameter_mm"] > 90  # the span of both (from the far edge of one to the other's), not 8 mm
-    diagonal = np.zeros_like(mask)
-    diagonal[[50, 51, 52], [60, 61, 62]] = 1  # touching at corners: one part (8-connected)
-    assert measure_roi(img, diagonal, modality="CT")["pieces"] == 1
-    assert measure_roi(*_disc(), modality="CT")["pieces"] == 1
-    assert measure_roi(img, np.ones_like(mask), modality="CT", whole_image=True)["pieces"] is None
-
-
 def test_a_region_wrapped_by_an_open_ribbon_is_bordered_by_it_not_left_of_it(tmp_path):
     """White matter inside a cortex ribbon that is open on one side (as in many brain slices): the
     ribbon's filled outline does not hold it, and its centroid sits a few pixels off the white

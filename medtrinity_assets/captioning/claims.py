@@ -194,10 +194,6 @@ _OUTLINE = gated(r"\b(round|oval|irregular|lobulated|elongated|circular|spiculat
                  re.I)
 _WHOLE = gated(r"\bno region was locali[sz]ed\b|\bcovers the (?:whole|entire) image\b|"
                r"\bwhole image is the region of interest\b", re.I)
-_COUNT_WORDS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
-                "eleven": 11, "twelve": 12}
-_PIECES = gated(r"\b(\d+|" + "|".join(_COUNT_WORDS) + r")\s+(?:separate|distinct|disconnected|discrete)\s+"
-                r"(?:parts|pieces|components|fragments|portions)\b", re.I)
 _NUMBER = re.compile(r"(?<![\w.\-/])(\d+(?:\.\d+)?)(?![\w])")
 
 
@@ -231,19 +227,14 @@ def outline_claims(text: str) -> list[str]:
     return [m.group(1).lower() for m in _OUTLINE.finditer(text)]
 
 
-def pieces_claims(text: str) -> list[int]:
-    """The number of every "made of 3 separate parts" claim."""
-    return [int(n) if n.isdigit() else _COUNT_WORDS[n.lower()] for n in _PIECES.findall(text)]
-
-
 def says_whole_image(text: str) -> bool:
     """Whether the text says that no region was localised (the whole image is the region)."""
     return bool(_WHOLE.search(text))
 
 
 def without_claims(text: str) -> str:
-    """``text`` without its area, span, size and parts claims (their numbers are checked on their own)."""
-    for rx in (_AREA, _SPAN, _SIZE, _PIECES):
+    """``text`` without its area, span and size claims (their numbers are checked on their own)."""
+    for rx in (_AREA, _SPAN, _SIZE):
         text = rx.sub(" ", text)
     return text
 

@@ -6,7 +6,6 @@ ontologies and retrieved passages allow a description to name.
 - :func:`nesting`: which regions of one image lie within which (hole-filled outlines), and which
   border which (the ring of pixels around a region), by label.
 - :func:`batch_evidence`: both for a batch, reading each mask once, one image at a time.
-- :func:`mask_pieces`: the mask's separate parts, for the descriptions that count them.
 - :func:`metadata_text`: everything the source states about the image, for the ontology checks.
 """
 
@@ -294,17 +293,6 @@ def _count_inside(px: Pixels, r0: int, c0: int, filled: np.ndarray) -> int:
     rows, cols = px.rows - r0, px.cols - c0
     keep = (rows >= 0) & (rows < filled.shape[0]) & (cols >= 0) & (cols < filled.shape[1])
     return int(filled[rows[keep], cols[keep]].sum())
-
-
-def mask_pieces(item: CaptionInput) -> int | None:
-    """The separate (8-connected) parts of the region's mask, or None without a readable mask (read
-    only when a description counts them: most do not)."""
-    mask = decode(item)
-    if mask is None:
-        return None
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    return int(ndimage.label(crop, structure=np.ones((3, 3), bool))[1])
 
 
 def metadata_text(item: CaptionInput) -> str:

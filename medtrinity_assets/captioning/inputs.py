@@ -62,7 +62,6 @@ class CaptionInput:
     image_width: int | None = None
     image_height: int | None = None
     area_fraction: float | None = None
-    pieces: int | None = None
     horizontal: str | None = None
     vertical: str | None = None
     patient_lr: str | None = None
@@ -122,7 +121,6 @@ _ROI_FIELDS = {
     "image_width": "image_width",
     "image_height": "image_height",
     "area_fraction": "area_fraction",
-    "pieces": "pieces",
     "horizontal": "horizontal",
     "vertical": "vertical",
     "patient_lr": "patient_lr",
@@ -274,7 +272,7 @@ def _int_or_none(value: Any) -> int | None:
 
 
 _BOXES = ("bbox_xyxy", "bbox_norm")
-_COUNTS = ("roi_count", "image_width", "image_height", "pieces")
+_COUNTS = ("roi_count", "image_width", "image_height")
 
 
 def _roi_columns(roi_set: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:

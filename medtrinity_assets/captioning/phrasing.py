@@ -116,25 +116,14 @@ def area_text(item: CaptionInput) -> str | None:
 
 
 def size_texts(item: CaptionInput) -> list[str]:
-    """Area for any localised region; diameter and outline only for a region with its own contour,
-    and for one in several separate parts their number and overall span instead (its longest
-    diameter spans the gaps between them, and it has no single outline)."""
+    """Area for any localised region; diameter and outline only for a region with its own contour."""
     out = [t for t in (area_text(item),) if t]
-    if is_outlined(item) and (item.pieces or 1) > 1:
-        out.append(pieces_text(item))
-    elif is_outlined(item):
+    if is_outlined(item):
         if item.longest_diameter_mm is not None and item.longest_diameter_mm > 0:
             out.append(f"its longest diameter measures {item.longest_diameter_mm:.1f} mm")
         if item.shape_word:
             out.append(f"it has {article(item.shape_word)} {item.shape_word} outline")
     return out
-
-
-def pieces_text(item: CaptionInput) -> str:
-    """``it is made of 3 separate parts that together span 47.8 mm`` (the span only when measured)."""
-    span = item.longest_diameter_mm
-    together = f" that together span {span:.1f} mm" if span is not None and span > 0 else ""
-    return f"it is made of {item.pieces} separate parts{together}"
 
 
 def holder_label(item: CaptionInput) -> str | None:
@@ -153,22 +142,20 @@ def surround_phrase(item: CaptionInput) -> str:
     return f"the surrounding {holder}" if holder else "its immediate surroundings"
 
 
-#: relations that name a region by what touches it: the same name is not given a direction too
-_NAMED_ONCE = ("lies within", "encloses", "bordered by", "borders")
-
-
 def relation_phrases(item: CaptionInput, limit: int) -> list[str]:
-    """Relations to named regions: containment and bordering first, then image-frame directions to
-    regions of another label. ``it lies within the liver``, ``it is bordered by the grey matter``,
-    ``it lies above the white matter in the image``."""
+    """Relations to named regions: containment first, then bordering, then image-frame directions to
+    regions of another label; a name is given one kind of relation ("within the grey matter" and
+    "bordered by the grey matter" or "above the grey matter" would name two regions alike).
+    ``it lies within the liver``, ``it is bordered by the grey matter``, ``it lies above the white
+    matter in the image``."""
     own = label_text(item.label).lower()
     out: list[str] = []
     holder = holder_label(item)
     if holder:
         out.append(f"it lies within the {holder}")
-    contained = {holder.lower()} if holder else set()  # a name used for containment is not reused
-    contained |= {label_text(r.get("other_label")).lower() for r in item.relations
-                  if r.get("relation") in _NAMED_ONCE}
+    held = {holder.lower()} if holder else set()
+    held |= {_other(r) for r in item.relations if r.get("relation") in ("lies within", "encloses")}
+    touched = held | {_other(r) for r in item.relations if r.get("relation") in ("bordered by", "borders")}
     for rel in item.relations:
         other, relation = label_text(rel.get("other_label")), str(rel.get("relation", "")).strip()
         if not is_named(other) or len(out) >= limit:
@@ -177,16 +164,22 @@ def relation_phrases(item: CaptionInput, limit: int) -> list[str]:
             phrase = f"it encloses the {other}" if other.lower() != own else f"it encloses another {other} region"
         elif relation == "lies within":
             phrase = f"it lies within the {other}"
-        elif relation in ("bordered by", "borders") and other.lower() != own:
+        elif other.lower() in held or other.lower() == own:
+            continue
+        elif relation in ("bordered by", "borders"):
             phrase = f"it is bordered by the {other}" if relation == "bordered by" else f"it borders the {other}"
-        elif other.lower() in contained:
-            continue  # "within the grey matter" and "above the grey matter" would name two regions alike
-        elif other.lower() != own and relation == "overlapping":
+        elif other.lower() in touched:
+            continue
+        elif relation == "overlapping":
             phrase = f"it overlaps the {other} in the image"
-        elif other.lower() != own and relation:
+        elif relation:
             phrase = f"it lies {relation} the {other} in the image"
         else:
             continue
         if phrase not in out:
             out.append(phrase)
     return out[:limit]
+
+
+def _other(relation: dict) -> str:
+    return label_text(relation.get("other_label")).lower()

@@ -92,9 +92,6 @@ def build_reference_text(item: CaptionInput) -> str:
         lines.append(f"- patient anterior/posterior: {item.patient_ap or 'unknown'}; "
                      f"superior/inferior: {item.patient_si or 'unknown'}")
     lines.append(f"- area fraction of the image: {_fmt(item.area_fraction)}")
-    if (item.pieces or 1) > 1:
-        lines.append(f"- separate parts: {item.pieces} (the region is not one piece: the diameter below spans "
-                     "the gaps between its parts, and it has no single outline)")
     lines.append(
         "- longest diameter: "
         + (f"{item.longest_diameter_mm:.1f} mm" if item.longest_diameter_mm is not None
@@ -106,10 +103,7 @@ def build_reference_text(item: CaptionInput) -> str:
     )
     lines.append(f"- texture: {item.texture_homogeneity_word or 'not measured'}, "
                  f"{item.texture_smoothness_word or 'not measured'}")
-    if (item.pieces or 1) > 1:
-        lines.append(f"- shape: no single outline ({item.pieces} separate parts)")
-    else:
-        lines.append(f"- shape: {item.shape_word or 'not measured'} (circularity {_fmt(item.circularity)})")
+    lines.append(f"- shape: {item.shape_word or 'not measured'} (circularity {_fmt(item.circularity)})")
     lines.append(f"- ROIs in this image: {item.roi_count if item.roi_count is not None else 'unknown'}")
     if item.inside_label:
         lines.append(f"- lies inside: {item.inside_label}")

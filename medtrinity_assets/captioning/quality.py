@@ -7,9 +7,8 @@ wrote it, and compared with evidence the description was not written from wherev
 - every facet present;
 - image position (``horizontally ... left``, ``upper third of the image``) against the thirds of
   the centroid of the ROI's own mask, decoded from its RLE; none for a whole-image region;
-- area ("covers 3.2% of the image area"), bounding-box span and separate parts ("made of 3
-  separate parts") against the mask; "no region was localised" only for a whole image; no outline
-  shape for a box or a whole image;
+- area ("covers 3.2% of the image area") and bounding-box span against the mask; "no region
+  was localised" only for a whole image; no outline shape for a box or a whole image;
 - "lies within" / "encloses" against the containment recomputed from the masks of the image's
   regions (or the label map's enclosing label), "bordered by" / "borders" against the share of the
   ring around a region that the other covers;

@@ -1,18 +1,16 @@
 """Checks of what a description says about its region's geometry (image position, size, area, box
-span, separate parts, outline, containment and bordering) against the region's own mask, recomputed
+span, outline, containment and bordering) against the region's own mask, recomputed
 from its RLE (:mod:`medtrinity_assets.captioning.evidence`), and against the measured diameter.
 Each returns its issues (none: the claims hold); :mod:`medtrinity_assets.captioning.quality` reads
 the claims and reports the checks."""
 
 from __future__ import annotations
 
-from medtrinity_assets.captioning import evidence
 from medtrinity_assets.captioning.claims import (
     area_claims,
     horizontal_third,
     nesting_claims,
     outline_claims,
-    pieces_claims,
     says_whole_image,
     size_claims_mm,
     span_claims,
@@ -66,7 +64,6 @@ def extent_issues(text: str, item: CaptionInput, facts: RegionFacts | None) -> l
         issues.append("says no region was localised, but the region is localised")
     if outline_claims(text) and (whole or item.origin == "box"):
         issues.append(f"outline shape claimed for a {'whole image' if whole else 'box'}")
-    issues += pieces_issues(pieces_claims(text), item)
     areas, spans = area_claims(text), span_claims(text)
     if facts is None or not (areas or spans):
         return issues
@@ -84,21 +81,10 @@ def extent_issues(text: str, item: CaptionInput, facts: RegionFacts | None) -> l
     return issues
 
 
-def pieces_issues(said: list[int], item: CaptionInput) -> list[str]:
-    """"made of 3 separate parts" against the parts of the mask (none for a box or a whole image)."""
-    if not said:
-        return []
-    if item.origin in ("whole_image", "box"):
-        return [f"separate parts claimed for a {'whole image' if item.origin == 'whole_image' else 'box'}"]
-    measured = evidence.mask_pieces(item)
-    if measured is None:
-        return []
-    return [f"parts: says {n} separate parts, the mask has {measured}" for n in dict.fromkeys(said) if n != measured]
-
-
 def nesting_issues(text: str, item: CaptionInput, nested: set[tuple[str, str]] | None) -> list[str]:
     """"lies within" / "encloses" claims against the containment recomputed from the image's masks
-    (or, for "lies within", the label map's enclosing label)."""
+    (or, for "lies within", the label map's enclosing label), "bordered by" / "borders" against the
+    bordering recomputed from them."""
     if nested is None:
         return []
     inside = label_text(item.inside_label).lower()

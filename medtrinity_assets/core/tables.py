@@ -95,7 +95,6 @@ ROI_ATTRIBUTES: dict[str, Any] = {
     "patient_side": pl.String,
     "area_px": pl.Int64,
     "area_fraction": pl.Float64,
-    "pieces": pl.Int32,
     "longest_diameter_px": pl.Float64,
     "longest_diameter_mm": pl.Float64,
     "roi_mean": pl.Float64,
@@ -135,9 +134,7 @@ ROI_SET = TableContract(
         "relations": pl.String,
         "inside_label": pl.String,
     },
-    description="One row per ROI: geometry (box, COCO RLE) and measured attributes; pieces: the mask's "
-    "separate (8-connected) parts, its longest diameter spanning them all.",
-    optional=frozenset({"pieces"}),  # absent in tables written before it was measured
+    description="One row per ROI: geometry (box, COCO RLE) and measured attributes.",
 )
 
 COARSE_CAPTIONS = TableContract(

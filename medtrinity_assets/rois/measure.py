@@ -97,16 +97,6 @@ def intensity_word(contrast: float | None, modality: str | None, cfg: RoiConfig)
     return similar
 
 
-_EIGHT = np.ones((3, 3), bool)
-
-
-def pieces(mask: np.ndarray) -> int:
-    """The mask's separate parts (8-connected components). A label map's region is often in several
-    (white matter in one slice, a bone scan's hot spots): its longest diameter then spans the gaps
-    between them, and it has no single outline."""
-    return int(ndimage.label(mask, structure=_EIGHT)[1])
-
-
 def shape_word(
     circularity: float | None, solidity: float | None, axis_ratio: float | None, cfg: RoiConfig
 ) -> str | None:
@@ -164,8 +154,6 @@ def measure_roi(
     rr, cc = np.nonzero(mc)
     area = int(rr.size)
     out.update(_position_and_size(rr, cc, (r0, c0), grey.shape, display_right, display_down, cfg))
-    if not whole_image:
-        out["pieces"] = pieces(mc)
 
     # One hull of the pixel centres (from the boundary pixels) serves the Feret diameter and
     # the convex area of the solidity.
