@@ -366,9 +366,16 @@ def test_nesting_is_recomputed_from_the_masks():
                           mask_rle=rle_json(rle_encode(m)))
              for i, (lab, m) in enumerate([("liver", outer), ("lesion", inner), ("cyst", apart)])]
     found = nesting(items)
-    assert found[("r", "1")] == {("lies within", "liver")}
-    assert found[("r", "0")] == {("encloses", "lesion")}
-    assert ("r", "2") not in found
+
+    def nested(key):
+        return {r for r in found.get(key, set()) if r[0] in ("lies within", "encloses", "bordered by", "borders")}
+
+    assert nested(("r", "1")) == {("lies within", "liver")}
+    assert nested(("r", "0")) == {("encloses", "lesion")}
+    assert nested(("r", "2")) == set()
+    # directions between centroids, and the names of the image's other regions
+    assert {("below and left of", "cyst"), ("below", "cyst"), ("left of", "cyst"), ("named", "cyst")} <= found[("r", "1")]
+    assert ("named", "cyst") not in found[("r", "2")] and ("above and right of", "lesion") in found[("r", "2")]
 
 
 def test_phi_scan():
@@ -643,3 +650,72 @@ def test_bordering_is_described_and_checked_against_the_masks():
     beside = dataclasses.replace(items[0], relations=[*items[0].relations, {"other": "2", "relation": "left of",
                                                                             "other_label": "grey matter"}])
     assert relation_phrases(beside, 5) == ["it is bordered by the grey matter"]
+
+
+def test_the_guard_checks_a_chunk_against_every_region_of_its_images(tmp_path):
+    """A lesion that lies within a liver region of its image: the description saying so is true. In
+    chunks of one description, the lesion's chunk holds no liver region; the guard must still
+    check the claim against the whole image (as the batch saw it), not reject it and fall back."""
+    from medtrinity_assets.captioning.guard import GuardedCaptioner
+    from medtrinity_assets.rois.rle import rle_encode, rle_json
+
+    yy, xx = np.mgrid[0:128, 0:128]
+    liver, lesion = np.hypot(yy - 64, xx - 64) <= 40, np.hypot(yy - 60, xx - 70) <= 8
+
+    def region(mask, roi_id, label, relation, other, other_label):
+        rows, cols = np.nonzero(mask)
+        box = [cols.min() / 128, rows.min() / 128, (cols.max() + 1) / 128, (rows.max() + 1) / 128]
+        return _one(record_id="img1", roi_id=roi_id, label=label, inside_label=None, origin="mask",
+                    mask_rle=rle_json(rle_encode(mask)), bbox_norm=box, area_fraction=float(mask.mean()),
+                    horizontal="centre", vertical="middle", roi_count=2,
+                    relations=[{"other": other, "relation": relation, "other_label": other_label}])
+
+    items = [region(lesion, "0", "focal lesion", "lies within", "1", "liver"),
+             region(liver, "1", "liver", "encloses", "0", "focal lesion")]
+    guarded = GuardedCaptioner(EmbeddedCaptioner())
+    res = run_caption_batch(items, guarded, tmp_path / "c.parquet", chunk_size=1)
+    table = pl.read_parquet(tmp_path / "c.parquet")
+    assert table.filter(pl.col("roi_id") == "0")["text"].str.contains("lies within the liver").all()
+    assert res.fallbacks == 0, table["fallback_reason"].to_list()
+    guarded.see([])  # a chunk of images it has not seen is checked against itself
+    [alone] = guarded.caption([items[0]])
+    assert alone.fallback_reason and "containment" in alone.fallback_reason
+
+
+def test_a_direction_in_the_image_is_checked_against_the_centroids_of_the_named_regions():
+    """"lies left of the cyst in the image" holds when the image's cyst region's centroid is right of
+    this region's; the opposite fails; a name no region of the image has is not checked here (the
+    terms check reads it)."""
+    from medtrinity_assets.captioning import check_captions
+    from medtrinity_assets.rois.rle import rle_encode, rle_json
+
+    yy, xx = np.mgrid[0:128, 0:128]
+    left, right = np.hypot(yy - 40, xx - 30) <= 10, np.hypot(yy - 90, xx - 100) <= 12
+
+    def region(mask, roi_id, label, relation, other_label):
+        rows, cols = np.nonzero(mask)
+        box = [cols.min() / 128, rows.min() / 128, (cols.max() + 1) / 128, (rows.max() + 1) / 128]
+        return _one(record_id="img2", roi_id=roi_id, label=label, inside_label=None, origin="mask",
+                    mask_rle=rle_json(rle_encode(mask)), bbox_norm=box, area_fraction=float(mask.mean()),
+                    horizontal="left" if roi_id == "0" else "right", vertical="upper" if roi_id == "0" else "lower",
+                    roi_count=2, relations=[{"other": str(1 - int(roi_id)), "relation": relation,
+                                             "other_label": other_label}])
+
+    items = [region(left, "0", "focal lesion", "above and left of", "cyst"),
+             region(right, "1", "cyst", "below and right of", "focal lesion")]
+    results = EmbeddedCaptioner().caption(items)
+    assert "it lies above and left of the cyst in the image" in results[0].text
+
+    def relations_ok(old: str, new: str) -> tuple[list[bool], list[list[str]]]:
+        rows = [{"record_id": i.record_id, "roi_id": i.roi_id, "status": "ok", "text": r.text.replace(old, new),
+                 "retrieved_chunk_ids": i.chunk_ids, **{f"facet_{f}": v.replace(old, new) for f, v in r.facets.items()}}
+                for i, r in zip(items, results, strict=True)]
+        table = check_captions(pl.DataFrame(rows), {i.key: i for i in items})
+        return table["relations_ok"].to_list(), table["issues"].to_list()
+
+    assert relations_ok("", "")[0] == [True, True]
+    assert relations_ok("above and left of the cyst", "left of the cyst")[0] == [True, True]
+    wrong, issues = relations_ok("above and left of the cyst", "below and left of the cyst")
+    assert wrong == [False, True] and "direction: says it below and left of the cyst, the masks disagree" in issues[0]
+    assert relations_ok("above and left of the cyst", "to the right of the cyst")[0] == [False, True]
+    assert relations_ok("above and left of the cyst", "left of the kidney")[0] == [True, True]

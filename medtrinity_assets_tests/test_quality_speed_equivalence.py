@@ -169,7 +169,33 @@ def _dense_nesting(items) -> dict:
                     this, other = wording.label_text(a.label).lower(), wording.label_text(b.label).lower()
                     out[(a.record_id, str(a.roi_id))] |= {("bordered by", other), ("borders", other)}
                     out[(b.record_id, str(b.roi_id))].add(("borders", this))
+    _dense_directions(items, out)
     return dict(out)
+
+
+def _dense_directions(items, out) -> None:
+    """Directions between the centroids of every two regions of an image (a mask's pixel centres from
+    the full-size mask, a box's middle), and the names of the image's other regions."""
+    by_record = defaultdict(list)
+    for item in items:
+        mask = evidence.decode(item) if item.origin != "whole_image" else None
+        if mask is not None:
+            rows, cols = np.nonzero(mask)
+            centre = ((cols.mean() + 0.5) / mask.shape[1], (rows.mean() + 0.5) / mask.shape[0])
+            by_record[item.record_id].append((item, centre))
+        elif item.origin == "box" and item.bbox_norm:
+            x0, y0, x1, y1 = item.bbox_norm
+            by_record[item.record_id].append((item, ((x0 + x1) / 2, (y0 + y1) / 2)))
+    for regions in by_record.values():
+        for a, (ax, ay) in regions:
+            for b, (bx, by) in regions:
+                if a is b:
+                    continue
+                other = wording.label_text(b.label).lower()
+                side = "left of" if ax < bx else "right of" if ax > bx else None
+                level = "above" if ay < by else "below" if ay > by else None
+                words = {w for w in ("named", side, level, side and level and f"{level} and {side}") if w}
+                out[(a.record_id, str(a.roi_id))] |= {(w, other) for w in words}
 
 
 def _per_row_reference(captions: pl.DataFrame, inputs: dict, matcher) -> pl.DataFrame:

@@ -188,6 +188,8 @@ def run_caption_slices(
             hashes = [captioner.inputs_hash(item) for item in unique]
             todo = [(item, h) for item, h in zip(unique, hashes, strict=True) if h not in reusable]
             writer.start_slice(len(unique) - len(todo))
+            if todo:
+                captioner.see(unique)
             if todo and captioner.supports_streaming:
                 run_sync(_stream_in_chunks(captioner, todo, chunk_size, writer.flush))
             else:
@@ -226,6 +228,8 @@ def describe_slice(
     cached = _read_cached(cache, log, hashes)
     reusable = _reusable(cached, retry_failed)
     todo = [(item, h) for item, h in zip(unique, hashes, strict=True) if h not in reusable]
+    if todo:
+        captioner.see(unique)
     writer = _PartWriter(captioner, parts_dir(table_path), json.dumps(captioner.params, sort_keys=True),
                          total=len(todo), done=0, progress=None, log=log)
     _caption_in_chunks(captioner, todo, chunk_size, writer.flush)

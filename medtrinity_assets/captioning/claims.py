@@ -190,6 +190,9 @@ _NESTED = gated(r"\b(lies|lying|located|situated|sits)\s+within\s+the\s+([a-z][a
                 r"([a-z][a-z \-]{1,60}?)(?=\s+region\b|\s+in the image|[.;,:)]|$)", re.I)
 _BORDERED = gated(r"\b(bordered by|borders|bordering)\s+(?:the\s+)?([a-z][a-z \-]{1,60}?)"
                   r"(?=\s+in the image|[.;,:)]|$)", re.I)
+_DIRECTION = gated(r"\b(?:lies|lying|located|situated|sits|sitting|positioned)\s+(?:(?:to\s+the\s+)?(left|right)\s+of|"
+                   r"(above|below)(?:\s+and\s+(?:to\s+the\s+)?(left|right)\s+of)?)\s+(?:the\s+|another\s+)?"
+                   r"([a-z][a-z \-]{1,60}?)(?=\s+region\b|\s+in the image|[.;,:)]|$)", re.I)
 _OUTLINE = gated(r"\b(round|oval|irregular|lobulated|elongated|circular|spiculated)\s+(?:outline|shape|contour|margin)",
                  re.I)
 _WHOLE = gated(r"\bno region was locali[sz]ed\b|\bcovers the (?:whole|entire) image\b|"
@@ -208,8 +211,8 @@ def span_claims(text: str) -> list[tuple[float, float, float, float]]:
 
 
 def nesting_claims(text: str) -> list[tuple[str, str]]:
-    """``("lies within" | "encloses" | "bordered by" | "borders", other label)`` of every containment
-    and bordering claim."""
+    """``("lies within" | "encloses" | "bordered by" | "borders" | a direction, other label)`` of every
+    containment, bordering and direction ("lies above and left of the spleen in the image") claim."""
     out = []
     for m in _NESTED.finditer(text):
         if m.group(2):
@@ -219,6 +222,10 @@ def nesting_claims(text: str) -> list[tuple[str, str]]:
     for m in _BORDERED.finditer(text):
         relation = "bordered by" if m.group(1).lower().endswith("by") else "borders"
         out.append((relation, m.group(2).strip().lower()))
+    for m in _DIRECTION.finditer(text):
+        side = f"{(m.group(1) or m.group(3)).lower()} of" if m.group(1) or m.group(3) else ""
+        level = (m.group(2) or "").lower()
+        out.append((f"{level} and {side}" if level and side else level or side, m.group(4).strip().lower()))
     return out
 
 

@@ -180,8 +180,10 @@ Nesting = dict[tuple[str, str], set[tuple[str, str]]]
 
 
 def nesting(items: Iterable[CaptionInput]) -> Nesting:
-    """``{(record_id, roi_id): {("lies within" | "encloses" | "bordered by" | "borders", other label)}}``
-    recomputed from the masks of each image's regions (a region's outline has its holes filled)."""
+    """``{(record_id, roi_id): {("lies within" | "encloses" | "bordered by" | "borders" | a direction |
+    "named", other label)}}`` recomputed from the masks of each image's regions (a region's outline
+    has its holes filled; directions from centroids, a box's from its middle; "named": the image has a
+    region of that label)."""
     return batch_evidence(items)[1]
 
 
@@ -203,7 +205,38 @@ def batch_evidence(
             facts[id(item)] = RegionFacts(whole=True) if item.origin == "whole_image" else _pixel_facts(item, px)
         wanted = bordering is None or next(iter(regions.values())).record_id in bordering
         _nest([(item, px) for item, px in found if px is not None], out, wanted)
+        _directions([(item, c) for item, px in found if (c := _centre(item, px)) is not None], out)
     return facts, dict(out)
+
+
+def _centre(item: CaptionInput, px: Pixels | None) -> tuple[float, float] | None:
+    """The region's centroid in image widths and heights: its mask's pixel centres, a box's middle
+    (a box has no mask), none for a whole image or an unreadable mask."""
+    if px is not None:
+        rows, cols = px.sums()
+        return (cols / px.size + 0.5) / px.shape[1], (rows / px.size + 0.5) / px.shape[0]
+    box = item.bbox_norm
+    if item.origin == "box" and box and len(box) == 4:
+        return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return None
+
+
+def _directions(regions: list[tuple[CaptionInput, tuple[float, float]]], out: Nesting) -> None:
+    """Add where in the image each region lies relative to every other region of its image, from
+    their centroids: ``("left of" | "right of" | "above" | "below" | "above and left of" ..., other
+    label)`` (a region "above and left of" another also lies "left of" it), and ``("named", other
+    label)`` for every other region."""
+    for a, (ax, ay) in regions:
+        key = (a.record_id, str(a.roi_id))
+        for b, (bx, by) in regions:
+            if a is b:
+                continue
+            other = label_text(b.label).lower()
+            side = "left of" if ax < bx else "right of" if ax > bx else None
+            level = "above" if ay < by else "below" if ay > by else None
+            out[key].update((word, other) for word in ("named", side, level) if word)
+            if side and level:
+                out[key].add((f"{level} and {side}", other))
 
 
 def _nest(regions: list[tuple[CaptionInput, Pixels]], out: Nesting, bordering: bool = True) -> None:

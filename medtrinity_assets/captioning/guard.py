@@ -36,17 +36,31 @@ class GuardedCaptioner(Captioner):
         self.phi_values = phi_values
         self.name, self.model, self.prompt_version = primary.name, primary.model, primary.prompt_version
         self.supports_streaming = primary.supports_streaming  # type: ignore[misc]
+        self._seen: tuple[set[str], dict] | None = None  # the last slice's images and their evidence
 
     @property
     def params(self) -> dict[str, Any]:
         return {**self.primary.params, "fallback": f"{self.fallback.name}/{PHRASES_VERSION}"}
 
+    def see(self, items: list[CaptionInput]) -> None:
+        """Keep the containment and bordering among the regions of the slice's images: a chunk may
+        hold only some of an image's regions (the others in another chunk, or cached), and a claim
+        about them checked against the chunk alone would be rejected though true."""
+        self._seen = ({i.record_id for i in items}, evidence.nesting(items))
+        self.primary.see(items)
+
+    def _nesting(self, items: list[CaptionInput]) -> dict:
+        """The evidence of the slice seen last when it holds these items' images, else the chunk's own."""
+        if self._seen is not None and all(i.record_id in self._seen[0] for i in items):
+            return self._seen[1]
+        return evidence.nesting(items)
+
     def caption(self, items: list[CaptionInput]) -> list[CaptionResult]:
-        nested = evidence.nesting(items)
+        nested = self._nesting(items)
         return [self.guard(item, res, nested) for item, res in zip(items, self.primary.caption(items), strict=True)]
 
     async def astream(self, items: list[CaptionInput]) -> AsyncIterator[tuple[int, CaptionResult]]:
-        nested = evidence.nesting(items)
+        nested = self._nesting(items)
         async for idx, res in self.primary.astream(items):
             yield idx, self.guard(items[idx], res, nested)
 

@@ -11,7 +11,8 @@ wrote it, and compared with evidence the description was not written from wherev
   was localised" only for a whole image; no outline shape for a box or a whole image;
 - "lies within" / "encloses" against the containment recomputed from the masks of the image's
   regions (or the label map's enclosing label), "bordered by" / "borders" against the share of the
-  ring around a region that the other covers;
+  ring around a region that the other covers, "lies above and left of the cyst in the image"
+  against the centroids of the image's regions of that name;
 - patient laterality (``left``/``right`` not describing the image frame and not part of a known
   label) against ``patient_lr`` (from the header's orientation); a laterality claim on an image
   of unknown orientation fails; anterior/posterior and superior/inferior likewise;

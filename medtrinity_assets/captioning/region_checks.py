@@ -84,7 +84,8 @@ def extent_issues(text: str, item: CaptionInput, facts: RegionFacts | None) -> l
 def nesting_issues(text: str, item: CaptionInput, nested: set[tuple[str, str]] | None) -> list[str]:
     """"lies within" / "encloses" claims against the containment recomputed from the image's masks
     (or, for "lies within", the label map's enclosing label), "bordered by" / "borders" against the
-    bordering recomputed from them."""
+    bordering recomputed from them, and a direction in the image against the centroids of the
+    image's regions of that name (a name no region of the image has is left to the terms check)."""
     if nested is None:
         return []
     inside = label_text(item.inside_label).lower()
@@ -92,6 +93,11 @@ def nesting_issues(text: str, item: CaptionInput, nested: set[tuple[str, str]] |
     for relation, other in nesting_claims(text):
         if (relation, other) in nested or (relation == "lies within" and other == inside):
             continue
-        issues.append(f"{'bordering' if 'border' in relation else 'containment'}: says it {relation} the {other}, "
-                      "the masks disagree")
+        kind = "bordering" if "border" in relation else "containment" if relation in _NESTING else "direction"
+        if kind == "direction" and ("named", other) not in nested:
+            continue
+        issues.append(f"{kind}: says it {relation} the {other}, the masks disagree")
     return issues
+
+
+_NESTING = ("lies within", "encloses")

@@ -73,6 +73,11 @@ class Captioner(ABC):
     def inputs_hash(self, item: CaptionInput) -> str:
         return inputs_hash(item, self.name, self.model, self.params, self.prompt_version)
 
+    def see(self, items: list[CaptionInput]) -> None:  # noqa: B027 - optional hook
+        """The whole slice a batch is about to describe in chunks (whole images, cached regions
+        included), before the first chunk; a backend that checks a description against the other
+        regions of its image (the guard) keeps what it needs."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (models, connections)."""
 
