@@ -389,7 +389,9 @@ def check_captions(
     items = [by_key.get((r["record_id"], str(r["roi_id"]))) for r in rows_in]
     out = []
     phi_matcher = phi_values if hasattr(phi_values, "search") else matcher_for(phi_values)  # once per batch
-    facts, nested = evidence.batch_evidence((i for i in items if i is not None), _bordering_said(rows_in))
+    images = {r["record_id"] for r in rows_in}  # every region of their images, described here or not
+    facts, nested = evidence.batch_evidence((i for i in by_key.values() if i.record_id in images),
+                                            _bordering_said(rows_in))
     for row, item in zip(rows_in, items, strict=True):
         key = (row["record_id"], str(row["roi_id"]))
         res = check_caption(row, item, phi_values=phi_matcher, min_chars=min_chars, max_chars=max_chars,
