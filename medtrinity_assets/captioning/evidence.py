@@ -58,7 +58,7 @@ class Pixels:
     order, as the RLE stores them), from which its size, sums and box are counted without listing a
     pixel; ``rows`` and ``cols`` are listed when first asked for (the containment checks only)."""
 
-    __slots__ = ("starts", "ends", "shape", "size", "_rows", "_cols", "_box")
+    __slots__ = ("starts", "ends", "shape", "size", "_rows", "_cols", "_box", "_sums")
 
     def __init__(self, starts: np.ndarray, ends: np.ndarray, shape: tuple[int, int]) -> None:
         self.starts, self.ends, self.shape = starts, ends, shape
@@ -66,6 +66,7 @@ class Pixels:
         self._rows: np.ndarray | None = None
         self._cols: np.ndarray | None = None
         self._box: tuple[int, int, int, int] | None = None
+        self._sums: tuple[int, int] | None = None
 
     @classmethod
     def of_counts(cls, counts: np.ndarray, shape: tuple[int, int]) -> Pixels | None:
@@ -101,7 +102,9 @@ class Pixels:
     def sums(self) -> tuple[int, int]:
         """``(sum of rows, sum of columns)`` of the pixels, counted run by run: the pixels below a flat
         index ``m = q * h + r`` have columns summing to ``h * q * (q - 1) / 2 + r * q`` and rows to
-        ``q * h * (h - 1) / 2 + r * (r - 1) / 2``."""
+        ``q * h * (h - 1) / 2 + r * (r - 1) / 2``. Counted once (the facts and the directions both ask)."""
+        if self._sums is not None:
+            return self._sums
         h = self.shape[0]
 
         def below(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +112,8 @@ class Pixels:
             return q * (h * (h - 1) // 2) + r * (r - 1) // 2, h * (q * (q - 1) // 2) + r * q
 
         (rows_end, cols_end), (rows_start, cols_start) = below(self.ends), below(self.starts)
-        return int((rows_end - rows_start).sum()), int((cols_end - cols_start).sum())  # per run: no overflow
+        self._sums = int((rows_end - rows_start).sum()), int((cols_end - cols_start).sum())  # per run: no overflow
+        return self._sums
 
     def box(self) -> tuple[int, int, int, int]:
         """``(first row, first column, last row, last column)`` of the pixels: a run that goes on into
