@@ -203,11 +203,11 @@ def batch_evidence(
         by_record[item.record_id][id(item)] = item
     facts: dict[int, RegionFacts | None] = {}
     out: Nesting = defaultdict(set)
-    for regions in by_record.values():
+    for record_id, regions in by_record.items():
         found = [(item, pixels(item) if item.origin != "whole_image" else None) for item in regions.values()]
         for item, px in found:
             facts[id(item)] = RegionFacts(whole=True) if item.origin == "whole_image" else _pixel_facts(item, px)
-        wanted = bordering is None or next(iter(regions.values())).record_id in bordering
+        wanted = bordering is None or record_id in bordering
         _nest([(item, px) for item, px in found if px is not None], out, wanted)
         _directions([(item, c) for item, px in found if (c := _centre(item, px)) is not None], out)
     return facts, dict(out)
@@ -293,9 +293,7 @@ def _border(
 def _ring(px: Pixels, box: tuple[int, int, int, int]) -> tuple[int, int, np.ndarray, int]:
     """The 8-neighbour ring just outside the region, on its box with a one-pixel margin, the image row
     and column of that crop's corner, and the ring's size (its pixels inside the image)."""
-    r0, c0 = box[0] - 1, box[1] - 1
-    crop = np.zeros((box[2] - r0 + 2, box[3] - c0 + 2), bool)
-    crop[px.rows - r0, px.cols - c0] = True
+    r0, c0, crop = _on_box(px, box)
     ring = ndimage.binary_dilation(crop, np.ones((3, 3), bool)) & ~crop
     h, w = px.shape
     ring[: max(0, -r0)], ring[:, : max(0, -c0)] = False, False  # the margin outside the image is no ring
@@ -318,11 +316,18 @@ def _filled_outline(px: Pixels, box: tuple[int, int, int, int]) -> tuple[int, in
 
     The holes are the background components (4-connected, as ``binary_fill_holes`` reaches them)
     other than the one of the margin: one labelling pass instead of a dilation run to convergence."""
+    r0, c0, crop = _on_box(px, box)
+    background, parts = ndimage.label(~crop)
+    return r0, c0, crop if parts == 1 else background != background[0, 0]
+
+
+def _on_box(px: Pixels, box: tuple[int, int, int, int]) -> tuple[int, int, np.ndarray]:
+    """The region drawn on its bounding box (``box``) with a one-pixel margin, and the image row and
+    column of that crop's corner (the margin may lie outside the image)."""
     r0, c0 = box[0] - 1, box[1] - 1
     crop = np.zeros((box[2] - r0 + 2, box[3] - c0 + 2), bool)
     crop[px.rows - r0, px.cols - c0] = True
-    background, parts = ndimage.label(~crop)
-    return r0, c0, crop if parts == 1 else background != background[0, 0]
+    return r0, c0, crop
 
 
 def _count_inside(px: Pixels, r0: int, c0: int, filled: np.ndarray) -> int:

@@ -81,6 +81,9 @@ def extent_issues(text: str, item: CaptionInput, facts: RegionFacts | None) -> l
     return issues
 
 
+_NESTING = ("lies within", "encloses")
+
+
 def nesting_issues(text: str, item: CaptionInput, nested: set[tuple[str, str]] | None) -> list[str]:
     """"lies within" / "encloses" claims against the containment recomputed from the image's masks
     (or, for "lies within", the label map's enclosing label), "bordered by" / "borders" against the
@@ -99,5 +102,3 @@ def nesting_issues(text: str, item: CaptionInput, nested: set[tuple[str, str]] |
         issues.append(f"{kind}: says it {relation} the {other}, the masks disagree")
     return issues
 
-
-_NESTING = ("lies within", "encloses")

@@ -64,14 +64,16 @@ def bordering(
     skipped = set(skip)
     out: dict[tuple[int, int], str] = {}
     for i, a in enumerate(crops):
-        near = [j for j, b in enumerate(crops) if j != i and b is not None and (i, j) not in skipped
-                and a is not None and _meet(a[1], b[1])]
+        if a is None:
+            continue
+        near = [(j, b) for j, b in enumerate(crops) if b is not None and j != i and (i, j) not in skipped
+                and _meet(a[1], b[1])]
         if not near:
             continue
-        ring, (r0, c0) = _ring(a)  # type: ignore[arg-type]
+        ring, (r0, c0) = _ring(a)
         size = int(ring.sum())
-        for j in near:
-            if size and _covered(ring, (r0, c0), crops[j]) >= cfg.bordered_share * size:  # type: ignore[arg-type]
+        for j, b in near:
+            if size and _covered(ring, (r0, c0), b) >= cfg.bordered_share * size:
                 out[(i, j)] = "bordered by"
                 out.setdefault((j, i), "borders")
     return out
