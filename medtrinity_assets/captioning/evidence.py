@@ -2,7 +2,8 @@
 RLE (never read from the attribute table the description was written from), and what the metadata,
 ontologies and retrieved passages allow a description to name.
 
-- :func:`region_facts`: image thirds of the centroid, area fraction and bounding box of the mask.
+- :func:`region_facts`: the image thirds the mask lies in (the third holding most of it, else its
+  centroid's), its area fraction and bounding box.
 - :func:`nesting`: which regions of one image lie within which (hole-filled outlines), and which
   border which (the ring of pixels around a region), by label.
 - :func:`batch_evidence`: both for a batch, reading each mask once, one image at a time.
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.wording import label_text
 from medtrinity_assets.rois.rle import rle_counts_from_crop, rle_decode, rle_parse
 
+MAJORITY_SHARE = 0.5  # a region lies in the image third that holds this share of it (else where its centroid is)
 INSIDE_SHARE = 0.9  # a region lies within another when this share of it is inside the other's outline
 BORDERED_SHARE = 0.5  # ... and is bordered by another that covers this share of the ring around it
 
@@ -40,6 +43,26 @@ class RegionFacts:
 
 def _third(value: float, words: tuple[str, str, str]) -> str:
     return words[0] if value < 1 / 3 else words[2] if value > 2 / 3 else words[1]
+
+
+def _placed(counts: tuple[float, float, float], centre: float, words: tuple[str, str, str]) -> str:
+    """The third of an axis a region lies in, from the share of it in each third (``counts``): the
+    third holding at least :data:`MAJORITY_SHARE` of it, else the third of its ``centre``."""
+    best, total = max(range(3), key=counts.__getitem__), sum(counts)
+    return words[best] if 0 < total and MAJORITY_SHARE * total <= counts[best] else _third(centre, words)
+
+
+@lru_cache(maxsize=256)
+def third_cuts(size: int) -> tuple[int, int]:
+    """``(a, b)``: pixels ``0..a-1`` of an axis of ``size`` pixels have their centre in its first third,
+    ``b..size-1`` in its last."""
+    centres = (np.arange(size) + 0.5) / size
+    return int(np.count_nonzero(centres < 1 / 3)), int(np.count_nonzero(centres <= 2 / 3))
+
+
+def _split(below: tuple[int, int], n: int) -> tuple[int, int, int]:
+    """Pixels per third from the pixels below each cut."""
+    return below[0], below[1] - below[0], n - below[1]
 
 
 def decode(item: CaptionInput) -> np.ndarray | None:
@@ -115,6 +138,22 @@ class Pixels:
         self._sums = int((rows_end - rows_start).sum()), int((cols_end - cols_start).sum())  # per run: no overflow
         return self._sums
 
+    def below_column(self, c: int) -> int:
+        """How many pixels lie in the columns before column ``c``."""
+        bound = c * self.shape[0]
+        return int(np.clip(np.minimum(self.ends, bound) - self.starts, 0, None).sum())
+
+    def below_row(self, r: int) -> int:
+        """How many pixels lie in the rows above row ``r``: the pixels below a flat index ``m = q * h + k``
+        that are in those rows number ``q * r + min(k, r)``."""
+        h = self.shape[0]
+
+        def above(m: np.ndarray) -> np.ndarray:
+            q, k = np.divmod(m, h)
+            return q * r + np.minimum(k, r)
+
+        return int((above(self.ends) - above(self.starts)).sum())
+
     def box(self) -> tuple[int, int, int, int]:
         """``(first row, first column, last row, last column)`` of the pixels: a run that goes on into
         the next column covers that column's first row and its own column's last. Counted once (the
@@ -160,10 +199,13 @@ def _pixel_facts(item: CaptionInput, px: Pixels | None) -> RegionFacts | None:
     (h, w), n = px.shape, px.size
     row_sum, col_sum = px.sums()
     top, left, bottom, right = px.box()
+    (ca, cb), (ra, rb) = third_cuts(w), third_cuts(h)
     return RegionFacts(
         whole=False,
-        horizontal=_third((col_sum / n + 0.5) / w, ("left", "centre", "right")),
-        vertical=_third((row_sum / n + 0.5) / h, ("upper", "middle", "lower")),
+        horizontal=_placed(_split((px.below_column(ca), px.below_column(cb)), n), (col_sum / n + 0.5) / w,
+                           ("left", "centre", "right")),
+        vertical=_placed(_split((px.below_row(ra), px.below_row(rb)), n), (row_sum / n + 0.5) / h,
+                         ("upper", "middle", "lower")),
         area_fraction=n / (h * w),
         bbox_norm=(left / w, top / h, (right + 1) / w, (bottom + 1) / h),
     )
@@ -173,11 +215,17 @@ def _box_facts(box: tuple[float, ...]) -> RegionFacts:
     x0, y0, x1, y1 = box
     return RegionFacts(
         whole=False,
-        horizontal=_third((x0 + x1) / 2, ("left", "centre", "right")),
-        vertical=_third((y0 + y1) / 2, ("upper", "middle", "lower")),
+        horizontal=_placed(_overlaps(x0, x1), (x0 + x1) / 2, ("left", "centre", "right")),
+        vertical=_placed(_overlaps(y0, y1), (y0 + y1) / 2, ("upper", "middle", "lower")),
         area_fraction=max(x1 - x0, 0.0) * max(y1 - y0, 0.0),
         bbox_norm=(x0, y0, x1, y1),
     )
+
+
+def _overlaps(a: float, b: float) -> tuple[float, float, float]:
+    """How much of the span ``[a, b]`` (normalised) lies in each third."""
+    left, centre, right = (max(0.0, min(b, hi) - max(a, lo)) for lo, hi in ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0)))
+    return left, centre, right
 
 
 Nesting = dict[tuple[str, str], set[tuple[str, str]]]

@@ -5,8 +5,8 @@ wrote it, and compared with evidence the description was not written from wherev
 (:mod:`medtrinity_assets.captioning.evidence`), not with the attribute table:
 
 - every facet present;
-- image position (``horizontally ... left``, ``upper third of the image``) against the thirds of
-  the centroid of the ROI's own mask, decoded from its RLE; none for a whole-image region;
+- image position (``horizontally ... left``, ``upper third of the image``) against the third that
+  holds most of the ROI's own mask (else its centroid's), decoded from its RLE; none for a whole image;
 - area ("covers 3.2% of the image area") and bounding-box span against the mask; "no region
   was localised" only for a whole image; no outline shape for a box or a whole image;
 - "lies within" / "encloses" against the containment recomputed from the masks of the image's

@@ -130,9 +130,14 @@ def _mask(x0: float, y0: float, x1: float, y1: float, *, rectangle: bool) -> np.
 
 
 def _mask_thirds(mask: np.ndarray) -> tuple[str, str]:
+    """The thirds the ROI stage gives the region (:func:`~medtrinity_assets.rois.measure.region_thirds`)."""
+    from medtrinity_assets.rois.config import default_config
+    from medtrinity_assets.rois.measure import region_thirds
+
     rows, cols = np.nonzero(mask)
     cx, cy = (cols.mean() + 0.5) / _SIZE, (rows.mean() + 0.5) / _SIZE
-    return _third_of(cx, ("left", "centre", "right")), _third_of(cy, ("upper", "middle", "lower"))
+    h, v = region_thirds(rows, cols, (0, 0), mask.shape, (cx, cy), default_config())
+    return ("left", "centre", "right")[h], ("upper", "middle", "lower")[v]
 
 
 def _third_of(value: float, words: tuple[str, str, str]) -> str:

@@ -52,6 +52,7 @@ class RoiConfig:
     round_circularity_min: float = 0.8
     round_axis_ratio_min: float = 0.8
     shape_min_area_px: int = 80
+    fill_hole_max_share: float = 0.25
     # relations
     inside_fraction: float = 0.9
     max_relations: int = 5
@@ -95,6 +96,7 @@ class RoiConfig:
         ("shape", "round_circularity_min"): "round_circularity_min",
         ("shape", "round_axis_ratio_min"): "round_axis_ratio_min",
         ("shape", "min_area_px"): "shape_min_area_px",
+        ("shape", "fill_hole_max_share"): "fill_hole_max_share",
         ("relations", "inside_fraction"): "inside_fraction",
         ("relations", "max_relations"): "max_relations",
         ("relations", "diagonal_ratio"): "diagonal_ratio",

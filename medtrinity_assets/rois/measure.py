@@ -54,24 +54,20 @@ _CENTRE_WORD = {"lr": "midline", "ap": "central", "si": "central"}
 # words
 
 
-def _third(value: float, cfg: RoiConfig, words: tuple[str, str, str]) -> str:
-    if value < cfg.lower_third:
-        return words[0]
-    if value > cfg.upper_third:
-        return words[2]
-    return words[1]
-
-
 def patient_terms(
-    cx_norm: float, cy_norm: float, display_right: str | None, display_down: str | None, cfg: RoiConfig
+    cx_norm: float, cy_norm: float, display_right: str | None, display_down: str | None, cfg: RoiConfig,
+    thirds: tuple[int, int] | None = None,
 ) -> dict[str, str | None]:
     """Patient-axis terms from the image thirds and the display orientation.
 
-    ``display_right='L'`` means +x points to the patient's left, so a centroid in the right
+    ``display_right='L'`` means +x points to the patient's left, so a region in the right
     third of the image is on the patient's left. An axis not shown in the image stays null.
+    ``thirds`` (0, 1, 2 per axis, from :func:`region_thirds`) overrides the centroid's thirds.
     """
     out: dict[str, str | None] = {"patient_lr": None, "patient_ap": None, "patient_si": None}
-    for letter, pos in ((display_right, cx_norm), (display_down, cy_norm)):
+    if thirds is None:
+        thirds = (_third_index(cx_norm, cfg), _third_index(cy_norm, cfg))
+    for letter, k in ((display_right, thirds[0]), (display_down, thirds[1])):
         if not letter:
             continue
         letter = str(letter).strip().upper()[:1]
@@ -79,9 +75,40 @@ def patient_terms(
             continue
         axis = _AXIS_OF[letter]
         # Low coordinate -> the opposite direction of the letter, high -> the letter.
-        term = _third(pos, cfg, (_WORD_OF[_OPPOSITE[letter]], _CENTRE_WORD[axis], _WORD_OF[letter]))
-        out[f"patient_{axis}"] = term
+        out[f"patient_{axis}"] = (_WORD_OF[_OPPOSITE[letter]], _CENTRE_WORD[axis], _WORD_OF[letter])[k]
     return out
+
+
+def _third_index(value: float, cfg: RoiConfig) -> int:
+    return 0 if value < cfg.lower_third else 2 if value > cfg.upper_third else 1
+
+
+#: a region lies in the image third that holds at least this share of its pixels (else where its centroid is)
+MAJORITY_SHARE = 0.5
+
+
+def region_thirds(
+    rr: np.ndarray, cc: np.ndarray, origin: tuple[int, int], shape: tuple[int, int], centroid: tuple[float, float],
+    cfg: RoiConfig,
+) -> tuple[int, int]:
+    """The (horizontal, vertical) third (0, 1, 2) of the region of pixels ``(rr, cc)`` (of a crop whose
+    top-left pixel is ``origin`` in an image of ``shape``): per axis, the third that holds at least
+    :data:`MAJORITY_SHARE` of the pixels (by pixel centre), else the third of the ``centroid``. A band
+    along two edges, or a region whose centroid sits just inside a cut, is placed where it mostly is."""
+    out = []
+    for coords, offset, size, centre in ((cc, origin[1], shape[1], centroid[0]), (rr, origin[0], shape[0], centroid[1])):
+        low, high = third_bounds(size, cfg)
+        counts = np.bincount(np.digitize(coords + offset, (low, high)), minlength=3)
+        best = int(counts.argmax())
+        out.append(best if counts[best] >= MAJORITY_SHARE * coords.size else _third_index(centre, cfg))
+    return out[0], out[1]
+
+
+def third_bounds(size: int, cfg: RoiConfig) -> tuple[int, int]:
+    """``(a, b)``: pixels ``0..a-1`` of an axis of ``size`` pixels have their centre in its first third,
+    ``b..size-1`` in its last (a pixel centre exactly on a cut is in the middle third)."""
+    centres = (np.arange(size) + 0.5) / size
+    return int(np.count_nonzero(centres < cfg.lower_third)), int(np.count_nonzero(centres <= cfg.upper_third))
 
 
 def intensity_word(contrast: float | None, modality: str | None, cfg: RoiConfig) -> str | None:
@@ -157,7 +184,8 @@ def measure_roi(
 
     # One hull of the pixel centres (from the boundary pixels) serves the Feret diameter and
     # the convex area of the solidity.
-    br, bcol = np.nonzero(boundary_pixels(mc))
+    edge = boundary_pixels(mc)
+    br, bcol = np.nonzero(edge)
     hull, hull_ok = convex_hull(np.stack((br, bcol), 1).astype(np.float64))
     sr, sc = valid_spacing(_spacing_pair(spacing))
     out["longest_diameter_px"], out["longest_diameter_mm"] = feret_from_hull(hull, sr, sc)
@@ -171,13 +199,27 @@ def measure_roi(
 
     if area >= cfg.texture_min_area_px:
         lo, hi = _range if _range is not None else (float(grey.min()), float(grey.max()))
-        out.update(_texture_terms(vals, rr, cc, mc.shape, (lo, hi), cfg))
+        out.update(_texture_terms(*_texture_pixels(gc, mc, edge, (vals, rr, cc), cfg), mc.shape, (lo, hi), cfg))
     elif area > 0:
         out["entropy"] = 0.0 if np.ptp(vals) == 0 else None
 
     if not whole_image and area >= cfg.shape_min_area_px:
         out.update(_shape_terms(mc, rr, cc, hull, hull_ok, cfg))
     return out
+
+
+def _texture_pixels(
+    gc: np.ndarray, mc: np.ndarray, edge: np.ndarray, pixels: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: RoiConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values, rows, cols)`` of the pixels whose texture is measured: the region's interior (without
+    its ``edge`` pixels) when that keeps at least ``texture_min_area_px`` pixels, else all ``pixels``.
+    Edge pixels mix the region with what is outside it (partial volume, a mask a pixel too wide): a
+    few of them make a uniform disc read "coarse" or "heterogeneous"."""
+    inner = mc & ~edge
+    ir, ic = np.nonzero(inner)
+    if ir.size < cfg.texture_min_area_px:
+        return pixels
+    return gc[ir, ic], ir, ic
 
 
 def foreground_mask(grey: np.ndarray) -> np.ndarray:
@@ -232,17 +274,18 @@ def _position_and_size(
     display_down: str | None,
     cfg: RoiConfig,
 ) -> dict[str, Any]:
-    """Centroid, image-thirds and patient-axis words, area and area fraction of the ROI pixels
-    ``(rr, cc)`` of a crop whose top-left pixel is ``origin`` in an image of ``shape``."""
+    """Centroid, image-thirds (:func:`region_thirds`) and patient-axis words, area and area fraction of
+    the ROI pixels ``(rr, cc)`` of a crop whose top-left pixel is ``origin`` in an image of ``shape``."""
     (r0, c0), (h, w) = origin, shape
     area = int(rr.size)
     # (sum / n is what ndarray.mean computes, without its per-call overhead)
     cy = (rr.sum() / area + r0 + 0.5) / h
     cx = (cc.sum() / area + c0 + 0.5) / w
     out: dict[str, Any] = {"centroid_norm": [float(cx), float(cy)]}
-    out["horizontal"] = _third(cx, cfg, ("left", "centre", "right"))
-    out["vertical"] = _third(cy, cfg, ("upper", "middle", "lower"))
-    out.update(patient_terms(cx, cy, display_right, display_down, cfg))
+    thirds = region_thirds(rr, cc, origin, shape, (cx, cy), cfg)
+    out["horizontal"] = ("left", "centre", "right")[thirds[0]]
+    out["vertical"] = ("upper", "middle", "lower")[thirds[1]]
+    out.update(patient_terms(cx, cy, display_right, display_down, cfg, thirds))
     out["patient_side"] = out["patient_lr"]
     out["area_px"] = area
     out["area_fraction"] = area / float(h * w)
@@ -328,12 +371,31 @@ def two_levels(vals: np.ndarray, value_range: tuple[float, float]) -> bool:
     return gap >= 3 * pooled and gap >= 0.08 * (value_range[1] - value_range[0])
 
 
+def _holes_filled(mc: np.ndarray, most: float) -> np.ndarray | None:
+    """``mc`` with its holes filled when they hold at most ``most`` pixels in all (holes: background
+    4-components that reach no side of the crop), else None (and None when it has none). A ribbon's
+    many islands together are most of its shape (a cortex ribbon round white matter is no oval)."""
+    background, n = ndimage.label(~mc)
+    if n <= 1:
+        return None
+    holes = np.ones(n + 1, bool)
+    holes[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = False
+    holes[0] = False
+    filled = holes[background]
+    return mc | filled if filled.any() and filled.sum() <= most else None
+
+
 def _shape_terms(
     mc: np.ndarray, rr: np.ndarray, cc: np.ndarray, hull: np.ndarray, hull_ok: bool, cfg: RoiConfig
 ) -> dict[str, Any]:
     """Circularity, solidity, axis ratio and shape word of the ROI ``mc`` (pixels ``(rr, cc)``)."""
     # What regionprops gives for the single region of ``mc``: Crofton perimeter, solidity
-    # (area over the convex area) and the axis lengths of the inertia ellipse.
+    # (area over the convex area) and the axis lengths of the inertia ellipse; of its outline, so
+    # with its small holes filled (a speck's edge is no part of the outline; the hull is the same).
+    filled = _holes_filled(mc, cfg.fill_hole_max_share * rr.size)
+    if filled is not None:
+        mc = filled
+        rr, cc = np.nonzero(mc)
     area = int(rr.size)
     perim = crofton_perimeter(mc)
     circ = min(1.0, 4 * math.pi * area / perim**2) if perim > 0 else None
