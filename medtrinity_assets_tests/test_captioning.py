@@ -719,3 +719,45 @@ def test_a_direction_in_the_image_is_checked_against_the_centroids_of_the_named_
     assert wrong == [False, True] and "direction: says it below and left of the cyst, the masks disagree" in issues[0]
     assert relations_ok("above and left of the cyst", "to the right of the cyst")[0] == [False, True]
     assert relations_ok("above and left of the cyst", "left of the kidney")[0] == [True, True]
+
+
+def test_a_region_that_shares_its_label_is_one_of_them_and_the_count_is_checked():
+    """White matter cut into two pieces in a slice: each piece is "one of two regions labelled white
+    matter", not "the white matter"; the checks count the image's regions of that label, so "one of
+    several" (or a count said of a label no other region shares) fails."""
+    from medtrinity_assets.captioning import check_captions
+    from medtrinity_assets.rois.rle import rle_encode, rle_json
+
+    yy, xx = np.mgrid[0:128, 0:128]
+    pieces = {"0": (np.hypot(yy - 64, xx - 35) <= 14, "white matter"), "1": (np.hypot(yy - 64, xx - 93) <= 14, "white matter"),
+              "2": (np.hypot(yy - 20, xx - 64) <= 6, "focal lesion")}
+
+    def region(roi_id):
+        mask, label = pieces[roi_id]
+        rows, cols = np.nonzero(mask)
+        box = [cols.min() / 128, rows.min() / 128, (cols.max() + 1) / 128, (rows.max() + 1) / 128]
+        return _one(record_id="img3", roi_id=roi_id, label=label, inside_label=None, origin="mask", organ="brain",
+                    mask_rle=rle_json(rle_encode(mask)), bbox_norm=box, area_fraction=float(mask.mean()),
+                    horizontal="left" if roi_id == "0" else "right" if roi_id == "1" else "centre",
+                    vertical="middle" if roi_id != "2" else "upper", roi_count=3, relations=[],
+                    label_count=2 if label == "white matter" else 1)
+
+    items = [region(k) for k in pieces]
+    results = EmbeddedCaptioner().caption(items)
+    assert "one of two regions labelled white matter" in results[0].text
+    assert "regions labelled" not in results[2].text and "is the focal lesion" in results[2].text
+
+    def relations_ok(k: int, old: str, new: str) -> tuple[list[bool], list[list[str]]]:
+        rows = [{"record_id": i.record_id, "roi_id": i.roi_id, "status": "ok",
+                 "text": r.text.replace(old, new) if j == k else r.text, "retrieved_chunk_ids": i.chunk_ids,
+                 **{f"facet_{f}": v.replace(old, new) if j == k else v for f, v in r.facets.items()}}
+                for j, (i, r) in enumerate(zip(items, results, strict=True))]
+        table = check_captions(pl.DataFrame(rows), {i.key: i for i in items})
+        return table["relations_ok"].to_list(), table["issues"].to_list()
+
+    assert relations_ok(0, "", "")[0] == [True, True, True]
+    several, issues = relations_ok(0, "one of two regions", "one of several regions")
+    assert several == [False, True, True]
+    assert any(i.startswith("label count: says it is one of several") for i in issues[0])
+    lone, _ = relations_ok(2, "is the focal lesion", "is one of two regions labelled focal lesion")
+    assert lone == [True, True, False]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import polars as pl
@@ -178,7 +178,19 @@ def _dense_nesting(items) -> dict:
                     out[(a.record_id, str(a.roi_id))] |= {("bordered by", other), ("borders", other)}
                     out[(b.record_id, str(b.roi_id))].add(("borders", this))
     _dense_directions(items, out)
+    _dense_counts(items, out)
     return dict(out)
+
+
+def _dense_counts(items, out) -> None:
+    """"one of two / several" for each localised region whose label other localised regions of its
+    image share."""
+    labels = Counter((i.record_id, wording.label_text(i.label).lower()) for i in items if i.origin != "whole_image")
+    for i in items:
+        n = labels[(i.record_id, wording.label_text(i.label).lower())] if i.origin != "whole_image" else 0
+        if n >= 2:
+            out[(i.record_id, str(i.roi_id))].add(("one of two" if n == 2 else "one of several",
+                                                   wording.label_text(i.label).lower()))
 
 
 def _dense_directions(items, out) -> None:

@@ -717,3 +717,14 @@ def test_texture_is_read_inside_the_edge_and_shape_on_the_outline():
     islands = (d <= 30) & ((yy % 4 > 1) | (xx % 4 > 1))  # small holes, a third of it in all: its shape
     assert measure_roi(img, islands)["solidity"] < 0.8
 
+
+def test_label_count_counts_the_localised_regions_sharing_a_label(tmp_path):
+    img = np.full((H, W), 40, np.uint8)
+    mask = np.zeros((H, W), np.uint8)
+    mask[disk((30, 30), 10, shape=mask.shape)] = 1
+    mask[disk((30, 90), 10, shape=mask.shape)] = 1
+    mask[disk((70, 60), 8, shape=mask.shape)] = 2
+    img[mask > 0] = 180
+    res = build_roi_set(_table(tmp_path, [{"image": img, "mask": mask}]), _spec(labels={1: "lesion", 2: "cyst"}), tmp_path)
+    ok = res.rois.filter(pl.col("status") == "ok").sort("label")
+    assert ok.select("label", "label_count").rows() == [("cyst", 1), ("lesion", 2), ("lesion", 2)]

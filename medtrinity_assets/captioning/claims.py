@@ -193,6 +193,8 @@ _BORDERED = gated(r"\b(bordered by|borders|bordering)\s+(?:the\s+)?([a-z][a-z \-
 _DIRECTION = gated(r"\b(?:lies|lying|located|situated|sits|sitting|positioned)\s+(?:(?:to\s+the\s+)?(left|right)\s+of|"
                    r"(above|below)(?:\s+and\s+(?:to\s+the\s+)?(left|right)\s+of)?)\s+(?:the\s+|another\s+)?"
                    r"([a-z][a-z \-]{1,60}?)(?=\s+region\b|\s+in the image|[.;,:)]|$)", re.I)
+_ONE_OF = gated(r"\bone of (two|several) regions labell?ed\s+(?:as\s+)?([a-z][a-z0-9 \-]{0,60}?)"
+                r"(?=\s+in (?:the|this) image|[.;,:)]|$)", re.I)
 _OUTLINE = gated(r"\b(round|oval|irregular|lobulated|elongated|circular|spiculated)\s+(?:outline|shape|contour|margin)",
                  re.I)
 _WHOLE = gated(r"\bno region was locali[sz]ed\b|\bcovers the (?:whole|entire) image\b|"
@@ -211,8 +213,10 @@ def span_claims(text: str) -> list[tuple[float, float, float, float]]:
 
 
 def nesting_claims(text: str) -> list[tuple[str, str]]:
-    """``("lies within" | "encloses" | "bordered by" | "borders" | a direction, other label)`` of every
-    containment, bordering and direction ("lies above and left of the spleen in the image") claim."""
+    """``("lies within" | "encloses" | "bordered by" | "borders" | a direction | "one of two" | "one of
+    several", other label)`` of every containment, bordering and direction ("lies above and left of the
+    spleen in the image") claim, and of every claim that the region is one of several with its label
+    ("one of two regions labelled white matter": the label is then its own)."""
     out = []
     for m in _NESTED.finditer(text):
         if m.group(2):
@@ -226,6 +230,7 @@ def nesting_claims(text: str) -> list[tuple[str, str]]:
         side = f"{(m.group(1) or m.group(3)).lower()} of" if m.group(1) or m.group(3) else ""
         level = (m.group(2) or "").lower()
         out.append((f"{level} and {side}" if level and side else level or side, m.group(4).strip().lower()))
+    out += [(f"one of {m.group(1).lower()}", m.group(2).strip().lower()) for m in _ONE_OF.finditer(text)]
     return out
 
 

@@ -233,9 +233,10 @@ Nesting = dict[tuple[str, str], set[tuple[str, str]]]
 
 def nesting(items: Iterable[CaptionInput]) -> Nesting:
     """``{(record_id, roi_id): {("lies within" | "encloses" | "bordered by" | "borders" | a direction |
-    "named", other label)}}`` recomputed from the masks of each image's regions (a region's outline
-    has its holes filled; directions from centroids, a box's from its middle; "named": the image has a
-    region of that label)."""
+    "named" | "one of two" | "one of several", other label)}}`` recomputed from the masks of each image's
+    regions (a region's outline has its holes filled; directions from centroids, a box's from its middle;
+    "named": the image has a region of that label; "one of ...": so many localised regions of the image
+    have the region's own label)."""
     return batch_evidence(items)[1]
 
 
@@ -258,7 +259,18 @@ def batch_evidence(
         wanted = bordering is None or record_id in bordering
         _nest([(item, px) for item, px in found if px is not None], out, wanted)
         _directions([(item, c) for item, px in found if (c := _centre(item, px)) is not None], out)
+        _counts([item for item in regions.values() if item.origin != "whole_image"], out)
     return facts, dict(out)
+
+
+def _counts(localised: list[CaptionInput], out: Nesting) -> None:
+    """Add ``("one of two" | "one of several", its label)`` to each region whose label one or more other
+    localised regions of its image share."""
+    labels = [label_text(item.label).lower() for item in localised]
+    for item, label in zip(localised, labels, strict=True):
+        n = labels.count(label)
+        if n > 1:
+            out[(item.record_id, str(item.roi_id))].add(("one of two" if n == 2 else "one of several", label))
 
 
 def _centre(item: CaptionInput, px: Pixels | None) -> tuple[float, float] | None:

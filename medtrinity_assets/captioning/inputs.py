@@ -77,6 +77,7 @@ class CaptionInput:
     shape_word: str | None = None
     circularity: float | None = None
     roi_count: int | None = None
+    label_count: int | None = None  # the image's localised regions with this label (this one included)
     relations: list[dict[str, Any]] = field(default_factory=list)
     inside_label: str | None = None
     roi_status: str | None = None
@@ -136,6 +137,7 @@ _ROI_FIELDS = {
     "shape_word": "shape_word",
     "circularity": "circularity",
     "roi_count": "roi_count",
+    "label_count": "label_count",
     "inside_label": "inside_label",
     "status": "roi_status",
     "reason": "roi_reason",
@@ -272,7 +274,7 @@ def _int_or_none(value: Any) -> int | None:
 
 
 _BOXES = ("bbox_xyxy", "bbox_norm")
-_COUNTS = ("roi_count", "image_width", "image_height")
+_COUNTS = ("roi_count", "label_count", "image_width", "image_height")
 
 
 def _roi_columns(roi_set: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:

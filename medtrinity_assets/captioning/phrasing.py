@@ -79,6 +79,12 @@ def origin_phrase(item: CaptionInput) -> str:
     return f"of origin {origin}" if origin else "of unrecorded origin"
 
 
+def one_of(count: int) -> str:
+    """``one of two regions labelled`` / ``one of several regions labelled``: a region that is not the
+    whole of what its label names in the image (white matter in pieces, one of three lesions)."""
+    return f"one of {'two' if count == 2 else 'several'} regions labelled"
+
+
 def roi_phrase(item: CaptionInput) -> str:
     """What the region of interest is: ``the region of interest is the grey matter, outlined by a
     segmentation mask``; for a whole image, that no region was localised."""
@@ -86,6 +92,8 @@ def roi_phrase(item: CaptionInput) -> str:
         return "the whole image is the region of interest"
     if is_named(item.label) and item.origin == "classical":
         return f"the region of interest is an area of {label_text(item.label)} {origin_phrase(item)}"
+    if is_named(item.label) and (item.label_count or 0) > 1 and not item.synthetic:
+        return f"the region of interest is {one_of(item.label_count or 0)} {label_text(item.label)}, {origin_phrase(item)}"
     if is_named(item.label):
         prefix = "a simulated " if item.synthetic else "the "
         return f"the region of interest is {prefix}{label_text(item.label)}, {origin_phrase(item)}"

@@ -105,6 +105,9 @@ def build_reference_text(item: CaptionInput) -> str:
                  f"{item.texture_smoothness_word or 'not measured'}")
     lines.append(f"- shape: {item.shape_word or 'not measured'} (circularity {_fmt(item.circularity)})")
     lines.append(f"- ROIs in this image: {item.roi_count if item.roi_count is not None else 'unknown'}")
+    if (item.label_count or 0) > 1:
+        lines.append(f"- this ROI is one of {'two' if item.label_count == 2 else 'several'} regions labelled "
+                     f"{item.label} in this image (say so; do not call it the {item.label})")
     if item.inside_label:
         lines.append(f"- lies inside: {item.inside_label}")
     for rel in item.relations:

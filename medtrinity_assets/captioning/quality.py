@@ -12,7 +12,8 @@ wrote it, and compared with evidence the description was not written from wherev
 - "lies within" / "encloses" against the containment recomputed from the masks of the image's
   regions (or the label map's enclosing label), "bordered by" / "borders" against the share of the
   ring around a region that the other covers, "lies above and left of the cyst in the image"
-  against the centroids of the image's regions of that name;
+  against the centroids of the image's regions of that name; "one of two regions labelled white
+  matter" against the image's localised regions with that label;
 - patient laterality (``left``/``right`` not describing the image frame and not part of a known
   label) against ``patient_lr`` (from the header's orientation); a laterality claim on an image
   of unknown orientation fails; anterior/posterior and superior/inferior likewise;

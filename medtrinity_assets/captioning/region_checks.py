@@ -88,13 +88,17 @@ def nesting_issues(text: str, item: CaptionInput, nested: set[tuple[str, str]] |
     """"lies within" / "encloses" claims against the containment recomputed from the image's masks
     (or, for "lies within", the label map's enclosing label), "bordered by" / "borders" against the
     bordering recomputed from them, and a direction in the image against the centroids of the
-    image's regions of that name (a name no region of the image has is left to the terms check)."""
+    image's regions of that name (a name no region of the image has is left to the terms check); "one
+    of two / several regions labelled" against the image's localised regions with that label."""
     if nested is None:
         return []
     inside = label_text(item.inside_label).lower()
     issues = []
     for relation, other in nesting_claims(text):
         if (relation, other) in nested or (relation == "lies within" and other == inside):
+            continue
+        if relation.startswith("one of"):
+            issues.append(f"label count: says it is {relation} regions labelled {other}, the image's regions disagree")
             continue
         kind = "bordering" if "border" in relation else "containment" if relation in _NESTING else "direction"
         if kind == "direction" and ("named", other) not in nested:

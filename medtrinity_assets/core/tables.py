@@ -131,6 +131,7 @@ ROI_SET = TableContract(
         "mask_rle": pl.String,
         **ROI_ATTRIBUTES,
         "roi_count": pl.Int64,
+        "label_count": pl.Int64,
         "relations": pl.String,
         "inside_label": pl.String,
     },

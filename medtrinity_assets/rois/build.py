@@ -404,16 +404,19 @@ def _mask_and_attributes(
 def _set_relations(
     records: list[dict[str, Any]], rois: list[RoiCandidate], cfg: RoiConfig, nested: dict | None = None
 ) -> None:
-    """``roi_count`` on every row, and ``relations`` among the ok regions that have geometry
-    (``whole_image`` excluded); flagged rows get none."""
+    """``roi_count`` on every row, ``label_count`` (the ok localised regions of the image with its label)
+    on every ok localised row, and ``relations`` among the ok regions that have geometry (``whole_image``
+    excluded); flagged rows get none."""
     geo = [
         i
         for i, r in enumerate(records)
         if r["status"] == "ok" and r["centroid_norm"] is not None and rois[i].origin != "whole_image"
     ]
     ok_count = sum(1 for r in records if r["status"] == "ok")
-    for r in records:
+    localised = [r["label"] for i, r in enumerate(records) if r["status"] == "ok" and rois[i].origin != "whole_image"]
+    for i, r in enumerate(records):
         r["roi_count"] = ok_count
+        r["label_count"] = localised.count(r["label"]) if r["status"] == "ok" and rois[i].origin != "whole_image" else None
         r["relations"] = "[]" if r["status"] == "ok" else None
     if len(geo) >= 2:
         rel = relations(
