@@ -191,7 +191,9 @@ def regionprops_rois(grey: np.ndarray, label_map: np.ndarray, cfg) -> list[dict]
             textured = interior if interior.sum() >= cfg.texture_min_area_px else region.image
             q = np.where(textured, q_all[r0:r1, c0:c1], 0).astype(np.uint8)
             contrast, homogeneity = _masked_glcm(q, cfg.glcm_distance, levels)
-            outline = regionprops(_small_holes_filled(region.image, region.image_filled, cfg).astype(np.uint8))[0]
+            holes = region.area_filled - region.area  # the shape is the outline's: small holes filled
+            outline = regionprops(region.image_filled.astype(np.uint8))[0] \
+                if 0 < holes <= cfg.fill_hole_max_share * region.area else region
             perimeter = outline.perimeter_crofton
             out.append({
                 "label_value": int(value), "bbox": [c0, r0, c1, r1], "area": int(region.area),
@@ -206,12 +208,6 @@ def regionprops_rois(grey: np.ndarray, label_map: np.ndarray, cfg) -> list[dict]
                 "rle": _runs(labelled == region.label),
             })
     return out
-
-
-def _small_holes_filled(image: np.ndarray, filled: np.ndarray, cfg) -> np.ndarray:
-    """The region with its holes filled when they hold at most ``fill_hole_max_share`` of its area in
-    all (its shape is its outline's), from ``regionprops``' ``image`` and ``image_filled``."""
-    return filled if (filled & ~image).sum() <= cfg.fill_hole_max_share * image.sum() else image
 
 
 def regionprops_stage(pairs: list[tuple[Path, Path]], table: Path, cfg) -> int:

@@ -761,3 +761,54 @@ def test_a_region_that_shares_its_label_is_one_of_them_and_the_count_is_checked(
     assert any(i.startswith("label count: says it is one of several") for i in issues[0])
     lone, _ = relations_ok(2, "is the focal lesion", "is one of two regions labelled focal lesion")
     assert lone == [True, True, False]
+
+
+def test_a_region_across_most_of_the_image_gets_no_third_on_that_axis():
+    """A band across the image's width lies in no horizontal third: the description gives its vertical
+    third and box span only, and a horizontal third said of it fails the checks; a region across the
+    whole image in both directions is placed by its box span alone."""
+    from medtrinity_assets.captioning import check_captions
+    from medtrinity_assets.rois.rle import rle_encode, rle_json
+
+    def region(mask, roi_id, horizontal, vertical):
+        rows, cols = np.nonzero(mask)
+        box = [cols.min() / 128, rows.min() / 128, (cols.max() + 1) / 128, (rows.max() + 1) / 128]
+        return _one(record_id="img4", roi_id=roi_id, label="lesion", inside_label=None, origin="mask",
+                    mask_rle=rle_json(rle_encode(mask)), bbox_norm=box, area_fraction=float(mask.mean()),
+                    horizontal=horizontal, vertical=vertical, patient_lr=None, roi_count=2, relations=[],
+                    label_count=2)
+
+    band, sheet = np.zeros((128, 128), bool), np.zeros((128, 128), bool)
+    band[10:30, 4:120] = True
+    sheet[4:124, 4:124] = True
+    items = [region(band, "0", None, "upper"), region(sheet, "1", None, None)]
+    results = EmbeddedCaptioner().caption(items)
+    assert "It lies vertically in the upper third of the image" in results[0].text
+    assert "horizontal" not in results[0].text and "horizontal" not in results[1].text
+    assert "Its bounding box spans 3-97% of the image width" in results[1].text
+
+    def position_ok(old: str, new: str) -> tuple[list[bool], list[list[str]]]:
+        rows = [{"record_id": i.record_id, "roi_id": i.roi_id, "status": "ok", "text": r.text.replace(old, new),
+                 "retrieved_chunk_ids": i.chunk_ids, **{f"facet_{f}": v.replace(old, new) for f, v in r.facets.items()}}
+                for i, r in zip(items, results, strict=True)]
+        table = check_captions(pl.DataFrame(rows), {i.key: i for i in items})
+        return table["position_ok"].to_list(), table["issues"].to_list()
+
+    assert position_ok("", "")[0] == [True, True]
+    said, issues = position_ok("vertically in the upper third of the image",
+                               "vertically in the upper third and horizontally in the left third of the image")
+    assert said == [False, True]
+    assert "image position: says horizontal left, the region spans most of the image along it" in issues[0]
+
+
+def test_a_region_within_one_region_of_a_name_encloses_another_of_it():
+    """White matter within the cortex that encloses deep grey matter: "it lies within the grey matter;
+    it encloses another grey matter region", never "within the grey matter; encloses the grey matter"."""
+    from medtrinity_assets.captioning.phrasing import relation_phrases
+
+    item = _one(label="white matter", inside_label=None, relations=[
+        {"other": "2", "relation": "encloses", "other_label": "grey matter"},
+        {"other": "1", "relation": "lies within", "other_label": "grey matter"}])
+    assert relation_phrases(item, 5) == ["it lies within the grey matter", "it encloses another grey matter region"]
+    alone = dataclasses.replace(item, relations=item.relations[:1])
+    assert relation_phrases(alone, 5) == ["it encloses the grey matter"]

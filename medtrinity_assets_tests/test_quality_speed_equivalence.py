@@ -134,19 +134,21 @@ def _dense_facts(item: CaptionInput) -> evidence.RegionFacts | None:
     cx, cy = (cols.mean() + 0.5) / w, (rows.mean() + 0.5) / h
     return evidence.RegionFacts(
         whole=False,
-        horizontal=_dense_third((cols + 0.5) / w, cx, ("left", "centre", "right")),
-        vertical=_dense_third((rows + 0.5) / h, cy, ("upper", "middle", "lower")),
+        horizontal=_dense_third((cols + 0.5) / w, cx, ("left", "centre", "right"))
+        if cols.max() - cols.min() + 1 <= evidence.MAX_SPAN * w else None,
+        vertical=_dense_third((rows + 0.5) / h, cy, ("upper", "middle", "lower"))
+        if rows.max() - rows.min() + 1 <= evidence.MAX_SPAN * h else None,
         area_fraction=float(mask.mean()),
         bbox_norm=(cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h),
     )
 
 
 def _dense_third(centres: np.ndarray, centroid: float, words: tuple[str, str, str]) -> str:
-    """The third holding at least half of the pixel centres, else the centroid's."""
+    """The third holding more than half of the pixel centres, else the centroid's."""
     counts = [np.count_nonzero(centres < 1 / 3), np.count_nonzero((centres >= 1 / 3) & (centres <= 2 / 3)),
               np.count_nonzero(centres > 2 / 3)]
     best = int(np.argmax(counts))
-    return words[best] if counts[best] >= 0.5 * centres.size else evidence._third(centroid, words)
+    return words[best] if counts[best] > 0.5 * centres.size else evidence._third(centroid, words)
 
 
 def _dense_nesting(items) -> dict:

@@ -667,32 +667,36 @@ def test_a_region_wrapped_by_an_open_ribbon_is_bordered_by_it_not_left_of_it(tmp
 
 
 def test_a_region_lies_in_the_third_that_holds_most_of_it_and_the_checks_agree():
-    """A band along the top and left edges has its centroid in the middle of the image, where none of
-    it lies: it is placed upper left, where most of it is. A region with most of it in the right third
-    but its centroid just inside the cut is "right". A region with no majority third keeps its
-    centroid's. The checks' evidence, read off the RLE, gives the same words."""
+    """A region with most of it in the right third but its centroid just inside the cut is "right"; a
+    region with no third holding more than half of it keeps its centroid's. Along an axis its box spans
+    most of (a band along the top and left edges, whose centroid falls in the gap it wraps), it lies in
+    no third. The checks' evidence, read off the RLE, gives the same words."""
     from medtrinity_assets.captioning.evidence import region_facts
     from medtrinity_assets.captioning.samples import realistic_inputs
 
     h, w = 90, 120
     img = np.full((h, w), 50, np.uint8)
-    band = np.zeros((h, w), bool)
-    band[0:34, 0:110] = True
-    band[0:90, 0:40] = True
     right = np.zeros((h, w), bool)
     right[40:50, 60:70] = True  # 10 columns in the middle third (up to column 79) ...
     right[30:60, 80:88] = True  # ... and 8 x 30 in the right one: the centroid stays in the middle third
     spread = np.zeros((h, w), bool)
-    spread[40:50, 20:100] = True  # 12 + 40 + 28 columns: no third holds half
-    expected = [("left", "upper"), ("right", "middle"), ("centre", "middle")]
+    spread[40:50, 20:100] = True  # 20 + 40 + 20 columns: no third holds more than half
+    band = np.zeros((h, w), bool)
+    band[0:34, 0:110] = True
+    band[0:90, 0:40] = True
+    tall = np.zeros((h, w), bool)
+    tall[5:85, 10:20] = True
+    expected = [("right", "middle"), ("centre", "middle"), (None, None), ("left", None)]
     base = next(i for i in realistic_inputs(20) if i.origin == "mask")
-    for m, (horizontal, vertical) in zip((band, right, spread), expected, strict=True):
+    for m, (horizontal, vertical) in zip((right, spread, band, tall), expected, strict=True):
         r = measure_roi(img, m)
         assert (r["horizontal"], r["vertical"]) == (horizontal, vertical)
         item = dataclasses.replace(base, mask_rle=rle_json(rle_encode(m)), image_width=w, image_height=h)
         facts = region_facts(item)
         assert (facts.horizontal, facts.vertical) == (horizontal, vertical)
     assert measure_roi(img, right)["centroid_norm"][0] < 2 / 3
+    oriented = measure_roi(img, tall, display_right="L", display_down="P")
+    assert (oriented["patient_lr"], oriented["patient_ap"]) == ("right", None)  # no third, no patient term
 
 
 def test_texture_is_read_inside_the_edge_and_shape_on_the_outline():

@@ -3,7 +3,7 @@ RLE (never read from the attribute table the description was written from), and 
 ontologies and retrieved passages allow a description to name.
 
 - :func:`region_facts`: the image thirds the mask lies in (the third holding most of it, else its
-  centroid's), its area fraction and bounding box.
+  centroid's; none along an axis it spans most of), its area fraction and bounding box.
 - :func:`nesting`: which regions of one image lie within which (hole-filled outlines), and which
   border which (the ring of pixels around a region), by label.
 - :func:`batch_evidence`: both for a batch, reading each mask once, one image at a time.
@@ -25,7 +25,8 @@ from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.wording import label_text
 from medtrinity_assets.rois.rle import rle_counts_from_crop, rle_decode, rle_parse
 
-MAJORITY_SHARE = 0.5  # a region lies in the image third that holds this share of it (else where its centroid is)
+MAJORITY_SHARE = 0.5  # a region lies in the image third that holds more than this share of it (else where its centroid is)
+MAX_SPAN = 0.6667  # ... and in no third along an axis its box spans more than this share of
 INSIDE_SHARE = 0.9  # a region lies within another when this share of it is inside the other's outline
 BORDERED_SHARE = 0.5  # ... and is bordered by another that covers this share of the ring around it
 
@@ -45,11 +46,14 @@ def _third(value: float, words: tuple[str, str, str]) -> str:
     return words[0] if value < 1 / 3 else words[2] if value > 2 / 3 else words[1]
 
 
-def _placed(counts: tuple[float, float, float], centre: float, words: tuple[str, str, str]) -> str:
+def _placed(counts: tuple[float, float, float], centre: float, span: float, words: tuple[str, str, str]) -> str | None:
     """The third of an axis a region lies in, from the share of it in each third (``counts``): the
-    third holding at least :data:`MAJORITY_SHARE` of it, else the third of its ``centre``."""
+    third holding more than :data:`MAJORITY_SHARE` of it, else the third of its ``centre``; none when
+    its box spans more than :data:`MAX_SPAN` of the axis."""
+    if span > MAX_SPAN:
+        return None
     best, total = max(range(3), key=counts.__getitem__), sum(counts)
-    return words[best] if 0 < total and MAJORITY_SHARE * total <= counts[best] else _third(centre, words)
+    return words[best] if 0 < total and MAJORITY_SHARE * total < counts[best] else _third(centre, words)
 
 
 @lru_cache(maxsize=256)
@@ -203,9 +207,9 @@ def _pixel_facts(item: CaptionInput, px: Pixels | None) -> RegionFacts | None:
     return RegionFacts(
         whole=False,
         horizontal=_placed(_split((px.below_column(ca), px.below_column(cb)), n), (col_sum / n + 0.5) / w,
-                           ("left", "centre", "right")),
+                           (right - left + 1) / w, ("left", "centre", "right")),
         vertical=_placed(_split((px.below_row(ra), px.below_row(rb)), n), (row_sum / n + 0.5) / h,
-                         ("upper", "middle", "lower")),
+                         (bottom - top + 1) / h, ("upper", "middle", "lower")),
         area_fraction=n / (h * w),
         bbox_norm=(left / w, top / h, (right + 1) / w, (bottom + 1) / h),
     )
@@ -215,8 +219,8 @@ def _box_facts(box: tuple[float, ...]) -> RegionFacts:
     x0, y0, x1, y1 = box
     return RegionFacts(
         whole=False,
-        horizontal=_placed(_overlaps(x0, x1), (x0 + x1) / 2, ("left", "centre", "right")),
-        vertical=_placed(_overlaps(y0, y1), (y0 + y1) / 2, ("upper", "middle", "lower")),
+        horizontal=_placed(_overlaps(x0, x1), (x0 + x1) / 2, x1 - x0, ("left", "centre", "right")),
+        vertical=_placed(_overlaps(y0, y1), (y0 + y1) / 2, y1 - y0, ("upper", "middle", "lower")),
         area_fraction=max(x1 - x0, 0.0) * max(y1 - y0, 0.0),
         bbox_norm=(x0, y0, x1, y1),
     )

@@ -164,12 +164,15 @@ def relation_phrases(item: CaptionInput, limit: int) -> list[str]:
     held = {holder.lower()} if holder else set()
     held |= {_other(r) for r in item.relations if r.get("relation") in ("lies within", "encloses")}
     touched = held | {_other(r) for r in item.relations if r.get("relation") in ("bordered by", "borders")}
-    for rel in item.relations:
+    within = {holder.lower()} if holder else set()
+    within |= {_other(r) for r in item.relations if r.get("relation") == "lies within"}
+    for rel in sorted(item.relations, key=lambda r: r.get("relation") != "lies within"):  # within, then the rest
         other, relation = label_text(rel.get("other_label")), str(rel.get("relation", "")).strip()
         if not is_named(other) or len(out) >= limit:
             continue
-        if relation == "encloses":
-            phrase = f"it encloses the {other}" if other.lower() != own else f"it encloses another {other} region"
+        if relation == "encloses":  # of a name it also lies within, or its own: another region of it
+            alike = other.lower() == own or other.lower() in within
+            phrase = f"it encloses another {other} region" if alike else f"it encloses the {other}"
         elif relation == "lies within":
             phrase = f"it lies within the {other}"
         elif other.lower() in held or other.lower() == own:

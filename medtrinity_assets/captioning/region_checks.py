@@ -22,8 +22,8 @@ from medtrinity_assets.captioning.wording import label_text
 
 
 def position_issues(pos: list[tuple[str, str]], item: CaptionInput, facts: RegionFacts | None) -> list[str]:
-    """Image-position claims against the thirds of the mask's centroid (the table's words when
-    there is no mask); a whole-image region has no position."""
+    """Image-position claims against the thirds the mask lies in (the table's words when there is no
+    mask); a whole-image region has no position, nor a region along an axis it spans most of."""
     if facts is not None and facts.whole:
         return ["image position claimed for a whole-image region"] if pos else []
     if facts is not None:
@@ -39,7 +39,9 @@ def position_issues(pos: list[tuple[str, str]], item: CaptionInput, facts: Regio
         elif axis == "c" and h is not None and v is not None and h != "centre" and v != "middle":
             issues.append(f"image position: says central, measured {v}/{h}")
         elif axis in ("h", "v") and (h if axis == "h" else v) is None:
-            issues.append("image position claimed but not measured")
+            issues.append("image position claimed but not measured" if facts is None else
+                          f"image position: says {'horizontal' if axis == 'h' else 'vertical'} {val}, "
+                          "the region spans most of the image along it")
     return issues
 
 

@@ -129,7 +129,7 @@ def _mask(x0: float, y0: float, x1: float, y1: float, *, rectangle: bool) -> np.
     return mask
 
 
-def _mask_thirds(mask: np.ndarray) -> tuple[str, str]:
+def _mask_thirds(mask: np.ndarray) -> tuple[str | None, str | None]:
     """The thirds the ROI stage gives the region (:func:`~medtrinity_assets.rois.measure.region_thirds`)."""
     from medtrinity_assets.rois.config import default_config
     from medtrinity_assets.rois.measure import region_thirds
@@ -137,7 +137,7 @@ def _mask_thirds(mask: np.ndarray) -> tuple[str, str]:
     rows, cols = np.nonzero(mask)
     cx, cy = (cols.mean() + 0.5) / _SIZE, (rows.mean() + 0.5) / _SIZE
     h, v = region_thirds(rows, cols, (0, 0), mask.shape, (cx, cy), default_config())
-    return ("left", "centre", "right")[h], ("upper", "middle", "lower")[v]
+    return (None if h is None else ("left", "centre", "right")[h]), (None if v is None else ("upper", "middle", "lower")[v])
 
 
 def _third_of(value: float, words: tuple[str, str, str]) -> str:

@@ -34,6 +34,7 @@ class RoiConfig:
     # position
     lower_third: float = 1 / 3
     upper_third: float = 2 / 3
+    position_max_span: float = 0.6667
     # intensity
     ring_width_px: int = 5
     iso_contrast_max: float = 0.08
@@ -82,6 +83,7 @@ class RoiConfig:
         ("geometry", "connectivity_8"): "connectivity_8",
         ("position", "lower_third"): "lower_third",
         ("position", "upper_third"): "upper_third",
+        ("position", "max_span"): "position_max_span",
         ("intensity", "ring_width_px"): "ring_width_px",
         ("intensity", "iso_contrast_max"): "iso_contrast_max",
         ("intensity", "words"): "intensity_words",

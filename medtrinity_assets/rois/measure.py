@@ -56,19 +56,20 @@ _CENTRE_WORD = {"lr": "midline", "ap": "central", "si": "central"}
 
 def patient_terms(
     cx_norm: float, cy_norm: float, display_right: str | None, display_down: str | None, cfg: RoiConfig,
-    thirds: tuple[int, int] | None = None,
+    thirds: tuple[int | None, int | None] | None = None,
 ) -> dict[str, str | None]:
     """Patient-axis terms from the image thirds and the display orientation.
 
     ``display_right='L'`` means +x points to the patient's left, so a region in the right
     third of the image is on the patient's left. An axis not shown in the image stays null.
-    ``thirds`` (0, 1, 2 per axis, from :func:`region_thirds`) overrides the centroid's thirds.
+    ``thirds`` (0, 1, 2 per axis, from :func:`region_thirds`) overrides the centroid's thirds; an
+    axis with no third (a region across most of the image) has no patient term.
     """
     out: dict[str, str | None] = {"patient_lr": None, "patient_ap": None, "patient_si": None}
     if thirds is None:
         thirds = (_third_index(cx_norm, cfg), _third_index(cy_norm, cfg))
     for letter, k in ((display_right, thirds[0]), (display_down, thirds[1])):
-        if not letter:
+        if not letter or k is None:
             continue
         letter = str(letter).strip().upper()[:1]
         if letter not in _AXIS_OF:
@@ -83,24 +84,28 @@ def _third_index(value: float, cfg: RoiConfig) -> int:
     return 0 if value < cfg.lower_third else 2 if value > cfg.upper_third else 1
 
 
-#: a region lies in the image third that holds at least this share of its pixels (else where its centroid is)
+#: a region lies in the image third that holds more than this share of its pixels (else where its centroid is)
 MAJORITY_SHARE = 0.5
 
 
 def region_thirds(
     rr: np.ndarray, cc: np.ndarray, origin: tuple[int, int], shape: tuple[int, int], centroid: tuple[float, float],
     cfg: RoiConfig,
-) -> tuple[int, int]:
+) -> tuple[int | None, int | None]:
     """The (horizontal, vertical) third (0, 1, 2) of the region of pixels ``(rr, cc)`` (of a crop whose
-    top-left pixel is ``origin`` in an image of ``shape``): per axis, the third that holds at least
-    :data:`MAJORITY_SHARE` of the pixels (by pixel centre), else the third of the ``centroid``. A band
-    along two edges, or a region whose centroid sits just inside a cut, is placed where it mostly is."""
-    out = []
+    top-left pixel is ``origin`` in an image of ``shape``): per axis, the third that holds more than
+    :data:`MAJORITY_SHARE` of the pixels (by pixel centre), else the third of the ``centroid``; None on
+    an axis along which the region's box spans more than ``position.max_span`` of the image (half the
+    image is in no third). A region whose centroid sits just inside a cut is placed where it mostly is."""
+    out: list[int | None] = []
     for coords, offset, size, centre in ((cc, origin[1], shape[1], centroid[0]), (rr, origin[0], shape[0], centroid[1])):
+        if (int(coords.max()) - int(coords.min()) + 1) > cfg.position_max_span * size:
+            out.append(None)
+            continue
         low, high = third_bounds(size, cfg)
         counts = np.bincount(np.digitize(coords + offset, (low, high)), minlength=3)
         best = int(counts.argmax())
-        out.append(best if counts[best] >= MAJORITY_SHARE * coords.size else _third_index(centre, cfg))
+        out.append(best if counts[best] > MAJORITY_SHARE * coords.size else _third_index(centre, cfg))
     return out[0], out[1]
 
 
@@ -282,10 +287,10 @@ def _position_and_size(
     cy = (rr.sum() / area + r0 + 0.5) / h
     cx = (cc.sum() / area + c0 + 0.5) / w
     out: dict[str, Any] = {"centroid_norm": [float(cx), float(cy)]}
-    thirds = region_thirds(rr, cc, origin, shape, (cx, cy), cfg)
-    out["horizontal"] = ("left", "centre", "right")[thirds[0]]
-    out["vertical"] = ("upper", "middle", "lower")[thirds[1]]
-    out.update(patient_terms(cx, cy, display_right, display_down, cfg, thirds))
+    h_third, v_third = region_thirds(rr, cc, origin, shape, (cx, cy), cfg)
+    out["horizontal"] = None if h_third is None else ("left", "centre", "right")[h_third]
+    out["vertical"] = None if v_third is None else ("upper", "middle", "lower")[v_third]
+    out.update(patient_terms(cx, cy, display_right, display_down, cfg, (h_third, v_third)))
     out["patient_side"] = out["patient_lr"]
     out["area_px"] = area
     out["area_fraction"] = area / float(h * w)

@@ -26,7 +26,7 @@ from medtrinity_assets.core.vocabulary import modality_of
 from medtrinity_assets.knowledge.queries import roi_concepts
 from medtrinity_assets.knowledge.quotes import Quote, choose_quote, measured_words
 
-PHRASES_VERSION = "6"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
+PHRASES_VERSION = "7"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
 
 _H_WORD = {"left": "left", "centre": "central", "center": "central", "middle": "central", "right": "right"}
 _V_WORD = {"upper": "upper", "top": "upper", "middle": "middle", "centre": "middle", "lower": "lower",
@@ -115,20 +115,26 @@ class EmbeddedCaptioner(Captioner):
     def _location(self, item: CaptionInput, ph: dict, seed: int) -> str:
         if item.origin == "whole_image":
             return _pick(ph["whole"], seed, 2)
-        h = _H_WORD.get((item.horizontal or "").lower())
-        v = _V_WORD.get((item.vertical or "").lower())
-        parts = [
-            _pick(ph["positioned"], seed, 2).format(h=h, v=v, side=self._side(item))
-            if h and v
-            else _pick(ph["unknown"], seed, 2)
-        ]
+        parts = [self._position(item, ph, seed)]
         span = phrasing.span_text(item)
         if span:
             parts.append(span)
         size = phrasing.size_texts(item)
         if size:
             parts.append(", ".join(size[:-1]) + (" and " if len(size) > 1 else "") + size[-1])
-        return "; ".join(parts) + "."
+        text = "; ".join(p for p in parts if p)
+        return text[:1].upper() + text[1:] + "."
+
+    def _position(self, item: CaptionInput, ph: dict, seed: int) -> str | None:
+        """The thirds the region lies in; one axis when it spans most of the other (None for both
+        when its box span, which follows, says where it is)."""
+        h = _H_WORD.get((item.horizontal or "").lower())
+        v = _V_WORD.get((item.vertical or "").lower())
+        if h and v:
+            return _pick(ph["positioned"], seed, 2).format(h=h, v=v, side=self._side(item))
+        if h or v:
+            return _pick(ph["horizontal_only" if h else "vertical_only"], seed, 2).format(h=h, v=v, side=self._side(item))
+        return None if phrasing.span_text(item) else _pick(ph["unknown"], seed, 2)
 
     @staticmethod
     def _side(item: CaptionInput) -> str:
