@@ -22,6 +22,7 @@ Conventions
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -102,18 +103,20 @@ def region_thirds(
         if (int(coords.max()) - int(coords.min()) + 1) > cfg.position_max_span * size:
             out.append(None)
             continue
-        low, high = third_bounds(size, cfg)
-        counts = np.bincount(np.digitize(coords + offset, (low, high)), minlength=3)
-        best = int(counts.argmax())
+        low, high = third_bounds(size, cfg.lower_third, cfg.upper_third)
+        before, after = int(np.count_nonzero(coords < low - offset)), int(np.count_nonzero(coords >= high - offset))
+        counts = (before, coords.size - before - after, after)
+        best = max(range(3), key=counts.__getitem__)
         out.append(best if counts[best] > MAJORITY_SHARE * coords.size else _third_index(centre, cfg))
     return out[0], out[1]
 
 
-def third_bounds(size: int, cfg: RoiConfig) -> tuple[int, int]:
-    """``(a, b)``: pixels ``0..a-1`` of an axis of ``size`` pixels have their centre in its first third,
-    ``b..size-1`` in its last (a pixel centre exactly on a cut is in the middle third)."""
+@lru_cache(maxsize=256)
+def third_bounds(size: int, lower: float, upper: float) -> tuple[int, int]:
+    """``(a, b)``: pixels ``0..a-1`` of an axis of ``size`` pixels have their centre before ``lower``
+    (its first third), ``b..size-1`` after ``upper`` (a pixel centre exactly on a cut is in the middle)."""
     centres = (np.arange(size) + 0.5) / size
-    return int(np.count_nonzero(centres < cfg.lower_third)), int(np.count_nonzero(centres <= cfg.upper_third))
+    return int(np.count_nonzero(centres < lower)), int(np.count_nonzero(centres <= upper))
 
 
 def intensity_word(contrast: float | None, modality: str | None, cfg: RoiConfig) -> str | None:
@@ -379,7 +382,12 @@ def two_levels(vals: np.ndarray, value_range: tuple[float, float]) -> bool:
 def _holes_filled(mc: np.ndarray, most: float) -> np.ndarray | None:
     """``mc`` with its holes filled when they hold at most ``most`` pixels in all (holes: background
     4-components that reach no side of the crop), else None (and None when it has none). A ribbon's
-    many islands together are most of its shape (a cortex ribbon round white matter is no oval)."""
+    many islands together are most of its shape (a cortex ribbon round white matter is no oval).
+    A hole leaves a gap in its row: a region with none (a disc, an ellipse) is not labelled."""
+    counts = mc.sum(axis=1)
+    first, last = mc.argmax(axis=1), mc.shape[1] - 1 - mc[:, ::-1].argmax(axis=1)
+    if not np.any((counts < last - first + 1) & (counts > 0)):
+        return None
     background, n = ndimage.label(~mc)
     if n <= 1:
         return None
