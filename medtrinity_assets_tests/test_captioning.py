@@ -812,3 +812,15 @@ def test_a_region_within_one_region_of_a_name_encloses_another_of_it():
     assert relation_phrases(item, 5) == ["it lies within the grey matter", "it encloses another grey matter region"]
     alone = dataclasses.replace(item, relations=item.relations[:1])
     assert relation_phrases(alone, 5) == ["it encloses the grey matter"]
+
+
+def test_the_prompt_tells_a_model_what_the_embedded_captioner_would_say():
+    """A model backend reads in its prompt that a region across most of the image width has no
+    horizontal third, and that it is one of several regions with its label."""
+    from medtrinity_assets.captioning.prompt import build_reference_text
+
+    item = dataclasses.replace(_one(), horizontal=None, bbox_norm=[0.02, 0.1, 0.95, 0.3], label_count=3)
+    text = build_reference_text(item)
+    assert "horizontal none: the region spans most of the image width (name no third)" in text
+    assert f"one of several regions labelled {item.label} in this image" in text
+    assert "horizontal unknown" in build_reference_text(dataclasses.replace(item, bbox_norm=None))

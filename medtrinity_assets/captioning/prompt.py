@@ -82,8 +82,7 @@ def build_reference_text(item: CaptionInput) -> str:
         lines.append("- box, normalised [x0, y0, x1, y1]: [" + ", ".join(f"{v:.3f}" for v in item.bbox_norm) + "]")
     if item.bbox_xyxy:
         lines.append("- box, pixels [x0, y0, x1, y1]: [" + ", ".join(f"{v:.0f}" for v in item.bbox_xyxy) + "]")
-    lines.append(f"- position in the image: horizontal {item.horizontal or 'unknown'} third, "
-                 f"vertical {item.vertical or 'unknown'} third")
+    lines.append(f"- position in the image: horizontal {_third_line(item, 0)}, vertical {_third_line(item, 1)}")
     lines.append(
         "- patient side: "
         + (item.patient_lr or "unknown (image orientation not known; do not state patient left/right)")
@@ -123,6 +122,18 @@ def build_reference_text(item: CaptionInput) -> str:
     else:
         lines.append("Reference passages: none retrieved.")
     return "\n".join(lines)
+
+
+def _third_line(item: CaptionInput, axis: int) -> str:
+    """``left third`` (``axis`` 0) or ``upper third`` (1); for a region in no third because its box spans
+    most of the image along the axis, that it does; else ``unknown``."""
+    word = item.horizontal if axis == 0 else item.vertical
+    if word:
+        return f"{word} third"
+    box = item.bbox_norm or []
+    if len(box) == 4 and box[axis + 2] - box[axis] > 2 / 3:
+        return f"none: the region spans most of the image {'width' if axis == 0 else 'height'} (name no third)"
+    return "unknown"
 
 
 def render_overlay(item: CaptionInput, colour: tuple[int, int, int] = (255, 0, 0)) -> Image.Image | None:

@@ -96,8 +96,9 @@ def region_thirds(
     """The (horizontal, vertical) third (0, 1, 2) of the region of pixels ``(rr, cc)`` (of a crop whose
     top-left pixel is ``origin`` in an image of ``shape``): per axis, the third that holds more than
     :data:`MAJORITY_SHARE` of the pixels (by pixel centre), else the third of the ``centroid``; None on
-    an axis along which the region's box spans more than ``position.max_span`` of the image (half the
-    image is in no third). A region whose centroid sits just inside a cut is placed where it mostly is."""
+    an axis along which the region's box spans more than ``position.max_span`` of the image (a region
+    over most of the image lies in no third). A region whose centroid sits just inside a cut is placed
+    where it mostly is."""
     out: list[int | None] = []
     for coords, offset, size, centre in ((cc, origin[1], shape[1], centroid[0]), (rr, origin[0], shape[0], centroid[1])):
         if (int(coords.max()) - int(coords.min()) + 1) > cfg.position_max_span * size:
