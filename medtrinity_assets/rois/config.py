@@ -37,6 +37,7 @@ class RoiConfig:
     position_max_span: float = 0.6667
     # intensity
     ring_width_px: int = 5
+    ring_gap_px: int = 1
     iso_contrast_max: float = 0.08
     # overrides of the vocabulary's [brighter, darker, similar] words, by canonical modality
     intensity_words: dict[str, list[str]] = field(default_factory=dict)
@@ -85,6 +86,7 @@ class RoiConfig:
         ("position", "upper_third"): "upper_third",
         ("position", "max_span"): "position_max_span",
         ("intensity", "ring_width_px"): "ring_width_px",
+        ("intensity", "ring_gap_px"): "ring_gap_px",
         ("intensity", "iso_contrast_max"): "iso_contrast_max",
         ("intensity", "words"): "intensity_words",
         ("texture", "levels"): "texture_levels",

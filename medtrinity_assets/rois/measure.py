@@ -181,7 +181,7 @@ def measure_roi(
     cfg = config or default_config()
     grey = _grey if _grey is not None else to_grey(image)
     out: dict[str, Any] = dict.fromkeys(ROI_ATTRIBUTES)
-    cropped = _padded_crop(np.asarray(mask, bool), _window, grey.shape, cfg.ring_width_px + 1)
+    cropped = _padded_crop(np.asarray(mask, bool), _window, grey.shape, cfg.ring_gap_px + cfg.ring_width_px + 1)
     if cropped is None:
         out.update(area_px=0, area_fraction=0.0)
         return out
@@ -318,16 +318,16 @@ def _ring_contrast(
     cfg: RoiConfig,
     allowed: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Mean of the ring of ``ring_width_px`` around the ROI (within the ``allowed`` pixels), the
-    ROI's contrast to it and its intensity word; nothing when the ring is empty (the ROI fills
-    the image) or mostly outside the allowed surroundings (background, other tissue)."""
-    ring = dilate_cross(mc, cfg.ring_width_px)
-    ring &= ~mc
-    full = int(ring.sum())
-    if allowed is not None:
-        ring &= allowed
-    ring_vals = gc[ring]
-    if not ring_vals.size or ring_vals.size < MIN_RING_SHARE * full:
+    """Mean of the ring of ``ring_width_px`` around the ROI, ``ring_gap_px`` away from it (the pixels
+    next to its edge mix it with its surroundings and pull the ring's mean toward its own), within the
+    ``allowed`` pixels; right next to it where too little of the ring further out is allowed (a ribbon
+    at the body's edge). Then the ROI's contrast to it and its intensity word; nothing when the ring is
+    empty (the ROI fills the image) or mostly outside the allowed surroundings (background, other tissue)."""
+    for gap in dict.fromkeys((cfg.ring_gap_px, 0)):
+        ring_vals = _ring_values(gc, mc, cfg.ring_width_px, gap, allowed)
+        if ring_vals is not None:
+            break
+    else:
         return {}
     ring_mean = float(ring_vals.sum() / ring_vals.size)
     denom = roi_mean + ring_mean
@@ -337,6 +337,18 @@ def _ring_contrast(
         "intensity_contrast": float(contrast),
         "intensity_word": intensity_word(contrast, modality, cfg),
     }
+
+
+def _ring_values(gc: np.ndarray, mc: np.ndarray, width: int, gap: int, allowed: np.ndarray | None) -> np.ndarray | None:
+    """The grey values of the ring ``width`` pixels wide, ``gap`` pixels out from ``mc``, within ``allowed``;
+    None when that leaves nothing or under :data:`MIN_RING_SHARE` of the ring."""
+    ring = dilate_cross(mc, gap + width)
+    ring &= ~(dilate_cross(mc, gap) if gap else mc)
+    full = int(ring.sum())
+    if allowed is not None:
+        ring &= allowed
+    values = gc[ring]
+    return values if values.size and values.size >= MIN_RING_SHARE * full else None
 
 
 def _texture_terms(
