@@ -682,11 +682,25 @@ def test_the_guard_checks_a_chunk_against_every_region_of_its_images(tmp_path):
     assert alone.fallback_reason and "containment" in alone.fallback_reason
 
 
+def _checked_after(items, results, column: str, old: str = "", new: str = "", only: int | None = None):
+    """``(column values, issues)`` of ``check_captions`` over the embedded descriptions of ``items`` with
+    ``old`` replaced by ``new`` in paragraph and facets (of the ``only``-th description alone, if given)."""
+    from medtrinity_assets.captioning import check_captions
+
+    def edit(k: int, text: str) -> str:
+        return text.replace(old, new) if only is None or k == only else text
+
+    rows = [{"record_id": i.record_id, "roi_id": i.roi_id, "status": "ok", "text": edit(k, r.text),
+             "retrieved_chunk_ids": i.chunk_ids, **{f"facet_{f}": edit(k, v) for f, v in r.facets.items()}}
+            for k, (i, r) in enumerate(zip(items, results, strict=True))]
+    table = check_captions(pl.DataFrame(rows), {i.key: i for i in items})
+    return table[column].to_list(), table["issues"].to_list()
+
+
 def test_a_direction_in_the_image_is_checked_against_the_centroids_of_the_named_regions():
     """"lies left of the cyst in the image" holds when the image's cyst region's centroid is right of
     this region's; the opposite fails; a name no region of the image has is not checked here (the
     terms check reads it)."""
-    from medtrinity_assets.captioning import check_captions
     from medtrinity_assets.rois.rle import rle_encode, rle_json
 
     yy, xx = np.mgrid[0:128, 0:128]
@@ -707,11 +721,7 @@ def test_a_direction_in_the_image_is_checked_against_the_centroids_of_the_named_
     assert "it lies above and left of the cyst in the image" in results[0].text
 
     def relations_ok(old: str, new: str) -> tuple[list[bool], list[list[str]]]:
-        rows = [{"record_id": i.record_id, "roi_id": i.roi_id, "status": "ok", "text": r.text.replace(old, new),
-                 "retrieved_chunk_ids": i.chunk_ids, **{f"facet_{f}": v.replace(old, new) for f, v in r.facets.items()}}
-                for i, r in zip(items, results, strict=True)]
-        table = check_captions(pl.DataFrame(rows), {i.key: i for i in items})
-        return table["relations_ok"].to_list(), table["issues"].to_list()
+        return _checked_after(items, results, "relations_ok", old, new)
 
     assert relations_ok("", "")[0] == [True, True]
     assert relations_ok("above and left of the cyst", "left of the cyst")[0] == [True, True]
@@ -725,7 +735,6 @@ def test_a_region_that_shares_its_label_is_one_of_them_and_the_count_is_checked(
     """White matter cut into two pieces in a slice: each piece is "one of two regions labelled white
     matter", not "the white matter"; the checks count the image's regions of that label, so "one of
     several" (or a count said of a label no other region shares) fails."""
-    from medtrinity_assets.captioning import check_captions
     from medtrinity_assets.rois.rle import rle_encode, rle_json
 
     yy, xx = np.mgrid[0:128, 0:128]
@@ -748,12 +757,7 @@ def test_a_region_that_shares_its_label_is_one_of_them_and_the_count_is_checked(
     assert "regions labelled" not in results[2].text and "is the focal lesion" in results[2].text
 
     def relations_ok(k: int, old: str, new: str) -> tuple[list[bool], list[list[str]]]:
-        rows = [{"record_id": i.record_id, "roi_id": i.roi_id, "status": "ok",
-                 "text": r.text.replace(old, new) if j == k else r.text, "retrieved_chunk_ids": i.chunk_ids,
-                 **{f"facet_{f}": v.replace(old, new) if j == k else v for f, v in r.facets.items()}}
-                for j, (i, r) in enumerate(zip(items, results, strict=True))]
-        table = check_captions(pl.DataFrame(rows), {i.key: i for i in items})
-        return table["relations_ok"].to_list(), table["issues"].to_list()
+        return _checked_after(items, results, "relations_ok", old, new, only=k)
 
     assert relations_ok(0, "", "")[0] == [True, True, True]
     several, issues = relations_ok(0, "one of two regions", "one of several regions")
@@ -767,7 +771,6 @@ def test_a_region_across_most_of_the_image_gets_no_third_on_that_axis():
     """A band across the image's width lies in no horizontal third: the description gives its vertical
     third and box span only, and a horizontal third said of it fails the checks; a region across the
     whole image in both directions is placed by its box span alone."""
-    from medtrinity_assets.captioning import check_captions
     from medtrinity_assets.rois.rle import rle_encode, rle_json
 
     def region(mask, roi_id, horizontal, vertical):
@@ -788,11 +791,7 @@ def test_a_region_across_most_of_the_image_gets_no_third_on_that_axis():
     assert "Its bounding box spans 3-97% of the image width" in results[1].text
 
     def position_ok(old: str, new: str) -> tuple[list[bool], list[list[str]]]:
-        rows = [{"record_id": i.record_id, "roi_id": i.roi_id, "status": "ok", "text": r.text.replace(old, new),
-                 "retrieved_chunk_ids": i.chunk_ids, **{f"facet_{f}": v.replace(old, new) for f, v in r.facets.items()}}
-                for i, r in zip(items, results, strict=True)]
-        table = check_captions(pl.DataFrame(rows), {i.key: i for i in items})
-        return table["position_ok"].to_list(), table["issues"].to_list()
+        return _checked_after(items, results, "position_ok", old, new)
 
     assert position_ok("", "")[0] == [True, True]
     said, issues = position_ok("vertically in the upper third of the image",
