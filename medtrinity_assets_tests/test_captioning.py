@@ -800,6 +800,33 @@ def test_a_region_across_most_of_the_image_gets_no_third_on_that_axis():
     assert "image position: says horizontal left, the region spans most of the image along it" in issues[0]
 
 
+def test_the_checks_read_the_position_words_as_the_roi_configuration_defines_them(monkeypatch):
+    """A user who lets a region span more of the image and still be placed in a third
+    (``position.max_span`` in ``roi_config.yaml``) has the checks and the prompt read it the same way:
+    a band across 91% of the width placed in the centre third passes only under that definition, and a
+    prompt says it spans too much of the width for a third only under the packaged one."""
+    from medtrinity_assets.captioning.prompt import build_reference_text
+    from medtrinity_assets.rois import config as roi_config
+    from medtrinity_assets.rois.rle import rle_encode, rle_json
+
+    band = np.zeros((128, 128), bool)
+    band[10:30, 4:120] = True
+    item = _one(record_id="img5", roi_id="0", label="lesion", inside_label=None, origin="mask",
+                mask_rle=rle_json(rle_encode(band)), bbox_norm=[4 / 128, 10 / 128, 120 / 128, 30 / 128],
+                area_fraction=float(band.mean()), horizontal="centre", vertical="upper", patient_lr=None,
+                roi_count=1, relations=[], label_count=1)
+    results = EmbeddedCaptioner().caption([item])
+    assert "horizontally in the central third" in results[0].text
+    said, issues = _checked_after([item], results, "position_ok")
+    assert said == [False] and "the region spans most of the image along it" in issues[0][0]
+    unplaced = dataclasses.replace(item, horizontal=None)
+    assert "horizontal none: the region spans most" in build_reference_text(unplaced)
+
+    monkeypatch.setattr(roi_config, "_DEFAULT", roi_config.default_config().with_overrides(position_max_span=0.95))
+    assert _checked_after([item], results, "position_ok")[0] == [True]
+    assert "horizontal unknown" in build_reference_text(unplaced)
+
+
 def test_a_region_within_one_region_of_a_name_encloses_another_of_it():
     """White matter within the cortex that encloses deep grey matter: "it lies within the grey matter;
     it encloses another grey matter region", never "within the grey matter; encloses the grey matter"."""

@@ -33,6 +33,7 @@ from medtrinity_assets.core.vocabulary import vocabulary
 from medtrinity_assets.privacy import identifier_store
 from medtrinity_assets.privacy import store as privacy_store
 from medtrinity_assets.privacy.patterns import PHI_PATTERNS
+from medtrinity_assets.rois.config import default_config
 from medtrinity_assets.rois.rle import rle_encode, rle_json
 
 # claims, PHI and quotes a captioner might write, to be added to the embedded captioner's descriptions
@@ -135,9 +136,9 @@ def _dense_facts(item: CaptionInput) -> evidence.RegionFacts | None:
     return evidence.RegionFacts(
         whole=False,
         horizontal=_dense_third((cols + 0.5) / w, cx, ("left", "centre", "right"))
-        if cols.max() - cols.min() + 1 <= evidence.MAX_SPAN * w else None,
+        if cols.max() - cols.min() + 1 <= default_config().position_max_span * w else None,
         vertical=_dense_third((rows + 0.5) / h, cy, ("upper", "middle", "lower"))
-        if rows.max() - rows.min() + 1 <= evidence.MAX_SPAN * h else None,
+        if rows.max() - rows.min() + 1 <= default_config().position_max_span * h else None,
         area_fraction=float(mask.mean()),
         bbox_norm=(cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h),
     )
@@ -166,7 +167,7 @@ def _dense_nesting(items) -> dict:
         for i, (a, ma) in enumerate(regions):
             for j, (b, mb) in enumerate(regions):
                 if i != j and ma.shape == mb.shape and ma.sum() < mb.sum():
-                    if (ma & filled[j]).sum() >= evidence.INSIDE_SHARE * ma.sum():
+                    if (ma & filled[j]).sum() >= default_config().inside_fraction * ma.sum():
                         out[(a.record_id, str(a.roi_id))].add(("lies within", wording.label_text(b.label).lower()))
                         out[(b.record_id, str(b.roi_id))].add(("encloses", wording.label_text(a.label).lower()))
                         nested |= {(id(a), id(b)), (id(b), id(a))}
@@ -175,7 +176,7 @@ def _dense_nesting(items) -> dict:
             for b, mb in regions:
                 if a is b or (id(a), id(b)) in nested or ma.shape != mb.shape or not ring.any():
                     continue
-                if (ring & mb).sum() >= evidence.BORDERED_SHARE * ring.sum():
+                if (ring & mb).sum() >= default_config().bordered_share * ring.sum():
                     this, other = wording.label_text(a.label).lower(), wording.label_text(b.label).lower()
                     out[(a.record_id, str(a.roi_id))] |= {("bordered by", other), ("borders", other)}
                     out[(b.record_id, str(b.roi_id))].add(("borders", this))

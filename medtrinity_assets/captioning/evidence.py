@@ -23,12 +23,15 @@ from scipy import ndimage
 
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.wording import label_text
+from medtrinity_assets.rois.config import default_config
 from medtrinity_assets.rois.rle import rle_counts_from_crop, rle_decode, rle_parse
 
 MAJORITY_SHARE = 0.5  # a region lies in the image third that holds more than this share of it (else where its centroid is)
-MAX_SPAN = 0.6667  # ... and in no third along an axis its box spans more than this share of
-INSIDE_SHARE = 0.9  # a region lies within another when this share of it is inside the other's outline
-BORDERED_SHARE = 0.5  # ... and is bordered by another that covers this share of the ring around it
+
+# The words' definitions are the ROI stage's (``roi_config.yaml``: the thirds' cuts, ``position.max_span``,
+# ``relations.inside_fraction``, ``relations.bordered_share``): a user who redefines a word there has the
+# checks read it the same way. The numbers are still recomputed here from the masks, never read from the
+# attribute table the description was written from.
 
 
 @dataclass(frozen=True)
@@ -43,25 +46,31 @@ class RegionFacts:
 
 
 def _third(value: float, words: tuple[str, str, str]) -> str:
-    return words[0] if value < 1 / 3 else words[2] if value > 2 / 3 else words[1]
+    cfg = default_config()
+    return words[0] if value < cfg.lower_third else words[2] if value > cfg.upper_third else words[1]
 
 
 def _placed(counts: tuple[float, float, float], centre: float, span: float, words: tuple[str, str, str]) -> str | None:
     """The third of an axis a region lies in, from the share of it in each third (``counts``): the
     third holding more than :data:`MAJORITY_SHARE` of it, else the third of its ``centre``; none when
-    its box spans more than :data:`MAX_SPAN` of the axis."""
-    if span > MAX_SPAN:
+    its box spans more than ``position.max_span`` of the axis."""
+    if span > default_config().position_max_span:
         return None
     best, total = max(range(3), key=counts.__getitem__), sum(counts)
     return words[best] if 0 < total and MAJORITY_SHARE * total < counts[best] else _third(centre, words)
 
 
-@lru_cache(maxsize=256)
 def third_cuts(size: int) -> tuple[int, int]:
     """``(a, b)``: pixels ``0..a-1`` of an axis of ``size`` pixels have their centre in its first third,
     ``b..size-1`` in its last."""
+    cfg = default_config()
+    return _cuts(size, cfg.lower_third, cfg.upper_third)
+
+
+@lru_cache(maxsize=256)
+def _cuts(size: int, lower: float, upper: float) -> tuple[int, int]:
     centres = (np.arange(size) + 0.5) / size
-    return int(np.count_nonzero(centres < 1 / 3)), int(np.count_nonzero(centres <= 2 / 3))
+    return int(np.count_nonzero(centres < lower)), int(np.count_nonzero(centres <= upper))
 
 
 def _split(below: tuple[int, int], n: int) -> tuple[int, int, int]:
@@ -228,7 +237,9 @@ def _box_facts(box: tuple[float, ...]) -> RegionFacts:
 
 def _overlaps(a: float, b: float) -> tuple[float, float, float]:
     """How much of the span ``[a, b]`` (normalised) lies in each third."""
-    left, centre, right = (max(0.0, min(b, hi) - max(a, lo)) for lo, hi in ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0)))
+    cfg = default_config()
+    cuts = ((0.0, cfg.lower_third), (cfg.lower_third, cfg.upper_third), (cfg.upper_third, 1.0))
+    left, centre, right = (max(0.0, min(b, hi) - max(a, lo)) for lo, hi in cuts)
     return left, centre, right
 
 
@@ -309,22 +320,23 @@ def _directions(regions: list[tuple[CaptionInput, tuple[float, float]]], out: Ne
 
 def _nest(regions: list[tuple[CaptionInput, Pixels]], out: Nesting, bordering: bool = True) -> None:
     """Add the containments among one image's regions: a region lies within another, larger one when
-    :data:`INSIDE_SHARE` of its pixels are inside the other's hole-filled outline. The outline lies in
+    ``relations.inside_fraction`` of its pixels are inside the other's hole-filled outline. The outline lies in
     the other's box, so a region with too little of its box there is not looked at pixel by pixel.
     Then the bordering of the pairs that do not nest (:func:`_border`)."""
     sizes = [px.size for _, px in regions]
     boxes = [px.box() for _, px in regions]
+    share = default_config().inside_fraction
     filled: dict[int, tuple[int, int, np.ndarray]] = {}
     nested: set[tuple[int, int]] = set()
     for i, (a, pa) in enumerate(regions):
         for j, (b, pb) in enumerate(regions):
             if i == j or pa.shape != pb.shape or sizes[i] >= sizes[j]:
                 continue
-            if _overlap(boxes[i], boxes[j]) < INSIDE_SHARE * sizes[i]:
+            if _overlap(boxes[i], boxes[j]) < share * sizes[i]:
                 continue
             if j not in filled:
                 filled[j] = _filled_outline(pb, boxes[j])
-            if _count_inside(pa, *filled[j]) >= INSIDE_SHARE * sizes[i]:
+            if _count_inside(pa, *filled[j]) >= share * sizes[i]:
                 out[(a.record_id, str(a.roi_id))].add(("lies within", label_text(b.label).lower()))
                 out[(b.record_id, str(b.roi_id))].add(("encloses", label_text(a.label).lower()))
                 nested |= {(i, j), (j, i)}
@@ -337,9 +349,10 @@ def _border(
     out: Nesting,
 ) -> None:
     """Add the bordering among one image's regions that do not nest: a region is bordered by another
-    that covers :data:`BORDERED_SHARE` of the ring of pixels just outside its edge; both then border
+    that covers ``relations.bordered_share`` of the ring of pixels just outside its edge; both then border
     each other. Only regions whose boxes, grown by a pixel, meet are looked at pixel by pixel."""
     rings: dict[int, tuple[int, int, np.ndarray, int]] = {}
+    share = default_config().bordered_share
     for i, (a, pa) in enumerate(regions):
         grown = (boxes[i][0] - 1, boxes[i][1] - 1, boxes[i][2] + 1, boxes[i][3] + 1)
         for j, (b, pb) in enumerate(regions):
@@ -348,7 +361,7 @@ def _border(
             if i not in rings:
                 rings[i] = _ring(pa, boxes[i])
             r0, c0, ring, size = rings[i]
-            if size and _count_inside(pb, r0, c0, ring) >= BORDERED_SHARE * size:
+            if size and _count_inside(pb, r0, c0, ring) >= share * size:
                 this, other = label_text(a.label).lower(), label_text(b.label).lower()
                 out[(a.record_id, str(a.roi_id))] |= {("bordered by", other), ("borders", other)}
                 out[(b.record_id, str(b.roi_id))].add(("borders", this))

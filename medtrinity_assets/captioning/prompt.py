@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from medtrinity_assets.captioning.inputs import CaptionInput
+from medtrinity_assets.rois.config import default_config
 
 PROMPT_VERSION = "mtri-v1"
 FACETS: tuple[str, ...] = ("modality", "organ", "roi_location", "roi_texture", "relationship")
@@ -131,7 +132,7 @@ def _third_line(item: CaptionInput, axis: int) -> str:
     if word:
         return f"{word} third"
     box = item.bbox_norm or []
-    if len(box) == 4 and box[axis + 2] - box[axis] > 2 / 3:
+    if len(box) == 4 and box[axis + 2] - box[axis] > default_config().position_max_span:
         return f"none: the region spans most of the image {'width' if axis == 0 else 'height'} (name no third)"
     return "unknown"
 

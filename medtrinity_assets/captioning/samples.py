@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from medtrinity_assets.captioning.inputs import CaptionInput, Passage
+from medtrinity_assets.rois.config import default_config
 from medtrinity_assets.rois.rle import rle_encode, rle_json
 
 _CASES = [
@@ -131,7 +132,6 @@ def _mask(x0: float, y0: float, x1: float, y1: float, *, rectangle: bool) -> np.
 
 def _mask_thirds(mask: np.ndarray) -> tuple[str | None, str | None]:
     """The thirds the ROI stage gives the region (:func:`~medtrinity_assets.rois.measure.region_thirds`)."""
-    from medtrinity_assets.rois.config import default_config
     from medtrinity_assets.rois.measure import region_thirds
 
     rows, cols = np.nonzero(mask)
@@ -141,7 +141,8 @@ def _mask_thirds(mask: np.ndarray) -> tuple[str | None, str | None]:
 
 
 def _third_of(value: float, words: tuple[str, str, str]) -> str:
-    return words[0] if value < 1 / 3 else words[2] if value > 2 / 3 else words[1]
+    cfg = default_config()
+    return words[0] if value < cfg.lower_third else words[2] if value > cfg.upper_third else words[1]
 
 
 def _random_box(rng: random.Random) -> tuple[float, float, float, float]:
