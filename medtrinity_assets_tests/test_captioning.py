@@ -38,6 +38,7 @@ from medtrinity_assets.captioning.prompt import FacetParseError, image_data_url
 from medtrinity_assets.captioning.quality import check_caption, position_claims, scan_phi
 from medtrinity_assets.captioning.samples import realistic_inputs
 from medtrinity_assets.core.storage import sha256_file
+from medtrinity_assets.core.vocabulary import organ_terms
 
 # -- inputs ---------------------------------------------------------------------------------------
 
@@ -190,6 +191,12 @@ def test_embedded_says_only_what_fits_the_region():
         if item.origin == "whole_image":
             assert "No region was localised" in res.facets["roi_location"]
             assert not re.search(r"%|\bmm\b|outline|diameter|third", res.text), res.text
+            # said once (a review by eye found it three times in one whole-image description)
+            assert len(re.findall(r"no region was locali[sz]ed", res.text, re.I)) == 1, res.text
+            assert len(re.findall(r"whole image", res.text, re.I)) == 1, res.text
+        if item.organ and not item.synthetic:  # the organ's synonyms are not repeated as findings
+            also = re.search(r"also (?:names|mention) (.+?)\.", res.text)
+            assert also is None or not set(re.split(r", | and ", also.group(1).lower())) & set(organ_terms(item.organ)), res.text
         if item.origin == "box":
             assert "outline" not in res.text and "diameter" not in res.text
         assert "0.0%" not in res.text and not re.search(r"spans (\d+)-\1%", res.text)

@@ -22,11 +22,11 @@ from medtrinity_assets.captioning.backends.base import Captioner, CaptionResult
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.prompt import FACETS
 from medtrinity_assets.captioning.wording import label_text
-from medtrinity_assets.core.vocabulary import modality_of
+from medtrinity_assets.core.vocabulary import modality_of, organ_terms
 from medtrinity_assets.knowledge.queries import roi_concepts
 from medtrinity_assets.knowledge.quotes import Quote, choose_quote, measured_words
 
-PHRASES_VERSION = "8"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
+PHRASES_VERSION = "9"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
 
 _H_WORD = {"left": "left", "centre": "central", "center": "central", "middle": "central", "right": "right"}
 _V_WORD = {"upper": "upper", "top": "upper", "middle": "middle", "centre": "middle", "lower": "lower",
@@ -104,13 +104,23 @@ class EmbeddedCaptioner(Captioner):
         return _pick(ph["missing"], seed, 0)
 
     def _organ(self, item: CaptionInput, ph: dict, seed: int) -> str:
-        roi = phrasing.roi_phrase(item)
         organ = (item.organ or "").strip()
+        if item.origin == "whole_image":  # the location facet says that no region was localised
+            return self._organ_whole(item, organ, ph, seed)
+        roi = phrasing.roi_phrase(item)
         if item.synthetic:
             return _pick(ph["synthetic"], seed, 1).format(roi_phrase=roi)
         if organ and organ.lower() not in ("unspecified", "unknown", "phantom"):
             return _pick(ph["known"], seed, 1).format(organ=organ, roi_phrase=roi)
         return _pick(ph["missing"], seed, 1).format(roi_phrase=roi)
+
+    @staticmethod
+    def _organ_whole(item: CaptionInput, organ: str, ph: dict, seed: int) -> str:
+        if item.synthetic:
+            return _pick(ph["synthetic_whole"], seed, 1)
+        if organ and organ.lower() not in ("unspecified", "unknown", "phantom"):
+            return _pick(ph["whole"], seed, 1).format(organ=organ)
+        return _pick(ph["missing_whole"], seed, 1)
 
     def _location(self, item: CaptionInput, ph: dict, seed: int) -> str:
         if item.origin == "whole_image":
@@ -178,7 +188,7 @@ class EmbeddedCaptioner(Captioner):
         else:
             terms = self._finding_terms(item)
             if terms:
-                sentences.append(_pick(ph["findings"], seed, 7).format(terms=", ".join(terms)))
+                sentences.append(_pick(ph["findings"], seed, 7).format(terms=_listed(terms)))
         quote = self._quote(item)
         if quote is not None:
             sentences.append(_pick(ph["grounding"], seed, 6).format(sentence=quote.sentence, chunk_id=quote.chunk_id))
@@ -198,15 +208,22 @@ class EmbeddedCaptioner(Captioner):
 
     @staticmethod
     def _finding_terms(item: CaptionInput) -> list[str]:
-        """Metadata terms beyond modality, organ and the region's own label (terms are only those
-        the coarse caption matched to the vocabulary or an ontology)."""
-        skip = {(item.modality or "").lower(), (item.organ or "").lower(), label_text(item.label).lower()}
+        """Metadata terms beyond modality, organ (and its synonyms: "thorax" for a chest image) and the
+        region's own label (terms are only those the coarse caption matched to the vocabulary or an
+        ontology)."""
+        organ = (item.organ or "").lower()
+        skip = {(item.modality or "").lower(), organ, label_text(item.label).lower(), *organ_terms(organ)}
         out = []
         for t in item.terms:
             t = str(t).strip()
             if t and t.lower() not in skip and label_text(t).lower() not in skip and modality_of(t) is None and t not in out:
                 out.append(t)
         return out[:4]
+
+
+def _listed(terms: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return terms[0] if len(terms) == 1 else ", ".join(terms[:-1]) + " and " + terms[-1]
 
 
 class SlowEmbeddedCaptioner(EmbeddedCaptioner):
