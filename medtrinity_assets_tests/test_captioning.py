@@ -199,6 +199,9 @@ def test_embedded_says_only_what_fits_the_region():
             assert also is None or not set(re.split(r", | and ", also.group(1).lower())) & set(organ_terms(item.organ)), res.text
         if item.origin == "box":
             assert "outline" not in res.text and "diameter" not in res.text
+        assert "heterogeneous and smooth" not in res.text and "homogeneous and coarse" not in res.text
+        if (item.texture_homogeneity_word, item.texture_smoothness_word) == ("heterogeneous", "smooth") and item.origin != "whole_image":
+            assert "heterogeneous but smooth" in res.text, res.text
         assert "0.0%" not in res.text and not re.search(r"spans (\d+)-\1%", res.text)
         assert "region #" not in res.text and "labelled 'region'" not in res.text
         for rel in item.relations:

@@ -26,7 +26,7 @@ from medtrinity_assets.core.vocabulary import modality_of, organ_terms
 from medtrinity_assets.knowledge.queries import roi_concepts
 from medtrinity_assets.knowledge.quotes import Quote, choose_quote, measured_words
 
-PHRASES_VERSION = "9"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
+PHRASES_VERSION = "10"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
 
 _H_WORD = {"left": "left", "centre": "central", "center": "central", "middle": "central", "right": "right"}
 _V_WORD = {"upper": "upper", "top": "upper", "middle": "middle", "centre": "middle", "lower": "lower",
@@ -160,7 +160,7 @@ class EmbeddedCaptioner(Captioner):
         return side
 
     def _texture(self, item: CaptionInput, ph: dict, seed: int) -> str:
-        tex = " and ".join(w for w in (item.texture_homogeneity_word, item.texture_smoothness_word) if w)
+        tex = _texture_words(item.texture_homogeneity_word, item.texture_smoothness_word)
         if item.origin == "whole_image":
             # a whole frame mixes air, bone and organs: its texture says nothing about a region
             return _pick(ph["texture_whole"], seed, 4)
@@ -219,6 +219,15 @@ class EmbeddedCaptioner(Captioner):
             if t and t.lower() not in skip and label_text(t).lower() not in skip and modality_of(t) is None and t not in out:
                 out.append(t)
         return out[:4]
+
+
+def _texture_words(homogeneity: str | None, smoothness: str | None) -> str:
+    """``homogeneous and smooth``; ``heterogeneous but smooth`` where the two words pull apart (a
+    wide spread of intensities that change gradually, from neighbour to neighbour), which "and"
+    made read as a contradiction."""
+    words = [w for w in (homogeneity, smoothness) if w]
+    mixed = {w.lower() for w in words} in ({"heterogeneous", "smooth"}, {"homogeneous", "coarse"})
+    return (" but " if mixed else " and ").join(words)
 
 
 def _listed(terms: list[str]) -> str:
