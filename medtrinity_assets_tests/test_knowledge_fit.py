@@ -55,6 +55,7 @@ from medtrinity_assets.knowledge.quotes import (  # noqa: E402
     choose_quote,
     contradicts,
     is_vocabulary_passage,
+    measured_words,
     normalise_word,
     starts_mid_thought,
 )
@@ -457,6 +458,11 @@ def test_sentence_rules_and_word_normalisation():
     assert contradicts("Hot spots mark active bone.", {"intensity": "darker"}) == "intensity"
     assert contradicts("Cysts are bright on T2.", {"intensity": "isointense"}) == "intensity"
     assert not contradicts("Cysts are bright on T2.", {"intensity": "hyperintense"})
+    # a greyscale fundus photograph is not quoted as "a colour image" (found by a review by eye)
+    fundus = "Fundus photography captures a colour image of the back of the eye through the pupil."
+    assert contradicts(fundus, measured_words(greyscale=True)) == "colour"
+    assert not contradicts(fundus, measured_words())
+    assert not contradicts("Colour Doppler shows flow.", measured_words(greyscale=True))
     assert normalise_word("gray") == normalise_word("grey")
     assert normalise_word("haemorrhages") == normalise_word("hemorrhage")
     assert normalise_word("oedema") == normalise_word("edema")

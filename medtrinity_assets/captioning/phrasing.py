@@ -61,6 +61,12 @@ def modality_description(item: CaptionInput) -> str | None:
     return f"{article(phrase)} {phrase}"
 
 
+def greyscale_photograph(item: CaptionInput) -> bool:
+    """Whether the description calls the image a greyscale photograph (see :func:`modality_description`)."""
+    entry = modality_of(item.modality)
+    return entry is not None and item.channels == 1 and entry.key in PHOTOGRAPHIC
+
+
 def window_clause(item: CaptionInput) -> str:
     """`` It is displayed in a brain window (L40/W80).`` for a CT image with a named window."""
     return f" It is displayed in {article(item.window)} {item.window}." if item.window else ""

@@ -52,7 +52,7 @@ from typing import Any
 
 import polars as pl
 
-from medtrinity_assets.captioning import evidence, region_checks
+from medtrinity_assets.captioning import evidence, phrasing, region_checks
 from medtrinity_assets.captioning.claims import (
     caption_facets,
     known_phrases,
@@ -349,7 +349,8 @@ def _quote_issues(full: str, item: CaptionInput) -> list[str]:
     if not quoted:
         return []
     by_id = {p.chunk_id: p for p in item.passages}
-    measured = measured_words(item.intensity_word, item.texture_homogeneity_word)
+    measured = measured_words(item.intensity_word, item.texture_homogeneity_word,
+                              greyscale=phrasing.greyscale_photograph(item))
     issues = []
     for sentence, cid in quoted:
         passage = by_id.get(cid)

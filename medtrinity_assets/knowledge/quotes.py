@@ -238,9 +238,12 @@ def _homogeneity(word: str | None) -> str | None:
     return None
 
 
-def measured_words(intensity_word: str | None = None, homogeneity_word: str | None = None) -> dict[str, str]:
-    """The ``measured`` mapping :func:`choose_quote` takes, from an ROI's measured words."""
-    out: dict[str, str] = {}
+def measured_words(
+    intensity_word: str | None = None, homogeneity_word: str | None = None, *, greyscale: bool = False
+) -> dict[str, str]:
+    """The ``measured`` mapping :func:`choose_quote` takes, from an ROI's measured words;
+    ``greyscale``: the description calls the photograph greyscale (a colour one would be "colour")."""
+    out: dict[str, str] = {"colour": "greyscale"} if greyscale else {}
     if intensity_word:
         out["intensity"] = str(intensity_word)
     if homogeneity_word:
@@ -256,7 +259,8 @@ def _measured(measured: Mapping[str, Any] | None) -> tuple[str | None, int | Non
 
 
 def contradicts(sentence: str, measured: Mapping[str, Any] | None) -> str | None:
-    """Why ``sentence`` contradicts the measured words (``"homogeneity"``/``"intensity"``), or None."""
+    """Why ``sentence`` contradicts the measured words (``"homogeneity"``/``"intensity"``/``"colour"``),
+    or None."""
     homo, polarity = _measured(measured)
     if homo is not None:
         said = _wording().homogeneity_mentions(sentence)
@@ -264,7 +268,13 @@ def contradicts(sentence: str, measured: Mapping[str, Any] | None) -> str | None
             return "homogeneity"
     if polarity is not None and _polarities(sentence) - {polarity}:
         return "intensity"
+    if (measured or {}).get("colour") == "greyscale" and _COLOUR_IMAGE.search(sentence):
+        return "colour"
     return None
+
+
+#: a sentence that says the image is in colour ("captures a colour image of the back of the eye")
+_COLOUR_IMAGE = re.compile(r"\bcolou?r\s+(?:images?|photographs?|pictures?)\b|\bin (?:full )?colou?r\b", re.IGNORECASE)
 
 
 # -- vocabulary passages ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from medtrinity_assets.core.vocabulary import modality_of, organ_terms
 from medtrinity_assets.knowledge.queries import roi_concepts
 from medtrinity_assets.knowledge.quotes import Quote, choose_quote, measured_words
 
-PHRASES_VERSION = "10"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
+PHRASES_VERSION = "11"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
 
 _H_WORD = {"left": "left", "centre": "central", "center": "central", "middle": "central", "right": "right"}
 _V_WORD = {"upper": "upper", "top": "upper", "middle": "middle", "centre": "middle", "lower": "lower",
@@ -203,7 +203,8 @@ class EmbeddedCaptioner(Captioner):
         if not item.passages:
             return None
         concepts = roi_concepts(item.modality, item.organ, item.terms, item.label, item.origin)
-        measured = measured_words(item.intensity_word, item.texture_homogeneity_word)
+        measured = measured_words(item.intensity_word, item.texture_homogeneity_word,
+                                  greyscale=phrasing.greyscale_photograph(item))
         return choose_quote(item.passages, concepts, measured)
 
     @staticmethod
