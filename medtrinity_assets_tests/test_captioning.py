@@ -850,6 +850,22 @@ def test_a_region_within_one_region_of_a_name_encloses_another_of_it():
     assert relation_phrases(alone, 5) == ["it encloses the grey matter"]
 
 
+def test_a_region_is_never_said_to_lie_within_its_own_label():
+    """Deep grey nuclei inside the cortex's outline: "grey matter ... lies within the grey matter" (a
+    review by eye) reads as a tautology; the region is compared with its immediate surroundings."""
+    from medtrinity_assets.captioning.phrasing import holder_label, relation_phrases, surround_phrase
+
+    item = _one(label="grey matter", inside_label="grey matter", relations=[
+        {"other": "1", "relation": "lies within", "other_label": "grey matter"},
+        {"other": "3", "relation": "bordered by", "other_label": "white matter"}])
+    assert holder_label(item) is None and surround_phrase(item) == "its immediate surroundings"
+    assert relation_phrases(item, 5) == ["it is bordered by the white matter"]
+    text = EmbeddedCaptioner().caption([item])[0].text
+    assert "within the grey matter" not in text and "surrounding grey matter" not in text
+    inside_other = dataclasses.replace(item, inside_label="brain")
+    assert relation_phrases(inside_other, 5)[0] == "it lies within the brain"
+
+
 def test_the_prompt_tells_a_model_what_the_embedded_captioner_would_say():
     """A model backend reads in its prompt that a region across most of the image width has no
     horizontal third, and that it is one of several regions with its label."""

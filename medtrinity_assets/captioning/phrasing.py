@@ -141,13 +141,12 @@ def size_texts(item: CaptionInput) -> list[str]:
 
 
 def holder_label(item: CaptionInput) -> str | None:
-    """The named region this one lies within: the label map's, else a containing ROI's."""
-    if is_named(item.inside_label):
-        return label_text(item.inside_label)
-    for rel in item.relations:
-        if rel.get("relation") == "lies within" and is_named(rel.get("other_label")):
-            return label_text(rel["other_label"])
-    return None
+    """The named region this one lies within: the label map's, else a containing ROI's; never its own
+    label ("grey matter ... lies within the grey matter", of deep nuclei inside the cortex's outline,
+    reads as a tautology)."""
+    own = label_text(item.label).lower()
+    names = [item.inside_label, *(r.get("other_label") for r in item.relations if r.get("relation") == "lies within")]
+    return next((label_text(n) for n in names if is_named(n) and label_text(n).lower() != own), None)
 
 
 def surround_phrase(item: CaptionInput) -> str:
@@ -180,6 +179,8 @@ def relation_phrases(item: CaptionInput, limit: int) -> list[str]:
             alike = other.lower() == own or other.lower() in within
             phrase = f"it encloses another {other} region" if alike else f"it encloses the {other}"
         elif relation == "lies within":
+            if other.lower() == own:
+                continue
             phrase = f"it lies within the {other}"
         elif other.lower() in held or other.lower() == own:
             continue
