@@ -79,13 +79,24 @@ def bench(n: int, repeat: int, seed: int, rois_per_image: int, root: Path) -> di
         quality, q_cpu, q_wall = timed(lambda c=captions, b=by_key: check_captions(c, b, phi_values=matcher, judge=None))
         runs.append((cap_cpu, cap_wall, q_cpu, q_wall))
     cap_cpu, cap_wall, q_cpu, q_wall = (min(r[i] for r in runs) for i in range(4))
+    return {"repeat": repeat, "rois_per_image": rois_per_image, **figures(n, cap_cpu, cap_wall, q_cpu, q_wall, quality)}
+
+
+def figures(n: int, cap_cpu: float, cap_wall: float, q_cpu: float, q_wall: float, quality: pl.DataFrame) -> dict:
+    """Per-ROI milliseconds of both sides, their ratio and the checks' verdicts."""
     return {
-        "rois": n, "repeat": repeat, "rois_per_image": rois_per_image,
+        "rois": n,
         "captioner_ms_per_roi": round(1e3 * cap_cpu / n, 4), "quality_ms_per_roi": round(1e3 * q_cpu / n, 4),
         "ratio": round(q_cpu / cap_cpu, 3),
         "captioner_wall_ms_per_roi": round(1e3 * cap_wall / n, 4), "quality_wall_ms_per_roi": round(1e3 * q_wall / n, 4),
         "quality_rows": quality.height, "passed": int(quality["passed"].sum()),
     }
+
+
+def row(r: dict, note: str = "") -> str:
+    """One line of the printed table."""
+    return (f"{r['rois']:>7,} {r['captioner_ms_per_roi']:>17.3f} {r['quality_ms_per_roi']:>15.3f} {r['ratio']:>6.2f} "
+            f"{r['passed']:>5}/{r['quality_rows']}{note}")
 
 
 def bench_built(out: Path, part: str, root: Path) -> dict:
@@ -104,13 +115,7 @@ def bench_built(out: Path, part: str, root: Path) -> dict:
 
     n, cap_cpu, cap_wall = timed(describe)
     quality, q_cpu, q_wall = timed(lambda: check_images(str(out), part, ids, matcher))
-    return {
-        "rois": n, "images": len(ids), "built": f"{out}:{part}",
-        "captioner_ms_per_roi": round(1e3 * cap_cpu / n, 4), "quality_ms_per_roi": round(1e3 * q_cpu / n, 4),
-        "ratio": round(q_cpu / cap_cpu, 3),
-        "captioner_wall_ms_per_roi": round(1e3 * cap_wall / n, 4), "quality_wall_ms_per_roi": round(1e3 * q_wall / n, 4),
-        "quality_rows": quality.height, "passed": int(quality["passed"].sum()),
-    }
+    return {"images": len(ids), "built": f"{out}:{part}", **figures(n, cap_cpu, cap_wall, q_cpu, q_wall, quality)}
 
 
 def warm_up(root: Path) -> float:
@@ -141,13 +146,11 @@ def main() -> None:
         for n in args.sizes:
             r = bench(n, args.repeat, args.seed, args.rois_per_image, root)
             results.append(r)
-            print(f"{n:>7,} {r['captioner_ms_per_roi']:>17.3f} {r['quality_ms_per_roi']:>15.3f} {r['ratio']:>6.2f} "
-                  f"{r['passed']:>5}/{r['quality_rows']}")
+            print(row(r))
         if args.built:
             r = bench_built(Path(args.built[0]), args.built[1], root)
             results.append(r)
-            print(f"{r['rois']:>7,} {r['captioner_ms_per_roi']:>17.3f} {r['quality_ms_per_roi']:>15.3f} {r['ratio']:>6.2f} "
-                  f"{r['passed']:>5}/{r['quality_rows']}  (built: {r['images']} images of {args.built[1]})")
+            print(row(r, f"  (built: {r['images']} images of {args.built[1]})"))
     verdict = "met" if all(r["ratio"] <= 1.0 for r in results) else "NOT met"
     print(f"TARGET quality ms/ROI <= captioner ms/ROI: {verdict}")
     if args.json:

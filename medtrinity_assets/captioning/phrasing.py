@@ -51,20 +51,24 @@ def modality_description(item: CaptionInput) -> str | None:
         words.append(item.plane)
     if entry.key == "mri" and item.sequence:
         words.append(item.sequence)
-    if item.channels == 3 and entry.key in PHOTOGRAPHIC:
-        words.append("colour")
-    elif item.channels == 3 and entry.key == "histopathology":
-        words.append("stained")
-    elif item.channels == 1 and entry.key in PHOTOGRAPHIC:
-        words.append("greyscale")
+    colour = _colour_word(entry.key, item.channels)
+    if colour:
+        words.append(colour)
     phrase = " ".join([*words, body])
     return f"{article(phrase)} {phrase}"
+
+
+def _colour_word(modality_key: str, channels: int | None) -> str | None:
+    """``colour``/``greyscale`` for a photograph, ``stained`` for a colour slide."""
+    if modality_key in PHOTOGRAPHIC and channels in (1, 3):
+        return "colour" if channels == 3 else "greyscale"
+    return "stained" if channels == 3 and modality_key == "histopathology" else None
 
 
 def greyscale_photograph(item: CaptionInput) -> bool:
     """Whether the description calls the image a greyscale photograph (see :func:`modality_description`)."""
     entry = modality_of(item.modality)
-    return entry is not None and item.channels == 1 and entry.key in PHOTOGRAPHIC
+    return entry is not None and _colour_word(entry.key, item.channels) == "greyscale"
 
 
 def window_clause(item: CaptionInput) -> str:
@@ -178,9 +182,7 @@ def relation_phrases(item: CaptionInput, limit: int) -> list[str]:
         if relation == "encloses":  # of a name it also lies within, or its own: another region of it
             alike = other.lower() == own or other.lower() in within
             phrase = f"it encloses another {other} region" if alike else f"it encloses the {other}"
-        elif relation == "lies within":
-            if other.lower() == own:
-                continue
+        elif relation == "lies within" and other.lower() != own:
             phrase = f"it lies within the {other}"
         elif other.lower() in held or other.lower() == own:
             continue

@@ -105,22 +105,15 @@ class EmbeddedCaptioner(Captioner):
 
     def _organ(self, item: CaptionInput, ph: dict, seed: int) -> str:
         organ = (item.organ or "").strip()
-        if item.origin == "whole_image":  # the location facet says that no region was localised
-            return self._organ_whole(item, organ, ph, seed)
-        roi = phrasing.roi_phrase(item)
         if item.synthetic:
-            return _pick(ph["synthetic"], seed, 1).format(roi_phrase=roi)
-        if organ and organ.lower() not in ("unspecified", "unknown", "phantom"):
-            return _pick(ph["known"], seed, 1).format(organ=organ, roi_phrase=roi)
-        return _pick(ph["missing"], seed, 1).format(roi_phrase=roi)
-
-    @staticmethod
-    def _organ_whole(item: CaptionInput, organ: str, ph: dict, seed: int) -> str:
-        if item.synthetic:
-            return _pick(ph["synthetic_whole"], seed, 1)
-        if organ and organ.lower() not in ("unspecified", "unknown", "phantom"):
-            return _pick(ph["whole"], seed, 1).format(organ=organ)
-        return _pick(ph["missing_whole"], seed, 1)
+            key = "synthetic"
+        elif organ and organ.lower() not in ("unspecified", "unknown", "phantom"):
+            key = "known"
+        else:
+            key = "missing"
+        if item.origin == "whole_image":  # no region phrase: the location facet says none was localised
+            return _pick(ph[f"{key}_whole"], seed, 1).format(organ=organ)
+        return _pick(ph[key], seed, 1).format(organ=organ, roi_phrase=phrasing.roi_phrase(item))
 
     def _location(self, item: CaptionInput, ph: dict, seed: int) -> str:
         if item.origin == "whole_image":
