@@ -81,6 +81,7 @@ class BuildRequest:
     quiet: bool = False
     config: str | None = None
     run_config: dict = field(default_factory=dict)
+    force: bool = False  # run every phase again, even what is up to date
 
 
 def _registry(req: BuildRequest) -> tuple[dict[str, str], list[str]]:
@@ -159,6 +160,10 @@ def _finish(req: BuildRequest, home: Path, names: Sequence[str], reports, reject
     out = Path(req.out_dir).resolve()
     if not req.quiet:
         _say(f"done in {elapsed:.0f}s: {len(built)} of {len(names)} source(s) built into {out}")
+        skipped = sum(r.skipped for r in reports)
+        if skipped:
+            _say(f"{skipped} of {len(reports)} run(s) skipped: up to date (same sources, settings and code as "
+                 "the runs that made them); --force runs them again")
         for line in summarize(out, built).lines():
             _say(line)
         from medtrinity_assets.llava.recipe import checkpoint_line
@@ -253,6 +258,7 @@ def run_build(req: BuildRequest) -> int:
     from medtrinity_assets.core.storage import sweep_temp_files
     from medtrinity_assets.defs.partitions import SOURCES, VQA_SETS
     from medtrinity_assets.defs.runner import run_plan
+    from medtrinity_assets.defs.stamps import code_fingerprint
 
     swept = sweep_temp_files(settings.out_dir, before=time.time()) if Path(settings.out_dir).exists() else 0
     if swept and not req.quiet:
@@ -266,7 +272,8 @@ def run_build(req: BuildRequest) -> int:
     bar, on_start, on_done = _progress(req, plan, names, vqa_sets)
     started = time.time()
     reports = run_plan(definitions, plan, names, instance, run_config=req.run_config, on_start=on_start,
-                       on_done=on_done, vqa_sets=vqa_sets, keep_results=False)
+                       on_done=on_done, vqa_sets=vqa_sets, keep_results=False,
+                       stamp_base=code_fingerprint(), skip_up_to_date=not req.force)
     bar.close()
     return _finish(req, home, names, reports, rejected, time.time() - started)
 
@@ -305,6 +312,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=2)
         p.add_argument("--only", nargs="*", default=[], help="restrict to these source names")
         p.add_argument("--config", default=None, help="YAML of resource settings (captioner, embedder, ...)")
+    for p in (demo, build):
+        p.add_argument("--force", action="store_true", help="run every phase again, also those whose sources, "
+                       "settings and code are unchanged since their last build (skipped by default)")
     check = sub.add_parser("sources", help="validate a registry folder and list its sources")
     check.add_argument("--sources", default=str(DEFAULT_REGISTRY_DIR))
     compare = sub.add_parser("compare", help="compare the tables of two output roots row for row")
@@ -363,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sources = str(DEFAULT_REGISTRY_DIR)
     else:
         out, sources = args.out, args.sources
-    req = BuildRequest(sources, out, args.until, args.only, args.workers, config=args.config)
+    req = BuildRequest(sources, out, args.until, args.only, args.workers, config=args.config,
+                       force=getattr(args, "force", False))
     return run_backfill(req) if args.command == "backfill" else run_build(req)
 
 

@@ -9,7 +9,7 @@ A failing source is skipped in later phases; its reason is the innermost cause o
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,13 @@ from medtrinity_assets.core.parts import shard_key
 from medtrinity_assets.defs.partitions import SHARDS, shard_partition
 from medtrinity_assets.defs.plan import Phase, RunPlan
 from medtrinity_assets.defs.sensors import FINGERPRINT_TAG, SOURCE_TAG
+from medtrinity_assets.defs.stamps import (
+    STAMP_TAG,
+    content_stamp,
+    run_stamp,
+    settings_fingerprint,
+    up_to_date,
+)
 
 #: Dagster's console logger stays quiet: every event still goes to the instance (the UI shows
 #: it); the CLI prints one line per failure and the warnings of each run itself.
@@ -33,6 +40,7 @@ class StepReport:
     run_id: str
     success: bool
     reason: str = ""
+    skipped: bool = False  # up to date: made by ``run_id`` with the same stamp, not run again
     warnings: list[str] = field(default_factory=list)
     result: dg.ExecuteInProcessResult | None = field(default=None, repr=False)
 
@@ -139,6 +147,8 @@ def run_plan(
     vqa_sets: Sequence[str] = (),
     shard_count: Callable[[str], int] | None = None,
     keep_results: bool = True,
+    stamp_base: str | None = None,
+    skip_up_to_date: bool = False,
 ) -> list[StepReport]:
     """Every phase of ``plan`` in order; returns one report per run (skipped sources have none).
 
@@ -148,14 +158,20 @@ def run_plan(
     source (by default as ingestion recorded it under the output root, read after shard 0 is ingested).
     Each report keeps its run's in-process result (events, outputs) unless ``keep_results`` is
     False: a long build drops them (the instance has the events) so its memory does not grow run
-    after run."""
+    after run.
+
+    With ``stamp_base`` (the code: see :mod:`~medtrinity_assets.defs.stamps`), each run is tagged with its
+    stamp; with ``skip_up_to_date`` too, a run whose assets are up to date for that stamp is not run
+    again: its report has ``skipped`` set and the id of the run that made them."""
     fingerprints = dict(sources) if isinstance(sources, dict) else {}
     config = {**QUIET_RUN_CONFIG, **(run_config or {})}
     shard_count = shard_count or _recorded_shard_count(definitions)
+    stamps = _Stamps(stamp_base, fingerprints, _declarations(definitions, fingerprints)) if stamp_base else None
     failed: set[str] = set()
     reports: list[StepReport] = []
-    for phase in plan.phases:
+    for index, phase in enumerate(plan.phases):
         job = definitions.resolve_job_def(phase.job_name)
+        settings = _phase_settings(definitions, job, phase, config) if stamps else ""
         targets: list[str | None] = [None]
         if phase.per_source:
             targets = [s for s in sources if s not in failed]
@@ -166,9 +182,17 @@ def run_plan(
             for key in _partition_keys(phase, source, shard_count, instance):
                 if on_start:
                     on_start(phase, source)
-                report = _execute(job, instance, phase, key, config, tags if phase.per_source else {}, keep_results)
+                stamp = stamps.of(index, phase, source, key, settings) if stamps else None
+                made = up_to_date(instance, phase.keys, key, stamp) if stamp and skip_up_to_date else None
+                if made:
+                    report = StepReport(phase.name, None, made, True, skipped=True)
+                else:
+                    run_tags = {**(tags if phase.per_source else {}), **({STAMP_TAG: stamp} if stamp else {})}
+                    report = _execute(job, instance, phase, key, config, run_tags, keep_results)
                 report.source = source
                 reports.append(report)
+                if stamps and stamp and report.success:
+                    stamps.made(index, phase, source, content_stamp(instance, phase.keys, key) or stamp)
                 if on_done:
                     on_done(report)
                 if not report.success:
@@ -177,6 +201,46 @@ def run_plan(
         if GLOBAL in failed:
             break
     return reports
+
+
+class _Stamps:
+    """The stamps of a build's runs, each from those of the earlier phases' runs it reads: a
+    per-source run reads its source's and the shared runs, any other run reads every one. A run
+    is read by the content of its assets where they tell it, else by its stamp."""
+
+    def __init__(self, base: str, fingerprints: dict[str, str], declarations: dict[str, str]) -> None:
+        self.base, self.fingerprints, self.declarations = base, fingerprints, declarations
+        self._made: list[tuple[int, str | None, str]] = []  # (phase index, source or None, stamp)
+
+    def of(self, index: int, phase: Phase, source: str | None, partition: object, settings: str) -> str:
+        """A per-source run reads its source's declaration; its files only when it is the source's
+        first phase (later ones read what that made)."""
+        own = source if phase.per_source else None
+        earlier = [(src, s) for i, src, s in self._made if i < index]
+        read = [s for src, s in earlier if own is None or src is None or src == own]
+        first = own is not None and all(src != own for src, _ in earlier)
+        inputs = [self.declarations.get(own), self.fingerprints.get(own) if first else None] if own else None
+        return run_stamp(f"{self.base}:{settings}", phase.name, phase.key_names(), partition, inputs, read)
+
+    def made(self, index: int, phase: Phase, source: str | None, read_as: str) -> None:
+        self._made.append((index, source if phase.per_source else None, read_as))
+
+
+def _phase_settings(definitions: dg.Definitions, job: dg.JobDefinition, phase: Phase, config: dict[str, Any]) -> str:
+    """The fingerprint of the settings a phase's assets read: the resources they require and the
+    run configuration of their ops (a captioner setting does not make ingestion run again)."""
+    keys: set[str] = set()
+    for a in definitions.assets or []:
+        if isinstance(a, dg.AssetsDefinition) and set(a.keys) & set(phase.keys):
+            keys |= set(a.required_resource_keys)
+    resources = definitions.resources or {}
+    return settings_fingerprint({k: resources[k] for k in sorted(keys) if k in resources}, _config_for(job, config))
+
+
+def _declarations(definitions: dg.Definitions, names: Iterable[str]) -> dict[str, str]:
+    """The fingerprint of each source's declaration, read from the definitions' registry."""
+    registry = (definitions.resources or {}).get("registry")
+    return {name: registry.source(name).fingerprint() for name in names} if registry is not None else {}
 
 
 def _recorded_shard_count(definitions: dg.Definitions) -> Callable[[str], int] | None:

@@ -53,8 +53,11 @@ def files_fingerprint(spec: SourceSpec) -> str:
     if spec.is_remote or not spec.watch_files:
         return ""
     root = Path(spec.resolved_root())
-    if not root.exists():
-        return ""
+    return tree_fingerprint(root) if root.exists() else ""
+
+
+def tree_fingerprint(root: Path) -> str:
+    """Hash of the relative path, size and modification time of a file, or of every file under a folder."""
     files = iter([(root.name, root.stat().st_size, root.stat().st_mtime_ns)]) if root.is_file() else _walk(str(root))
     digest = hashlib.sha256()
     while chunk := list(islice(files, 4096)):  # one update per few thousand files: the digest of one per file

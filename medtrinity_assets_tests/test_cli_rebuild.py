@@ -1,0 +1,121 @@
+"""A second `medtrinity build` skips what is up to date and runs what changed (and what follows it):
+a source's new file, a changed setting, a deleted output, or `--force`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import skimage
+
+from medtrinity_assets.cli import main
+
+SAMPLES = Path(skimage.__file__).parent / "data"
+
+
+def _source(reg: Path, root: Path, name: str, images: list[str]) -> None:
+    (root / "images").mkdir(parents=True)
+    for image in images:
+        shutil.copy(SAMPLES / image, root / "images" / image)
+    (reg / f"{name}.yaml").write_text(
+        f"name: {name}\nlayout: image_folder\nroot: {root}\nmodality: Histopathology\norgan: colon\n"
+        "license: test\nsynthetic: false\n"
+    )
+
+
+@pytest.fixture()
+def registry(tmp_path, monkeypatch) -> tuple[Path, Path, Path]:
+    reg = tmp_path / "registry"
+    reg.mkdir()
+    _source(reg, tmp_path / "a", "src_a", ["ihc.png"])
+    _source(reg, tmp_path / "b", "src_b", ["cell.png"])
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    return reg, tmp_path / "out", tmp_path
+
+
+def _build(capsys, reg: Path, out: Path, *extra: str) -> tuple[int, str, dict[str, int]]:
+    """Exit code, what was printed, and the runs in the instance per source after the build."""
+    code = main(["build", "--sources", str(reg), "--out", str(out), "--until", "preprocessed_images", *extra])
+    printed = capsys.readouterr().out
+    with dg.DagsterInstance.get() as instance:
+        runs: dict[str, int] = {}
+        for record in instance.get_run_records():
+            source = record.dagster_run.tags.get("medtrinity/source", "")
+            runs[source] = runs.get(source, 0) + 1
+    return code, printed, runs
+
+
+def test_a_rebuild_skips_what_is_up_to_date_and_runs_what_changed(registry, capsys):
+    reg, out, base = registry
+    code, printed, runs = _build(capsys, reg, out)
+    assert code == 0 and "skipped" not in printed
+    assert runs == {"src_a": 1, "src_b": 1}
+    manifest = out / "source_manifest" / "src_a.parquet"
+    made = manifest.stat().st_mtime_ns
+
+    code, printed, runs = _build(capsys, reg, out)  # nothing changed: nothing runs
+    assert code == 0 and "2 of 2 run(s) skipped: up to date" in printed, printed
+    assert runs == {"src_a": 1, "src_b": 1}
+    assert manifest.stat().st_mtime_ns == made
+
+    shutil.copy(SAMPLES / "cell.png", base / "a" / "images" / "cell.png")  # a new file in one source
+    code, printed, runs = _build(capsys, reg, out)
+    assert code == 0 and "1 of 2 run(s) skipped" in printed, printed
+    assert runs == {"src_a": 2, "src_b": 1}
+
+    (out / "preprocessed_images" / "src_b.parquet").unlink()  # an output deleted: made again
+    code, printed, runs = _build(capsys, reg, out)
+    assert runs == {"src_a": 2, "src_b": 2}
+    assert (out / "preprocessed_images" / "src_b.parquet").exists()
+
+    settings = base / "settings.yaml"  # a setting ingestion does not read: nothing runs
+    settings.write_text("knowledge:\n  top_k: 3\n")
+    code, printed, runs = _build(capsys, reg, out, "--config", str(settings))
+    assert code == 0 and "2 of 2 run(s) skipped" in printed, printed
+    settings.write_text("knowledge:\n  top_k: 3\ncompute:\n  batch_size: 16\n")  # one it reads: all run
+    code, printed, runs = _build(capsys, reg, out, "--config", str(settings))
+    assert code == 0 and "skipped" not in printed
+    assert runs == {"src_a": 3, "src_b": 3}
+
+    code, printed, runs = _build(capsys, reg, out, "--config", str(settings), "--force")
+    assert code == 0 and "skipped" not in printed
+    assert runs == {"src_a": 4, "src_b": 4}
+
+
+def test_a_touched_file_reruns_its_ingestion_and_nothing_after_it(registry, capsys):
+    """A file touched but not changed runs its source's ingestion again (its time changed); that
+    makes the same tables, so neither the shared expert models nor the source's ROIs run again."""
+    import os
+
+    reg, out, base = registry
+    code, printed, runs = _build(capsys, reg, out, "--until", "roi_set")
+    assert code == 0 and runs == {"src_a": 2, "src_b": 2, "": 1}  # ingest and ROIs per source; the experts
+    image = base / "b" / "images" / "cell.png"
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    code, printed, runs = _build(capsys, reg, out, "--until", "roi_set")
+    assert code == 0 and "4 of 5 run(s) skipped" in printed, printed
+    assert runs == {"src_a": 2, "src_b": 3, "": 1}
+
+
+def test_a_setting_naming_a_folder_counts_with_its_files(tmp_path, monkeypatch):
+    """A user's corpus folder named in the settings: a changed file there changes the settings'
+    fingerprint (the knowledge runs again); the worker count and an API key do not."""
+    from medtrinity_assets.defs.resources import ComputeResource, KnowledgeConfig
+    from medtrinity_assets.defs.stamps import settings_fingerprint
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "notes.md").write_text("The liver is the largest gland.")
+
+    def fingerprint(workers: int = 2) -> str:
+        resources = {"knowledge": KnowledgeConfig(corpus_paths=[str(corpus)]), "compute": ComputeResource(workers=workers)}
+        return settings_fingerprint(resources, {})
+
+    first = fingerprint()
+    assert fingerprint(workers=1) == first
+    monkeypatch.setenv("MEDTRINITY_API_KEY", "secret")
+    assert fingerprint() == first
+    (corpus / "notes.md").write_text("The liver is the largest gland of the body.")
+    assert fingerprint() != first
