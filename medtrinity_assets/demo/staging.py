@@ -177,10 +177,14 @@ def stage_phantoms(dest: Path, n: int = 40, size: int = 128, seed: int = 7) -> l
     the phantom scope, which the expert trained on the annotated ones grounds, and the truth
     masks score that expert's output.
     """
+    root = dest / "synthetic_phantoms"
+    marker, key = dest / ".synthetic_phantoms.staged", _phantoms_key(n, size, seed)
+    if _still_staged(marker, key, dest):
+        return ["synthetic_phantoms"]  # MONAI's import alone takes about 6 s
     from monai.data.synthetic import create_test_image_2d
 
     rng = np.random.default_rng(seed)
-    root = dest / "synthetic_phantoms"
+    written: list[Path] = []
     for i in range(n):
         img, seg = create_test_image_2d(
             size,
@@ -196,13 +200,35 @@ def stage_phantoms(dest: Path, n: int = 40, size: int = 128, seed: int = 7) -> l
         yy, xx = np.mgrid[0:size, 0:size] / size
         bias = 0.6 * (xx * rng.uniform(0.5, 1.0) + yy * rng.uniform(0.0, 0.5))
         arr = np.clip((img + bias) / (1.0 + bias.max()), 0, 1)
-        _write_if_changed(root / "images" / f"phantom_{i:03d}.png", _png_bytes((arr * 255).astype(np.uint8)))
         held_out = i >= n - PHANTOM_HELD_OUT
         mask_dir = dest / "synthetic_phantoms_truth" / "masks" if held_out else root / "masks"
-        _write_if_changed(mask_dir / f"phantom_{i:03d}.png", _png_bytes((seg > 0).astype(np.uint8)))
+        written += [root / "images" / f"phantom_{i:03d}.png", mask_dir / f"phantom_{i:03d}.png"]
+        _write_if_changed(written[-2], _png_bytes((arr * 255).astype(np.uint8)))
+        _write_if_changed(written[-1], _png_bytes((seg > 0).astype(np.uint8)))
         if held_out:
             (root / "masks" / f"phantom_{i:03d}.png").unlink(missing_ok=True)  # staged by an older version
+    listing = {str(f.relative_to(dest)): f.stat().st_size for f in written}
+    atomic_write_bytes(marker, json.dumps({"key": key, "files": listing}).encode())
     return ["synthetic_phantoms"]
+
+
+def _phantoms_key(n: int, size: int, seed: int) -> str:
+    """What the phantoms are made from: this module's code, the versions of MONAI, NumPy and
+    Pillow, and the parameters."""
+    import hashlib
+    from importlib.metadata import version
+
+    parts = [Path(__file__).read_bytes(), *(version(d).encode() for d in ("monai", "numpy", "pillow"))]
+    return hashlib.sha256(b"\0".join([*parts, f"{n},{size},{seed}".encode()])).hexdigest()
+
+
+def _still_staged(marker: Path, key: str, dest: Path) -> bool:
+    """Whether the files the marker lists were staged with ``key`` and are all there, at their size."""
+    try:
+        staged = json.loads(marker.read_text())
+        return staged["key"] == key and all((dest / f).stat().st_size == size for f, size in staged["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 STAGERS: list[Callable[[Path], list[str]]] = [stage_dicom, stage_skimage, stage_mni, stage_phantoms]
