@@ -119,3 +119,21 @@ def test_a_setting_naming_a_folder_counts_with_its_files(tmp_path, monkeypatch):
     assert fingerprint() == first
     (corpus / "notes.md").write_text("The liver is the largest gland of the body.")
     assert fingerprint() != first
+
+
+@pytest.mark.parametrize("retry, skipped", [(0, True), (3, False)])
+def test_rows_left_to_try_again_make_a_partition_run_again(retry, skipped):
+    """A materialization that reports rows to try again (descriptions a model server failed to
+    write, images the OCR engine failed to check) is not up to date, whatever its stamp."""
+    from medtrinity_assets.defs.reporting import retry_metadata
+    from medtrinity_assets.defs.stamps import STAMP_TAG, up_to_date
+
+    @dg.asset
+    def captions() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata=retry_metadata(retry))
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([captions], instance=instance, tags={STAMP_TAG: "stamp-1"})
+        assert up_to_date(instance, [dg.AssetKey("captions")], None, "stamp-2") is None  # another stamp
+        made = up_to_date(instance, [dg.AssetKey("captions")], None, "stamp-1")
+        assert made == (result.run_id if skipped else None)

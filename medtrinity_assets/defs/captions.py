@@ -27,6 +27,7 @@ from medtrinity_assets.defs.reporting import (
     file_metadata,
     picture_file,
     progress_logger,
+    retry_metadata,
     stage_metrics,
 )
 from medtrinity_assets.defs.resources import CaptionerResource, ComputeResource, JudgeResource, OutputStorage
@@ -112,6 +113,7 @@ def _describe_shard(context: dg.AssetExecutionContext, out: Path, key: str, back
         **picture_file(out, CAPTION_BATCH.name, name, "sample_triplets", triplet_cards(samples)),
         **file_metadata(path, ["roi_id", "backend", "status", "text"]),
         **counts_metadata("batch", result.as_metadata()),
+        **retry_metadata(result.failed),
         "backend": captioner.backend,
         "prompt_version": head["prompt_version"][0] if head.height else "",
         "sample_triplets": dg.MetadataValue.md(_triplet_markdown(samples)),
@@ -186,6 +188,7 @@ def caption_quality(context: dg.AssetExecutionContext, storage: OutputStorage, j
             "phi_findings": int(quality["phi_found"].sum()) if n else 0,
             "captions_ok": captions.filter(pl.col("status") == "ok").height,
             "identifying_values_checked": identifiers.size,
+            **retry_metadata(issues.get("judge failed", 0)),
         }
     )
     yield from caption_quality_results(quality)

@@ -12,6 +12,7 @@ from medtrinity_assets.defs.reporting import (
     GROUP_INGEST,
     counts_metadata,
     progress_logger,
+    retry_metadata,
     sheet_metadata,
     stage_metrics,
     table_metadata,
@@ -86,6 +87,7 @@ def ingest_source_assets(
             ),
             **counts_metadata("status_counts", result.status_counts),
             **counts_metadata("quarantined_by_reason", result.quarantine_counts),
+            **retry_metadata(result.quarantine_counts.get("burned_in_text_unchecked", 0)),  # OCR failed
             **counts_metadata("slices_skipped_by_reason", result.skipped_counts),
             "warnings": dg.MetadataValue.json(result.warnings),
             "shard": shard,

@@ -59,6 +59,16 @@ def stage_metrics(started: float, *, rows_in: int, rows_out: int, quarantined: i
     }
 
 
+#: metadata of an asset: how many of its rows failed for a reason a new attempt may not meet (a model
+#: server down, the OCR engine timing out); a rebuild runs such a partition again (see ``stamps``)
+RETRY_ON_REBUILD = "retry_on_rebuild"
+
+
+def retry_metadata(count: int) -> dict:
+    """The :data:`RETRY_ON_REBUILD` entry for ``count`` rows to try again."""
+    return {RETRY_ON_REBUILD: dg.MetadataValue.int(int(count))}
+
+
 def picture_file(out: Path, asset: str, partition: str | None, name: str, image) -> dict:
     """A picture written as a PNG under ``<out>/reports/<asset>/<partition>/`` (content-hashed name)
     and linked from the metadata: Dagster shows run-time pictures only behind a dialog, a file

@@ -14,8 +14,10 @@ A run of one phase for one partition gets a *stamp*, a hash of everything its ou
   content of its assets where they tell it (:func:`content_stamp`), else by its stamp.
 
 The run is recorded with its stamp as a tag. A later build skips a run when the latest
-materialization of each of its assets, for its partition, came from a run with the same stamp and
-every file those materializations name still exists: the same inputs, settings and code made what
+materialization of each of its assets, for its partition, came from a run with the same stamp,
+every file those materializations name still exists and none reports rows to try again
+(``retry_on_rebuild``: descriptions a model server failed to write, images the OCR engine failed
+to check, judge scores that failed): the same inputs, settings and code made what
 is on disk, and nothing materialized it differently since (from the UI, a sensor or another
 build). Anything else runs again, and so does everything downstream of it, whose stamps follow.
 
@@ -127,7 +129,9 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: object) -
 
 def up_to_date(instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], partition: object, stamp: str) -> str | None:
     """The id of the run that made every one of ``keys`` for ``partition`` with ``stamp``, when each
-    file its materializations name is still there; else None."""
+    file its materializations name is still there and none left rows to try again; else None."""
+    from medtrinity_assets.defs.reporting import RETRY_ON_REBUILD
+
     run_ids = set()
     for key in keys:
         record = _latest(instance, key, partition)
@@ -136,6 +140,9 @@ def up_to_date(instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], partit
         run_ids.add(record.event_log_entry.run_id)
         metadata = record.asset_materialization.metadata if record.asset_materialization else {}
         if any(isinstance(v, dg.PathMetadataValue) and not Path(v.path).exists() for v in metadata.values()):
+            return None
+        retry = metadata.get(RETRY_ON_REBUILD)
+        if isinstance(retry, dg.IntMetadataValue) and (retry.value or 0) > 0:
             return None
     for run_id in run_ids:
         run = instance.get_run_by_id(run_id)
