@@ -159,8 +159,11 @@ def _finish(req: BuildRequest, home: Path, names: Sequence[str], reports, reject
     built = [n for n in names if all(r.source != n for r in failed)]
     out = Path(req.out_dir).resolve()
     if not req.quiet:
-        _say(f"done in {elapsed:.0f}s: {len(built)} of {len(names)} source(s) built into {out}")
         skipped = sum(r.skipped for r in reports)
+        if reports and skipped == len(reports):
+            _say(f"done in {elapsed:.0f}s: nothing to run, all {len(names)} source(s) are up to date in {out}")
+        else:
+            _say(f"done in {elapsed:.0f}s: {len(built)} of {len(names)} source(s) built into {out}")
         if skipped:
             _say(f"{skipped} of {len(reports)} run(s) skipped: up to date (same sources, settings and code as "
                  "the runs that made them); --force runs them again")

@@ -57,6 +57,7 @@ def test_a_rebuild_skips_what_is_up_to_date_and_runs_what_changed(registry, caps
 
     code, printed, runs = _build(capsys, reg, out)  # nothing changed: nothing runs
     assert code == 0 and "2 of 2 run(s) skipped: up to date" in printed, printed
+    assert "nothing to run, all 2 source(s) are up to date" in printed
     assert runs == {"src_a": 1, "src_b": 1}
     assert manifest.stat().st_mtime_ns == made
 
