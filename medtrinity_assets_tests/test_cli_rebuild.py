@@ -138,3 +138,18 @@ def test_rows_left_to_try_again_make_a_partition_run_again(retry, skipped):
         assert up_to_date(instance, [dg.AssetKey("captions")], None, "stamp-2") is None  # another stamp
         made = up_to_date(instance, [dg.AssetKey("captions")], None, "stamp-1")
         assert made == (result.run_id if skipped else None)
+
+
+def test_the_code_fingerprint_does_not_depend_on_the_working_directory(tmp_path):
+    """A build started from another folder (one holding a package's metadata, as a project
+    checkout does) is the same version, so it skips what is up to date."""
+    import subprocess
+    import sys
+
+    from medtrinity_assets.defs.stamps import code_fingerprint
+
+    (tmp_path / "other_project.egg-info").mkdir()
+    code = "from medtrinity_assets.defs.stamps import code_fingerprint; print(code_fingerprint())"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == code_fingerprint()

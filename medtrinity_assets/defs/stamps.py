@@ -52,12 +52,16 @@ def _digest(*parts: object) -> str:
 
 @functools.cache
 def code_fingerprint() -> str:
-    """Hash of this package's files and of the installed distributions' names and versions."""
+    """Hash of this package's files and of the installed distributions' names and versions (those
+    of the environment's package folders: the working directory, also on ``sys.path``, would make
+    a build started elsewhere look like another version)."""
     digest = hashlib.sha256()
     for path in sorted(_PACKAGE.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts:
             digest.update(f"{path.relative_to(_PACKAGE)}\0".encode() + path.read_bytes() + b"\0")
     for folder in sys.path:
+        if Path(folder or ".").name not in ("site-packages", "dist-packages"):
+            continue
         try:
             names = sorted(n for n in os.listdir(folder or ".") if n.endswith((".dist-info", ".egg-info")))
         except OSError:
