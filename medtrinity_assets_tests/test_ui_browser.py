@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -156,7 +157,10 @@ def test_materialize_one_partition_from_the_web_ui(chromium, ui_instance, dagste
                if (i.get("sensorState") or i.get("scheduleState"))["status"] == "RUNNING"]
     assert not running, f"sensors or schedules still running, they would launch runs of their own: {running}"
     t0 = time.monotonic()
-    driver = headless_chrome(*chromium)
+    # Chromium's own temporary folder, short enough for its socket path (about 100 characters at
+    # most, which pytest's tmp_path exceeds), removed with the browser
+    browser_tmp = Path(tempfile.mkdtemp(prefix="mtc-"))
+    driver = headless_chrome(*chromium, tmp=browser_tmp)
     ui = Browser(driver, shots)
     try:
         # The "join the community" dialog of a localhost server stays closed once dismissed.
@@ -259,6 +263,7 @@ def test_materialize_one_partition_from_the_web_ui(chromium, ui_instance, dagste
         raise
     finally:
         driver.quit()
+        shutil.rmtree(browser_tmp, ignore_errors=True)
 
     # Second opinion from the GraphQL API, and the table on disk.
     run = dagster_dev.graphql("query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status "

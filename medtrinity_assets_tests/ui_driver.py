@@ -138,7 +138,9 @@ class DagsterDev:
             self._log_file.close()
 
 
-def headless_chrome(browser: str, driver: str, size: tuple[int, int] = (1600, 1000)):
+def headless_chrome(browser: str, driver: str, size: tuple[int, int] = (1600, 1000), tmp: Path | None = None):
+    """Headless Chromium; with ``tmp``, its temporary files go there (each launch otherwise leaves an
+    ``org.chromium.Chromium.*`` folder in ``/tmp``)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -147,7 +149,8 @@ def headless_chrome(browser: str, driver: str, size: tuple[int, int] = (1600, 10
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 f"--window-size={size[0]},{size[1]}", "--lang=en-US"):
         opts.add_argument(arg)
-    chrome = webdriver.Chrome(service=Service(driver), options=opts)
+    env = {**os.environ, "TMPDIR": str(tmp)} if tmp is not None else None
+    chrome = webdriver.Chrome(service=Service(driver, env=env), options=opts)
     chrome.set_page_load_timeout(30)
     return chrome
 
