@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -29,6 +30,7 @@ from medtrinity_assets.export.catalog import (
 )
 from medtrinity_assets.export.viewer import NO_REGION, OUTLINE, overlay_array, write_viewer
 from medtrinity_assets.rois.rle import rle_encode, rle_json
+from medtrinity_assets_tests.ui_driver import chromium_paths, headless_chrome
 
 SOURCES = [
     {"name": "ct_src", "license": "MIT", "origin": "made by the test", "synthetic": False, "modality": "CT", "organ": "head"},
@@ -258,18 +260,11 @@ def test_overlay_outlines_masks_and_boxes_but_not_whole_images(out):
         assert bool((arr == OUTLINE).all(-1).any()) is outlined
 
 
-def _chromium() -> tuple[str, str] | None:
-    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
 def test_viewer_loads_in_headless_chromium_after_a_move(out, tmp_path):
-    found = _chromium()
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
+    found = chromium_paths()
+    pytest.importorskip("selenium.webdriver", reason="selenium not installed")
     if found is None:
         pytest.skip("no chromium/chromedriver on PATH")
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
     export = MEDTRINITY_DATASET.path(out).parent
@@ -277,13 +272,9 @@ def test_viewer_loads_in_headless_chromium_after_a_move(out, tmp_path):
     moved = tmp_path / "moved_export"
     shutil.copytree(export, moved)
     shutil.rmtree(export / "viewer")  # the copy must not lean on the original folder
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = found[0]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(found[1]), options=opts)
+    browser_tmp = Path(tempfile.mkdtemp(prefix="mtc-"))  # short: Chromium's socket path has a limit
+    driver = headless_chrome(*found, size=(1280, 1600), tmp=browser_tmp)
     try:
-        driver.set_page_load_timeout(20)
         driver.get((moved / "viewer" / "index.html").as_uri())
         WebDriverWait(driver, 10).until(lambda d: d.execute_script(
             "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"))
@@ -292,6 +283,7 @@ def test_viewer_loads_in_headless_chromium_after_a_move(out, tmp_path):
         shown = driver.execute_script("return Array.from(document.images).map(i => i.getBoundingClientRect().width)")
     finally:
         driver.quit()
+        shutil.rmtree(browser_tmp, ignore_errors=True)
     assert len(widths) == 6 and all(w > 0 for w in widths)
     assert cards == 6
     assert all(w >= 256 for w in shown)
