@@ -39,6 +39,8 @@ from typing import Any
 
 import dagster as dg
 
+from medtrinity_assets.core.storage import sha256_file
+
 STAMP_TAG = "medtrinity/build_stamp"
 _USER_VERSION, _DATA_VERSION = "dagster/data_version_is_user_provided", "dagster/data_version"
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -60,10 +62,10 @@ def code_fingerprint() -> str:
         if path.is_file() and "__pycache__" not in path.parts:
             digest.update(f"{path.relative_to(_PACKAGE)}\0".encode() + path.read_bytes() + b"\0")
     for folder in sys.path:
-        if Path(folder or ".").name not in ("site-packages", "dist-packages"):
+        if Path(folder).name not in ("site-packages", "dist-packages"):  # '' (the working directory) is ''
             continue
         try:
-            names = sorted(n for n in os.listdir(folder or ".") if n.endswith((".dist-info", ".egg-info")))
+            names = sorted(n for n in os.listdir(folder) if n.endswith((".dist-info", ".egg-info")))
         except OSError:
             continue
         digest.update("\n".join(names).encode())
@@ -166,11 +168,7 @@ def _content(record: Any) -> str | None:
     path = materialization.metadata.get("path")
     if not isinstance(path, dg.PathMetadataValue) or not Path(path.path).is_file():
         return None
-    digest = hashlib.sha256()
-    with open(path.path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path.path)
 
 
 def content_stamp(instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], partition: object) -> str | None:
