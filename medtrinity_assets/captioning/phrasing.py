@@ -150,7 +150,8 @@ def holder_label(item: CaptionInput) -> str | None:
     reads as a tautology)."""
     own = label_text(item.label).lower()
     names = [item.inside_label, *(r.get("other_label") for r in item.relations if r.get("relation") == "lies within")]
-    return next((label_text(n) for n in names if is_named(n) and label_text(n).lower() != own), None)
+    texts = (label_text(n) for n in names if is_named(n))
+    return next((text for text in texts if text.lower() != own), None)
 
 
 def surround_phrase(item: CaptionInput) -> str:

@@ -21,7 +21,8 @@ from medtrinity_assets.defs.plan import Phase, RunPlan
 from medtrinity_assets.defs.sensors import FINGERPRINT_TAG, SOURCE_TAG
 from medtrinity_assets.defs.stamps import (
     STAMP_TAG,
-    content_stamp,
+    record_content,
+    recorded_content,
     run_stamp,
     settings_fingerprint,
     up_to_date,
@@ -185,14 +186,16 @@ def run_plan(
                 stamp = stamps.of(index, phase, source, key, settings) if stamps else None
                 made = up_to_date(instance, phase.keys, key, stamp) if stamp and skip_up_to_date else None
                 if made:
-                    report = StepReport(phase.name, None, made, True, skipped=True)
+                    report = StepReport(phase.name, None, made[0].run_id, True, skipped=True)
+                    content = recorded_content(instance, made, phase.keys, key)
                 else:
                     run_tags = {**(tags if phase.per_source else {}), **({STAMP_TAG: stamp} if stamp else {})}
                     report = _execute(job, instance, phase, key, config, run_tags, keep_results)
+                    content = record_content(instance, report.run_id, phase.keys, key) if stamp and report.success else None
                 report.source = source
                 reports.append(report)
                 if stamps and stamp and report.success:
-                    stamps.made(index, phase, source, content_stamp(instance, phase.keys, key) or stamp)
+                    stamps.made(index, phase, source, content or stamp)
                 if on_done:
                     on_done(report)
                 if not report.success:

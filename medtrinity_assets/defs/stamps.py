@@ -11,7 +11,8 @@ A run of one phase for one partition gets a *stamp*, a hash of everything its ou
 - the inputs: for a per-source run, the source's declaration, and its files (as the registry sensor
   fingerprints them) when it is the source's first phase; and the earlier runs it reads (the same
   source's earlier phases and every shared run; a shared run reads every earlier run), each by the
-  content of its assets where they tell it (:func:`content_stamp`), else by its stamp.
+  content of its assets where they tell it (:func:`content_stamp`, recorded on the run as a tag
+  once it is made), else by its stamp.
 
 The run is recorded with its stamp as a tag. A later build skips a run when the latest
 materialization of each of its assets, for its partition, came from a run with the same stamp,
@@ -33,7 +34,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ import dagster as dg
 from medtrinity_assets.core.storage import sha256_file
 
 STAMP_TAG = "medtrinity/build_stamp"
+CONTENT_TAG = "medtrinity/content_stamp"  # what a stamped run made (see :func:`content_stamp`), recorded after it
 _USER_VERSION, _DATA_VERSION = "dagster/data_version_is_user_provided", "dagster/data_version"
 _PACKAGE = Path(__file__).resolve().parent.parent
 _NOT_OUTPUT = {"compute": ("workers",)}  # settings that change how fast, not what is made
@@ -133,8 +135,10 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: object) -
     return records[0] if records else None
 
 
-def up_to_date(instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], partition: object, stamp: str) -> str | None:
-    """The id of the run that made every one of ``keys`` for ``partition`` with ``stamp``, when each
+def up_to_date(
+    instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], partition: object, stamp: str
+) -> list[dg.DagsterRun] | None:
+    """The runs (by id) that made every one of ``keys`` for ``partition`` with ``stamp``, when each
     file its materializations name is still there and none left rows to try again; else None."""
     from medtrinity_assets.defs.reporting import RETRY_ON_REBUILD
 
@@ -150,11 +154,10 @@ def up_to_date(instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], partit
         retry = metadata.get(RETRY_ON_REBUILD)
         if isinstance(retry, dg.IntMetadataValue) and (retry.value or 0) > 0:
             return None
-    for run_id in run_ids:
-        run = instance.get_run_by_id(run_id)
-        if run is None or run.tags.get(STAMP_TAG) != stamp:
-            return None
-    return sorted(run_ids)[0]
+    runs = [instance.get_run_by_id(run_id) for run_id in sorted(run_ids)]
+    if any(run is None or run.tags.get(STAMP_TAG) != stamp for run in runs):
+        return None
+    return runs  # type: ignore[return-value]
 
 
 def _content(record: Any) -> str | None:
@@ -180,3 +183,25 @@ def content_stamp(instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], par
     touched but not changed) does not make them run again: the rebuild stops there."""
     found = [_content(_latest(instance, key, partition)) for key in sorted(keys)]
     return _digest("content", found) if all(found) else None
+
+
+
+def record_content(instance: dg.DagsterInstance, run_id: str, keys: Iterable[dg.AssetKey], partition: object) -> str | None:
+    """The :func:`content_stamp` of what a run just made, recorded on the run as a tag."""
+    content = content_stamp(instance, keys, partition)
+    if content is not None:
+        instance.add_run_tags(run_id, {CONTENT_TAG: content})
+    return content
+
+
+def recorded_content(
+    instance: dg.DagsterInstance, made: Sequence[dg.DagsterRun], keys: Iterable[dg.AssetKey], partition: object
+) -> str | None:
+    """The content stamp of assets that are up to date (``made``: the runs :func:`up_to_date` found):
+    the one recorded on the run when it alone made them, else :func:`content_stamp` again.
+
+    Reading the tag spares a rebuild with nothing to do hashing every table again (gigabytes for a
+    source of millions of images)."""
+    if len(made) == 1 and made[0].tags.get(CONTENT_TAG):
+        return made[0].tags[CONTENT_TAG]
+    return content_stamp(instance, keys, partition)
