@@ -106,6 +106,26 @@ def test_a_touched_file_reruns_its_ingestion_and_nothing_after_it(registry, caps
     assert runs == {"src_a": 2, "src_b": 3, "": 1}
 
 
+def test_a_build_further_than_the_last_one_runs_only_what_that_did_not_make(registry, capsys):
+    """``--until preprocessed_images``, then ``--until coarse_captions``: the second build runs the
+    coarse captions only, not the ingestion that shares their phase (per-asset stamps)."""
+    reg, out, _ = registry
+    code, printed, runs = _build(capsys, reg, out)  # --until preprocessed_images
+    manifest = out / "source_manifest" / "src_a.parquet"
+    made = manifest.stat().st_mtime_ns
+    code = main(["build", "--sources", str(reg), "--out", str(out), "--until", "coarse_captions"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "skipped" not in printed, printed
+    assert manifest.stat().st_mtime_ns == made
+    assert (out / "coarse_captions" / "src_a.parquet").exists()
+    with dg.DagsterInstance.get() as instance:
+        for key in ("preprocessed_images", "coarse_captions"):  # once per source each
+            records = instance.fetch_materializations(dg.AssetKey(key), limit=10).records
+            assert len(records) == 2 and len({r.partition_key for r in records}) == 2, key
+    code = main(["build", "--sources", str(reg), "--out", str(out), "--until", "coarse_captions"])
+    assert code == 0 and "2 of 2 run(s) skipped" in capsys.readouterr().out
+
+
 def test_a_setting_naming_a_folder_counts_with_its_files(tmp_path, monkeypatch):
     """A user's corpus folder named in the settings: a changed file there changes the settings'
     fingerprint (the knowledge runs again); the worker count and an API key do not."""
@@ -133,17 +153,18 @@ def test_rows_left_to_try_again_make_a_partition_run_again(retry, skipped):
     """A materialization that reports rows to try again (descriptions a model server failed to
     write, images the OCR engine failed to check) is not up to date, whatever its stamp."""
     from medtrinity_assets.defs.reporting import retry_metadata
-    from medtrinity_assets.defs.stamps import STAMP_TAG, up_to_date
+    from medtrinity_assets.defs.stamps import stamp_tags, up_to_date
 
     @dg.asset
     def captions() -> dg.MaterializeResult:
         return dg.MaterializeResult(metadata=retry_metadata(retry))
 
+    key = dg.AssetKey("captions")
     with dg.DagsterInstance.ephemeral() as instance:
-        result = dg.materialize([captions], instance=instance, tags={STAMP_TAG: "stamp-1"})
-        assert up_to_date(instance, [dg.AssetKey("captions")], None, "stamp-2") is None  # another stamp
-        made = up_to_date(instance, [dg.AssetKey("captions")], None, "stamp-1")
-        assert (made and [run.run_id for run in made]) == ([result.run_id] if skipped else None)
+        result = dg.materialize([captions], instance=instance, tags=stamp_tags({key: "stamp-1"}))
+        assert up_to_date(instance, key, None, "stamp-2") is None  # another stamp
+        made = up_to_date(instance, key, None, "stamp-1")
+        assert (made and made.run_id) == (result.run_id if skipped else None)
 
 
 def test_the_code_fingerprint_does_not_depend_on_the_working_directory(tmp_path):

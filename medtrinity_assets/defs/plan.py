@@ -190,6 +190,39 @@ class RunPlan:
     def has(self, name: str) -> bool:
         return any(p.name == name for p in self.phases)
 
+    def parents(self, key: dg.AssetKey) -> set[dg.AssetKey]:
+        """The assets ``key`` reads."""
+        return set(self._graph.parents.get(key, ()))
+
+    def in_order(self, phase: Phase) -> list[dg.AssetKey]:
+        """The keys of ``phase``, each after those of the phase it reads."""
+        keys, done, out = set(phase.keys), set(), []
+
+        def visit(key: dg.AssetKey) -> None:
+            if key in done:
+                return
+            done.add(key)
+            for parent in sorted(self.parents(key) & keys):
+                visit(parent)
+            out.append(key)
+
+        for key in phase.keys:
+            visit(key)
+        return out
+
+    def to_run(self, phase: Phase, stale: set[dg.AssetKey]) -> set[dg.AssetKey]:
+        """The keys of ``phase`` its run materializes when ``stale`` are not up to date: those, what
+        reads them in the phase, and the other keys of a multi-asset that runs whole."""
+        keys, out, stack = set(phase.keys), set(), list(stale)
+        while stack:
+            key = stack.pop()
+            if key in out or key not in keys:
+                continue
+            out.add(key)
+            stack.extend(self._graph.together.get(key, ()))
+            stack.extend(k for k in keys if key in self._graph.parents.get(k, ()))
+        return out
+
     def per_source_upstream(self, key: dg.AssetKey) -> set[dg.AssetKey]:
         """The per-source assets a shared asset reads (its staleness follows theirs)."""
         return self._graph.ancestors(key) & self._graph.partitioned

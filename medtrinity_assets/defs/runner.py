@@ -19,14 +19,7 @@ from medtrinity_assets.core.parts import shard_key
 from medtrinity_assets.defs.partitions import SHARDS, shard_partition
 from medtrinity_assets.defs.plan import Phase, RunPlan
 from medtrinity_assets.defs.sensors import FINGERPRINT_TAG, SOURCE_TAG
-from medtrinity_assets.defs.stamps import (
-    STAMP_TAG,
-    record_content,
-    recorded_content,
-    run_stamp,
-    settings_fingerprint,
-    up_to_date,
-)
+from medtrinity_assets.defs.stamps import Made, asset_stamp, settings_fingerprint, stamp_tags
 
 #: Dagster's console logger stays quiet: every event still goes to the instance (the UI shows
 #: it); the CLI prints one line per failure and the warnings of each run itself.
@@ -98,13 +91,14 @@ def _execute(
     run_config: dict[str, Any],
     tags: dict[str, str],
     keep_result: bool = True,
+    selection: Iterable[dg.AssetKey] | None = None,
 ) -> StepReport:
     result = job.execute_in_process(
         run_config=_config_for(job, run_config),
         instance=instance,
         partition_key=partition,
         raise_on_error=False,
-        asset_selection=list(phase.keys),
+        asset_selection=sorted(selection if selection is not None else phase.keys),
         tags=tags or None,
     )
     report = StepReport(phase.name, None, result.run_id, result.success, result=result if keep_result else None)
@@ -161,18 +155,19 @@ def run_plan(
     False: a long build drops them (the instance has the events) so its memory does not grow run
     after run.
 
-    With ``stamp_base`` (the code: see :mod:`~medtrinity_assets.defs.stamps`), each run is tagged with its
-    stamp; with ``skip_up_to_date`` too, a run whose assets are up to date for that stamp is not run
-    again: its report has ``skipped`` set and the id of the run that made them."""
+    With ``stamp_base`` (the code: see :mod:`~medtrinity_assets.defs.stamps`), each run is tagged with
+    its assets' stamps; with ``skip_up_to_date`` too, a run materializes only its assets that are not
+    up to date for their stamps (and what follows them in its phase); with none, it does not run:
+    its report has ``skipped`` set and the id of a run that made them."""
     fingerprints = dict(sources) if isinstance(sources, dict) else {}
     config = {**QUIET_RUN_CONFIG, **(run_config or {})}
     shard_count = shard_count or _recorded_shard_count(definitions)
-    stamps = _Stamps(stamp_base, fingerprints, _declarations(definitions, fingerprints)) if stamp_base else None
+    stamps = _Stamps(stamp_base, plan, _asset_settings(definitions, config), fingerprints, _declarations(definitions, fingerprints)) \
+        if stamp_base else None
     failed: set[str] = set()
     reports: list[StepReport] = []
-    for index, phase in enumerate(plan.phases):
+    for phase in plan.phases:
         job = definitions.resolve_job_def(phase.job_name)
-        settings = _phase_settings(definitions, job, phase, config) if stamps else ""
         targets: list[str | None] = [None]
         if phase.per_source:
             targets = [s for s in sources if s not in failed]
@@ -183,19 +178,8 @@ def run_plan(
             for key in _partition_keys(phase, source, shard_count, instance):
                 if on_start:
                     on_start(phase, source)
-                stamp = stamps.of(index, phase, source, key, settings) if stamps else None
-                made = up_to_date(instance, phase.keys, key, stamp) if stamp and skip_up_to_date else None
-                if made:
-                    report = StepReport(phase.name, None, made[0].run_id, True, skipped=True)
-                    content = recorded_content(instance, made, phase.keys, key)
-                else:
-                    run_tags = {**(tags if phase.per_source else {}), **({STAMP_TAG: stamp} if stamp else {})}
-                    report = _execute(job, instance, phase, key, config, run_tags, keep_results)
-                    content = record_content(instance, report.run_id, phase.keys, key) if stamp and report.success else None
-                report.source = source
+                report = _run_partition(job, instance, phase, key, source, config, tags, stamps, skip_up_to_date, keep_results)
                 reports.append(report)
-                if stamps and stamp and report.success:
-                    stamps.made(index, phase, source, content or stamp)
                 if on_done:
                     on_done(report)
                 if not report.success:
@@ -206,38 +190,94 @@ def run_plan(
     return reports
 
 
+def _run_partition(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    phase: Phase,
+    partition: str | dg.MultiPartitionKey | None,
+    source: str | None,
+    config: dict[str, Any],
+    tags: dict[str, str],
+    stamps: _Stamps | None,
+    skip_up_to_date: bool,
+    keep_results: bool,
+) -> StepReport:
+    """One partition of a phase: its assets that are not up to date (all of them without
+    ``stamps`` or ``skip_up_to_date``) run, with what follows them in the phase; none: skipped."""
+    tags = tags if phase.per_source else {}
+    if stamps is None:
+        report = _execute(job, instance, phase, partition, config, tags, keep_results)
+        report.source = source
+        return report
+    made = Made(instance, partition)
+    own = stamps.of(phase, source, partition)
+    makers = {k: made.up_to_date(k, s) if skip_up_to_date else None for k, s in own.items()}
+    todo = stamps.plan.to_run(phase, {k for k, run in makers.items() if run is None})
+    if not todo:
+        first = makers[phase.keys[0]]
+        report = StepReport(phase.name, source, first.run_id if first else "", True, skipped=True)
+    else:
+        run_tags = {**tags, **stamp_tags({k: own[k] for k in todo})}
+        report = _execute(job, instance, phase, partition, config, run_tags, keep_results, selection=todo)
+        report.source = source
+    if report.success:
+        contents = made.record_contents(report.run_id, todo) if todo else {}
+        for k in phase.keys:
+            content = contents[k] if k in todo else made.content(k, makers[k])
+            stamps.made(k, source if phase.per_source else None, partition, content or own[k])
+    return report
+
+
 class _Stamps:
-    """The stamps of a build's runs, each from those of the earlier phases' runs it reads: a
-    per-source run reads its source's and the shared runs, any other run reads every one. A run
-    is read by the content of its assets where they tell it, else by its stamp."""
+    """The stamps of a build's assets (see :mod:`~medtrinity_assets.defs.stamps`): each from its
+    settings, its source (per-source assets), the stamps of the assets of its run it reads and the
+    content of those of earlier runs it reads (its source's, every shard, and the shared ones; a
+    shared asset reads every source's)."""
 
-    def __init__(self, base: str, fingerprints: dict[str, str], declarations: dict[str, str]) -> None:
-        self.base, self.fingerprints, self.declarations = base, fingerprints, declarations
-        self._made: list[tuple[int, str | None, str]] = []  # (phase index, source or None, stamp)
+    def __init__(
+        self, base: str, plan: RunPlan, settings: dict[dg.AssetKey, str], fingerprints: dict[str, str], declarations: dict[str, str]
+    ) -> None:
+        self.base, self.plan, self.settings = base, plan, settings
+        self.fingerprints, self.declarations = fingerprints, declarations
+        self._made: dict[dg.AssetKey, dict[tuple[str, str], str]] = {}  # key -> (source, partition) -> content
 
-    def of(self, index: int, phase: Phase, source: str | None, partition: object, settings: str) -> str:
-        """A per-source run reads its source's declaration; its files only when it is the source's
-        first phase (later ones read what that made)."""
+    def of(self, phase: Phase, source: str | None, partition: object) -> dict[dg.AssetKey, str]:
+        """The stamp of each asset of ``phase`` for ``partition``."""
         own = source if phase.per_source else None
-        earlier = [(src, s) for i, src, s in self._made if i < index]
-        read = [s for src, s in earlier if own is None or src is None or src == own]
-        first = own is not None and all(src != own for src, _ in earlier)
-        inputs = [self.declarations.get(own), self.fingerprints.get(own) if first else None] if own else None
-        return run_stamp(f"{self.base}:{settings}", phase.name, phase.key_names(), partition, inputs, read)
+        stamps: dict[dg.AssetKey, str] = {}
+        for key in self.plan.in_order(phase):
+            parents = self.plan.parents(key)
+            read = [f"{p.to_user_string()}={stamps[p]}" for p in parents if p in stamps]
+            read += [f"{p.to_user_string()}@{s}/{part}={c}" for p in parents - set(stamps) for s, part, c in self._read(p, own)]
+            inputs = [self.declarations.get(own), None if parents else self.fingerprints.get(own)] if own else None
+            base = f"{self.base}:{self.settings.get(key, '')}"
+            stamps[key] = asset_stamp(base, key, partition, inputs, read)
+        return stamps
 
-    def made(self, index: int, phase: Phase, source: str | None, read_as: str) -> None:
-        self._made.append((index, source if phase.per_source else None, read_as))
+    def _read(self, key: dg.AssetKey, own: str | None) -> list[tuple[str, str, str]]:
+        """``(source, partition, content)`` of what this build made of ``key`` that ``own``'s assets read."""
+        made = self._made.get(key, {})
+        return sorted((s, part, c) for (s, part), c in made.items() if own is None or s in ("", own))
+
+    def made(self, key: dg.AssetKey, source: str | None, partition: object, read_as: str) -> None:
+        self._made.setdefault(key, {})[(source or "", str(partition))] = read_as
 
 
-def _phase_settings(definitions: dg.Definitions, job: dg.JobDefinition, phase: Phase, config: dict[str, Any]) -> str:
-    """The fingerprint of the settings a phase's assets read: the resources they require and the
-    run configuration of their ops (a captioner setting does not make ingestion run again)."""
-    keys: set[str] = set()
-    for a in definitions.assets or []:
-        if isinstance(a, dg.AssetsDefinition) and set(a.keys) & set(phase.keys):
-            keys |= set(a.required_resource_keys)
+def _asset_settings(definitions: dg.Definitions, config: dict[str, Any]) -> dict[dg.AssetKey, str]:
+    """The fingerprint of the settings each asset reads: the resources it requires and the run
+    configuration of its op (a captioner setting does not make ingestion run again)."""
     resources = definitions.resources or {}
-    return settings_fingerprint({k: resources[k] for k in sorted(keys) if k in resources}, _config_for(job, config))
+    rest = {k: v for k, v in config.items() if k != "ops"}
+    out: dict[dg.AssetKey, str] = {}
+    for a in definitions.assets or []:
+        if not isinstance(a, dg.AssetsDefinition):
+            continue
+        needed = {k: resources[k] for k in sorted(a.required_resource_keys) if k in resources}
+        op = a.node_def.name
+        ops = {op: config["ops"][op]} if op in (config.get("ops") or {}) else {}
+        settings = settings_fingerprint(needed, {**rest, **({"ops": ops} if ops else {})})
+        out.update(dict.fromkeys(a.keys, settings))
+    return out
 
 
 def _declarations(definitions: dg.Definitions, names: Iterable[str]) -> dict[str, str]:

@@ -1,26 +1,29 @@
-"""Build stamps: what a run of the plan was made from, so that a rebuild skips what is up to date.
+"""Build stamps: what each asset of a run of the plan was made from, so that a rebuild skips what
+is up to date.
 
-A run of one phase for one partition gets a *stamp*, a hash of everything its output depends on:
+Each asset a run materializes gets a *stamp*, a hash of everything its output depends on:
 
 - the code: every file of this package and the name and version of every installed distribution
   (the embedded corpus, ontologies and language model come from those);
-- the settings: the configuration of the resources the phase's assets require (without the worker
-  count, which changes no output), the run configuration of their ops and the ``MEDTRINITY_*``
-  environment; a setting naming a local file or folder counts with its files' paths, sizes and
-  modification times (a user's corpus, weights, VQA set or pseudonym key);
-- the inputs: for a per-source run, the source's declaration, and its files (as the registry sensor
-  fingerprints them) when it is the source's first phase; and the earlier runs it reads (the same
-  source's earlier phases and every shared run; a shared run reads every earlier run), each by the
-  content of its assets where they tell it (:func:`content_stamp`, recorded on the run as a tag
-  once it is made), else by its stamp.
+- the settings: the configuration of the resources the asset requires (without the worker count,
+  which changes no output), the run configuration of its op and the ``MEDTRINITY_*`` environment;
+  a setting naming a local file or folder counts with its files' paths, sizes and modification
+  times (a user's corpus, weights, VQA set or pseudonym key);
+- the inputs: for a per-source asset, the source's declaration, and its files (as the registry
+  sensor fingerprints them) when it reads no other asset; and the assets it reads: one of the same
+  run by its stamp, one of an earlier phase by its content (its data version, else the hash of the
+  table file it names; recorded on its run once made) where it tells it, else by its stamp. A
+  per-source asset reads its own source's (every shard of it) and the shared ones; a shared asset
+  reads every source's.
 
-The run is recorded with its stamp as a tag. A later build skips a run when the latest
-materialization of each of its assets, for its partition, came from a run with the same stamp,
-every file those materializations name still exists and none reports rows to try again
+A run records the stamps of its assets as a tag. A later build leaves an asset out of its phase's
+run when its latest materialization, for the partition, came from a run that recorded the same
+stamp for it, every file it names still exists and it reports no rows to try again
 (``retry_on_rebuild``: descriptions a model server failed to write, images the OCR engine failed
-to check, judge scores that failed): the same inputs, settings and code made what
-is on disk, and nothing materialized it differently since (from the UI, a sensor or another
-build). Anything else runs again, and so does everything downstream of it, whose stamps follow.
+to check, judge scores that failed): the same inputs, settings and code made what is on disk, and
+nothing materialized it differently since (from the UI, a sensor or another build). The run
+materializes the rest, with what follows them in the phase; with nothing left, it is skipped. So
+``--until roi_set`` and then a full build runs only what the first build did not make.
 
 What a stamp cannot see: a remote source's files and a source declared with ``watch_files:
 false`` count by their declaration only (as for the registry sensor), and a remote captioner or
@@ -34,7 +37,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,7 @@ import dagster as dg
 from medtrinity_assets.core.storage import sha256_file
 
 STAMP_TAG = "medtrinity/build_stamp"
-CONTENT_TAG = "medtrinity/content_stamp"  # what a stamped run made (see :func:`content_stamp`), recorded after it
+CONTENT_TAG = "medtrinity/content_stamp"  # what a run made, per asset (see :meth:`Made.record_contents`)
 _USER_VERSION, _DATA_VERSION = "dagster/data_version_is_user_provided", "dagster/data_version"
 _PACKAGE = Path(__file__).resolve().parent.parent
 _NOT_OUTPUT = {"compute": ("workers",)}  # settings that change how fast, not what is made
@@ -121,10 +124,25 @@ def settings_fingerprint(resources: Mapping[str, Any], run_config: Mapping[str, 
     )
 
 
-def run_stamp(base: str, phase: str, keys: Iterable[str], partition: object, source: object, read: Iterable[str]) -> str:
-    """The stamp of one run: ``base`` (code and settings), the phase and its assets, the partition,
-    what it reads of its source (per-source runs) and the stamps of the runs it reads."""
-    return _digest(base, phase, sorted(keys), str(partition) if partition is not None else None, source, sorted(read))
+def asset_stamp(base: str, key: dg.AssetKey, partition: object, source: object, read: Iterable[object]) -> str:
+    """The stamp of one asset in one run: ``base`` (code and the asset's settings), the asset, the
+    partition, what it reads of its source (per-source assets) and what it reads of other assets."""
+    name = key.to_user_string()
+    return _digest(base, name, str(partition) if partition is not None else None, source, sorted(map(str, read)))
+
+
+def stamp_tags(stamps: Mapping[dg.AssetKey, str]) -> dict[str, str]:
+    """The run tag recording the stamps of the assets a run materializes."""
+    return {STAMP_TAG: json.dumps({k.to_user_string(): v for k, v in stamps.items()}, sort_keys=True)}
+
+
+def _tag_map(run: dg.DagsterRun | None, tag: str) -> dict[str, str]:
+    """A run's JSON tag as a map (empty when absent or written by an older version)."""
+    try:
+        found = json.loads(run.tags.get(tag, "{}")) if run is not None else {}
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: object) -> Any:
@@ -135,29 +153,58 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: object) -
     return records[0] if records else None
 
 
-def up_to_date(
-    instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], partition: object, stamp: str
-) -> list[dg.DagsterRun] | None:
-    """The runs (by id) that made every one of ``keys`` for ``partition`` with ``stamp``, when each
-    file its materializations name is still there and none left rows to try again; else None."""
-    from medtrinity_assets.defs.reporting import RETRY_ON_REBUILD
+class Made:
+    """The latest materializations of assets for a partition and the runs that made them (each run
+    read once)."""
 
-    run_ids = set()
-    for key in keys:
-        record = _latest(instance, key, partition)
+    def __init__(self, instance: dg.DagsterInstance, partition: object) -> None:
+        self.instance, self.partition = instance, partition
+        self._runs: dict[str, dg.DagsterRun | None] = {}
+
+    def record(self, key: dg.AssetKey) -> Any:
+        return _latest(self.instance, key, self.partition)
+
+    def run(self, record: Any) -> dg.DagsterRun | None:
+        run_id = record.event_log_entry.run_id
+        if run_id not in self._runs:
+            self._runs[run_id] = self.instance.get_run_by_id(run_id)
+        return self._runs[run_id]
+
+    def up_to_date(self, key: dg.AssetKey, stamp: str) -> dg.DagsterRun | None:
+        """The run that made ``key`` with ``stamp``, when the files its materialization names are
+        still there and it left no rows to try again; else None."""
+        from medtrinity_assets.defs.reporting import RETRY_ON_REBUILD
+
+        record = self.record(key)
         if record is None:
             return None
-        run_ids.add(record.event_log_entry.run_id)
         metadata = record.asset_materialization.metadata if record.asset_materialization else {}
         if any(isinstance(v, dg.PathMetadataValue) and not Path(v.path).exists() for v in metadata.values()):
             return None
         retry = metadata.get(RETRY_ON_REBUILD)
         if isinstance(retry, dg.IntMetadataValue) and (retry.value or 0) > 0:
             return None
-    runs = [instance.get_run_by_id(run_id) for run_id in sorted(run_ids)]
-    if any(run is None or run.tags.get(STAMP_TAG) != stamp for run in runs):
-        return None
-    return runs  # type: ignore[return-value]
+        run = self.run(record)
+        return run if _tag_map(run, STAMP_TAG).get(key.to_user_string()) == stamp else None
+
+    def content(self, key: dg.AssetKey, run: dg.DagsterRun | None = None) -> str | None:
+        """What ``key`` holds: the content its maker ``run`` recorded, else :func:`_content`."""
+        return _tag_map(run, CONTENT_TAG).get(key.to_user_string()) or _content(self.record(key))
+
+    def record_contents(self, run_id: str, keys: Iterable[dg.AssetKey]) -> dict[dg.AssetKey, str | None]:
+        """The content of each of ``keys`` a run just made, recorded on the run as a tag: a rebuild
+        with nothing to do reads it instead of hashing every table again (gigabytes for a source of
+        millions of images)."""
+        found = {key: _content(self.record(key)) for key in keys}
+        told = {k.to_user_string(): v for k, v in found.items() if v is not None}
+        if told:
+            self.instance.add_run_tags(run_id, {CONTENT_TAG: json.dumps(told, sort_keys=True)})
+        return found
+
+
+def up_to_date(instance: dg.DagsterInstance, key: dg.AssetKey, partition: object, stamp: str) -> dg.DagsterRun | None:
+    """The run that made ``key`` for ``partition`` with ``stamp`` (see :meth:`Made.up_to_date`)."""
+    return Made(instance, partition).up_to_date(key, stamp)
 
 
 def _content(record: Any) -> str | None:
@@ -172,36 +219,3 @@ def _content(record: Any) -> str | None:
     if not isinstance(path, dg.PathMetadataValue) or not Path(path.path).is_file():
         return None
     return sha256_file(path.path)
-
-
-def content_stamp(instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], partition: object) -> str | None:
-    """A hash of what the latest materializations of ``keys`` for ``partition`` hold, when each
-    can tell (see :func:`_content`); else None.
-
-    The runs that read a run's assets take this for its stamp when there is one, so a run that made
-    the same content again (the expert models retrained on unchanged masks, a source whose files were
-    touched but not changed) does not make them run again: the rebuild stops there."""
-    found = [_content(_latest(instance, key, partition)) for key in sorted(keys)]
-    return _digest("content", found) if all(found) else None
-
-
-
-def record_content(instance: dg.DagsterInstance, run_id: str, keys: Iterable[dg.AssetKey], partition: object) -> str | None:
-    """The :func:`content_stamp` of what a run just made, recorded on the run as a tag."""
-    content = content_stamp(instance, keys, partition)
-    if content is not None:
-        instance.add_run_tags(run_id, {CONTENT_TAG: content})
-    return content
-
-
-def recorded_content(
-    instance: dg.DagsterInstance, made: Sequence[dg.DagsterRun], keys: Iterable[dg.AssetKey], partition: object
-) -> str | None:
-    """The content stamp of assets that are up to date (``made``: the runs :func:`up_to_date` found):
-    the one recorded on the run when it alone made them, else :func:`content_stamp` again.
-
-    Reading the tag spares a rebuild with nothing to do hashing every table again (gigabytes for a
-    source of millions of images)."""
-    if len(made) == 1 and made[0].tags.get(CONTENT_TAG):
-        return made[0].tags[CONTENT_TAG]
-    return content_stamp(instance, keys, partition)
