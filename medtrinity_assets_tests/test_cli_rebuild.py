@@ -116,6 +116,7 @@ def test_a_build_further_than_the_last_one_runs_only_what_that_did_not_make(regi
     code = main(["build", "--sources", str(reg), "--out", str(out), "--until", "coarse_captions"])
     printed = capsys.readouterr().out
     assert code == 0 and "skipped" not in printed, printed
+    assert "2 run(s) made only what was not up to date: 4 asset partition(s) kept" in printed, printed
     assert manifest.stat().st_mtime_ns == made
     assert (out / "coarse_captions" / "src_a.parquet").exists()
     with dg.DagsterInstance.get() as instance:

@@ -35,6 +35,7 @@ class StepReport:
     success: bool
     reason: str = ""
     skipped: bool = False  # up to date: made by ``run_id`` with the same stamp, not run again
+    kept: int = 0  # assets of the phase up to date, left out of a run that made the others
     warnings: list[str] = field(default_factory=list)
     result: dg.ExecuteInProcessResult | None = field(default=None, repr=False)
 
@@ -219,7 +220,7 @@ def _run_partition(
     else:
         run_tags = {**tags, **stamp_tags({k: own[k] for k in todo})}
         report = _execute(job, instance, phase, partition, config, run_tags, keep_results, selection=todo)
-        report.source = source
+        report.source, report.kept = source, len(phase.keys) - len(todo)
     if report.success:
         contents = made.record_contents(report.run_id, todo) if todo else {}
         for k in phase.keys:
