@@ -16,14 +16,16 @@ Usage::
     python benchmarks/preprocess.py            # full size
     python benchmarks/preprocess.py --small    # 8 x 128x128x40, quick
 
-The first process pool of a process starts a forkserver that imports the preprocessing module
-once (a one-time cost per process, about half a second): it is measured apart, so the rates are
+The first process pool of a process starts a forkserver that imports the preprocessing module once
+(a one-time cost per process, about half a second): it is measured apart, so the rates are
 steady-state, and the ratios are printed with and without it. The plain pool and ``ingest_source``
 with N workers run ``--repeat`` times, alternated, each into a new folder after the disk has been
 synced (ingestion syncs what it writes, the plain pool does not; unsynced, the plain pool's pages
-would be written back during the next phase): their best runs are compared, and each pair's
-ratio is printed, as these machines' timings vary by several percent from run to run. Prints slices/s for the plain loop, ``ingest_source(workers=1)`` and ``ingest_source(workers=N)``,
-the speed-up ratios, and peak RSS (this process, its largest child, and the sampled total of
+would be written back during the next phase): their best runs are compared, and each pair's ratio
+is printed, as these machines' timings vary by several percent from run to run. Prints slices/s for
+the plain loop, ``ingest_source(workers=1)`` and ``ingest_source(workers=N)``, the speed-up ratios
+(for the two-source set, also against the plain pool run one source at a time, as the pipeline runs
+one partition per source), and peak RSS (this process, its largest child, and the sampled total of
 the process tree).
 """
 
@@ -211,6 +213,14 @@ def plain_pool(jobs: list[tuple[str, list[Path]]], out: Path, workers: int, max_
         return n, time.perf_counter() - t
 
 
+def plain_pool_per_source(jobs: list[tuple[str, list[Path]]], out: Path, workers: int) -> tuple[int, float]:
+    """:func:`plain_pool` over one source at a time, as the pipeline ingests them (one partition, one
+    run each): what the plain pool's figure owes to overlapping one source's last files with the
+    next source's first."""
+    done = [plain_pool([job], out, workers) for job in jobs]
+    return sum(n for n, _ in done), sum(t for _, t in done)
+
+
 def _settle() -> None:
     """Flush what earlier phases wrote, so that no phase pays for another's disk writes (the kernel
     writes dirty pages back up to 30 s later, into whatever runs then)."""
@@ -326,15 +336,17 @@ def main() -> None:
                 _settle()
                 ingests.append(_timed_ingest(rss, set_specs, tmp / f"out_{set_name}_w{args.workers}_{k}", args.workers))
             res[args.workers] = min(ingests)
+            _settle()
+            per_source = plain_pool_per_source(jobs, tmp / f"out_pool1_{set_name}", args.workers)
             ratios = sorted((p[1] / p[0]) / (i[0] / i[1]) for p, i in zip(pools, ingests, strict=True))
-            rows.append((set_name, n_plain, t_plain, cpu_plain, res, min(pools, key=lambda p: p[1]), ratios))
+            rows.append((set_name, n_plain, t_plain, cpu_plain, res, min(pools, key=lambda p: p[1]), ratios, per_source))
     self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
     print(
         f"\n{'set':6} {'runner':22} {'slices':>7} {'wall s':>8} {'slices/s':>9} {'CPU s':>7} {'CPU/wall':>8}"
     )
-    for set_name, n_plain, t_plain, cpu_plain, res, (n_pool, t_pool, cpu_pool), ratios in rows:
+    for set_name, n_plain, t_plain, cpu_plain, res, (n_pool, t_pool, cpu_pool), ratios, per_source in rows:
         plain_rate = n_plain / t_plain
         print(
             f"{set_name:6} {'plain loop (1 proc)':22} {n_plain:7d} {t_plain:8.2f} {plain_rate:9.1f} "
@@ -360,6 +372,11 @@ def main() -> None:
             f"{set_name:6} ratio w={w} / plain pool ({w} procs, the fair baseline): best {rate_w / (n_pool / t_pool):.2f}x,"
             f" per pair median {ratios[len(ratios) // 2]:.2f}x (of {', '.join(f'{r:.2f}' for r in ratios)})"
         )
+        if len(specs[set_name]) > 1:
+            print(
+                f"{set_name:6} ratio w={w} / plain pool one source at a time ({per_source[1]:.2f}s, as partitions run):"
+                f" {rate_w / (per_source[0] / per_source[1]):.2f}x"
+            )
     print(f"\none-time pool start-up per process (forkserver + module import + {args.workers} workers): {t_startup:.2f}s")
     print(f"\nload average during the run (other users of the machine count too): {os.getloadavg()}")
     print(
