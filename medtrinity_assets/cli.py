@@ -167,7 +167,7 @@ def _finish(req: BuildRequest, home: Path, names: Sequence[str], reports, reject
         if skipped:
             _say(f"{skipped} of {len(reports)} run(s) skipped: up to date (same sources, settings and code as "
                  "the runs that made them); --force runs them again")
-        partial = [r for r in reports if r.kept and not r.skipped]
+        partial = [r for r in reports if r.kept and r.success and not r.skipped]
         if partial:
             _say(f"{len(partial)} run(s) made only what was not up to date: {sum(r.kept for r in partial)} "
                  "asset partition(s) kept as the last build made them")

@@ -181,3 +181,70 @@ def test_the_code_fingerprint_does_not_depend_on_the_working_directory(tmp_path)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == code_fingerprint()
+
+
+def _expert_models_run(capsys, reg: Path, out: Path, *extra: str) -> str:
+    """The id of the run that made ``expert_models`` after a build ``--until expert_models``."""
+    code = main(["build", "--sources", str(reg), "--out", str(out), "--until", "expert_models", *extra])
+    assert code == 0, capsys.readouterr().out
+    capsys.readouterr()
+    with dg.DagsterInstance.get() as instance:
+        return instance.fetch_materializations(dg.AssetKey("expert_models"), limit=1).records[0].run_id
+
+
+def test_a_shared_asset_follows_every_registered_source(registry, capsys):
+    """The expert models read every registered source: a declaration they read (the organ they
+    group by) runs them again; a build of one source (``--only``) reads the others as they are, so
+    it neither retrains them for nothing nor keeps them after another source's tables changed."""
+    reg, out, base = registry
+    first = _expert_models_run(capsys, reg, out)
+    declaration = reg / "src_b.yaml"
+    declaration.write_text(declaration.read_text().replace("organ: colon", "organ: liver"))
+    second = _expert_models_run(capsys, reg, out)
+    assert second != first
+    assert _expert_models_run(capsys, reg, out, "--only", "src_a") == second
+    shutil.copy(SAMPLES / "astronaut.png", base / "b" / "images" / "astronaut.png")
+    assert main(["build", "--sources", str(reg), "--out", str(out), "--until", "preprocessed_images", "--only", "src_b"]) == 0
+    third = _expert_models_run(capsys, reg, out, "--only", "src_a")
+    assert third != second
+    assert _expert_models_run(capsys, reg, out) == third
+
+
+class _Value(dg.ConfigurableResource):
+    value: str
+
+
+_TABLE: dict[str, Path] = {}  # where _verified_table writes (not a setting: a named file counts with its time)
+
+
+@dg.asset
+def _verified_table(settings: _Value) -> dg.MaterializeResult:
+    """Writes its file, then refuses a bad value (as the export refuses a dataset that fails verification)."""
+    path = _TABLE["path"]
+    path.write_text(settings.value)
+    if settings.value == "bad":
+        raise dg.Failure(description="verification failed")
+    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path))})
+
+
+def test_a_file_a_failed_run_rewrote_is_made_again(tmp_path):
+    """A run that fails after rewriting its asset's file leaves no materialization: the asset made
+    before with the same stamp is not up to date any more, its file having changed since."""
+    from medtrinity_assets.defs.plan import RunPlan
+    from medtrinity_assets.defs.runner import run_plan
+
+    path = _TABLE["path"] = tmp_path / "table.txt"
+
+    def build(instance: dg.DagsterInstance, value: str):
+        plan = RunPlan.from_assets([_verified_table])
+        resources = {"settings": _Value(value=value)}
+        defs = dg.Definitions(assets=[_verified_table], jobs=plan.jobs(), resources=resources)
+        [report] = run_plan(defs, plan, [], instance, stamp_base="code", skip_up_to_date=True)
+        return report
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert build(instance, "good").success
+        assert not build(instance, "bad").success and path.read_text() == "bad"
+        again = build(instance, "good")
+        assert again.success and not again.skipped and path.read_text() == "good"
+        assert build(instance, "good").skipped

@@ -223,6 +223,10 @@ class RunPlan:
             stack.extend(k for k in keys if key in self._graph.parents.get(k, ()))
         return out
 
+    def per_source(self, key: dg.AssetKey) -> bool:
+        """Whether ``key`` is partitioned per source (or per shard of one)."""
+        return key in self._graph.partitioned
+
     def per_source_upstream(self, key: dg.AssetKey) -> set[dg.AssetKey]:
         """The per-source assets a shared asset reads (its staleness follows theirs)."""
         return self._graph.ancestors(key) & self._graph.partitioned

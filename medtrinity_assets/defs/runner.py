@@ -163,7 +163,7 @@ def run_plan(
     fingerprints = dict(sources) if isinstance(sources, dict) else {}
     config = {**QUIET_RUN_CONFIG, **(run_config or {})}
     shard_count = shard_count or _recorded_shard_count(definitions)
-    stamps = _Stamps(stamp_base, plan, _asset_settings(definitions, config), fingerprints, _declarations(definitions, fingerprints)) \
+    stamps = _Stamps(stamp_base, plan, _asset_settings(definitions, config), fingerprints, _declarations(definitions), instance) \
         if stamp_base else None
     failed: set[str] = set()
     reports: list[StepReport] = []
@@ -232,13 +232,21 @@ def _run_partition(
 class _Stamps:
     """The stamps of a build's assets (see :mod:`~medtrinity_assets.defs.stamps`): each from its
     settings, its source (per-source assets), the stamps of the assets of its run it reads and the
-    content of those of earlier runs it reads (its source's, every shard, and the shared ones; a
-    shared asset reads every source's)."""
+    content of those of earlier runs it reads (its source's, every shard, and the shared ones). A
+    shared asset that reads per-source assets reads every registered source: their declarations,
+    the content this build made and, for the partitions it did not make (``--only``, a failed
+    source), their latest materializations."""
 
     def __init__(
-        self, base: str, plan: RunPlan, settings: dict[dg.AssetKey, str], fingerprints: dict[str, str], declarations: dict[str, str]
+        self,
+        base: str,
+        plan: RunPlan,
+        settings: dict[dg.AssetKey, str],
+        fingerprints: dict[str, str],
+        declarations: dict[str, str],
+        instance: dg.DagsterInstance,
     ) -> None:
-        self.base, self.plan, self.settings = base, plan, settings
+        self.base, self.plan, self.settings, self.instance = base, plan, settings, instance
         self.fingerprints, self.declarations = fingerprints, declarations
         self._made: dict[dg.AssetKey, dict[tuple[str, str], str]] = {}  # key -> (source, partition) -> content
 
@@ -249,16 +257,40 @@ class _Stamps:
         for key in self.plan.in_order(phase):
             parents = self.plan.parents(key)
             read = [f"{p.to_user_string()}={stamps[p]}" for p in parents if p in stamps]
-            read += [f"{p.to_user_string()}@{s}/{part}={c}" for p in parents - set(stamps) for s, part, c in self._read(p, own)]
-            inputs = [self.declarations.get(own), None if parents else self.fingerprints.get(own)] if own else None
+            read += [f"{p.to_user_string()}@{part}={c}" for p in parents - set(stamps) for part, c in self._read(p, own)]
             base = f"{self.base}:{self.settings.get(key, '')}"
-            stamps[key] = asset_stamp(base, key, partition, inputs, read)
+            stamps[key] = asset_stamp(base, key, partition, self._inputs(key, own, parents), read)
         return stamps
 
-    def _read(self, key: dg.AssetKey, own: str | None) -> list[tuple[str, str, str]]:
-        """``(source, partition, content)`` of what this build made of ``key`` that ``own``'s assets read."""
+    def _inputs(self, key: dg.AssetKey, own: str | None, parents: set[dg.AssetKey]) -> list | None:
+        """What an asset reads of the sources themselves: a per-source asset, its source's declaration
+        (and files, when it reads no other asset); a shared asset that reads per-source assets, every
+        registered source's declaration (the expert models group their data by organ, the dataset
+        card names each source's license)."""
+        if own is not None:
+            return [self.declarations.get(own), None if parents else self.fingerprints.get(own)]
+        return sorted(self.declarations.items()) if any(map(self.plan.per_source, parents)) else None
+
+    def _read(self, key: dg.AssetKey, own: str | None) -> list[tuple[str, str]]:
+        """``(partition, content)`` of each partition of ``key`` that ``own``'s assets read: its
+        source's (every shard) and the shared ones this build made; a shared asset reads every
+        partition, those this build did not make (``--only``, a failed source) as they are."""
         made = self._made.get(key, {})
-        return sorted((s, part, c) for (s, part), c in made.items() if own is None or s in ("", own))
+        found = {part: c for (s, part), c in made.items() if own is None or s in ("", own)}
+        if own is None and self.plan.per_source(key):
+            found.update(self._not_made(key, set(found)))
+        return sorted(found.items())
+
+    def _not_made(self, key: dg.AssetKey, made: set[str]) -> dict[str, str]:
+        """The content of each partition of ``key`` not in ``made``, by its latest materialization
+        (the event's id when it cannot tell)."""
+        latest = self.instance.event_log_storage.get_latest_storage_id_by_partition(key, dg.DagsterEventType.ASSET_MATERIALIZATION)
+        found: dict[str, str] = {}
+        for part in sorted(set(latest) - made):
+            there = Made(self.instance, part)
+            record = there.record(key)
+            found[part] = (there.content(key, there.run(record)) if record is not None else None) or f"#{latest[part]}"
+        return found
 
     def made(self, key: dg.AssetKey, source: str | None, partition: object, read_as: str) -> None:
         self._made.setdefault(key, {})[(source or "", str(partition))] = read_as
@@ -281,10 +313,10 @@ def _asset_settings(definitions: dg.Definitions, config: dict[str, Any]) -> dict
     return out
 
 
-def _declarations(definitions: dg.Definitions, names: Iterable[str]) -> dict[str, str]:
-    """The fingerprint of each source's declaration, read from the definitions' registry."""
+def _declarations(definitions: dg.Definitions) -> dict[str, str]:
+    """The fingerprint of each registered source's declaration, read from the definitions' registry."""
     registry = (definitions.resources or {}).get("registry")
-    return {name: registry.source(name).fingerprint() for name in names} if registry is not None else {}
+    return {spec.name: spec.fingerprint() for spec in registry.sources()} if registry is not None else {}
 
 
 def _recorded_shard_count(definitions: dg.Definitions) -> Callable[[str], int] | None:

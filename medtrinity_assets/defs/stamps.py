@@ -13,21 +13,29 @@ Each asset a run materializes gets a *stamp*, a hash of everything its output de
   sensor fingerprints them) when it reads no other asset; and the assets it reads: one of the same
   run by its stamp, one of an earlier phase by its content (its data version, else the hash of the
   table file it names; recorded on its run once made) where it tells it, else by its stamp. A
-  per-source asset reads its own source's (every shard of it) and the shared ones; a shared asset
-  reads every source's.
+  per-source asset reads its own source's (every shard of it) and the shared ones. A shared asset
+  that reads per-source assets reads every registered source: their declarations (the expert
+  models group their data by organ) and every partition, those the build did not make (``--only``,
+  a failed source) by their latest materialization.
 
 A run records the stamps of its assets as a tag. A later build leaves an asset out of its phase's
 run when its latest materialization, for the partition, came from a run that recorded the same
-stamp for it, every file it names still exists and it reports no rows to try again
-(``retry_on_rebuild``: descriptions a model server failed to write, images the OCR engine failed
-to check, judge scores that failed): the same inputs, settings and code made what is on disk, and
-nothing materialized it differently since (from the UI, a sensor or another build). The run
-materializes the rest, with what follows them in the phase; with nothing left, it is skipped. So
-``--until roi_set`` and then a full build runs only what the first build did not make.
+stamp for it, every file it names still exists, the table file has the size and time that run
+recorded (a run that failed after rewriting it leaves no materialization) and it reports no rows to
+try again (``retry_on_rebuild``: descriptions a model server failed to write, images the OCR engine
+failed to check, judge scores that failed): the same inputs, settings and code made what is on
+disk, and nothing materialized it differently since (from the UI, a sensor or another build). The
+run materializes the rest, with what follows them in the phase; with nothing left, it is skipped.
+So ``--until roi_set`` and then a full build runs only what the first build did not make.
 
 What a stamp cannot see: a remote source's files and a source declared with ``watch_files:
-false`` count by their declaration only (as for the registry sensor), and a remote captioner or
-judge may answer differently to the same request. ``medtrinity build --force`` runs everything.
+false`` count by their declaration only (as for the registry sensor), a remote captioner or judge
+may answer differently to the same request, and files an asset reads without declaring the asset
+that wrote them (the dataset card's backend lines, the fidelity report) do not count.
+``medtrinity build --force`` runs everything. A source's files count as a whole: a changed file
+runs the ingestion of every shard of its source, and whatever reads a shard reads all of its
+source's (so a shard whose tables came out the same still runs its descriptions again when
+another shard's changed).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from medtrinity_assets.core.storage import sha256_file
 
 STAMP_TAG = "medtrinity/build_stamp"
 CONTENT_TAG = "medtrinity/content_stamp"  # what a run made, per asset (see :meth:`Made.record_contents`)
+FILES_TAG = "medtrinity/file_stamp"  # the size and time of the table file each asset of a run wrote
 _USER_VERSION, _DATA_VERSION = "dagster/data_version_is_user_provided", "dagster/data_version"
 _PACKAGE = Path(__file__).resolve().parent.parent
 _NOT_OUTPUT = {"compute": ("workers",)}  # settings that change how fast, not what is made
@@ -185,7 +194,11 @@ class Made:
         if isinstance(retry, dg.IntMetadataValue) and (retry.value or 0) > 0:
             return None
         run = self.run(record)
-        return run if _tag_map(run, STAMP_TAG).get(key.to_user_string()) == stamp else None
+        name = key.to_user_string()
+        if _tag_map(run, STAMP_TAG).get(name) != stamp:
+            return None
+        written = _tag_map(run, FILES_TAG).get(name)
+        return run if written is None or written == _file_stat(record) else None  # else written since
 
     def content(self, key: dg.AssetKey, run: dg.DagsterRun | None = None) -> str | None:
         """What ``key`` holds: the content its maker ``run`` recorded, else :func:`_content`."""
@@ -195,16 +208,34 @@ class Made:
         """The content of each of ``keys`` a run just made, recorded on the run as a tag: a rebuild
         with nothing to do reads it instead of hashing every table again (gigabytes for a source of
         millions of images)."""
-        found = {key: _content(self.record(key)) for key in keys}
+        records = {key: self.record(key) for key in keys}
+        found = {key: _content(r) for key, r in records.items()}
         told = {k.to_user_string(): v for k, v in found.items() if v is not None}
-        if told:
-            self.instance.add_run_tags(run_id, {CONTENT_TAG: json.dumps(told, sort_keys=True)})
+        stats = {k.to_user_string(): _file_stat(r) for k, r in records.items() if _file_stat(r) is not None}
+        tags = {CONTENT_TAG: json.dumps(told, sort_keys=True)} if told else {}
+        if stats:  # a run that fails after rewriting a file changes it: the asset is made again
+            tags[FILES_TAG] = json.dumps(stats, sort_keys=True)
+        if tags:
+            self.instance.add_run_tags(run_id, tags)
         return found
 
 
 def up_to_date(instance: dg.DagsterInstance, key: dg.AssetKey, partition: object, stamp: str) -> dg.DagsterRun | None:
     """The run that made ``key`` for ``partition`` with ``stamp`` (see :meth:`Made.up_to_date`)."""
     return Made(instance, partition).up_to_date(key, stamp)
+
+
+def _file_stat(record: Any) -> str | None:
+    """The size and modification time of the file (or folder) an asset's ``path`` names."""
+    materialization = record.asset_materialization if record is not None else None
+    path = materialization.metadata.get("path") if materialization is not None else None
+    if not isinstance(path, dg.PathMetadataValue):
+        return None
+    try:
+        st = os.stat(path.path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _content(record: Any) -> str | None:
