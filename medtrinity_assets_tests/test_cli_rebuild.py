@@ -248,3 +248,33 @@ def test_a_file_a_failed_run_rewrote_is_made_again(tmp_path):
         again = build(instance, "good")
         assert again.success and not again.skipped and path.read_text() == "good"
         assert build(instance, "good").skipped
+
+
+def test_a_shard_reads_its_own_shard_of_what_it_reads():
+    """A shard's ROIs, descriptions and checks read that shard of ingestion's tables: another shard's
+    new tables leave their stamps as they were; the shard's own change, or a shared model's, does not."""
+    from medtrinity_assets.definitions import defs
+    from medtrinity_assets.defs.partitions import shard_partition
+    from medtrinity_assets.defs.plan import RunPlan
+    from medtrinity_assets.defs.runner import _own_partition_reads, _Stamps
+
+    plan = RunPlan.from_assets(defs.assets)
+    ingest, shared, enrichment = plan.phase("ingest"), plan.phase("shared_models"), plan.phase("enrichment")
+
+    def stamps(instance: dg.DagsterInstance, shard0: str, shard1: str, models: str = "models") -> dict:
+        made = _Stamps("code", plan, {}, {"a": "files"}, {"a": "declaration"}, instance)
+        made.own_partition = _own_partition_reads(defs)
+        for shard, content in ((0, shard0), (1, shard1)):
+            for key in ingest.keys:
+                made.made(key, "a", shard_partition("a", shard), f"{key.to_user_string()}:{content}")
+        for key in shared.keys:
+            made.made(key, None, None, models)
+        return made.of(enrichment, "a", shard_partition("a", 0))
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        before = stamps(instance, "same", "old")
+        assert stamps(instance, "same", "new") == before
+        changed = stamps(instance, "new", "old")
+        assert all(changed[key] != before[key] for key in enrichment.keys)
+        retrained = stamps(instance, "same", "old", models="retrained")
+        assert retrained[dg.AssetKey("roi_set")] != before[dg.AssetKey("roi_set")]

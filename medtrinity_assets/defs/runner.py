@@ -165,6 +165,8 @@ def run_plan(
     shard_count = shard_count or _recorded_shard_count(definitions)
     stamps = _Stamps(stamp_base, plan, _asset_settings(definitions, config), fingerprints, _declarations(definitions), instance) \
         if stamp_base else None
+    if stamps is not None:
+        stamps.own_partition = _own_partition_reads(definitions)
     failed: set[str] = set()
     reports: list[StepReport] = []
     for phase in plan.phases:
@@ -248,6 +250,7 @@ class _Stamps:
     ) -> None:
         self.base, self.plan, self.settings, self.instance = base, plan, settings, instance
         self.fingerprints, self.declarations = fingerprints, declarations
+        self.own_partition: set[tuple[dg.AssetKey, dg.AssetKey]] = set()  # see _own_partition_reads
         self._made: dict[dg.AssetKey, dict[tuple[str, str], str]] = {}  # key -> (source, partition) -> content
 
     def of(self, phase: Phase, source: str | None, partition: object) -> dict[dg.AssetKey, str]:
@@ -257,7 +260,8 @@ class _Stamps:
         for key in self.plan.in_order(phase):
             parents = self.plan.parents(key)
             read = [f"{p.to_user_string()}={stamps[p]}" for p in parents if p in stamps]
-            read += [f"{p.to_user_string()}@{part}={c}" for p in parents - set(stamps) for part, c in self._read(p, own)]
+            read += [f"{p.to_user_string()}@{part}={c}" for p in parents - set(stamps) for part, c in self._read(p, own)
+                     if (key, p) not in self.own_partition or part == str(partition)]
             base = f"{self.base}:{self.settings.get(key, '')}"
             stamps[key] = asset_stamp(base, key, partition, self._inputs(key, own, parents), read)
         return stamps
@@ -294,6 +298,22 @@ class _Stamps:
 
     def made(self, key: dg.AssetKey, source: str | None, partition: object, read_as: str) -> None:
         self._made.setdefault(key, {})[(source or "", str(partition))] = read_as
+
+
+def _own_partition_reads(definitions: dg.Definitions) -> set[tuple[dg.AssetKey, dg.AssetKey]]:
+    """``(asset, parent)`` pairs where the asset reads only its own partition of the parent: both
+    partitioned alike, with no partition mapping of their own (Dagster's identity), as a shard's
+    ROIs read that shard's images. The stamp of such an asset reads that partition only, so one
+    changed shard does not make the other shards' descriptions again."""
+    specs = [spec for a in definitions.assets or [] if isinstance(a, dg.AssetsDefinition) for spec in a.specs]
+    partitions = {spec.key: spec.partitions_def for spec in specs}
+    return {
+        (spec.key, dep.asset_key)
+        for spec in specs
+        for dep in spec.deps
+        if spec.partitions_def is not None and partitions.get(dep.asset_key) == spec.partitions_def
+        and (dep.partition_mapping is None or isinstance(dep.partition_mapping, dg.IdentityPartitionMapping))
+    }
 
 
 def _asset_settings(definitions: dg.Definitions, config: dict[str, Any]) -> dict[dg.AssetKey, str]:

@@ -13,7 +13,8 @@ Each asset a run materializes gets a *stamp*, a hash of everything its output de
   sensor fingerprints them) when it reads no other asset; and the assets it reads: one of the same
   run by its stamp, one of an earlier phase by its content (its data version, else the hash of the
   table file it names; recorded on its run once made) where it tells it, else by its stamp. A
-  per-source asset reads its own source's (every shard of it) and the shared ones. A shared asset
+  per-source asset reads its own source's (every shard of it, or its own shard where its partition
+  mapping is the identity) and the shared ones. A shared asset
   that reads per-source assets reads every registered source: their declarations (the expert
   models group their data by organ) and every partition, those the build did not make (``--only``,
   a failed source) by their latest materialization.
@@ -33,9 +34,9 @@ false`` count by their declaration only (as for the registry sensor), a remote c
 may answer differently to the same request, and files an asset reads without declaring the asset
 that wrote them (the dataset card's backend lines, the fidelity report) do not count.
 ``medtrinity build --force`` runs everything. A source's files count as a whole: a changed file
-runs the ingestion of every shard of its source, and whatever reads a shard reads all of its
-source's (so a shard whose tables came out the same still runs its descriptions again when
-another shard's changed).
+runs the ingestion of every shard of its source; a shard whose tables come out the same stops
+there (a shard's ROIs, descriptions and checks read that shard only, as their partition mapping
+says).
 """
 
 from __future__ import annotations
