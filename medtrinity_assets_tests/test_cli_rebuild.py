@@ -256,14 +256,13 @@ def test_a_shard_reads_its_own_shard_of_what_it_reads():
     from medtrinity_assets.definitions import defs
     from medtrinity_assets.defs.partitions import shard_partition
     from medtrinity_assets.defs.plan import RunPlan
-    from medtrinity_assets.defs.runner import _own_partition_reads, _Stamps
+    from medtrinity_assets.defs.runner import _Stamps
 
     plan = RunPlan.from_assets(defs.assets)
     ingest, shared, enrichment = plan.phase("ingest"), plan.phase("shared_models"), plan.phase("enrichment")
 
     def stamps(instance: dg.DagsterInstance, shard0: str, shard1: str, models: str = "models") -> dict:
-        made = _Stamps("code", plan, {}, {"a": "files"}, {"a": "declaration"}, instance)
-        made.own_partition = _own_partition_reads(defs)
+        made = _Stamps("code", plan, defs, {}, {"a": "files"}, instance)
         for shard, content in ((0, shard0), (1, shard1)):
             for key in ingest.keys:
                 made.made(key, "a", shard_partition("a", shard), f"{key.to_user_string()}:{content}")

@@ -163,10 +163,7 @@ def run_plan(
     fingerprints = dict(sources) if isinstance(sources, dict) else {}
     config = {**QUIET_RUN_CONFIG, **(run_config or {})}
     shard_count = shard_count or _recorded_shard_count(definitions)
-    stamps = _Stamps(stamp_base, plan, _asset_settings(definitions, config), fingerprints, _declarations(definitions), instance) \
-        if stamp_base else None
-    if stamps is not None:
-        stamps.own_partition = _own_partition_reads(definitions)
+    stamps = _Stamps(stamp_base, plan, definitions, config, fingerprints, instance) if stamp_base else None
     failed: set[str] = set()
     reports: list[StepReport] = []
     for phase in plan.phases:
@@ -243,14 +240,15 @@ class _Stamps:
         self,
         base: str,
         plan: RunPlan,
-        settings: dict[dg.AssetKey, str],
+        definitions: dg.Definitions,
+        config: dict[str, Any],
         fingerprints: dict[str, str],
-        declarations: dict[str, str],
         instance: dg.DagsterInstance,
     ) -> None:
-        self.base, self.plan, self.settings, self.instance = base, plan, settings, instance
-        self.fingerprints, self.declarations = fingerprints, declarations
-        self.own_partition: set[tuple[dg.AssetKey, dg.AssetKey]] = set()  # see _own_partition_reads
+        self.base, self.plan, self.instance, self.fingerprints = base, plan, instance, fingerprints
+        self.settings = _asset_settings(definitions, config)
+        self.declarations = _declarations(definitions)
+        self.own_partition = _own_partition_reads(definitions)
         self._made: dict[dg.AssetKey, dict[tuple[str, str], str]] = {}  # key -> (source, partition) -> content
 
     def of(self, phase: Phase, source: str | None, partition: object) -> dict[dg.AssetKey, str]:

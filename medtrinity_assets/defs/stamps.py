@@ -170,9 +170,13 @@ class Made:
     def __init__(self, instance: dg.DagsterInstance, partition: object) -> None:
         self.instance, self.partition = instance, partition
         self._runs: dict[str, dg.DagsterRun | None] = {}
+        self._records: dict[dg.AssetKey, Any] = {}
 
-    def record(self, key: dg.AssetKey) -> Any:
-        return _latest(self.instance, key, self.partition)
+    def record(self, key: dg.AssetKey, fresh: bool = False) -> Any:
+        """The latest materialization of ``key`` (read again with ``fresh``: a run just made it)."""
+        if fresh or key not in self._records:
+            self._records[key] = _latest(self.instance, key, self.partition)
+        return self._records[key]
 
     def run(self, record: Any) -> dg.DagsterRun | None:
         run_id = record.event_log_entry.run_id
@@ -209,10 +213,10 @@ class Made:
         """The content of each of ``keys`` a run just made, recorded on the run as a tag: a rebuild
         with nothing to do reads it instead of hashing every table again (gigabytes for a source of
         millions of images)."""
-        records = {key: self.record(key) for key in keys}
+        records = {key: self.record(key, fresh=True) for key in keys}
         found = {key: _content(r) for key, r in records.items()}
         told = {k.to_user_string(): v for k, v in found.items() if v is not None}
-        stats = {k.to_user_string(): _file_stat(r) for k, r in records.items() if _file_stat(r) is not None}
+        stats = {k.to_user_string(): stat for k, r in records.items() if (stat := _file_stat(r)) is not None}
         tags = {CONTENT_TAG: json.dumps(told, sort_keys=True)} if told else {}
         if stats:  # a run that fails after rewriting a file changes it: the asset is made again
             tags[FILES_TAG] = json.dumps(stats, sort_keys=True)
@@ -226,17 +230,21 @@ def up_to_date(instance: dg.DagsterInstance, key: dg.AssetKey, partition: object
     return Made(instance, partition).up_to_date(key, stamp)
 
 
-def _file_stat(record: Any) -> str | None:
-    """The size and modification time of the file (or folder) an asset's ``path`` names."""
+def _table_path(record: Any) -> str | None:
+    """The file (or folder) a materialization's ``path`` names, if it names one."""
     materialization = record.asset_materialization if record is not None else None
     path = materialization.metadata.get("path") if materialization is not None else None
-    if not isinstance(path, dg.PathMetadataValue):
-        return None
+    return path.path if isinstance(path, dg.PathMetadataValue) else None
+
+
+def _file_stat(record: Any) -> str | None:
+    """The size and modification time of the file (or folder) an asset's ``path`` names."""
+    path = _table_path(record)
     try:
-        st = os.stat(path.path)
+        st = os.stat(path) if path is not None else None
     except OSError:
         return None
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_size}:{st.st_mtime_ns}" if st is not None else None
 
 
 def _content(record: Any) -> str | None:
@@ -247,7 +255,5 @@ def _content(record: Any) -> str | None:
         return None
     if materialization.tags.get(_USER_VERSION) == "true":
         return materialization.tags.get(_DATA_VERSION)
-    path = materialization.metadata.get("path")
-    if not isinstance(path, dg.PathMetadataValue) or not Path(path.path).is_file():
-        return None
-    return sha256_file(path.path)
+    path = _table_path(record)
+    return sha256_file(path) if path is not None and Path(path).is_file() else None
