@@ -276,3 +276,32 @@ def test_a_slice_is_read_from_its_own_row_groups_only(tmp_path, monkeypatch):
     CAPTION_QUALITY.write_batches([frame(range(0, 40), "b")], out, "src")  # rewritten: one group
     again = CAPTION_QUALITY.read_images(out, "src", ["img005"])
     assert again["roi_id"].to_list() == ["b5-0", "b5-1"] and contract._row_spans(path, {"img005"}) is None
+
+
+def test_the_costliest_tasks_are_taken_first_and_the_tables_keep_task_order(tmp_path, monkeypatch):
+    """An ultrasound whose text is scanned by OCR (about fifty times a small file's work) that sorts
+    last is taken first, so it does not run alone at the end of the shard; the rows stay in task order."""
+    import shutil
+
+    from medtrinity_assets.ingest import worker
+    from medtrinity_assets.ingest.pipeline import ingest_source, work_order
+    from medtrinity_assets.ingest.readers.base import Rejected, Task
+    from medtrinity_assets_tests.sources_builders import copy_dicoms, make_spec, pydicom_file
+
+    root = copy_dicoms(tmp_path / "src", ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm"])
+    shutil.copy(pydicom_file("US1_J2KR.dcm"), root / "zz_US1_J2KR.dcm")
+    (root / "broken.dcm").write_bytes(b"not a dicom file")
+    spec = make_spec(tmp_path, "order", "dicom", root, modality="CT", organ="abdomen")
+    taken: list[str] = []
+    real = worker.process_task
+    monkeypatch.setattr(worker, "process_task", lambda t, state: taken.append(t.relpath) or real(t, state))
+    res = ingest_source(spec, tmp_path / "out", workers=1)
+    # by pixels (emri: 10 frames of 64x64; CT: 128x128; MR: 64x64), the ultrasound's text scan first
+    assert taken == ["zz_US1_J2KR.dcm", "emri_small.dcm", "CT_small.dcm", "MR_small.dcm", "broken.dcm"]
+    relpaths = res.manifest["relpath"].to_list()
+    assert relpaths == sorted(relpaths) and "zz_US1_J2KR.dcm" in relpaths
+    assert res.images["record_id"].to_list() == res.manifest.filter(res.manifest["status"] == "ok")["record_id"].to_list()
+    # like tasks keep task order; a rejected input costs nothing
+    like = [Task(f"f{i}") for i in (3, 1, 2)]
+    assert [t.relpath for _, t in work_order(like)] == ["f3", "f1", "f2"]
+    assert [t.relpath for _, t in work_order([Rejected("a", reason="x"), Task("b")])] == ["b", "a"]

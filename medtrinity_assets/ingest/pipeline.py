@@ -6,8 +6,12 @@
 2. A second pool, whose workers know those values, reads each task, cuts volumes into slices,
    maps intensities, orients, resizes and encodes PNGs (:mod:`.worker`, :mod:`.slicing`), and
    builds the rows with their free text scrubbed and their paths redacted (:mod:`.records`).
-3. The parent removes exact and near duplicates in task order (:mod:`.dedup`), writes the
-   content-addressed PNGs and masks, and the two tables.
+3. The parent removes exact and near duplicates in the order the tasks were taken (:mod:`.dedup`),
+   writes the content-addressed PNGs and masks, and the two tables, their rows in task order.
+
+The workers take the tasks in :func:`work_order`: the costliest size class first (an ultrasound
+file whose text is scanned by OCR, a long series), so that no long task starts last and leaves the
+other workers idle at the end of a shard; tasks of one class go in task order.
 
 Bad input never stops a source: it becomes a ``quarantined`` manifest row whose ``reason``
 starts with a prefix of :data:`medtrinity_assets.ingest.readers.REASONS`.
@@ -15,6 +19,7 @@ starts with a prefix of :data:`medtrinity_assets.ingest.readers.REASONS`.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +34,7 @@ from medtrinity_assets.core.parts import part_name, record_count
 from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, SOURCE_MANIFEST
 from medtrinity_assets.ingest.dedup import NearDuplicateIndex
 from medtrinity_assets.ingest.readers import reader_for
-from medtrinity_assets.ingest.readers.base import ScanResult
+from medtrinity_assets.ingest.readers.base import ScanResult, Task
 from medtrinity_assets.ingest.readers.files import check_root
 from medtrinity_assets.ingest.records import Candidate, TaskResult
 from medtrinity_assets.ingest.registry import SourceSpec
@@ -73,8 +78,9 @@ class IngestResult:
 
 @dataclass
 class _Collector:
-    """Rows in task order, duplicates removed; the PNGs the workers staged are kept (synced and
-    renamed into place by a committer thread) or, for duplicates, removed."""
+    """Rows, duplicates removed, put back in task order (each task's rank) however the tasks were
+    taken; the PNGs the workers staged are kept (synced and renamed into place by a committer
+    thread) or, for duplicates, removed."""
 
     out: Path
     index: NearDuplicateIndex
@@ -91,12 +97,14 @@ class _Collector:
         self._writes: deque = deque()
         self._files: list[tuple[str, str]] = []  # staged files to keep, not yet handed off
         self._root = str(self.out)
+        self.ranks: tuple[list[int], list[int]] = ([], [])  # the task rank of each manifest, image row
 
-    def add(self, relpath: str, res: TaskResult) -> None:
+    def add(self, relpath: str, res: TaskResult, rank: int = 0) -> None:
         # near-duplicate groups are files: slices, frames or channels of one file are never near
         # duplicates of each other (only exact ones), e.g. T1 and T1gd of one 4D volume
         group = self.groups.setdefault(relpath, len(self.groups))
         self.manifest.extend(res.quarantined)
+        self.ranks[0].extend([rank] * len(res.quarantined))
         self.redacted |= res.redacted
         for why, n in res.skipped.items():
             self.counts["slices_skipped"] += n
@@ -104,15 +112,16 @@ class _Collector:
         for warning in res.warnings:
             self.counts[f"warning:{warning}"] += 1
         for cand in res.candidates:
-            self._candidate(cand, group)
+            self._candidate(cand, group, rank)
         if len(self._files) >= HANDOFF_FILES:  # a hand-off per task cost ~25 us and the GIL twice
             self._writes.append(self._writer.submit(self._batch.add, self._files))
             self._files = []
             while len(self._writes) > MAX_PENDING_HANDOFFS:
                 self._writes.popleft().result()
 
-    def _candidate(self, cand: Candidate, group: int) -> None:
+    def _candidate(self, cand: Candidate, group: int, rank: int) -> None:
         img, row = cand.image, cand.manifest
+        self.ranks[0].append(rank)
         row["group_id"] = self.group_ids.group_id(*cand.group_key) if cand.group_key else None
         dup_of, why = self.index.find(img["sha256"], cand.phash, group, cand.thumb)
         if dup_of is not None:
@@ -130,6 +139,7 @@ class _Collector:
             self.counts["text_boxes_redacted"] += cand.text_boxes
         self.manifest.append(row)
         self.images.append(img)
+        self.ranks[1].append(rank)
         self.index.add(row["record_id"], img["sha256"], cand.phash, group, cand.thumb)
 
     def _keep(self, kind: str, sha256: str, staged: dict[str, str | None]) -> str:
@@ -152,9 +162,24 @@ class _Collector:
             self.counts["files_written"] = self._batch.written
 
 
+def _in_task_order(rows: list[dict[str, Any]], ranks: list[int]) -> list[dict[str, Any]]:
+    """``rows`` by their tasks' ranks (stable: a task's rows keep their order)."""
+    return [rows[i] for i in sorted(range(len(rows)), key=ranks.__getitem__)]
+
+
+def work_order(tasks: list[Task]) -> list[tuple[int, Task]]:
+    """``(rank, task)`` of the tasks (in task order, ranked so), in the order the workers take them:
+    by size class of :attr:`~.readers.base.Task.cost` (powers of two), the costliest first, each
+    class in task order. A source of like files keeps task order."""
+    def size_class(cost: float) -> int:
+        return math.frexp(cost)[1] if cost > 0 else -1_000_000
+
+    return sorted(enumerate(tasks), key=lambda rt: (-size_class(rt[1].cost), rt[0]))
+
+
 def _tables(spec: SourceSpec, col: _Collector) -> tuple[pl.DataFrame, pl.DataFrame]:
-    manifest = SOURCE_MANIFEST.frame(col.manifest)
-    images = PREPROCESSED_IMAGES.frame(col.images)
+    manifest = SOURCE_MANIFEST.frame(_in_task_order(col.manifest, col.ranks[0]))
+    images = PREPROCESSED_IMAGES.frame(_in_task_order(col.images, col.ranks[1]))
     ids = manifest["record_id"]
     if ids.n_unique() != manifest.height:
         dupes = manifest.filter(ids.is_duplicated())["relpath"].unique().to_list()[:5]
@@ -200,7 +225,7 @@ def ingest_source(
     with WorkerPool(workers, spec, root) as pool:
         plan, scan = _scan_shard(spec, root, shard, pool.map_ordered)
     record_count(out, spec.name, plan.count, plan.size)
-    tasks = sorted(scan.tasks, key=lambda t: t.sort_key)
+    tasks = work_order(sorted(scan.tasks, key=lambda t: t.sort_key))
     col = _Collector(out, NearDuplicateIndex(near_duplicate_distance), group_ids=identifier_store(out))
     col.counts["tasks"] = len(tasks)
     col.counts["identifying_values"] = identifier_store(out).save(part, scan.identifiers)
@@ -208,8 +233,9 @@ def ingest_source(
         progress(0, len(tasks))
     with WorkerPool(workers, spec, root, scan.identifiers, out=out) as pool:
         try:
-            for done, (task, res) in enumerate(zip(tasks, pool.process(tasks), strict=True), start=1):
-                col.add(task.relpath, res)
+            taken = pool.process([t for _, t in tasks])
+            for done, ((rank, task), res) in enumerate(zip(tasks, taken, strict=True), start=1):
+                col.add(task.relpath, res, rank)
                 if progress:
                     progress(done, len(tasks))
         finally:

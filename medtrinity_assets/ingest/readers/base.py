@@ -138,12 +138,22 @@ class Task:
         a reader knows better from what it listed (a volume's slices)."""
         return 1
 
+    @property
+    def cost(self) -> float:
+        """The task's expected work relative to the other tasks of its source (the order in which
+        the workers take them: the costliest first, so that no long task starts last)."""
+        return float(self.images)
+
 
 @dataclass
 class Rejected(Task):
     """An input that cannot be read, with its reason (one quarantined manifest row)."""
 
     reason: str = ""
+
+    @property
+    def cost(self) -> float:
+        return 0.0
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from medtrinity_assets.ingest.burned_in import TEXT_MODALITY_CODES
 from medtrinity_assets.ingest.readers.base import InputRejected, Rejected, Task, describe_error, os_reason
 from medtrinity_assets.ingest.readers.files import FoundFile
 from medtrinity_assets.privacy.dicom import dicom_identifier_values
@@ -34,6 +35,7 @@ class DicomHeader:
     instance_number: int = 0
     seg_refs: list[str] = field(default_factory=list)
     size: int = 0  # bytes on disk: of two copies of one instance, the larger is the complete one
+    text_likely: bool = False  # its modality or header says the pixels often carry burned-in text
     #: identifying values of the header (names, IDs, dates, UIDs): in memory only, for redaction
     identifiers: set[str] = field(default_factory=set)
 
@@ -159,6 +161,8 @@ def scan_header(relpath: str, path: str, max_pixels: int) -> DicomHeader:
         h.sop_uid = str(ds.get("SOPInstanceUID", "") or "")
         h.series_uid = str(ds.get("SeriesInstanceUID", "") or "")
         h.is_seg = str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS or str(ds.get("Modality", "")) == "SEG"
+        h.text_likely = (str(ds.get("Modality", "") or "").upper() in TEXT_MODALITY_CODES
+                         or str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES")
         h.rows, h.cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
         try:
             h.frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
@@ -192,6 +196,18 @@ class DicomTask(Task):
     files: list[tuple[str, str, str]] = field(default_factory=list)  # (relpath, path, sop_uid) along the normal
     segs: list[tuple[str, str]] = field(default_factory=list)
     positions: list[tuple[float, float, float] | None] = field(default_factory=list)
+    pixels: int = 0  # rows x columns x frames of its files, from their headers
+    text_likely: bool = False  # its pixels are likely scanned for burned-in text (OCR)
+
+    @property
+    def cost(self) -> float:
+        """Pixels to decode, many times more when they are likely read by OCR (an ultrasound frame's
+        text scan takes about fifty times its decode, resize and write)."""
+        return float(self.pixels) * (OCR_COST_FACTOR if self.text_likely else 1.0)
+
+
+#: how many times a task's plain pixel work its burned-in text scan costs (its work-order weight)
+OCR_COST_FACTOR = 32.0
 
 
 #: A series step larger than this multiple of its smallest step counts as a gap.
@@ -267,7 +283,8 @@ def group_headers(headers: list[DicomHeader], max_pixels: int) -> list[Task]:
             out.append(Rejected(m[0].relpath, reason=why))
             continue
         files = [(h.relpath, h.path, h.sop_uid) for h in m]
-        tasks.append(DicomTask(m[0].relpath, files=files, positions=[h.ipp for h in m]))
+        tasks.append(DicomTask(m[0].relpath, files=files, positions=[h.ipp for h in m],
+                               pixels=sum(h.rows * h.cols * h.frames for h in m), text_likely=any(h.text_likely for h in m)))
     out += _attach_segs(tasks, segs)
     tasks.sort(key=lambda t: t.relpath)
     return [*tasks, *out]
