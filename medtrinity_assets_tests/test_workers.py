@@ -305,3 +305,23 @@ def test_the_costliest_tasks_are_taken_first_and_the_tables_keep_task_order(tmp_
     like = [Task(f"f{i}") for i in (3, 1, 2)]
     assert [t.relpath for _, t in work_order(like)] == ["f3", "f1", "f2"]
     assert [t.relpath for _, t in work_order([Rejected("a", reason="x"), Task("b")])] == ["b", "a"]
+
+
+def test_a_tasks_cost_follows_the_sources_burned_in_text_policy(tmp_path):
+    """Only pixels that will be read by OCR cost the OCR factor: an ultrasound of a source whose
+    pixels are declared clean (``burned_in_text: none``) weighs its pixels, and every image of a
+    source that asks for a scan weighs as one that is scanned."""
+    from medtrinity_assets.ingest.readers import dicom as dcm
+    from medtrinity_assets.ingest.readers.dicom_headers import OCR_COST_FACTOR
+    from medtrinity_assets_tests.sources_builders import pydicom_file
+
+    headers = [dcm.scan_header(name, pydicom_file(name), 10**9) for name in ("US1_J2KR.dcm", "CT_small.dcm")]
+    assert all(h.reason is None for h in headers)
+    pixels = {h.relpath: h.rows * h.cols * h.frames for h in headers}
+
+    def costs(policy: str) -> dict[str, float]:
+        return {t.relpath: t.cost for t in dcm.group_headers(headers, 10**9, policy)}
+
+    assert costs("auto") == {"US1_J2KR.dcm": OCR_COST_FACTOR * pixels["US1_J2KR.dcm"], "CT_small.dcm": pixels["CT_small.dcm"]}
+    assert costs("none") == {k: float(v) for k, v in pixels.items()}
+    assert costs("scan") == {k: OCR_COST_FACTOR * v for k, v in pixels.items()}

@@ -261,7 +261,7 @@ class DicomReader(Reader):
         for h in headers:
             identifiers |= h.identifiers
             h.identifiers = set()
-        return ScanResult(tasks + group_headers(headers, spec.max_pixels), identifiers)
+        return ScanResult(tasks + group_headers(headers, spec.max_pixels, spec.burned_in_text), identifiers)
 
     def read(self, task: Task, spec: SourceSpec, root: Path) -> Iterator[Volume | Rejected]:
         assert isinstance(task, DicomTask)

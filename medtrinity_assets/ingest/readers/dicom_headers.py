@@ -270,9 +270,11 @@ def _attach_segs(tasks: list[DicomTask], segs: list[DicomHeader]) -> list[Task]:
     return rejected
 
 
-def group_headers(headers: list[DicomHeader], max_pixels: int) -> list[Task]:
+def group_headers(headers: list[DicomHeader], max_pixels: int, burned_in_text: str = "auto") -> list[Task]:
     """Group scanned headers into tasks: a task per single file or series (SEGs attached to the
-    images they segment), and a :class:`Rejected` per unreadable file or oversized series."""
+    images they segment), and a :class:`Rejected` per unreadable file or oversized series.
+    ``burned_in_text``: the source's policy (``auto``, ``scan``, ``none``), which decides whether a
+    task's pixels will be read by OCR and so what it costs (:attr:`DicomTask.cost`)."""
     out: list[Task] = [Rejected(h.relpath, reason=h.reason) for h in headers if h.reason is not None]
     images = [h for h in headers if h.reason is None and not h.is_seg]
     segs = [h for h in headers if h.reason is None and h.is_seg]
@@ -284,10 +286,17 @@ def group_headers(headers: list[DicomHeader], max_pixels: int) -> list[Task]:
             continue
         files = [(h.relpath, h.path, h.sop_uid) for h in m]
         tasks.append(DicomTask(m[0].relpath, files=files, positions=[h.ipp for h in m],
-                               pixels=sum(h.rows * h.cols * h.frames for h in m), text_likely=any(h.text_likely for h in m)))
+                               pixels=sum(h.rows * h.cols * h.frames for h in m),
+                               text_likely=_scanned(burned_in_text, any(h.text_likely for h in m))))
     out += _attach_segs(tasks, segs)
     tasks.sort(key=lambda t: t.relpath)
     return [*tasks, *out]
+
+
+def _scanned(policy: str, text_likely: bool) -> bool:
+    """Whether a task's pixels will be scanned for text under the source's policy (as
+    :func:`~medtrinity_assets.ingest.burned_in.needs_scan` decides per image)."""
+    return policy == "scan" or (policy != "none" and text_likely)
 
 
 def is_dicomdir(relpath: str) -> bool:
