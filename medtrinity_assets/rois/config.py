@@ -38,7 +38,7 @@ class RoiConfig:
     # intensity
     ring_width_px: int = 5
     ring_gap_px: int = 1
-    iso_contrast_max: float = 0.08
+    iso_contrast_max: float = 0.05
     # overrides of the vocabulary's [brighter, darker, similar] words, by canonical modality
     intensity_words: dict[str, list[str]] = field(default_factory=dict)
     # texture
