@@ -103,7 +103,9 @@ def home(tmp_path_factory, demo_dir):
 
 
 def _spawn(job: str, partition: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    """A run in its own process; its temporary files (its process pools' sockets) go beside ``log``,
+    as a process killed with -9 cannot remove them."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TMPDIR": str(log.parent)}
     return subprocess.Popen([sys.executable, "-c", RUN_ONE, job, partition], cwd=REPO_ROOT, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 

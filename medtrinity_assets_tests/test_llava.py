@@ -207,6 +207,7 @@ def test_model_chain_assets_through_torchrun_and_pipes(export, dagster_instance)
     assert any("multigranular: step 2/2" in m for m in logs)  # streamed from rank 0 through Pipes
     card = load_checkpoint(Path(meta["path"].value))[2]
     assert card["lineage"]["export_version"] == meta["export_version"].value
+    assert any((export / "models" / "jobs" / "logs").iterdir())  # the launcher's rank folders: beside the job, not in /tmp
 
     chain = [vqa_dataset, vqa_finetuned_checkpoint, vqa_evaluation]
     result = dg.materialize(chain, instance=dagster_instance, partition_key="demo", resources=_resources(export),

@@ -54,9 +54,10 @@ def _torchrun(context: dg.AssetExecutionContext, training: LlavaTrainingResource
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{job['task']}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     path.write_text(text, encoding="utf-8")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    logs = folder / "logs"  # the launcher's per-rank folders (error files of a failed rank), not /tmp
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--log-dir={logs}",
                f"--nproc_per_node={training.nproc_per_node}", "-m", "medtrinity_assets.defs.train_entry", str(path)]
-    context.log.info(f"launching: {' '.join(command)}")
+    context.log.info(f"launching: {' '.join(command)} (rank error files under {logs})")
     results = dg.PipesSubprocessClient().run(command=command, context=context)
     messages = [m for m in results.get_custom_messages() if isinstance(m, dict) and "result_path" in m]
     if not messages:
