@@ -24,8 +24,10 @@ synced (ingestion syncs what it writes, the plain pool does not; unsynced, the p
 would be written back during the next phase): their best runs are compared, and each pair's ratio
 is printed, as these machines' timings vary by several percent from run to run. Prints slices/s for
 the plain loop, ``ingest_source(workers=1)`` and ``ingest_source(workers=N)``, the speed-up ratios
-(for the two-source set, also against the plain pool run one source at a time, as the pipeline runs
-one partition per source), and peak RSS (this process, its largest child, and the sampled total of
+(also against the plain pool that computes, for each image, the perceptual hash and thumbnail that
+duplicate removal compares, with ingestion's own functions: work ingestion does and the bare pool
+does not; for the two-source set, also against the plain pool run one source at a time, as the
+pipeline runs one partition per source), and peak RSS (this process, its largest child, and the sampled total of
 the process tree).
 """
 
@@ -98,7 +100,10 @@ def make_nifti_set(root: Path, n: int, shape: tuple[int, int, int]) -> Path:
 # the plain single-process loop
 
 
-def _save(arr: np.ndarray, out: Path, max_side: int, mask: bool = False) -> None:
+def _save(arr: np.ndarray, out: Path, max_side: int, mask: bool = False, hashes: list | None = None) -> None:
+    """Resize, PNG-encode and write one image under its content hash; with ``hashes``, an image (not
+    a mask) also gets the perceptual hash and thumbnail duplicate removal compares (ingestion's own
+    functions, so both sides compute the same)."""
     import hashlib
 
     from PIL import Image
@@ -108,6 +113,11 @@ def _save(arr: np.ndarray, out: Path, max_side: int, mask: bool = False) -> None
     if s < 1.0:
         method = Image.Resampling.NEAREST if mask else Image.Resampling.LANCZOS  # labels never blend
         im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), method)
+    if hashes is not None and not mask:
+        from medtrinity_assets.ingest.dedup import grey32, phash_bits, thumb16
+
+        g32 = grey32(np.asarray(im))
+        hashes.append((phash_bits(g32), thumb16(g32).tobytes()))
     buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=6)
     data = buf.getvalue()
@@ -135,7 +145,7 @@ def _without_burned_in_text(ds, u8: np.ndarray) -> np.ndarray:
     return redact_text(u8)[0] if needs_scan(header, code, "auto") else u8  # ingestion's own rule
 
 
-def plain_loop_dicom(files: list[Path], out: Path, max_side: int) -> int:
+def plain_loop_dicom(files: list[Path], out: Path, max_side: int, hashes: list | None = None) -> int:
     import pydicom
 
     count = 0
@@ -152,22 +162,22 @@ def plain_loop_dicom(files: list[Path], out: Path, max_side: int) -> int:
         else:
             lo, hi = (float(v) for v in np.percentile(phys, [0.5, 99.5]))
         for k in range(phys.shape[0]):
-            _save(_without_burned_in_text(ds, _percentile_u8(phys[k], lo, hi)), out, max_side)
+            _save(_without_burned_in_text(ds, _percentile_u8(phys[k], lo, hi)), out, max_side, hashes=hashes)
             count += 1
     return count
 
 
-def plain_loop_images(files: list[Path], out: Path, max_side: int) -> int:
+def plain_loop_images(files: list[Path], out: Path, max_side: int, hashes: list | None = None) -> int:
     from PIL import Image
 
     for f in files:
         with Image.open(f, formats=["PNG", "JPEG", "TIFF"]) as im:
             arr = np.asarray(im.convert("RGB"))
-        _save(arr, out, max_side)
+        _save(arr, out, max_side, hashes=hashes)
     return len(files)
 
 
-def plain_loop_nifti(files: list[Path], out: Path, max_side: int) -> int:
+def plain_loop_nifti(files: list[Path], out: Path, max_side: int, hashes: list | None = None) -> int:
     """Each volume's informative slices as PNGs and, where its label volume (``labelsTr/``, as the
     MSD layout pairs them) marks a region on a slice, that label slice as a mask PNG: the pairs a
     user needs for region-level descriptions, as ingestion writes them."""
@@ -183,7 +193,7 @@ def plain_loop_nifti(files: list[Path], out: Path, max_side: int) -> int:
             sl = _percentile_u8(data[:, :, k], lo, hi)
             if sl.std() / 255.0 < 0.02:
                 continue
-            _save(np.ascontiguousarray(np.rot90(sl)), out, max_side)
+            _save(np.ascontiguousarray(np.rot90(sl)), out, max_side, hashes=hashes)
             if labels is not None and labels[:, :, k].any():
                 _save(np.ascontiguousarray(np.rot90(labels[:, :, k])).astype(np.uint8), out, max_side, mask=True)
             count += 1
@@ -199,17 +209,36 @@ def _plain_task(args: tuple[str, list[Path], Path, int]) -> int:
     return fn(files, out, max_side)
 
 
-def plain_pool(jobs: list[tuple[str, list[Path]]], out: Path, workers: int, max_side: int = 512) -> tuple[int, float]:
+def _hashed_task(args: tuple[str, list[Path], Path, int]) -> tuple[int, list]:
+    """:func:`_plain_task` that also hashes each image for duplicate removal: (images, hashes)."""
+    kind, files, out, max_side = args
+    fn = {"dicom": plain_loop_dicom, "images": plain_loop_images, "nifti": plain_loop_nifti}[kind]
+    hashes: list = []
+    return fn(files, out, max_side, hashes), hashes
+
+
+def plain_pool(
+    jobs: list[tuple[str, list[Path]]], out: Path, workers: int, max_side: int = 512, hashed: bool = False
+) -> tuple[int, float]:
     """The fair baseline a competent user would write: the same plain decode, window, resize and
     PNG write, one file per task, over a ``multiprocessing`` pool of ``workers`` processes
-    (started before timing, like the pipeline's pool start-up measured apart)."""
+    (started before timing, like the pipeline's pool start-up measured apart). ``hashed``: the
+    workers also compute each image's perceptual hash and thumbnail, the work duplicate removal
+    needs (ingestion removes near duplicates), and this process keeps the first image of each hash."""
     import multiprocessing as mp
 
     tasks = [(kind, [f], out, max_side) for kind, files in jobs for f in files]
     with mp.get_context("forkserver").Pool(workers) as pool:
         pool.map(abs, range(workers))  # start the workers outside the timed part
         t = time.perf_counter()
-        n = sum(pool.imap_unordered(_plain_task, tasks, chunksize=1))
+        if not hashed:
+            n = sum(pool.imap_unordered(_plain_task, tasks, chunksize=1))
+            return n, time.perf_counter() - t
+        n, first = 0, {}
+        for count, hashes in pool.imap_unordered(_hashed_task, tasks, chunksize=1):
+            n += count
+            for ph, thumb in hashes:
+                first.setdefault(ph, thumb)
         return n, time.perf_counter() - t
 
 
@@ -327,26 +356,33 @@ def main() -> None:
             t_plain = time.perf_counter() - t
             cpu_plain = rss.cpu() - c0
             res = {1: _timed_ingest(rss, set_specs, tmp / f"out_{set_name}_w1", 1)}
-            pools, ingests = [], []
+            pools, hashed, ingests = [], [], []
             for k in range(args.repeat):  # alternated, each on a settled disk, into new folders
                 _settle()
                 c0 = rss.cpu()
                 n_pool, t_pool = plain_pool(jobs, tmp / f"out_pool_{set_name}_{k}", args.workers)
                 pools.append((n_pool, t_pool, rss.cpu() - c0))
                 _settle()
+                c0 = rss.cpu()
+                n_pool, t_pool = plain_pool(jobs, tmp / f"out_poolh_{set_name}_{k}", args.workers, hashed=True)
+                hashed.append((n_pool, t_pool, rss.cpu() - c0))
+                _settle()
                 ingests.append(_timed_ingest(rss, set_specs, tmp / f"out_{set_name}_w{args.workers}_{k}", args.workers))
             res[args.workers] = min(ingests)
             _settle()
             per_source = plain_pool_per_source(jobs, tmp / f"out_pool1_{set_name}", args.workers)
             ratios = sorted((p[1] / p[0]) / (i[0] / i[1]) for p, i in zip(pools, ingests, strict=True))
-            rows.append((set_name, n_plain, t_plain, cpu_plain, res, min(pools, key=lambda p: p[1]), ratios, per_source))
+            ratios_h = sorted((p[1] / p[0]) / (i[0] / i[1]) for p, i in zip(hashed, ingests, strict=True))
+            best_h = min(hashed, key=lambda p: p[1])
+            rows.append((set_name, n_plain, t_plain, cpu_plain, res, min(pools, key=lambda p: p[1]), ratios, per_source,
+                         best_h, ratios_h))
     self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
     print(
         f"\n{'set':6} {'runner':22} {'slices':>7} {'wall s':>8} {'slices/s':>9} {'CPU s':>7} {'CPU/wall':>8}"
     )
-    for set_name, n_plain, t_plain, cpu_plain, res, (n_pool, t_pool, cpu_pool), ratios, per_source in rows:
+    for set_name, n_plain, t_plain, cpu_plain, res, (n_pool, t_pool, cpu_pool), ratios, per_source, best_h, ratios_h in rows:
         plain_rate = n_plain / t_plain
         print(
             f"{set_name:6} {'plain loop (1 proc)':22} {n_plain:7d} {t_plain:8.2f} {plain_rate:9.1f} "
@@ -355,6 +391,10 @@ def main() -> None:
         print(
             f"{set_name:6} {f'plain pool ({args.workers} procs)':22} {n_pool:7d} {t_pool:8.2f} {n_pool / t_pool:9.1f} "
             f"{cpu_pool:7.2f} {cpu_pool / t_pool:8.2f}"
+        )
+        print(
+            f"{set_name:6} {'plain pool + dup hash':22} {best_h[0]:7d} {best_h[1]:8.2f} {best_h[0] / best_h[1]:9.1f} "
+            f"{best_h[2]:7.2f} {best_h[2] / best_h[1]:8.2f}"
         )
         for w, (dt, n, cpu) in res.items():
             print(
@@ -371,6 +411,11 @@ def main() -> None:
         print(
             f"{set_name:6} ratio w={w} / plain pool ({w} procs, the fair baseline): best {rate_w / (n_pool / t_pool):.2f}x,"
             f" per pair median {ratios[len(ratios) // 2]:.2f}x (of {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
+        print(
+            f"{set_name:6} ratio w={w} / plain pool that also hashes for duplicate removal: best"
+            f" {rate_w / (best_h[0] / best_h[1]):.2f}x, per pair median {ratios_h[len(ratios_h) // 2]:.2f}x"
+            f" (of {', '.join(f'{r:.2f}' for r in ratios_h)})"
         )
         if len(specs[set_name]) > 1:
             print(
