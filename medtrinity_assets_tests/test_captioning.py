@@ -322,6 +322,31 @@ def test_claims_are_read_from_the_text_and_contradictions_flagged():
     assert not r["facet_roi_texture_present"] and not r["facets_present"] and r["facet_modality_present"]
 
 
+def test_how_an_image_was_made_is_said_only_as_its_metadata_say():
+    """A technique ("phase-contrast", "contrast-enhanced") the metadata name is part of the modality
+    facet; one they do not name fails the modality check, whoever wrote it."""
+    item = _one(origin="mask")
+    assert "contrast" not in item.coarse_caption.lower() and not any("contrast" in t.lower() for t in item.terms)
+    [plain] = EmbeddedCaptioner().caption([item])
+    assert "contrast-enhanced" not in plain.facets["modality"]
+    r = _check(item, lambda t: t.replace("magnetic resonance (MR) image", "contrast-enhanced magnetic resonance (MR) image"))
+    assert not r["modality_ok"] and any("says contrast-enhanced" in i for i in r["issues"])
+    assert _check(item, lambda t: t + " No contrast agent is recorded.")["modality_ok"]  # a word, not a technique
+
+    enhanced = dataclasses.replace(item, coarse_caption=item.coarse_caption + " Description: contrast enhanced.")
+    [res] = EmbeddedCaptioner().caption([enhanced])
+    assert "contrast-enhanced magnetic resonance (MR) image" in res.facets["modality"]
+    assert _check(enhanced)["consistent"]
+    assert not _check(enhanced, lambda t: t.replace("contrast-enhanced", "contrast-enhanced fat-suppressed"))["modality_ok"]
+
+    cells = next(i for i in realistic_inputs(200, seed=3) if i.modality.lower() == "microscopy")
+    cells = dataclasses.replace(cells, terms=[*cells.terms, "phase-contrast microscopy"])
+    [res] = EmbeddedCaptioner().caption([cells])
+    assert "phase-contrast microscopy image" in res.facets["modality"]
+    assert _check(cells)["modality_ok"]
+    assert not _check(cells, lambda t: t.replace("phase-contrast", "fluorescence"))["modality_ok"]
+
+
 def test_checks_use_the_mask_and_ontologies_not_the_attribute_table():
     """Claims are checked against evidence the description was not written from: the ROI's own
     mask (recomputed from its RLE), the ontologies, the metadata and the retrieved passages."""

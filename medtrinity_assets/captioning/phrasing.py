@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.wording import label_text
-from medtrinity_assets.core.vocabulary import modality_of
+from medtrinity_assets.core.vocabulary import Modality, modality_of
 
 #: regions that carry a contour of their own (not a box, not the whole image)
 OUTLINED = ("mask", "classical")
@@ -51,11 +51,23 @@ def modality_description(item: CaptionInput) -> str | None:
         words.append(item.plane)
     if entry.key == "mri" and item.sequence:
         words.append(item.sequence)
+    words += [t for t in techniques(item, entry) if t.lower() not in " ".join(words).lower()]
     colour = _colour_word(entry.key, item.channels)
     if colour:
         words.append(colour)
     phrase = " ".join([*words, body])
     return f"{article(phrase)} {phrase}"
+
+
+#: techniques a description names at most (the first the metadata name, in the vocabulary's order)
+MAX_TECHNIQUES = 2
+
+
+def techniques(item: CaptionInput, entry: Modality) -> list[str]:
+    """How the image was made ("phase-contrast", "contrast-enhanced"), as its metadata (coarse
+    caption, terms) name it in the modality's vocabulary; the quality checks hold a description to
+    the same words."""
+    return entry.techniques_in(" . ".join([item.coarse_caption or "", *item.terms]))[:MAX_TECHNIQUES]
 
 
 def _colour_word(modality_key: str, channels: int | None) -> str | None:

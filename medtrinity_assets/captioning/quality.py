@@ -264,6 +264,10 @@ def _modality_issues(masked: str, facets: dict[str, str | None], item: CaptionIn
     other = mentioned - allowed
     if other:
         issues.append(f"modality: mentions {'/'.join(sorted(other))}, recorded {item.modality}")
+    said = entry.techniques_in(masked)
+    if said:  # how the image was made: only as its metadata say ("contrast-enhanced" is a claim)
+        meta, rx = evidence.metadata_text(item), dict(entry.techniques)
+        issues += [f"modality: says {t}, which the metadata do not" for t in said if not rx[t].search(meta)]
     return issues
 
 

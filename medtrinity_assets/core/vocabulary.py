@@ -38,10 +38,17 @@ class Modality:
     intensity: tuple[str, str, str] | None = None
     classical: str | None = None
     classical_label: str = "region"
+    techniques: tuple[tuple[str, Gated], ...] = ()  # (name, the expression that finds it)
 
     def names_in(self, text: str) -> bool:
         """Whether ``text`` names this modality."""
         return bool(self.mentions.search(text or ""))
+
+    def techniques_in(self, text: str) -> list[str]:
+        """The techniques of this modality that ``text`` names, in the vocabulary's order, a
+        technique inside a longer one named ("Doppler" in "colour Doppler") left out."""
+        found = [(name, m.span()) for name, rx in self.techniques if (m := rx.search(text or ""))]
+        return [name for name, (a, b) in found if not any(x <= a and b <= y and (x, y) != (a, b) for _, (x, y) in found)]
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,15 @@ def _modality(raw: dict[str, Any]) -> Modality:
         intensity=tuple(raw["intensity"]) if raw.get("intensity") else None,
         classical=raw.get("classical"),
         classical_label=raw.get("classical_label") or "region",
+        techniques=tuple((t, _technique_re(t)) for t in raw.get("techniques") or ()),
     )
+
+
+def _technique_re(name: str) -> Gated:
+    """A technique's words, whole, case-insensitive, a hyphen or a space between them (gated: most
+    descriptions name no technique, and the checks read every one)."""
+    words = re.split(r"[- ]+", name.strip())
+    return gated(r"(?<![\w-])" + r"[- ]".join(re.escape(w) for w in words) + r"(?![\w-])", re.IGNORECASE)
 
 
 def _organ(raw: dict[str, Any]) -> Organ:
