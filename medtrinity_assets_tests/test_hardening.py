@@ -334,7 +334,8 @@ def test_kill_9_leaves_no_worker_and_the_rerun_no_temp_file(tmp_path):
     stray = out / "images" / "ab" / ".abcdef.png.999999.k3j4h5g6.tmp"
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"half a file")
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"),
+           "TMPDIR": str(tmp_path)}  # a process killed with -9 leaves its pool's socket folder there
     cmd = [sys.executable, "-m", "medtrinity_assets.cli", "build", "--sources", str(reg), "--out", str(out),
            "--until", "preprocessed_images", "--workers", "2"]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
