@@ -51,6 +51,10 @@ _PASSAGES = [
 
 _CASE_PASSAGE = [0, 2, 3, 2, 6, 1, 6, 2, 6, 5, 5, 4, 0]
 
+#: how some cases' images were made, as their metadata say (the descriptions name it, the checks read it)
+_TECHNIQUE = {("CT", "head"): "non-contrast", ("MRI", "liver"): "contrast-enhanced",
+              ("Ultrasound", "unspecified"): "colour Doppler", ("Microscopy", "cell culture"): "phase-contrast"}
+
 
 def realistic_inputs(n: int, seed: int = 0, *, with_passages: bool = True) -> list[CaptionInput]:
     """``n`` varied inputs: every modality of the demo, oriented and unoriented images, measured
@@ -88,7 +92,8 @@ def _realistic_input(i: int, rng: random.Random, with_passages: bool) -> Caption
         source=(modality or "unknown").lower().replace(" ", "_"),
         roi_id=f"r{i % 3}",
         image_path=None,
-        coarse_caption=f"{modality or 'Image'} of the {organ or 'body'}, {label}.",
+        coarse_caption=" ".join(filter(None, [_TECHNIQUE.get((modality, organ)), modality or "Image"]))
+        + f" of the {organ or 'body'}, {label}.",
         modality=modality,
         organ=organ,
         terms=[t for t in (modality, organ, label) if t],
