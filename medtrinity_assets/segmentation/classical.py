@@ -14,7 +14,9 @@ from medtrinity_assets.core.vocabulary import modality_by_key
 def classical_segment(
     image: np.ndarray, modality: str = "", *, smooth_sigma: float = 1.0, opening_radius: int = 1
 ) -> np.ndarray:
-    """Otsu threshold of the smoothed grey image, opening, hole filling; a boolean mask.
+    """Otsu threshold of the smoothed grey image, opening, hole filling; a boolean mask. Uptake
+    (bright polarity) gets only its small holes filled: a hot rim round a body encloses tissue, not
+    uptake.
 
     Foreground polarity: dark for histopathology (haematoxylin-stained nuclei), bright for
     nuclear medicine / PET (uptake: the hottest of three Otsu classes, so the region is the
@@ -43,7 +45,26 @@ def classical_segment(
     if r > 0:
         y, x = np.ogrid[-r : r + 1, -r : r + 1]
         fg = ndimage.binary_opening(fg, structure=(x * x + y * y) <= r * r)
+    if polarity == "bright":  # a hot rim round a body, or a ribcage, encloses tissue that took up no more
+        return _fill_small_holes(fg, max(1, int(HOT_HOLE_MAX_SHARE * fg.size)))
     return ndimage.binary_fill_holes(fg)
+
+
+#: holes in uptake filled up to this share of the image (a cold centre of a hot spot); larger ones
+#: are tissue a hot ring encloses, not uptake
+HOT_HOLE_MAX_SHARE = 0.002
+
+
+def _fill_small_holes(fg: np.ndarray, max_area: int) -> np.ndarray:
+    """``fg`` with its holes of at most ``max_area`` pixels filled."""
+    holes = ndimage.binary_fill_holes(fg) & ~fg
+    labels, n = ndimage.label(holes)
+    if n == 0:
+        return fg
+    sizes = np.bincount(labels.ravel())
+    small = sizes <= max_area
+    small[0] = False
+    return fg | small[labels]
 
 
 def _hot(grey: np.ndarray, bright: np.ndarray) -> np.ndarray:
