@@ -348,6 +348,22 @@ def test_how_an_image_was_made_is_said_only_as_its_metadata_say():
     assert not _check(cells, lambda t: t.replace("phase-contrast", "fluorescence"))["modality_ok"]
 
 
+def test_a_small_image_is_said_to_be_one_and_its_size_is_checked():
+    """An image under 128 px on its longest side is described as small, with its size in pixels;
+    a wrong size fails the size check, and the numbers are not taken for unexplained ones."""
+    item = _one(origin="mask")
+    assert max(item.image_width, item.image_height) >= 128
+    [res] = EmbeddedCaptioner().caption([item])
+    assert "pixels" not in res.text and _check(item)["consistent"]
+    small = dataclasses.replace(item, image_width=33, image_height=41)
+    [res] = EmbeddedCaptioner().caption([small])
+    assert "It is a small image of 33 by 41 pixels." in res.facets["modality"]
+    r = _check(small)
+    assert r["consistent"], r["issues"]
+    r = _check(small, lambda t: t.replace("33 by 41 pixels", "41 by 33 pixels"))
+    assert not r["size_ok"] and r["numbers_ok"] and any("41 by 33 pixels, it is 33 by 41" in i for i in r["issues"])
+
+
 def test_checks_use_the_mask_and_ontologies_not_the_attribute_table():
     """Claims are checked against evidence the description was not written from: the ROI's own
     mask (recomputed from its RLE), the ontologies, the metadata and the retrieved passages."""

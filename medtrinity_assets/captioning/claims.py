@@ -199,6 +199,7 @@ _OUTLINE = gated(r"\b(round|oval|irregular|lobulated|elongated|circular|spiculat
                  re.I)
 _WHOLE = gated(r"\bno region was locali[sz]ed\b|\bcovers the (?:whole|entire) image\b|"
                r"\bwhole image is the region of interest\b", re.I)
+_PIXELS = gated(r"\b(\d+)\s*(?:by|x)\s*(\d+)[- ]pixels?\b", re.I)
 _NUMBER = re.compile(r"(?<![\w.\-/])(\d+(?:\.\d+)?)(?![\w])")
 
 
@@ -244,9 +245,15 @@ def says_whole_image(text: str) -> bool:
     return bool(_WHOLE.search(text))
 
 
+def pixel_size_claims(text: str) -> list[tuple[int, int]]:
+    """``(width, height)`` of every "33 by 41 pixels" claim about the image's size."""
+    return [(int(w), int(h)) for w, h in _PIXELS.findall(text)]
+
+
 def without_claims(text: str) -> str:
-    """``text`` without its area, span and size claims (their numbers are checked on their own)."""
-    for rx in (_AREA, _SPAN, _SIZE):
+    """``text`` without its area, span, size and pixel-size claims (their numbers are checked on
+    their own)."""
+    for rx in (_AREA, _SPAN, _SIZE, _PIXELS):
         text = rx.sub(" ", text)
     return text
 

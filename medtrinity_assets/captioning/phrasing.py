@@ -83,6 +83,20 @@ def greyscale_photograph(item: CaptionInput) -> bool:
     return entry is not None and _colour_word(entry.key, item.channels) == "greyscale"
 
 
+#: an image whose longest side is below this many pixels is said to be small: a reader of its
+#: description (or a model trained on it) should not take it for a full-resolution scan
+SMALL_IMAGE_PX = 128
+
+
+def size_clause(item: CaptionInput) -> str:
+    """`` It is a small image of 33 by 41 pixels.`` for an image under :data:`SMALL_IMAGE_PX` on its
+    longest side (width by height), else nothing."""
+    w, h = item.image_width, item.image_height
+    if not w or not h or max(w, h) >= SMALL_IMAGE_PX:
+        return ""
+    return f" It is a small image of {w} by {h} pixels."
+
+
 def window_clause(item: CaptionInput) -> str:
     """`` It is displayed in a brain window (L40/W80).`` for a CT image with a named window."""
     return f" It is displayed in {article(item.window)} {item.window}." if item.window else ""

@@ -11,6 +11,7 @@ from medtrinity_assets.captioning.claims import (
     horizontal_third,
     nesting_claims,
     outline_claims,
+    pixel_size_claims,
     says_whole_image,
     size_claims_mm,
     span_claims,
@@ -54,6 +55,10 @@ def size_issues(masked: str, item: CaptionInput) -> list[str]:
             break
         if mm > item.longest_diameter_mm * 1.1 + 0.5:
             issues.append(f"size: says {mm:g} mm, longest measured diameter {item.longest_diameter_mm:g} mm")
+    actual = (item.image_width, item.image_height)
+    for claimed in pixel_size_claims(masked):
+        if claimed != actual:
+            issues.append(f"size: says the image is {claimed[0]} by {claimed[1]} pixels, it is {actual[0]} by {actual[1]}")
     return issues
 
 

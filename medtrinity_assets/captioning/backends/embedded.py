@@ -98,7 +98,7 @@ class EmbeddedCaptioner(Captioner):
         if described is not None:
             key = "synthetic" if item.synthetic else "known"
             text = _pick(ph[key], seed, 0).format(a_modality=described, A_modality=described[0].upper() + described[1:])
-            return text + phrasing.window_clause(item)
+            return text + phrasing.window_clause(item) + phrasing.size_clause(item)
         if item.modality:
             return _pick(ph["unknown_family"], seed, 0).format(modality_raw=item.modality)
         return _pick(ph["missing"], seed, 0)
