@@ -364,6 +364,34 @@ def test_a_small_image_is_said_to_be_one_and_its_size_is_checked():
     assert not r["size_ok"] and r["numbers_ok"] and any("41 by 33 pixels, it is 33 by 41" in i for i in r["issues"])
 
 
+#: the files whose code or data decide the embedded captioner's sentences
+SENTENCE_CODE = ["medtrinity_assets/captioning/backends/embedded.py", "medtrinity_assets/captioning/backends/phrases.yaml",
+                 "medtrinity_assets/captioning/phrasing.py", "medtrinity_assets/captioning/wording.py",
+                 "medtrinity_assets/core/vocabulary.yaml", "medtrinity_assets/knowledge/quotes.py",
+                 "medtrinity_assets/knowledge/queries.py"]
+
+
+def test_the_phrases_version_follows_the_code_that_writes_sentences():
+    """``PHRASES_VERSION`` keys the description cache: code that changes the sentences without a new
+    version leaves an upgraded build with the old descriptions. The snapshot pairs the version with a
+    digest of that code, so a change to it must come with a decision (a new version, or only a new
+    digest when no sentence can change)."""
+    from pathlib import Path
+
+    from medtrinity_assets.captioning.backends.embedded import PHRASES_VERSION
+
+    repo = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for name in SENTENCE_CODE:
+        h.update(name.encode() + b"\0" + (repo / name).read_bytes() + b"\0")
+    recorded = json.loads((repo / "medtrinity_assets_tests" / "snapshots" / "phrases_version.json").read_text())
+    now = {"phrases_version": PHRASES_VERSION, "digest": h.hexdigest()[:16]}
+    assert now == recorded, (
+        f"the embedded captioner's sentence code changed ({now}, snapshot {recorded}): if a description can "
+        "change, bump PHRASES_VERSION in captioning/backends/embedded.py; then write both values to "
+        "medtrinity_assets_tests/snapshots/phrases_version.json")
+
+
 def test_checks_use_the_mask_and_ontologies_not_the_attribute_table():
     """Claims are checked against evidence the description was not written from: the ROI's own
     mask (recomputed from its RLE), the ontologies, the metadata and the retrieved passages."""

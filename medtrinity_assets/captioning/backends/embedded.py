@@ -26,7 +26,8 @@ from medtrinity_assets.core.vocabulary import modality_of, organ_terms
 from medtrinity_assets.knowledge.queries import roi_concepts
 from medtrinity_assets.knowledge.quotes import Quote, choose_quote, measured_words
 
-PHRASES_VERSION = "12"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
+PHRASES_VERSION = "13"  # bump whenever phrases.yaml or the sentence logic changes: it keys the cache
+# (test_captioning.py::test_the_phrases_version_follows_the_code_that_writes_sentences holds it to that code)
 
 _H_WORD = {"left": "left", "centre": "central", "center": "central", "middle": "central", "right": "right"}
 _V_WORD = {"upper": "upper", "top": "upper", "middle": "middle", "centre": "middle", "lower": "lower",
