@@ -203,18 +203,19 @@ def plain_loop_nifti(files: list[Path], out: Path, max_side: int, hashes: list |
 # ---------------------------------------------------------------------------------------
 
 
+_PLAIN_LOOPS = {"dicom": plain_loop_dicom, "images": plain_loop_images, "nifti": plain_loop_nifti}
+
+
 def _plain_task(args: tuple[str, list[Path], Path, int]) -> int:
     kind, files, out, max_side = args
-    fn = {"dicom": plain_loop_dicom, "images": plain_loop_images, "nifti": plain_loop_nifti}[kind]
-    return fn(files, out, max_side)
+    return _PLAIN_LOOPS[kind](files, out, max_side)
 
 
 def _hashed_task(args: tuple[str, list[Path], Path, int]) -> tuple[int, list]:
     """:func:`_plain_task` that also hashes each image for duplicate removal: (images, hashes)."""
     kind, files, out, max_side = args
-    fn = {"dicom": plain_loop_dicom, "images": plain_loop_images, "nifti": plain_loop_nifti}[kind]
     hashes: list = []
-    return fn(files, out, max_side, hashes), hashes
+    return _PLAIN_LOOPS[kind](files, out, max_side, hashes), hashes
 
 
 def plain_pool(
