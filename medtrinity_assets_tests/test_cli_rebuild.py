@@ -250,14 +250,17 @@ def test_a_file_a_failed_run_rewrote_is_made_again(tmp_path):
         assert build(instance, "good").skipped
 
 
-def test_a_shard_reads_its_own_shard_of_what_it_reads():
+def test_a_shard_reads_its_own_shard_of_what_it_reads(tmp_path):
     """A shard's ROIs, descriptions and checks read that shard of ingestion's tables: another shard's
     new tables leave their stamps as they were; the shard's own change, or a shared model's, does not."""
-    from medtrinity_assets.definitions import defs
+    from medtrinity_assets.definitions import defs as loaded
     from medtrinity_assets.defs.partitions import shard_partition
     from medtrinity_assets.defs.plan import RunPlan
+    from medtrinity_assets.defs.resources import SourceRegistry
     from medtrinity_assets.defs.runner import _Stamps
 
+    # the module's definitions read the registry of whichever test imported them first (gone since)
+    defs = dg.Definitions(assets=loaded.assets, resources={**loaded.resources, "registry": SourceRegistry(registry_dir=str(tmp_path))})
     plan = RunPlan.from_assets(defs.assets)
     ingest, shared, enrichment = plan.phase("ingest"), plan.phase("shared_models"), plan.phase("enrichment")
 
