@@ -23,12 +23,13 @@ with N workers run ``--repeat`` times, alternated, each into a new folder after 
 synced (ingestion syncs what it writes, the plain pool does not; unsynced, the plain pool's pages
 would be written back during the next phase): their best runs are compared, and each pair's ratio
 is printed, as these machines' timings vary by several percent from run to run. Prints slices/s for
-the plain loop, ``ingest_source(workers=1)`` and ``ingest_source(workers=N)``, the speed-up ratios
-(also against the plain pool that computes, for each image, the perceptual hash and thumbnail that
-duplicate removal compares, with ingestion's own functions: work ingestion does and the bare pool
-does not; for the two-source set, also against the plain pool run one source at a time, as the
-pipeline runs one partition per source), and peak RSS (this process, its largest child, and the sampled total of
-the process tree).
+the plain loop, ``ingest_source(workers=1)`` and ``ingest_source(workers=N)``, the PNG MiB each
+wrote, the speed-up ratios (also against the plain pool that computes, for each image, the
+perceptual hash and thumbnail that duplicate removal compares, with ingestion's own functions: work
+ingestion does and the bare pool does not; against that pool writing its PNGs with ingestion's
+encoder settings instead of Pillow's defaults; for the two-source set, also against the plain pool
+run one source at a time, as the pipeline runs one partition per source), and peak RSS (this
+process, its largest child, and the sampled total of the process tree).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 from sampling import TreeSampler  # noqa: E402 (a sibling module: benchmarks run as scripts)
@@ -100,6 +102,16 @@ def make_nifti_set(root: Path, n: int, shape: tuple[int, int, int]) -> Path:
 # the plain single-process loop
 
 
+#: keyword arguments of the baseline's PNG encoder: Pillow's defaults, as a user writes ``im.save``
+#: (``_init_pool`` sets ingestion's own for the pool that also encodes as ingestion does)
+_PNG: dict = {"compress_level": 6}
+
+
+def _init_pool(png: dict) -> None:
+    _PNG.clear()
+    _PNG.update(png)
+
+
 def _save(arr: np.ndarray, out: Path, max_side: int, mask: bool = False, hashes: list | None = None) -> None:
     """Resize, PNG-encode and write one image under its content hash; with ``hashes``, an image (not
     a mask) also gets the perceptual hash and thumbnail duplicate removal compares (ingestion's own
@@ -119,7 +131,7 @@ def _save(arr: np.ndarray, out: Path, max_side: int, mask: bool = False, hashes:
         g32 = grey32(np.asarray(im))
         hashes.append((phash_bits(g32), thumb16(g32).tobytes()))
     buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=6)
+    im.save(buf, format="PNG", **_PNG)
     data = buf.getvalue()
     sha = hashlib.sha256(data).hexdigest()
     path = out / sha[:2] / f"{sha}.png"
@@ -219,17 +231,19 @@ def _hashed_task(args: tuple[str, list[Path], Path, int]) -> tuple[int, list]:
 
 
 def plain_pool(
-    jobs: list[tuple[str, list[Path]]], out: Path, workers: int, max_side: int = 512, hashed: bool = False
+    jobs: list[tuple[str, list[Path]]], out: Path, workers: int, max_side: int = 512, hashed: bool = False,
+    png: dict | None = None,
 ) -> tuple[int, float]:
     """The fair baseline a competent user would write: the same plain decode, window, resize and
     PNG write, one file per task, over a ``multiprocessing`` pool of ``workers`` processes
     (started before timing, like the pipeline's pool start-up measured apart). ``hashed``: the
     workers also compute each image's perceptual hash and thumbnail, the work duplicate removal
-    needs (ingestion removes near duplicates), and this process keeps the first image of each hash."""
+    needs (ingestion removes near duplicates), and this process keeps the first image of each hash.
+    ``png``: the PNG encoder's settings (default: Pillow's)."""
     import multiprocessing as mp
 
     tasks = [(kind, [f], out, max_side) for kind, files in jobs for f in files]
-    with mp.get_context("forkserver").Pool(workers) as pool:
+    with mp.get_context("forkserver").Pool(workers, initializer=_init_pool, initargs=(png or _PNG,)) as pool:
         pool.map(abs, range(workers))  # start the workers outside the timed part
         t = time.perf_counter()
         if not hashed:
@@ -277,6 +291,91 @@ def run_ingest(spec, out: Path, workers: int) -> tuple[float, int, dict]:
     dt = time.perf_counter() - t
     slices = res.counts.get("ok", 0) + res.counts.get("duplicate", 0)
     return dt, slices, res.counts
+
+
+class Run(NamedTuple):
+    slices: int
+    wall: float
+    cpu: float
+    mib: float  # PNG bytes written (images and masks; ingestion writes no duplicate's), MiB
+
+
+def _mib(out: Path) -> float:
+    return sum(f.stat().st_size for f in out.rglob("*.png")) / 2**20
+
+
+def _pool_run(rss: TreeSampler, jobs: list, out: Path, workers: int, **kw: Any) -> Run:
+    _settle()
+    c0 = rss.cpu()
+    n, t = plain_pool(jobs, out, workers, **kw)
+    return Run(n, t, rss.cpu() - c0, _mib(out))
+
+
+def _ingest_run(rss: TreeSampler, specs: list, out: Path, workers: int) -> Run:
+    _settle()
+    t, n, cpu = _timed_ingest(rss, specs, out, workers)
+    return Run(n, t, cpu, _mib(out))
+
+
+def measure_set(rss: TreeSampler, set_name: str, specs: list, jobs: list, tmp: Path, workers: int,
+                repeat: int) -> tuple[str, dict[str, list[Run]]]:
+    """Every runner on one set: the plain loop and ``ingest_source(workers=1)`` once, the pools and
+    ``ingest_source(workers=N)`` ``repeat`` times, alternated, each into a new folder on a settled disk."""
+    from medtrinity_assets.ingest.slicing import PNG_STRATEGY
+
+    _settle()
+    c0, t = rss.cpu(), time.perf_counter()
+    out = tmp / f"out_plain_{set_name}"
+    n = sum(_plain_task((kind, files, out, 512)) for kind, files in jobs)
+    runs: dict[str, list[Run]] = {"plain loop (1 proc)": [Run(n, time.perf_counter() - t, rss.cpu() - c0, _mib(out))]}
+    runs["ingest_source w=1"] = [_ingest_run(rss, specs, tmp / f"out_{set_name}_w1", 1)]
+    same_png = {"compress_level": 6, "compress_type": PNG_STRATEGY}
+    for k in range(repeat):
+        for j, (name, kw) in enumerate(((f"plain pool ({workers} procs)", {}), ("pool + dup hash", {"hashed": True}),
+                                        ("pool + dup hash, same PNG", {"hashed": True, "png": same_png}))):
+            runs.setdefault(name, []).append(_pool_run(rss, jobs, tmp / f"out_pool{j}_{set_name}_{k}", workers, **kw))
+        runs.setdefault(f"ingest_source w={workers}", []).append(
+            _ingest_run(rss, specs, tmp / f"out_{set_name}_w{workers}_{k}", workers))
+    _settle()
+    n, t = plain_pool_per_source(jobs, tmp / f"out_pool1_{set_name}", workers)
+    runs["plain pool, one source at a time"] = [Run(n, t, 0.0, 0.0)]
+    return set_name, runs
+
+
+def _best(runs: list[Run]) -> Run:
+    return min(runs, key=lambda r: r.wall / max(r.slices, 1))
+
+
+def _rate(r: Run) -> float:
+    return r.slices / r.wall
+
+
+def report(set_name: str, runs: dict[str, list[Run]], workers: int, t_startup: float, several_sources: bool) -> None:
+    """The set's table rows (each runner's best run) and ingestion's ratios to each baseline (best
+    against best, and the median of the alternated pairs' ratios)."""
+    for name, rs in runs.items():
+        if name.endswith("one source at a time"):
+            continue
+        r = _best(rs)
+        print(f"{set_name:6} {name:28} {r.slices:7d} {r.wall:8.2f} {_rate(r):9.1f} {r.cpu:7.2f} {r.cpu / r.wall:8.2f}"
+              f" {r.mib:8.2f}")
+    ingests = runs[f"ingest_source w={workers}"]
+    best = _best(ingests)
+    plain, one = _best(runs["plain loop (1 proc)"]), _best(runs["ingest_source w=1"])
+    print(f"{set_name:6} ratio w={workers} / plain loop: {_rate(best) / _rate(plain):.2f}x ; w={workers} / w=1:"
+          f" {_rate(best) / _rate(one):.2f}x ; with the one-time start-up:"
+          f" {best.slices / (best.wall + t_startup) / _rate(plain):.2f}x")
+    baselines = {f"plain pool ({workers} procs)": "plain pool, Pillow's PNG defaults (the fair baseline)",
+                 "pool + dup hash": "that pool also hashing for duplicate removal",
+                 "pool + dup hash, same PNG": "that pool also writing PNGs as ingestion does"}
+    for name, what in baselines.items():
+        pairs = sorted(_rate(i) / _rate(p) for p, i in zip(runs[name], ingests, strict=True))
+        print(f"{set_name:6} ratio w={workers} / {what}: best {_rate(best) / _rate(_best(runs[name])):.2f}x,"
+              f" per pair median {pairs[len(pairs) // 2]:.2f}x (of {', '.join(f'{r:.2f}' for r in pairs)})")
+    if several_sources:
+        per_source = runs["plain pool, one source at a time"][0]
+        print(f"{set_name:6} ratio w={workers} / plain pool one source at a time ({per_source.wall:.2f}s, as partitions"
+              f" run): {_rate(best) / _rate(per_source):.2f}x")
 
 
 def main() -> None:
@@ -350,79 +449,12 @@ def main() -> None:
                 jobs = [("dicom", sorted(dicom_dir.iterdir())), ("images", sorted((folder_dir / "images").iterdir()))]
             else:
                 jobs = [("nifti", sorted((nifti_dir / "imagesTr").iterdir()))]
-            _settle()
-            c0 = rss.cpu()
-            t = time.perf_counter()
-            n_plain = sum(_plain_task((kind, files, tmp / f"out_plain_{set_name}", 512)) for kind, files in jobs)
-            t_plain = time.perf_counter() - t
-            cpu_plain = rss.cpu() - c0
-            res = {1: _timed_ingest(rss, set_specs, tmp / f"out_{set_name}_w1", 1)}
-            pools, hashed, ingests = [], [], []
-            for k in range(args.repeat):  # alternated, each on a settled disk, into new folders
-                _settle()
-                c0 = rss.cpu()
-                n_pool, t_pool = plain_pool(jobs, tmp / f"out_pool_{set_name}_{k}", args.workers)
-                pools.append((n_pool, t_pool, rss.cpu() - c0))
-                _settle()
-                c0 = rss.cpu()
-                n_pool, t_pool = plain_pool(jobs, tmp / f"out_poolh_{set_name}_{k}", args.workers, hashed=True)
-                hashed.append((n_pool, t_pool, rss.cpu() - c0))
-                _settle()
-                ingests.append(_timed_ingest(rss, set_specs, tmp / f"out_{set_name}_w{args.workers}_{k}", args.workers))
-            res[args.workers] = min(ingests)
-            _settle()
-            per_source = plain_pool_per_source(jobs, tmp / f"out_pool1_{set_name}", args.workers)
-            ratios = sorted((p[1] / p[0]) / (i[0] / i[1]) for p, i in zip(pools, ingests, strict=True))
-            ratios_h = sorted((p[1] / p[0]) / (i[0] / i[1]) for p, i in zip(hashed, ingests, strict=True))
-            best_h = min(hashed, key=lambda p: p[1])
-            rows.append((set_name, n_plain, t_plain, cpu_plain, res, min(pools, key=lambda p: p[1]), ratios, per_source,
-                         best_h, ratios_h))
+            rows.append(measure_set(rss, set_name, set_specs, jobs, tmp, args.workers, args.repeat))
     self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-    print(
-        f"\n{'set':6} {'runner':22} {'slices':>7} {'wall s':>8} {'slices/s':>9} {'CPU s':>7} {'CPU/wall':>8}"
-    )
-    for set_name, n_plain, t_plain, cpu_plain, res, (n_pool, t_pool, cpu_pool), ratios, per_source, best_h, ratios_h in rows:
-        plain_rate = n_plain / t_plain
-        print(
-            f"{set_name:6} {'plain loop (1 proc)':22} {n_plain:7d} {t_plain:8.2f} {plain_rate:9.1f} "
-            f"{cpu_plain:7.2f} {cpu_plain / t_plain:8.2f}"
-        )
-        print(
-            f"{set_name:6} {f'plain pool ({args.workers} procs)':22} {n_pool:7d} {t_pool:8.2f} {n_pool / t_pool:9.1f} "
-            f"{cpu_pool:7.2f} {cpu_pool / t_pool:8.2f}"
-        )
-        print(
-            f"{set_name:6} {'plain pool + dup hash':22} {best_h[0]:7d} {best_h[1]:8.2f} {best_h[0] / best_h[1]:9.1f} "
-            f"{best_h[2]:7.2f} {best_h[2] / best_h[1]:8.2f}"
-        )
-        for w, (dt, n, cpu) in res.items():
-            print(
-                f"{set_name:6} {f'ingest_source w={w}':22} {n:7d} {dt:8.2f} {n / dt:9.1f} {cpu:7.2f} {cpu / dt:8.2f}"
-            )
-        w = args.workers
-        rate_w = res[w][1] / res[w][0]
-        rate_1 = res[1][1] / res[1][0]
-        cold_w = res[w][1] / (res[w][0] + t_startup)
-        print(
-            f"{set_name:6} ratio w={w} / plain loop: {rate_w / plain_rate:.2f}x ; w={w} / w=1: {rate_w / rate_1:.2f}x"
-            f" ; with the one-time start-up: {cold_w / plain_rate:.2f}x"
-        )
-        print(
-            f"{set_name:6} ratio w={w} / plain pool ({w} procs, the fair baseline): best {rate_w / (n_pool / t_pool):.2f}x,"
-            f" per pair median {ratios[len(ratios) // 2]:.2f}x (of {', '.join(f'{r:.2f}' for r in ratios)})"
-        )
-        print(
-            f"{set_name:6} ratio w={w} / plain pool that also hashes for duplicate removal: best"
-            f" {rate_w / (best_h[0] / best_h[1]):.2f}x, per pair median {ratios_h[len(ratios_h) // 2]:.2f}x"
-            f" (of {', '.join(f'{r:.2f}' for r in ratios_h)})"
-        )
-        if len(specs[set_name]) > 1:
-            print(
-                f"{set_name:6} ratio w={w} / plain pool one source at a time ({per_source[1]:.2f}s, as partitions run):"
-                f" {rate_w / (per_source[0] / per_source[1]):.2f}x"
-            )
+    print(f"\n{'set':6} {'runner':28} {'slices':>7} {'wall s':>8} {'slices/s':>9} {'CPU s':>7} {'CPU/wall':>8} {'MiB out':>8}")
+    for set_name, runs in rows:
+        report(set_name, runs, args.workers, t_startup, several_sources=len(specs[set_name]) > 1)
     print(f"\none-time pool start-up per process (forkserver + module import + {args.workers} workers): {t_startup:.2f}s")
     print(f"\nload average during the run (other users of the machine count too): {os.getloadavg()}")
     print(
