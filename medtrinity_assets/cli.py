@@ -5,7 +5,8 @@
 ``medtrinity backfill --sources DIR --out DIR`` queues the same work as one Dagster backfill for the
 daemon of ``dagster dev``; ``medtrinity sources --sources DIR`` validates a registry folder; ``medtrinity compare OLD NEW``
 compares the tables of two output roots row for row; ``medtrinity sql "SELECT ..."`` queries every
-table of the output root through its DuckDB catalog.
+table of the output root through its DuckDB catalog; ``medtrinity prune [--apply]`` lists (removes)
+the content files no table names any more.
 Runs are recorded in the Dagster instance at ``$DAGSTER_HOME`` (default ``data/dagster_home``)
 under the run plan's job names, so ``dagster dev`` shows them afterwards.
 
@@ -332,7 +333,23 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("query", help='e.g. "SELECT source, count(*) FROM medtrinity_dataset GROUP BY ALL"')
     sql.add_argument("--out", default=None, help=f"output root (default: the instance's, else {DEFAULT_OUT_DIR})")
     sql.add_argument("--max-rows", type=int, default=100, help="rows to print at most")
+    prune = sub.add_parser("prune", help="list the content files (PNGs) no table names any more, left by "
+                           "rebuilds whose images changed; remove them with --apply")
+    prune.add_argument("--out", default=None, help=f"output root (default: the instance's, else {DEFAULT_OUT_DIR})")
+    prune.add_argument("--apply", action="store_true", help="remove them (default: only list what would go)")
+    prune.add_argument("--min-age-hours", type=float, default=1.0,
+                       help="keep files newer than this (a build may be writing them; default 1)")
     return parser
+
+
+def _home() -> Path:
+    return Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
+
+
+def _default_out(out: str | None) -> str:
+    """``out``, else the output root the instance was built with, else the default one."""
+    recorded = read_instance_settings(_home()) if out is None else None
+    return out or (recorded.out_dir if recorded else str(DEFAULT_OUT_DIR))
 
 
 def _sql(out: str | None, query: str, max_rows: int) -> int:
@@ -340,11 +357,43 @@ def _sql(out: str | None, query: str, max_rows: int) -> int:
     the query's result as a table; exit 2 with one line when the query fails."""
     from medtrinity_assets.export.catalog import run_sql
 
-    if out is None:
-        home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
-        recorded = read_instance_settings(home)
-        out = recorded.out_dir if recorded else str(DEFAULT_OUT_DIR)
-    return run_sql(out, query, max_rows=max_rows)
+    return run_sql(_default_out(out), query, max_rows=max_rows)
+
+
+def _prune(out: str | None, apply: bool, min_age_hours: float) -> int:
+    """``medtrinity prune``: the content files no table names (``core/prune.py``), removed with
+    ``--apply`` when no run of the instance is in progress; exit 2 with one line when refused."""
+    from medtrinity_assets.core.prune import PruneRefused, plan_prune, prune
+
+    out = _default_out(out)
+    try:
+        plan = plan_prune(out, min_age_hours * 3600)
+    except PruneRefused as exc:
+        _say(f"prune refused: {exc}", err=True)
+        return EXIT_USAGE
+    busy = _runs_in_progress() if apply and plan.unreferenced else 0
+    if busy:
+        _say(f"prune refused: {busy} run(s) of the instance at {_home()} are queued or in progress; "
+             "prune when no build writes to the output root", err=True)
+        return EXIT_USAGE
+    if apply:
+        prune(plan)
+    more = "; run again with --apply to remove them" if plan.unreferenced and not apply else ""
+    _say(plan.summary(applied=apply) + more)
+    return EXIT_OK
+
+
+def _runs_in_progress() -> int:
+    """Queued, starting, started or cancelling runs of the instance at ``$DAGSTER_HOME`` (0 without one)."""
+    import dagster as dg
+
+    if not (_home() / "dagster.yaml").is_file():
+        return 0
+    os.environ["DAGSTER_HOME"] = str(_home())
+    busy = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+            dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+    with dg.DagsterInstance.get() as instance:
+        return instance.get_runs_count(dg.RunsFilter(statuses=busy))
 
 
 def _compare(old: str, new: str, ignore: Sequence[str]) -> int:
@@ -369,15 +418,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _sql(args.out, args.query, args.max_rows)
     if args.command == "compare":
         return _compare(args.old, args.new, args.ignore)
+    if args.command == "prune":
+        return _prune(args.out, args.apply, args.min_age_hours)
     if args.command == "demo":
         from medtrinity_assets.demo.staging import stage_demo_data
 
         staged = stage_demo_data()
         _say(f"staged {len(staged)} demo sources from installed packages")
-        home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
-        recorded = read_instance_settings(home)
-        out = args.out or (recorded.out_dir if recorded else str(DEFAULT_OUT_DIR))
-        sources = str(DEFAULT_REGISTRY_DIR)
+        out, sources = _default_out(args.out), str(DEFAULT_REGISTRY_DIR)
     else:
         out, sources = args.out, args.sources
     req = BuildRequest(sources, out, args.until, args.only, args.workers, config=args.config,
