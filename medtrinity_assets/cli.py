@@ -47,7 +47,7 @@ def _say(message: str, err: bool = False) -> None:
 
 
 def _prepare_dagster_home() -> Path:
-    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
+    home = _home()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     cfg, template = home / "dagster.yaml", REPO_ROOT / "dagster.yaml"
