@@ -99,3 +99,14 @@ def test_nothing_is_removed_while_a_run_is_in_progress(tmp_path, monkeypatch, ca
         instance.report_run_canceled(instance.get_run_by_id("0" * 36))
     assert main(["prune", "--out", str(out), "--min-age-hours", "0", "--apply"]) == 0
     assert not orphan.exists()
+
+
+def test_a_root_whose_tables_name_no_content_is_refused(tmp_path):
+    """Tables without a column that names images or masks (another layout) never make every file look unnamed."""
+    out = tmp_path / "out"
+    (out / "images" / "ab").mkdir(parents=True)
+    (out / "images" / "ab" / ("ab" + "0" * 62 + ".png")).write_bytes(b"png")
+    (out / "notes").mkdir()
+    pl.DataFrame({"path": ["images/ab/x.png"]}).write_parquet(out / "notes" / "a.parquet")
+    with pytest.raises(PruneRefused, match="no table"):
+        plan_prune(out, min_age_s=0)

@@ -11,7 +11,8 @@ image's hash, as the triplets and the export name it). References are held as th
 each hash in a sorted array (8 bytes a file, 200 MB at 25 million): two hashes that share those
 bits can only keep a file nobody names, never remove one that is named. Files younger than
 ``min_age_s`` are kept, as a running ingestion commits its files before it writes the table that
-names them. Without a single table under the root nothing is referenced, so nothing is planned.
+names them. A root without a single table that has such a column is refused (an older layout, or
+not an output root): every file would look unnamed.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class PruneRefused(RuntimeError):
 @dataclass
 class PrunePlan:
     out: Path
-    tables: int  # table files read for references
+    tables: int  # tables with a column that names content files
     referenced: int  # content files a table names
     unreferenced: list[Path] = field(default_factory=list)  # old enough to remove
     unreferenced_bytes: int = 0
@@ -55,7 +56,8 @@ class PrunePlan:
 
 def referenced_keys(out: str | Path) -> tuple[np.ndarray, int]:
     """The sorted unique keys (see the module docstring) of the hashes every table under ``out``
-    names, and how many table files were read. Raises :class:`PruneRefused` on an unreadable table."""
+    names, and how many tables have a column that names content files. Raises
+    :class:`PruneRefused` on an unreadable table."""
     keys, tables = [], 0
     for path in _tables(Path(out)):
         try:
@@ -64,7 +66,7 @@ def referenced_keys(out: str | Path) -> tuple[np.ndarray, int]:
             frame = pl.read_parquet(path, columns=cols) if cols else None
         except Exception as exc:  # noqa: BLE001 - any unreadable table makes the references unknown
             raise PruneRefused(f"cannot read table {path}: {type(exc).__name__}: {exc}") from exc
-        tables += 1
+        tables += bool(cols)
         for col in cols:
             hexes = frame[col].drop_nulls().str.extract(r"([0-9a-f]{64})")
             keys.append(hexes.drop_nulls().str.slice(0, _BITS).str.to_integer(base=16).to_numpy())
@@ -86,8 +88,8 @@ def plan_prune(out: str | Path, min_age_s: float = 3600.0) -> PrunePlan:
     out = Path(out)
     refs, tables = referenced_keys(out)
     if not tables:
-        raise PruneRefused(f"no table under {out}: nothing names a file there, so nothing is removed "
-                           "(is it the output root of a build?)")
+        raise PruneRefused(f"no table under {out} has a column that names images or masks, so nothing is "
+                           "removed (is it the output root of a build?)")
     plan, cutoff = PrunePlan(out, tables, 0), time.time() - min_age_s
     for entries in _content_folders(out):
         names = [e.name[:-4] for e in entries]
