@@ -36,6 +36,7 @@ from medtrinity_assets.core.paths import (
     InstanceMismatch,
     InstanceSettings,
     check_instance_settings,
+    dagster_home,
     read_instance_settings,
 )
 
@@ -343,7 +344,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _home() -> Path:
-    return Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
+    return dagster_home() or DEFAULT_DAGSTER_HOME.resolve()
 
 
 def _default_out(out: str | None) -> str:

@@ -67,11 +67,14 @@ def referenced_keys(out: str | Path) -> tuple[np.ndarray, int]:
         except Exception as exc:  # noqa: BLE001 - any unreadable table makes the references unknown
             raise PruneRefused(f"cannot read table {path}: {type(exc).__name__}: {exc}") from exc
         tables += bool(cols)
-        for col in cols:
-            hexes = frame[col].drop_nulls().str.extract(r"([0-9a-f]{64})")
-            keys.append(hexes.drop_nulls().str.slice(0, _BITS).str.to_integer(base=16).to_numpy())
+        keys += [_keys(frame[col].drop_nulls().str.extract(r"([0-9a-f]{64})").drop_nulls()) for col in cols]
     found = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
     return found, tables
+
+
+def _keys(hexes: pl.Series) -> np.ndarray:
+    """The key of each SHA-256 hex digest: its first :data:`_BITS` digits as an integer."""
+    return hexes.str.slice(0, _BITS).str.to_integer(base=16).to_numpy().astype(np.int64, copy=False)
 
 
 def _tables(out: Path) -> Iterator[Path]:
@@ -92,8 +95,7 @@ def plan_prune(out: str | Path, min_age_s: float = 3600.0) -> PrunePlan:
                            "removed (is it the output root of a build?)")
     plan, cutoff = PrunePlan(out, tables, 0), time.time() - min_age_s
     for entries in _content_folders(out):
-        names = [e.name[:-4] for e in entries]
-        keys = np.array([int(n[:_BITS], 16) for n in names], dtype=np.int64)
+        keys = _keys(pl.Series([e.name for e in entries], dtype=pl.String))
         at = np.minimum(np.searchsorted(refs, keys), max(len(refs) - 1, 0))
         named = refs[at] == keys if len(refs) else np.zeros(len(keys), bool)
         plan.referenced += int(named.sum())
