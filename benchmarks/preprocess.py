@@ -321,7 +321,7 @@ def measure_set(rss: TreeSampler, set_name: str, specs: list, jobs: list, tmp: P
                 repeat: int) -> tuple[str, dict[str, list[Run]]]:
     """Every runner on one set: the plain loop and ``ingest_source(workers=1)`` once, the pools and
     ``ingest_source(workers=N)`` ``repeat`` times, alternated, each into a new folder on a settled disk."""
-    from medtrinity_assets.ingest.slicing import PNG_STRATEGY
+    from medtrinity_assets.ingest.slicing import PNG_OPTIONS
 
     _settle()
     c0, t = rss.cpu(), time.perf_counter()
@@ -329,10 +329,9 @@ def measure_set(rss: TreeSampler, set_name: str, specs: list, jobs: list, tmp: P
     n = sum(_plain_task((kind, files, out, 512)) for kind, files in jobs)
     runs: dict[str, list[Run]] = {"plain loop (1 proc)": [Run(n, time.perf_counter() - t, rss.cpu() - c0, _mib(out))]}
     runs["ingest_source w=1"] = [_ingest_run(rss, specs, tmp / f"out_{set_name}_w1", 1)]
-    same_png = {"compress_level": 6, "compress_type": PNG_STRATEGY}
     for k in range(repeat):
         for j, (name, kw) in enumerate(((f"plain pool ({workers} procs)", {}), ("pool + dup hash", {"hashed": True}),
-                                        ("pool + dup hash, same PNG", {"hashed": True, "png": same_png}))):
+                                        ("pool + dup hash, same PNG", {"hashed": True, "png": PNG_OPTIONS}))):
             runs.setdefault(name, []).append(_pool_run(rss, jobs, tmp / f"out_pool{j}_{set_name}_{k}", workers, **kw))
         runs.setdefault(f"ingest_source w={workers}", []).append(
             _ingest_run(rss, specs, tmp / f"out_{set_name}_w{workers}_{k}", workers))
