@@ -45,12 +45,11 @@ def test_a_rebuild_leaves_files_prune_lists_then_removes(tmp_path, capsys):
     assert len(old) == 1 and _content(out) == named | old  # the build removed nothing
 
     # a triplets table naming a file by its hash keeps it (the export names images so)
-    kept_by_hash = tmp_path / "spare.png"
-    shutil.copy(out / next(iter(old)), kept_by_hash)
     sha = "f" * 64
-    (out / "images" / "ff").mkdir(exist_ok=True)
-    shutil.copy(kept_by_hash, out / "images" / "ff" / f"{sha}.png")
-    os.utime(out / "images" / "ff" / f"{sha}.png", (time.time() - 86400,) * 2)
+    by_hash = out / "images" / "ff" / f"{sha}.png"
+    by_hash.parent.mkdir(exist_ok=True)
+    shutil.copy(out / next(iter(old)), by_hash)
+    os.utime(by_hash, (time.time() - 86400,) * 2)
     (out / "triplets").mkdir()
     pl.DataFrame({"image_sha256": [sha]}).write_parquet(out / "triplets" / "fold.parquet")
 
