@@ -6,7 +6,7 @@ ROI set, coarse captions, caption inputs without retrieval, the embedded caption
 sources of one scope, each with its own images: ``masked`` (masks in the source), ``expert`` (MRI
 without masks: the expert trained on ``masked`` must find the lesions; it is trained because this
 source has unannotated images, and used only if its card passes the gate), ``classical`` (no
-masks, declared nuclear medicine: the classical Otsu fallback runs).
+masks, declared nuclear medicine: the classical fallback, focal hot spots, runs).
 
 Matching: an ok ROI with a mask matches the lesion of largest IoU when that IoU >= 0.3, else the
 lesion that holds its centroid if the ROI overlaps it and is at most 4x its area (a body outline
