@@ -53,10 +53,11 @@ def hot_spots(grey: np.ndarray, body: np.ndarray, opening_radius: int = 1) -> np
     seeds where the image is :data:`SEED_CONTRAST` above its local background (a normalised
     Gaussian average over the body, at each of :data:`BACKGROUND_SIGMAS`), opened; kept when the
     seed's mean is :data:`MIN_CONTRAST` above the median of the ring around it, it is a compact spot
-    (not a line or a ribbon) and most of it lies inside the body's outer band; its edge is then drawn
-    halfway between its mean and its ring's (a half-level contour, as a fixed share of the maximum
-    draws a lesion in PET). A hot rim round a body, tissue that is merely brighter than the rest, and
-    speckle are not uptake. Holes in kept spots are filled (a cold centre of a hot spot)."""
+    (not a line or a ribbon) and most of it lies deeper than the body's outer band (:data:`EDGE_BAND`);
+    its edge is then drawn halfway between its mean and its ring's (a half-level contour, as a fixed
+    share of the maximum draws a lesion in PET). A hot rim round a body, tissue that is merely
+    brighter than the rest, and speckle are not uptake. Holes in kept spots are filled (a cold
+    centre of a hot spot)."""
     g = grey - float(grey.min())
     seeds = _opened(body & (_local_contrast(g, body) > SEED_CONTRAST), opening_radius)
     labels, n = ndimage.label(seeds)
@@ -85,8 +86,7 @@ def _local_contrast(g: np.ndarray, body: np.ndarray) -> np.ndarray:
 def _background(weighted: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
     """The Gaussian average of the body's values (``weighted``: the values times ``weight``, the body)
     at scale ``sigma``; NaN where the body is under 5% of the average. A wide one is taken on copies
-    shrunk by block means and grown back (a background varies slowly: a 512-pixel image blurs in a
-    sixth of the time)."""
+    shrunk by block means and grown back: a background varies slowly, and the blur costs a fraction."""
     step = max(1, int(sigma // 3))
     if step == 1 or min(weight.shape) < 4 * step:
         share = ndimage.gaussian_filter(weight, sigma, truncate=3.0)
