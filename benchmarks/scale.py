@@ -126,6 +126,7 @@ def run_size(n: int, work: Path, until: str) -> dict:
     registry = make_source(root, n)
     generated = time.perf_counter() - t
     home, env = _instance_home(root)
+    shutil.rmtree(root / "out", ignore_errors=True)  # a cold build: an earlier one's files would be reused
     cmd = [sys.executable, "-m", "medtrinity_assets.cli", "build", "--sources", str(registry),
            "--out", str(root / "out"), "--until", until]
     t = time.perf_counter()
