@@ -92,11 +92,9 @@ def _background(weighted: np.ndarray, weight: np.ndarray, sigma: float) -> np.nd
         share = ndimage.gaussian_filter(weight, sigma, truncate=3.0)
         total = ndimage.gaussian_filter(weighted, sigma, truncate=3.0)
         return np.where(share > 0.05, total / np.maximum(share, 1e-9), np.nan)
-    h, w = (weight.shape[0] // step) * step, (weight.shape[1] // step) * step
 
     def shrunk(a: np.ndarray) -> np.ndarray:
-        small = a[:h, :w].reshape(h // step, step, w // step, step).mean(axis=(1, 3))
-        return ndimage.gaussian_filter(small, sigma / step, truncate=3.0, mode="nearest")
+        return ndimage.gaussian_filter(_blocks(a, step).mean(axis=(1, 3)), sigma / step, truncate=3.0, mode="nearest")
 
     share = shrunk(weight)
     small = np.where(share > 0.05, shrunk(weighted) / np.maximum(share, 1e-9), np.nan)
@@ -132,14 +130,19 @@ def _spot_levels(g: np.ndarray, body: np.ndarray, labels: np.ndarray, n: int) ->
 def _inner(body: np.ndarray, band: float) -> np.ndarray:
     """Where ``body`` is deeper than ``band`` pixels from its outline, measured on a copy halved in
     each direction (to a pixel: the band is a share of the image, not an edge)."""
-    h, w = body.shape[0] // 2 * 2, body.shape[1] // 2 * 2
-    if h < 8 or w < 8:
+    if min(body.shape) < 8:
         return ndimage.distance_transform_edt(body) > band
-    half = body[:h, :w].reshape(h // 2, 2, w // 2, 2).all(axis=(1, 3))
-    deep = ndimage.distance_transform_edt(half) > band / 2
+    deep = ndimage.distance_transform_edt(_blocks(body, 2).all(axis=(1, 3))) > band / 2
     out = np.zeros(body.shape, bool)
-    out[:h, :w] = deep.repeat(2, axis=0).repeat(2, axis=1)
+    out[: deep.shape[0] * 2, : deep.shape[1] * 2] = deep.repeat(2, axis=0).repeat(2, axis=1)
     return out
+
+
+def _blocks(a: np.ndarray, step: int) -> np.ndarray:
+    """``a`` as ``step`` x ``step`` blocks (axes 1 and 3 run within a block), its last rows and
+    columns that make no whole block left out."""
+    h, w = a.shape[0] // step, a.shape[1] // step
+    return a[: h * step, : w * step].reshape(h, step, w, step)
 
 
 def _medians(g: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
