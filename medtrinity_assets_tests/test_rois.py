@@ -275,6 +275,10 @@ def test_fallbacks_whole_image_classical_expert_and_unreadable(tmp_path):
     micro = build_roi_set(df, _spec("Microscopy"), tmp_path)
     assert micro.rois["origin"].to_list() == ["classical"]
     assert micro.rois["bbox_xyxy"][0].to_list() == [91.0, 11.0, 110.0, 30.0]
+    # a threshold's edge is no drawn outline: no shape words unless the source asks for them
+    assert micro.rois["shape_word"][0] is None and micro.rois["circularity"][0] is None
+    named = build_roi_set(df, _spec("Microscopy", rois={"shape_named_for_classical": True}), tmp_path)
+    assert named.rois["shape_word"].to_list() == ["round"]
 
     class Fake:
         name = "fake"

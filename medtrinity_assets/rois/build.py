@@ -327,7 +327,8 @@ def _rows_for_image(
     for n, roi in enumerate(rois):
         rec = _identity_and_box(row, spec, n, roi, h, w)
         if roi.crop is not None and roi.window is not None:
-            rec.update(_mask_and_attributes(roi, measure, h, w, surroundings.of(n)))
+            outline = roi.origin != "classical" or cfg.shape_named_for_classical
+            rec.update(_mask_and_attributes(roi, measure, h, w, surroundings.of(n), outline))
         records.append(rec)
     _set_relations(records, rois, cfg, touching(rois, cfg, nested))
     _set_inside_labels(records, rois, label_map, label_names, cfg)
@@ -385,15 +386,17 @@ def _mask_and_attributes(
     h: int,
     w: int,
     surround: np.ndarray | None = None,
+    outline: bool = True,
 ) -> dict[str, Any]:
     """The candidate's ``mask_rle`` (mask candidates only) and measured attributes (only the
-    area when the image could not be read)."""
+    area when the image could not be read; no shape words without ``outline``)."""
     r0, _r1, c0, _c1 = roi.window
     out: dict[str, Any] = {}
     if roi.has_mask:
         out["mask_rle"] = rle_json({"size": [h, w], "counts": rle_counts_from_crop(roi.crop, r0, c0, h, w)})
     if measure is not None:
-        out.update(measure(roi.crop, whole_image=roi.origin == "whole_image", _window=roi.window, surround=surround))
+        out.update(measure(roi.crop, whole_image=roi.origin == "whole_image", outline=outline, _window=roi.window,
+                           surround=surround))
     else:
         area = int(roi.crop.sum())
         out["area_px"] = area

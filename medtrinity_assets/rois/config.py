@@ -55,6 +55,7 @@ class RoiConfig:
     round_axis_ratio_min: float = 0.8
     shape_min_area_px: int = 80
     fill_hole_max_share: float = 0.25
+    shape_named_for_classical: bool = False
     # relations
     inside_fraction: float = 0.9
     max_relations: int = 5
@@ -101,6 +102,7 @@ class RoiConfig:
         ("shape", "round_axis_ratio_min"): "round_axis_ratio_min",
         ("shape", "min_area_px"): "shape_min_area_px",
         ("shape", "fill_hole_max_share"): "fill_hole_max_share",
+        ("shape", "named_for_classical"): "shape_named_for_classical",
         ("relations", "inside_fraction"): "inside_fraction",
         ("relations", "max_relations"): "max_relations",
         ("relations", "diagonal_ratio"): "diagonal_ratio",

@@ -163,6 +163,7 @@ def measure_roi(
     modality: str | None = None,
     config: RoiConfig | None = None,
     whole_image: bool = False,
+    outline: bool = True,
     _grey: np.ndarray | None = None,
     _range: tuple[float, float] | None = None,
     _window: tuple[int, int, int, int] | None = None,
@@ -171,7 +172,8 @@ def measure_roi(
     """Measure one ROI; returns the columns of :data:`~medtrinity_assets.core.tables.ROI_ATTRIBUTES` (nulls where unknown).
 
     ``whole_image=True`` skips the ring (there are no surroundings) and the shape words (the
-    frame's shape says nothing). ``_grey``/``_range`` let a caller pass the grey image and its
+    frame's shape says nothing); ``outline=False`` skips the shape words too (a region whose edge is
+    a threshold's, not a drawn outline: ``shape.named_for_classical``). ``_grey``/``_range`` let a caller pass the grey image and its
     intensity range once for many ROIs; ``_window=(r0, r1, c0, c1)`` says that ``mask`` is
     only the crop of the image at that window (saves building a full-size mask per ROI).
     ``surround`` (a full-size boolean mask) limits the ring to what may count as the ROI's
@@ -212,7 +214,7 @@ def measure_roi(
     elif area > 0:
         out["entropy"] = 0.0 if np.ptp(vals) == 0 else None
 
-    if not whole_image and area >= cfg.shape_min_area_px:
+    if outline and not whole_image and area >= cfg.shape_min_area_px:
         out.update(_shape_terms(mc, rr, cc, hull, hull_ok, cfg))
     return out
 
