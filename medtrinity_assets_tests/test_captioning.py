@@ -413,6 +413,15 @@ def test_checks_use_the_mask_and_ontologies_not_the_attribute_table():
     assert not r["size_ok"]
     box_item = dataclasses.replace(item, origin="box", shape_word=None)
     assert not _check(box_item, lambda t: t + " It has a round outline.")["size_ok"]
+    # an outline word only where a shape was measured, and only that one (or its synonym)
+    oval = dataclasses.replace(item, shape_word="oval")
+    assert _check(oval, lambda t: t + " It has an elongated outline.")["size_ok"]
+    r = _check(oval, lambda t: t + " It has a round outline.")
+    assert not r["size_ok"] and "outline: says round, measured oval" in r["issues"], r["issues"]
+    unmeasured = dataclasses.replace(item, origin="classical", shape_word=None)
+    assert _check(unmeasured)["size_ok"]
+    r = _check(unmeasured, lambda t: t + " It has a lobulated outline.")
+    assert not r["size_ok"] and "outline: says lobulated, no shape was measured" in r["issues"], r["issues"]
     assert not _check(whole, lambda t: t + " It lies horizontally in the left third of the image.")["position_ok"]
     # containment recomputed from the masks of the image's regions
     assert not _check(item, lambda t: t + " It lies within the white matter.", nested=set())["relations_ok"]

@@ -8,7 +8,9 @@ wrote it, and compared with evidence the description was not written from wherev
 - image position (``horizontally ... left``, ``upper third of the image``) against the third that
   holds most of the ROI's own mask (else its centroid's), decoded from its RLE; none for a whole image;
 - area ("covers 3.2% of the image area") and bounding-box span against the mask; "no region
-  was localised" only for a whole image; no outline shape for a box or a whole image;
+  was localised" only for a whole image; an outline word only where one was measured (none for a
+  box, a whole image or a region of the classical fallback) and only that word ("circular" for
+  round, "elongated" for oval);
 - "lies within" / "encloses" against the containment recomputed from the masks of the image's
   regions (or the label map's enclosing label), "bordered by" / "borders" against the share of the
   ring around a region that the other covers, "lies above and left of the cyst in the image"

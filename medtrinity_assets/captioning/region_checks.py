@@ -64,13 +64,12 @@ def size_issues(masked: str, item: CaptionInput) -> list[str]:
 
 def extent_issues(text: str, item: CaptionInput, facts: RegionFacts | None) -> list[str]:
     """Area, box-span and outline claims against the mask; "no region was localised" only for a
-    whole-image region; no outline for a box or a whole image."""
+    whole-image region; outline words as :func:`outline_issues` allows."""
     issues: list[str] = []
     whole = item.origin == "whole_image"
     if says_whole_image(text) and not whole:
         issues.append("says no region was localised, but the region is localised")
-    if outline_claims(text) and (whole or item.origin == "box"):
-        issues.append(f"outline shape claimed for a {'whole image' if whole else 'box'}")
+    issues += outline_issues(outline_claims(text), item)
     areas, spans = area_claims(text), span_claims(text)
     if facts is None or not (areas or spans):
         return issues
@@ -86,6 +85,25 @@ def extent_issues(text: str, item: CaptionInput, facts: RegionFacts | None) -> l
             issues.append(f"box span: says {x0:g}-{x1:g}% x {y0:g}-{y1:g}%, mask spans "
                           f"{box[0]:.0f}-{box[2]:.0f}% x {box[1]:.0f}-{box[3]:.0f}%")
     return issues
+
+
+#: outline words said for the measured one that mean the same
+_SAME_OUTLINE = {"round": {"round", "circular"}, "oval": {"oval", "elongated"}}
+
+
+def outline_issues(said: list[str], item: CaptionInput) -> list[str]:
+    """Outline words against the measured one (``shape_word``): none for a box or a whole image, and
+    none where no shape was measured (a region too small, or one of the classical fallback, whose
+    edge is a threshold's)."""
+    if not said:
+        return []
+    if item.origin in ("whole_image", "box"):
+        return [f"outline shape claimed for a {'whole image' if item.origin == 'whole_image' else 'box'}"]
+    measured = (item.shape_word or "").lower()
+    if not measured:
+        return [f"outline: says {'/'.join(sorted(set(said)))}, no shape was measured"]
+    wrong = sorted(set(said) - _SAME_OUTLINE.get(measured, {measured}))
+    return [f"outline: says {'/'.join(wrong)}, measured {measured}"] if wrong else []
 
 
 _NESTING = ("lies within", "encloses")
