@@ -415,7 +415,8 @@ def test_checks_use_the_mask_and_ontologies_not_the_attribute_table():
     assert not _check(box_item, lambda t: t + " It has a round outline.")["size_ok"]
     # an outline word only where a shape was measured, and only that one (or its synonym)
     oval = dataclasses.replace(item, shape_word="oval")
-    assert _check(oval, lambda t: t + " It has an elongated outline.")["size_ok"]
+    assert _check(dataclasses.replace(item, shape_word="round"), lambda t: t + " It has a circular outline.")["size_ok"]
+    assert not _check(oval, lambda t: t + " It has an elongated outline.")["size_ok"]
     r = _check(oval, lambda t: t + " It has a round outline.")
     assert not r["size_ok"] and "outline: says round, measured oval" in r["issues"], r["issues"]
     unmeasured = dataclasses.replace(item, origin="classical", shape_word=None)

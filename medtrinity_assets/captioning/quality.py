@@ -10,7 +10,7 @@ wrote it, and compared with evidence the description was not written from wherev
 - area ("covers 3.2% of the image area") and bounding-box span against the mask; "no region
   was localised" only for a whole image; an outline word only where one was measured (none for a
   box, a whole image or a region of the classical fallback) and only that word ("circular" for
-  round, "elongated" for oval);
+  round);
 - "lies within" / "encloses" against the containment recomputed from the masks of the image's
   regions (or the label map's enclosing label), "bordered by" / "borders" against the share of the
   ring around a region that the other covers, "lies above and left of the cyst in the image"

@@ -87,8 +87,8 @@ def extent_issues(text: str, item: CaptionInput, facts: RegionFacts | None) -> l
     return issues
 
 
-#: outline words said for the measured one that mean the same
-_SAME_OUTLINE = {"round": {"round", "circular"}, "oval": {"oval", "elongated"}}
+#: outline words that mean the measured one ("elongated" is not "oval": an oval may be nearly round)
+_SAME_OUTLINE = {"round": {"round", "circular"}}
 
 
 def outline_issues(said: list[str], item: CaptionInput) -> list[str]:
