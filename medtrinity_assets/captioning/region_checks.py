@@ -19,6 +19,7 @@ from medtrinity_assets.captioning.claims import (
 )
 from medtrinity_assets.captioning.evidence import RegionFacts
 from medtrinity_assets.captioning.inputs import CaptionInput
+from medtrinity_assets.captioning.phrasing import is_outlined
 from medtrinity_assets.captioning.wording import label_text
 
 
@@ -97,7 +98,7 @@ def outline_issues(said: list[str], item: CaptionInput) -> list[str]:
     edge is a threshold's)."""
     if not said:
         return []
-    if item.origin in ("whole_image", "box"):
+    if not is_outlined(item):
         return [f"outline shape claimed for a {'whole image' if item.origin == 'whole_image' else 'box'}"]
     measured = (item.shape_word or "").lower()
     if not measured:
