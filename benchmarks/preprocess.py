@@ -18,17 +18,19 @@ Usage::
 
 The first process pool of a process starts a forkserver that imports the preprocessing module once
 (a one-time cost per process, about half a second): it is measured apart, so the rates are
-steady-state, and the ratios are printed with and without it. The plain pool and ``ingest_source``
-with N workers run ``--repeat`` times, alternated, each into a new folder after the disk has been
-synced (ingestion syncs what it writes, the plain pool does not; unsynced, the plain pool's pages
-would be written back during the next phase): their best runs are compared, and each pair's ratio
-is printed, as these machines' timings vary by several percent from run to run. Prints slices/s for
-the plain loop, ``ingest_source(workers=1)`` and ``ingest_source(workers=N)``, the PNG MiB each
-wrote, the speed-up ratios (also against the plain pool that computes, for each image, the
-perceptual hash and thumbnail that duplicate removal compares, with ingestion's own functions: work
-ingestion does and the bare pool does not; against that pool writing its PNGs with ingestion's
-encoder settings instead of Pillow's defaults; for the two-source set, also against the plain pool
-run one source at a time, as the pipeline runs one partition per source), and peak RSS (this
+steady-state, and the ratios are printed with and without it. Every other pool is timed on both
+sides from its making to its workers joined (``ingest_source`` makes its own per call). The plain
+pool and ``ingest_source`` with N workers run ``--repeat`` times, alternated, each into a new folder
+after the disk has been synced (so that no phase writes back another's pages): their best runs are
+compared, and each pair's ratio is printed, as these machines' timings vary by several percent from
+run to run. Prints slices/s for the plain loop, ``ingest_source(workers=1)`` and
+``ingest_source(workers=N)``, the PNG MiB each wrote, the speed-up ratios (also against the plain
+pool that computes, for each image, the perceptual hash and thumbnail that duplicate removal
+compares, with ingestion's own functions: work ingestion does and the bare pool does not; against
+that pool writing its PNGs with ingestion's encoder settings instead of Pillow's defaults; against
+that pool also syncing its files to disk before it returns, as ingestion's are: the same work but
+for the tables and the duplicate index; for the two-source set, also against the plain pool run one
+source at a time, as the pipeline runs one partition per source), and peak RSS (this
 process, its largest child, and the sampled total of the process tree).
 """
 
@@ -232,29 +234,34 @@ def _hashed_task(args: tuple[str, list[Path], Path, int]) -> tuple[int, list]:
 
 def plain_pool(
     jobs: list[tuple[str, list[Path]]], out: Path, workers: int, max_side: int = 512, hashed: bool = False,
-    png: dict | None = None,
+    png: dict | None = None, durable: bool = False,
 ) -> tuple[int, float]:
     """The fair baseline a competent user would write: the same plain decode, window, resize and
-    PNG write, one file per task, over a ``multiprocessing`` pool of ``workers`` processes
-    (started before timing, like the pipeline's pool start-up measured apart). ``hashed``: the
-    workers also compute each image's perceptual hash and thumbnail, the work duplicate removal
-    needs (ingestion removes near duplicates), and this process keeps the first image of each hash.
-    ``png``: the PNG encoder's settings (default: Pillow's)."""
+    PNG write, one file per task, over a ``multiprocessing`` pool of ``workers`` processes. Timed as
+    ``ingest_source`` is: from making the pool (its workers forked by the warm forkserver, which both
+    sides start once, measured apart) to its workers joined. ``hashed``: the workers also compute
+    each image's perceptual hash and thumbnail, the work duplicate removal needs (ingestion removes
+    near duplicates), and this process keeps the first image of each hash. ``png``: the PNG
+    encoder's settings (default: Pillow's). ``durable``: the files are on disk when it returns (one
+    ``os.sync()`` at the end), as ingestion's are (it syncs its content store)."""
     import multiprocessing as mp
 
     tasks = [(kind, [f], out, max_side) for kind, files in jobs for f in files]
+    t = time.perf_counter()
+    n, first = 0, {}
     with mp.get_context("forkserver").Pool(workers, initializer=_init_pool, initargs=(png or _PNG,)) as pool:
-        pool.map(abs, range(workers))  # start the workers outside the timed part
-        t = time.perf_counter()
         if not hashed:
             n = sum(pool.imap_unordered(_plain_task, tasks, chunksize=1))
-            return n, time.perf_counter() - t
-        n, first = 0, {}
-        for count, hashes in pool.imap_unordered(_hashed_task, tasks, chunksize=1):
-            n += count
-            for ph, thumb in hashes:
-                first.setdefault(ph, thumb)
-        return n, time.perf_counter() - t
+        else:
+            for count, hashes in pool.imap_unordered(_hashed_task, tasks, chunksize=1):
+                n += count
+                for ph, thumb in hashes:
+                    first.setdefault(ph, thumb)
+        pool.close()
+        pool.join()
+    if durable:
+        os.sync()
+    return n, time.perf_counter() - t
 
 
 def plain_pool_per_source(jobs: list[tuple[str, list[Path]]], out: Path, workers: int) -> tuple[int, float]:
@@ -331,7 +338,9 @@ def measure_set(rss: TreeSampler, set_name: str, specs: list, jobs: list, tmp: P
     runs["ingest_source w=1"] = [_ingest_run(rss, specs, tmp / f"out_{set_name}_w1", 1)]
     for k in range(repeat):
         for j, (name, kw) in enumerate(((f"plain pool ({workers} procs)", {}), ("pool + dup hash", {"hashed": True}),
-                                        ("pool + dup hash, same PNG", {"hashed": True, "png": PNG_OPTIONS}))):
+                                        ("pool + dup hash, same PNG", {"hashed": True, "png": PNG_OPTIONS}),
+                                        ("pool + hash, same PNG, sync", {"hashed": True, "png": PNG_OPTIONS,
+                                                                         "durable": True}))):
             runs.setdefault(name, []).append(_pool_run(rss, jobs, tmp / f"out_pool{j}_{set_name}_{k}", workers, **kw))
         runs.setdefault(f"ingest_source w={workers}", []).append(
             _ingest_run(rss, specs, tmp / f"out_{set_name}_w{workers}_{k}", workers))
@@ -366,7 +375,8 @@ def report(set_name: str, runs: dict[str, list[Run]], workers: int, t_startup: f
           f" {best.slices / (best.wall + t_startup) / _rate(plain):.2f}x")
     baselines = {f"plain pool ({workers} procs)": "plain pool, Pillow's PNG defaults (the fair baseline)",
                  "pool + dup hash": "that pool also hashing for duplicate removal",
-                 "pool + dup hash, same PNG": "that pool also writing PNGs as ingestion does"}
+                 "pool + dup hash, same PNG": "that pool also writing PNGs as ingestion does",
+                 "pool + hash, same PNG, sync": "that pool also making its files durable (the same work)"}
     for name, what in baselines.items():
         pairs = sorted(_rate(i) / _rate(p) for p, i in zip(runs[name], ingests, strict=True))
         print(f"{set_name:6} ratio w={workers} / {what}: best {_rate(best) / _rate(_best(runs[name])):.2f}x,"
