@@ -376,7 +376,7 @@ def report(set_name: str, runs: dict[str, list[Run]], workers: int, t_startup: f
     baselines = {f"plain pool ({workers} procs)": "plain pool, Pillow's PNG defaults (the fair baseline)",
                  "pool + dup hash": "that pool also hashing for duplicate removal",
                  "pool + dup hash, same PNG": "that pool also writing PNGs as ingestion does",
-                 "pool + hash, same PNG, sync": "that pool also making its files durable (the same work)"}
+                 "pool + hash, same PNG, sync": "that pool also syncing its files, as ingestion does"}
     for name, what in baselines.items():
         pairs = sorted(_rate(i) / _rate(p) for p, i in zip(runs[name], ingests, strict=True))
         print(f"{set_name:6} ratio w={workers} / {what}: best {_rate(best) / _rate(_best(runs[name])):.2f}x,"
