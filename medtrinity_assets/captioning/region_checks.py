@@ -99,7 +99,8 @@ def outline_issues(said: list[str], item: CaptionInput) -> list[str]:
     if not said:
         return []
     if not is_outlined(item):
-        return [f"outline shape claimed for a {'whole image' if item.origin == 'whole_image' else 'box'}"]
+        what = {"whole_image": "a whole image", "box": "a box"}.get(item.origin or "", f"a region of origin '{item.origin}'")
+        return [f"outline shape claimed for {what}"]
     measured = (item.shape_word or "").lower()
     if not measured:
         return [f"outline: says {'/'.join(sorted(set(said)))}, no shape was measured"]
