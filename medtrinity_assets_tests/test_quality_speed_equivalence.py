@@ -20,6 +20,7 @@ from medtrinity_assets.captioning import (
     check_captions,
     claims,
     evidence,
+    reading,
     run_caption_batch,
     wording,
 )
@@ -222,13 +223,14 @@ def _dense_directions(items, out) -> None:
 
 
 def _per_row_reference(captions: pl.DataFrame, inputs: dict, matcher) -> pl.DataFrame:
-    """caption_quality row by row, every expression scanning its whole text, masks at full size."""
+    """caption_quality row by row, every expression scanning its whole text (each description read in one
+piece, not sentence by sentence), masks at full size."""
     by_key = {(rid, str(roi)): item for (rid, roi), item in inputs.items()}
     rows = list(captions.iter_rows(named=True))
     items = [by_key.get((r["record_id"], str(r["roi_id"]))) for r in rows]
     nested = _dense_nesting(i for i in items if i is not None)
     out = []
-    with regex_gate.ungated():
+    with regex_gate.ungated(), reading.whole_text():
         for row, item in zip(rows, items, strict=True):
             res = check_caption(row, item, phi_values=matcher, facts=None if item is None else _dense_facts(item),
                                 nested=nested.get((row["record_id"], str(row["roi_id"])), set()))
@@ -317,7 +319,8 @@ def test_edited_texts_are_folded_as_fresh_ones(batch):
     captions, inputs, matcher = batch
     regex_gate._folded.clear()
     for k in range(0, 60, 3):
-        check_captions(captions.slice(k, 3), inputs, phi_values=matcher)
+        with reading.whole_text():  # sentences are too short to be gated; whole descriptions are not
+            check_captions(captions.slice(k, 3), inputs, phi_values=matcher)
         edited = [(text, f) for text, f in regex_gate._folded.items() if f.origin is not None]
         for text, folded in edited:
             assert folded.low == text.translate(regex_gate._LOW)

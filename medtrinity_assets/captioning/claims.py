@@ -17,7 +17,7 @@ from typing import Any
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.prompt import FACETS
 from medtrinity_assets.captioning.wording import label_text
-from medtrinity_assets.core.regex_gate import Gated, gated
+from medtrinity_assets.core.regex_gate import Gated, GateGroup, gated
 
 _FRAME = r"(?:image|frame|picture|field of view|view|slice)"
 _H = r"(left|right|central|centre|center|middle)"
@@ -35,6 +35,7 @@ _POSITION_PATTERNS: list[tuple[Gated, str]] = [  # gated: most texts name none o
     (gated(r"\b(central|centre|center|middle)\s+" + _PART + r"\s+of\s+the\s+" + _FRAME, re.I), "c"),
     (gated(r"\b(?:image|frame)[- ](left|right)\b", re.I), "h"),
 ]
+_POSITIONS = GateGroup(rx for rx, _ in _POSITION_PATTERNS)
 _H_NORM = {"left": "left", "right": "right", "central": "centre", "centre": "centre", "center": "centre",
            "middle": "centre"}
 _V_NORM = {"upper": "upper", "top": "upper", "lower": "lower", "bottom": "lower", "middle": "middle",
@@ -119,18 +120,26 @@ def known_phrases(item: CaptionInput) -> list[str]:
 
 def position_claims(text: str) -> tuple[list[tuple[str, str]], str]:
     """(claims as (axis, value), text with the claims removed)."""
-    claims: list[tuple[str, str]] = []
-    for rx, axis in _POSITION_PATTERNS:
-        def take(m: re.Match, axis: str = axis) -> str:
+    found, rest = indexed_position_claims(text)
+    return [(axis, value) for _, axis, value in found], rest
+
+
+def indexed_position_claims(text: str) -> tuple[list[tuple[int, str, str]], str]:
+    """(claims as (index of the expression that found it, axis, value), text with the claims removed):
+    expression by expression, each along the text."""
+    claims: list[tuple[int, str, str]] = []
+    for k in _POSITIONS.live(text):  # (blanking a claim out never makes another expression's words)
+        rx, axis = _POSITION_PATTERNS[k]
+        def take(m: re.Match, k: int = k, axis: str = axis) -> str:
             if axis == "vh":
-                claims.append(("v", _V_NORM[m.group(1).lower()]))
-                claims.append(("h", _H_NORM[m.group(2).lower()]))
+                claims.append((k, "v", _V_NORM[m.group(1).lower()]))
+                claims.append((k, "h", _H_NORM[m.group(2).lower()]))
             elif axis == "h":
-                claims.append(("h", _H_NORM[m.group(1).lower()]))
+                claims.append((k, "h", _H_NORM[m.group(1).lower()]))
             elif axis == "v":
-                claims.append(("v", _V_NORM[m.group(1).lower()]))
+                claims.append((k, "v", _V_NORM[m.group(1).lower()]))
             else:
-                claims.append(("c", "centre"))
+                claims.append((k, "c", "centre"))
             return " "
         text = rx.sub(take, text)
     return claims, text
@@ -148,7 +157,17 @@ def vertical_third(word: str | None) -> str | None:
 
 def patient_side_text(rest: str, claims_text: str) -> str:
     """``rest`` without relational ``left of``/``rightward`` uses when the caption speaks of the image."""
-    return _RELATIONAL.sub(" ", rest) if _IMAGE.search(claims_text) else rest
+    return without_relational(rest) if names_image(claims_text) else rest
+
+
+def without_relational(text: str) -> str:
+    """``text`` without its relational ``left of``/``rightward`` uses (sides in the image, not the patient)."""
+    return _RELATIONAL.sub(" ", text)
+
+
+def names_image(text: str) -> bool:
+    """Whether ``text`` speaks of the image (then "left of" is a side in it)."""
+    return bool(_IMAGE.search(text))
 
 
 def side_claims(text: str) -> set[str]:
@@ -200,6 +219,8 @@ _OUTLINE = gated(r"\b(round|oval|irregular|lobulated|elongated|circular|spiculat
 _WHOLE = gated(r"\bno region was locali[sz]ed\b|\bcovers the (?:whole|entire) image\b|"
                r"\bwhole image is the region of interest\b", re.I)
 _PIXELS = gated(r"\b(\d+)\s*(?:by|x)\s*(\d+)[- ]pixels?\b", re.I)
+_RELATIONS = GateGroup([_NESTED, _BORDERED, _DIRECTION, _ONE_OF])
+_MEASURES = GateGroup([_AREA, _SPAN, _SIZE, _PIXELS])
 _NUMBER = re.compile(r"(?<![\w.\-/])(\d+(?:\.\d+)?)(?![\w])")
 
 
@@ -218,20 +239,30 @@ def nesting_claims(text: str) -> list[tuple[str, str]]:
     several", other label)`` of every containment, bordering and direction ("lies above and left of the
     spleen in the image") claim, and of every claim that the region is one of several with its label
     ("one of two regions labelled white matter": the label is then its own)."""
-    out = []
-    for m in _NESTED.finditer(text):
+    return [(relation, other) for _, relation, other in indexed_nesting_claims(text)]
+
+
+def indexed_nesting_claims(text: str) -> list[tuple[int, str, str]]:
+    """:func:`nesting_claims`, each with the index of the reader that found it (containment,
+    bordering, direction, label count), reader by reader, each along the text."""
+    out: list[tuple[int, str, str]] = []
+    live = _RELATIONS.live(text)
+    if not live:
+        return out
+    for m in _NESTED.finditer(text) if 0 in live else ():
         if m.group(2):
-            out.append(("lies within", m.group(2).strip().lower()))
+            out.append((0, "lies within", m.group(2).strip().lower()))
         else:
-            out.append(("encloses", m.group(4).strip().lower()))
-    for m in _BORDERED.finditer(text):
+            out.append((0, "encloses", m.group(4).strip().lower()))
+    for m in _BORDERED.finditer(text) if 1 in live else ():
         relation = "bordered by" if m.group(1).lower().endswith("by") else "borders"
-        out.append((relation, m.group(2).strip().lower()))
-    for m in _DIRECTION.finditer(text):
+        out.append((1, relation, m.group(2).strip().lower()))
+    for m in _DIRECTION.finditer(text) if 2 in live else ():
         side = f"{(m.group(1) or m.group(3)).lower()} of" if m.group(1) or m.group(3) else ""
         level = (m.group(2) or "").lower()
-        out.append((f"{level} and {side}" if level and side else level or side, m.group(4).strip().lower()))
-    out += [(f"one of {m.group(1).lower()}", m.group(2).strip().lower()) for m in _ONE_OF.finditer(text)]
+        out.append((2, f"{level} and {side}" if level and side else level or side, m.group(4).strip().lower()))
+    out += [(3, f"one of {m.group(1).lower()}", m.group(2).strip().lower()) for m in _ONE_OF.finditer(text)] \
+        if 3 in live else []
     return out
 
 
@@ -253,8 +284,8 @@ def pixel_size_claims(text: str) -> list[tuple[int, int]]:
 def without_claims(text: str) -> str:
     """``text`` without its area, span, size and pixel-size claims (their numbers are checked on
     their own)."""
-    for rx in (_AREA, _SPAN, _SIZE, _PIXELS):
-        text = rx.sub(" ", text)
+    for k in _MEASURES.live(text):  # (blanking a claim out never makes another expression's words)
+        text = _MEASURES.members[k].sub(" ", text)
     return text
 
 

@@ -58,25 +58,17 @@ from medtrinity_assets.captioning import evidence, phrasing, region_checks
 from medtrinity_assets.captioning.claims import (
     caption_facets,
     known_phrases,
-    mask_phrases,
     numbers_in,
-    orientation_claims,
-    patient_side_text,
-    position_claims,
+    position_claims,  # noqa: F401 (the claim readers' entry for callers of this module)
     quoted_passages,
-    side_claims,
     strip_citations,
-    without_claims,
 )
 from medtrinity_assets.captioning.evidence import RegionFacts
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.judge import Judge
 from medtrinity_assets.captioning.prompt import FACETS
-from medtrinity_assets.captioning.wording import (
-    homogeneity_mentions,
-    intensity_polarities,
-    intensity_polarity,
-)
+from medtrinity_assets.captioning.reading import Said, read_said
+from medtrinity_assets.captioning.wording import intensity_polarity
 from medtrinity_assets.core.tables import CAPTION_QUALITY, QUALITY_CHECKS
 from medtrinity_assets.core.vocabulary import (
     allowed_modalities,
@@ -200,24 +192,23 @@ def _claim_issues(
 ) -> dict[str, list[str]]:
     """Issues per check (none: the check passed), in the order they are reported.
 
-    Claims are read from ``full`` (paragraph and facets) without cited passages and known names.
+    Claims are read from ``full`` (paragraph and facets) without cited passages and known names,
+    sentence by sentence (:mod:`medtrinity_assets.captioning.reading`).
     """
-    claims_text = strip_citations(full, chunk_ids)
     known = known_phrases(item)
-    masked = mask_phrases(claims_text, known)
-    pos, rest = position_claims(masked)
-    lateral = patient_side_text(rest, claims_text)
+    entry = modality_of(item.modality)
+    said = read_said(strip_citations(full, chunk_ids), known, item.intensity_word, entry.key if entry else None)
     return {
         "length_ok": _length_issues(len(text), *length),
-        "position_ok": region_checks.position_issues(pos, item, ev.facts),
-        "laterality_ok": _side_issues(lateral, item) + _orientation_issues(lateral, item),
-        "modality_ok": _modality_issues(masked, facets, item),
-        "organ_ok": _organ_issues(masked, facets, item, known),
-        "texture_ok": _texture_issues(masked, item),
-        "size_ok": region_checks.size_issues(masked, item) + region_checks.extent_issues(claims_text, item, ev.facts),
-        "relations_ok": region_checks.nesting_issues(claims_text, item, ev.nested),
-        "terms_ok": _term_issues(mask_phrases(masked, [item.intensity_word or ""]), item),
-        "numbers_ok": _number_issues(claims_text, item, known),
+        "position_ok": region_checks.position_issues(said.position_claims(), item, ev.facts),
+        "laterality_ok": _side_issues(said, item) + _orientation_issues(said, item),
+        "modality_ok": _modality_issues(said, facets, item),
+        "organ_ok": _organ_issues(said, facets, item, known),
+        "texture_ok": _texture_issues(said, item),
+        "size_ok": region_checks.size_issues(said, item) + region_checks.extent_issues(said, item, ev.facts),
+        "relations_ok": region_checks.nesting_issues(said, item, ev.nested),
+        "terms_ok": _term_issues(said, item),
+        "numbers_ok": _number_issues(said, item),
         "quotes_ok": _quote_issues(full, item),
     }
 
@@ -229,9 +220,9 @@ def _length_issues(n: int, min_chars: int, max_chars: int) -> list[str]:
     return [f"length {n} outside [{min_chars}, {max_chars}]"]
 
 
-def _side_issues(text: str, item: CaptionInput) -> list[str]:
+def _side_issues(said: Said, item: CaptionInput) -> list[str]:
     """Patient left/right claims against ``patient_lr``; any claim fails when it is unknown."""
-    sides = side_claims(text)
+    sides = said.patient_sides()
     lr = (item.patient_lr or "").lower() or None
     if not sides:
         return []
@@ -242,38 +233,35 @@ def _side_issues(text: str, item: CaptionInput) -> list[str]:
     return []
 
 
-def _orientation_issues(text: str, item: CaptionInput) -> list[str]:
+def _orientation_issues(said: Said, item: CaptionInput) -> list[str]:
     """Anterior/posterior and superior/inferior claims against their measured values, when known."""
     issues: list[str] = []
-    for word in orientation_claims(text):
+    for word in sorted(said.patient_orientations()):
         measured = (item.patient_ap if word in ("anterior", "posterior") else item.patient_si) or ""
         if measured.lower() in ("anterior", "posterior", "superior", "inferior") and measured.lower() != word:
             issues.append(f"orientation: says {word}, measured {measured.lower()}")
     return issues
 
 
-def _modality_issues(masked: str, facets: dict[str, str | None], item: CaptionInput) -> list[str]:
+def _modality_issues(said: Said, facets: dict[str, str | None], item: CaptionInput) -> list[str]:
     """The modality facet must name the recorded modality, and the text no other one."""
     entry = modality_of(item.modality)
-    facet_mod = facets.get("modality") or ""
-    mentioned = modality_mentions(masked)
     if entry is None:
         return []
     issues: list[str] = []
     allowed = allowed_modalities(entry.key)
-    if not (modality_mentions(facet_mod) & allowed):
+    if not (modality_mentions(facets.get("modality") or "") & allowed):
         issues.append(f"modality facet does not name the recorded modality ({item.modality})")
-    other = mentioned - allowed
+    other = said.modalities - allowed
     if other:
         issues.append(f"modality: mentions {'/'.join(sorted(other))}, recorded {item.modality}")
-    said = entry.techniques_in(masked)
-    if said:  # how the image was made: only as its metadata say ("contrast-enhanced" is a claim)
+    if said.techniques:  # how the image was made: only as its metadata say ("contrast-enhanced" is a claim)
         meta, rx = evidence.metadata_text(item), dict(entry.techniques)
-        issues += [f"modality: says {t}, which the metadata do not" for t in said if not rx[t].search(meta)]
+        issues += [f"modality: says {t}, which the metadata do not" for t in said.techniques if not rx[t].search(meta)]
     return issues
 
 
-def _organ_issues(masked: str, facets: dict[str, str | None], item: CaptionInput, known: list[str]) -> list[str]:
+def _organ_issues(said: Said, facets: dict[str, str | None], item: CaptionInput, known: list[str]) -> list[str]:
     """The organ facet must name the recorded organ, and the text no incompatible body region."""
     organ = (item.organ or "").strip()
     if not organ or organ.lower() in ("unspecified", "unknown"):
@@ -284,7 +272,7 @@ def _organ_issues(masked: str, facets: dict[str, str | None], item: CaptionInput
         issues.append(f"organ facet does not name the recorded organ ({organ})")
     region = organ_region(organ)
     if region is not None:
-        other_r = regions_in(masked) - _allowed_regions(region, known)
+        other_r = said.regions - _allowed_regions(region, known)
         if other_r:
             issues.append(f"organ: mentions {'/'.join(sorted(other_r))} anatomy, recorded {organ}")
     return issues
@@ -300,49 +288,45 @@ def _allowed_regions(region: set[str], known: list[str]) -> set[str]:
     return allowed_r
 
 
-def _texture_issues(masked: str, item: CaptionInput) -> list[str]:
+def _texture_issues(said: Said, item: CaptionInput) -> list[str]:
     """Intensity polarity and homogeneity claims against the measured words."""
     issues: list[str] = []
     pol = intensity_polarity(item.intensity_word)
-    said = intensity_polarities(masked)
-    if pol is not None and said - {pol}:
+    if pol is not None and said.polarities - {pol}:
         issues.append(f"intensity: caption contradicts measured '{item.intensity_word}'")
     homo = (item.texture_homogeneity_word or "").lower()
-    said_h = homogeneity_mentions(masked)
-    if homo in ("homogeneous", "heterogeneous") and said_h - {homo}:
+    if homo in ("homogeneous", "heterogeneous") and said.homogeneity - {homo}:
         issues.append(f"texture: caption contradicts measured '{homo}'")
     return issues
 
 
-def _term_issues(text: str, item: CaptionInput) -> list[str]:
+def _term_issues(said: Said, item: CaptionInput) -> list[str]:
     """Anatomy only from the metadata (organ and its synonyms, labels, terms, concepts), findings
     only from the metadata or the retrieved passages (ontology concepts,
     :mod:`medtrinity_assets.core.ontology`). Anatomy the metadata do not name cannot be checked
     against the image, so it is not allowed: "splenic" in a liver image fails."""
     from medtrinity_assets.core import ontology
 
-    anatomy, findings = ontology.anatomy_words(text), ontology.finding_concepts(text)
-    if not anatomy and not findings:  # nothing to ground (most descriptions): the metadata need no reading
+    if not said.anatomy and not said.findings:  # nothing to ground (most descriptions): the metadata need no reading
         return []
     meta = evidence.metadata_text(item) + " . " + " . ".join(organ_terms(item.organ or ""))
-    issues = [f"anatomy not in the metadata: {word}" for word in sorted(anatomy - ontology.anatomy_words(meta))]
-    if findings:
+    issues = [f"anatomy not in the metadata: {word}" for word in sorted(said.anatomy - ontology.anatomy_words(meta))]
+    if said.findings:
         grounded = {(c.scheme, c.code) for c in ontology.finding_concepts(meta + " . " + evidence.passages_text(item))}
-        ungrounded = [c for c in findings if (c.scheme, c.code) not in grounded]
+        ungrounded = [c for c in said.findings if (c.scheme, c.code) not in grounded]
         issues += [f"finding not in the metadata nor the passages: {d}" for d in dict.fromkeys(c.display for c in ungrounded)]
     return issues
 
 
-def _number_issues(text: str, item: CaptionInput, known: list[str]) -> list[str]:
+def _number_issues(said: Said, item: CaptionInput) -> list[str]:
     """Every number outside the checked area/span/size claims must come from the inputs (the
     metadata, the ROI count, the window)."""
-    said = set(numbers_in(mask_phrases(without_claims(text), known)))
-    said.discard(str(item.roi_count))  # the ROI count is an input (most descriptions state no other number)
-    if not said:
+    odd = said.numbers - {str(item.roi_count)}  # the ROI count is an input (most descriptions state no other number)
+    if not odd:
         return []
     allowed = set(numbers_in(evidence.metadata_text(item))) | set(numbers_in(item.window or ""))
-    odd = sorted(said - allowed)
-    return [f"numbers not from the inputs: {', '.join(odd)}"] if odd else []
+    odd = odd - allowed
+    return [f"numbers not from the inputs: {', '.join(sorted(odd))}"] if odd else []
 
 
 def _quote_issues(full: str, item: CaptionInput) -> list[str]:

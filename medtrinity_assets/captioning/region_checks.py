@@ -6,20 +6,11 @@ the claims and reports the checks."""
 
 from __future__ import annotations
 
-from medtrinity_assets.captioning.claims import (
-    area_claims,
-    horizontal_third,
-    nesting_claims,
-    outline_claims,
-    pixel_size_claims,
-    says_whole_image,
-    size_claims_mm,
-    span_claims,
-    vertical_third,
-)
+from medtrinity_assets.captioning.claims import horizontal_third, vertical_third
 from medtrinity_assets.captioning.evidence import RegionFacts
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.phrasing import is_outlined
+from medtrinity_assets.captioning.reading import Said
 from medtrinity_assets.captioning.wording import label_text
 
 
@@ -47,31 +38,32 @@ def position_issues(pos: list[tuple[str, str]], item: CaptionInput, facts: Regio
     return issues
 
 
-def size_issues(masked: str, item: CaptionInput) -> list[str]:
-    """Sizes only when a diameter was measured, and never above it (10% + 0.5 mm slack)."""
+def size_issues(said: Said, item: CaptionInput) -> list[str]:
+    """Sizes only when a diameter was measured, and never above it (10% + 0.5 mm slack); the image's
+    size in pixels as it is."""
     issues: list[str] = []
-    for mm in size_claims_mm(masked):
+    for mm in said.sizes_mm:
         if item.longest_diameter_mm is None:
             issues.append("size in mm claimed but no physical size was measured")
             break
         if mm > item.longest_diameter_mm * 1.1 + 0.5:
             issues.append(f"size: says {mm:g} mm, longest measured diameter {item.longest_diameter_mm:g} mm")
     actual = (item.image_width, item.image_height)
-    for claimed in pixel_size_claims(masked):
+    for claimed in said.pixel_sizes:
         if claimed != actual:
             issues.append(f"size: says the image is {claimed[0]} by {claimed[1]} pixels, it is {actual[0]} by {actual[1]}")
     return issues
 
 
-def extent_issues(text: str, item: CaptionInput, facts: RegionFacts | None) -> list[str]:
+def extent_issues(said: Said, item: CaptionInput, facts: RegionFacts | None) -> list[str]:
     """Area, box-span and outline claims against the mask; "no region was localised" only for a
     whole-image region; outline words as :func:`outline_issues` allows."""
     issues: list[str] = []
     whole = item.origin == "whole_image"
-    if says_whole_image(text) and not whole:
+    if said.whole_image and not whole:
         issues.append("says no region was localised, but the region is localised")
-    issues += outline_issues(outline_claims(text), item)
-    areas, spans = area_claims(text), span_claims(text)
+    issues += outline_issues(list(said.outlines), item)
+    areas, spans = said.areas, said.spans
     if facts is None or not (areas or spans):
         return issues
     if facts.whole:
@@ -111,7 +103,7 @@ def outline_issues(said: list[str], item: CaptionInput) -> list[str]:
 _NESTING = ("lies within", "encloses")
 
 
-def nesting_issues(text: str, item: CaptionInput, nested: set[tuple[str, str]] | None) -> list[str]:
+def nesting_issues(said: Said, item: CaptionInput, nested: set[tuple[str, str]] | None) -> list[str]:
     """"lies within" / "encloses" claims against the containment recomputed from the image's masks
     (or, for "lies within", the label map's enclosing label), "bordered by" / "borders" against the
     bordering recomputed from them, and a direction in the image against the centroids of the
@@ -121,7 +113,7 @@ def nesting_issues(text: str, item: CaptionInput, nested: set[tuple[str, str]] |
         return []
     inside = label_text(item.inside_label).lower()
     issues = []
-    for relation, other in nesting_claims(text):
+    for relation, other in said.relation_claims():
         if (relation, other) in nested or (relation == "lies within" and other == inside):
             continue
         if relation.startswith("one of"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from medtrinity_assets.core.regex_gate import gated
+from medtrinity_assets.core.regex_gate import GateGroup, gated
 
 # intensity polarity of a word: +1 brighter than surroundings, -1 darker, 0 similar. Histology's
 # "denser staining" is darker on a bright-field slide, "paler staining" brighter.
@@ -28,19 +28,19 @@ _SIMILAR = gated(r"\biso[- ]?(?:dense|intense|echoic|attenuating)\b|"
                  re.IGNORECASE)
 
 
+_POLARITIES = GateGroup([_BRIGHT, _DARK, _SIMILAR])
+
+
 def intensity_polarities(text: str) -> set[int]:
     return set(_intensity_polarities(text))
 
 
 @lru_cache(maxsize=4096)  # measured words and quoted sentences repeat
 def _intensity_polarities(text: str) -> frozenset[int]:
-    found = set()
-    if _BRIGHT.search(text or ""):
-        found.add(1)
-    if _DARK.search(text or ""):
-        found.add(-1)
-    if _SIMILAR.search(text or ""):
-        found.add(0)
+    found: set[int] = set()
+    for k in _POLARITIES.live(text or ""):
+        if _POLARITIES.members[k].search(text or ""):
+            found.add((1, -1, 0)[k])
     return frozenset(found)
 
 
@@ -65,13 +65,18 @@ _HOMO = gated(r"(?<![-\w])homogeneous\b|\buniform(?:ly)?\b", re.IGNORECASE)
 _HETERO = gated(r"\bheterogeneous\b|\binhomogeneous\b|\bnon-?homogeneous\b|\bmottled\b", re.IGNORECASE)
 
 
+_HOMOGENEITY = GateGroup([_HOMO, _HETERO])
+
+
 def homogeneity_mentions(text: str) -> set[str]:
     return set(_homogeneity_mentions(text))
 
 
 @lru_cache(maxsize=4096)
 def _homogeneity_mentions(text: str) -> frozenset[str]:
-    found = set()
+    found: set[str] = set()
+    if not _HOMOGENEITY.may_match(text or ""):
+        return frozenset()
     if _HETERO.search(text or ""):
         found.add("heterogeneous")
     cleaned = _HETERO.sub(" ", text or "")

@@ -20,7 +20,7 @@ name words a given description never uses (a date, "quadrant", "scintigraphy").
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from re import _constants as sre
 from re import _parser
@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 _MAX_STRINGS = 64  # alternatives kept for one stretch of literals
 _MAX_SETS = 3  # needle sets checked per pattern (every one must be met)
 _MAX_STARTS = 48  # places to try a pattern at; with more, the scan runs as it is
-SHORT = 256  # texts shorter than this are scanned without a gate (the scan is as cheap as the gate)
+SHORT = 0  # texts shorter than this are scanned without a gate
 _B = "\uffff"  # a word boundary inside a needle (never a literal: non-ASCII literals are unknown)
 _ZERO_WIDTH = (sre.AT, sre.ASSERT, sre.ASSERT_NOT)
 _REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT)
@@ -263,6 +263,12 @@ class _Folded:
                 self._spaced = _splice(old.spaced, [(start + 1, end + 1, r.translate(_SPACED)) for start, end, r in edits])
         return self._spaced
 
+    @property
+    def words(self) -> frozenset[str]:
+        if self._words is None:
+            self._words = frozenset(self.spaced.split())
+        return self._words
+
     def has_word(self, words: frozenset[str], padded: tuple[str, ...]) -> bool:
         """Whether one of ``words`` (``padded`` with spaces) is a word of the text: looked for one by one
         until listing the text's words is cheaper than going on looking (about 8 looks)."""
@@ -422,6 +428,53 @@ class Gated:
 
     def split(self, text: str, maxsplit: int = 0) -> list[str]:
         return [text] if self.places(text) == [] else self.rx.split(text, maxsplit)
+
+
+class GateGroup:
+    """Gated expressions asked about the same texts (a reader's expressions): which of them can match a
+    text, found at once from the text's words and the needles of each one's first needle set (a match
+    of an expression meets every one of its sets). A reader of many expressions asks its group first
+    and tries only those, at about the cost of asking one gate."""
+
+    __slots__ = ("members", "_all", "_always", "_by_word", "_low", "_spaced")
+
+    def __init__(self, members: Iterable[Gated]) -> None:
+        self.members = tuple(members)
+        self._all = tuple(range(len(self.members)))
+        self._always: list[int] = []  # members without needles: they may match anything
+        self._by_word: dict[str, list[int]] = {}
+        self._low: list[tuple[str, int]] = []
+        self._spaced: list[tuple[str, int]] = []
+        for i, m in enumerate(self.members):
+            if not m._sets:
+                self._always.append(i)
+                continue
+            words, _, in_low, in_spaced = m._sets[0]
+            for w in words:
+                self._by_word.setdefault(w, []).append(i)
+            self._low += [(n, i) for n in in_low]
+            self._spaced += [(n, i) for n in in_spaced]
+
+    def live(self, text: str) -> tuple[int, ...]:
+        """The indices of the members that may match ``text``, in order (every one for a text the gates
+        do not read: short, not ASCII, or inside :func:`ungated`)."""
+        if not isinstance(text, str) or len(text) < SHORT or not text.isascii() or _OFF:
+            return self._all
+        folded = _fold(text)
+        found = set(self._always)
+        for w in folded.words.intersection(self._by_word):
+            found.update(self._by_word[w])
+        if self._low:
+            low = folded.low
+            found.update(i for n, i in self._low if i not in found and n in low)
+        if self._spaced:
+            spaced = folded.spaced
+            found.update(i for n, i in self._spaced if i not in found and n in spaced)
+        return tuple(sorted(found))
+
+    def may_match(self, text: str) -> bool:
+        """False when no member can match ``text``."""
+        return bool(self.live(text))
 
 
 _OFF: list[bool] = []  # non-empty inside ungated()

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from medtrinity_assets.core.regex_gate import Gated, gated
+from medtrinity_assets.core.regex_gate import Gated, GateGroup, gated
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class Modality:
     classical_label: str = "region"
     techniques: tuple[tuple[str, Gated], ...] = ()  # (name, the expression that finds it)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_technique_group", GateGroup(rx for _, rx in self.techniques))
+
     def names_in(self, text: str) -> bool:
         """Whether ``text`` names this modality."""
         return bool(self.mentions.search(text or ""))
@@ -47,7 +50,10 @@ class Modality:
     def techniques_in(self, text: str) -> list[str]:
         """The techniques of this modality that ``text`` names, in the vocabulary's order, a
         technique inside a longer one named ("Doppler" in "colour Doppler") left out."""
-        found = [(name, m.span()) for name, rx in self.techniques if (m := rx.search(text or ""))]
+        if not self.techniques:
+            return []
+        live = [self.techniques[i] for i in self._technique_group.live(text or "")]  # type: ignore[attr-defined]
+        found = [(name, m.span()) for name, rx in live if (m := rx.search(text or ""))]
         return [name for name, (a, b) in found if not any(x <= a and b <= y and (x, y) != (a, b) for _, (x, y) in found)]
 
 
@@ -82,6 +88,9 @@ class Vocabulary:
             for r, words in self.region_words.items()
         }
         object.__setattr__(self, "_region_re", regions)
+        object.__setattr__(self, "_region_group", GateGroup(regions.values()))
+        object.__setattr__(self, "_region_keys", tuple(regions))
+        object.__setattr__(self, "_mention_group", GateGroup(m.mentions for m in self.modalities))
         body_parts = {code.upper(): o for o in self.organs.values() for code in o.dicom}
         object.__setattr__(self, "_body_parts", body_parts)
 
@@ -188,7 +197,9 @@ def modality_mentions(text: str) -> set[str]:
 
 @lru_cache(maxsize=4096)  # descriptions repeat their facets' sentences
 def _modality_mentions(text: str) -> frozenset[str]:
-    return frozenset(m.key for m in vocabulary().modalities if m.names_in(text))
+    voc = vocabulary()
+    live = voc._mention_group.live(text or "")  # type: ignore[attr-defined]
+    return frozenset(voc.modalities[i].key for i in live if voc.modalities[i].names_in(text))
 
 
 def allowed_modalities(key: str) -> set[str]:
@@ -236,7 +247,9 @@ def regions_in(text: str) -> set[str]:
 
 @lru_cache(maxsize=4096)  # labels and organ names repeat
 def _regions_in(text: str) -> frozenset[str]:
-    return frozenset(r for r, rx in vocabulary()._region_re.items() if rx.search(text or ""))  # type: ignore[attr-defined]
+    voc = vocabulary()
+    group = voc._region_group  # type: ignore[attr-defined]
+    return frozenset(voc._region_keys[i] for i in group.live(text or "") if group.members[i].search(text or ""))  # type: ignore[attr-defined]
 
 
 def compatible_regions(region: str) -> frozenset[str]:

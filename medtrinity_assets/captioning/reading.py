@@ -1,0 +1,182 @@
+"""A description's claims about its image, read sentence by sentence, each distinct sentence once.
+
+Descriptions repeat their sentences: a captioner writes the same modality, organ, texture and
+relation sentences for many regions (6,447 descriptions of a built shard hold 45,129 sentences,
+6,419 of them distinct). None of the claim readers (:mod:`~medtrinity_assets.captioning.claims`,
+:mod:`~medtrinity_assets.captioning.wording`, the vocabulary's and the ontology's words) reads
+across the end of a sentence, so a description's claims are those of its sentences, in order, and
+a sentence is read once per process for every context that changes its reading:
+
+- the known names it contains (labels, related regions, terms: blanked out before reading, they
+  are names, not claims);
+- the measured intensity word, if it contains it (not an anatomy or finding word);
+- the recorded modality (whose techniques are looked for).
+
+Whether "left of" is the image's or the patient's depends on whether the description speaks of
+the image anywhere, so a sentence's patient sides are kept both ways and chosen per description.
+
+:func:`whole_text` switches the memo off and reads every description as one piece: the reference
+the sentence-by-sentence reading is tested against. The two differ only for a claim that spans
+two sentences (an ontology phrase, "horizontally! Left"), which is not one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from medtrinity_assets.captioning import claims as cl
+from medtrinity_assets.captioning.wording import homogeneity_mentions, intensity_polarities
+from medtrinity_assets.core import ontology
+from medtrinity_assets.core.vocabulary import modality_by_key, modality_mentions, regions_in
+
+_SENTENCE = re.compile(r"(?<=[.!?;])\s+")  # sentences and clauses
+MEMO_SIZE = 8192  # sentences read per process before the memo starts again (a few MB)
+
+
+@dataclass(frozen=True, slots=True)
+class Said:
+    """What a text claims about its image, as the quality checks compare it.
+
+    ``positions`` and ``relations`` carry the index of the reader that found them first, so that
+    sentences merge into the order a reading of the whole text gives (reader by reader)."""
+
+    positions: tuple[tuple[int, str, str], ...]  # (reader, axis, value)
+    sides: frozenset[str]  # patient sides, "left of" counted as the patient's
+    sides_in_image: frozenset[str]  # the same, "left of" read as the image's
+    orientations: frozenset[str]
+    orientations_in_image: frozenset[str]
+    names_image: bool
+    modalities: frozenset[str]
+    techniques: tuple[str, ...]
+    regions: frozenset[str]
+    polarities: frozenset[int]
+    homogeneity: frozenset[str]
+    sizes_mm: tuple[float, ...]
+    pixel_sizes: tuple[tuple[int, int], ...]
+    whole_image: bool
+    outlines: tuple[str, ...]
+    areas: tuple[tuple[bool, float], ...]
+    spans: tuple[tuple[float, float, float, float], ...]
+    relations: tuple[tuple[int, str, str], ...]  # (reader, relation, other label)
+    anatomy: frozenset[str]
+    findings: tuple[ontology.Concept, ...]
+    numbers: frozenset[str]
+
+    def patient_sides(self) -> frozenset[str]:
+        return self.sides_in_image if self.names_image else self.sides
+
+    def patient_orientations(self) -> frozenset[str]:
+        return self.orientations_in_image if self.names_image else self.orientations
+
+    def position_claims(self) -> list[tuple[str, str]]:
+        return [(axis, value) for _, axis, value in self.positions]
+
+    def relation_claims(self) -> list[tuple[str, str]]:
+        return [(relation, other) for _, relation, other in self.relations]
+
+
+def read_said(text: str, known: Iterable[str], intensity_word: str | None, modality: str | None) -> Said:
+    """The claims of ``text`` (a description without its cited passages), its ``known`` names blanked
+    out; ``intensity_word``: the region's measured one; ``modality``: the vocabulary key whose
+    techniques are looked for (None: none)."""
+    phrases = sorted({p for p in known if p and len(p) >= 2})
+    if _WHOLE:
+        return _read(text, tuple(phrases), intensity_word or "", modality)
+    said = [_sentence(s, phrases, intensity_word or "", modality) for s in _SENTENCE.split(text)]
+    return said[0] if len(said) == 1 else _merged(said, modality)
+
+
+def _sentence(s: str, phrases: list[str], intensity_word: str, modality: str | None) -> Said:
+    """A sentence's claims, memoised under the context that changes them (see the module docstring)."""
+    low, plain = s.lower(), s.isascii()
+    present = tuple(p for p in phrases if not (plain and p.isascii()) or p.lower() in low)
+    word = intensity_word if intensity_word and (not (plain and intensity_word.isascii()) or intensity_word.lower() in low) else ""
+    key = (s, present, word, modality)
+    found = _memo.get(key)
+    if found is None:
+        if len(_memo) >= MEMO_SIZE:
+            _memo.clear()
+        found = _memo[key] = _read(s, present, word, modality)
+    return found
+
+
+def _read(text: str, phrases: tuple[str, ...], intensity_word: str, modality: str | None) -> Said:
+    """Every reader over one piece of text."""
+    masked = cl.mask_phrases(text, phrases)
+    positions, rest = cl.indexed_position_claims(masked)
+    unrelational = cl.without_relational(rest)
+    termed = cl.mask_phrases(masked, [intensity_word])
+    entry = modality_by_key(modality) if modality else None
+    return Said(
+        positions=tuple(positions),
+        sides=frozenset(cl.side_claims(rest)), sides_in_image=frozenset(cl.side_claims(unrelational)),
+        orientations=frozenset(cl.orientation_claims(rest)),
+        orientations_in_image=frozenset(cl.orientation_claims(unrelational)),
+        names_image=cl.names_image(text),
+        modalities=frozenset(modality_mentions(masked)),
+        techniques=tuple(entry.techniques_in(masked)) if entry is not None else (),
+        regions=frozenset(regions_in(masked)),
+        polarities=frozenset(intensity_polarities(masked)), homogeneity=frozenset(homogeneity_mentions(masked)),
+        sizes_mm=tuple(cl.size_claims_mm(masked)), pixel_sizes=tuple(cl.pixel_size_claims(masked)),
+        whole_image=cl.says_whole_image(text), outlines=tuple(cl.outline_claims(text)),
+        areas=tuple(cl.area_claims(text)), spans=tuple(cl.span_claims(text)),
+        relations=tuple(cl.indexed_nesting_claims(text)),
+        anatomy=frozenset(ontology.anatomy_words(termed)), findings=tuple(ontology.finding_concepts(termed)),
+        numbers=frozenset(cl.numbers_in(cl.mask_phrases(cl.without_claims(text), phrases))),
+    )
+
+
+def _merged(parts: list[Said], modality: str | None) -> Said:
+    """The claims of consecutive sentences as one text's: lists in the order one reading of the whole
+    text gives (reader by reader, then along the text), sets joined."""
+    def joined(name: str) -> frozenset:
+        return frozenset().union(*(getattr(p, name) for p in parts))
+
+    def chained(name: str) -> tuple:
+        return tuple(x for p in parts for x in getattr(p, name))
+
+    return Said(
+        positions=tuple(sorted(chained("positions"), key=_reader)),
+        sides=joined("sides"), sides_in_image=joined("sides_in_image"),
+        orientations=joined("orientations"), orientations_in_image=joined("orientations_in_image"),
+        names_image=any(p.names_image for p in parts),
+        modalities=joined("modalities"), techniques=_techniques(parts, modality), regions=joined("regions"),
+        polarities=joined("polarities"), homogeneity=joined("homogeneity"),
+        sizes_mm=chained("sizes_mm"), pixel_sizes=chained("pixel_sizes"),
+        whole_image=any(p.whole_image for p in parts), outlines=chained("outlines"),
+        areas=chained("areas"), spans=chained("spans"),
+        relations=tuple(sorted(chained("relations"), key=_reader)),
+        anatomy=joined("anatomy"), findings=tuple(dict.fromkeys(chained("findings"))),
+        numbers=joined("numbers"),
+    )
+
+
+def _reader(claim: tuple) -> int:
+    return claim[0]
+
+
+def _techniques(parts: list[Said], modality: str | None) -> tuple[str, ...]:
+    """The techniques named in any sentence, in the vocabulary's order (as one reading gives them)."""
+    said = {t for p in parts for t in p.techniques}
+    if len(said) < 2:
+        return tuple(said)
+    entry = modality_by_key(modality or "")
+    order = {name: k for k, (name, _) in enumerate(entry.techniques)} if entry is not None else {}
+    return tuple(sorted(said, key=lambda t: (order.get(t, len(order)), t)))
+
+
+_memo: dict[tuple, Said] = {}
+_WHOLE: list[bool] = []  # non-empty inside whole_text()
+
+
+@contextmanager
+def whole_text() -> Iterator[None]:
+    """Read every description as one piece, without the memo (the reference; see the module docstring)."""
+    _WHOLE.append(True)
+    try:
+        yield
+    finally:
+        _WHOLE.pop()
