@@ -363,6 +363,7 @@ def test_run_sums_and_box_equal_the_listed_pixels():
     """Sums and box counted run by run (runs that go on into the next column included) are those of
     the pixels themselves."""
     rng = np.random.default_rng(11)
+    regions = []
     for _ in range(300):
         h, w = (int(v) for v in rng.integers(1, 60, 2))
         mask = rng.random((h, w)) > rng.random()
@@ -374,6 +375,12 @@ def test_run_sums_and_box_equal_the_listed_pixels():
         assert px.size == rows.size and px.sums() == (rows.sum(), cols.sum())
         assert px.box() == (rows.min(), cols.min(), rows.max(), cols.max())
         assert sorted(zip(px.rows.tolist(), px.cols.tolist(), strict=True)) == sorted(zip(rows.tolist(), cols.tolist(), strict=True))
+        regions.append(listed)
+    # the facts of all of them at once (runs of every shape in one pass) are each one's own
+    one_by_one = [evidence._pixel_facts(evidence.CaptionInput(record_id="r", source="s", roi_id="0"), px) for px in regions]
+    fresh = [evidence.Pixels(px.starts, px.ends, px.shape) for px in regions]
+    assert evidence._all_facts(fresh) == one_by_one
+    assert [(px.sums(), px.box()) for px in fresh] == [(px.sums(), px.box()) for px in regions]
 
 
 # -- ontology and tokens ---------------------------------------------------------------------------------

@@ -209,19 +209,67 @@ def _pixel_facts(item: CaptionInput, px: Pixels | None) -> RegionFacts | None:
         return _box_facts(tuple(float(v) for v in item.bbox_norm))
     if px is None:
         return None
+    (h, w) = px.shape
+    (ca, cb), (ra, rb) = third_cuts(w), third_cuts(h)
+    return _facts(px, (px.below_column(ca), px.below_column(cb)), (px.below_row(ra), px.below_row(rb)))
+
+
+def _facts(px: Pixels, below_columns: tuple[int, int], below_rows: tuple[int, int]) -> RegionFacts:
+    """Facts from the region's pixel counts: how many lie before each third's cut, along each axis."""
     (h, w), n = px.shape, px.size
     row_sum, col_sum = px.sums()
     top, left, bottom, right = px.box()
-    (ca, cb), (ra, rb) = third_cuts(w), third_cuts(h)
     return RegionFacts(
         whole=False,
-        horizontal=_placed(_split((px.below_column(ca), px.below_column(cb)), n), (col_sum / n + 0.5) / w,
-                           (right - left + 1) / w, ("left", "centre", "right")),
-        vertical=_placed(_split((px.below_row(ra), px.below_row(rb)), n), (row_sum / n + 0.5) / h,
-                         (bottom - top + 1) / h, ("upper", "middle", "lower")),
+        horizontal=_placed(_split(below_columns, n), (col_sum / n + 0.5) / w, (right - left + 1) / w,
+                           ("left", "centre", "right")),
+        vertical=_placed(_split(below_rows, n), (row_sum / n + 0.5) / h, (bottom - top + 1) / h,
+                         ("upper", "middle", "lower")),
         area_fraction=n / (h * w),
         bbox_norm=(left / w, top / h, (right + 1) / w, (bottom + 1) / h),
     )
+
+
+def _all_facts(regions: list[Pixels]) -> list[RegionFacts]:
+    """:func:`_pixel_facts` of many regions' pixels, their runs counted in one pass over all of them
+    (as :class:`Pixels` counts one region's; a region's own counts, sums and box are kept on it)."""
+    lengths = np.array([px.starts.size for px in regions])
+    first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    last = first + lengths - 1
+    starts = np.concatenate([px.starts for px in regions])
+    ends = np.concatenate([px.ends for px in regions])
+    shapes = [px.shape for px in regions]
+    h = np.repeat(np.array([s[0] for s in shapes], dtype=np.int64), lengths)
+
+    def per_region(per_run: np.ndarray) -> list[int]:
+        return np.add.reduceat(per_run, first).tolist()
+
+    def below(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q, r = np.divmod(m, h)
+        return q * (h * (h - 1) // 2) + r * (r - 1) // 2, h * (q * (q - 1) // 2) + r * q
+
+    def cut(axis: int, k: int) -> np.ndarray:
+        return np.repeat(np.array([third_cuts(s[axis])[k] for s in shapes], dtype=np.int64), lengths)
+
+    def before_row(r: np.ndarray) -> list[int]:
+        (qe, ke), (qs, ks) = np.divmod(ends, h), np.divmod(starts, h)
+        return per_region(qe * r + np.minimum(ke, r) - (qs * r + np.minimum(ks, r)))
+
+    (rows_end, cols_end), (rows_start, cols_start) = below(ends), below(starts)
+    row_sums, col_sums = per_region(rows_end - rows_start), per_region(cols_end - cols_start)
+    columns = [per_region(np.clip(np.minimum(ends, cut(1, k) * h) - starts, 0, None)) for k in (0, 1)]
+    rows = [before_row(cut(0, k)) for k in (0, 1)]
+    first_col, last_col = starts // h, (ends - 1) // h
+    wraps = last_col > first_col
+    tops = np.minimum.reduceat(np.where(wraps, 0, starts % h), first).tolist()
+    bottoms = np.maximum.reduceat(np.where(wraps, h - 1, (ends - 1) % h), first).tolist()
+    lefts, rights = first_col[first].tolist(), last_col[last].tolist()
+    out = []
+    for k, px in enumerate(regions):
+        px._sums = (row_sums[k], col_sums[k])
+        px._box = (tops[k], lefts[k], bottoms[k], rights[k])
+        out.append(_facts(px, (columns[0][k], columns[1][k]), (rows[0][k], rows[1][k])))
+    return out
 
 
 def _box_facts(box: tuple[float, ...]) -> RegionFacts:
@@ -267,10 +315,15 @@ def batch_evidence(
         by_record[item.record_id][id(item)] = item
     facts: dict[int, RegionFacts | None] = {}
     out: Nesting = defaultdict(set)
+    read = {record_id: [(item, pixels(item) if item.origin != "whole_image" else None) for item in regions.values()]
+            for record_id, regions in by_record.items()}
+    masked = [(item, px) for found in read.values() for item, px in found if px is not None]
+    facts.update(zip((id(item) for item, _ in masked), _all_facts([px for _, px in masked]) if masked else [], strict=True))
     for record_id, regions in by_record.items():
-        found = [(item, pixels(item) if item.origin != "whole_image" else None) for item in regions.values()]
+        found = read[record_id]
         for item, px in found:
-            facts[id(item)] = RegionFacts(whole=True) if item.origin == "whole_image" else _pixel_facts(item, px)
+            if px is None:
+                facts[id(item)] = RegionFacts(whole=True) if item.origin == "whole_image" else _pixel_facts(item, None)
         wanted = bordering is None or record_id in bordering
         _nest([(item, px) for item, px in found if px is not None], out, wanted)
         _directions([(item, c) for item, px in found if (c := _centre(item, px)) is not None], out)

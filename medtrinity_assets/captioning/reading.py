@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 
 from medtrinity_assets.captioning import claims as cl
 from medtrinity_assets.captioning.wording import homogeneity_mentions, intensity_polarities
@@ -38,32 +39,35 @@ MEMO_SIZE = 8192  # sentences read per process before the memo starts again (a f
 
 @dataclass(frozen=True, slots=True)
 class Said:
-    """What a text claims about its image, as the quality checks compare it.
+    """What a text claims about its image, as the quality checks compare it (every field empty: no
+    claim of that kind). ``filled`` names the fields that are not empty (a description's sentences
+    are merged field by field, and most sentences fill few).
 
     ``positions`` and ``relations`` carry the index of the reader that found them first, so that
     sentences merge into the order a reading of the whole text gives (reader by reader)."""
 
-    positions: tuple[tuple[int, str, str], ...]  # (reader, axis, value)
-    sides: frozenset[str]  # patient sides, "left of" counted as the patient's
-    sides_in_image: frozenset[str]  # the same, "left of" read as the image's
-    orientations: frozenset[str]
-    orientations_in_image: frozenset[str]
-    names_image: bool
-    modalities: frozenset[str]
-    techniques: tuple[str, ...]
-    regions: frozenset[str]
-    polarities: frozenset[int]
-    homogeneity: frozenset[str]
-    sizes_mm: tuple[float, ...]
-    pixel_sizes: tuple[tuple[int, int], ...]
-    whole_image: bool
-    outlines: tuple[str, ...]
-    areas: tuple[tuple[bool, float], ...]
-    spans: tuple[tuple[float, float, float, float], ...]
-    relations: tuple[tuple[int, str, str], ...]  # (reader, relation, other label)
-    anatomy: frozenset[str]
-    findings: tuple[ontology.Concept, ...]
-    numbers: frozenset[str]
+    positions: tuple[tuple[int, str, str], ...] = ()  # (reader, axis, value)
+    sides: frozenset[str] = frozenset()  # patient sides, "left of" counted as the patient's
+    sides_in_image: frozenset[str] = frozenset()  # the same, "left of" read as the image's
+    orientations: frozenset[str] = frozenset()
+    orientations_in_image: frozenset[str] = frozenset()
+    names_image: bool = False
+    modalities: frozenset[str] = frozenset()
+    techniques: tuple[str, ...] = ()
+    regions: frozenset[str] = frozenset()
+    polarities: frozenset[int] = frozenset()
+    homogeneity: frozenset[str] = frozenset()
+    sizes_mm: tuple[float, ...] = ()
+    pixel_sizes: tuple[tuple[int, int], ...] = ()
+    whole_image: bool = False
+    outlines: tuple[str, ...] = ()
+    areas: tuple[tuple[bool, float], ...] = ()
+    spans: tuple[tuple[float, float, float, float], ...] = ()
+    relations: tuple[tuple[int, str, str], ...] = ()  # (reader, relation, other label)
+    anatomy: frozenset[str] = frozenset()
+    findings: tuple[ontology.Concept, ...] = ()
+    numbers: frozenset[str] = frozenset()
+    filled: tuple[str, ...] = ()
 
     def patient_sides(self) -> frozenset[str]:
         return self.sides_in_image if self.names_image else self.sides
@@ -85,13 +89,17 @@ def read_said(text: str, known: Iterable[str], intensity_word: str | None, modal
     phrases = sorted({p for p in known if p and len(p) >= 2})
     if _WHOLE:
         return _read(text, tuple(phrases), intensity_word or "", modality)
+    if phrases and text.isascii():  # a name not in the text is in none of its sentences
+        low = text.lower()
+        phrases = [p for p in phrases if not p.isascii() or p.lower() in low]
     said = [_sentence(s, phrases, intensity_word or "", modality) for s in _SENTENCE.split(text)]
     return said[0] if len(said) == 1 else _merged(said, modality)
 
 
 def _sentence(s: str, phrases: list[str], intensity_word: str, modality: str | None) -> Said:
     """A sentence's claims, memoised under the context that changes them (see the module docstring)."""
-    low, plain = s.lower(), s.isascii()
+    plain = s.isascii()
+    low = s.lower() if phrases or intensity_word else s
     present = tuple(p for p in phrases if not (plain and p.isascii()) or p.lower() in low)
     word = intensity_word if intensity_word and (not (plain and intensity_word.isascii()) or intensity_word.lower() in low) else ""
     key = (s, present, word, modality)
@@ -110,7 +118,7 @@ def _read(text: str, phrases: tuple[str, ...], intensity_word: str, modality: st
     unrelational = cl.without_relational(rest)
     termed = cl.mask_phrases(masked, [intensity_word])
     entry = modality_by_key(modality) if modality else None
-    return Said(
+    found = dict(
         positions=tuple(positions),
         sides=frozenset(cl.side_claims(rest)), sides_in_image=frozenset(cl.side_claims(unrelational)),
         orientations=frozenset(cl.orientation_claims(rest)),
@@ -127,42 +135,52 @@ def _read(text: str, phrases: tuple[str, ...], intensity_word: str, modality: st
         anatomy=frozenset(ontology.anatomy_words(termed)), findings=tuple(ontology.finding_concepts(termed)),
         numbers=frozenset(cl.numbers_in(cl.mask_phrases(cl.without_claims(text), phrases))),
     )
+    filled = {name: value for name, value in found.items() if value}
+    return Said(**filled, filled=tuple(filled))
 
 
 def _merged(parts: list[Said], modality: str | None) -> Said:
     """The claims of consecutive sentences as one text's: lists in the order one reading of the whole
     text gives (reader by reader, then along the text), sets joined."""
-    def joined(name: str) -> frozenset:
-        return frozenset().union(*(getattr(p, name) for p in parts))
+    found: dict[str, list] = {}
+    for p in parts:
+        for name in p.filled:
+            found.setdefault(name, []).append(getattr(p, name))
+    merged = {name: values[0] if len(values) == 1 else _MERGE[name](values) for name, values in found.items()}
+    if len(found.get("techniques", ())) > 1:
+        merged["techniques"] = _techniques(found["techniques"], modality)
+    return Said(**merged, filled=tuple(merged))
 
-    def chained(name: str) -> tuple:
-        return tuple(x for p in parts for x in getattr(p, name))
 
-    return Said(
-        positions=tuple(sorted(chained("positions"), key=_reader)),
-        sides=joined("sides"), sides_in_image=joined("sides_in_image"),
-        orientations=joined("orientations"), orientations_in_image=joined("orientations_in_image"),
-        names_image=any(p.names_image for p in parts),
-        modalities=joined("modalities"), techniques=_techniques(parts, modality), regions=joined("regions"),
-        polarities=joined("polarities"), homogeneity=joined("homogeneity"),
-        sizes_mm=chained("sizes_mm"), pixel_sizes=chained("pixel_sizes"),
-        whole_image=any(p.whole_image for p in parts), outlines=chained("outlines"),
-        areas=chained("areas"), spans=chained("spans"),
-        relations=tuple(sorted(chained("relations"), key=_reader)),
-        anatomy=joined("anatomy"), findings=tuple(dict.fromkeys(chained("findings"))),
-        numbers=joined("numbers"),
-    )
+def _joined(values: list) -> frozenset:
+    return frozenset().union(*values)
+
+
+def _chained(values: list) -> tuple:
+    return tuple(chain.from_iterable(values))
+
+
+def _by_reader(values: list) -> tuple:
+    return tuple(sorted(chain.from_iterable(values), key=_reader))
 
 
 def _reader(claim: tuple) -> int:
     return claim[0]
 
 
-def _techniques(parts: list[Said], modality: str | None) -> tuple[str, ...]:
+_MERGE = {
+    **dict.fromkeys(("sides", "sides_in_image", "orientations", "orientations_in_image", "modalities", "regions",
+                     "polarities", "homogeneity", "anatomy", "numbers"), _joined),
+    **dict.fromkeys(("sizes_mm", "pixel_sizes", "outlines", "areas", "spans", "techniques"), _chained),
+    **dict.fromkeys(("names_image", "whole_image"), any),
+    **dict.fromkeys(("positions", "relations"), _by_reader),
+    "findings": lambda values: tuple(dict.fromkeys(chain.from_iterable(values))),  # each concept once
+}
+
+
+def _techniques(values: list[tuple[str, ...]], modality: str | None) -> tuple[str, ...]:
     """The techniques named in any sentence, in the vocabulary's order (as one reading gives them)."""
-    said = {t for p in parts for t in p.techniques}
-    if len(said) < 2:
-        return tuple(said)
+    said = set(chain.from_iterable(values))
     entry = modality_by_key(modality or "")
     order = {name: k for k, (name, _) in enumerate(entry.techniques)} if entry is not None else {}
     return tuple(sorted(said, key=lambda t: (order.get(t, len(order)), t)))

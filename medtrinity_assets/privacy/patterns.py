@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from medtrinity_assets.core.regex_gate import Gated
+from medtrinity_assets.core.regex_gate import Gated, GateGroup
 
 _MONTH = (
     r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
@@ -48,5 +48,7 @@ _PATTERNS: list[tuple[str, re.Pattern]] = [
 #: (kind, compiled pattern), applied in this order when scrubbing; each behind a literal gate
 #: (:mod:`medtrinity_assets.core.regex_gate`), as most texts hold no e-mail, title, date or digit run.
 PHI_PATTERNS: list[tuple[str, Gated]] = [(kind, Gated(rx)) for kind, rx in _PATTERNS]
+#: the patterns a text may match, found at once (most descriptions hold no title, month or @)
+PHI_GROUP = GateGroup(rx for _, rx in PHI_PATTERNS)
 
 KINDS: tuple[str, ...] = tuple(dict.fromkeys(kind for kind, _ in PHI_PATTERNS))

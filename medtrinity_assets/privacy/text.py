@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from medtrinity_assets.privacy.identifiers import IdentifierMatcher, matcher_for
-from medtrinity_assets.privacy.patterns import PHI_PATTERNS
+from medtrinity_assets.privacy.patterns import PHI_GROUP, PHI_PATTERNS
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SPACES = re.compile(r"\s+")
@@ -59,7 +59,7 @@ def find_phi(text: str | None, identifiers: Iterable[str] | ValueMatcher | None 
     the values themselves."""
     if not text:
         return []
-    found = {kind for kind, rx in PHI_PATTERNS if rx.search(text)}
+    found = {PHI_PATTERNS[k][0] for k in PHI_GROUP.live(text) if PHI_PATTERNS[k][1].search(text)}
     matcher = _matcher(identifiers)
     if matcher is not None and matcher.search(text):
         found.add("listed_value")
