@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 import polars as pl  # noqa: E402
 
 from medtrinity_assets.captioning import EmbeddedCaptioner, check_captions, run_caption_batch  # noqa: E402
+from medtrinity_assets.captioning.quality import forget_texts  # noqa: E402
 from medtrinity_assets.captioning.samples import realistic_inputs  # noqa: E402
 from medtrinity_assets.defs.resources import CaptionerResource  # noqa: E402
 from medtrinity_assets.privacy import identifier_store  # noqa: E402
@@ -76,6 +77,7 @@ def bench(n: int, repeat: int, seed: int, rois_per_image: int, root: Path) -> di
         table = root / f"captions_{n}_{k}.parquet"
         _, cap_cpu, cap_wall = timed(lambda t=table, i=items: run_caption_batch(i, EmbeddedCaptioner(), t, chunk_size=CHUNK))
         captions = pl.read_parquet(table)
+        forget_texts()  # as a fresh process: no sentence of an earlier run is remembered
         quality, q_cpu, q_wall = timed(lambda c=captions, b=by_key: check_captions(c, b, phi_values=matcher, judge=None))
         runs.append((cap_cpu, cap_wall, q_cpu, q_wall))
     cap_cpu, cap_wall, q_cpu, q_wall = (min(r[i] for r in runs) for i in range(4))
@@ -114,6 +116,7 @@ def bench_built(out: Path, part: str, root: Path) -> dict:
         return len(items)
 
     n, cap_cpu, cap_wall = timed(describe)
+    forget_texts()
     quality, q_cpu, q_wall = timed(lambda: check_images(str(out), part, ids, matcher))
     return {"images": len(ids), "built": f"{out}:{part}", **figures(n, cap_cpu, cap_wall, q_cpu, q_wall, quality)}
 

@@ -300,6 +300,48 @@ def test_gated_expressions_find_what_their_patterns_find():
     assert gated_off > 500  # the gates did skip scans
 
 
+def _groups() -> list[regex_gate.GateGroup]:
+    from medtrinity_assets.privacy.patterns import PHI_GROUP
+
+    voc = vocabulary()
+    return [PHI_GROUP, voc._mention_group, voc._region_group, claims._POSITIONS, claims._RELATIONS, claims._MEASURES,
+            wording._POLARITIES, wording._HOMOGENEITY, *(m._technique_group for m in voc.modalities if m.techniques)]
+
+
+def test_gate_groups_keep_every_member_that_matches():
+    """A group's live members are every member that matches the text (and it does leave some out)."""
+    rng = random.Random(12)
+    texts = _texts(150, rng)
+    left_out = 0
+    for group in _groups():
+        for text in texts:
+            live = group.live(text)
+            assert {k for k, rx in enumerate(group.members) if rx.rx.search(text)} <= set(live), text
+            left_out += len(group.members) - len(live)
+    assert left_out > 1000
+
+
+def test_phi_patterns_find_in_a_text_what_they_find_in_its_pieces():
+    """The PHI scan reads a text in pieces (memoised), cut at sentence and clause ends that no match
+    goes on past: the kinds found are those every pattern finds in the whole text."""
+    from medtrinity_assets.privacy import text as phi_text
+
+    rng = random.Random(13)
+    words = ("Dr Mr Mrs Prof dr mr MRN ID id no No number record Record case Jan Jan. January sept Sept december 12 "
+             "2020 03 1979 12.5 0.9% 020 7946 0958 +44 (020) Jane Doe Smith Doe^Jane a@b.org name: patient's the "
+             "image lesion left hyperdense 1234567 ACC-99812 12th of 2nd 2019-03-12 12/03/2021 x-no").split()
+    seps = [" ", ". ", "; ", "! ", "? ", ".\n", ";  ", ", ", ".", "-", ": "]
+    cut = 0
+    for _ in range(4000):
+        text = "".join(rng.choice(words) + rng.choice(seps) for _ in range(rng.randint(1, 14)))
+        plain = {kind for kind, rx in PHI_PATTERNS if rx.rx.search(text)}
+        pieces = phi_text._pieces(text)
+        assert set().union(*map(phi_text._kinds, pieces)) == plain, text
+        assert "".join("".join(pieces).split()) == "".join(text.split())  # only whitespace is left out
+        cut += len(pieces) - 1
+    assert cut > 5000
+
+
 def test_mask_phrases_blanks_what_the_phrase_expressions_blank():
     rng = random.Random(8)
     phrases = ["left lung", "X-ray", "r1", "(a)", "a-b", "CT", "ct", "Lesion", "lung", "_x", "9", "liver lesion",

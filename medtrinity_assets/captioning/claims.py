@@ -57,16 +57,21 @@ def strip_citations(text: str, chunk_ids: Iterable[str]) -> str:
 
     Without known chunk ids, any hex-like id of 8+ characters in brackets counts as a citation.
     """
+    return " ".join(claim_sentences(text, chunk_ids))
+
+
+def claim_sentences(text: str, chunk_ids: Iterable[str]) -> list[str]:
+    """The sentences of :func:`strip_citations`'s text, in order (that text is them joined by spaces)."""
+    if "[" not in text:  # a citation needs one
+        return _SENTENCE.split(text)
     ids = {c for c in chunk_ids if c}
 
     def is_cite(cid: str) -> bool:
         return cid in ids if ids else bool(_HEXID.fullmatch(cid))
 
     text = _QUOTE_CITE.sub(lambda m: " " if is_cite(m.group(2)) else m.group(0), text)
-    return " ".join(
-        s for s in _SENTENCE.split(text)
-        if "[" not in s or not any(is_cite(m.group(1)) for m in _CITE.finditer(s))  # a citation needs a "["
-    )
+    return [s for s in _SENTENCE.split(text)
+            if "[" not in s or not any(is_cite(m.group(1)) for m in _CITE.finditer(s))]
 
 
 @lru_cache(maxsize=4096)
@@ -279,6 +284,21 @@ def says_whole_image(text: str) -> bool:
 def pixel_size_claims(text: str) -> list[tuple[int, int]]:
     """``(width, height)`` of every "33 by 41 pixels" claim about the image's size."""
     return [(int(w), int(h)) for w, h in _PIXELS.findall(text)]
+
+
+def measures(text: str, masked: str) -> tuple[list, list, list[float], list[tuple[int, int]], str]:
+    """``(area claims, span claims, sizes in mm, pixel sizes, text without them)`` of ``text``, the sizes
+    read off ``masked`` (``text`` with its known names blanked out): :func:`area_claims`,
+    :func:`span_claims`, :func:`size_claims_mm`, :func:`pixel_size_claims` and :func:`without_claims`,
+    their expressions' words looked for once."""
+    live = _MEASURES.live(text)  # (blanking names or claims out never makes an expression's words)
+    if not live:
+        return [], [], [], [], text
+    rest = text
+    for k in live:
+        rest = _MEASURES.members[k].sub(" ", rest)
+    return (area_claims(text) if 0 in live else [], span_claims(text) if 1 in live else [],
+            size_claims_mm(masked) if 2 in live else [], pixel_size_claims(masked) if 3 in live else [], rest)
 
 
 def without_claims(text: str) -> str:

@@ -57,11 +57,11 @@ import polars as pl
 from medtrinity_assets.captioning import evidence, phrasing, region_checks
 from medtrinity_assets.captioning.claims import (
     caption_facets,
+    claim_sentences,
     known_phrases,
     numbers_in,
     position_claims,  # noqa: F401 (the claim readers' entry for callers of this module)
     quoted_passages,
-    strip_citations,
 )
 from medtrinity_assets.captioning.evidence import RegionFacts
 from medtrinity_assets.captioning.inputs import CaptionInput
@@ -93,6 +93,22 @@ def scan_phi(text: str, phi_values: Iterable[str] | Any = (), chunk_ids: Iterabl
         if cid:
             text = text.replace(cid, " ")
     return find_phi(text, phi_values)
+
+
+def forget_texts() -> None:
+    """Forget every text the checks have read (the sentence memo and the readers' own caches; not the
+    ontology and vocabulary indexes): what a fresh process starts from, for a benchmark."""
+    from medtrinity_assets.captioning import reading, wording
+    from medtrinity_assets.core import ontology, vocabulary
+    from medtrinity_assets.privacy import text as phi_text
+
+    reading._memo.clear()
+    phi_text._KINDS.clear()
+    for cached in (wording._intensity_polarities, wording._homogeneity_mentions, vocabulary._modality_mentions,
+                   vocabulary._regions_in):
+        cached.cache_clear()
+    ontology._index().memo.clear()
+    ontology._index().pieces.clear()
 
 
 def check_caption(
@@ -197,7 +213,7 @@ def _claim_issues(
     """
     known = known_phrases(item)
     entry = modality_of(item.modality)
-    said = read_said(strip_citations(full, chunk_ids), known, item.intensity_word, entry.key if entry else None)
+    said = read_said(claim_sentences(full, chunk_ids), known, item.intensity_word, entry.key if entry else None)
     return {
         "length_ok": _length_issues(len(text), *length),
         "position_ok": region_checks.position_issues(said.position_claims(), item, ev.facts),

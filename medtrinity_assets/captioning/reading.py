@@ -33,7 +33,7 @@ from medtrinity_assets.captioning.wording import homogeneity_mentions, intensity
 from medtrinity_assets.core import ontology
 from medtrinity_assets.core.vocabulary import modality_by_key, modality_mentions, regions_in
 
-_SENTENCE = re.compile(r"(?<=[.!?;])\s+")  # sentences and clauses
+_CLAUSE = re.compile(r"(?<=;)\s+")  # a sentence's clauses
 MEMO_SIZE = 8192  # sentences read per process before the memo starts again (a few MB)
 
 
@@ -82,17 +82,19 @@ class Said:
         return [(relation, other) for _, relation, other in self.relations]
 
 
-def read_said(text: str, known: Iterable[str], intensity_word: str | None, modality: str | None) -> Said:
-    """The claims of ``text`` (a description without its cited passages), its ``known`` names blanked
-    out; ``intensity_word``: the region's measured one; ``modality``: the vocabulary key whose
-    techniques are looked for (None: none)."""
+def read_said(sentences: list[str], known: Iterable[str], intensity_word: str | None, modality: str | None) -> Said:
+    """The claims of a text given as its ``sentences`` (a description without its cited passages:
+    :func:`~medtrinity_assets.captioning.claims.claim_sentences`), its ``known`` names blanked out;
+    ``intensity_word``: the region's measured one; ``modality``: the vocabulary key whose techniques
+    are looked for (None: none)."""
     phrases = sorted({p for p in known if p and len(p) >= 2})
     if _WHOLE:
-        return _read(text, tuple(phrases), intensity_word or "", modality)
-    if phrases and text.isascii():  # a name not in the text is in none of its sentences
-        low = text.lower()
-        phrases = [p for p in phrases if not p.isascii() or p.lower() in low]
-    said = [_sentence(s, phrases, intensity_word or "", modality) for s in _SENTENCE.split(text)]
+        return _read(" ".join(sentences), tuple(phrases), intensity_word or "", modality)
+    pieces = [c for s in sentences for c in (_CLAUSE.split(s) if ";" in s else (s,))]
+    if phrases:  # a name in no piece is blanked out of none
+        low = " ".join(pieces).lower()
+        phrases = [p for p in phrases if not (p.isascii() and low.isascii()) or p.lower() in low]
+    said = [_sentence(s, phrases, intensity_word or "", modality) for s in pieces]
     return said[0] if len(said) == 1 else _merged(said, modality)
 
 
@@ -112,31 +114,56 @@ def _sentence(s: str, phrases: list[str], intensity_word: str, modality: str | N
 
 
 def _read(text: str, phrases: tuple[str, ...], intensity_word: str, modality: str | None) -> Said:
-    """Every reader over one piece of text."""
-    masked = cl.mask_phrases(text, phrases)
-    positions, rest = cl.indexed_position_claims(masked)
-    unrelational = cl.without_relational(rest)
-    termed = cl.mask_phrases(masked, [intensity_word])
+    """Every reader over one piece of text: the measures (area, box span, sizes: numbers a region's
+    description gives it alone, checked on their own) off the piece, every other claim off the piece
+    without them (memoised: "spans 9-27% of the image width and 28-45% of its height" makes every
+    piece distinct, its words do not), the modality's techniques off that too."""
+    areas, spans, sizes, pixel_sizes, rest = cl.measures(text, cl.mask_phrases(text, phrases))
+    words, masked = (_read_words(rest, phrases, intensity_word) if _WHOLE
+                     else _words(rest, phrases, intensity_word))
     entry = modality_by_key(modality) if modality else None
+    found = dict(names_image=cl.names_image(text), sizes_mm=tuple(sizes), pixel_sizes=tuple(pixel_sizes),
+                 areas=tuple(areas), spans=tuple(spans),
+                 techniques=tuple(entry.techniques_in(masked)) if entry is not None else ())
+    filled = {**{name: value for name, value in found.items() if value},
+              **{name: getattr(words, name) for name in words.filled}}
+    return Said(**filled, filled=tuple(filled))
+
+
+def _words(rest: str, phrases: tuple[str, ...], intensity_word: str) -> tuple[Said, str]:
+    """:func:`_read_words`, memoised (the measures are out of ``rest``: many pieces share it)."""
+    key = ("words", rest, phrases, intensity_word)
+    found = _memo.get(key)
+    if found is None:
+        if len(_memo) >= MEMO_SIZE:
+            _memo.clear()
+        found = _memo[key] = _read_words(rest, phrases, intensity_word)
+    return found  # type: ignore[return-value]
+
+
+def _read_words(rest: str, phrases: tuple[str, ...], intensity_word: str) -> tuple[Said, str]:
+    """The claims of a text without its measures (image positions, patient sides, modality words,
+    body regions, texture words, outline words, relations, anatomy and findings, and every other
+    number), and the text with its known names blanked out."""
+    masked = cl.mask_phrases(rest, phrases)
+    positions, unplaced = cl.indexed_position_claims(masked)
+    unrelational = cl.without_relational(unplaced)
+    termed = cl.mask_phrases(masked, [intensity_word])
     found = dict(
         positions=tuple(positions),
-        sides=frozenset(cl.side_claims(rest)), sides_in_image=frozenset(cl.side_claims(unrelational)),
-        orientations=frozenset(cl.orientation_claims(rest)),
+        sides=frozenset(cl.side_claims(unplaced)), sides_in_image=frozenset(cl.side_claims(unrelational)),
+        orientations=frozenset(cl.orientation_claims(unplaced)),
         orientations_in_image=frozenset(cl.orientation_claims(unrelational)),
-        names_image=cl.names_image(text),
         modalities=frozenset(modality_mentions(masked)),
-        techniques=tuple(entry.techniques_in(masked)) if entry is not None else (),
         regions=frozenset(regions_in(masked)),
         polarities=frozenset(intensity_polarities(masked)), homogeneity=frozenset(homogeneity_mentions(masked)),
-        sizes_mm=tuple(cl.size_claims_mm(masked)), pixel_sizes=tuple(cl.pixel_size_claims(masked)),
-        whole_image=cl.says_whole_image(text), outlines=tuple(cl.outline_claims(text)),
-        areas=tuple(cl.area_claims(text)), spans=tuple(cl.span_claims(text)),
-        relations=tuple(cl.indexed_nesting_claims(text)),
+        whole_image=cl.says_whole_image(rest), outlines=tuple(cl.outline_claims(rest)),
+        relations=tuple(cl.indexed_nesting_claims(rest)),
         anatomy=frozenset(ontology.anatomy_words(termed)), findings=tuple(ontology.finding_concepts(termed)),
-        numbers=frozenset(cl.numbers_in(cl.mask_phrases(cl.without_claims(text), phrases))),
+        numbers=frozenset(cl.numbers_in(masked)),
     )
     filled = {name: value for name, value in found.items() if value}
-    return Said(**filled, filled=tuple(filled))
+    return Said(**filled, filled=tuple(filled)), masked
 
 
 def _merged(parts: list[Said], modality: str | None) -> Said:

@@ -99,6 +99,7 @@ def side_words(text: str) -> set[str]:
 _SPACES = re.compile(r"\s+")
 
 
+@lru_cache(maxsize=8192)  # labels repeat in every region of a source
 def label_text(label: str | None) -> str:
     """A label as captions write it (``Precentral_L`` -> ``Precentral L``)."""
     return _SPACES.sub(" ", str(label or "").replace("_", " ")).strip()

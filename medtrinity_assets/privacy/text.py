@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from medtrinity_assets.privacy.identifiers import IdentifierMatcher, matcher_for
-from medtrinity_assets.privacy.patterns import PHI_GROUP, PHI_PATTERNS
+from medtrinity_assets.privacy.patterns import JOINING, PHI_GROUP, PHI_PATTERNS
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SPACES = re.compile(r"\s+")
@@ -59,11 +59,44 @@ def find_phi(text: str | None, identifiers: Iterable[str] | ValueMatcher | None 
     the values themselves."""
     if not text:
         return []
-    found = {PHI_PATTERNS[k][0] for k in PHI_GROUP.live(text) if PHI_PATTERNS[k][1].search(text)}
+    found = set().union(*map(_kinds, _pieces(text)))
     matcher = _matcher(identifiers)
     if matcher is not None and matcher.search(text):
         found.add("listed_value")
     return sorted(found)
+
+
+_PIECE_END = re.compile(r"(?<=[.;!?])\s+")
+_LAST_WORD = re.compile(r"(?<!\w)\w+\Z")
+_KINDS: dict[str, frozenset[str]] = {}  # the pattern kinds of recent pieces
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` cut at the ends of its sentences and clauses that no PHI pattern's match goes on past
+    (not after a :data:`~medtrinity_assets.privacy.patterns.JOINING` word, nor after a word that may be
+    one): a pattern matches the text where it matches one of its pieces."""
+    out, start = [], 0
+    for m in _PIECE_END.finditer(text):
+        end = m.start()
+        if text[end - 1] == ".":
+            word = _LAST_WORD.search(text[max(start, end - 13) : end - 1])
+            if word is not None and (word.start() == 0 and end - 13 > start or word.group().lower() in JOINING):
+                continue  # (a word cut by the window may be a longer one: kept whole)
+        out.append(text[start:end])
+        start = m.end()
+    out.append(text[start:])
+    return out
+
+
+def _kinds(piece: str) -> frozenset[str]:
+    """The kinds of the PHI patterns that match ``piece`` (memoised: descriptions repeat their sentences)."""
+    found = _KINDS.get(piece)
+    if found is None:
+        if len(_KINDS) >= 8192:
+            _KINDS.clear()
+        found = _KINDS[piece] = frozenset(
+            PHI_PATTERNS[k][0] for k in PHI_GROUP.live(piece) if PHI_PATTERNS[k][1].search(piece))
+    return found
 
 
 def scrub_reason(reason: str | None, identifiers: IdentifierMatcher | None = None) -> str | None:
