@@ -351,7 +351,7 @@ def _quote_issues(full: str, item: CaptionInput) -> list[str]:
     from medtrinity_assets.knowledge.quotes import contradicts, measured_words
     from medtrinity_assets.knowledge.retrieval import DEFAULT_MIN_SIMILARITY
 
-    quoted = quoted_passages(full)
+    quoted = quoted_passages(full) if "[" in full else []  # a cited quote needs a "["
     if not quoted:
         return []
     by_id = {p.chunk_id: p for p in item.passages}
