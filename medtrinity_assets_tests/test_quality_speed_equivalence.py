@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -370,10 +371,20 @@ def test_edited_texts_are_folded_as_fresh_ones(batch):
     assert edited
 
 
+def test_split_after_cuts_where_a_lookbehind_split_cuts():
+    rng = random.Random(14)
+    chars = "ab .;!?\n\t\u00a0\u2003é"
+    for _ in range(3000):
+        text = "".join(rng.choice(chars) for _ in range(rng.randint(0, 30)))
+        for mark in (".!?", ".;!?", ";"):
+            plain = re.split(f"(?<=[{mark}])\\s+", text)
+            assert regex_gate.split_after(re.compile(f"([{mark}])(\\s+)"), text) == plain, (mark, text)
+
+
 def test_needles_of_a_word_list():
     sets, starts = regex_gate.needles(claims._SIDE.rx)
     assert sets == (((True, " left "), (True, " right ")),) and starts == ((True, 0, " left "), (True, 0, " right "))
-    assert regex_gate.needles(claims._SENTENCE) is None
+    assert regex_gate.needles(re.compile(r"(?<=[.!?])\s+")) is None  # whitespace is in every text
 
 
 # -- masks --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.prompt import FACETS
 from medtrinity_assets.captioning.wording import label_text
-from medtrinity_assets.core.regex_gate import Gated, GateGroup, gated
+from medtrinity_assets.core.regex_gate import Gated, GateGroup, gated, split_after
 
 _FRAME = r"(?:image|frame|picture|field of view|view|slice)"
 _H = r"(left|right|central|centre|center|middle)"
@@ -48,7 +48,7 @@ _SIZE = gated(r"(?<![\w.])(\d+(?:\.\d+)?)\s?(mm|millimet(?:re|er)s?|cm|centimet(
 
 _CITE = gated(r"\[(?:chunk\s*)?([\w.:\-]+)\]")
 _QUOTE_CITE = gated(r"[\"“]([^\"”]*)[\"”]\s*,?\s*\[(?:chunk\s*)?([\w.:\-]+)\]")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE = re.compile(r"([.!?])(\s+)")  # a sentence's end and the whitespace after it
 _HEXID = re.compile(r"[0-9a-f]{8,}")
 
 
@@ -63,14 +63,14 @@ def strip_citations(text: str, chunk_ids: Iterable[str]) -> str:
 def claim_sentences(text: str, chunk_ids: Iterable[str]) -> list[str]:
     """The sentences of :func:`strip_citations`'s text, in order (that text is them joined by spaces)."""
     if "[" not in text:  # a citation needs one
-        return _SENTENCE.split(text)
+        return split_after(_SENTENCE, text)
     ids = {c for c in chunk_ids if c}
 
     def is_cite(cid: str) -> bool:
         return cid in ids if ids else bool(_HEXID.fullmatch(cid))
 
     text = _QUOTE_CITE.sub(lambda m: " " if is_cite(m.group(2)) else m.group(0), text)
-    return [s for s in _SENTENCE.split(text)
+    return [s for s in split_after(_SENTENCE, text)
             if "[" not in s or not any(is_cite(m.group(1)) for m in _CITE.finditer(s))]
 
 

@@ -380,6 +380,11 @@ def _bordering_said(rows: list[dict[str, Any]]) -> set[str]:
             if any("border" in (v or "").lower() for v in (r.get("text"), *caption_facets(r).values()))}
 
 
+#: the caption columns the checks read (a row's others, its timestamp among them, cost time to convert)
+_READ = frozenset({"record_id", "roi_id", "backend", "inputs_hash", "retrieved_chunk_ids", "text", "facets", "status",
+                   "error", *(f"facet_{k}" for k in FACETS)})
+
+
 def check_captions(
     captions: pl.DataFrame,
     inputs: dict[tuple[str, Any], CaptionInput],
@@ -393,7 +398,7 @@ def check_captions(
     consistent, phi_found, passed, issues (list[str])`` and ``judge_<facet>`` scores (null without a
     judge) with ``judge_mean``."""
     by_key = {(rid, str(roi)): item for (rid, roi), item in inputs.items()}
-    rows_in = list(captions.iter_rows(named=True))
+    rows_in = list(captions.select([c for c in captions.columns if c in _READ]).iter_rows(named=True))
     items = [by_key.get((r["record_id"], str(r["roi_id"]))) for r in rows_in]
     out = []
     phi_matcher = phi_values if hasattr(phi_values, "search") else matcher_for(phi_values)  # once per batch

@@ -31,9 +31,10 @@ from itertools import chain
 from medtrinity_assets.captioning import claims as cl
 from medtrinity_assets.captioning.wording import homogeneity_mentions, intensity_polarities
 from medtrinity_assets.core import ontology
+from medtrinity_assets.core.regex_gate import split_after
 from medtrinity_assets.core.vocabulary import modality_by_key, modality_mentions, regions_in
 
-_CLAUSE = re.compile(r"(?<=;)\s+")  # a sentence's clauses
+_CLAUSE = re.compile(r"(;)(\s+)")  # a clause's end and the whitespace after it
 MEMO_SIZE = 8192  # sentences read per process before the memo starts again (a few MB)
 
 
@@ -90,7 +91,7 @@ def read_said(sentences: list[str], known: Iterable[str], intensity_word: str | 
     phrases = sorted({p for p in known if p and len(p) >= 2})
     if _WHOLE:
         return _read(" ".join(sentences), tuple(phrases), intensity_word or "", modality)
-    pieces = [c for s in sentences for c in (_CLAUSE.split(s) if ";" in s else (s,))]
+    pieces = [c for s in sentences for c in (split_after(_CLAUSE, s) if ";" in s else (s,))]
     if phrases:  # a name in no piece is blanked out of none
         low = " ".join(pieces).lower()
         phrases = [p for p in phrases if not (p.isascii() and low.isascii()) or p.lower() in low]

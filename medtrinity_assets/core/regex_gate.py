@@ -477,6 +477,14 @@ class GateGroup:
         return bool(self.live(text))
 
 
+def split_after(rx: re.Pattern, text: str) -> list[str]:
+    """``text`` cut where ``rx`` matches, each piece keeping its first group (the end mark), the second
+    (the whitespace after it) left out: what splitting at ``(?<=mark)whitespace`` gives, found without a
+    lookbehind tried at every character (``rx``: ``(mark)(whitespace)``)."""
+    parts = rx.split(text)
+    return [parts[k] + parts[k + 1] for k in range(0, len(parts) - 1, 3)] + [parts[-1]]
+
+
 _OFF: list[bool] = []  # non-empty inside ungated()
 
 

@@ -66,25 +66,25 @@ def find_phi(text: str | None, identifiers: Iterable[str] | ValueMatcher | None 
     return sorted(found)
 
 
-_PIECE_END = re.compile(r"(?<=[.;!?])\s+")
-_LAST_WORD = re.compile(r"(?<!\w)\w+\Z")
+_PIECE_END = re.compile(r"([.;!?])(\s+)")
+_LAST_WORD = re.compile(r"(?<!\w)\w{1,12}\Z")  # (sees the character before its search's start)
 _KINDS: dict[str, frozenset[str]] = {}  # the pattern kinds of recent pieces
 
 
 def _pieces(text: str) -> list[str]:
     """``text`` cut at the ends of its sentences and clauses that no PHI pattern's match goes on past
-    (not after a :data:`~medtrinity_assets.privacy.patterns.JOINING` word, nor after a word that may be
-    one): a pattern matches the text where it matches one of its pieces."""
-    out, start = [], 0
-    for m in _PIECE_END.finditer(text):
-        end = m.start()
-        if text[end - 1] == ".":
-            word = _LAST_WORD.search(text[max(start, end - 13) : end - 1])
-            if word is not None and (word.start() == 0 and end - 13 > start or word.group().lower() in JOINING):
-                continue  # (a word cut by the window may be a longer one: kept whole)
-        out.append(text[start:end])
-        start = m.end()
-    out.append(text[start:])
+    (not after a :data:`~medtrinity_assets.privacy.patterns.JOINING` word): a pattern matches the text
+    where it matches one of its pieces."""
+    cut = _PIECE_END.split(text)  # piece, its end mark, the whitespace after it, the next piece ...
+    out = [cut[0] + cut[1]] if len(cut) > 1 else [cut[0]]
+    for k in range(3, len(cut), 3):
+        last, mark = out[-1], cut[k - 2]
+        word = _LAST_WORD.search(last, max(0, len(last) - 14), len(last) - 1) if mark == "." else None
+        piece = cut[k] + (cut[k + 1] if k + 1 < len(cut) else "")
+        if word is not None and word.group().lower() in JOINING:
+            out[-1] = last + cut[k - 1] + piece  # a match may go on past this end: not cut
+        else:
+            out.append(piece)
     return out
 
 
