@@ -92,19 +92,23 @@ def read_said(sentences: list[str], known: Iterable[str], intensity_word: str | 
     if _WHOLE:
         return _read(" ".join(sentences), tuple(phrases), intensity_word or "", modality)
     pieces = [c for s in sentences for c in (split_after(_CLAUSE, s) if ";" in s else (s,))]
-    if phrases:  # a name in no piece is blanked out of none
+    word = intensity_word or ""
+    if phrases or word:  # a name (or the word) in no piece is blanked out of none
         low = " ".join(pieces).lower()
         phrases = [p for p in phrases if not (p.isascii() and low.isascii()) or p.lower() in low]
-    said = [_sentence(s, phrases, intensity_word or "", modality) for s in pieces]
+        word = word if not (word.isascii() and low.isascii()) or word.lower() in low else ""
+    said = [_sentence(s, phrases, word, modality) for s in pieces]
     return said[0] if len(said) == 1 else _merged(said, modality)
 
 
 def _sentence(s: str, phrases: list[str], intensity_word: str, modality: str | None) -> Said:
     """A sentence's claims, memoised under the context that changes them (see the module docstring)."""
-    plain = s.isascii()
-    low = s.lower() if phrases or intensity_word else s
-    present = tuple(p for p in phrases if not (plain and p.isascii()) or p.lower() in low)
-    word = intensity_word if intensity_word and (not (plain and intensity_word.isascii()) or intensity_word.lower() in low) else ""
+    if phrases or intensity_word:
+        plain, low = s.isascii(), s.lower()
+        present = tuple(p for p in phrases if not (plain and p.isascii()) or p.lower() in low)
+        word = intensity_word if not (plain and intensity_word.isascii()) or intensity_word.lower() in low else ""
+    else:
+        present, word = (), ""
     key = (s, present, word, modality)
     found = _memo.get(key)
     if found is None:

@@ -436,15 +436,15 @@ class GateGroup:
     of an expression meets every one of its sets). A reader of many expressions asks its group first
     and tries only those, at about the cost of asking one gate."""
 
-    __slots__ = ("members", "_all", "_always", "_by_word", "_low", "_spaced")
+    __slots__ = ("members", "_all", "_always", "_by_word", "_words", "_low", "_spaced", "_low_any", "_spaced_any")
 
     def __init__(self, members: Iterable[Gated]) -> None:
         self.members = tuple(members)
         self._all = tuple(range(len(self.members)))
         self._always: list[int] = []  # members without needles: they may match anything
         self._by_word: dict[str, list[int]] = {}
-        self._low: list[tuple[str, int]] = []
-        self._spaced: list[tuple[str, int]] = []
+        low: dict[int, tuple[str, ...]] = {}
+        spaced: dict[int, tuple[str, ...]] = {}
         for i, m in enumerate(self.members):
             if not m._sets:
                 self._always.append(i)
@@ -452,24 +452,28 @@ class GateGroup:
             words, _, in_low, in_spaced = m._sets[0]
             for w in words:
                 self._by_word.setdefault(w, []).append(i)
-            self._low += [(n, i) for n in in_low]
-            self._spaced += [(n, i) for n in in_spaced]
+            low[i], spaced[i] = in_low, in_spaced
+        self._words = frozenset(self._by_word)
+        self._low = tuple((i, ns) for i, ns in low.items() if ns)  # (member, its needles), each looked for
+        self._spaced = tuple((i, ns) for i, ns in spaced.items() if ns)
+        self._low_any = _few([n for _, ns in self._low for n in ns], most=64)  # a text without these has none
+        self._spaced_any = _few([n for _, ns in self._spaced for n in ns], most=64)
 
     def live(self, text: str) -> tuple[int, ...]:
         """The indices of the members that may match ``text``, in order (every one for a text the gates
-        do not read: short, not ASCII, or inside :func:`ungated`)."""
+        do not read: not ASCII, or inside :func:`ungated`)."""
         if not isinstance(text, str) or len(text) < SHORT or not text.isascii() or _OFF:
             return self._all
         folded = _fold(text)
         found = set(self._always)
-        for w in folded.words.intersection(self._by_word):
+        for w in folded.words & self._words:
             found.update(self._by_word[w])
-        if self._low:
+        if self._low and any(map(folded.low.__contains__, self._low_any)):
             low = folded.low
-            found.update(i for n, i in self._low if i not in found and n in low)
-        if self._spaced:
+            found.update(i for i, ns in self._low if i not in found and any(map(low.__contains__, ns)))
+        if self._spaced and any(map(folded.spaced.__contains__, self._spaced_any)):
             spaced = folded.spaced
-            found.update(i for n, i in self._spaced if i not in found and n in spaced)
+            found.update(i for i, ns in self._spaced if i not in found and any(map(spaced.__contains__, ns)))
         return tuple(sorted(found))
 
     def may_match(self, text: str) -> bool:
