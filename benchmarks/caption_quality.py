@@ -17,7 +17,8 @@ index, built once per process by the first check, is timed on its own.
 ``W/n1000/out`` with part ``scale_1000``): several regions per image, their relations, real masks.
 Both sides start from the tables on disk, as the assets do: the captioner side reads the caption
 inputs and captions them; the quality side is ``check_images``, which reads the descriptions and
-inputs and checks them. One run each (the texts are the same on a second run).
+inputs and checks them, ``--repeat`` times alternated, each side's best run (the checks forget every text
+they read before each run, as a fresh process would).
 """
 
 from __future__ import annotations
@@ -101,24 +102,29 @@ def row(r: dict, note: str = "") -> str:
             f"{r['passed']:>5}/{r['quality_rows']}{note}")
 
 
-def bench_built(out: Path, part: str, root: Path) -> dict:
+def bench_built(out: Path, part: str, root: Path, repeat: int) -> dict:
     """The captioner and the checks on the ROIs of a built shard (see the module docstring)."""
     from medtrinity_assets.captioning.inputs import describable_rois, read_caption_inputs
     from medtrinity_assets.captioning.parallel_checks import check_images
 
     ids = list(dict.fromkeys(describable_rois(out, part)))
     matcher = identifier_store(out).matcher(part)
-    table = root / f"built_{part}.parquet"
 
-    def describe() -> int:
+    def describe(table: Path) -> int:
         items = read_caption_inputs(out, part, ids)
         run_caption_batch(items, EmbeddedCaptioner(), table, chunk_size=CHUNK)
         return len(items)
 
-    n, cap_cpu, cap_wall = timed(describe)
-    forget_texts()
-    quality, q_cpu, q_wall = timed(lambda: check_images(str(out), part, ids, matcher))
-    return {"images": len(ids), "built": f"{out}:{part}", **figures(n, cap_cpu, cap_wall, q_cpu, q_wall, quality)}
+    runs = []
+    for k in range(repeat):  # alternated; each side's best run (the texts are the same every run)
+        table = root / f"built_{part}_{k}.parquet"  # a new table: no description read from an earlier run
+        n, cap_cpu, cap_wall = timed(lambda t=table: describe(t))
+        forget_texts()  # as a fresh process
+        quality, q_cpu, q_wall = timed(lambda: check_images(str(out), part, ids, matcher))
+        runs.append((cap_cpu, cap_wall, q_cpu, q_wall))
+    cap_cpu, cap_wall, q_cpu, q_wall = (min(r[i] for r in runs) for i in range(4))
+    return {"images": len(ids), "built": f"{out}:{part}", "repeat": repeat,
+            **figures(n, cap_cpu, cap_wall, q_cpu, q_wall, quality)}
 
 
 def warm_up(root: Path) -> float:
@@ -151,7 +157,7 @@ def main() -> None:
             results.append(r)
             print(row(r))
         if args.built:
-            r = bench_built(Path(args.built[0]), args.built[1], root)
+            r = bench_built(Path(args.built[0]), args.built[1], root, args.repeat)
             results.append(r)
             print(row(r, f"  (built: {r['images']} images of {args.built[1]})"))
     verdict = "met" if all(r["ratio"] <= 1.0 for r in results) else "NOT met"
