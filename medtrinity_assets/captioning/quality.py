@@ -34,16 +34,22 @@ Sentences quoting a retrieved passage (a chunk-id citation ``[chunk_id]``) state
 knowledge, not findings in this image, so they are excluded from the image-claim checks (but
 not from the PHI scan and the quote check).
 
-The claim readers live in :mod:`medtrinity_assets.captioning.claims`, the checks of the region's
-geometry against its mask in :mod:`medtrinity_assets.captioning.region_checks`, the judge in
+The claim readers live in :mod:`medtrinity_assets.captioning.claims`, the reading of a whole
+description (sentence by sentence) in :mod:`medtrinity_assets.captioning.reading`, the checks of the
+region's geometry against its mask in :mod:`medtrinity_assets.captioning.region_checks`, the judge in
 :mod:`medtrinity_assets.captioning.judge`.
 
-Cost per ROI (against the embedded captioner's: ``benchmarks/caption_quality.py``): the claim
-and PHI expressions sit behind literal gates (:mod:`medtrinity_assets.core.regex_gate`: a text without
-an expression's words is not scanned, and a scan starts only where a match can), each mask is read once,
-off its run lengths, one image at a time (:func:`medtrinity_assets.captioning.evidence.batch_evidence`),
-and the ontology is read with a word trie; none of it changes a result (the tests hold each fast path to
-its plain computation).
+Cost per ROI (against the embedded captioner's: ``benchmarks/caption_quality.py``): a description's
+claims are read sentence by sentence (clause by clause), each distinct one once per process, its
+measures (area, span, sizes) apart from its words (:mod:`medtrinity_assets.captioning.reading`); the
+PHI patterns likewise, piece by piece where no match can go on past a piece's end
+(:func:`medtrinity_assets.privacy.text.find_phi`); the claim and PHI expressions sit behind literal gates
+(:mod:`medtrinity_assets.core.regex_gate`: a text without an expression's words is not scanned, a
+reader's expressions are asked as one group, and a scan starts only where a match can); each mask is
+read once, off its run lengths, the facts of a batch's regions counted in one pass over all their runs
+(:func:`medtrinity_assets.captioning.evidence.batch_evidence`); and the ontology is read with a word
+trie. None of it changes a result: the tests hold each fast path to its plain computation, and whole
+tables to descriptions read in one piece with every expression scanning its whole text.
 """
 
 from __future__ import annotations
