@@ -1,23 +1,27 @@
-"""A description's claims about its image, read sentence by sentence, each distinct sentence once.
+"""A description's claims about its image, read piece by piece, each distinct piece once.
 
 Descriptions repeat their sentences: a captioner writes the same modality, organ, texture and
 relation sentences for many regions (6,447 descriptions of a built shard hold 45,129 sentences,
 6,419 of them distinct). None of the claim readers (:mod:`~medtrinity_assets.captioning.claims`,
 :mod:`~medtrinity_assets.captioning.wording`, the vocabulary's and the ontology's words) reads
-across the end of a sentence, so a description's claims are those of its sentences, in order, and
-a sentence is read once per process for every context that changes its reading:
+across the end of a sentence or of a clause ("; "), so a description's claims are those of its
+pieces (sentences cut at their clauses), in order, and a piece is read once per process for every
+context that changes its reading:
 
 - the known names it contains (labels, related regions, terms: blanked out before reading, they
   are names, not claims);
 - the measured intensity word, if it contains it (not an anatomy or finding word);
 - the recorded modality (whose techniques are looked for).
 
-Whether "left of" is the image's or the patient's depends on whether the description speaks of
-the image anywhere, so a sentence's patient sides are kept both ways and chosen per description.
+A piece's measures (area, box span, sizes in mm or pixels) are read off it, and every other claim
+off the piece without them, memoised apart (without the modality): the numbers make most pieces
+that hold a measure distinct, their words do not. Whether "left of" is the image's or the
+patient's depends on whether the description speaks of the image anywhere, so a piece's patient
+sides are kept both ways and chosen per description.
 
 :func:`whole_text` switches the memo off and reads every description as one piece: the reference
-the sentence-by-sentence reading is tested against. The two differ only for a claim that spans
-two sentences (an ontology phrase, "horizontally! Left"), which is not one.
+the piece-by-piece reading is tested against. The two differ only for a claim that spans two
+pieces (an ontology phrase, "horizontally! Left"), which is not one.
 """
 
 from __future__ import annotations
