@@ -229,19 +229,18 @@ def _few(found: list[str], prefix_only: bool = False, most: int = 12) -> tuple[s
 
 
 class _Folded:
-    """A long ASCII text as needles are looked for in it, each form made when first asked for (from the
+    """An ASCII text as needles are looked for in it, each form made when first asked for (from the
     text, or from the forms of the text it was edited from): ``low``, lower-cased with digits as 0;
     ``spaced``, that with non-word characters as spaces, padded by one space (index ``i + 1`` there is
     index ``i`` in the text); and the words of that."""
 
-    __slots__ = ("text", "origin", "_low", "_spaced", "_words", "_looked")
+    __slots__ = ("text", "origin", "_low", "_spaced", "_words")
 
     def __init__(self, text: str, origin: tuple[_Folded, list[tuple[int, int, str]]] | None = None) -> None:
         self.text, self.origin = text, origin  # origin: the folded text it was edited from, and the edits
         self._low: str | None = None
         self._spaced: str | None = None
         self._words: frozenset[str] | None = None
-        self._looked = 0
 
     @property
     def low(self) -> str:
@@ -269,18 +268,9 @@ class _Folded:
             self._words = frozenset(self.spaced.split())
         return self._words
 
-    def has_word(self, words: frozenset[str], padded: tuple[str, ...]) -> bool:
-        """Whether one of ``words`` (``padded`` with spaces) is a word of the text: looked for one by one
-        until listing the text's words is cheaper than going on looking (about 8 looks)."""
-        if self._words is None and self._looked + len(padded) <= 8:
-            self._looked += len(padded)
-            return any(map(self.spaced.__contains__, padded))
-        if self._words is None:
-            self._words = frozenset(self.spaced.split())
-        return not words.isdisjoint(self._words)
 
 
-_folded: dict[str, _Folded] = {}  # the recent long texts
+_folded: dict[str, _Folded] = {}  # the recent texts
 
 
 def _fold(text: str, origin: tuple[_Folded, list[tuple[int, int, str]]] | None = None) -> _Folded:
@@ -360,8 +350,8 @@ class Gated:
 
     def _places_in(self, text: str) -> list[int] | None:
         folded = _fold(text)
-        for words, padded, in_low, in_spaced in self._sets:
-            if not (padded and folded.has_word(words, padded)) and not (in_low and any(map(folded.low.__contains__, in_low))) \
+        for words, _padded, in_low, in_spaced in self._sets:
+            if not (words and not words.isdisjoint(folded.words)) and not (in_low and any(map(folded.low.__contains__, in_low))) \
                     and not (in_spaced and any(map(folded.spaced.__contains__, in_spaced))):
                 return []
         if not self._starts:
