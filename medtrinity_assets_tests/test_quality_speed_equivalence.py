@@ -330,7 +330,8 @@ def test_phi_patterns_find_in_a_text_what_they_find_in_its_pieces():
     rng = random.Random(13)
     words = ("Dr Mr Mrs Prof dr mr MRN ID id no No number record Record case Jan Jan. January sept Sept december 12 "
              "2020 03 1979 12.5 0.9% 020 7946 0958 +44 (020) Jane Doe Smith Doe^Jane a@b.org name: patient's the "
-             "image lesion left hyperdense 1234567 ACC-99812 12th of 2nd 2019-03-12 12/03/2021 x-no").split()
+             "image lesion left hyperdense 1234567 ACC-99812 12th of 2nd 2019-03-12 12/03/2021 x-no 12jan 3rdMarch "
+             "12thseptember +44May ſep auguſt İD ıd Caſe Acceſſion fluid").split()
     seps = [" ", ". ", "; ", "! ", "? ", ".\n", ";  ", ", ", ".", "-", ": "]
     cut = 0
     for _ in range(4000):
@@ -341,6 +342,31 @@ def test_phi_patterns_find_in_a_text_what_they_find_in_its_pieces():
         assert "".join("".join(pieces).split()) == "".join(text.split())  # only whitespace is left out
         cut += len(pieces) - 1
     assert cut > 5000
+
+
+def test_readers_that_blank_claims_out_read_what_plain_scans_read():
+    """Position and measure claims are blanked out one expression after another; a claim blanked out
+    may leave words that make another ("the bottom part of the viewimage-left area"), so which
+    expressions may match is asked again after each edit."""
+    rng = random.Random(15)
+    texts = _texts(300, rng) + ["It is in the bottom part of the viewimage-left area.",
+                                "It covers 3% of the imagespans 1-2% of the image width and 3-4% of its height."]
+    for text in texts:
+        fast = (claims.indexed_position_claims(text), claims.without_claims(text), claims.measures(text, text))
+        with regex_gate.ungated():
+            assert fast == (claims.indexed_position_claims(text), claims.without_claims(text),
+                            claims.measures(text, text)), text
+    assert claims.position_claims(texts[-2])[0] == [("v", "lower"), ("h", "left")]
+
+
+def test_a_name_across_a_sentence_end_is_read_as_in_the_whole_text():
+    """A known name that no single piece holds ("St. Left lobe 12") is blanked out of the whole text."""
+    sentences = claims.claim_sentences("Seen in the St. Left lobe 12 region; lesion; left side.", [])
+    for known in (["St. Left lobe 12"], ["lesion; left side"]):
+        fast = reading.read_said(sentences, known, None, None)
+        with reading.whole_text():
+            assert fast == reading.read_said(sentences, known, None, None)
+    assert not reading.read_said(sentences, ["St. Left lobe 12", "lesion; left side"], None, None).patient_sides()
 
 
 def test_mask_phrases_blanks_what_the_phrase_expressions_blank():

@@ -133,8 +133,10 @@ def indexed_position_claims(text: str) -> tuple[list[tuple[int, str, str]], str]
     """(claims as (index of the expression that found it, axis, value), text with the claims removed):
     expression by expression, each along the text."""
     claims: list[tuple[int, str, str]] = []
-    for k in _POSITIONS.live(text):  # (blanking a claim out never makes another expression's words)
-        rx, axis = _POSITION_PATTERNS[k]
+    live = set(_POSITIONS.live(text))
+    for k, (rx, axis) in enumerate(_POSITION_PATTERNS):
+        if k not in live:
+            continue
         def take(m: re.Match, k: int = k, axis: str = axis) -> str:
             if axis == "vh":
                 claims.append((k, "v", _V_NORM[m.group(1).lower()]))
@@ -146,7 +148,9 @@ def indexed_position_claims(text: str) -> tuple[list[tuple[int, str, str]], str]
             else:
                 claims.append((k, "c", "centre"))
             return " "
-        text = rx.sub(take, text)
+        text, before = rx.sub(take, text), text
+        if text is not before and text != before:  # a claim blanked out may leave words that make another
+            live = set(_POSITIONS.live(text))
     return claims, text
 
 
@@ -291,21 +295,24 @@ def measures(text: str, masked: str) -> tuple[list, list, list[float], list[tupl
     read off ``masked`` (``text`` with its known names blanked out): :func:`area_claims`,
     :func:`span_claims`, :func:`size_claims_mm`, :func:`pixel_size_claims` and :func:`without_claims`,
     their expressions' words looked for once."""
-    live = _MEASURES.live(text)  # (blanking names or claims out never makes an expression's words)
+    live = _MEASURES.live(text)
     if not live:
         return [], [], [], [], text
-    rest = text
-    for k in live:
-        rest = _MEASURES.members[k].sub(" ", rest)
+    masked_live = live if masked is text else _MEASURES.live(masked)
     return (area_claims(text) if 0 in live else [], span_claims(text) if 1 in live else [],
-            size_claims_mm(masked) if 2 in live else [], pixel_size_claims(masked) if 3 in live else [], rest)
+            size_claims_mm(masked) if 2 in masked_live else [], pixel_size_claims(masked) if 3 in masked_live else [],
+            without_claims(text))
 
 
 def without_claims(text: str) -> str:
     """``text`` without its area, span, size and pixel-size claims (their numbers are checked on
     their own)."""
-    for k in _MEASURES.live(text):  # (blanking a claim out never makes another expression's words)
-        text = _MEASURES.members[k].sub(" ", text)
+    live = set(_MEASURES.live(text))
+    for k, rx in enumerate(_MEASURES.members):
+        if k in live:
+            text, before = rx.sub(" ", text), text
+            if text is not before and text != before:  # a claim blanked out may leave another's words
+                live = set(_MEASURES.live(text))
     return text
 
 

@@ -307,9 +307,10 @@ def batch_evidence(
     items: Iterable[CaptionInput], bordering: Container[str] | None = None
 ) -> tuple[dict[int, RegionFacts | None], Nesting]:
     """:func:`region_facts` of every item (by ``id(item)``) and :func:`nesting`, reading each mask
-    once and holding one image's masks at a time. ``bordering``: the record ids whose bordering is
-    wanted (None: all); the others get containment only (rings cost a third of the evidence, and few
-    descriptions speak of bordering)."""
+    once: the facts of all regions from their runs at once, then the pixels of one image at a time
+    (its regions' listed pixels, which containment needs, let go before the next). ``bordering``: the
+    record ids whose bordering is wanted (None: all); the others get containment only (rings cost a
+    third of the evidence, and few descriptions speak of bordering)."""
     by_record: dict[str, dict[int, CaptionInput]] = defaultdict(dict)
     for item in items:
         by_record[item.record_id][id(item)] = item
@@ -319,8 +320,9 @@ def batch_evidence(
             for record_id, regions in by_record.items()}
     masked = [(item, px) for found in read.values() for item, px in found if px is not None]
     facts.update(zip((id(item) for item, _ in masked), _all_facts([px for _, px in masked]) if masked else [], strict=True))
+    del masked
     for record_id, regions in by_record.items():
-        found = read[record_id]
+        found = read.pop(record_id)  # its pixels go with it
         for item, px in found:
             if px is None:
                 facts[id(item)] = RegionFacts(whole=True) if item.origin == "whole_image" else _pixel_facts(item, None)

@@ -39,6 +39,7 @@ from medtrinity_assets.core.regex_gate import split_after
 from medtrinity_assets.core.vocabulary import modality_by_key, modality_mentions, regions_in
 
 _CLAUSE = re.compile(r"(;)(\s+)")  # a clause's end and the whitespace after it
+_ACROSS = re.compile(r"[.;!?]\s")  # a piece's end inside a name ("St. Mary's")
 MEMO_SIZE = 8192  # sentences read per process before the memo starts again (a few MB)
 
 
@@ -93,7 +94,7 @@ def read_said(sentences: list[str], known: Iterable[str], intensity_word: str | 
     ``intensity_word``: the region's measured one; ``modality``: the vocabulary key whose techniques
     are looked for (None: none)."""
     phrases = sorted({p for p in known if p and len(p) >= 2})
-    if _WHOLE:
+    if _WHOLE or any(map(_ACROSS.search, phrases)):  # a name that no single piece could hold: read whole
         return _read(" ".join(sentences), tuple(phrases), intensity_word or "", modality)
     pieces = [c for s in sentences for c in (split_after(_CLAUSE, s) if ";" in s else (s,))]
     word = intensity_word or ""

@@ -67,25 +67,34 @@ def find_phi(text: str | None, identifiers: Iterable[str] | ValueMatcher | None 
 
 
 _PIECE_END = re.compile(r"([.;!?])(\s+)")
-_LAST_WORD = re.compile(r"(?<!\w)\w{1,12}\Z")  # (sees the character before its search's start)
+_LAST_WORD = re.compile(r"\w+\Z")
+_JOINING = tuple(JOINING)
 _KINDS: dict[str, frozenset[str]] = {}  # the pattern kinds of recent pieces
 
 
 def _pieces(text: str) -> list[str]:
-    """``text`` cut at the ends of its sentences and clauses that no PHI pattern's match goes on past
-    (not after a :data:`~medtrinity_assets.privacy.patterns.JOINING` word): a pattern matches the text
-    where it matches one of its pieces."""
+    """``text`` cut at the ends of its sentences and clauses that no PHI pattern's match goes on past:
+    not after a word that ends in a :data:`~medtrinity_assets.privacy.patterns.JOINING` word ("Dr.",
+    "12jan.") nor after one that is not ASCII (a case-insensitive match folds "ſ" to "s"). A pattern
+    matches the text where it matches one of its pieces."""
     cut = _PIECE_END.split(text)  # piece, its end mark, the whitespace after it, the next piece ...
     out = [cut[0] + cut[1]] if len(cut) > 1 else [cut[0]]
     for k in range(3, len(cut), 3):
-        last, mark = out[-1], cut[k - 2]
-        word = _LAST_WORD.search(last, max(0, len(last) - 14), len(last) - 1) if mark == "." else None
-        piece = cut[k] + (cut[k + 1] if k + 1 < len(cut) else "")
-        if word is not None and word.group().lower() in JOINING:
+        last, piece = out[-1], cut[k] + (cut[k + 1] if k + 1 < len(cut) else "")
+        if cut[k - 2] == "." and _joins(last):
             out[-1] = last + cut[k - 1] + piece  # a match may go on past this end: not cut
         else:
             out.append(piece)
     return out
+
+
+def _joins(before: str) -> bool:
+    """Whether a match may go on past the ". " that ends ``before`` (the word before the period)."""
+    word = _LAST_WORD.search(before, max(0, len(before) - 31), len(before) - 1)
+    if word is None:  # a period after a mark or a space
+        return False
+    w = word.group()
+    return not w.isascii() or w.lower().endswith(_JOINING)
 
 
 def _kinds(piece: str) -> frozenset[str]:
