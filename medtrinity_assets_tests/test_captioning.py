@@ -34,8 +34,9 @@ from medtrinity_assets.captioning import (
 )
 from medtrinity_assets.captioning.backends.base import Captioner
 from medtrinity_assets.captioning.batch import parts_dir
+from medtrinity_assets.captioning.claims import position_claims
 from medtrinity_assets.captioning.prompt import FacetParseError, image_data_url
-from medtrinity_assets.captioning.quality import check_caption, position_claims, scan_phi
+from medtrinity_assets.captioning.quality import check_caption, scan_phi
 from medtrinity_assets.captioning.samples import realistic_inputs
 from medtrinity_assets.core.storage import sha256_file
 from medtrinity_assets.core.vocabulary import organ_terms

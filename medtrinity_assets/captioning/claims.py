@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
 from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.prompt import FACETS
 from medtrinity_assets.captioning.wording import label_text
-from medtrinity_assets.core.regex_gate import Gated, GateGroup, gated, split_after
+from medtrinity_assets.core.regex_gate import Gated, GateGroup, gated
 
 _FRAME = r"(?:image|frame|picture|field of view|view|slice)"
 _H = r"(left|right|central|centre|center|middle)"
@@ -52,16 +52,20 @@ _SENTENCE = re.compile(r"([.!?])(\s+)")  # a sentence's end and the whitespace a
 _HEXID = re.compile(r"[0-9a-f]{8,}")
 
 
-def strip_citations(text: str, chunk_ids: Iterable[str]) -> str:
-    """Remove quoted passages cited by chunk id, then any sentence that cites a chunk id.
-
-    Without known chunk ids, any hex-like id of 8+ characters in brackets counts as a citation.
-    """
-    return " ".join(claim_sentences(text, chunk_ids))
+def split_after(rx: re.Pattern, text: str) -> list[str]:
+    """``text`` cut where ``rx`` matches, each piece keeping its first group (the end mark), the second
+    (the whitespace after it) left out: what splitting at ``(?<=mark)whitespace`` gives, found without a
+    lookbehind tried at every character (``rx``: ``(mark)(whitespace)``)."""
+    parts = rx.split(text)
+    return [parts[k] + parts[k + 1] for k in range(0, len(parts) - 1, 3)] + [parts[-1]]
 
 
 def claim_sentences(text: str, chunk_ids: Iterable[str]) -> list[str]:
-    """The sentences of :func:`strip_citations`'s text, in order (that text is them joined by spaces)."""
+    """The sentences of ``text`` that make claims about the image, in order: without quoted passages
+    cited by chunk id, then without any sentence that cites a chunk id.
+
+    Without known chunk ids, any hex-like id of 8+ characters in brackets counts as a citation.
+    """
     if "[" not in text:  # a citation needs one
         return split_after(_SENTENCE, text)
     ids = {c for c in chunk_ids if c}
@@ -133,11 +137,11 @@ def indexed_position_claims(text: str) -> tuple[list[tuple[int, str, str]], str]
     """(claims as (index of the expression that found it, axis, value), text with the claims removed):
     expression by expression, each along the text."""
     claims: list[tuple[int, str, str]] = []
-    live = set(_POSITIONS.live(text))
-    for k, (rx, axis) in enumerate(_POSITION_PATTERNS):
-        if k not in live:
-            continue
-        def take(m: re.Match, k: int = k, axis: str = axis) -> str:
+
+    def taker(k: int) -> Callable[[re.Match], str]:
+        axis = _POSITION_PATTERNS[k][1]
+
+        def take(m: re.Match) -> str:
             if axis == "vh":
                 claims.append((k, "v", _V_NORM[m.group(1).lower()]))
                 claims.append((k, "h", _H_NORM[m.group(2).lower()]))
@@ -148,10 +152,22 @@ def indexed_position_claims(text: str) -> tuple[list[tuple[int, str, str]], str]
             else:
                 claims.append((k, "c", "centre"))
             return " "
-        text, before = rx.sub(take, text), text
-        if text is not before and text != before:  # a claim blanked out may leave words that make another
-            live = set(_POSITIONS.live(text))
-    return claims, text
+        return take
+
+    return claims, _blank_each(_POSITIONS, text, taker)
+
+
+def _blank_each(group: GateGroup, text: str, repl: Callable[[int], Any]) -> str:
+    """``text`` with each member's matches replaced in turn (member ``k``'s by ``repl(k)``), trying only
+    the members that may match the text as it then is: a match blanked out may leave another member's
+    words ("the view" out of "viewimage-left" leaves "image-left")."""
+    live = group.live(text)
+    for k, rx in enumerate(group.members):
+        if k in live:
+            text, before = rx.sub(repl(k), text), text
+            if text is not before and text != before:
+                live = group.live(text)
+    return text
 
 
 def horizontal_third(word: str | None) -> str | None:
@@ -162,11 +178,6 @@ def horizontal_third(word: str | None) -> str | None:
 def vertical_third(word: str | None) -> str | None:
     """A vertical-third word in the claims' terms (``upper``/``middle``/``lower``), or None."""
     return _V_NORM.get((word or "").lower())
-
-
-def patient_side_text(rest: str, claims_text: str) -> str:
-    """``rest`` without relational ``left of``/``rightward`` uses when the caption speaks of the image."""
-    return without_relational(rest) if names_image(claims_text) else rest
 
 
 def without_relational(text: str) -> str:
@@ -243,17 +254,13 @@ def span_claims(text: str) -> list[tuple[float, float, float, float]]:
     return [tuple(float(g) for g in m.groups()) for m in _SPAN.finditer(text)]  # type: ignore[misc]
 
 
-def nesting_claims(text: str) -> list[tuple[str, str]]:
-    """``("lies within" | "encloses" | "bordered by" | "borders" | a direction | "one of two" | "one of
-    several", other label)`` of every containment, bordering and direction ("lies above and left of the
-    spleen in the image") claim, and of every claim that the region is one of several with its label
-    ("one of two regions labelled white matter": the label is then its own)."""
-    return [(relation, other) for _, relation, other in indexed_nesting_claims(text)]
-
-
 def indexed_nesting_claims(text: str) -> list[tuple[int, str, str]]:
-    """:func:`nesting_claims`, each with the index of the reader that found it (containment,
-    bordering, direction, label count), reader by reader, each along the text."""
+    """``(reader, "lies within" | "encloses" | "bordered by" | "borders" | a direction | "one of two" |
+    "one of several", other label)`` of every containment, bordering and direction ("lies above and
+    left of the spleen in the image") claim, and of every claim that the region is one of several with
+    its label ("one of two regions labelled white matter": the label is then its own); ``reader``: the
+    index of the reader that found it (containment, bordering, direction, label count), reader by
+    reader, each along the text."""
     out: list[tuple[int, str, str]] = []
     live = _RELATIONS.live(text)
     if not live:
@@ -298,22 +305,17 @@ def measures(text: str, masked: str) -> tuple[list, list, list[float], list[tupl
     live = _MEASURES.live(text)
     if not live:
         return [], [], [], [], text
+    areas, spans = area_claims(text) if 0 in live else [], span_claims(text) if 1 in live else []
+    rest = without_claims(text)  # (the group's answer for ``text`` is remembered)
     masked_live = live if masked is text else _MEASURES.live(masked)
-    return (area_claims(text) if 0 in live else [], span_claims(text) if 1 in live else [],
-            size_claims_mm(masked) if 2 in masked_live else [], pixel_size_claims(masked) if 3 in masked_live else [],
-            without_claims(text))
+    return (areas, spans, size_claims_mm(masked) if 2 in masked_live else [],
+            pixel_size_claims(masked) if 3 in masked_live else [], rest)
 
 
 def without_claims(text: str) -> str:
     """``text`` without its area, span, size and pixel-size claims (their numbers are checked on
     their own)."""
-    live = set(_MEASURES.live(text))
-    for k, rx in enumerate(_MEASURES.members):
-        if k in live:
-            text, before = rx.sub(" ", text), text
-            if text is not before and text != before:  # a claim blanked out may leave another's words
-                live = set(_MEASURES.live(text))
-    return text
+    return _blank_each(_MEASURES, text, lambda _: " ")
 
 
 def numbers_in(text: str) -> list[str]:

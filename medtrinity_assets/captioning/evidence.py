@@ -151,22 +151,6 @@ class Pixels:
         self._sums = int((rows_end - rows_start).sum()), int((cols_end - cols_start).sum())  # per run: no overflow
         return self._sums
 
-    def below_column(self, c: int) -> int:
-        """How many pixels lie in the columns before column ``c``."""
-        bound = c * self.shape[0]
-        return int(np.clip(np.minimum(self.ends, bound) - self.starts, 0, None).sum())
-
-    def below_row(self, r: int) -> int:
-        """How many pixels lie in the rows above row ``r``: the pixels below a flat index ``m = q * h + k``
-        that are in those rows number ``q * r + min(k, r)``."""
-        h = self.shape[0]
-
-        def above(m: np.ndarray) -> np.ndarray:
-            q, k = np.divmod(m, h)
-            return q * r + np.minimum(k, r)
-
-        return int((above(self.ends) - above(self.starts)).sum())
-
     def box(self) -> tuple[int, int, int, int]:
         """``(first row, first column, last row, last column)`` of the pixels: a run that goes on into
         the next column covers that column's first row and its own column's last. Counted once (the
@@ -209,9 +193,7 @@ def _pixel_facts(item: CaptionInput, px: Pixels | None) -> RegionFacts | None:
         return _box_facts(tuple(float(v) for v in item.bbox_norm))
     if px is None:
         return None
-    (h, w) = px.shape
-    (ca, cb), (ra, rb) = third_cuts(w), third_cuts(h)
-    return _facts(px, (px.below_column(ca), px.below_column(cb)), (px.below_row(ra), px.below_row(rb)))
+    return _all_facts([px])[0]
 
 
 def _facts(px: Pixels, below_columns: tuple[int, int], below_rows: tuple[int, int]) -> RegionFacts:
@@ -231,8 +213,10 @@ def _facts(px: Pixels, below_columns: tuple[int, int], below_rows: tuple[int, in
 
 
 def _all_facts(regions: list[Pixels]) -> list[RegionFacts]:
-    """:func:`_pixel_facts` of many regions' pixels, their runs counted in one pass over all of them
-    (as :class:`Pixels` counts one region's; a region's own counts, sums and box are kept on it)."""
+    """The facts of regions' pixels, their runs counted in one pass over all of them (a region's sums
+    and box are kept on it, as :class:`Pixels` counts them): how many pixels lie before each third's
+    cut along each axis, as the pixels below a flat index ``m = q * h + k`` in the first ``r`` rows
+    number ``q * r + min(k, r)``."""
     lengths = np.array([px.starts.size for px in regions])
     first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     last = first + lengths - 1

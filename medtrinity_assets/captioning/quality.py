@@ -66,7 +66,6 @@ from medtrinity_assets.captioning.claims import (
     claim_sentences,
     known_phrases,
     numbers_in,
-    position_claims,  # noqa: F401 (the claim readers' entry for callers of this module)
     quoted_passages,
 )
 from medtrinity_assets.captioning.evidence import RegionFacts

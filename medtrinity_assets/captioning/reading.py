@@ -35,7 +35,6 @@ from itertools import chain
 from medtrinity_assets.captioning import claims as cl
 from medtrinity_assets.captioning.wording import homogeneity_mentions, intensity_polarities
 from medtrinity_assets.core import ontology
-from medtrinity_assets.core.regex_gate import split_after
 from medtrinity_assets.core.vocabulary import modality_by_key, modality_mentions, regions_in
 
 _CLAUSE = re.compile(r"(;)(\s+)")  # a clause's end and the whitespace after it
@@ -96,7 +95,7 @@ def read_said(sentences: list[str], known: Iterable[str], intensity_word: str | 
     phrases = sorted({p for p in known if p and len(p) >= 2})
     if _WHOLE or any(map(_ACROSS.search, phrases)):  # a name that no single piece could hold: read whole
         return _read(" ".join(sentences), tuple(phrases), intensity_word or "", modality)
-    pieces = [c for s in sentences for c in (split_after(_CLAUSE, s) if ";" in s else (s,))]
+    pieces = [c for s in sentences for c in (cl.split_after(_CLAUSE, s) if ";" in s else (s,))]
     word = intensity_word or ""
     if phrases or word:  # a name (or the word) in no piece is blanked out of none
         low = " ".join(pieces).lower()

@@ -75,7 +75,7 @@ def homogeneity_mentions(text: str) -> set[str]:
 @lru_cache(maxsize=4096)
 def _homogeneity_mentions(text: str) -> frozenset[str]:
     found: set[str] = set()
-    if not _HOMOGENEITY.may_match(text or ""):
+    if not _HOMOGENEITY.live(text or ""):
         return frozenset()
     if _HETERO.search(text or ""):
         found.add("heterogeneous")

@@ -426,7 +426,8 @@ class GateGroup:
     of an expression meets every one of its sets). A reader of many expressions asks its group first
     and tries only those, at about the cost of asking one gate."""
 
-    __slots__ = ("members", "_all", "_always", "_by_word", "_words", "_low", "_spaced", "_low_any", "_spaced_any")
+    __slots__ = ("members", "_all", "_always", "_by_word", "_words", "_low", "_spaced", "_low_any", "_spaced_any",
+                 "_last")
 
     def __init__(self, members: Iterable[Gated]) -> None:
         self.members = tuple(members)
@@ -448,12 +449,15 @@ class GateGroup:
         self._spaced = tuple((i, ns) for i, ns in spaced.items() if ns)
         self._low_any = _few([n for _, ns in self._low for n in ns], most=64)  # a text without these has none
         self._spaced_any = _few([n for _, ns in self._spaced for n in ns], most=64)
+        self._last: tuple[str, tuple[int, ...]] | None = None  # the last text asked about, and its members
 
     def live(self, text: str) -> tuple[int, ...]:
         """The indices of the members that may match ``text``, in order (every one for a text the gates
         do not read: not ASCII, or inside :func:`ungated`)."""
         if not isinstance(text, str) or len(text) < SHORT or not text.isascii() or _OFF:
             return self._all
+        if self._last is not None and self._last[0] is text:
+            return self._last[1]
         folded = _fold(text)
         found = set(self._always)
         for w in folded.words & self._words:
@@ -464,19 +468,8 @@ class GateGroup:
         if self._spaced and any(map(folded.spaced.__contains__, self._spaced_any)):
             spaced = folded.spaced
             found.update(i for i, ns in self._spaced if i not in found and any(map(spaced.__contains__, ns)))
-        return tuple(sorted(found))
-
-    def may_match(self, text: str) -> bool:
-        """False when no member can match ``text``."""
-        return bool(self.live(text))
-
-
-def split_after(rx: re.Pattern, text: str) -> list[str]:
-    """``text`` cut where ``rx`` matches, each piece keeping its first group (the end mark), the second
-    (the whitespace after it) left out: what splitting at ``(?<=mark)whitespace`` gives, found without a
-    lookbehind tried at every character (``rx``: ``(mark)(whitespace)``)."""
-    parts = rx.split(text)
-    return [parts[k] + parts[k + 1] for k in range(0, len(parts) - 1, 3)] + [parts[-1]]
+        self._last = (text, tuple(sorted(found)))
+        return self._last[1]
 
 
 _OFF: list[bool] = []  # non-empty inside ungated()
