@@ -168,8 +168,8 @@ def plain_loop_dicom(files: list[Path], out: Path, max_side: int, hashes: list |
         arr = ds.pixel_array
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         arr = arr[None] if frames == 1 else arr
-        if arr.ndim == 4:
-            arr = arr.mean(axis=3)
+        if arr.ndim == 4:  # colour to grey as Pillow's convert("L") does (ITU-R 601 luma), as ingestion does
+            arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         phys = arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
         if ds.get("Modality") == "CT":
             lo, hi = -160.0, 240.0
