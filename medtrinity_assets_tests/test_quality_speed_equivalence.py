@@ -344,6 +344,24 @@ def test_phi_patterns_find_in_a_text_what_they_find_in_its_pieces():
     assert cut > 5000
 
 
+def test_ascii_pieces_are_cut_where_the_split_cuts():
+    """ASCII texts are cut without a regex per end (a joining word is the letters before the period):
+    the pieces are those of the split that looks at each end's whole word."""
+    from medtrinity_assets.privacy import text as phi_text
+
+    rng = random.Random(14)
+    words = ("Dr DR. dr_ xdr mr_ Mrs MRS. piano no No. sept SEPTEMBER xseptember 12jan 3rdMarch Jan. ) . ( _ a "
+             "the lesion 12.5 0.9% Doe^Jane +44May").split()
+    seps = [" ", ". ", "; ", "! ", "? ", ".\n", ".  ", "?! ", ". . ", "", "_. ", ".\t", ".\x0b", ".\x1c", ",", "."]
+    cut = 0
+    for _ in range(20000):
+        text = "".join(rng.choice(words) + rng.choice(seps) for _ in range(rng.randint(0, 12)))
+        pieces = phi_text._pieces(text)
+        assert pieces == phi_text._pieces_by_split(text), text
+        cut += len(pieces) - 1
+    assert cut > 20000
+
+
 def test_readers_that_blank_claims_out_read_what_plain_scans_read():
     """Position and measure claims are blanked out one expression after another; a claim blanked out
     may leave words that make another ("the bottom part of the viewimage-left area"), so which

@@ -96,23 +96,32 @@ def read_said(sentences: list[str], known: Iterable[str], intensity_word: str | 
     if _WHOLE or any(map(_ACROSS.search, phrases)):  # a name that no single piece could hold: read whole
         return _read(" ".join(sentences), tuple(phrases), intensity_word or "", modality)
     pieces = [c for s in sentences for c in (cl.split_after(_CLAUSE, s) if ";" in s else (s,))]
+    names: list[tuple[str, str | None]] = []  # (name, lower-cased) or (name, None): not ASCII, may be anywhere
     word = intensity_word or ""
     if phrases or word:  # a name (or the word) in no piece is blanked out of none
         low = " ".join(pieces).lower()
-        phrases = [p for p in phrases if not (p.isascii() and low.isascii()) or p.lower() in low]
+        names = [(p, p.lower() if p.isascii() else None) for p in phrases]
+        names = [(p, pl) for p, pl in names if pl is None or not low.isascii() or pl in low]
         word = word if not (word.isascii() and low.isascii()) or word.lower() in low else ""
-    said = [_sentence(s, phrases, word, modality) for s in pieces]
+    word_low = word.lower() if word.isascii() else None
+    said = [_sentence(s, names, word, word_low, modality) for s in pieces]
     return said[0] if len(said) == 1 else _merged(said, modality)
 
 
-def _sentence(s: str, phrases: list[str], intensity_word: str, modality: str | None) -> Said:
-    """A sentence's claims, memoised under the context that changes them (see the module docstring)."""
-    if phrases or intensity_word:
-        plain, low = s.isascii(), s.lower()
-        present = tuple(p for p in phrases if not (plain and p.isascii()) or p.lower() in low)
-        word = intensity_word if not (plain and intensity_word.isascii()) or intensity_word.lower() in low else ""
+def _sentence(s: str, names: list[tuple[str, str | None]], word: str, word_low: str | None,
+              modality: str | None) -> Said:
+    """A sentence's claims, memoised under the context that changes them (see the module docstring):
+    the ``names`` in it (each with its lower-cased form, None where it is not ASCII) and the
+    intensity ``word`` if it is in it."""
+    if names or word:
+        if s.isascii():
+            low = s.lower()
+            present = tuple(p for p, pl in names if pl is None or pl in low)
+            word = word if word_low is None or word_low in low else ""
+        else:
+            present = tuple(p for p, _ in names)
     else:
-        present, word = (), ""
+        present = ()
     key = (s, present, word, modality)
     found = _memo.get(key)
     if found is None:

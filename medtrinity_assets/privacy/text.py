@@ -69,6 +69,7 @@ def find_phi(text: str | None, identifiers: Iterable[str] | ValueMatcher | None 
 _PIECE_END = re.compile(r"([.;!?])(\s+)")
 _LAST_WORD = re.compile(r"\w+\Z")
 _JOINING = tuple(JOINING)
+_LONGEST_JOINING = max(map(len, JOINING))
 _KINDS: dict[str, frozenset[str]] = {}  # the pattern kinds of recent pieces
 
 
@@ -76,7 +77,24 @@ def _pieces(text: str) -> list[str]:
     """``text`` cut at the ends of its sentences and clauses that no PHI pattern's match goes on past:
     not after a word that ends in a :data:`~medtrinity_assets.privacy.patterns.JOINING` word ("Dr.",
     "12jan.") nor after one that is not ASCII (a case-insensitive match folds "ſ" to "s"). A pattern
-    matches the text where it matches one of its pieces."""
+    matches the text where it matches one of its pieces. Each piece keeps its end mark, not the
+    whitespace after it."""
+    if not text.isascii():
+        return _pieces_by_split(text)
+    out, start = [], 0
+    for m in _PIECE_END.finditer(text):
+        k = m.start()
+        # a word that ends in a joining word ends in its letters (no regex needed for ASCII)
+        if text[k] == "." and text[max(0, k - _LONGEST_JOINING) : k].lower().endswith(_JOINING):
+            continue
+        out.append(text[start : k + 1])
+        start = m.end()
+    out.append(text[start:])
+    return out
+
+
+def _pieces_by_split(text: str) -> list[str]:
+    """:func:`_pieces` for any text: cut at every end, the cuts after a joining word undone."""
     cut = _PIECE_END.split(text)  # piece, its end mark, the whitespace after it, the next piece ...
     out = [cut[0] + cut[1]] if len(cut) > 1 else [cut[0]]
     for k in range(3, len(cut), 3):

@@ -4,6 +4,7 @@ run of zeros (``{"size": [h, w], "counts": [...]}``)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -38,15 +39,26 @@ def rle_encode(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [h, w], "counts": rle_counts_from_crop(m, 0, 0, h, w)}
 
 
+#: the compact JSON :func:`rle_json` writes (numbers as JSON writes them, at most 18 digits: no overflow)
+_NUMBER = r"(?:0|[1-9][0-9]{0,17})"
+_COMPACT = re.compile(rf'\{{"size":\[({_NUMBER}),({_NUMBER})\],"counts":\[((?:{_NUMBER}(?:,{_NUMBER})*)?)\]\}}\Z')
+
+
 def rle_parse(rle: dict[str, Any] | str) -> tuple[int, int, np.ndarray]:
     """``(h, w, run lengths)`` of an RLE (the dict or its JSON string), checked as :func:`rle_decode`
-    checks them."""
-    if isinstance(rle, str):
-        rle = json.loads(rle)
-    h, w = (int(x) for x in rle["size"])
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    if isinstance(rle["counts"], str):
-        raise ValueError("compressed (string) COCO counts are not supported; use list counts")
+    checks them. The compact JSON the pipeline writes is read without building a list of its numbers
+    (half the time of ``json.loads``); any other JSON is read by ``json``."""
+    compact = _COMPACT.match(rle) if isinstance(rle, str) else None
+    if compact is not None:
+        h, w, text = int(compact[1]), int(compact[2]), compact[3]
+        counts = np.fromstring(text, dtype=np.int64, sep=",") if text else np.zeros(0, np.int64)
+    else:
+        if isinstance(rle, str):
+            rle = json.loads(rle)
+        h, w = (int(x) for x in rle["size"])
+        counts = np.asarray(rle["counts"], dtype=np.int64)
+        if isinstance(rle["counts"], str):
+            raise ValueError("compressed (string) COCO counts are not supported; use list counts")
     if counts.sum() > h * w or (counts < 0).any():
         raise ValueError("RLE counts do not fit the declared size")
     return h, w, counts
