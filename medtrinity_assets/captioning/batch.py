@@ -14,6 +14,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from medtrinity_assets.captioning.inputs import CaptionInput
 from medtrinity_assets.captioning.prompt import FACETS
 from medtrinity_assets.core.storage import write_parquet_atomic, write_parquet_batches_atomic
 from medtrinity_assets.core.tables import CAPTION_BATCH
+from medtrinity_assets.core.workers import collector_paused
 
 logger = logging.getLogger(__name__)
 
@@ -184,21 +186,24 @@ def run_caption_slices(
 
     def frames() -> Iterator[pl.DataFrame]:
         for inputs in slices:
-            unique, dropped = _unique_inputs(inputs, log, seen)
-            hashes = [captioner.inputs_hash(item) for item in unique]
-            todo = [(item, h) for item, h in zip(unique, hashes, strict=True) if h not in reusable]
-            writer.start_slice(len(unique) - len(todo))
-            if todo:
-                captioner.see(unique)
-            if todo and captioner.supports_streaming:
-                run_sync(_stream_in_chunks(captioner, todo, chunk_size, writer.flush))
-            else:
-                _caption_in_chunks(captioner, todo, chunk_size, writer.flush)
-            missing = [h for h in hashes if h not in writer.rows]
-            cached = _read_cached(files, log, missing) if missing else None
-            rows = _final_rows(unique, hashes, writer.rows, cached)
-            result.count(rows, cached=len(unique) - len(todo), dropped=dropped)
-            yield caption_rows_frame(rows)
+            # plain computation in this process makes garbage fast; a server's or a model's does not
+            with collector_paused() if captioner.runs_in_workers else nullcontext():
+                unique, dropped = _unique_inputs(inputs, log, seen)
+                hashes = [captioner.inputs_hash(item) for item in unique]
+                todo = [(item, h) for item, h in zip(unique, hashes, strict=True) if h not in reusable]
+                writer.start_slice(len(unique) - len(todo))
+                if todo:
+                    captioner.see(unique)
+                if todo and captioner.supports_streaming:
+                    run_sync(_stream_in_chunks(captioner, todo, chunk_size, writer.flush))
+                else:
+                    _caption_in_chunks(captioner, todo, chunk_size, writer.flush)
+                missing = [h for h in hashes if h not in writer.rows]
+                cached = _read_cached(files, log, missing) if missing else None
+                rows = _final_rows(unique, hashes, writer.rows, cached)
+                result.count(rows, cached=len(unique) - len(todo), dropped=dropped)
+                frame = caption_rows_frame(rows)
+            yield frame
 
     write_parquet_batches_atomic(frames(), table_path, CAPTION_BATCH.empty())
     remove_parts(parts_dir(table_path))
@@ -206,6 +211,7 @@ def run_caption_slices(
     return result
 
 
+@collector_paused()
 def describe_slice(
     inputs: list[CaptionInput],
     captioner: Captioner,

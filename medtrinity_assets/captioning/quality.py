@@ -84,6 +84,7 @@ from medtrinity_assets.core.vocabulary import (
     organ_terms,
     regions_in,
 )
+from medtrinity_assets.core.workers import collector_paused
 from medtrinity_assets.privacy import find_phi, matcher_for
 
 CHECKS = QUALITY_CHECKS
@@ -390,6 +391,24 @@ _READ = frozenset({"record_id", "roi_id", "backend", "inputs_hash", "retrieved_c
                    "error", *(f"facet_{k}" for k in FACETS)})
 
 
+@collector_paused()
+def _checked_rows(rows_in: list[dict[str, Any]], items: list[CaptionInput | None],
+                  by_key: dict[tuple[str, str], CaptionInput], phi_matcher: Any, length: tuple[int, int]) -> list[dict]:
+    """The rule checks of each caption row (:func:`check_caption`), the regions' mask evidence read once
+    for all of them."""
+    images = {r["record_id"] for r in rows_in}  # every region of their images, described here or not
+    facts, nested = evidence.batch_evidence((i for i in by_key.values() if i.record_id in images),
+                                            _bordering_said(rows_in))
+    out = []
+    for row, item in zip(rows_in, items, strict=True):
+        key = (row["record_id"], str(row["roi_id"]))
+        res = check_caption(row, item, phi_values=phi_matcher, min_chars=length[0], max_chars=length[1],
+                            facts=facts.get(id(item)), nested=nested.get(key, set()))
+        out.append({"record_id": row["record_id"], "roi_id": row["roi_id"], "backend": row.get("backend"),
+                    "inputs_hash": row.get("inputs_hash"), **res})
+    return out
+
+
 def check_captions(
     captions: pl.DataFrame,
     inputs: dict[tuple[str, Any], CaptionInput],
@@ -405,17 +424,8 @@ def check_captions(
     by_key = {(rid, str(roi)): item for (rid, roi), item in inputs.items()}
     rows_in = list(captions.select([c for c in captions.columns if c in _READ]).iter_rows(named=True))
     items = [by_key.get((r["record_id"], str(r["roi_id"]))) for r in rows_in]
-    out = []
     phi_matcher = phi_values if hasattr(phi_values, "search") else matcher_for(phi_values)  # once per batch
-    images = {r["record_id"] for r in rows_in}  # every region of their images, described here or not
-    facts, nested = evidence.batch_evidence((i for i in by_key.values() if i.record_id in images),
-                                            _bordering_said(rows_in))
-    for row, item in zip(rows_in, items, strict=True):
-        key = (row["record_id"], str(row["roi_id"]))
-        res = check_caption(row, item, phi_values=phi_matcher, min_chars=min_chars, max_chars=max_chars,
-                            facts=facts.get(id(item)), nested=nested.get(key, set()))
-        out.append({"record_id": row["record_id"], "roi_id": row["roi_id"], "backend": row.get("backend"),
-                    "inputs_hash": row.get("inputs_hash"), **res})
+    out = _checked_rows(rows_in, items, by_key, phi_matcher, (min_chars, max_chars))
     scores: list[dict[str, float] | None] = [None] * len(out)
     if judge is not None:
         todo = [i for i, (r, it) in enumerate(zip(rows_in, items, strict=True)) if it is not None and r["status"] == "ok"]
