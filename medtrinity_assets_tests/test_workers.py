@@ -3,13 +3,17 @@ this process never idles behind a worker that is still starting or has a slower 
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from medtrinity_assets.core.workers import image_slices, ordered_in_workers
+import pytest
+
+from medtrinity_assets.captioning.quality import _checked_rows
+from medtrinity_assets.core.workers import collector_paused, image_slices, ordered_in_workers
 from medtrinity_assets.ingest.registry import SourceSpec
 from medtrinity_assets.ingest.worker import HELD_PER_WINDOW, WorkerPool
 
@@ -338,3 +342,19 @@ def test_a_tasks_cost_follows_the_sources_burned_in_text_policy(tmp_path):
     assert costs("auto") == {"US1_J2KR.dcm": OCR_COST_FACTOR * pixels["US1_J2KR.dcm"], "CT_small.dcm": pixels["CT_small.dcm"]}
     assert costs("none") == {k: float(v) for k, v in pixels.items()}
     assert costs("scan") == {k: OCR_COST_FACTOR * v for k, v in pixels.items()}
+
+
+def test_the_collector_is_paused_over_a_slice_and_enabled_again_after_it():
+    """A slice of checks runs without the cyclic collector; it runs again after the slice, also when
+    the slice fails, and a slice nested in another leaves it paused until the outer one ends."""
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("a slice failed")
+    assert gc.isenabled()
+    assert _checked_rows([], [], {}, None, (80, 6000)) == [] and gc.isenabled()
