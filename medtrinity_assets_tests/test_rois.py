@@ -18,7 +18,7 @@ from medtrinity_assets.rois.build import ROI_SCHEMA, build_roi_set
 from medtrinity_assets.rois.config import RoiConfig
 from medtrinity_assets.rois.measure import measure_roi
 from medtrinity_assets.rois.overlay import draw_roi_overlay
-from medtrinity_assets.rois.rle import rle_decode, rle_encode, rle_json
+from medtrinity_assets.rois.rle import rle_decode, rle_encode, rle_json, rle_parse
 
 H, W = 90, 120
 
@@ -176,6 +176,25 @@ def test_rle_round_trip_and_coco_layout():
         assert sum(rle["counts"]) == m.size
         assert rle["counts"] == _naive_rle(m)
         assert np.array_equal(rle_decode(json.dumps(rle)), m)
+
+
+def test_rle_json_is_read_as_json_reads_it():
+    """The compact JSON the pipeline writes is read without ``json``; every other text the way ``json``
+    reads it, and what does not fit the declared size (a count past 64 bits too) is a ValueError."""
+    rng = np.random.default_rng(3)
+    for m in [rng.random((int(h), int(w))) > p for h, w, p in rng.integers(1, 60, (40, 3)) * (1, 1, 0.015)]:
+        text = rle_json(rle_encode(m))
+        spaced = json.dumps(json.loads(text))  # json's own spacing: not compact
+        for t in (text, spaced):
+            h, w, counts = rle_parse(t)
+            assert (h, w) == m.shape and counts.tolist() == json.loads(text)["counts"]
+            assert np.array_equal(rle_decode(t), m)
+    assert rle_parse('{"size":[2,2],"counts":[]}')[2].tolist() == []
+    for bad in ('{"size":[2,2],"counts":[99999999999999999999]}', '{"size":[2,2],"counts":[-1,5]}',
+                '{"size":[2,2],"counts":[1,,3]}', '{"size":[2,2],"counts":[1,3,]}', '{"size":[2,2],"counts":[5]}',
+                '{"size":[2,2],"counts":[1e3]}', '{"size":[2,2],"counts":"ab"}'):
+        with pytest.raises(ValueError):
+            rle_parse(bad)
 
 
 def test_many_structures_no_cap_and_specks_dropped(tmp_path):
