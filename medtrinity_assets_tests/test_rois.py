@@ -178,9 +178,9 @@ def test_rle_round_trip_and_coco_layout():
         assert np.array_equal(rle_decode(json.dumps(rle)), m)
 
 
-def test_rle_json_is_read_as_json_reads_it():
-    """The compact JSON the pipeline writes is read without ``json``; every other text the way ``json``
-    reads it, and what does not fit the declared size (a count past 64 bits too) is a ValueError."""
+def test_rle_text_that_does_not_fit_is_a_value_error():
+    """Compact and spaced JSON give the same counts, and what does not fit the declared size (a count
+    past 64 bits, counts whose sum wraps past 64 bits) or is not JSON is a ValueError."""
     rng = np.random.default_rng(3)
     for m in [rng.random((int(h), int(w))) > p for h, w, p in rng.integers(1, 60, (40, 3)) * (1, 1, 0.015)]:
         text = rle_json(rle_encode(m))
@@ -192,7 +192,8 @@ def test_rle_json_is_read_as_json_reads_it():
     assert rle_parse('{"size":[2,2],"counts":[]}')[2].tolist() == []
     for bad in ('{"size":[2,2],"counts":[99999999999999999999]}', '{"size":[2,2],"counts":[-1,5]}',
                 '{"size":[2,2],"counts":[1,,3]}', '{"size":[2,2],"counts":[1,3,]}', '{"size":[2,2],"counts":[5]}',
-                '{"size":[2,2],"counts":[1e3]}', '{"size":[2,2],"counts":"ab"}'):
+                '{"size":[2,2],"counts":[1e3]}', '{"size":[2,2],"counts":"ab"}', '{"size":[1,1],"counts":[01]}',
+                '{"size":[1,1],"counts":[' + ",".join(["999999999999999999"] * 10) + "]}"):  # a sum past 64 bits
         with pytest.raises(ValueError):
             rle_parse(bad)
 
