@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 
 from medtrinity_assets.captioning import claims as cl
 from medtrinity_assets.captioning.wording import homogeneity_mentions, intensity_polarities
@@ -124,11 +125,7 @@ def _sentence(s: str, names: list[tuple[str, str | None]], word: str, word_low: 
         present = ()
     key = (s, present, word, modality)
     found = _memo.get(key)
-    if found is None:
-        if len(_memo) >= MEMO_SIZE:
-            _memo.clear()
-        found = _memo[key] = _read(s, present, word, modality)
-    return found
+    return found if found is not None else _remember(key, _read(s, present, word, modality))
 
 
 def _read(text: str, phrases: tuple[str, ...], intensity_word: str, modality: str | None) -> Said:
@@ -152,11 +149,15 @@ def _words(rest: str, phrases: tuple[str, ...], intensity_word: str) -> tuple[Sa
     """:func:`_read_words`, memoised (the measures are out of ``rest``: many pieces share it)."""
     key = ("words", rest, phrases, intensity_word)
     found = _memo.get(key)
-    if found is None:
-        if len(_memo) >= MEMO_SIZE:
-            _memo.clear()
-        found = _memo[key] = _read_words(rest, phrases, intensity_word)
-    return found  # type: ignore[return-value]
+    return found if found is not None else _remember(key, _read_words(rest, phrases, intensity_word))  # type: ignore[return-value]
+
+
+def _remember(key: tuple, found: Any) -> Any:
+    """``found`` kept under ``key`` (the memo starts again once it holds :data:`MEMO_SIZE` readings)."""
+    if len(_memo) >= MEMO_SIZE:
+        _memo.clear()
+    _memo[key] = found
+    return found
 
 
 def _read_words(rest: str, phrases: tuple[str, ...], intensity_word: str) -> tuple[Said, str]:

@@ -37,11 +37,7 @@ def intensity_polarities(text: str) -> set[int]:
 
 @lru_cache(maxsize=4096)  # measured words and quoted sentences repeat
 def _intensity_polarities(text: str) -> frozenset[int]:
-    found: set[int] = set()
-    for k in _POLARITIES.live(text or ""):
-        if _POLARITIES.members[k].search(text or ""):
-            found.add((1, -1, 0)[k])
-    return frozenset(found)
+    return frozenset((1, -1, 0)[k] for k in _POLARITIES.matching(text or ""))
 
 
 @lru_cache(maxsize=1024)

@@ -11,8 +11,8 @@ folds) a pattern without its needles in the text cannot match, so ``search``, ``
 
 When every match *starts* with one of a few strings (``\\b(?:left|right)\\b``), the matches are also
 found by trying the expression only where those strings occur (``Pattern.match`` at each place, in
-order, as a scan would try them), instead of at every character. Non-ASCII text, short text, and a
-pattern without needles run the expression as it is: a gate never changes a result, it only saves
+order, as a scan would try them), instead of at every character. Non-ASCII text and a pattern
+without needles run the expression as it is: a gate never changes a result, it only saves
 the scan. The quality checks run about a hundred expressions over each description, most of which
 name words a given description never uses (a date, "quadrant", "scintigraphy").
 """
@@ -29,7 +29,6 @@ from typing import Any, NamedTuple
 _MAX_STRINGS = 64  # alternatives kept for one stretch of literals
 _MAX_SETS = 3  # needle sets checked per pattern (every one must be met)
 _MAX_STARTS = 48  # places to try a pattern at; with more, the scan runs as it is
-SHORT = 0  # texts shorter than this are scanned without a gate
 _B = "\uffff"  # a word boundary inside a needle (never a literal: non-ASCII literals are unknown)
 _ZERO_WIDTH = (sre.AT, sre.ASSERT, sre.ASSERT_NOT)
 _REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT)
@@ -269,7 +268,6 @@ class _Folded:
         return self._words
 
 
-
 _folded: dict[str, _Folded] = {}  # the recent texts
 
 
@@ -282,16 +280,16 @@ def _fold(text: str, origin: tuple[_Folded, list[tuple[int, int, str]]] | None =
     return found
 
 
-def _split(found: tuple[tuple[bool, str], ...]) -> tuple[frozenset[str], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """A needle set as (its whole words; the same, padded with spaces; needles in the lower-cased text;
-    other needles in the spaced text)."""
+def _split(found: tuple[tuple[bool, str], ...]) -> tuple[frozenset[str], tuple[str, ...], tuple[str, ...]]:
+    """A needle set as (its whole words; needles in the lower-cased text; other needles in the spaced
+    text)."""
     low = [n for sp, n in found if not sp]
     as_spaced = {n.translate(_SPACED) for n in low}  # the spaced text has what the lower-cased one has
     if len(as_spaced) < len(low) and all(n.strip() for n in as_spaced):  # fewer needles there
         found, low = (*((True, n) for n in as_spaced), *((sp, n) for sp, n in found if sp)), []
     spaced = [n for sp, n in found if sp]
     words = [n for n in spaced if n.startswith(" ") and n.endswith(" ") and " " not in n.strip()]
-    return (frozenset(n.strip() for n in words), tuple(words), _few(low), _few([n for n in spaced if n not in words]))
+    return frozenset(n.strip() for n in words), _few(low), _few([n for n in spaced if n not in words])
 
 
 def _splice(text: str, edits: list[tuple[int, int, str]]) -> str:
@@ -308,7 +306,7 @@ def _edited(text: str, edits: list[tuple[int, int, str]]) -> str:
     alone), so that a chain of substitutions folds its text once."""
     out = _splice(text, edits)
     old = _folded.get(text)
-    if old is not None and len(out) >= SHORT and all(r.isascii() for _, _, r in edits):
+    if old is not None and all(r.isascii() for _, _, r in edits):
         _fold(out, (old, edits))
     return out
 
@@ -339,7 +337,7 @@ class Gated:
     def places(self, text: str) -> list[int] | None:
         """Where in ``text`` a match can start, in order (``[]``: no match can be in it), or None when
         the expression is to scan it as it is."""
-        if not self._sets or not isinstance(text, str) or len(text) < SHORT or not text.isascii() or _OFF:
+        if not self._sets or not _read_by_gates(text):
             return None
         last = self._last
         if last is not None and last[0] is text:
@@ -350,7 +348,7 @@ class Gated:
 
     def _places_in(self, text: str) -> list[int] | None:
         folded = _fold(text)
-        for words, _padded, in_low, in_spaced in self._sets:
+        for words, in_low, in_spaced in self._sets:
             if not (words and not words.isdisjoint(folded.words)) and not (in_low and any(map(folded.low.__contains__, in_low))) \
                     and not (in_spaced and any(map(folded.spaced.__contains__, in_spaced))):
                 return []
@@ -440,7 +438,7 @@ class GateGroup:
             if not m._sets:
                 self._always.append(i)
                 continue
-            words, _, in_low, in_spaced = m._sets[0]
+            words, in_low, in_spaced = m._sets[0]
             for w in words:
                 self._by_word.setdefault(w, []).append(i)
             low[i], spaced[i] = in_low, in_spaced
@@ -454,7 +452,7 @@ class GateGroup:
     def live(self, text: str) -> tuple[int, ...]:
         """The indices of the members that may match ``text``, in order (every one for a text the gates
         do not read: not ASCII, or inside :func:`ungated`)."""
-        if not isinstance(text, str) or len(text) < SHORT or not text.isascii() or _OFF:
+        if not _read_by_gates(text):
             return self._all
         if self._last is not None and self._last[0] is text:
             return self._last[1]
@@ -471,8 +469,17 @@ class GateGroup:
         self._last = (text, tuple(sorted(found)))
         return self._last[1]
 
+    def matching(self, text: str) -> list[int]:
+        """The indices of the members whose search finds a match in ``text``, in order."""
+        return [i for i in self.live(text) if self.members[i].search(text)]
+
 
 _OFF: list[bool] = []  # non-empty inside ungated()
+
+
+def _read_by_gates(text: Any) -> bool:
+    """Whether the gates read ``text``: an ASCII string, outside :func:`ungated`."""
+    return isinstance(text, str) and text.isascii() and not _OFF
 
 
 @contextmanager

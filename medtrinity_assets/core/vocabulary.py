@@ -198,8 +198,7 @@ def modality_mentions(text: str) -> set[str]:
 @lru_cache(maxsize=4096)  # descriptions repeat their facets' sentences
 def _modality_mentions(text: str) -> frozenset[str]:
     voc = vocabulary()
-    live = voc._mention_group.live(text or "")  # type: ignore[attr-defined]
-    return frozenset(voc.modalities[i].key for i in live if voc.modalities[i].names_in(text))
+    return frozenset(voc.modalities[i].key for i in voc._mention_group.matching(text or ""))  # type: ignore[attr-defined]
 
 
 def allowed_modalities(key: str) -> set[str]:
@@ -248,8 +247,7 @@ def regions_in(text: str) -> set[str]:
 @lru_cache(maxsize=4096)  # labels and organ names repeat
 def _regions_in(text: str) -> frozenset[str]:
     voc = vocabulary()
-    group = voc._region_group  # type: ignore[attr-defined]
-    return frozenset(voc._region_keys[i] for i in group.live(text or "") if group.members[i].search(text or ""))  # type: ignore[attr-defined]
+    return frozenset(voc._region_keys[i] for i in voc._region_group.matching(text or ""))  # type: ignore[attr-defined]
 
 
 def compatible_regions(region: str) -> frozenset[str]:

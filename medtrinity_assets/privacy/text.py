@@ -121,8 +121,7 @@ def _kinds(piece: str) -> frozenset[str]:
     if found is None:
         if len(_KINDS) >= 8192:
             _KINDS.clear()
-        found = _KINDS[piece] = frozenset(
-            PHI_PATTERNS[k][0] for k in PHI_GROUP.live(piece) if PHI_PATTERNS[k][1].search(piece))
+        found = _KINDS[piece] = frozenset(PHI_PATTERNS[k][0] for k in PHI_GROUP.matching(piece))
     return found
 
 
