@@ -1,5 +1,5 @@
-"""The ``gpu`` pool limits GPU steps only: on a GPU host two GPU steps run one at a time; on a
-CPU-only host the same steps run side by side (no "blocked by limit for pool gpu")."""
+"""The ``gpu`` pool limits GPU steps only: two steps on a GPU run one at a time; steps on the CPU,
+on a CPU-only host or on a GPU host, run side by side (no "blocked by limit for pool gpu")."""
 
 from __future__ import annotations
 
@@ -17,29 +17,40 @@ GPU_ASSETS = {"expert_models", "roi_set", "knowledge_index", "caption_batch", "l
               "vqa_finetuned_checkpoint"}
 
 
-def _loaded(setting: str, expression: str, where: str = "True") -> dict:
+def _loaded(setting: str, expression: str, where: str = "True", device: str | None = None,
+            gpu_host: bool = False) -> dict:
     """``{asset key: expression}`` over the code location's executable assets ``a`` (those for
-    which ``where`` holds), loaded in a new process with ``MEDTRINITY_GPU_POOL=setting``."""
+    which ``where`` holds), loaded in a new process with ``MEDTRINITY_GPU_POOL=setting`` (and
+    ``MEDTRINITY_DEVICE=device``); ``gpu_host``: as on a host where torch sees a GPU (the device
+    files and torch's answer replaced before the code location loads)."""
+    host = ("import torch, medtrinity_assets.defs.accelerators as acc\n"
+            "acc.gpu_visible = lambda: True; torch.cuda.is_available = lambda: True\n") if gpu_host else ""
     code = (
-        "import json; from medtrinity_assets.definitions import defs\n"
+        host + "import json; from medtrinity_assets.definitions import defs\n"
         "from medtrinity_assets.defs.partitions import SOURCE_SHARDS\n"
+        "from medtrinity_assets.defs.resources import default_resources\n"
+        "devices = {k: r.resolved_device() for k, r in default_resources().items() if hasattr(r, 'resolved_device')}\n"
         f"print(json.dumps({{k.to_user_string(): {expression} for a in defs.assets "
-        f"if a.is_executable and {where} for k in a.keys}}))"
+        f"if a.is_executable and {where} for k in a.keys}} | {{'devices': devices}}))"
     )
     env = {**os.environ, "MEDTRINITY_GPU_POOL": setting}
+    env.pop("MEDTRINITY_DEVICE", None)
+    if device is not None:
+        env["MEDTRINITY_DEVICE"] = device
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _pools(setting: str) -> dict[str, str | None]:
+def _pools(setting: str, **kw) -> dict[str, str | None]:
     """Pools of the code location's assets when loaded with ``MEDTRINITY_GPU_POOL=setting``."""
-    return _loaded(setting, "a.op.pool")
+    return {k: v for k, v in _loaded(setting, "a.op.pool", **kw).items() if k != "devices"}
 
 
 def _shard_policies(setting: str) -> dict[str, str | None]:
     """Backfill policies of the code location's per-shard assets under ``MEDTRINITY_GPU_POOL=setting``."""
-    return _loaded(setting, "a.backfill_policy and a.backfill_policy.policy_type.value",
-                   "a.partitions_def == SOURCE_SHARDS")
+    found = _loaded(setting, "a.backfill_policy and a.backfill_policy.policy_type.value",
+                    "a.partitions_def == SOURCE_SHARDS")
+    return {k: v for k, v in found.items() if k != "devices"}
 
 
 def test_per_shard_assets_share_one_backfill_policy_on_a_cpu_host():
@@ -59,22 +70,46 @@ def test_code_location_pools_follow_the_host():
     on, off = _pools("on"), _pools("off")
     assert {k for k, p in on.items() if p == "gpu"} == GPU_ASSETS
     assert all(p is None for p in off.values())
-    auto = _pools("auto")  # this machine: the pool is set exactly when a GPU is visible
-    from medtrinity_assets.defs.accelerators import gpu_visible
+    auto = _pools("auto")  # this machine: the pool is set exactly when torch can use a GPU here
+    from medtrinity_assets.defs.accelerators import resolve_device
 
-    assert {k for k, p in auto.items() if p == "gpu"} == (GPU_ASSETS if gpu_visible() else set())
+    on_gpu = resolve_device("auto") == "cuda"
+    assert {k for k, p in auto.items() if p == "gpu"} == (GPU_ASSETS - {"caption_batch"} if on_gpu else set())
+
+
+def test_on_a_gpu_host_only_steps_on_the_gpu_are_pooled():
+    """On a GPU host the steps whose device resolves to the GPU share the pool; the embedded
+    captioner (no GPU) is not pooled, and with ``MEDTRINITY_DEVICE=cpu`` no step is: CPU steps of
+    a GPU host run side by side like those of a CPU-only host."""
+    gpu = _loaded("auto", "a.op.pool", gpu_host=True)
+    assert set(gpu["devices"].values()) == {"cuda"}  # compute, embedder and training follow the GPU
+    assert {k for k, p in gpu.items() if p == "gpu"} == GPU_ASSETS - {"caption_batch"}
+    cpu = _loaded("auto", "a.op.pool", device="cpu", gpu_host=True)
+    assert set(cpu["devices"].values()) == {"cpu"}
+    assert all(p is None for k, p in cpu.items() if k != "devices")
+    policies = _loaded("auto", "a.backfill_policy and a.backfill_policy.policy_type.value",
+                       "a.partitions_def == SOURCE_SHARDS", device="cpu", gpu_host=True)
+    assert all(p is None for k, p in policies.items() if k != "devices")  # shards side by side
+
+
+def test_a_device_setting_that_is_not_one_fails_the_load_with_its_name():
+    env = {**os.environ, "MEDTRINITY_DEVICE": "gpu0"}
+    out = subprocess.run([sys.executable, "-c", "import medtrinity_assets.definitions"], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "MEDTRINITY_DEVICE='gpu0': expected one of auto, cpu, cuda" in out.stderr
 
 
 # Two GPU-capable steps in one run under the multiprocess executor; their pool is decided in each
 # process from MEDTRINITY_GPU_POOL, as in the code location.
-@dg.asset(pool=gpu_pool(), op_tags=GPU_OP_TAGS)
+@dg.asset(pool=gpu_pool("cuda"), op_tags=GPU_OP_TAGS)
 def gpu_step_a() -> None:
     import time
 
     time.sleep(2.5)
 
 
-@dg.asset(pool=gpu_pool(), op_tags=GPU_OP_TAGS)
+@dg.asset(pool=gpu_pool("cuda"), op_tags=GPU_OP_TAGS)
 def gpu_step_b() -> None:
     import time
 

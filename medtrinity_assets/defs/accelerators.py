@@ -1,18 +1,26 @@
 """Which steps may use a GPU, and how that reaches the pool, the Celery queue and Kubernetes.
 
 The GPU-capable assets (expert models, ROIs, the knowledge index, descriptions, the LLaVA-Tri
-checkpoints) declare ``pool=gpu_pool()`` and ``op_tags=GPU_OP_TAGS``:
+checkpoints) declare ``pool=gpu_pool(device)`` and ``op_tags=GPU_OP_TAGS``, where ``device`` is the
+device the code location's resource for that step is set to (:func:`default_device`; the embedded
+captioner runs on no GPU):
 
-- **pool**: ``"gpu"`` only where the code location runs on a host with a GPU (or
-  ``MEDTRINITY_GPU_POOL=on``), so one GPU step runs at a time per instance (``dagster.yaml``
-  sets the limit); on a CPU-only host there is no pool, and per-source runs are not serialised
-  behind a device they do not use. ``MEDTRINITY_GPU_POOL=off`` drops it on a GPU host too.
+- **pool**: ``"gpu"`` only for a step that runs on a GPU here: its device is ``cuda``, or ``auto``
+  on a host where torch sees a GPU. One such step runs at a time per instance (``dagster.yaml``
+  sets the limit); a step on the CPU, on any host, has no pool, so per-source runs are not
+  serialised behind a device they do not use. ``MEDTRINITY_GPU_POOL=on`` pools every GPU-capable
+  step (a model captioner on this host's GPU, devices changed per run), ``off`` none.
+- **device**: ``MEDTRINITY_DEVICE`` (``auto``, the default; ``cpu``; ``cuda``) is where the
+  compute, embedder and training resources run unless a run configures them otherwise. The pool
+  is decided when the code location loads, from this setting: a device changed in one run's
+  configuration (the launchpad, ``medtrinity build --settings``) does not move its step in or out
+  of the pool, so set the variable for the code location (or ``MEDTRINITY_GPU_POOL``) instead.
 - **Celery**: ``dagster-celery/queue: gpu`` sends these steps to the workers started with
   ``-Q gpu`` (a CPU-only cluster starts its workers with ``-Q dagster,gpu``).
 - **Kubernetes**: ``dagster-k8s/config`` requests one ``nvidia.com/gpu`` for their step pods.
 - **Backfills**: the per-shard GPU-capable assets (ROIs, descriptions) take
-  :func:`gpu_backfill_policy`: one run for every requested shard on a GPU host (the model loads
-  once per run; the pool runs their steps one at a time anyway), and on a CPU-only host no
+  :func:`gpu_backfill_policy`: one run for every requested shard where their steps are pooled (the
+  model loads once per run; the pool runs their steps one at a time anyway), and otherwise no
   policy, as every other per-shard asset, so that a backfill runs each shard's enrichment as one
   run, shards side by side.
 """
@@ -27,6 +35,8 @@ import dagster as dg
 
 GPU_POOL = "gpu"
 POOL_ENV = "MEDTRINITY_GPU_POOL"
+DEVICE_ENV = "MEDTRINITY_DEVICE"
+DEVICES = ("auto", "cpu", "cuda")
 CELERY_QUEUE_TAG = "dagster-celery/queue"
 K8S_CONFIG_TAG = "dagster-k8s/config"
 ACCELERATOR_TAG = "medtrinity/accelerator"
@@ -45,23 +55,46 @@ def gpu_visible() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
-def gpu_pool() -> str | None:
-    """The pool of a GPU-capable step: ``"gpu"`` on a GPU host, else None (see the module doc)."""
+def default_device() -> str:
+    """The device the code location's compute, embedder and training resources are set to:
+    ``MEDTRINITY_DEVICE`` (``cpu``, ``cuda`` or ``auto``, the default)."""
+    value = os.environ.get(DEVICE_ENV, "auto").strip().lower() or "auto"
+    if value not in DEVICES:
+        raise ValueError(f"{DEVICE_ENV}={value!r}: expected one of {', '.join(DEVICES)}")
+    return value
+
+
+def resolve_device(device: str) -> str:
+    """``cuda`` or ``cpu`` for a device setting: ``auto`` is ``cuda`` where a GPU is visible and torch
+    can use it (torch is imported only where a GPU is visible: loading on a CPU host stays fast)."""
+    if device != "auto":
+        return device
+    if not gpu_visible():
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def gpu_pool(device: str) -> str | None:
+    """The pool of a GPU-capable step set to run on ``device``: ``"gpu"`` where it runs on a GPU,
+    else None; ``MEDTRINITY_GPU_POOL=on|off`` overrides (see the module docstring)."""
     setting = os.environ.get(POOL_ENV, "auto").strip().lower()
     if setting in ("on", "1", "true", "yes"):
         return GPU_POOL
     if setting in ("off", "0", "false", "no"):
         return None
-    return GPU_POOL if gpu_visible() else None
+    return GPU_POOL if resolve_device(device) == "cuda" else None
 
 
-def gpu_backfill_policy() -> dg.BackfillPolicy | None:
-    """The backfill policy of a per-shard GPU-capable asset: a single run over all requested
-    partitions where the GPU pool is on, else none (one run per partition).
+def gpu_backfill_policy(device: str) -> dg.BackfillPolicy | None:
+    """The backfill policy of a per-shard GPU-capable asset set to run on ``device``: a single run
+    over all requested partitions where its steps are pooled (:func:`gpu_pool`), else none (one run
+    per partition).
 
     Dagster's asset backfill puts a parent and its child in one run only when their policies are
     equal; other children wait for the backfill daemon's next pass (30 s). On a CPU-only host a
     single-run ROI step between per-shard stages cut a backfill into one wave per stage, each
     behind a pass, with every shard in one run; without it a shard's ROIs, retrieval, descriptions
     and checks run in one run, and the shards' runs side by side."""
-    return dg.BackfillPolicy.single_run() if gpu_pool() else None
+    return dg.BackfillPolicy.single_run() if gpu_pool(device) else None

@@ -30,7 +30,14 @@ from medtrinity_assets.defs.reporting import (
     retry_metadata,
     stage_metrics,
 )
-from medtrinity_assets.defs.resources import CaptionerResource, ComputeResource, JudgeResource, OutputStorage
+from medtrinity_assets.defs.resources import (
+    CaptionerResource,
+    ComputeResource,
+    EmbeddedCaptionerResource,
+    JudgeResource,
+    OutputStorage,
+    configured_device,
+)
 
 SAMPLE_TRIPLETS = 4
 
@@ -67,8 +74,8 @@ def _triplet_markdown(samples: list[tuple]) -> str:
     kinds={"parquet", "llm"},
     partitions_def=SOURCE_SHARDS,
     deps=[ROI_SET.name, COARSE_CAPTIONS.name, RETRIEVED_KNOWLEDGE.name, PREPROCESSED_IMAGES.name, KNOWLEDGE_INDEX],
-    pool=gpu_pool(), op_tags=GPU_OP_TAGS,
-    backfill_policy=gpu_backfill_policy(),
+    pool=gpu_pool(configured_device(EmbeddedCaptionerResource)), op_tags=GPU_OP_TAGS,
+    backfill_policy=gpu_backfill_policy(configured_device(EmbeddedCaptionerResource)),
     description="One multigranular description per ROI (modality, organ, ROI location, texture, "
     "local–global relationship) with every input behind it; cached by inputs hash, durable in chunks.",
 )

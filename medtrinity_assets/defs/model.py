@@ -20,7 +20,7 @@ from medtrinity_assets.defs.reporting import (
     stage_metrics,
     table_metadata,
 )
-from medtrinity_assets.defs.resources import OutputStorage
+from medtrinity_assets.defs.resources import OutputStorage, configured_device
 from medtrinity_assets.defs.training_launch import run_training
 
 LLAVA_TRI = "llava_tri_checkpoint"
@@ -29,7 +29,8 @@ LEAK_CHECK = "vqa_split_leak_free"
 
 
 @dg.asset(
-    name=LLAVA_TRI, group_name=GROUP_MODEL, kinds={"pytorch", "safetensors"}, pool=gpu_pool(), op_tags=GPU_OP_TAGS,
+    name=LLAVA_TRI, group_name=GROUP_MODEL, kinds={"pytorch", "safetensors"},
+    pool=gpu_pool(configured_device(LlavaTrainingResource)), op_tags=GPU_OP_TAGS,
     deps=[MEDTRINITY_DATASET.name],
     description="LLaVA-Tri: projector alignment, then multigranular pretraining on the export's LLaVA "
     "conversations (train split); safetensors with config, tokenizer and a card (lineage, steps, losses).",
@@ -112,7 +113,8 @@ def vqa_dataset(context: dg.AssetExecutionContext, storage: OutputStorage,
 
 
 @dg.asset(
-    name=VQA_FINETUNED, group_name=GROUP_MODEL, kinds={"pytorch", "safetensors"}, pool=gpu_pool(), op_tags=GPU_OP_TAGS,
+    name=VQA_FINETUNED, group_name=GROUP_MODEL, kinds={"pytorch", "safetensors"},
+    pool=gpu_pool(configured_device(LlavaTrainingResource)), op_tags=GPU_OP_TAGS,
     partitions_def=VQA_SETS, deps=[LLAVA_TRI, VQA_DATASET.name],
     description="Fine-tuned on the set's train questions, from LLaVA-Tri and (for the comparison) from the "
     "same configuration without triplet pretraining, once per seed.",

@@ -8,6 +8,8 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
+from medtrinity_assets.defs.accelerators import default_device, resolve_device
+
 DEMO_VQA_SET = "demo"
 
 
@@ -24,7 +26,7 @@ class LlavaTrainingResource(dg.ConfigurableResource):
     seeds: list[int] | None = Field(None, description="fine-tuning seeds of the with/without comparison")
     compare_without_pretraining: bool | None = None
     finetune_max_steps: int | None = None
-    device: Literal["cpu", "cuda", "auto"] = "auto"
+    device: Literal["cpu", "cuda", "auto"] = default_device()
     launcher: Literal["in_process", "torchrun"] = Field(
         "in_process", description="torchrun: the training step runs as an external torchrun job (Dagster Pipes)")
     nproc_per_node: int = Field(1, ge=1, description="torchrun processes (one per GPU)")
@@ -51,11 +53,7 @@ class LlavaTrainingResource(dg.ConfigurableResource):
         return replace(plan, **top)
 
     def resolved_device(self) -> str:
-        if self.device == "auto":
-            import torch
-
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        return resolve_device(self.device)
 
 
 class VQASetsResource(dg.ConfigurableResource):

@@ -16,6 +16,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from medtrinity_assets.core.paths import InstanceSettings, current_settings
+from medtrinity_assets.defs.accelerators import default_device, resolve_device
 from medtrinity_assets.defs.model_resources import LlavaTrainingResource, VQASetsResource
 
 
@@ -102,29 +103,25 @@ class SourceRegistry(dg.ConfigurableResource):
 class ComputeResource(dg.ConfigurableResource):
     """Device and parallelism for CPU/GPU-bound steps."""
 
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    device: Literal["cpu", "cuda", "auto"] = default_device()
     workers: int = Field(2, ge=1, description="processes for image decoding/preprocessing, and for the ROIs, embedded descriptions and description checks of a large shard")
     batch_size: int = Field(32, ge=1)
 
     def resolved_device(self) -> str:
-        if self.device == "auto":
-            import torch
-
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        return resolve_device(self.device)
 
 
 class EmbedderResource(dg.ConfigurableResource):
     """Sentence embedder for the knowledge index (default: MiniLM shipped in a wheel)."""
 
     model_path: str | None = Field(None, description="local sentence-transformers folder; None = default")
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Literal["cpu", "cuda", "auto"] = default_device()
     batch_size: int = 64
 
     def get(self):
         from medtrinity_assets.knowledge.embedder import SentenceTransformerEmbedder
 
-        return SentenceTransformerEmbedder(self.model_path, device=self.device, batch_size=self.batch_size)
+        return SentenceTransformerEmbedder(self.model_path, device=resolve_device(self.device), batch_size=self.batch_size)
 
 
 class KnowledgeConfig(dg.ConfigurableResource):
@@ -267,6 +264,14 @@ class JudgeResource(dg.ConfigurableResource):
         from medtrinity_assets.captioning import make_judge
 
         return make_judge(self.model_dump())
+
+
+def configured_device(resource: type[dg.ConfigurableResource]) -> str:
+    """The device a resource class runs its step on unless a run sets another (its ``device``
+    setting's default; ``cpu`` for one without, such as the embedded captioner): what decides the
+    step's pool (:func:`~medtrinity_assets.defs.accelerators.gpu_pool`)."""
+    field = resource.model_fields.get("device")
+    return str(field.default) if field is not None else "cpu"
 
 
 def default_resources(settings: InstanceSettings | None = None) -> dict[str, Any]:
