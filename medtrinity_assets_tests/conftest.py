@@ -38,12 +38,29 @@ def demo_registry(demo_dir) -> Path:
     return REPO_ROOT / "data" / "sources"
 
 
+def _required() -> bool:
+    """Whether integration tests must run (``MEDTRINITY_REQUIRE_INTEGRATION=1``, set by ``.ci/run``)."""
+    return os.environ.get("MEDTRINITY_REQUIRE_INTEGRATION") == "1"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """In CI (``MEDTRINITY_REQUIRE_INTEGRATION=1``, set by ``.ci/run``) an integration test that
-    skips (no PostgreSQL, Redis or Chromium found) fails instead: CI must exercise those paths."""
+    """In CI an integration test that skips (no PostgreSQL, Redis or Chromium found) fails
+    instead: CI must exercise those paths."""
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and item.get_closest_marker("integration") and os.environ.get("MEDTRINITY_REQUIRE_INTEGRATION") == "1":
+    if report.skipped and item.get_closest_marker("integration") and _required():
         report.outcome = "failed"
         report.longrepr = f"integration test skipped in CI: {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """In CI a test module that skips as a whole while it is collected (a client library of the
+    ``test`` extra missing: ``pytest.importorskip`` at module level) fails instead: its tests
+    would otherwise vanish from the run without a test report to fail."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and isinstance(collector, pytest.Module) and _required():
+        report.outcome = "failed"
+        report.longrepr = f"test module skipped in CI: {report.longrepr}"

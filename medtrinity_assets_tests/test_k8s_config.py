@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.integration
 pytest.importorskip("dagster_k8s", reason="dagster-k8s is not installed (the production extra)")
 
 import dagster as dg  # noqa: E402
