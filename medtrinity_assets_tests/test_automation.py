@@ -72,6 +72,21 @@ def test_a_built_instance_starts_nothing(instance):
     assert tick() == set()
 
 
+def test_a_partly_built_instance_starts_nothing_until_something_changes(instance):
+    """An instance built up to ingestion (``medtrinity build --until preprocessed_images``): opening
+    the UI over it starts nothing (the stages left out stay out), and a change after that is
+    followed as on a built instance."""
+    for src in ("a", "b"):
+        for key in INGESTED:
+            _report(instance, key, _shard(src))
+    tick = Ticks(instance)
+    assert tick() == set()  # the first evaluation: everything after ingestion is missing, none of it requested
+    assert tick() == set()
+    for key in INGESTED:  # source a re-ingested (its files changed)
+        _report(instance, key, _shard("a"))
+    assert ("expert_models", None) in tick()
+
+
 def test_a_new_source_waits_for_the_shared_models_then_follows(instance):
     _build_all(instance)
     tick = Ticks(instance)

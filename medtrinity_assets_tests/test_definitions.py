@@ -173,5 +173,6 @@ def test_instance_config_is_sqlite_with_gpu_pool_and_retries(tmp_path: Path, mon
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert not instance.run_retries_retry_on_asset_or_op_failure  # crashes only; assets retry themselves
+        assert instance.run_monitoring_enabled  # a run whose worker never starts is failed, then retried
     finally:
         instance.dispose()

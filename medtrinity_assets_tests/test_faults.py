@@ -138,7 +138,7 @@ def test_killed_worker_relaunches_from_failure_without_recomputing(home, tmp_pat
         (run,) = instance.get_runs(dg.RunsFilter(job_name="enrichment_job", statuses=[dg.DagsterRunStatus.STARTED]))
         done_before = _steps(instance, run.run_id)
         assert {"roi_set", "retrieved_knowledge"} <= done_before and "caption_batch" not in done_before
-        instance.report_run_failed(run)  # what run monitoring records for a dead run worker
+        instance.report_run_failed(run)  # what the launching code server records for a dead run worker
         result = dg.execute_job(
             dg.reconstructable(enrichment_job), instance=instance, tags={"dagster/partition": f"000|{SOURCE}"},
             reexecution_options=dg.ReexecutionOptions.from_failure(run.run_id, instance),

@@ -4,9 +4,9 @@ The registry sensor (``sensors.py``) starts ingestion of a new or changed source
 files). From there, conditions on the assets carry the graph (the ``medtrinity_automation`` sensor
 evaluates them every 30 s; it is on by default):
 
-- **shared models** (expert models, knowledge index): rebuilt when a per-source input updates, once
-  no source is mid-ingestion (a batch of new sources retrains once, not once per source). A source
-  whose ingestion failed does not hold them back.
+- **shared models**: the expert models retrain when a per-source input updates, once no source is
+  mid-ingestion (a batch of new sources retrains once, not once per source; a source whose
+  ingestion failed does not hold them back); the knowledge index follows the knowledge corpus.
 - **per-shard assets after ingestion** (coarse captions, ROIs, retrieval, descriptions, quality):
   built when a per-shard input updates or the partition is new, and when a shared model
   they read changes *content* (its data version: the weights' and index's hashes), but never while a
@@ -14,8 +14,8 @@ evaluates them every 30 s; it is on by default):
 - **per-source summaries** (triplets): follow the source's shards once none is in progress.
 - **export and model training**: not automated (hours of GPU time are started deliberately).
 
-Nothing here fires on a sensor's first evaluation, so opening the UI over a built instance starts
-no work; the export and VQA phases are launched by hand or by ``medtrinity build``.
+Nothing here fires on a sensor's first evaluation (``since_last_handled`` starts from it), so opening
+the UI over a built instance, or one built only part of the way, starts no work; the export and VQA phases are launched by hand or by ``medtrinity build``.
 """
 
 from __future__ import annotations
