@@ -443,6 +443,28 @@ def test_every_asset_reports_numeric_trends_and_picture_files(pipeline):
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.is_relative_to(out), path
 
 
+def test_pictures_are_shown_on_the_asset_page_from_the_reports_url(tmp_path, monkeypatch):
+    """With the reports folder served (``MEDTRINITY_REPORTS_URL``), a picture is also Markdown short
+    enough for Dagster to show inline, naming the URL at which that folder serves the PNG file."""
+    import urllib.parse
+
+    import numpy as np
+
+    from medtrinity_assets.defs.reporting import INLINE_MARKDOWN_CHARS, REPORTS_URL_ENV, picture_file
+
+    image = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    monkeypatch.delenv(REPORTS_URL_ENV, raising=False)
+    assert set(picture_file(tmp_path, "roi_set", "000|ct_head", "overlays", image)) == {"overlays_file"}
+    monkeypatch.setenv(REPORTS_URL_ENV, "https://reports.example.org/medtrinity/")
+    meta = picture_file(tmp_path, "roi_set", "000|ct_head", "overlays", image)
+    md = meta["overlays_inline"].value
+    assert isinstance(meta["overlays_inline"], dg.MarkdownMetadataValue) and len(md) < INLINE_MARKDOWN_CHARS
+    url = md[md.index("(") + 1 : -1]
+    assert url.startswith("https://reports.example.org/medtrinity/roi_set/000%7Cct_head/overlays-"), url
+    served = tmp_path / "reports" / urllib.parse.unquote(url.removeprefix("https://reports.example.org/medtrinity/"))
+    assert served == Path(meta["overlays_file"].value) and served.read_bytes()[:4] == b"\x89PNG"
+
+
 def _sharded_root(tmp_path: Path, demo_dir: Path) -> Path:
     """The phantom source (40 images with masks) plus an exact and a near copy of two of its images,
     named to sort last: with 7 images a shard, they fall in the last of 6 shards."""

@@ -1,7 +1,8 @@
 """The Dagster web UI in a real browser: ``dagster dev`` on 127.0.0.1 over a temporary instance
 with one demo source, headless Chromium (Debian's, driven by Selenium; nothing is downloaded)
-materializes that source's ingestion assets from the asset page's launch dialog and waits on the
-run page until the run succeeds. Screenshots go to ``$MEDTRINITY_TEST_ARTIFACTS/ui/`` (else
+materializes that source's ingestion assets from the asset page's launch dialog, waits on the
+run page until the run succeeds, and finds the contact sheet the run made shown on its asset page
+(the output root's reports served on 127.0.0.1, ``MEDTRINITY_REPORTS_URL`` naming them). Screenshots go to ``$MEDTRINITY_TEST_ARTIFACTS/ui/`` (else
 ``test-artifacts/ui/``), with the server's log.
 
 Determinism: what starts work by itself is stopped in the instance before the server starts.
@@ -23,10 +24,12 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from medtrinity_assets.defs.reporting import REPORTS_URL_ENV
 from medtrinity_assets_tests.ui_driver import (
     REPO_ROOT,
     Browser,
@@ -42,6 +45,7 @@ pytestmark = pytest.mark.integration
 SOURCE = "microscopy_cells"  # the smallest demo source: one micrograph, a table layout
 ASSET = "source_manifest"  # with preprocessed_images: the ingestion multi-asset, op ingest_source_assets
 GROUP = "ingest"
+PICTURED = "preprocessed_images"  # the other half of the multi-asset: its contact sheet
 LOCATION = "medtrinity_assets"
 SENSOR = "source_registry_sensor"
 WORKSPACE = REPO_ROOT / "workspace.yaml"
@@ -79,6 +83,15 @@ LAUNCHED_TOAST_LINK = "//a[contains(@href, '/runs/')][normalize-space(.)='View']
 STATUS_TAG = "//*[contains(concat(' ', normalize-space(@class), ' '), ' BaseTag ')]"
 
 
+def _loaded_picture(driver, base_url: str):
+    """The first displayed image the page loaded from ``base_url`` (a picture that did not load has
+    no natural width), or None."""
+    for img in driver.find_elements("xpath", f"//img[starts-with(@src, '{base_url}/')]"):
+        if img.is_displayed() and driver.execute_script("return arguments[0].naturalWidth", img) > 0:
+            return img
+    return None
+
+
 def _first_displayed(elements: list):
     return next((e for e in elements if e.is_displayed()), None)
 
@@ -93,16 +106,34 @@ def chromium() -> tuple[str, str]:
 
 
 @pytest.fixture()
-def ui_instance(tmp_path, demo_dir, demo_registry) -> tuple[dict[str, str], Path]:
+def reports_url(tmp_path) -> Iterator[tuple[str, Path]]:
+    """The output root's ``reports`` folder served on 127.0.0.1 (as a team server serves it behind
+    its authentication): its base URL, and the output root."""
+    out = tmp_path / "out"
+    (out / "reports").mkdir(parents=True)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",
+                               str(out / "reports"), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"http://127.0.0.1:{port}", out
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture()
+def ui_instance(tmp_path, demo_dir, demo_registry, reports_url) -> tuple[dict[str, str], Path]:
     """A fresh DAGSTER_HOME (the repo's dagster.yaml) whose medtrinity.json points at a temporary
-    output root and a registry holding one demo declaration; the sensors that start work by
-    themselves stopped, the source's partition added."""
+    output root (its reports served, :data:`REPORTS_URL_ENV` naming them) and a registry holding
+    one demo declaration; the sensors that start work by themselves stopped, the source's
+    partition added."""
     import dagster as dg
 
     from medtrinity_assets.defs.partitions import SHARDS, SOURCES
 
-    home, out, registry = tmp_path / "dagster_home", tmp_path / "out", tmp_path / "registry"
-    for folder in (home, out, registry):
+    base_url, out = reports_url
+    home, registry = tmp_path / "dagster_home", tmp_path / "registry"
+    for folder in (home, registry):
         folder.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
     declaration = (demo_registry / f"{SOURCE}.yaml").read_text().replace("root: ../demo/", f"root: {demo_dir}/")
@@ -110,7 +141,8 @@ def ui_instance(tmp_path, demo_dir, demo_registry) -> tuple[dict[str, str], Path
     (registry / f"{SOURCE}.yaml").write_text(declaration)
     (home / "medtrinity.json").write_text(json.dumps({"out_dir": str(out), "registry_dir": str(registry)}))
     env = {**os.environ, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "MEDTRINITY_REFRESH_CRON": "off"}  # the shared-model refresh schedule: stopped by default
+           "MEDTRINITY_REFRESH_CRON": "off",  # the shared-model refresh schedule: stopped by default
+           REPORTS_URL_ENV: base_url}
 
     # Every sensor or schedule still running by default (the registry sensor, the automation
     # sensor) is stopped in the instance, as an operator would: `dagster sensor|schedule stop`.
@@ -254,6 +286,16 @@ def test_materialize_one_partition_from_the_web_ui(chromium, ui_instance, dagste
                           RUN_TIMEOUT_S, poll=1)
         ui.shot("06-run-" + status.lower())
         timings["run_done_s"] = round(time.monotonic() - t0, 1)
+
+        # 7. The contact sheet the run made, shown on the asset page itself (by its URL), not behind
+        #    "[Show Markdown]".
+        if status == "Success":
+            base_url = ui_instance[0][REPORTS_URL_ENV]
+            driver.get(f"{base}/assets/{PICTURED}")
+            picture = ui.until(f"the contact sheet on the {PICTURED} page, loaded from {base_url}",
+                               lambda: _loaded_picture(driver, base_url), UI_TIMEOUT_S)
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", picture)
+            ui.shot("07-contact-sheet-on-the-asset-page")
     except BaseException:
         # Whatever failed (a timeout has its own screenshot already): the page as it was.
         with contextlib.suppress(Exception):
@@ -278,4 +320,5 @@ def test_materialize_one_partition_from_the_web_ui(chromium, ui_instance, dagste
     assert [r["runId"] for r in runs["results"]] == [run_id], "runs the UI did not launch (a sensor or schedule running?)"
     assert SOURCE_MANIFEST.path(out, SOURCE).is_file()
     (shots / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
-    assert {p.name for p in ui.saved} >= {"01-asset-graph.png", "04-launch-dialog.png", "06-run-success.png"}
+    assert {p.name for p in ui.saved} >= {"01-asset-graph.png", "04-launch-dialog.png", "06-run-success.png",
+                                          "07-contact-sheet-on-the-asset-page.png"}

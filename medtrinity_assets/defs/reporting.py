@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import dagster as dg
 import polars as pl
@@ -69,16 +71,40 @@ def retry_metadata(count: int) -> dict:
     return {RETRY_ON_REBUILD: dg.MetadataValue.int(int(count))}
 
 
+#: the base URL at which ``<out>/reports`` is served to the UI's users (unset: pictures are not linked
+#: by URL). Dagster shows a run's Markdown metadata inline only below 1,000 characters: a picture
+#: embedded in it waits behind "[Show Markdown]", one referenced by URL is shown on the asset page.
+REPORTS_URL_ENV = "MEDTRINITY_REPORTS_URL"
+#: Markdown metadata Dagster's asset page shows inline (longer: behind a dialog)
+INLINE_MARKDOWN_CHARS = 1000
+
+
 def picture_file(out: Path, asset: str, partition: str | None, name: str, image) -> dict:
     """A picture written as a PNG under ``<out>/reports/<asset>/<partition>/`` (content-hashed name)
-    and linked from the metadata: Dagster shows run-time pictures only behind a dialog, a file
-    opens anywhere."""
+    and linked from the metadata as ``<name>_file`` (a file opens anywhere); with
+    :data:`REPORTS_URL_ENV` set, also ``<name>_inline``, the picture by its URL under that base,
+    which Dagster shows on the asset page itself."""
     from medtrinity_assets.core.storage import sha256_bytes, write_content_file
 
     data = render.png_bytes(image)
-    path = Path(out) / "reports" / asset / (partition or "all") / f"{name}-{sha256_bytes(data)[:12]}.png"
+    rel = f"{asset}/{partition or 'all'}/{name}-{sha256_bytes(data)[:12]}.png"
+    path = Path(out) / "reports" / rel
     write_content_file(path, data)
-    return {f"{name}_file": dg.MetadataValue.path(str(path))}
+    meta: dict = {f"{name}_file": dg.MetadataValue.path(str(path))}
+    inline = _picture_by_url(rel, name)
+    if inline is not None:
+        meta[f"{name}_inline"] = inline
+    return meta
+
+
+def _picture_by_url(rel: str, alt: str) -> dg.MetadataValue | None:
+    """Markdown showing the report file ``rel`` from :data:`REPORTS_URL_ENV` (None when it is unset,
+    or when the URL would be too long to be shown inline)."""
+    base = os.environ.get(REPORTS_URL_ENV, "").strip().rstrip("/")
+    if not base:
+        return None
+    text = f"![{alt}]({base}/{quote(rel)})"
+    return dg.MetadataValue.md(text) if len(text) < INLINE_MARKDOWN_CHARS else None
 
 
 def counts_metadata(label: str, counts: dict[str, int]) -> dict:
