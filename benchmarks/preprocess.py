@@ -127,15 +127,18 @@ def _save(arr: np.ndarray, out: Path, max_side: int, mask: bool = False, hashes:
     if s < 1.0:
         method = Image.Resampling.NEAREST if mask else Image.Resampling.LANCZOS  # labels never blend
         im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), method)
+    found = None
     if hashes is not None and not mask:
         from medtrinity_assets.ingest.dedup import grey32, phash_bits, thumb16
 
         g32 = grey32(np.asarray(im))
-        hashes.append((phash_bits(g32), thumb16(g32).tobytes()))
+        found = (phash_bits(g32), thumb16(g32).tobytes())
     buf = io.BytesIO()
     im.save(buf, format="PNG", **_PNG)
     data = buf.getvalue()
     sha = hashlib.sha256(data).hexdigest()
+    if found is not None:
+        hashes.append((*found, sha))
     path = out / sha[:2] / f"{sha}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -232,9 +235,54 @@ def _hashed_task(args: tuple[str, list[Path], Path, int]) -> tuple[int, list]:
     return _PLAIN_LOOPS[kind](files, out, max_side, hashes), hashes
 
 
+def _file_task(args: tuple[str, list[Path], Path, int]) -> tuple[str, int, list]:
+    """:func:`_hashed_task` with the file it read: (file, images, hashes with each PNG's sha256)."""
+    return (str(args[1][0]), *_hashed_task(args))
+
+
+_IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber",
+                "InstitutionName", "ReferringPhysicianName", "StudyID")
+
+
+def _header_values(path: Path) -> set[str]:
+    """The identifying values in a DICOM file's header (pixels not read): what a user must know of
+    the whole source before writing any text from it, as ingestion's header pass collects them."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return {str(ds.get(k)) for k in _IDENTIFYING if ds.get(k) not in (None, "")}
+
+
+def _source_as_ingestion_does(pool: Any, kind: str, files: list[Path], out: Path, max_side: int) -> int:
+    """One source with the work ingestion does besides decoding and writing: a header pass for the
+    identifying values (DICOM), near duplicates found across files with ingestion's own index as
+    the results come in, a manifest table of every image written (Parquet), the files synced."""
+    import polars as pl
+
+    from medtrinity_assets.ingest.dedup import NearDuplicateIndex
+
+    identifiers: set[str] = set()
+    if kind == "dicom":
+        for values in pool.imap_unordered(_header_values, files, chunksize=4):
+            identifiers |= values
+    index, rows, n = NearDuplicateIndex(4), [], 0
+    tasks = [(kind, [f], out, max_side) for f in files]
+    for group, (file, count, hashes) in enumerate(pool.imap_unordered(_file_task, tasks, chunksize=1)):
+        n += count
+        for ph, thumb, sha in hashes:
+            dup, _ = index.find(sha, ph, group, np.frombuffer(thumb, np.uint8).reshape(16, 16))
+            if dup is None:
+                index.add(sha, sha, ph, group, np.frombuffer(thumb, np.uint8).reshape(16, 16))
+            rows.append({"file": file, "sha256": sha, "phash": f"{ph:016x}", "duplicate_of": dup})
+    schema = {"file": pl.Utf8, "sha256": pl.Utf8, "phash": pl.Utf8, "duplicate_of": pl.Utf8}
+    pl.DataFrame(rows, schema=schema).write_parquet(out / f"manifest_{kind}.parquet")
+    os.sync()
+    return n
+
+
 def plain_pool(
     jobs: list[tuple[str, list[Path]]], out: Path, workers: int, max_side: int = 512, hashed: bool = False,
-    png: dict | None = None, durable: bool = False,
+    png: dict | None = None, durable: bool = False, as_ingestion: bool = False,
 ) -> tuple[int, float]:
     """The fair baseline a competent user would write: the same plain decode, window, resize and
     PNG write, one file per task, over a ``multiprocessing`` pool of ``workers`` processes. Timed as
@@ -243,19 +291,24 @@ def plain_pool(
     each image's perceptual hash and thumbnail, the work duplicate removal needs (ingestion removes
     near duplicates), and this process keeps the first image of each hash. ``png``: the PNG
     encoder's settings (default: Pillow's). ``durable``: the files are on disk when it returns (one
-    ``os.sync()`` at the end), as ingestion's are (it syncs its content store)."""
+    ``os.sync()`` at the end), as ingestion's are (it syncs its content store). ``as_ingestion``: all
+    of that, one source after the other as the pipeline runs them, with the rest of ingestion's work
+    (:func:`_source_as_ingestion_does`)."""
     import multiprocessing as mp
 
     tasks = [(kind, [f], out, max_side) for kind, files in jobs for f in files]
     t = time.perf_counter()
     n, first = 0, {}
     with mp.get_context("forkserver").Pool(workers, initializer=_init_pool, initargs=(png or _PNG,)) as pool:
-        if not hashed:
+        if as_ingestion:
+            out.mkdir(parents=True, exist_ok=True)
+            n = sum(_source_as_ingestion_does(pool, kind, files, out, max_side) for kind, files in jobs)
+        elif not hashed:
             n = sum(pool.imap_unordered(_plain_task, tasks, chunksize=1))
         else:
             for count, hashes in pool.imap_unordered(_hashed_task, tasks, chunksize=1):
                 n += count
-                for ph, thumb in hashes:
+                for ph, thumb, _ in hashes:
                     first.setdefault(ph, thumb)
         pool.close()
         pool.join()
@@ -340,7 +393,8 @@ def measure_set(rss: TreeSampler, set_name: str, specs: list, jobs: list, tmp: P
         for j, (name, kw) in enumerate(((f"plain pool ({workers} procs)", {}), ("pool + dup hash", {"hashed": True}),
                                         ("pool + dup hash, same PNG", {"hashed": True, "png": PNG_OPTIONS}),
                                         ("pool + hash, same PNG, sync", {"hashed": True, "png": PNG_OPTIONS,
-                                                                         "durable": True}))):
+                                                                         "durable": True}),
+                                        ("pool doing ingestion's work", {"png": PNG_OPTIONS, "as_ingestion": True}))):
             runs.setdefault(name, []).append(_pool_run(rss, jobs, tmp / f"out_pool{j}_{set_name}_{k}", workers, **kw))
         runs.setdefault(f"ingest_source w={workers}", []).append(
             _ingest_run(rss, specs, tmp / f"out_{set_name}_w{workers}_{k}", workers))
@@ -376,7 +430,9 @@ def report(set_name: str, runs: dict[str, list[Run]], workers: int, t_startup: f
     baselines = {f"plain pool ({workers} procs)": "plain pool, Pillow's PNG defaults (the fair baseline)",
                  "pool + dup hash": "that pool also hashing for duplicate removal",
                  "pool + dup hash, same PNG": "that pool also writing PNGs as ingestion does",
-                 "pool + hash, same PNG, sync": "that pool also syncing its files, as ingestion does"}
+                 "pool + hash, same PNG, sync": "that pool also syncing its files, as ingestion does",
+                 "pool doing ingestion's work": "that pool also reading headers for identifying values, finding "
+                 "near duplicates and writing a manifest, a source at a time, as ingestion does"}
     for name, what in baselines.items():
         pairs = sorted(_rate(i) / _rate(p) for p, i in zip(runs[name], ingests, strict=True))
         print(f"{set_name:6} ratio w={workers} / {what}: best {_rate(best) / _rate(_best(runs[name])):.2f}x,"

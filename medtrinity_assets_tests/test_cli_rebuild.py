@@ -129,7 +129,8 @@ def test_a_build_further_than_the_last_one_runs_only_what_that_did_not_make(regi
 
 def test_a_setting_naming_a_folder_counts_with_its_files(tmp_path, monkeypatch):
     """A user's corpus folder named in the settings: a changed file there changes the settings'
-    fingerprint (the knowledge runs again); the worker count and an API key do not."""
+    fingerprint (the knowledge runs again); the worker count, an API key, the pool switch and the
+    pictures' URL do not, the device does."""
     from medtrinity_assets.defs.resources import ComputeResource, KnowledgeConfig
     from medtrinity_assets.defs.stamps import settings_fingerprint
 
@@ -145,6 +146,12 @@ def test_a_setting_naming_a_folder_counts_with_its_files(tmp_path, monkeypatch):
     assert fingerprint(workers=1) == first
     monkeypatch.setenv("MEDTRINITY_API_KEY", "secret")
     assert fingerprint() == first
+    monkeypatch.setenv("MEDTRINITY_REPORTS_URL", "/medtrinity-reports")  # where pictures are shown from
+    monkeypatch.setenv("MEDTRINITY_GPU_POOL", "off")  # when a step may run
+    assert fingerprint() == first
+    monkeypatch.setenv("MEDTRINITY_DEVICE", "cpu")  # where the models compute: their results may differ
+    assert fingerprint() != first
+    monkeypatch.delenv("MEDTRINITY_DEVICE")
     (corpus / "notes.md").write_text("The liver is the largest gland of the body.")
     assert fingerprint() != first
 

@@ -14,7 +14,8 @@ import pytest
 from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
 
 GPU_ASSETS = {"expert_models", "roi_set", "knowledge_index", "caption_batch", "llava_tri_checkpoint",
-              "vqa_finetuned_checkpoint"}
+              "vqa_finetuned_checkpoint", "vqa_evaluation"}
+CPU_BY_DEFAULT = {"caption_batch", "knowledge_index"}  # the embedded captioner; the embedder unless configured
 
 
 def _loaded(setting: str, expression: str, where: str = "True", device: str | None = None,
@@ -29,7 +30,10 @@ def _loaded(setting: str, expression: str, where: str = "True", device: str | No
         host + "import json; from medtrinity_assets.definitions import defs\n"
         "from medtrinity_assets.defs.partitions import SOURCE_SHARDS\n"
         "from medtrinity_assets.defs.resources import default_resources\n"
+        "import sys\n"
         "devices = {k: r.resolved_device() for k, r in default_resources().items() if hasattr(r, 'resolved_device')}\n"
+        "devices['embedder'] = default_resources()['embedder'].device\n"
+        "devices['torch imported'] = 'torch' in sys.modules\n"
         f"print(json.dumps({{k.to_user_string(): {expression} for a in defs.assets "
         f"if a.is_executable and {where} for k in a.keys}} | {{'devices': devices}}))"
     )
@@ -70,22 +74,25 @@ def test_code_location_pools_follow_the_host():
     on, off = _pools("on"), _pools("off")
     assert {k for k, p in on.items() if p == "gpu"} == GPU_ASSETS
     assert all(p is None for p in off.values())
-    auto = _pools("auto")  # this machine: the pool is set exactly when torch can use a GPU here
-    from medtrinity_assets.defs.accelerators import resolve_device
+    loaded = _loaded("auto", "a.op.pool")  # this machine: the pool is set exactly when torch can use a GPU here
+    from medtrinity_assets.defs.accelerators import gpu_visible, resolve_device
 
     on_gpu = resolve_device("auto") == "cuda"
-    assert {k for k, p in auto.items() if p == "gpu"} == (GPU_ASSETS - {"caption_batch"} if on_gpu else set())
+    assert {k for k, p in loaded.items() if p == "gpu"} == (GPU_ASSETS - CPU_BY_DEFAULT if on_gpu else set())
+    if not gpu_visible():  # loading on a CPU host asks no GPU question of torch (it is not imported)
+        assert loaded["devices"]["torch imported"] is False
 
 
 def test_on_a_gpu_host_only_steps_on_the_gpu_are_pooled():
     """On a GPU host the steps whose device resolves to the GPU share the pool; the embedded
-    captioner (no GPU) is not pooled, and with ``MEDTRINITY_DEVICE=cpu`` no step is: CPU steps of
+    captioner (no GPU) and the embedder (the CPU unless configured) are not pooled, and with ``MEDTRINITY_DEVICE=cpu`` no step is: CPU steps of
     a GPU host run side by side like those of a CPU-only host."""
     gpu = _loaded("auto", "a.op.pool", gpu_host=True)
-    assert set(gpu["devices"].values()) == {"cuda"}  # compute, embedder and training follow the GPU
-    assert {k for k, p in gpu.items() if p == "gpu"} == GPU_ASSETS - {"caption_batch"}
+    assert gpu["devices"] == {"compute": "cuda", "training": "cuda", "embedder": "cpu", "torch imported": True}
+    assert {k for k, p in gpu.items() if p == "gpu"} == GPU_ASSETS - CPU_BY_DEFAULT
     cpu = _loaded("auto", "a.op.pool", device="cpu", gpu_host=True)
-    assert set(cpu["devices"].values()) == {"cpu"}
+    assert cpu["devices"] | {"torch imported": True} == {"compute": "cpu", "training": "cpu", "embedder": "cpu",
+                                                         "torch imported": True}
     assert all(p is None for k, p in cpu.items() if k != "devices")
     policies = _loaded("auto", "a.backfill_policy and a.backfill_policy.policy_type.value",
                        "a.partitions_def == SOURCE_SHARDS", device="cpu", gpu_host=True)

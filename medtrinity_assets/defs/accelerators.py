@@ -1,7 +1,7 @@
 """Which steps may use a GPU, and how that reaches the pool, the Celery queue and Kubernetes.
 
 The GPU-capable assets (expert models, ROIs, the knowledge index, descriptions, the LLaVA-Tri
-checkpoints) declare ``pool=gpu_pool(device)`` and ``op_tags=GPU_OP_TAGS``, where ``device`` is the
+checkpoints and their VQA evaluation) declare ``pool=gpu_pool(device)`` and ``op_tags=GPU_OP_TAGS``, where ``device`` is the
 device the code location's resource for that step is set to (:func:`default_device`; the embedded
 captioner runs on no GPU):
 
@@ -11,7 +11,8 @@ captioner runs on no GPU):
   serialised behind a device they do not use. ``MEDTRINITY_GPU_POOL=on`` pools every GPU-capable
   step (a model captioner on this host's GPU, devices changed per run), ``off`` none.
 - **device**: ``MEDTRINITY_DEVICE`` (``auto``, the default; ``cpu``; ``cuda``) is where the
-  compute, embedder and training resources run unless a run configures them otherwise. The pool
+  compute and training resources run unless a run configures them otherwise (the embedder runs on
+  the CPU unless configured: its per-shard retrieval is not a pooled step). The pool
   is decided when the code location loads, from this setting: a device changed in one run's
   configuration (the launchpad, ``medtrinity build --settings``) does not move its step in or out
   of the pool, so set the variable for the code location (or ``MEDTRINITY_GPU_POOL``) instead.
@@ -27,6 +28,7 @@ captioner runs on no GPU):
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from typing import Any
@@ -49,14 +51,15 @@ GPU_OP_TAGS: dict[str, Any] = {
 
 
 def gpu_visible() -> bool:
-    """A CUDA device is visible to this process (checked without importing torch)."""
+    """A GPU device is visible to this process (checked without importing torch): NVIDIA's device
+    files, ROCm's ``/dev/kfd`` or WSL2's ``/dev/dxg``, unless ``CUDA_VISIBLE_DEVICES`` hides them."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1", "none", "NoDevFiles"):
         return False
-    return bool(glob.glob("/dev/nvidia[0-9]*"))
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd") or os.path.exists("/dev/dxg")
 
 
 def default_device() -> str:
-    """The device the code location's compute, embedder and training resources are set to:
+    """The device the code location's compute and training resources are set to:
     ``MEDTRINITY_DEVICE`` (``cpu``, ``cuda`` or ``auto``, the default)."""
     value = os.environ.get(DEVICE_ENV, "auto").strip().lower() or "auto"
     if value not in DEVICES:
@@ -69,11 +72,16 @@ def resolve_device(device: str) -> str:
     can use it (torch is imported only where a GPU is visible: loading on a CPU host stays fast)."""
     if device != "auto":
         return device
-    if not gpu_visible():
-        return "cpu"
+    return "cuda" if gpu_visible() and _torch_sees_gpu() else "cpu"
+
+
+@functools.cache
+def _torch_sees_gpu() -> bool:
+    """torch's answer, asked once per process (each step's process loads the code location, whose
+    pools ask it for every GPU-capable step: on a GPU host that imports torch in every step)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.cuda.is_available()
 
 
 def gpu_pool(device: str) -> str | None:

@@ -141,6 +141,7 @@ def vqa_finetuned_checkpoint(context: dg.AssetExecutionContext, storage: OutputS
 @dg.asset(
     name=VQA_EVALUATION.name, group_name=GROUP_MODEL, kinds={"parquet"}, partitions_def=VQA_SETS,
     deps=[VQA_FINETUNED, VQA_DATASET.name],
+    pool=gpu_pool(configured_device(LlavaTrainingResource)), op_tags=GPU_OP_TAGS,  # the checkpoints answer on it
     description="Every fine-tuned checkpoint answers the set's test questions: closed accuracy, open token "
     "recall (LLaVA-Med), exact match and candidate accuracy, per question type, mean and spread over seeds, "
     "with and without triplet pretraining, next to the majority baseline (the commonest training answer of each "

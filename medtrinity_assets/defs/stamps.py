@@ -123,10 +123,17 @@ def _resource_settings(name: str, resource: Any) -> Any:
     return [type(resource).__name__, values if name in _AS_TEXT else _settings(values)]
 
 
+#: ``MEDTRINITY_*`` variables that change nothing a step makes: the GPU pool (when a step runs) and
+#: the URL the asset pages show pictures from (set to serve the reports, it must not rebuild them)
+NOT_OUTPUT_ENV = frozenset({"MEDTRINITY_GPU_POOL", "MEDTRINITY_REPORTS_URL"})
+
+
 def settings_fingerprint(resources: Mapping[str, Any], run_config: Mapping[str, Any]) -> str:
     """Hash of the resources' settings, the run configuration and the ``MEDTRINITY_*`` environment
-    (API keys left out: a key changes who pays, not what is made)."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("MEDTRINITY_") and not k.endswith("API_KEY")}
+    (API keys left out: a key changes who pays, not what is made; so are the variables that change
+    only where a step waits or how its pictures are shown, :data:`NOT_OUTPUT_ENV`)."""
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith("MEDTRINITY_") and not k.endswith("API_KEY") and k not in NOT_OUTPUT_ENV}
     return _digest(
         {name: _resource_settings(name, r) for name, r in sorted(resources.items())},
         _settings(dict(run_config)),
