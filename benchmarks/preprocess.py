@@ -29,9 +29,12 @@ pool that computes, for each image, the perceptual hash and thumbnail that dupli
 compares, with ingestion's own functions: work ingestion does and the bare pool does not; against
 that pool writing its PNGs with ingestion's encoder settings instead of Pillow's defaults; against
 that pool also syncing its files to disk before it returns, as ingestion's are: the same work but
-for the tables and the duplicate index; for the two-source set, also against the plain pool run one
-source at a time, as the pipeline runs one partition per source), and peak RSS (this
-process, its largest child, and the sampled total of the process tree).
+for the tables, the duplicate index and the header pass; against the pool doing ingestion's work:
+that pool also reading every DICOM header for the source's identifying values first, finding near
+duplicates across files with ingestion's own index as the results come in, writing a Parquet
+manifest, one source after the other as the pipeline runs them; for the two-source set, also
+against the plain pool run one source at a time), and peak RSS (this process, its largest child,
+and the sampled total of the process tree).
 """
 
 from __future__ import annotations
