@@ -117,7 +117,10 @@ def reports_url(tmp_path) -> Iterator[tuple[str, Path]]:
     try:
         yield f"http://127.0.0.1:{port}", out
     finally:
-        server.terminate()
+        # SIGKILL: a file server has nothing to finish, and a SIGTERM can be ignored by it: an ignored
+        # signal stays ignored across exec, and a test worker that ran Dagster in process may have
+        # SIGTERM mapped to SIGINT's disposition (seen once in CI: 10 s after SIGTERM, still running)
+        server.kill()
         server.wait(timeout=10)
 
 
