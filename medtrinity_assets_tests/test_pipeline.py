@@ -443,6 +443,28 @@ def test_every_asset_reports_numeric_trends_and_picture_files(pipeline):
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.is_relative_to(out), path
 
 
+def test_sample_triplets_leave_out_descriptions_the_phi_scan_flags(pipeline):
+    """The sample cards are drawn before the descriptions are checked and are shown on the asset page:
+    a description holding a person's name is not among them; the others are."""
+    from medtrinity_assets.captioning.inputs import read_caption_inputs
+    from medtrinity_assets.core.tables import CAPTION_BATCH
+    from medtrinity_assets.defs.captions import _sample_triplets
+
+    out, _ = pipeline
+    part = "synthetic_phantoms"
+    inputs = read_caption_inputs(out, part)[:12]
+    captions = CAPTION_BATCH.read(out, part).filter(pl.col("record_id").is_in([i.record_id for i in inputs]))
+    clean = _sample_triplets(inputs, captions)
+    assert len(clean) == 4
+    flagged = clean[0][1]
+    leaked = captions.with_columns(
+        pl.when(pl.col("roi_id").cast(pl.String) == flagged).then(pl.col("text") + " Seen by Doe^Jane.")
+        .otherwise(pl.col("text")).alias("text"))
+    shown = _sample_triplets(inputs, leaked)
+    assert flagged not in [roi for _, roi, _ in shown] and len(shown) == 4
+    assert all("Doe^Jane" not in text for _, _, text in shown)
+
+
 def test_pictures_are_shown_on_the_asset_page_from_the_reports_url(tmp_path, monkeypatch):
     """With the reports folder served (``MEDTRINITY_REPORTS_URL``), a picture is also Markdown short
     enough for Dagster to show inline, naming the URL at which that folder serves the PNG file."""

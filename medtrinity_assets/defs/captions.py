@@ -38,21 +38,28 @@ from medtrinity_assets.defs.resources import (
     OutputStorage,
     configured_device,
 )
+from medtrinity_assets.privacy import identifier_store
 
 SAMPLE_TRIPLETS = 4
 
 
-def _sample_triplets(inputs: list, captions, n: int = SAMPLE_TRIPLETS) -> list[tuple]:
+def _sample_triplets(inputs: list, captions, n: int = SAMPLE_TRIPLETS, phi_values=()) -> list[tuple]:
     """A few image–ROI–description triplets: (overlay, ROI id, description), from ``inputs`` (the
-    first slice's) and their rows of ``captions``."""
+    first slice's) and their rows of ``captions``. A description in which the PHI scan finds
+    anything (the patterns, or the source's identifying values ``phi_values``) is not shown: these
+    pictures are made before ``caption_quality`` checks the descriptions, and are shown to whoever
+    opens the asset page."""
     import numpy as np
 
     from medtrinity_assets.captioning import render_overlay
+    from medtrinity_assets.captioning.quality import scan_phi
 
     by_key = {(i.record_id, str(i.roi_id)): i for i in inputs}
     out = []
     for row in captions.filter(captions["status"] == "ok").iter_rows(named=True):
         item = by_key.get((row["record_id"], str(row["roi_id"])))
+        if item is not None and scan_phi(row["text"] or "", phi_values, row.get("retrieved_chunk_ids") or ()):
+            continue
         overlay = render_overlay(item) if item is not None else None
         if overlay is not None:
             out.append((np.asarray(overlay), str(row["roi_id"]), row["text"]))
@@ -113,12 +120,12 @@ def _describe_shard(context: dg.AssetExecutionContext, out: Path, key: str, back
         result, first = _describe_here(context, out, name, rois, backend, captioner.chunk_size, progress)
     first = first[: 8 * SAMPLE_TRIPLETS]
     head = CAPTION_BATCH.read_path(path, where=pl.col("record_id").is_in(list({i.record_id for i in first})))
-    samples = _sample_triplets(first, head)
+    samples = _sample_triplets(first, head, phi_values=identifier_store(out).matcher(name))
     metadata = {
         **stage_metrics(started, rows_in=result.total + result.duplicates_dropped, rows_out=result.total,
                         quarantined=result.failed),
         **picture_file(out, CAPTION_BATCH.name, name, "sample_triplets", triplet_cards(samples)),
-        **file_metadata(path, ["roi_id", "backend", "status", "text"]),
+        **file_metadata(path, ["roi_id", "backend", "status"]),  # the text: in the screened samples
         **counts_metadata("batch", result.as_metadata()),
         **retry_metadata(result.failed),
         "backend": captioner.backend,
@@ -168,7 +175,6 @@ def _describe_here(context: dg.AssetExecutionContext, out: Path, name: str, rois
 def caption_quality(context: dg.AssetExecutionContext, storage: OutputStorage, judge: JudgeResource,
                     compute: ComputeResource):
     from medtrinity_assets.captioning.parallel_checks import check_shard
-    from medtrinity_assets.privacy import identifier_store
 
     started = time.perf_counter()
     name = part_of(context.partition_key)
