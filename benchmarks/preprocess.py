@@ -272,10 +272,11 @@ def _source_as_ingestion_does(pool: Any, kind: str, files: list[Path], out: Path
     tasks = [(kind, [f], out, max_side) for f in files]
     for group, (file, count, hashes) in enumerate(pool.imap_unordered(_file_task, tasks, chunksize=1)):
         n += count
-        for ph, thumb, sha in hashes:
-            dup, _ = index.find(sha, ph, group, np.frombuffer(thumb, np.uint8).reshape(16, 16))
+        for ph, thumb_bytes, sha in hashes:
+            thumb = np.frombuffer(thumb_bytes, np.uint8).reshape(16, 16)
+            dup, _ = index.find(sha, ph, group, thumb)
             if dup is None:
-                index.add(sha, sha, ph, group, np.frombuffer(thumb, np.uint8).reshape(16, 16))
+                index.add(sha, sha, ph, group, thumb)
             rows.append({"file": file, "sha256": sha, "phash": f"{ph:016x}", "duplicate_of": dup})
     schema = {"file": pl.Utf8, "sha256": pl.Utf8, "phash": pl.Utf8, "duplicate_of": pl.Utf8}
     pl.DataFrame(rows, schema=schema).write_parquet(out / f"manifest_{kind}.parquet")

@@ -19,42 +19,43 @@ CPU_BY_DEFAULT = {"caption_batch", "knowledge_index"}  # the embedded captioner;
 
 
 def _loaded(setting: str, expression: str, where: str = "True", device: str | None = None,
-            gpu_host: bool = False) -> dict:
+            gpu_host: bool = False) -> tuple[dict, dict]:
     """``{asset key: expression}`` over the code location's executable assets ``a`` (those for
     which ``where`` holds), loaded in a new process with ``MEDTRINITY_GPU_POOL=setting`` (and
-    ``MEDTRINITY_DEVICE=device``); ``gpu_host``: as on a host where torch sees a GPU (the device
+    ``MEDTRINITY_DEVICE=device``), and the devices its default resources resolve to (with whether
+    torch was imported by then); ``gpu_host``: as on a host where torch sees a GPU (the device
     files and torch's answer replaced before the code location loads)."""
     host = ("import torch, medtrinity_assets.defs.accelerators as acc\n"
             "acc.gpu_visible = lambda: True; torch.cuda.is_available = lambda: True\n") if gpu_host else ""
     code = (
-        host + "import json; from medtrinity_assets.definitions import defs\n"
+        host + "import json, sys; from medtrinity_assets.definitions import defs\n"
         "from medtrinity_assets.defs.partitions import SOURCE_SHARDS\n"
         "from medtrinity_assets.defs.resources import default_resources\n"
-        "import sys\n"
-        "devices = {k: r.resolved_device() for k, r in default_resources().items() if hasattr(r, 'resolved_device')}\n"
-        "devices['embedder'] = default_resources()['embedder'].device\n"
+        "resources = default_resources()\n"
+        "devices = {k: r.resolved_device() for k, r in resources.items() if hasattr(r, 'resolved_device')}\n"
+        "devices['embedder'] = resources['embedder'].device\n"
         "devices['torch imported'] = 'torch' in sys.modules\n"
-        f"print(json.dumps({{k.to_user_string(): {expression} for a in defs.assets "
-        f"if a.is_executable and {where} for k in a.keys}} | {{'devices': devices}}))"
+        f"print(json.dumps([{{k.to_user_string(): {expression} for a in defs.assets "
+        f"if a.is_executable and {where} for k in a.keys}}, devices]))"
     )
     env = {**os.environ, "MEDTRINITY_GPU_POOL": setting}
     env.pop("MEDTRINITY_DEVICE", None)
     if device is not None:
         env["MEDTRINITY_DEVICE"] = device
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    values, devices = json.loads(out.stdout.strip().splitlines()[-1])
+    return values, devices
 
 
 def _pools(setting: str, **kw) -> dict[str, str | None]:
     """Pools of the code location's assets when loaded with ``MEDTRINITY_GPU_POOL=setting``."""
-    return {k: v for k, v in _loaded(setting, "a.op.pool", **kw).items() if k != "devices"}
+    return _loaded(setting, "a.op.pool", **kw)[0]
 
 
-def _shard_policies(setting: str) -> dict[str, str | None]:
+def _shard_policies(setting: str, **kw) -> dict[str, str | None]:
     """Backfill policies of the code location's per-shard assets under ``MEDTRINITY_GPU_POOL=setting``."""
-    found = _loaded(setting, "a.backfill_policy and a.backfill_policy.policy_type.value",
-                    "a.partitions_def == SOURCE_SHARDS")
-    return {k: v for k, v in found.items() if k != "devices"}
+    return _loaded(setting, "a.backfill_policy and a.backfill_policy.policy_type.value",
+                   "a.partitions_def == SOURCE_SHARDS", **kw)[0]
 
 
 def test_per_shard_assets_share_one_backfill_policy_on_a_cpu_host():
@@ -74,29 +75,29 @@ def test_code_location_pools_follow_the_host():
     on, off = _pools("on"), _pools("off")
     assert {k for k, p in on.items() if p == "gpu"} == GPU_ASSETS
     assert all(p is None for p in off.values())
-    loaded = _loaded("auto", "a.op.pool")  # this machine: the pool is set exactly when torch can use a GPU here
+    auto, devices = _loaded("auto", "a.op.pool")  # this machine: the pool is set exactly when torch can use a GPU here
     from medtrinity_assets.defs.accelerators import gpu_visible, resolve_device
 
     on_gpu = resolve_device("auto") == "cuda"
-    assert {k for k, p in loaded.items() if p == "gpu"} == (GPU_ASSETS - CPU_BY_DEFAULT if on_gpu else set())
+    assert {k for k, p in auto.items() if p == "gpu"} == (GPU_ASSETS - CPU_BY_DEFAULT if on_gpu else set())
     if not gpu_visible():  # loading on a CPU host asks no GPU question of torch (it is not imported)
-        assert loaded["devices"]["torch imported"] is False
+        assert devices["torch imported"] is False
 
 
 def test_on_a_gpu_host_only_steps_on_the_gpu_are_pooled():
     """On a GPU host the steps whose device resolves to the GPU share the pool; the embedded
-    captioner (no GPU) and the embedder (the CPU unless configured) are not pooled, and with ``MEDTRINITY_DEVICE=cpu`` no step is: CPU steps of
-    a GPU host run side by side like those of a CPU-only host."""
-    gpu = _loaded("auto", "a.op.pool", gpu_host=True)
-    assert gpu["devices"] == {"compute": "cuda", "training": "cuda", "embedder": "cpu", "torch imported": True}
+    captioner (no GPU) and the embedder (the CPU unless configured) are not pooled, and with
+    ``MEDTRINITY_DEVICE=cpu`` no step is: CPU steps of a GPU host run side by side like those of a
+    CPU-only host."""
+    gpu, devices = _loaded("auto", "a.op.pool", gpu_host=True)
+    assert devices == {"compute": "cuda", "training": "cuda", "embedder": "cpu", "torch imported": True}
     assert {k for k, p in gpu.items() if p == "gpu"} == GPU_ASSETS - CPU_BY_DEFAULT
-    cpu = _loaded("auto", "a.op.pool", device="cpu", gpu_host=True)
-    assert cpu["devices"] | {"torch imported": True} == {"compute": "cpu", "training": "cpu", "embedder": "cpu",
-                                                         "torch imported": True}
-    assert all(p is None for k, p in cpu.items() if k != "devices")
-    policies = _loaded("auto", "a.backfill_policy and a.backfill_policy.policy_type.value",
-                       "a.partitions_def == SOURCE_SHARDS", device="cpu", gpu_host=True)
-    assert all(p is None for k, p in policies.items() if k != "devices")  # shards side by side
+    cpu, devices = _loaded("auto", "a.op.pool", device="cpu", gpu_host=True)
+    assert devices | {"torch imported": True} == {"compute": "cpu", "training": "cpu", "embedder": "cpu",
+                                                  "torch imported": True}
+    assert all(p is None for p in cpu.values())
+    policies = _shard_policies("auto", device="cpu", gpu_host=True)
+    assert all(p is None for p in policies.values())  # shards side by side
 
 
 def test_a_device_setting_that_is_not_one_fails_the_load_with_its_name():

@@ -2,8 +2,9 @@
 with one demo source, headless Chromium (Debian's, driven by Selenium; nothing is downloaded)
 materializes that source's ingestion assets from the asset page's launch dialog, waits on the
 run page until the run succeeds, and finds the contact sheet the run made shown on its asset page
-(the output root's reports served on 127.0.0.1, ``MEDTRINITY_REPORTS_URL`` naming them). Screenshots go to ``$MEDTRINITY_TEST_ARTIFACTS/ui/`` (else
-``test-artifacts/ui/``), with the server's log.
+(the output root's reports served on 127.0.0.1, ``MEDTRINITY_REPORTS_URL`` naming them).
+Screenshots go to ``$MEDTRINITY_TEST_ARTIFACTS/ui/`` (else ``test-artifacts/ui/``), with the
+server's log.
 
 Determinism: what starts work by itself is stopped in the instance before the server starts.
 The registry sensor would launch an ingest run for the unbuilt source on the daemon's first tick,

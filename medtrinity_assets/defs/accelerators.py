@@ -1,9 +1,9 @@
 """Which steps may use a GPU, and how that reaches the pool, the Celery queue and Kubernetes.
 
 The GPU-capable assets (expert models, ROIs, the knowledge index, descriptions, the LLaVA-Tri
-checkpoints and their VQA evaluation) declare ``pool=gpu_pool(device)`` and ``op_tags=GPU_OP_TAGS``, where ``device`` is the
-device the code location's resource for that step is set to (:func:`default_device`; the embedded
-captioner runs on no GPU):
+checkpoints and their VQA evaluation) declare ``pool=gpu_pool(device)`` and
+``op_tags=GPU_OP_TAGS``, where ``device`` is what the code location's resource for that step is set
+to (``defs.resources.configured_device``; the embedded captioner runs on no GPU):
 
 - **pool**: ``"gpu"`` only for a step that runs on a GPU here: its device is ``cuda``, or ``auto``
   on a host where torch sees a GPU. One such step runs at a time per instance (``dagster.yaml``
@@ -12,10 +12,10 @@ captioner runs on no GPU):
   step (a model captioner on this host's GPU, devices changed per run), ``off`` none.
 - **device**: ``MEDTRINITY_DEVICE`` (``auto``, the default; ``cpu``; ``cuda``) is where the
   compute and training resources run unless a run configures them otherwise (the embedder runs on
-  the CPU unless configured: its per-shard retrieval is not a pooled step). The pool
-  is decided when the code location loads, from this setting: a device changed in one run's
-  configuration (the launchpad, ``medtrinity build --settings``) does not move its step in or out
-  of the pool, so set the variable for the code location (or ``MEDTRINITY_GPU_POOL``) instead.
+  the CPU unless configured: its per-shard retrieval is not a pooled step). The pool is decided
+  when the code location loads, from this setting: a device changed in one run's configuration
+  (the launchpad, ``medtrinity build --settings``) does not move its step in or out of the pool,
+  so set the variable for the code location (or ``MEDTRINITY_GPU_POOL``) instead.
 - **Celery**: ``dagster-celery/queue: gpu`` sends these steps to the workers started with
   ``-Q gpu`` (a CPU-only cluster starts its workers with ``-Q dagster,gpu``).
 - **Kubernetes**: ``dagster-k8s/config`` requests one ``nvidia.com/gpu`` for their step pods.

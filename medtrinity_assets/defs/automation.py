@@ -14,8 +14,9 @@ evaluates them every 30 s; it is on by default):
 - **per-source summaries** (triplets): follow the source's shards once none is in progress.
 - **export and model training**: not automated (hours of GPU time are started deliberately).
 
-Nothing here fires on a sensor's first evaluation (``since_last_handled`` starts from it), so opening
-the UI over a built instance, or one built only part of the way, starts no work; the export and VQA phases are launched by hand or by ``medtrinity build``.
+Nothing here fires on a sensor's first evaluation (``since_last_handled`` starts from it), so
+opening the UI over a built instance, or one built only part of the way, starts no work; the export
+and VQA phases are launched by hand or by ``medtrinity build``.
 """
 
 from __future__ import annotations
