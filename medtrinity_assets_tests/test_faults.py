@@ -1,20 +1,25 @@
 """Faults at the orchestration level, on a persistent SQLite instance as a user has it.
 
-- A run worker killed (SIGKILL) in the middle of a source's description batch: the run is marked
-  failed (what run monitoring does), relaunching it from the failure re-executes only the steps
-  that had not finished, and the description chunks already on disk are reused, not recomputed.
+- A run worker killed (SIGKILL) in the middle of a source's description batch, in a run a real
+  ``dagster-daemon`` dequeued and launched through its code server: the code server marks the run
+  failed, the daemon's run retries (``dagster.yaml``) relaunch it from the failure on their own,
+  the retry re-executes only the steps that had not finished, and the description chunks already
+  on disk are reused, not recomputed.
 - Runs at the documented concurrency (``dagster.yaml``: 4) write to one SQLite instance at once
   without "database is locked".
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,10 +57,6 @@ def fault_definitions() -> dg.Definitions:
     resources = make_resources(out, knowledge=small_knowledge(out.parent / "corpus"))
     resources["captioner"] = SlowCaptionerResource(chunk_size=4)
     return build_definitions(resources)
-
-
-def enrichment_job() -> dg.JobDefinition:
-    return fault_definitions().resolve_job_def("enrichment_job")
 
 
 def ingest_job() -> dg.JobDefinition:
@@ -122,32 +123,113 @@ def _steps(instance: dg.DagsterInstance, run_id: str) -> set[str]:
     return {e.dagster_event.step_key for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)}
 
 
-def test_killed_worker_relaunches_from_failure_without_recomputing(home, tmp_path):
-    home_dir, out = home
-    proc = _spawn("enrichment_job", f"000|{SOURCE}", tmp_path / "killed.log")
-    deadline = time.monotonic() + 240
-    while len(_chunks(out)) < 3:  # a few description chunks are durable: kill the worker now
-        assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the description batch never started"
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    before = _chunks(out)
+RETRY_LOCATION = """
+import dagster as dg
+from medtrinity_assets_tests.test_faults import fault_definitions
 
+# the daemon under test only queues, launches and retries runs: no sensor or schedule of its own
+def without_automation(full: dg.Definitions) -> dg.Definitions:
+    return dg.Definitions(assets=full.assets, asset_checks=full.asset_checks, jobs=full.jobs,
+                          resources=full.resources, executor=full.executor)
+
+
+defs = without_automation(fault_definitions())
+"""
+
+
+@pytest.fixture
+def daemon(home, tmp_path):
+    """A ``dagster-daemon`` over the instance, with a workspace of the test's code location; yields
+    the workspace file (its log beside it)."""
+    location = tmp_path / "retry_location.py"
+    location.write_text(RETRY_LOCATION)
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(yaml.safe_dump({"load_from": [{"python_file": {
+        "relative_path": str(location), "attribute": "defs", "working_directory": str(REPO_ROOT),
+        "location_name": "faults"}}]}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TMPDIR": str(tmp_path),
+           "DAGSTER_EVENT_LOG_CONSUMER_DAEMON_INTERVAL_SECONDS": "1"}
+    with (tmp_path / "daemon.log").open("w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+                                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield workspace
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def _launch(workspace: Path, job: str, partition: str) -> None:
+    """Submit ``job`` for ``partition`` to the instance's run queue, as ``dagster job launch`` does."""
+    tags = json.dumps({"dagster/partition": partition})
+    done = subprocess.run([str(Path(sys.executable).parent / "dagster"), "job", "launch", "-w", str(workspace),
+                           "-l", "faults", "-j", job, "--tags", tags], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def _wait_for(what: str, found: Callable[[], Any], log: Path, timeout_s: float = 240) -> Any:
+    """``found()`` once it is truthy (polled), or a failure with the daemon's log."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := found()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s\n" + log.read_text()[-4000:]
+        time.sleep(0.2)
+    return value
+
+
+def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The run worker's process id, from the code server's "Started process for run" event."""
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        if (record.message or "").startswith("Started process for run"):
+            return int(record.dagster_event.engine_event_data.metadata["pid"].value)
+    return None
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process below it (a worker's machine gone: its step processes too)."""
+    import psutil
+
+    worker = psutil.Process(pid)
+    for p in [*worker.children(recursive=True), worker]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def test_killed_worker_is_retried_by_the_daemon_from_failure_without_recomputing(home, daemon, tmp_path):
+    _, out = home
+    log = tmp_path / "daemon.log"
+    _launch(daemon, "enrichment_job", f"000|{SOURCE}")
     with dg.DagsterInstance.get() as instance:
-        (run,) = instance.get_runs(dg.RunsFilter(job_name="enrichment_job", statuses=[dg.DagsterRunStatus.STARTED]))
+        def started() -> dg.DagsterRun | None:
+            runs = instance.get_runs(dg.RunsFilter(job_name="enrichment_job", statuses=[dg.DagsterRunStatus.STARTED]))
+            return runs[0] if runs else None
+
+        run = _wait_for("the queued run started", started, log)
+        pid = _wait_for("its worker's pid", lambda: _worker_pid(instance, run.run_id), log)
+        _wait_for("a few description chunks on disk", lambda: len(_chunks(out)) >= 3, log)
+        _kill_tree(pid)  # mid-batch
+        before = _chunks(out)
         done_before = _steps(instance, run.run_id)
         assert {"roi_set", "retrieved_knowledge"} <= done_before and "caption_batch" not in done_before
-        instance.report_run_failed(run)  # what the launching code server records for a dead run worker
-        result = dg.execute_job(
-            dg.reconstructable(enrichment_job), instance=instance, tags={"dagster/partition": f"000|{SOURCE}"},
-            reexecution_options=dg.ReexecutionOptions.from_failure(run.run_id, instance),
-        )
-        assert result.success
-        redone = _steps(instance, result.run_id)
+
+        def retried() -> dg.DagsterRun | None:
+            runs = instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": run.run_id}))
+            return runs[0] if runs and runs[0].is_finished else None
+
+        retry = _wait_for("the daemon's retry, finished", retried, log, timeout_s=300)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE  # by its code server
+        assert retry.status == dg.DagsterRunStatus.SUCCESS, log.read_text()[-4000:]
+        assert retry.tags.get("dagster/retry_number") == "1"
+        redone = _steps(instance, retry.run_id)
         assert not (redone & done_before), redone & done_before  # finished steps were not recomputed
         assert {"caption_batch", "caption_quality"} <= redone
-        (mat,) = [m for m in result.asset_materializations_for_node("caption_batch")]
+        (mat,) = [e.asset_materialization for e in instance.all_logs(
+            retry.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+            if e.asset_materialization.asset_key == dg.AssetKey("caption_batch")]
         counts = mat.metadata["batch"].value
     # every description durable before the kill was reused; only the rest was computed
     assert counts["cached"] == sum(before.values()) > 0, (counts, before)
