@@ -258,3 +258,52 @@ def test_one_backfill_launch_covers_every_source_and_the_shared_models(tmp_path,
         sensor = defs.resolve_sensor_def("source_registry_sensor")
         tick = sensor(dg.build_sensor_context(instance=instance, resources={"registry": SourceRegistry(registry_dir=str(reg))}))
         assert isinstance(tick, dg.SkipReason) and "backfill" in tick.skip_message
+
+
+@pytest.mark.integration
+def test_a_real_daemon_runs_the_backfill_of_every_source(tmp_path, demo_registry):
+    """`medtrinity backfill`, then a `dagster-daemon` over the repository's workspace as `dagster dev`
+    starts it: the backfill completes, one run per shard, every source's ingestion is materialized,
+    and the sensors start nothing of their own meanwhile."""
+    import signal
+    import subprocess
+    import sys
+
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    from medtrinity_assets_tests.conftest import REPO_ROOT
+    from medtrinity_assets_tests.test_definitions import _registry_copy
+
+    names = ["microscopy_cells", "xray_tibia"]
+    reg = _registry_copy(tmp_path, demo_registry, names, prefix="daemon_")
+    home = tmp_path / "home"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TMPDIR": str(tmp_path)}
+    queue = [sys.executable, "-m", "medtrinity_assets.cli", "backfill", "--sources", str(reg),
+             "--out", str(tmp_path / "out"), "--until", INGESTED[-1]]
+    subprocess.run(queue, cwd=REPO_ROOT, env=env, check=True, capture_output=True)
+    log = tmp_path / "daemon.log"
+    with log.open("w") as out:
+        daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
+                                   str(REPO_ROOT / "workspace.yaml")], cwd=REPO_ROOT, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                (backfill,) = instance.get_backfills()
+                runs = instance.get_runs()
+                if backfill.status != BulkActionStatus.REQUESTED and all(r.is_finished for r in runs):
+                    materialized = instance.get_materialized_partitions(dg.AssetKey(INGESTED[-1]))
+                    break
+            assert time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(1)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=60)
+    assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, log.read_text()[-4000:]
+    shards = {f"000|daemon_{n}" for n in names}
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    assert all(r.tags.get("dagster/backfill") == backfill.backfill_id for r in runs)  # no sensor's run
+    assert {r.tags.get("dagster/partition") for r in runs} == shards and len(runs) == len(shards)
+    assert materialized == shards
