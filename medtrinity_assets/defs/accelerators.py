@@ -1,9 +1,9 @@
 """Which steps may use a GPU, and how that reaches the pool, the Celery queue and Kubernetes.
 
 The GPU-capable assets (expert models, ROIs, the knowledge index, descriptions, the LLaVA-Tri
-checkpoints and their VQA evaluation) declare ``pool=gpu_pool(device)`` and
-``op_tags=GPU_OP_TAGS``, where ``device`` is what the code location's resource for that step is set
-to (``defs.resources.configured_device``; the embedded captioner runs on no GPU):
+checkpoints and their VQA evaluation) take :func:`gpu_step` of the resource they run on: a pool,
+``GPU_OP_TAGS`` and, per shard, a backfill policy, decided by the device that resource is set to in
+the code location (:func:`configured_device`; the embedded captioner runs on no GPU):
 
 - **pool**: ``"gpu"`` only for a step that runs on a GPU here: its device is ``cuda``, or ``auto``
   on a host where torch sees a GPU. One such step runs at a time per instance (``dagster.yaml``
@@ -106,3 +106,21 @@ def gpu_backfill_policy(device: str) -> dg.BackfillPolicy | None:
     behind a pass, with every shard in one run; without it a shard's ROIs, retrieval, descriptions
     and checks run in one run, and the shards' runs side by side."""
     return dg.BackfillPolicy.single_run() if gpu_pool(device) else None
+
+
+def configured_device(resource: type[dg.ConfigurableResource]) -> str:
+    """The device a resource class runs its step on unless a run sets another (its ``device``
+    setting's default; ``cpu`` for one without, such as the embedded captioner)."""
+    field = resource.model_fields.get("device")
+    return str(field.default) if field is not None else "cpu"
+
+
+def gpu_step(resource: type[dg.ConfigurableResource], *, per_shard: bool = False) -> dict[str, Any]:
+    """The asset arguments of a GPU-capable step that runs on ``resource``: its pool, the GPU tags
+    (Celery queue, Kubernetes request) and, for a per-shard asset, its backfill policy, all from the
+    device the resource is set to (:func:`configured_device`)."""
+    device = configured_device(resource)
+    step: dict[str, Any] = {"pool": gpu_pool(device), "op_tags": GPU_OP_TAGS}
+    if per_shard:
+        step["backfill_policy"] = gpu_backfill_policy(device)
+    return step

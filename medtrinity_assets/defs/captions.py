@@ -17,7 +17,7 @@ from medtrinity_assets.core.tables import (
     ROI_SET,
     SOURCE_MANIFEST,
 )
-from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_backfill_policy, gpu_pool
+from medtrinity_assets.defs.accelerators import gpu_step
 from medtrinity_assets.defs.checks import CAPTION_QUALITY_CHECKS, caption_quality_results
 from medtrinity_assets.defs.knowledge import KNOWLEDGE_INDEX
 from medtrinity_assets.defs.partitions import SOURCE_SHARDS, part_of
@@ -36,7 +36,6 @@ from medtrinity_assets.defs.resources import (
     EmbeddedCaptionerResource,
     JudgeResource,
     OutputStorage,
-    configured_device,
 )
 from medtrinity_assets.privacy import identifier_store
 
@@ -81,8 +80,7 @@ def _triplet_markdown(samples: list[tuple]) -> str:
     kinds={"parquet", "llm"},
     partitions_def=SOURCE_SHARDS,
     deps=[ROI_SET.name, COARSE_CAPTIONS.name, RETRIEVED_KNOWLEDGE.name, PREPROCESSED_IMAGES.name, KNOWLEDGE_INDEX],
-    pool=gpu_pool(configured_device(EmbeddedCaptionerResource)), op_tags=GPU_OP_TAGS,
-    backfill_policy=gpu_backfill_policy(configured_device(EmbeddedCaptionerResource)),
+    **gpu_step(EmbeddedCaptionerResource, per_shard=True),
     description="One multigranular description per ROI (modality, organ, ROI location, texture, "
     "local–global relationship) with every input behind it; cached by inputs hash, durable in chunks.",
 )

@@ -12,14 +12,13 @@ from medtrinity_assets.core.tables import (
     RETRIEVED_KNOWLEDGE,
     ROI_SET,
 )
-from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
+from medtrinity_assets.defs.accelerators import gpu_step
 from medtrinity_assets.defs.partitions import SOURCE_SHARDS, part_of
 from medtrinity_assets.defs.reporting import GROUP_KNOWLEDGE, counts_metadata, stage_metrics, table_metadata
 from medtrinity_assets.defs.resources import (
     EmbedderResource,
     KnowledgeConfig,
     OutputStorage,
-    configured_device,
 )
 
 KNOWLEDGE_INDEX = "knowledge_index"
@@ -66,7 +65,7 @@ def knowledge_corpus(context: dg.AssetExecutionContext, storage: OutputStorage, 
     group_name=GROUP_KNOWLEDGE,
     kinds={"faiss", "parquet"},
     deps=[KNOWLEDGE_CORPUS.name],
-    pool=gpu_pool(configured_device(EmbedderResource)), op_tags=GPU_OP_TAGS,
+    **gpu_step(EmbedderResource),
     description="Faiss index of the knowledge chunks (exact below a size, IVF/HNSW above) with a "
     "Parquet docstore; incremental: only chunks with new content are embedded.",
 )

@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 
 from medtrinity_assets.core.tables import MEDTRINITY_DATASET, VQA_DATASET, VQA_EVALUATION
-from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_pool
+from medtrinity_assets.defs.accelerators import gpu_step
 from medtrinity_assets.defs.model_resources import DEMO_VQA_SET, LlavaTrainingResource, VQASetsResource
 from medtrinity_assets.defs.partitions import VQA_SETS
 from medtrinity_assets.defs.reporting import (
@@ -20,7 +20,7 @@ from medtrinity_assets.defs.reporting import (
     stage_metrics,
     table_metadata,
 )
-from medtrinity_assets.defs.resources import OutputStorage, configured_device
+from medtrinity_assets.defs.resources import OutputStorage
 from medtrinity_assets.defs.training_launch import run_training
 
 LLAVA_TRI = "llava_tri_checkpoint"
@@ -30,7 +30,7 @@ LEAK_CHECK = "vqa_split_leak_free"
 
 @dg.asset(
     name=LLAVA_TRI, group_name=GROUP_MODEL, kinds={"pytorch", "safetensors"},
-    pool=gpu_pool(configured_device(LlavaTrainingResource)), op_tags=GPU_OP_TAGS,
+    **gpu_step(LlavaTrainingResource),
     deps=[MEDTRINITY_DATASET.name],
     description="LLaVA-Tri: projector alignment, then multigranular pretraining on the export's LLaVA "
     "conversations (train split); safetensors with config, tokenizer and a card (lineage, steps, losses).",
@@ -114,7 +114,7 @@ def vqa_dataset(context: dg.AssetExecutionContext, storage: OutputStorage,
 
 @dg.asset(
     name=VQA_FINETUNED, group_name=GROUP_MODEL, kinds={"pytorch", "safetensors"},
-    pool=gpu_pool(configured_device(LlavaTrainingResource)), op_tags=GPU_OP_TAGS,
+    **gpu_step(LlavaTrainingResource),
     partitions_def=VQA_SETS, deps=[LLAVA_TRI, VQA_DATASET.name],
     description="Fine-tuned on the set's train questions, from LLaVA-Tri and (for the comparison) from the "
     "same configuration without triplet pretraining, once per seed.",
@@ -141,7 +141,7 @@ def vqa_finetuned_checkpoint(context: dg.AssetExecutionContext, storage: OutputS
 @dg.asset(
     name=VQA_EVALUATION.name, group_name=GROUP_MODEL, kinds={"parquet"}, partitions_def=VQA_SETS,
     deps=[VQA_FINETUNED, VQA_DATASET.name],
-    pool=gpu_pool(configured_device(LlavaTrainingResource)), op_tags=GPU_OP_TAGS,  # the checkpoints answer on it
+    **gpu_step(LlavaTrainingResource),  # the checkpoints answer on it
     description="Every fine-tuned checkpoint answers the set's test questions: closed accuracy, open token "
     "recall (LLaVA-Med), exact match and candidate accuracy, per question type, mean and spread over seeds, "
     "with and without triplet pretraining, next to the majority baseline (the commonest training answer of each "

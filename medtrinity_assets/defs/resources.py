@@ -268,14 +268,6 @@ class JudgeResource(dg.ConfigurableResource):
         return make_judge(self.model_dump())
 
 
-def configured_device(resource: type[dg.ConfigurableResource]) -> str:
-    """The device a resource class runs its step on unless a run sets another (its ``device``
-    setting's default; ``cpu`` for one without, such as the embedded captioner): what decides the
-    step's pool (:func:`~medtrinity_assets.defs.accelerators.gpu_pool`)."""
-    field = resource.model_fields.get("device")
-    return str(field.default) if field is not None else "cpu"
-
-
 def default_resources(settings: InstanceSettings | None = None) -> dict[str, Any]:
     """The resources of the code location (output root and registry from ``settings``, else
     from the instance's remembered settings, else the repository defaults)."""

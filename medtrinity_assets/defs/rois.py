@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from medtrinity_assets.core.tables import PREPROCESSED_IMAGES, ROI_SET
-from medtrinity_assets.defs.accelerators import GPU_OP_TAGS, gpu_backfill_policy, gpu_pool
+from medtrinity_assets.defs.accelerators import gpu_step
 from medtrinity_assets.defs.partitions import SOURCE_SHARDS, part_of, source_and_shard
 from medtrinity_assets.defs.reporting import (
     GROUP_ROIS,
@@ -17,7 +17,7 @@ from medtrinity_assets.defs.reporting import (
     sheet_metadata,
     stage_metrics,
 )
-from medtrinity_assets.defs.resources import ComputeResource, OutputStorage, SourceRegistry, configured_device
+from medtrinity_assets.defs.resources import ComputeResource, OutputStorage, SourceRegistry
 
 EXPERT_MODELS = "expert_models"
 
@@ -37,7 +37,7 @@ class ExpertModelsConfig(dg.Config):
     group_name=GROUP_ROIS,
     kinds={"pytorch", "safetensors"},
     deps=[PREPROCESSED_IMAGES.name],
-    pool=gpu_pool(configured_device(ComputeResource)), op_tags=GPU_OP_TAGS,
+    **gpu_step(ComputeResource),
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="A MONAI segmentation network per modality, trained on the sources of that modality "
     "that have masks (held-out Dice recorded against the classical fallback); safetensors + JSON card.",
@@ -127,8 +127,7 @@ def _roi_metadata(out, name: str, images, result) -> dict:
     kinds={"parquet", "polars"},
     partitions_def=SOURCE_SHARDS,
     deps=[PREPROCESSED_IMAGES.name, EXPERT_MODELS],
-    pool=gpu_pool(configured_device(ComputeResource)), op_tags=GPU_OP_TAGS,
-    backfill_policy=gpu_backfill_policy(configured_device(ComputeResource)),
+    **gpu_step(ComputeResource, per_shard=True),
     description="ROI geometry (box, COCO RLE mask) and measured attributes (position, size, intensity, "
     "texture, shape, relations) per image, from masks, boxes, expert models or the whole image.",
 )
