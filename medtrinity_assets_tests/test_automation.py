@@ -264,7 +264,8 @@ def test_one_backfill_launch_covers_every_source_and_the_shared_models(tmp_path,
 def test_a_real_daemon_runs_the_backfill_of_every_source(tmp_path, demo_registry):
     """`medtrinity backfill`, then a `dagster-daemon` over the repository's workspace as `dagster dev`
     starts it: the backfill completes, one run per shard, every source's ingestion is materialized,
-    and the sensors start nothing of their own meanwhile."""
+    and no sensor starts a run of its own while it is in progress (the registry sensor skips; the
+    automation may follow with the expert models once the backfill's runs have ended, as designed)."""
     import signal
     import subprocess
     import sys
@@ -292,8 +293,9 @@ def test_a_real_daemon_runs_the_backfill_of_every_source(tmp_path, demo_registry
         while True:
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 (backfill,) = instance.get_backfills()
-                runs = instance.get_runs()
-                if backfill.status != BulkActionStatus.REQUESTED and all(r.is_finished for r in runs):
+                records = instance.get_run_records()
+                ours = [r for r in records if r.dagster_run.tags.get("dagster/backfill") == backfill.backfill_id]
+                if backfill.status != BulkActionStatus.REQUESTED and all(r.dagster_run.is_finished for r in ours):
                     materialized = instance.get_materialized_partitions(dg.AssetKey(INGESTED[-1]))
                     break
             assert time.monotonic() < deadline, log.read_text()[-4000:]
@@ -303,7 +305,12 @@ def test_a_real_daemon_runs_the_backfill_of_every_source(tmp_path, demo_registry
         daemon.wait(timeout=60)
     assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, log.read_text()[-4000:]
     shards = {f"000|daemon_{n}" for n in names}
+    runs = [r.dagster_run for r in ours]
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
-    assert all(r.tags.get("dagster/backfill") == backfill.backfill_id for r in runs)  # no sensor's run
     assert {r.tags.get("dagster/partition") for r in runs} == shards and len(runs) == len(shards)
+    backfill_ended = max(r.end_time for r in ours)
+    for other in (r for r in records if r not in ours):  # the automation's follow-up, never a sensor's
+        assert other.dagster_run.tags.get("dagster/auto_materialize") == "true", other.dagster_run.tags
+        assert other.create_timestamp.timestamp() >= backfill_ended, log.read_text()[-4000:]
+        assert dg.AssetKey(INGESTED[0]) not in (other.dagster_run.asset_selection or set())
     assert materialized == shards
