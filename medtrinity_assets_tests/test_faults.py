@@ -5,8 +5,8 @@
   failed, the daemon's run retries (``dagster.yaml``) relaunch it from the failure on their own,
   the retry re-executes only the steps that had not finished, and the description chunks already
   on disk are reused, not recomputed.
-- Runs at the documented concurrency (``dagster.yaml``: 4) write to one SQLite instance at once
-  without "database is locked".
+- Runs at the documented concurrency (``dagster.yaml``: 4), queued and then launched together by a
+  real daemon, write to one SQLite instance at once without "database is locked".
 """
 
 from __future__ import annotations
@@ -59,22 +59,6 @@ def fault_definitions() -> dg.Definitions:
     return build_definitions(resources)
 
 
-def ingest_job() -> dg.JobDefinition:
-    return fault_definitions().resolve_job_def("ingest_job")
-
-
-RUN_ONE = """
-import sys
-import dagster as dg
-from medtrinity_assets_tests import test_faults
-job = getattr(test_faults, sys.argv[1])
-with dg.DagsterInstance.get() as instance:
-    result = dg.execute_job(dg.reconstructable(job), instance=instance, tags={"dagster/partition": sys.argv[2]},
-                            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
-    print("RUN", result.run_id, result.success, flush=True)
-"""
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, demo_dir):
     """A persistent instance (the repository's dagster.yaml) with one source ingested and the shared models built."""
@@ -103,14 +87,6 @@ def home(tmp_path_factory, demo_dir):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def _spawn(job: str, partition: str, log: Path) -> subprocess.Popen:
-    """A run in its own process; its temporary files (its process pools' sockets) go beside ``log``,
-    as a process killed with -9 cannot remove them."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TMPDIR": str(log.parent)}
-    return subprocess.Popen([sys.executable, "-c", RUN_ONE, job, partition], cwd=REPO_ROOT, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
 def _chunks(out: Path) -> dict[str, int]:
     """The description chunks durable on disk: file name -> rows."""
     import polars as pl
@@ -137,23 +113,27 @@ defs = without_automation(fault_definitions())
 """
 
 
-@pytest.fixture
-def daemon(home, tmp_path):
-    """A ``dagster-daemon`` over the instance, with a workspace of the test's code location; yields
-    the workspace file (its log beside it)."""
+def _workspace(tmp_path: Path) -> Path:
+    """A workspace file naming the test's code location (``RETRY_LOCATION``)."""
     location = tmp_path / "retry_location.py"
     location.write_text(RETRY_LOCATION)
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(yaml.safe_dump({"load_from": [{"python_file": {
         "relative_path": str(location), "attribute": "defs", "working_directory": str(REPO_ROOT),
         "location_name": "faults"}}]}))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TMPDIR": str(tmp_path),
+    return workspace
+
+
+@contextlib.contextmanager
+def _running_daemon(workspace: Path, log: Path):
+    """A ``dagster-daemon`` over the instance and ``workspace`` while the block runs, its output in ``log``."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TMPDIR": str(log.parent),
            "DAGSTER_EVENT_LOG_CONSUMER_DAEMON_INTERVAL_SECONDS": "1"}
-    with (tmp_path / "daemon.log").open("w") as log:
+    with log.open("w") as out:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
-                                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield workspace
+        yield proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -163,13 +143,26 @@ def daemon(home, tmp_path):
             proc.wait(timeout=30)
 
 
-def _launch(workspace: Path, job: str, partition: str) -> None:
-    """Submit ``job`` for ``partition`` to the instance's run queue, as ``dagster job launch`` does."""
-    tags = json.dumps({"dagster/partition": partition})
-    done = subprocess.run([str(Path(sys.executable).parent / "dagster"), "job", "launch", "-w", str(workspace),
-                           "-l", "faults", "-j", job, "--tags", tags], cwd=REPO_ROOT, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+@pytest.fixture
+def daemon(home, tmp_path):
+    """A ``dagster-daemon`` over the instance, with a workspace of the test's code location; yields
+    the workspace file (its log beside it)."""
+    workspace = _workspace(tmp_path)
+    with _running_daemon(workspace, tmp_path / "daemon.log"):
+        yield workspace
+
+
+def _launch(workspace: Path, job: str, *partitions: str) -> None:
+    """Submit ``job`` for each of ``partitions`` to the instance's run queue, as ``dagster job launch``
+    does (the commands at once)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [str(Path(sys.executable).parent / "dagster"), "job", "launch", "-w", str(workspace), "-l", "faults",
+               "-j", job, "--tags"]
+    procs = [subprocess.Popen([*command, json.dumps({"dagster/partition": p})], cwd=REPO_ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in partitions]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stdout[-2000:] + stderr[-4000:]
 
 
 def _wait_for(what: str, found: Callable[[], Any], log: Path, timeout_s: float = 240) -> Any:
@@ -237,18 +230,25 @@ def test_killed_worker_is_retried_by_the_daemon_from_failure_without_recomputing
 
 
 def test_concurrent_runs_share_the_sqlite_instance(home, tmp_path):
+    """As many runs as the instance allows at once (``dagster.yaml``), queued, then dequeued and
+    launched together by a real daemon (which writes to the same SQLite files meanwhile): all run
+    at the same time, all succeed, and nothing anywhere says "database is locked"."""
     home_dir, _ = home
     limit = yaml.safe_load((home_dir / "dagster.yaml").read_text())["concurrency"]["runs"]["max_concurrent_runs"]
     sources = [f"000|{s}" for s in CONCURRENT[:limit]]  # shard 000 of each
-    procs = {s: _spawn("ingest_job", s, tmp_path / f"{s}.log") for s in sources}
-    for s, p in procs.items():
-        assert p.wait(timeout=300) == 0, (tmp_path / f"{s}.log").read_text()[-3000:]
-    for s in sources:
-        text = (tmp_path / f"{s}.log").read_text()
-        assert "database is locked" not in text and " True" in text, text[-2000:]
+    workspace = _workspace(tmp_path)
+    _launch(workspace, "ingest_job", *sources)  # queued: no daemon runs yet
+    log = tmp_path / "daemon.log"
     with dg.DagsterInstance.get() as instance:
-        runs = instance.get_runs(dg.RunsFilter(job_name="ingest_job", tags={"dagster/partition": sources}))
-        assert len(runs) == len(sources) and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
-        for r in runs:
-            assert not any("database is locked" in (e.message or "") for e in instance.all_logs(r.run_id))
+        wanted = dg.RunsFilter(job_name="ingest_job", tags={"dagster/partition": sources})
+        assert [r.status for r in instance.get_runs(wanted)] == [dg.DagsterRunStatus.QUEUED] * len(sources)
+        with _running_daemon(workspace, log):
+            _wait_for("every queued run, finished", lambda: all(r.is_finished for r in instance.get_runs(wanted)),
+                      log, timeout_s=300)
+        records = instance.get_run_records(wanted)
+        assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records), log.read_text()[-4000:]
+        assert max(r.start_time for r in records) < min(r.end_time for r in records)  # all ran at once
+        for r in records:
+            assert not any("database is locked" in (e.message or "") for e in instance.all_logs(r.dagster_run.run_id))
         assert set(sources) <= instance.get_materialized_partitions(dg.AssetKey("preprocessed_images"))
+    assert "database is locked" not in log.read_text()
