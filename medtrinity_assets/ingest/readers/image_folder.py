@@ -98,7 +98,9 @@ def folder_tasks(images: list[FoundFile], masks: list[FoundFile]) -> list[Task]:
             tasks.append(Rejected(f.relpath, reason=f.reason or "path_escapes_root:"))
             continue
         if not f.relpath.lower().endswith(IMAGE_SUFFIXES):
-            tasks.append(Rejected(f.relpath, reason="undecodable: not a PNG/JPEG/TIFF file name"))
+            suffix = Path(f.relpath).suffix or "no suffix"
+            tasks.append(Rejected(f.relpath, reason=f"unsupported_format: {suffix} is not an image this layout "
+                                  f"reads ({', '.join(IMAGE_SUFFIXES)})"))
             continue
         m = best.get(_key(f.relpath, "images"))
         task = ImageTask(f.relpath, path=f.path)

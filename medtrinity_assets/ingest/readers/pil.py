@@ -28,7 +28,8 @@ def _open_checked(path: Path, max_pixels: int, formats: Sequence[str]):
     except Image.DecompressionBombError as exc:
         raise InputRejected("too_many_pixels", describe_error(exc)) from None
     except UnidentifiedImageError:
-        raise InputRejected("undecodable", f"not a {'/'.join(formats)} image") from None
+        raise InputRejected("undecodable", f"its content is not a {'/'.join(formats)} image (no decoder "
+                            "recognises its first bytes, whatever its name says)") from None
     except OSError as exc:
         prefix, _, detail = os_reason(exc).partition(": ")
         raise InputRejected(prefix, detail) from None
