@@ -183,6 +183,9 @@ def _finish(req: BuildRequest, home: Path, names: Sequence[str], reports, reject
                 _say(line)
         _say(f"tables: {out}/<table>/<source>.parquet (shard k > 0 of a large source: <source>@k.parquet); "
              f"images: {out}/images/")
+        if (out / "reports").is_dir():
+            _say(f"pictures: {out}/reports/<asset>/<source>/ (contact sheets of the images, ROI overlays, "
+                 "sample triplets)")
         _say(f"browse the runs and lineage: DAGSTER_HOME={home} dagster dev -w {WORKSPACE_FILE}")
     for r in failed:
         _say(f"FAILED {r.source or 'shared models'} ({r.phase}): {r.reason} [run {r.run_id}]", err=True)
@@ -193,7 +196,13 @@ def _finish(req: BuildRequest, home: Path, names: Sequence[str], reports, reject
         why.append(f"{len(failed)} run(s) failed")
     if rejected:
         why.append(f"{len(rejected)} registry file(s) rejected")
-    _say(f"exit code 1: {' and '.join(why)}; everything else was built", err=True)
+    if not failed:
+        rest = "everything else was built"
+    elif any(r.source is None for r in failed):
+        rest = "nothing that reads the shared models was built"
+    else:
+        rest = f"{len(built)} of {len(names)} source(s) built"
+    _say(f"exit code 1: {' and '.join(why)}; {rest}", err=True)
     return EXIT_PARTIAL
 
 
@@ -299,9 +308,33 @@ def _list_sources(sources_dir: str) -> int:
         print(f"{s.name:24s} {s.layout:12s} {s.modality:18s} {s.organ:14s} synthetic={s.synthetic}")
     for err in errors:
         print(f"REJECTED {err}", file=sys.stderr)
-    if errors:
-        _say(f"exit code 1: {len(errors)} registry file(s) rejected", err=True)
-    return EXIT_PARTIAL if errors else EXIT_OK
+    unreadable = [m for m in map(_root_problem, specs) if m]
+    for message in unreadable:
+        print(f"UNREADABLE {message}", file=sys.stderr)
+    why = [f"{len(errors)} registry file(s) rejected"] if errors else []
+    why += [f"{len(unreadable)} source root(s) missing what the layout reads"] if unreadable else []
+    if unreadable and Path(sources_dir).resolve() == DEFAULT_REGISTRY_DIR.resolve():
+        _say("the demo sources' files are staged by `medtrinity demo` (from installed packages)", err=True)
+    if why:
+        _say(f"exit code 1: {' and '.join(why)}", err=True)
+    return EXIT_PARTIAL if why else EXIT_OK
+
+
+def _root_problem(spec) -> str:
+    """Why a local source root cannot be read by its layout (no root, or none of the entries the
+    layout requires, such as ``images/``), or "" (remote roots are checked when they are mirrored)."""
+    from medtrinity_assets.ingest.readers import reader_for
+    from medtrinity_assets.ingest.readers.base import SourceLayoutMissing, SourceRootMissing
+
+    if spec.is_remote:
+        return ""
+    root = Path(spec.resolved_root())
+    if not root.is_dir():
+        return SourceRootMissing(spec.name, root).message
+    requires = reader_for(spec.layout).requires
+    if requires and not any(any(root.glob(pattern)) for pattern in requires):
+        return SourceLayoutMissing(spec.name, root, requires[0], spec.layout, " or ".join(requires)).message
+    return ""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -318,14 +351,16 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--out", required=True, help="output root")
     for p in (demo, build, backfill):
         p.add_argument("--until", default=None, help="stop after this asset (and its upstream)")
-        p.add_argument("--workers", type=int, default=2)
+        p.add_argument("--workers", type=int, default=2, help="processes per heavy stage (decoding, ROIs, "
+                       "descriptions, their checks; default 2)")
         p.add_argument("--only", nargs="*", default=[], help="restrict to these source names")
         p.add_argument("--config", default=None, help="YAML of resource settings (captioner, embedder, ...)")
     for p in (demo, build):
         p.add_argument("--force", action="store_true", help="run every phase again, also those whose sources, "
                        "settings and code are unchanged since their last build (skipped by default)")
     check = sub.add_parser("sources", help="validate a registry folder and list its sources")
-    check.add_argument("--sources", default=str(DEFAULT_REGISTRY_DIR))
+    check.add_argument("--sources", default=str(DEFAULT_REGISTRY_DIR),
+                       help="registry folder of source YAML files (default: the demo's)")
     compare = sub.add_parser("compare", help="compare the tables of two output roots row for row")
     compare.add_argument("old")
     compare.add_argument("new")

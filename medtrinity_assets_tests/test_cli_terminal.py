@@ -51,6 +51,8 @@ def test_summary_says_what_was_made_and_where(tmp_path, home):
     assert "1 of 1 source(s) built" in stdout
     assert "manifest rows: 3 (2 images kept, 0 duplicates, 1 quarantined: undecodable 1)" in stdout
     assert f"tables: {out.resolve()}" in stdout
+    assert f"pictures: {out.resolve()}/reports/<asset>/<source>/ (contact sheets" in stdout
+    assert list((out / "reports" / "preprocessed_images" / "tiny").glob("*.png"))
     assert f"DAGSTER_HOME={home.resolve()} dagster dev -w" in stdout and "workspace.yaml" in stdout
 
 
@@ -62,6 +64,48 @@ def test_rejected_registry_file_is_named_and_the_exit_code_explained(tmp_path, h
     assert "exit code 1: 1 registry file(s) rejected; everything else was built" in stderr
     assert "1 of 1 source(s) built" in stdout
     assert "Traceback" not in stderr + stdout
+
+
+def test_a_file_of_another_kind_is_unsupported_and_a_fake_image_undecodable(tmp_path, home):
+    reg, out = _registry(tmp_path), tmp_path / "out"
+    (tmp_path / "folder" / "images" / "notes.txt").write_text("not an image")
+    code, stdout, stderr = _run(["build", "--sources", str(reg), "--out", str(out), "--until", "preprocessed_images"])
+    assert code == 0, stderr
+    assert "4 (2 images kept, 0 duplicates, 2 quarantined: undecodable 1, unsupported_format 1)" in stdout
+    code, stdout, _ = _run(["sql", "select relpath, reason from source_manifest where status = 'quarantined' "
+                            "order by relpath", "--out", str(out)])
+    assert code == 0
+    assert "unsupported_format: .txt is not an image this layout reads (.png, .jpg" in stdout
+    assert "undecodable: its content is not a PNG/JPEG/TIFF image" in stdout
+
+
+def test_a_failed_source_is_not_called_built(tmp_path, home):
+    reg, out = _registry(tmp_path), tmp_path / "out"
+    (reg / "gone.yaml").write_text(f"name: gone\nlayout: image_folder\nroot: {tmp_path / 'flat'}\n"
+                                   "modality: X-ray\norgan: chest\nlicense: test\n")
+    (tmp_path / "flat").mkdir()  # a root without the images/ folder the layout reads
+    code, stdout, stderr = _run(["build", "--sources", str(reg), "--out", str(out), "--until", "preprocessed_images"])
+    assert code == 1
+    assert "1 of 2 source(s) built" in stdout
+    assert "FAILED gone (ingest): source 'gone': no images/ folder under" in stderr
+    assert "exit code 1: 1 run(s) failed; 1 of 2 source(s) built" in stderr
+    assert "everything else" not in stderr and "Traceback" not in stderr + stdout
+
+
+def test_sources_names_a_root_its_layout_cannot_read(tmp_path):
+    reg = _registry(tmp_path)
+    (reg / "flat.yaml").write_text(f"name: flat\nlayout: image_folder\nroot: {tmp_path / 'flat'}\n"
+                                   "modality: X-ray\norgan: chest\nlicense: test\n")
+    (reg / "nowhere.yaml").write_text(f"name: nowhere\nlayout: image_folder\nroot: {tmp_path / 'none'}\n"
+                                      "modality: X-ray\norgan: chest\nlicense: test\n")
+    (tmp_path / "flat").mkdir()
+    code, stdout, stderr = _run(["sources", "--sources", str(reg)])
+    assert code == 1
+    assert {ln.split()[0] for ln in stdout.splitlines()} == {"flat", "nowhere", "tiny"}
+    assert f"UNREADABLE source 'flat': no images/ folder under {tmp_path / 'flat'}" in stderr
+    assert f"UNREADABLE source 'nowhere': root {tmp_path / 'none'} does not exist" in stderr
+    assert "exit code 1: 2 source root(s) missing what the layout reads" in stderr
+    assert _run(["sources", "--sources", str(_registry(tmp_path / "again"))])[0] == 0
 
 
 def test_an_instance_refuses_a_second_output_root(tmp_path, home):

@@ -416,3 +416,30 @@ def test_the_majority_baseline_answers_the_commonest_training_answer_of_each_kin
     scored = score_rows(rows, ["brain", "liver", "lung"])
     summary = summarise(VQA_EVALUATION.frame(scored))["majority"]
     assert summary["closed_accuracy"] == pytest.approx(1 / 3) and summary["open_recall"] == 1.0
+
+
+def test_the_build_summary_says_when_there_is_nothing_to_evaluate_or_learn_from(tmp_path):
+    """A user's small folder: a VQA set with no test question and a checkpoint trained on a few
+    triplets are named as such at the end of a build, not reported as results."""
+    import json
+
+    from medtrinity_assets.llava.model import CARD
+    from medtrinity_assets.llava.recipe import FEW_TRAIN_SAMPLES, checkpoint_line, pretrained_dir
+    from medtrinity_assets.vqa.metrics import summary_lines
+
+    folder = VQA_EVALUATION.path(tmp_path, "demo").parent
+    folder.mkdir(parents=True)
+    VQA_EVALUATION.frame([]).write_parquet(VQA_EVALUATION.path(tmp_path, "demo"))
+    VQA_EVALUATION.frame(_evaluation("pretrained", 0, True, 1.0)).write_parquet(VQA_EVALUATION.path(tmp_path, "mine"))
+    empty, filled = summary_lines(tmp_path)
+    assert empty.startswith("VQA demo: no test question to evaluate") and "closed" not in empty
+    assert filled.startswith("VQA mine (1 closed + 1 open test questions, seeds [0]): pretrained: closed 1.000")
+
+    card = pretrained_dir(tmp_path) / CARD
+    card.parent.mkdir(parents=True)
+    for samples, warned in ((2, True), (FEW_TRAIN_SAMPLES, False)):
+        card.write_text(json.dumps({"stages": [{"stage": "alignment", "steps": 1, "first_loss": 2.0, "final_loss": 2.0}],
+                                    "lineage": {"train_samples": samples}, "wall_s": 1.0, "device": "cpu"}))
+        line = checkpoint_line(tmp_path)
+        assert line.startswith("LLaVA-Tri checkpoint: alignment 1 steps, loss 2.00 -> 2.00; 1s on cpu")
+        assert ("trained on 2 triplet(s) only: too few to learn from" in line) is warned

@@ -45,8 +45,8 @@ class BuildSummary:
         return [
             f"sources: {self.sources}; manifest rows: {self.files} ({self.images} images kept, "
             f"{self.duplicates} duplicates, {q} quarantined{': ' + by if by else ''})",
-            f"ROIs: {self.rois}{' (' + origins + ')' if origins else ''}; localised under {SMALL_ROI_PX} px: "
-            f"{self.small_rois} of {localised}",
+            f"ROIs: {self.rois}{' (' + origins + ')' if origins else ''}"
+            + (f"; {self.small_rois} of the {localised} localised are under {SMALL_ROI_PX} px" if localised else ""),
             f"burned-in text: {self.text_scanned} image(s) scanned, {self.text_redacted} with text blacked out",
             f"descriptions: {self.descriptions} ({self.passed} passed the quality checks)",
             *([self.export] if self.export else []),

@@ -213,6 +213,10 @@ def evaluate(plan: TrainingPlan, out: Path, vqa: pl.DataFrame, vqa_set: str, var
     return answer_rows(test, vqa_set, variant, seed, predictions)
 
 
+#: fewer training triplets than this make a checkpoint the summary calls a run of the chain, not a model
+FEW_TRAIN_SAMPLES = 64
+
+
 def checkpoint_line(out: Path) -> str:
     """``LLaVA-Tri: <path> (stages ..., N steps, final loss x)``, or "" before pretraining."""
     from medtrinity_assets.llava.model import CARD, read_card
@@ -223,4 +227,8 @@ def checkpoint_line(out: Path) -> str:
     card = read_card(folder)
     stages = ", ".join(f"{s['stage']} {s['steps']} steps, loss {s['first_loss']:.2f} -> {s['final_loss']:.2f}"
                        for s in card.get("stages", []) if s.get("first_loss") is not None)
-    return f"LLaVA-Tri checkpoint: {stages}; {card.get('wall_s', 0):.0f}s on {card.get('device')} -> {folder}"
+    line = f"LLaVA-Tri checkpoint: {stages}; {card.get('wall_s', 0):.0f}s on {card.get('device')} -> {folder}"
+    samples = card.get("lineage", {}).get("train_samples")
+    if samples is not None and samples < FEW_TRAIN_SAMPLES:
+        line += f" (trained on {samples} triplet(s) only: too few to learn from; it shows that the chain runs)"
+    return line

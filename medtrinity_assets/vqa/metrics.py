@@ -252,6 +252,10 @@ def summary_lines(out: str | Path) -> list[str]:
         parts = [f"{v}: closed {_pm(s, 'closed_accuracy')}, open recall {_pm(s, 'open_recall')}"
                  for v, s in summary.items()]
         n = next((s for v, s in summary.items() if v != MAJORITY), {})  # the models' seeds and counts
+        if not n.get("n_closed") and not n.get("n_open"):
+            lines.append(f"VQA {path.stem}: no test question to evaluate (no image of its test split has one; "
+                         f"more images give it some) -> {path}")
+            continue
         lines.append(f"VQA {path.stem} ({n.get('n_closed', 0)} closed + {n.get('n_open', 0)} open test questions, "
                      f"seeds {n.get('seeds', [])}): " + "; ".join(parts) + f" -> {path}")
     return lines
