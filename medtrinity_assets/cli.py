@@ -141,6 +141,7 @@ def _progress(req: BuildRequest, plan, names: Sequence[str], vqa_sets: Sequence[
 
     def on_start(phase, source) -> None:
         bar.set_description(f"{phase.name}: {source or 'all sources'}")
+        bar.set_postfix_str("")  # the last run's message (see _run_messages)
 
     def on_done(report) -> None:
         who = report.source or "shared models"
@@ -149,9 +150,18 @@ def _progress(req: BuildRequest, plan, names: Sequence[str], vqa_sets: Sequence[
         if not report.success:
             bar.write(f"medtrinity: {report.phase} failed for {who}: {report.reason}")
         count_shards(report)
+        bar.set_postfix_str("")
         bar.update(1)
 
     return bar, on_start, on_done
+
+
+def _run_messages(bar):
+    """The newest message of the run in progress beside the bar (a step can run for minutes)."""
+    from medtrinity_assets.defs.progress import RunMessages
+
+    width = 60
+    return RunMessages(lambda m: bar.set_postfix_str(m if len(m) <= width else m[: width - 1] + "…")).start()
 
 
 def _finish(req: BuildRequest, home: Path, names: Sequence[str], reports, rejected: list[str], elapsed: float) -> int:
@@ -289,10 +299,15 @@ def run_build(req: BuildRequest) -> int:
         _say(f"{len(names)} source(s) -> {settings.out_dir} (instance: {home})")
     bar, on_start, on_done = _progress(req, plan, names, vqa_sets)
     started = time.time()
-    reports = run_plan(definitions, plan, names, instance, run_config=req.run_config, on_start=on_start,
-                       on_done=on_done, vqa_sets=vqa_sets, keep_results=False,
-                       stamp_base=code_fingerprint(), skip_up_to_date=not req.force)
-    bar.close()
+    messages = None if req.quiet else _run_messages(bar)
+    try:
+        reports = run_plan(definitions, plan, names, instance, run_config=req.run_config, on_start=on_start,
+                           on_done=on_done, vqa_sets=vqa_sets, keep_results=False,
+                           stamp_base=code_fingerprint(), skip_up_to_date=not req.force)
+    finally:
+        if messages is not None:
+            messages.stop()
+        bar.close()
     return _finish(req, home, names, reports, rejected, time.time() - started)
 
 

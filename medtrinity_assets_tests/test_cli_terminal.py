@@ -71,11 +71,11 @@ def test_a_file_of_another_kind_is_unsupported_and_a_fake_image_undecodable(tmp_
     (tmp_path / "folder" / "images" / "notes.txt").write_text("not an image")
     code, stdout, stderr = _run(["build", "--sources", str(reg), "--out", str(out), "--until", "preprocessed_images"])
     assert code == 0, stderr
-    assert "4 (2 images kept, 0 duplicates, 2 quarantined: undecodable 1, unsupported_format 1)" in stdout
+    assert "4 (2 images kept, 0 duplicates, 2 quarantined: undecodable 1, unsupported_type 1)" in stdout
     code, stdout, _ = _run(["sql", "select relpath, reason from source_manifest where status = 'quarantined' "
                             "order by relpath", "--out", str(out)])
     assert code == 0
-    assert "unsupported_format: .txt is not an image this layout reads (.png, .jpg" in stdout
+    assert "unsupported_type: .txt is not an image this layout reads (.png, .jpg" in stdout
     assert "undecodable: its content is not a PNG/JPEG/TIFF image" in stdout
 
 
@@ -141,3 +141,46 @@ def test_the_progress_bar_counts_every_shard_run_of_a_sharded_source(tmp_path, h
     assert shards == 3
     last = stderr.replace("\r", "\n").strip().splitlines()[-1]
     assert f"{shards}/{shards}" in last, last  # one ingestion run per shard, none beyond the total
+
+
+def test_the_progress_line_shows_what_the_run_in_progress_logged(tmp_path, monkeypatch):
+    """A step that runs for minutes (a VQA set's fine-tuning) moves no run counter: the newest
+    message its asset logged is read back from the instance while the run is in progress, and
+    the watcher thread shows each new one once."""
+    import threading
+
+    import dagster as dg
+
+    from medtrinity_assets.defs.progress import RunMessages, latest_run_message
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    shown: list[str] = []
+    seen = threading.Event()
+
+    def show(message: str) -> None:
+        shown.append(message)
+        seen.set()
+
+    @dg.op
+    def fine_tune(context) -> str | None:
+        context.log.debug("below INFO: not shown")
+        context.log.info("fine-tuning demo:\n pretrained, seed 1")
+        context.log.debug("below INFO: not shown either")
+        assert seen.wait(timeout=30), "the watcher showed nothing while the run was in progress"
+        return latest_run_message(context.instance)
+
+    @dg.job
+    def vqa() -> None:
+        fine_tune()
+
+    with dg.DagsterInstance.get() as instance:
+        assert latest_run_message(instance) is None  # no run in progress
+        watcher = RunMessages(show, interval_s=0.2).start()
+        try:
+            result = vqa.execute_in_process(instance=instance)
+        finally:
+            watcher.stop()
+        assert result.success
+        assert result.output_for_node("fine_tune") == "fine-tuning demo: pretrained, seed 1"
+        assert shown == ["fine-tuning demo: pretrained, seed 1"]
+        assert latest_run_message(instance) is None  # the run ended

@@ -325,7 +325,7 @@ class _Ingestion:
             return
         self.counts["files"] += 1
         if self.progress:
-            self.progress(shown)
+            self.progress(f"corpus file {self.counts['files']}: {shown}")
         try:
             with fs.open(real, "rb") as fh:
                 data = fh.read()

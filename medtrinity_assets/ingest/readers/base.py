@@ -43,7 +43,7 @@ REASONS = (
     "unreadable",
     "burned_in_text_unchecked",
     "burned_in_text_unmaskable",
-    "unsupported_format",
+    "unsupported_type",
 )
 
 

@@ -99,7 +99,7 @@ def folder_tasks(images: list[FoundFile], masks: list[FoundFile]) -> list[Task]:
             continue
         if not f.relpath.lower().endswith(IMAGE_SUFFIXES):
             suffix = Path(f.relpath).suffix or "no suffix"
-            tasks.append(Rejected(f.relpath, reason=f"unsupported_format: {suffix} is not an image this layout "
+            tasks.append(Rejected(f.relpath, reason=f"unsupported_type: {suffix} is not an image this layout "
                                   f"reads ({', '.join(IMAGE_SUFFIXES)})"))
             continue
         m = best.get(_key(f.relpath, "images"))
