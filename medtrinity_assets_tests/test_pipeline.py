@@ -465,6 +465,34 @@ def test_sample_triplets_leave_out_descriptions_the_phi_scan_flags(pipeline):
     assert all("Doe^Jane" not in text for _, _, text in shown)
 
 
+def test_sample_triplets_are_spread_over_the_shard_one_roi_per_image_first(pipeline):
+    """Cards from the start of a shard all show its first slices: the images tried are spread over
+    the shard, the first four at its quantiles, and a second ROI of an image only after one of each."""
+    from medtrinity_assets.captioning.inputs import read_caption_inputs
+    from medtrinity_assets.core.tables import CAPTION_BATCH
+    from medtrinity_assets.defs.captions import _sample_triplets, sample_records
+
+    ids = [f"r{k:03d}" for k in range(100) for _ in range(3)]  # 3 ROIs per image, as a volume's slices
+    picks = sample_records(ids)
+    assert picks[:4] == ["r000", "r025", "r050", "r075"] and len(picks) == len(set(picks)) == 32
+    assert sample_records(["a", "a", "b"]) == ["a", "b"] and sample_records([]) == []
+
+    out, _ = pipeline
+    part = "synthetic_phantoms"
+    records = list(dict.fromkeys(i.record_id for i in read_caption_inputs(out, part)))
+    picks = sample_records(records)
+    rank = {rid: k for k, rid in enumerate(picks)}
+    inputs = sorted(read_caption_inputs(out, part, picks), key=lambda i: rank[i.record_id])
+    captions = CAPTION_BATCH.read(out, part).filter(pl.col("record_id").is_in(picks))
+    shown = _sample_triplets(inputs, captions)
+    by_roi = {str(i.roi_id): i.record_id for i in inputs}
+    images = [by_roi[roi] for _, roi, _ in shown]
+    assert len(shown) == 4 and len(set(images)) == 4  # four images before a second ROI of one
+    assert images == sorted(images, key=rank.__getitem__)
+    positions = sorted(records.index(r) for r in images)
+    assert positions[-1] - positions[0] >= len(records) // 2, positions  # not the shard's first images
+
+
 def test_pictures_are_shown_on_the_asset_page_from_the_reports_url(tmp_path, monkeypatch):
     """With the reports folder served (``MEDTRINITY_REPORTS_URL``), a picture is also Markdown short
     enough for Dagster to show inline, naming the URL at which that folder serves the PNG file."""

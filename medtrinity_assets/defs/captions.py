@@ -42,20 +42,38 @@ from medtrinity_assets.privacy import identifier_store
 SAMPLE_TRIPLETS = 4
 
 
+def sample_records(records: list[str], n: int = SAMPLE_TRIPLETS, candidates: int = 8) -> list[str]:
+    """Up to ``n * candidates`` distinct images of ``records`` (a shard's, in their order) spread
+    evenly over it, the first ``n`` at its quantiles (0, 1/n, 2/n...), then the others: sample cards
+    from the start of a shard all show its first slices (the cerebellum of a brain volume)."""
+    unique = list(dict.fromkeys(records))
+    m = min(n * candidates, len(unique))
+    spread = [unique[k * len(unique) // m] for k in range(m)]
+    stride = max(1, m // n)
+    return [spread[j] for start in range(stride) for j in range(start, m, stride)]
+
+
 def _sample_triplets(inputs: list, captions, n: int = SAMPLE_TRIPLETS, phi_values=()) -> list[tuple]:
-    """A few image–ROI–description triplets: (overlay, ROI id, description), from ``inputs`` (the
-    first slice's) and their rows of ``captions``. A description in which the PHI scan finds
-    anything (the patterns, or the source's identifying values ``phi_values``) is not shown: these
-    pictures are made before ``caption_quality`` checks the descriptions, and are shown to whoever
-    opens the asset page."""
+    """A few image–ROI–description triplets: (overlay, ROI id, description), from ``inputs`` (images
+    in the order to try them: :func:`sample_records`) and their rows of ``captions``, one ROI per
+    image before a second. A description in which the PHI scan finds anything (the patterns, or the
+    source's identifying values ``phi_values``) is not shown: these pictures are made before
+    ``caption_quality`` checks the descriptions, and are shown to whoever opens the asset page."""
     import numpy as np
 
     from medtrinity_assets.captioning import render_overlay
     from medtrinity_assets.captioning.quality import scan_phi
 
     by_key = {(i.record_id, str(i.roi_id)): i for i in inputs}
+    order = {rid: k for k, rid in enumerate(dict.fromkeys(i.record_id for i in inputs))}
+    rows = sorted((r for r in captions.filter(captions["status"] == "ok").iter_rows(named=True)
+                   if r["record_id"] in order), key=lambda r: order[r["record_id"]])
+    firsts, others, seen = [], [], set()
+    for r in rows:
+        (others if r["record_id"] in seen else firsts).append(r)
+        seen.add(r["record_id"])
     out = []
-    for row in captions.filter(captions["status"] == "ok").iter_rows(named=True):
+    for row in firsts + others:
         item = by_key.get((row["record_id"], str(row["roi_id"])))
         if item is not None and scan_phi(row["text"] or "", phi_values, row.get("retrieved_chunk_ids") or ()):
             continue
@@ -113,12 +131,13 @@ def _describe_shard(context: dg.AssetExecutionContext, out: Path, key: str, back
 
         result = describe_shard_in_workers(out, name, rois, backend, path, workers=workers,
                                            chunk_size=captioner.chunk_size, progress=progress)
-        first = read_caption_inputs(out, name, list(dict.fromkeys(rois[: 8 * SAMPLE_TRIPLETS])))
     else:
-        result, first = _describe_here(context, out, name, rois, backend, captioner.chunk_size, progress)
-    first = first[: 8 * SAMPLE_TRIPLETS]
-    head = CAPTION_BATCH.read_path(path, where=pl.col("record_id").is_in(list({i.record_id for i in first})))
-    samples = _sample_triplets(first, head, phi_values=identifier_store(out).matcher(name))
+        result = _describe_here(context, out, name, rois, backend, captioner.chunk_size, progress)
+    picks = sample_records(rois)
+    rank = {rid: k for k, rid in enumerate(picks)}
+    shown = sorted(read_caption_inputs(out, name, picks), key=lambda i: rank[i.record_id])
+    head = CAPTION_BATCH.read_path(path, where=pl.col("record_id").is_in(picks))
+    samples = _sample_triplets(shown, head, phi_values=identifier_store(out).matcher(name))
     metadata = {
         **stage_metrics(started, rows_in=result.total + result.duplicates_dropped, rows_out=result.total,
                         quarantined=result.failed),
@@ -141,23 +160,15 @@ def _describe_shard(context: dg.AssetExecutionContext, out: Path, key: str, back
 
 
 def _describe_here(context: dg.AssetExecutionContext, out: Path, name: str, rois: list[str], backend,
-                   chunk_size: int, progress) -> tuple:
-    """The shard described in this process, slice by slice; its result and first slice's inputs."""
+                   chunk_size: int, progress):
+    """The shard described in this process, slice by slice; its result."""
     from medtrinity_assets.captioning import run_caption_slices
     from medtrinity_assets.captioning.inputs import read_caption_inputs
     from medtrinity_assets.core.workers import image_slices
 
-    first: list = []
-
-    def slices():
-        for ids in image_slices(rois):
-            inputs = read_caption_inputs(out, name, ids)
-            first[:] = first or inputs[: 8 * SAMPLE_TRIPLETS]
-            yield inputs
-
-    result = run_caption_slices(slices(), backend, CAPTION_BATCH.path(out, name), total=len(rois),
-                                chunk_size=chunk_size, progress=progress, log=context.log)
-    return result, first
+    slices = (read_caption_inputs(out, name, ids) for ids in image_slices(rois))
+    return run_caption_slices(slices, backend, CAPTION_BATCH.path(out, name), total=len(rois),
+                              chunk_size=chunk_size, progress=progress, log=context.log)
 
 
 @dg.asset(
