@@ -141,7 +141,6 @@ def _progress(req: BuildRequest, plan, names: Sequence[str], vqa_sets: Sequence[
 
     def on_start(phase, source) -> None:
         bar.set_description(f"{phase.name}: {source or 'all sources'}")
-        bar.set_postfix_str("")  # the last run's message (see _run_messages)
 
     def on_done(report) -> None:
         who = report.source or "shared models"
@@ -150,7 +149,7 @@ def _progress(req: BuildRequest, plan, names: Sequence[str], vqa_sets: Sequence[
         if not report.success:
             bar.write(f"medtrinity: {report.phase} failed for {who}: {report.reason}")
         count_shards(report)
-        bar.set_postfix_str("")
+        bar.set_postfix_str("")  # the ended run's message (see _run_messages)
         bar.update(1)
 
     return bar, on_start, on_done
@@ -158,10 +157,10 @@ def _progress(req: BuildRequest, plan, names: Sequence[str], vqa_sets: Sequence[
 
 def _run_messages(bar):
     """The newest message of the run in progress beside the bar (a step can run for minutes)."""
+    from medtrinity_assets.core.render import shorten
     from medtrinity_assets.defs.progress import RunMessages
 
-    width = 60
-    return RunMessages(lambda m: bar.set_postfix_str(m if len(m) <= width else m[: width - 1] + "…")).start()
+    return RunMessages(lambda m: bar.set_postfix_str(shorten(m, 60))).start()
 
 
 def _finish(req: BuildRequest, home: Path, names: Sequence[str], reports, rejected: list[str], elapsed: float) -> int:
@@ -339,17 +338,15 @@ def _root_problem(spec) -> str:
     """Why a local source root cannot be read by its layout (no root, or none of the entries the
     layout requires, such as ``images/``), or "" (remote roots are checked when they are mirrored)."""
     from medtrinity_assets.ingest.readers import reader_for
-    from medtrinity_assets.ingest.readers.base import SourceLayoutMissing, SourceRootMissing
+    from medtrinity_assets.ingest.readers.base import SourceRootMissing, missing_layout
 
     if spec.is_remote:
         return ""
     root = Path(spec.resolved_root())
     if not root.is_dir():
         return SourceRootMissing(spec.name, root).message
-    requires = reader_for(spec.layout).requires
-    if requires and not any(any(root.glob(pattern)) for pattern in requires):
-        return SourceLayoutMissing(spec.name, root, requires[0], spec.layout, " or ".join(requires)).message
-    return ""
+    error = missing_layout(spec, root, (p.name for p in root.iterdir()), reader_for(spec.layout).requires)
+    return error.message if error is not None else ""
 
 
 def _parser() -> argparse.ArgumentParser:

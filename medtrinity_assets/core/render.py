@@ -112,6 +112,11 @@ def bar_chart(counts: dict[str, int], width: int = 480, bar_h: int = 16) -> np.n
     return np.asarray(img)
 
 
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def table_preview(df: pl.DataFrame, columns: Sequence[str] | None = None, n: int = 8, width: int = 48) -> str:
     """A Markdown table of the first rows (values cut to ``width`` characters)."""
     if columns:
@@ -123,7 +128,7 @@ def table_preview(df: pl.DataFrame, columns: Sequence[str] | None = None, n: int
     def cell(v: object) -> str:
         s = "" if v is None else str(v)
         s = s.replace("|", "\\|").replace("\n", " ")
-        return s if len(s) <= width else s[: width - 1] + "…"
+        return shorten(s, width)
 
     lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * head.width]
     for row in head.iter_rows():

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 from medtrinity_assets.core.storage import temp_file
-from medtrinity_assets.ingest.readers.base import SourceLayoutMissing, SourceRootMissing
+from medtrinity_assets.ingest.readers.base import SourceRootMissing, missing_layout
 from medtrinity_assets.ingest.registry import SourceSpec
 
 CHUNK = 1 << 20
@@ -117,9 +117,9 @@ def _listing(fs, base: str, reads: Sequence[str] | None) -> list[tuple[str, dict
 def _require(fs, base: str, spec: SourceSpec, requires: Sequence[str]) -> None:
     if not requires:
         return
-    names = {PurePosixPath(p).name for p in fs.ls(base, detail=False)}
-    if not any(fnmatch.filter(names, r) for r in requires):
-        raise SourceLayoutMissing(spec.name, spec.root, requires[0], spec.layout, " or ".join(requires))
+    error = missing_layout(spec, spec.root, (PurePosixPath(p).name for p in fs.ls(base, detail=False)), requires)
+    if error is not None:
+        raise error
 
 
 def _copy(fs, path: str, target: Path) -> None:

@@ -117,6 +117,17 @@ class SourceLayoutMissing(SourceRootMissing):
         self.args = (self.message,)
 
 
+def missing_layout(spec: Any, root: str | Path, names: Iterable[str], requires: Sequence[str]) -> SourceLayoutMissing | None:
+    """The error of a root whose top-level entry ``names`` match none of ``requires`` (glob
+    patterns: :attr:`Reader.requires`), or None; for a local root and a remote one alike."""
+    import fnmatch
+
+    names = list(names)
+    if requires and not any(fnmatch.filter(names, r) for r in requires):
+        return SourceLayoutMissing(spec.name, root, requires[0], spec.layout, " or ".join(requires))
+    return None
+
+
 # --------------------------------------------------------------------------------------
 # tasks and records
 
