@@ -266,13 +266,12 @@ def test_a_real_daemon_runs_the_backfill_of_every_source(tmp_path, demo_registry
     starts it: the backfill completes, one run per shard, every source's ingestion is materialized,
     and no sensor starts a run of its own while it is in progress (the registry sensor skips; the
     automation may follow with the expert models once the backfill's runs have ended, as designed)."""
-    import signal
     import subprocess
     import sys
 
     from dagster._core.execution.backfill import BulkActionStatus
 
-    from medtrinity_assets_tests.conftest import REPO_ROOT
+    from medtrinity_assets_tests.conftest import REPO_ROOT, running_daemon
     from medtrinity_assets_tests.test_definitions import _registry_copy
 
     names = ["microscopy_cells", "xray_tibia"]
@@ -284,11 +283,7 @@ def test_a_real_daemon_runs_the_backfill_of_every_source(tmp_path, demo_registry
              "--out", str(tmp_path / "out"), "--until", INGESTED[-1]]
     subprocess.run(queue, cwd=REPO_ROOT, env=env, check=True, capture_output=True)
     log = tmp_path / "daemon.log"
-    with log.open("w") as out:
-        daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
-                                   str(REPO_ROOT / "workspace.yaml")], cwd=REPO_ROOT, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with running_daemon(REPO_ROOT / "workspace.yaml", log, DAGSTER_HOME=str(home)):
         deadline = time.monotonic() + 300
         while True:
             with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -300,9 +295,6 @@ def test_a_real_daemon_runs_the_backfill_of_every_source(tmp_path, demo_registry
                     break
             assert time.monotonic() < deadline, log.read_text()[-4000:]
             time.sleep(1)
-    finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        daemon.wait(timeout=60)
     assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, log.read_text()[-4000:]
     shards = {f"000|daemon_{n}" for n in names}
     runs = [r.dagster_run for r in ours]

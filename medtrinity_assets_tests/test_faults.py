@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import pytest
 import yaml
 
 from medtrinity_assets.defs.resources import CaptionerResource
-from medtrinity_assets_tests.conftest import REPO_ROOT
+from medtrinity_assets_tests.conftest import REPO_ROOT, running_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -124,31 +123,12 @@ def _workspace(tmp_path: Path) -> Path:
     return workspace
 
 
-@contextlib.contextmanager
-def _running_daemon(workspace: Path, log: Path):
-    """A ``dagster-daemon`` over the instance and ``workspace`` while the block runs, its output in ``log``."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TMPDIR": str(log.parent),
-           "DAGSTER_EVENT_LOG_CONSUMER_DAEMON_INTERVAL_SECONDS": "1"}
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
-                                cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-
-
 @pytest.fixture
 def daemon(home, tmp_path):
     """A ``dagster-daemon`` over the instance, with a workspace of the test's code location; yields
     the workspace file (its log beside it)."""
     workspace = _workspace(tmp_path)
-    with _running_daemon(workspace, tmp_path / "daemon.log"):
+    with running_daemon(workspace, tmp_path / "daemon.log"):
         yield workspace
 
 
@@ -242,7 +222,7 @@ def test_concurrent_runs_share_the_sqlite_instance(home, tmp_path):
     with dg.DagsterInstance.get() as instance:
         wanted = dg.RunsFilter(job_name="ingest_job", tags={"dagster/partition": sources})
         assert [r.status for r in instance.get_runs(wanted)] == [dg.DagsterRunStatus.QUEUED] * len(sources)
-        with _running_daemon(workspace, log):
+        with running_daemon(workspace, log):
             _wait_for("every queued run, finished", lambda: all(r.is_finished for r in instance.get_runs(wanted)),
                       log, timeout_s=300)
         records = instance.get_run_records(wanted)
